@@ -1,0 +1,1 @@
+//! vblock: thin-provisioned pool. Built in its own issue.

@@ -1,0 +1,469 @@
+//! The forwarding database: (VLAN, MAC) -> port, learned from source addresses.
+//!
+//! Read-mostly and shared by every datapath thread, so it is split into shards,
+//! each behind its own `RwLock`. A lookup or the refresh of an entry already on the
+//! right port takes only a read lock (the last-seen time is an atomic); only a new
+//! station, a move, or aging takes a shard's write lock.
+//!
+//! Memory is bounded twice: a global capacity, and a per-port limit so a guest that
+//! floods random source MACs fills only its own share and never evicts another
+//! port's stations. When a limit is hit the station is simply not learned: its
+//! frames are still forwarded, and frames to it are flooded.
+
+use crate::frame::MacAddr;
+use crate::switch::PortId;
+use crate::vlan::VlanId;
+use hashbrown::{DefaultHashBuilder, HashTable};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::RwLock;
+
+const SHARDS: usize = 64;
+
+/// Ports the FDB can count entries for; port ids must be below this.
+pub const MAX_PORTS: usize = 4096;
+
+/// (VLAN << 48) | MAC: one word per key.
+type Key = u64;
+
+fn key(vlan: VlanId, mac: MacAddr) -> Key {
+    (vlan as u64) << 48 | mac.to_u64()
+}
+
+struct Entry {
+    key: Key,
+    port: PortId,
+    is_static: bool,
+    /// Seconds on the switch clock when the source was last seen.
+    last_seen: AtomicU32,
+}
+
+/// One FDB entry as reported to operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    pub vlan: VlanId,
+    pub mac: MacAddr,
+    pub port: PortId,
+    pub is_static: bool,
+    /// Seconds since the station was last seen.
+    pub age: u32,
+}
+
+/// What learning a source address did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LearnOutcome {
+    /// Already known on this port; its age was reset.
+    Refreshed,
+    Learned,
+    /// The station moved here from another port.
+    Moved {
+        from: PortId,
+    },
+    /// The global capacity is reached; not learned.
+    TableFull,
+    /// The ingress port reached its MAC limit; not learned.
+    PortLimit,
+    /// A static entry pins the MAC to another port; not moved.
+    Static,
+}
+
+/// Event counters, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdbStats {
+    pub entries: u32,
+    pub learned: u64,
+    pub moved: u64,
+    pub aged: u64,
+    pub refused_full: u64,
+    pub refused_port_limit: u64,
+}
+
+pub struct Fdb {
+    shards: Box<[RwLock<HashTable<Entry>>]>,
+    hasher: DefaultHashBuilder,
+    capacity: u32,
+    port_limit: u32,
+    aging_secs: u32,
+    len: AtomicU32,
+    per_port: Box<[AtomicU32]>,
+    learned: AtomicU64,
+    moved: AtomicU64,
+    aged: AtomicU64,
+    refused_full: AtomicU64,
+    refused_port_limit: AtomicU64,
+}
+
+impl Fdb {
+    /// `capacity` entries in all, at most `port_limit` learned on any one port,
+    /// dynamic entries expire `aging_secs` after their station was last seen.
+    pub fn new(capacity: u32, port_limit: u32, aging_secs: u32) -> Fdb {
+        Fdb {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+            hasher: DefaultHashBuilder::default(),
+            capacity,
+            port_limit,
+            aging_secs,
+            len: AtomicU32::new(0),
+            per_port: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
+            learned: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
+            aged: AtomicU64::new(0),
+            refused_full: AtomicU64::new(0),
+            refused_port_limit: AtomicU64::new(0),
+        }
+    }
+
+    pub fn aging_secs(&self) -> u32 {
+        self.aging_secs
+    }
+
+    fn locate(&self, key: Key) -> (u64, &RwLock<HashTable<Entry>>) {
+        let hash = self.hasher.hash_one(key);
+        // High bits pick the shard; the table itself uses the low bits.
+        (hash, &self.shards[(hash >> 58) as usize % SHARDS])
+    }
+
+    fn is_live(&self, e: &Entry, now: u32) -> bool {
+        e.is_static || now.wrapping_sub(e.last_seen.load(Relaxed)) < self.aging_secs
+    }
+
+    /// The port a station was learned on, if its entry is live.
+    pub fn lookup(&self, vlan: VlanId, mac: MacAddr, now: u32) -> Option<PortId> {
+        let key = key(vlan, mac);
+        let (hash, shard) = self.locate(key);
+        let table = shard.read().unwrap_or_else(|e| e.into_inner());
+        let e = table.find(hash, |e| e.key == key)?;
+        self.is_live(e, now).then_some(e.port)
+    }
+
+    /// Learns that `mac` in `vlan` sits behind `port`.
+    pub fn learn(&self, vlan: VlanId, mac: MacAddr, port: PortId, now: u32) -> LearnOutcome {
+        let key = key(vlan, mac);
+        let (hash, shard) = self.locate(key);
+        {
+            // Fast path: the station is where we last saw it.
+            let table = shard.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = table.find(hash, |e| e.key == key) {
+                if e.port == port {
+                    // Skip the store when unchanged so the cache line stays shared.
+                    if e.last_seen.load(Relaxed) != now {
+                        e.last_seen.store(now, Relaxed);
+                    }
+                    return LearnOutcome::Refreshed;
+                }
+                if e.is_static {
+                    return LearnOutcome::Static;
+                }
+            }
+        }
+        let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = table.find_mut(hash, |e| e.key == key) {
+            if e.port == port {
+                e.last_seen.store(now, Relaxed);
+                return LearnOutcome::Refreshed;
+            }
+            if e.is_static {
+                return LearnOutcome::Static;
+            }
+            let from = e.port;
+            // A move is a new station for the port it lands on: it counts against
+            // that port's limit. If that port is full, the stale entry still goes.
+            self.per_port[from as usize].fetch_sub(1, Relaxed);
+            if !self.reserve_port(port) {
+                self.len.fetch_sub(1, Relaxed);
+                table
+                    .find_entry(hash, |e| e.key == key)
+                    .map(|o| o.remove())
+                    .ok();
+                self.refused_port_limit.fetch_add(1, Relaxed);
+                return LearnOutcome::PortLimit;
+            }
+            e.port = port;
+            e.last_seen.store(now, Relaxed);
+            self.moved.fetch_add(1, Relaxed);
+            return LearnOutcome::Moved { from };
+        }
+        match self.reserve(port) {
+            Ok(()) => {
+                table.insert_unique(
+                    hash,
+                    Entry {
+                        key,
+                        port,
+                        is_static: false,
+                        last_seen: AtomicU32::new(now),
+                    },
+                    |e| self.hasher.hash_one(e.key),
+                );
+                self.learned.fetch_add(1, Relaxed);
+                LearnOutcome::Learned
+            }
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Takes one slot of `port`'s limit, if free.
+    fn reserve_port(&self, port: PortId) -> bool {
+        let slot = &self.per_port[port as usize];
+        if slot.fetch_add(1, Relaxed) >= self.port_limit {
+            slot.fetch_sub(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Takes one global slot and one of `port`'s, or neither.
+    fn reserve(&self, port: PortId) -> Result<(), LearnOutcome> {
+        if self.len.fetch_add(1, Relaxed) >= self.capacity {
+            self.len.fetch_sub(1, Relaxed);
+            self.refused_full.fetch_add(1, Relaxed);
+            return Err(LearnOutcome::TableFull);
+        }
+        if !self.reserve_port(port) {
+            self.len.fetch_sub(1, Relaxed);
+            self.refused_port_limit.fetch_add(1, Relaxed);
+            return Err(LearnOutcome::PortLimit);
+        }
+        Ok(())
+    }
+
+    /// Adds or replaces a static entry (never ages, never moves). Static entries
+    /// count against the global capacity but not the port limit.
+    pub fn add_static(&self, vlan: VlanId, mac: MacAddr, port: PortId) -> Result<(), LearnOutcome> {
+        let key = key(vlan, mac);
+        let (hash, shard) = self.locate(key);
+        let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
+        if let Ok(old) = table.find_entry(hash, |e| e.key == key) {
+            let (old, _) = old.remove();
+            self.release(&old);
+        }
+        if self.len.fetch_add(1, Relaxed) >= self.capacity {
+            self.len.fetch_sub(1, Relaxed);
+            return Err(LearnOutcome::TableFull);
+        }
+        table.insert_unique(
+            hash,
+            Entry {
+                key,
+                port,
+                is_static: true,
+                last_seen: AtomicU32::new(0),
+            },
+            |e| self.hasher.hash_one(e.key),
+        );
+        Ok(())
+    }
+
+    fn release(&self, e: &Entry) {
+        self.len.fetch_sub(1, Relaxed);
+        if !e.is_static {
+            self.per_port[e.port as usize].fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Removes entries for which `doomed` is true; returns how many.
+    fn remove_where(&self, mut doomed: impl FnMut(&Entry) -> bool) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
+            table.retain(|e| {
+                if doomed(e) {
+                    self.release(e);
+                    removed += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        removed
+    }
+
+    /// Drops dynamic entries not seen for the aging time. Returns how many.
+    pub fn age(&self, now: u32) -> usize {
+        let n = self.remove_where(|e| !self.is_live(e, now));
+        self.aged.fetch_add(n as u64, Relaxed);
+        n
+    }
+
+    /// Forgets the dynamic entries of a port (link down, port removed).
+    pub fn flush_port(&self, port: PortId) -> usize {
+        self.remove_where(|e| e.port == port && !e.is_static)
+    }
+
+    /// Forgets every entry of a port, static ones too (port removed).
+    pub fn purge_port(&self, port: PortId) -> usize {
+        self.remove_where(|e| e.port == port)
+    }
+
+    /// Forgets every dynamic entry.
+    pub fn flush(&self) -> usize {
+        self.remove_where(|e| !e.is_static)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Relaxed) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entries learned on `port` (dynamic only).
+    pub fn port_len(&self, port: PortId) -> usize {
+        self.per_port[port as usize].load(Relaxed) as usize
+    }
+
+    /// Live entries, sorted by VLAN then MAC.
+    pub fn entries(&self, now: u32) -> Vec<FdbEntry> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let table = shard.read().unwrap_or_else(|e| e.into_inner());
+            out.extend(
+                table
+                    .iter()
+                    .filter(|e| self.is_live(e, now))
+                    .map(|e| FdbEntry {
+                        vlan: (e.key >> 48) as VlanId,
+                        mac: MacAddr::from_u64(e.key),
+                        port: e.port,
+                        is_static: e.is_static,
+                        age: if e.is_static {
+                            0
+                        } else {
+                            now.wrapping_sub(e.last_seen.load(Relaxed))
+                        },
+                    }),
+            );
+        }
+        out.sort_by_key(|e| (e.vlan, e.mac));
+        out
+    }
+
+    pub fn stats(&self) -> FdbStats {
+        FdbStats {
+            entries: self.len.load(Relaxed),
+            learned: self.learned.load(Relaxed),
+            moved: self.moved.load(Relaxed),
+            aged: self.aged.load(Relaxed),
+            refused_full: self.refused_full.load(Relaxed),
+            refused_port_limit: self.refused_port_limit.load(Relaxed),
+        }
+    }
+
+    /// Heap bytes held by the tables (for the memory-per-entry figure).
+    pub fn heap_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .allocation_size()
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(n: u32) -> MacAddr {
+        let b = n.to_be_bytes();
+        MacAddr([0x02, 0, b[0], b[1], b[2], b[3]])
+    }
+
+    #[test]
+    fn learn_lookup_move_age() {
+        let fdb = Fdb::new(100, 10, 300);
+        assert_eq!(fdb.learn(10, mac(1), 1, 0), LearnOutcome::Learned);
+        assert_eq!(fdb.learn(10, mac(1), 1, 5), LearnOutcome::Refreshed);
+        assert_eq!(fdb.lookup(10, mac(1), 5), Some(1));
+        // same MAC in another VLAN is another station
+        assert_eq!(fdb.lookup(20, mac(1), 5), None);
+        assert_eq!(fdb.learn(10, mac(1), 2, 6), LearnOutcome::Moved { from: 1 });
+        assert_eq!(fdb.lookup(10, mac(1), 6), Some(2));
+        assert_eq!((fdb.port_len(1), fdb.port_len(2)), (0, 1));
+        // expired entries miss before the sweep and vanish with it
+        assert_eq!(fdb.lookup(10, mac(1), 6 + 300), None);
+        assert_eq!(fdb.age(6 + 299), 0);
+        assert_eq!(fdb.age(6 + 300), 1);
+        assert!(fdb.is_empty());
+        assert_eq!(fdb.port_len(2), 0);
+        assert_eq!(fdb.stats().moved, 1);
+        assert_eq!(fdb.stats().aged, 1);
+    }
+
+    #[test]
+    fn port_limit_protects_other_ports() {
+        let fdb = Fdb::new(1000, 8, 300);
+        for i in 0..4 {
+            assert_eq!(fdb.learn(1, mac(i), 1, 0), LearnOutcome::Learned);
+        }
+        // port 2 floods random sources
+        for i in 100..10_000 {
+            fdb.learn(1, mac(i), 2, 0);
+        }
+        assert_eq!(fdb.port_len(2), 8);
+        assert_eq!(fdb.len(), 12);
+        for i in 0..4 {
+            assert_eq!(
+                fdb.lookup(1, mac(i), 0),
+                Some(1),
+                "port 1's stations survive"
+            );
+        }
+        assert_eq!(fdb.stats().refused_port_limit, 10_000 - 100 - 8);
+    }
+
+    #[test]
+    fn capacity_is_global() {
+        let fdb = Fdb::new(5, 5, 300);
+        for i in 0..5 {
+            assert_eq!(
+                fdb.learn(1, mac(i), (i % 3) as u16, 0),
+                LearnOutcome::Learned
+            );
+        }
+        assert_eq!(fdb.learn(1, mac(99), 3, 0), LearnOutcome::TableFull);
+        assert_eq!(fdb.len(), 5);
+        assert_eq!(fdb.flush_port(0), 2);
+        assert_eq!(fdb.learn(1, mac(99), 3, 0), LearnOutcome::Learned);
+    }
+
+    #[test]
+    fn move_into_full_port_forgets_stale_entry() {
+        let fdb = Fdb::new(100, 1, 300);
+        fdb.learn(1, mac(1), 1, 0);
+        fdb.learn(1, mac(2), 2, 0);
+        assert_eq!(fdb.learn(1, mac(1), 2, 1), LearnOutcome::PortLimit);
+        assert_eq!(fdb.lookup(1, mac(1), 1), None);
+        assert_eq!((fdb.len(), fdb.port_len(1), fdb.port_len(2)), (1, 0, 1));
+    }
+
+    #[test]
+    fn static_entries_pin_and_survive() {
+        let fdb = Fdb::new(100, 10, 10);
+        fdb.add_static(1, mac(7), 3).unwrap();
+        assert_eq!(fdb.learn(1, mac(7), 4, 0), LearnOutcome::Static);
+        assert_eq!(fdb.age(1_000_000), 0);
+        assert_eq!(fdb.flush_port(3), 0);
+        assert_eq!(fdb.lookup(1, mac(7), 1_000_000), Some(3));
+        assert_eq!(fdb.purge_port(3), 1);
+        assert!(fdb.is_empty());
+    }
+
+    #[test]
+    fn entries_report() {
+        let fdb = Fdb::new(100, 10, 300);
+        fdb.learn(20, mac(2), 1, 10);
+        fdb.learn(10, mac(1), 2, 10);
+        let e = fdb.entries(15);
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            (e[0].vlan, e[0].mac, e[0].port, e[0].age),
+            (10, mac(1), 2, 5)
+        );
+        assert!(fdb.heap_bytes() > 0);
+    }
+}

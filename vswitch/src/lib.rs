@@ -1,0 +1,22 @@
+//! The switch engine: a learning L2 switch with 802.1Q VLANs.
+//!
+//! Pure logic over byte slices. The data flows through the modules in order:
+//! [`frame`] (typed view of the Ethernet header) -> [`vlan`] (classify the frame
+//! into a VLAN by the ingress port's rule) -> [`fdb`] (learn the source, look up
+//! the destination) -> [`switch`] (pick egress ports and the tag each one emits).
+//! Port drivers (vhost-user, TAP, VXLAN) live elsewhere and copy the frame; this
+//! crate only decides.
+
+pub mod counters;
+pub mod fdb;
+pub mod frame;
+pub mod switch;
+pub mod vlan;
+
+pub use counters::{DropReason, PortCounters, PortCountersSnapshot};
+pub use fdb::{Fdb, FdbEntry, FdbStats, LearnOutcome};
+pub use frame::{EthernetHead, MacAddr, HEAD_LEN};
+pub use switch::{
+    Dest, Egress, Ingress, PortId, PortInfo, PortState, Switch, SwitchError, Topology,
+};
+pub use vlan::{VlanId, VlanMode, VlanSet};
