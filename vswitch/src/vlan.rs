@@ -18,13 +18,14 @@ pub type VlanId = u16;
 /// Highest usable VLAN id.
 pub const VLAN_MAX: VlanId = 4094;
 
-/// A set of VLAN ids as a 4096-bit bitmap.
+/// A set of VLAN ids as a 4096-bit bitmap (boxed: 512 bytes would bloat every
+/// port mode that embeds one).
 #[derive(Clone, PartialEq, Eq)]
-pub struct VlanSet([u64; 64]);
+pub struct VlanSet(Box<[u64; 64]>);
 
 impl VlanSet {
     pub fn empty() -> VlanSet {
-        VlanSet([0; 64])
+        VlanSet(Box::new([0; 64]))
     }
 
     /// Every usable VLAN, 1..=4094.
