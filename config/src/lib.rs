@@ -1,0 +1,178 @@
+//! `fabric.toml`: schema, defaults and validation.
+//!
+//! [`load`] (or [`parse`]) turns the file into a [`FabricConfig`] that is
+//! fully checked and has every default applied and every path resolved, so
+//! the daemon never re-validates. Errors name the file, the line and the key
+//! path, e.g.
+//!
+//! ```text
+//! fabric.toml:14: switch[0].port[2].vlan.tag: VLAN id 4095 is outside 1..=4094
+//! ```
+//!
+//! The doc comments on the types below are the key reference; [`EXAMPLE`] is
+//! a complete annotated file (the repository's `fabric.toml`).
+
+use std::path::{Path, PathBuf};
+
+mod error;
+mod raw;
+mod vlanset;
+
+pub use error::ConfigError;
+pub use vlanset::VlanSet;
+
+/// The example `fabric.toml` from the repository root, with comments.
+pub const EXAMPLE: &str = include_str!("../../fabric.toml");
+
+/// Default `[daemon] run_dir`.
+pub const DEFAULT_RUN_DIR: &str = "run";
+/// Default `[[switch]] mac_aging_secs`.
+pub const DEFAULT_MAC_AGING_SECS: u32 = 300;
+/// Default `[[switch]] fdb_capacity`.
+pub const DEFAULT_FDB_CAPACITY: u32 = 65536;
+/// Default `[[switch]] port_mac_limit` (lowered to `fdb_capacity` if that is smaller).
+pub const DEFAULT_PORT_MAC_LIMIT: u32 = 1024;
+/// Default `[[switch.port]] queue_size`.
+pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
+/// Default `[[switch.port]] mtu`.
+pub const DEFAULT_MTU: u16 = 1500;
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FabricConfig {
+    /// The `[daemon]` table (optional in the file; all keys have defaults).
+    pub daemon: DaemonConfig,
+    /// The `[[switch]]` tables, in file order. May be empty.
+    pub switches: Vec<SwitchConfig>,
+}
+
+/// `[daemon]`: process-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// `run_dir`: directory for runtime files; ports without an explicit
+    /// `socket` get `<run_dir>/<port name>.sock`. Default `"run"`. A relative
+    /// path is resolved against the directory holding the config file (not
+    /// the daemon's working directory), so the file means the same thing
+    /// wherever the daemon is started from. Absolute after [`load`].
+    pub run_dir: PathBuf,
+}
+
+/// `[[switch]]`: one learning L2 switch (a bridge) and its ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchConfig {
+    /// `name`: required, `[A-Za-z0-9_.-]{1,32}`, unique among switches.
+    pub name: String,
+    /// `mac_aging_secs`: a learned MAC address not seen as a source for this
+    /// long is forgotten (and its frames flooded again). Default 300, range
+    /// `10..=1_000_000`; there is no "never age" value.
+    pub mac_aging_secs: u32,
+    /// `fdb_capacity`: most (VLAN, MAC) entries the forwarding database
+    /// holds; when it is full, new addresses are not learned and frames to
+    /// them are flooded. Default 65536, range `1..=16_777_216`.
+    pub fdb_capacity: u32,
+    /// `port_mac_limit`: most addresses learned behind one port, so one guest
+    /// cannot fill the whole FDB. Default 1024 (or `fdb_capacity` if that is
+    /// smaller), range `1..=fdb_capacity`.
+    pub port_mac_limit: u32,
+    /// `[[switch.port]]` tables, in file order.
+    pub ports: Vec<PortConfig>,
+}
+
+/// `[[switch.port]]`: one port of a switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortConfig {
+    /// `name`: required, `[A-Za-z0-9_.-]{1,32}`, unique across all switches
+    /// (it names the port in counters and `fabricctl`).
+    pub name: String,
+    /// `type` and the keys specific to it.
+    pub kind: PortKind,
+    /// `vlan`: the port's 802.1Q rule. Default access VLAN 1.
+    pub vlan: VlanConfig,
+    /// `mtu`: largest L3 packet (frame without Ethernet header) the port
+    /// carries; advertised to the guest in virtio-net config space. Default
+    /// 1500, range `68..=65535`.
+    pub mtu: u16,
+}
+
+/// `type`: what is behind the port. Only `"vhost-user"` exists so far; TAP
+/// and VXLAN ports will be added as further variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortKind {
+    /// `type = "vhost-user"`: a guest NIC; the daemon listens on a
+    /// vhost-user-net socket that QEMU/cloud-hypervisor connects to.
+    VhostUser {
+        /// `socket`: path of the listening socket. Default
+        /// `<run_dir>/<name>.sock`; a relative path is resolved against the
+        /// config file's directory. Unique across all ports (compared after
+        /// resolving) and at most 107 bytes (the `sun_path` limit).
+        socket: PathBuf,
+        /// `queue_size`: virtqueue size offered to the guest. Default 1024;
+        /// a power of two in `64..=32768`.
+        queue_size: u16,
+        /// `mac`: guest MAC address advertised in virtio-net config space,
+        /// `"52:54:00:12:34:56"` form. Optional (the guest then picks its
+        /// own); must be unicast and not all-zero.
+        mac: Option<[u8; 6]>,
+    },
+}
+
+/// `vlan`: how a port maps frames to VLANs. Written as an inline table:
+/// `vlan = { mode = "access", tag = 10 }` or
+/// `vlan = { mode = "trunk", allowed = [10, 20, "100-199"], native = 1 }`.
+/// `mode` is required inside the table; the keys of the other mode are
+/// rejected. VLAN ids are `1..=4094` everywhere.
+// The trunk's 512-byte bitmap makes the variants very unequal in size; that
+// is fine for a value held once per port, and keeping it inline (no Box)
+// keeps `allowed.contains(vid)` a single indexed load on the datapath.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VlanConfig {
+    /// `mode = "access"`: the guest sends and receives untagged frames, all
+    /// in VLAN `tag` (default 1). Tagged frames from the guest are dropped.
+    Access { tag: u16 },
+    /// `mode = "trunk"`: the guest sends and receives 802.1Q-tagged frames.
+    Trunk {
+        /// `allowed`: VLANs carried tagged; a list of ids and `"first-last"`
+        /// ranges, e.g. `[10, 20, "100-199"]`. Default: all of `1..=4094`.
+        /// The `native` VLAN, if any, is always added to this set (so
+        /// `allowed.contains(native)` holds): it need not be listed.
+        allowed: VlanSet,
+        /// `native`: VLAN for untagged frames on the trunk (sent untagged to
+        /// the guest). Optional; without it untagged frames are dropped.
+        native: Option<u16>,
+    },
+}
+
+impl Default for VlanConfig {
+    fn default() -> Self {
+        VlanConfig::Access { tag: 1 }
+    }
+}
+
+/// Parses and validates `text`.
+///
+/// `origin` is the file the text came from: it is used as the file name in
+/// error messages, and its parent directory is the base for relative paths
+/// (`run_dir`, `socket`). With a bare file name (`"fabric.toml"`) paths stay
+/// relative; [`load`] makes them absolute.
+pub fn parse(text: &str, origin: &Path) -> Result<FabricConfig, ConfigError> {
+    let base = origin.parent().unwrap_or(Path::new(""));
+    raw::parse(text, &origin.display().to_string(), base)
+}
+
+/// Reads, parses and validates the file at `path`. Relative paths in the
+/// file are resolved against the file's (absolute) directory; messages name
+/// `path` as given.
+pub fn load(path: &Path) -> Result<FabricConfig, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    let absolute = std::path::absolute(path).map_err(read_error)?;
+    let base = absolute.parent().unwrap_or(Path::new("/"));
+    raw::parse(&text, &path.display().to_string(), base)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,567 @@
+//! The file as serde sees it, and its one-time conversion to the public types.
+//!
+//! The raw structs keep every value `Spanned` so that checks done after
+//! deserialization (ranges, uniqueness, mode consistency) can still report
+//! the line. Integers are read as `i64` so that out-of-range values get our
+//! message ("VLAN id 70000 is outside 1..=4094") instead of serde's generic
+//! "invalid value" for a `u16`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    daemon: Option<RawDaemon>,
+    #[serde(default, rename = "switch")]
+    switches: Vec<RawSwitch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    run_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSwitch {
+    name: Spanned<String>,
+    mac_aging_secs: Option<Spanned<i64>>,
+    fdb_capacity: Option<Spanned<i64>>,
+    port_mac_limit: Option<Spanned<i64>>,
+    #[serde(default, rename = "port")]
+    ports: Vec<RawPort>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    socket: Option<Spanned<String>>,
+    vlan: Option<Spanned<RawVlan>>,
+    queue_size: Option<Spanned<i64>>,
+    mtu: Option<Spanned<i64>>,
+    mac: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVlan {
+    mode: Spanned<String>,
+    tag: Option<Spanned<i64>>,
+    allowed: Option<Spanned<Vec<Spanned<RawVlanItem>>>>,
+    native: Option<Spanned<i64>>,
+}
+
+/// One entry of `allowed`: `10` or `"100-199"`.
+enum RawVlanItem {
+    Id(i64),
+    Range(String),
+}
+
+// Hand-written rather than `#[serde(untagged)]`, whose error is the
+// unhelpful "data did not match any variant".
+impl<'de> Deserialize<'de> for RawVlanItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ItemVisitor;
+        impl Visitor<'_> for ItemVisitor {
+            type Value = RawVlanItem;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a VLAN id or a range string like \"100-199\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawVlanItem, E> {
+                Ok(RawVlanItem::Id(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawVlanItem, E> {
+                Ok(RawVlanItem::Id(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawVlanItem, E> {
+                Ok(RawVlanItem::Range(v.to_owned()))
+            }
+        }
+        d.deserialize_any(ItemVisitor)
+    }
+}
+
+/// What every check needs to build an error: the file name and text (to turn
+/// a byte span into a line) and the base directory for relative paths.
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+    base: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn line(&self, span: &Range<usize>) -> usize {
+        line_of(self.text, span.start)
+    }
+
+    fn invalid(&self, span: &Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line: self.line(span),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// An integer in `lo..=hi`, or an error naming the key.
+    fn int<T: TryFrom<i64>>(
+        &self,
+        value: &Spanned<i64>,
+        key: &str,
+        what: &str,
+        lo: i64,
+        hi: i64,
+    ) -> Result<T, ConfigError> {
+        let v = *value.get_ref();
+        if !(lo..=hi).contains(&v) {
+            return Err(self.invalid(
+                &value.span(),
+                key,
+                format!("{what} {v} is outside {lo}..={hi}"),
+            ));
+        }
+        // Cannot fail: callers pass bounds that fit T.
+        T::try_from(v).map_err(|_| self.invalid(&value.span(), key, "value does not fit"))
+    }
+
+    fn vlan_id(&self, value: &Spanned<i64>, key: &str) -> Result<u16, ConfigError> {
+        self.int(value, key, "VLAN id", 1, 4094)
+    }
+
+    /// `base/path`, with `.` and `..` folded lexically so that two spellings
+    /// of one socket compare equal.
+    fn resolve(&self, path: &str) -> PathBuf {
+        normalize(&self.base.join(path))
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<FabricConfig, ConfigError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| syntax_error(text, file, &e))?;
+    let ctx = Ctx { file, text, base };
+
+    let run_dir = match &raw.daemon.and_then(|d| d.run_dir) {
+        Some(dir) if dir.get_ref().is_empty() => {
+            return Err(ctx.invalid(&dir.span(), "daemon.run_dir", "must not be empty"));
+        }
+        Some(dir) => ctx.resolve(dir.get_ref()),
+        None => ctx.resolve(DEFAULT_RUN_DIR),
+    };
+
+    // Uniqueness maps: value -> line of first definition.
+    let mut switch_names: HashMap<String, usize> = HashMap::new();
+    let mut port_names: HashMap<String, usize> = HashMap::new();
+    let mut sockets: HashMap<PathBuf, usize> = HashMap::new();
+
+    let mut switches = Vec::with_capacity(raw.switches.len());
+    for (i, sw) in raw.switches.iter().enumerate() {
+        let key = format!("switch[{i}]");
+        let name = check_name(&ctx, &sw.name, &format!("{key}.name"))?;
+        if let Some(first) = switch_names.insert(name.clone(), ctx.line(&sw.name.span())) {
+            return Err(ctx.invalid(
+                &sw.name.span(),
+                &format!("{key}.name"),
+                format!("duplicate switch name {name:?} (first defined at line {first})"),
+            ));
+        }
+
+        let mac_aging_secs = match &sw.mac_aging_secs {
+            Some(v) => ctx.int(
+                v,
+                &format!("{key}.mac_aging_secs"),
+                "aging time",
+                10,
+                1_000_000,
+            )?,
+            None => DEFAULT_MAC_AGING_SECS,
+        };
+        let fdb_capacity = match &sw.fdb_capacity {
+            Some(v) => ctx.int(
+                v,
+                &format!("{key}.fdb_capacity"),
+                "FDB capacity",
+                1,
+                16_777_216,
+            )?,
+            None => DEFAULT_FDB_CAPACITY,
+        };
+        let port_mac_limit = match &sw.port_mac_limit {
+            Some(v) => ctx.int(
+                v,
+                &format!("{key}.port_mac_limit"),
+                "port MAC limit",
+                1,
+                i64::from(fdb_capacity),
+            )?,
+            // A small fdb_capacity alone should not make the default invalid.
+            None => DEFAULT_PORT_MAC_LIMIT.min(fdb_capacity),
+        };
+
+        let mut ports = Vec::with_capacity(sw.ports.len());
+        for (j, port) in sw.ports.iter().enumerate() {
+            let key = format!("{key}.port[{j}]");
+            let port = convert_port(&ctx, port, &key, &run_dir, &mut port_names, &mut sockets)?;
+            ports.push(port);
+        }
+
+        switches.push(SwitchConfig {
+            name,
+            mac_aging_secs,
+            fdb_capacity,
+            port_mac_limit,
+            ports,
+        });
+    }
+
+    Ok(FabricConfig {
+        daemon: DaemonConfig { run_dir },
+        switches,
+    })
+}
+
+fn convert_port(
+    ctx: &Ctx,
+    port: &RawPort,
+    key: &str,
+    run_dir: &Path,
+    port_names: &mut HashMap<String, usize>,
+    sockets: &mut HashMap<PathBuf, usize>,
+) -> Result<PortConfig, ConfigError> {
+    let name = check_name(ctx, &port.name, &format!("{key}.name"))?;
+    if let Some(first) = port_names.insert(name.clone(), ctx.line(&port.name.span())) {
+        return Err(ctx.invalid(
+            &port.name.span(),
+            &format!("{key}.name"),
+            format!("duplicate port name {name:?} (first defined at line {first})"),
+        ));
+    }
+
+    if port.kind.get_ref() != "vhost-user" {
+        return Err(ctx.invalid(
+            &port.kind.span(),
+            &format!("{key}.type"),
+            format!(
+                "unsupported port type {:?}: only \"vhost-user\" is supported \
+                 (\"tap\" and \"vxlan\" are planned)",
+                port.kind.get_ref()
+            ),
+        ));
+    }
+
+    // An explicit socket is relative to the config file; the default one
+    // lives in run_dir. Errors about a defaulted socket point at the name.
+    let (socket, socket_span, socket_key) = match &port.socket {
+        Some(s) if s.get_ref().is_empty() => {
+            return Err(ctx.invalid(&s.span(), &format!("{key}.socket"), "must not be empty"));
+        }
+        Some(s) => (ctx.resolve(s.get_ref()), s.span(), format!("{key}.socket")),
+        None => (
+            normalize(&run_dir.join(format!("{name}.sock"))),
+            port.name.span(),
+            format!("{key}.name"),
+        ),
+    };
+    // sun_path is 108 bytes including the terminating NUL; a longer path
+    // would only fail later, at bind time, with a less helpful error.
+    let socket_len = socket.as_os_str().len();
+    if socket_len > 107 {
+        return Err(ctx.invalid(
+            &socket_span,
+            &socket_key,
+            format!(
+                "socket path {} is {socket_len} bytes; Unix sockets allow at most 107",
+                socket.display()
+            ),
+        ));
+    }
+    if let Some(first) = sockets.insert(socket.clone(), ctx.line(&socket_span)) {
+        return Err(ctx.invalid(
+            &socket_span,
+            &socket_key,
+            format!(
+                "duplicate socket path {} (first used at line {first})",
+                socket.display()
+            ),
+        ));
+    }
+
+    let queue_size = match &port.queue_size {
+        Some(v) => {
+            let k = format!("{key}.queue_size");
+            let size: u16 = ctx.int(v, &k, "queue size", 64, 32768)?;
+            if !size.is_power_of_two() {
+                return Err(ctx.invalid(
+                    &v.span(),
+                    &k,
+                    format!("queue size {size} is not a power of two"),
+                ));
+            }
+            size
+        }
+        None => DEFAULT_QUEUE_SIZE,
+    };
+
+    let mtu = match &port.mtu {
+        Some(v) => ctx.int(v, &format!("{key}.mtu"), "MTU", 68, 65535)?,
+        None => DEFAULT_MTU,
+    };
+
+    let mac = match &port.mac {
+        Some(v) => Some(
+            parse_mac(v.get_ref())
+                .map_err(|message| ctx.invalid(&v.span(), &format!("{key}.mac"), message))?,
+        ),
+        None => None,
+    };
+
+    let vlan = match &port.vlan {
+        Some(v) => convert_vlan(ctx, v, &format!("{key}.vlan"))?,
+        None => VlanConfig::default(),
+    };
+
+    Ok(PortConfig {
+        name,
+        kind: PortKind::VhostUser {
+            socket,
+            queue_size,
+            mac,
+        },
+        vlan,
+        mtu,
+    })
+}
+
+fn convert_vlan(ctx: &Ctx, vlan: &Spanned<RawVlan>, key: &str) -> Result<VlanConfig, ConfigError> {
+    let raw = vlan.get_ref();
+    // Keys of the other mode are an error rather than ignored: a trunk
+    // `tag` or an access `allowed` list means the author expected something
+    // this port will not do.
+    let reject = |span: Range<usize>, k: &str, mode: &str| {
+        Err(ctx.invalid(
+            &span,
+            &format!("{key}.{k}"),
+            format!("`{k}` is not valid with mode = \"{mode}\""),
+        ))
+    };
+    match raw.mode.get_ref().as_str() {
+        "access" => {
+            if let Some(a) = &raw.allowed {
+                return reject(a.span(), "allowed", "access");
+            }
+            if let Some(n) = &raw.native {
+                return reject(n.span(), "native", "access");
+            }
+            let tag = match &raw.tag {
+                Some(t) => ctx.vlan_id(t, &format!("{key}.tag"))?,
+                None => 1,
+            };
+            Ok(VlanConfig::Access { tag })
+        }
+        "trunk" => {
+            if let Some(t) = &raw.tag {
+                return reject(t.span(), "tag", "trunk");
+            }
+            let native = match &raw.native {
+                Some(n) => Some(ctx.vlan_id(n, &format!("{key}.native"))?),
+                None => None,
+            };
+            let mut allowed = match &raw.allowed {
+                Some(list) => {
+                    let mut set = VlanSet::new();
+                    for (i, item) in list.get_ref().iter().enumerate() {
+                        let k = format!("{key}.allowed[{i}]");
+                        let (first, last) = vlan_item(ctx, item, &k)?;
+                        set.extend(first..=last);
+                    }
+                    if set.is_empty() && native.is_none() {
+                        return Err(ctx.invalid(
+                            &list.span(),
+                            &format!("{key}.allowed"),
+                            "trunk carries no VLAN: list at least one or set `native`",
+                        ));
+                    }
+                    set
+                }
+                None => VlanSet::all(),
+            };
+            // The native VLAN is implicitly allowed (documented on VlanConfig).
+            allowed.extend(native);
+            Ok(VlanConfig::Trunk { allowed, native })
+        }
+        other => Err(ctx.invalid(
+            &raw.mode.span(),
+            &format!("{key}.mode"),
+            format!("unknown VLAN mode {other:?} (expected \"access\" or \"trunk\")"),
+        )),
+    }
+}
+
+/// One `allowed` entry as an inclusive range.
+fn vlan_item(ctx: &Ctx, item: &Spanned<RawVlanItem>, key: &str) -> Result<(u16, u16), ConfigError> {
+    let span = item.span();
+    let id = |v: i64| ctx.vlan_id(&Spanned::new(span.clone(), v), key);
+    match item.get_ref() {
+        RawVlanItem::Id(v) => id(*v).map(|v| (v, v)),
+        RawVlanItem::Range(s) => {
+            let bad = || {
+                ctx.invalid(
+                    &span,
+                    key,
+                    format!("invalid VLAN range {s:?} (expected \"first-last\", e.g. \"100-199\")"),
+                )
+            };
+            let (a, b) = s.split_once('-').ok_or_else(bad)?;
+            let a: i64 = a.trim().parse().map_err(|_| bad())?;
+            let b: i64 = b.trim().parse().map_err(|_| bad())?;
+            let (a, b) = (id(a)?, id(b)?);
+            if a > b {
+                return Err(ctx.invalid(
+                    &span,
+                    key,
+                    format!("VLAN range {s:?} is reversed ({a} > {b})"),
+                ));
+            }
+            Ok((a, b))
+        }
+    }
+}
+
+/// `[A-Za-z0-9_.-]{1,32}`: safe in a file name (default socket), a log line
+/// and a shell argument to `fabricctl`.
+fn check_name(ctx: &Ctx, name: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let s = name.get_ref();
+    let ok = (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    // "." and ".." pass the character rule but would make a default socket
+    // path like "run/...sock"; harmless, but also certainly a typo.
+    if !ok || s == "." || s == ".." {
+        return Err(ctx.invalid(
+            &name.span(),
+            key,
+            format!("invalid name {s:?} (expected 1 to 32 of A-Z a-z 0-9 _ . -)"),
+        ));
+    }
+    Ok(s.clone())
+}
+
+/// `"52:54:00:12:34:56"` -> bytes; the guest must get a usable unicast address.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad =
+        || format!("invalid MAC address {s:?} (expected six hex bytes like \"52:54:00:12:34:56\")");
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "MAC address {s} is multicast; a NIC needs a unicast address"
+        ));
+    }
+    if mac == [0; 6] {
+        return Err("MAC address must not be all-zero".to_owned());
+    }
+    Ok(mac)
+}
+
+/// Turns a toml/serde error into ours, adding the key path when the error's
+/// position falls on a key or value of the document.
+fn syntax_error(text: &str, file: &str, e: &toml::de::Error) -> ConfigError {
+    let span = e.span();
+    ConfigError::Syntax {
+        file: file.to_owned(),
+        line: span.as_ref().map(|s| line_of(text, s.start)),
+        key: span.and_then(|s| key_path_at(text, s.start)),
+        // Integers are read as i64 internally; say what the user should write.
+        message: e.message().replace("expected i64", "expected an integer"),
+    }
+}
+
+/// The dotted path (`switch[0].port[1].mtu`) of the deepest key or value
+/// covering byte `at`. toml's own error keeps its key list private and
+/// without array indices, so re-parse into the spanned document tree and
+/// search it. `None` for syntax errors (the document does not parse).
+fn key_path_at(text: &str, at: usize) -> Option<String> {
+    let doc = DeTable::parse(text).ok()?;
+    let mut path = String::new();
+    find_in_table(doc.get_ref(), at, &mut path).then_some(path)
+}
+
+fn find_in_table(table: &DeTable<'_>, at: usize, path: &mut String) -> bool {
+    for (key, value) in table {
+        let len = path.len();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(key.get_ref());
+        if key.span().contains(&at) || find_in_value(value, at, path) {
+            return true;
+        }
+        path.truncate(len);
+    }
+    false
+}
+
+fn find_in_value(value: &Spanned<DeValue<'_>>, at: usize, path: &mut String) -> bool {
+    match value.get_ref() {
+        DeValue::Table(table) if find_in_table(table, at, path) => return true,
+        DeValue::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                if find_in_value(item, at, path) {
+                    return true;
+                }
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    value.span().contains(&at)
+}

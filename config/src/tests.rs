@@ -1,0 +1,460 @@
+use super::*;
+
+/// A switch with one port; `extra` lines are appended to the port table and
+/// so start at line 6.
+fn one_port(extra: &str) -> String {
+    format!("[[switch]]\nname = \"br0\"\n[[switch.port]]\nname = \"vm1\"\ntype = \"vhost-user\"\n{extra}\n")
+}
+
+fn parse_ok(text: &str) -> FabricConfig {
+    parse(text, Path::new("fabric.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn parse_err(text: &str) -> String {
+    match parse(text, Path::new("fabric.toml")) {
+        Ok(cfg) => panic!("expected an error, got {cfg:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn only_port(cfg: &FabricConfig) -> &PortConfig {
+    &cfg.switches[0].ports[0]
+}
+
+#[test]
+fn empty_file_is_valid() {
+    let cfg = parse_ok("");
+    assert_eq!(cfg.daemon.run_dir, PathBuf::from("run"));
+    assert!(cfg.switches.is_empty());
+}
+
+#[test]
+fn defaults_applied() {
+    let cfg = parse_ok(&one_port(""));
+    let sw = &cfg.switches[0];
+    assert_eq!(sw.name, "br0");
+    assert_eq!(sw.mac_aging_secs, 300);
+    assert_eq!(sw.fdb_capacity, 65536);
+    assert_eq!(sw.port_mac_limit, 1024);
+    assert_eq!(
+        sw.ports[0],
+        PortConfig {
+            name: "vm1".into(),
+            kind: PortKind::VhostUser {
+                socket: PathBuf::from("run/vm1.sock"),
+                queue_size: 1024,
+                mac: None,
+            },
+            vlan: VlanConfig::Access { tag: 1 },
+            mtu: 1500,
+        }
+    );
+}
+
+#[test]
+fn explicit_values_kept() {
+    let cfg = parse_ok(&one_port(
+        "queue_size = 256\nmtu = 9000\nmac = \"52:54:00:ab:CD:ef\"\nvlan = { mode = \"access\" }",
+    ));
+    let port = only_port(&cfg);
+    assert_eq!(port.mtu, 9000);
+    assert_eq!(port.vlan, VlanConfig::Access { tag: 1 });
+    let PortKind::VhostUser {
+        queue_size, mac, ..
+    } = &port.kind;
+    assert_eq!(*queue_size, 256);
+    assert_eq!(*mac, Some([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]));
+}
+
+#[test]
+fn port_mac_limit_default_follows_small_fdb() {
+    let cfg = parse_ok("[[switch]]\nname = \"s\"\nfdb_capacity = 100\n");
+    assert_eq!(cfg.switches[0].port_mac_limit, 100);
+}
+
+#[test]
+fn example_parses() {
+    let cfg = parse_ok(EXAMPLE);
+    assert_eq!(cfg.switches.len(), 1);
+    let ports = &cfg.switches[0].ports;
+    let names: Vec<_> = ports.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["vm1", "vm2", "vm3", "trunk1"]);
+    assert_eq!(ports[0].vlan, VlanConfig::Access { tag: 10 });
+    assert_eq!(ports[1].vlan, VlanConfig::Access { tag: 10 });
+    assert_eq!(ports[2].vlan, VlanConfig::Access { tag: 20 });
+    let VlanConfig::Trunk { allowed, native } = &ports[3].vlan else {
+        panic!("trunk1 is not a trunk: {:?}", ports[3].vlan);
+    };
+    assert_eq!(*native, Some(1));
+    assert_eq!(format!("{allowed:?}"), "VlanSet{1, 10, 20, 100-199}");
+    let PortKind::VhostUser { socket, .. } = &ports[3].kind;
+    assert_eq!(socket, Path::new("run/trunk1.sock"));
+}
+
+#[test]
+fn trunk_allowed_defaults_to_all() {
+    let cfg = parse_ok(&one_port("vlan = { mode = \"trunk\" }"));
+    let VlanConfig::Trunk { allowed, native } = &only_port(&cfg).vlan else {
+        panic!("not a trunk");
+    };
+    assert!(allowed.contains(1) && allowed.contains(4094));
+    assert!(!allowed.contains(0) && !allowed.contains(4095));
+    assert_eq!(*native, None);
+}
+
+#[test]
+fn trunk_ranges_parse_and_native_is_implicitly_allowed() {
+    let cfg = parse_ok(&one_port(
+        "vlan = { mode = \"trunk\", allowed = [5, \"100-102\", \" 7 - 7 \", 5], native = 300 }",
+    ));
+    let VlanConfig::Trunk { allowed, native } = &only_port(&cfg).vlan else {
+        panic!("not a trunk");
+    };
+    assert_eq!(
+        allowed.iter().collect::<Vec<_>>(),
+        [5, 7, 100, 101, 102, 300]
+    );
+    assert_eq!(*native, Some(300));
+}
+
+#[test]
+fn trunk_with_only_native_is_valid() {
+    let cfg = parse_ok(&one_port(
+        "vlan = { mode = \"trunk\", allowed = [], native = 7 }",
+    ));
+    let VlanConfig::Trunk { allowed, .. } = &only_port(&cfg).vlan else {
+        panic!("not a trunk");
+    };
+    assert_eq!(allowed.iter().collect::<Vec<_>>(), [7]);
+}
+
+#[test]
+fn relative_paths_resolve_against_config_dir() {
+    let text = "[daemon]\nrun_dir = \"../state\"\n[[switch]]\nname = \"br0\"\n\
+                [[switch.port]]\nname = \"a\"\ntype = \"vhost-user\"\n\
+                [[switch.port]]\nname = \"b\"\ntype = \"vhost-user\"\nsocket = \"./socks/b.sock\"\n\
+                [[switch.port]]\nname = \"c\"\ntype = \"vhost-user\"\nsocket = \"/tmp/c.sock\"\n";
+    let cfg = parse(text, Path::new("/etc/fabric/fabric.toml")).unwrap();
+    assert_eq!(cfg.daemon.run_dir, Path::new("/etc/state"));
+    let sockets: Vec<_> = cfg.switches[0]
+        .ports
+        .iter()
+        .map(|p| match &p.kind {
+            PortKind::VhostUser { socket, .. } => socket.clone(),
+        })
+        .collect();
+    assert_eq!(
+        sockets,
+        [
+            PathBuf::from("/etc/state/a.sock"),
+            PathBuf::from("/etc/fabric/socks/b.sock"),
+            PathBuf::from("/tmp/c.sock"),
+        ]
+    );
+}
+
+#[test]
+fn load_makes_paths_absolute_and_names_missing_file() {
+    let dir = std::env::temp_dir().join(format!("fabric-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("fabric.toml");
+    std::fs::write(&file, EXAMPLE).unwrap();
+    let cfg = load(&file).unwrap();
+    assert_eq!(cfg.daemon.run_dir, dir.join("run"));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let missing = dir.join("nope.toml");
+    let err = load(&missing).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot read {}: ", missing.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn errors_expose_line_and_key() {
+    let err = parse(&one_port("mtu = 1"), Path::new("fabric.toml")).unwrap_err();
+    assert_eq!(err.line(), Some(6));
+    assert_eq!(err.key(), Some("switch[0].port[0].mtu"));
+}
+
+/// Each case: lines appended to the single port (starting at line 6) and the
+/// exact message.
+#[test]
+fn port_rejections() {
+    let cases = [
+        // unknown keys, at every level of the port
+        (
+            "agin = 1",
+            "fabric.toml:6: switch[0].port[0].agin: unknown field `agin`, expected one of \
+             `name`, `type`, `socket`, `vlan`, `queue_size`, `mtu`, `mac`",
+        ),
+        (
+            "vlan = { mode = \"access\", tga = 3 }",
+            "fabric.toml:6: switch[0].port[0].vlan.tga: unknown field `tga`, expected one of \
+             `mode`, `tag`, `allowed`, `native`",
+        ),
+        // wrong types
+        (
+            "mtu = \"big\"",
+            "fabric.toml:6: switch[0].port[0].mtu: invalid type: string \"big\", expected an integer",
+        ),
+        (
+            "vlan = { mode = \"trunk\", allowed = [1, 2.5] }",
+            "fabric.toml:6: switch[0].port[0].vlan.allowed[1]: invalid type: floating point `2.5`, \
+             expected a VLAN id or a range string like \"100-199\"",
+        ),
+        // VLAN ids
+        (
+            "vlan = { mode = \"access\", tag = 4095 }",
+            "fabric.toml:6: switch[0].port[0].vlan.tag: VLAN id 4095 is outside 1..=4094",
+        ),
+        (
+            "vlan = { mode = \"access\", tag = 0 }",
+            "fabric.toml:6: switch[0].port[0].vlan.tag: VLAN id 0 is outside 1..=4094",
+        ),
+        (
+            "vlan = { mode = \"trunk\", allowed = [10, 4095] }",
+            "fabric.toml:6: switch[0].port[0].vlan.allowed[1]: VLAN id 4095 is outside 1..=4094",
+        ),
+        (
+            "vlan = { mode = \"trunk\", allowed = [\"0-10\"] }",
+            "fabric.toml:6: switch[0].port[0].vlan.allowed[0]: VLAN id 0 is outside 1..=4094",
+        ),
+        (
+            "vlan = { mode = \"trunk\", allowed = [\"4000-4095\"] }",
+            "fabric.toml:6: switch[0].port[0].vlan.allowed[0]: VLAN id 4095 is outside 1..=4094",
+        ),
+        (
+            "vlan = { mode = \"trunk\", native = 5000 }",
+            "fabric.toml:6: switch[0].port[0].vlan.native: VLAN id 5000 is outside 1..=4094",
+        ),
+        (
+            "vlan = { mode = \"trunk\", allowed = [\"200-100\"] }",
+            "fabric.toml:6: switch[0].port[0].vlan.allowed[0]: VLAN range \"200-100\" is reversed \
+             (200 > 100)",
+        ),
+        (
+            "vlan = { mode = \"trunk\", allowed = [\"100..200\"] }",
+            "fabric.toml:6: switch[0].port[0].vlan.allowed[0]: invalid VLAN range \"100..200\" \
+             (expected \"first-last\", e.g. \"100-199\")",
+        ),
+        (
+            "vlan = { mode = \"trunk\", allowed = [] }",
+            "fabric.toml:6: switch[0].port[0].vlan.allowed: trunk carries no VLAN: list at least \
+             one or set `native`",
+        ),
+        // VLAN mode consistency
+        (
+            "vlan = { mode = \"access\", allowed = [10] }",
+            "fabric.toml:6: switch[0].port[0].vlan.allowed: `allowed` is not valid with \
+             mode = \"access\"",
+        ),
+        (
+            "vlan = { mode = \"access\", native = 1 }",
+            "fabric.toml:6: switch[0].port[0].vlan.native: `native` is not valid with \
+             mode = \"access\"",
+        ),
+        (
+            "vlan = { mode = \"trunk\", tag = 10 }",
+            "fabric.toml:6: switch[0].port[0].vlan.tag: `tag` is not valid with mode = \"trunk\"",
+        ),
+        (
+            "vlan = { mode = \"hybrid\" }",
+            "fabric.toml:6: switch[0].port[0].vlan.mode: unknown VLAN mode \"hybrid\" \
+             (expected \"access\" or \"trunk\")",
+        ),
+        (
+            "vlan = { tag = 10 }",
+            "fabric.toml:6: switch[0].port[0].vlan: missing field `mode`",
+        ),
+        // numeric ranges
+        (
+            "queue_size = 1000",
+            "fabric.toml:6: switch[0].port[0].queue_size: queue size 1000 is not a power of two",
+        ),
+        (
+            "queue_size = 32",
+            "fabric.toml:6: switch[0].port[0].queue_size: queue size 32 is outside 64..=32768",
+        ),
+        (
+            "queue_size = 65536",
+            "fabric.toml:6: switch[0].port[0].queue_size: queue size 65536 is outside 64..=32768",
+        ),
+        (
+            "mtu = 67",
+            "fabric.toml:6: switch[0].port[0].mtu: MTU 67 is outside 68..=65535",
+        ),
+        (
+            "mtu = 65536",
+            "fabric.toml:6: switch[0].port[0].mtu: MTU 65536 is outside 68..=65535",
+        ),
+        // MAC
+        (
+            "mac = \"01:00:5e:00:00:01\"",
+            "fabric.toml:6: switch[0].port[0].mac: MAC address 01:00:5e:00:00:01 is multicast; \
+             a NIC needs a unicast address",
+        ),
+        (
+            "mac = \"00:00:00:00:00:00\"",
+            "fabric.toml:6: switch[0].port[0].mac: MAC address must not be all-zero",
+        ),
+        (
+            "mac = \"52:54:00:12:34\"",
+            "fabric.toml:6: switch[0].port[0].mac: invalid MAC address \"52:54:00:12:34\" \
+             (expected six hex bytes like \"52:54:00:12:34:56\")",
+        ),
+        // socket
+        (
+            "socket = \"\"",
+            "fabric.toml:6: switch[0].port[0].socket: must not be empty",
+        ),
+    ];
+    for (extra, expected) in cases {
+        assert_eq!(parse_err(&one_port(extra)), expected, "for {extra:?}");
+    }
+}
+
+#[test]
+fn unsupported_port_type_mentions_what_is_planned() {
+    let text = "[[switch]]\nname = \"br0\"\n[[switch.port]]\nname = \"t\"\ntype = \"tap\"\n";
+    assert_eq!(
+        parse_err(text),
+        "fabric.toml:5: switch[0].port[0].type: unsupported port type \"tap\": only \
+         \"vhost-user\" is supported (\"tap\" and \"vxlan\" are planned)"
+    );
+}
+
+#[test]
+fn missing_required_keys() {
+    let text = "[[switch]]\nname = \"br0\"\n[[switch.port]]\ntype = \"vhost-user\"\n";
+    assert_eq!(
+        parse_err(text),
+        "fabric.toml:3: switch[0].port[0]: missing field `name`"
+    );
+    let text = "[[switch]]\nname = \"br0\"\n[[switch.port]]\nname = \"a\"\n";
+    assert_eq!(
+        parse_err(text),
+        "fabric.toml:3: switch[0].port[0]: missing field `type`"
+    );
+}
+
+#[test]
+fn invalid_names() {
+    let long = "x".repeat(33);
+    for bad in ["", "a b", "vm/1", "..", long.as_str()] {
+        let text = format!("[[switch]]\nname = \"br0\"\n[[switch.port]]\nname = \"{bad}\"\ntype = \"vhost-user\"\n");
+        assert_eq!(
+            parse_err(&text),
+            format!(
+                "fabric.toml:4: switch[0].port[0].name: invalid name {bad:?} \
+                 (expected 1 to 32 of A-Z a-z 0-9 _ . -)"
+            )
+        );
+    }
+    assert_eq!(
+        parse_err("[[switch]]\nname = \"br 0\"\n"),
+        "fabric.toml:2: switch[0].name: invalid name \"br 0\" (expected 1 to 32 of A-Z a-z 0-9 _ . -)"
+    );
+}
+
+#[test]
+fn unknown_keys_at_top_levels() {
+    assert_eq!(
+        parse_err("[[switch]]\nname = \"br0\"\nagin_secs = 3\n"),
+        "fabric.toml:3: switch[0].agin_secs: unknown field `agin_secs`, expected one of `name`, \
+         `mac_aging_secs`, `fdb_capacity`, `port_mac_limit`, `port`"
+    );
+    assert_eq!(
+        parse_err("[daemon]\nrundir = \"x\"\n"),
+        "fabric.toml:2: daemon.rundir: unknown field `rundir`, expected `run_dir`"
+    );
+    assert_eq!(
+        parse_err("\n[pool]\nx = 1\n"),
+        "fabric.toml:2: pool: unknown field `pool`, expected `daemon` or `switch`"
+    );
+}
+
+#[test]
+fn toml_syntax_error_has_line() {
+    let err = parse_err("[[switch]]\nname = br0\n");
+    assert!(err.starts_with("fabric.toml:2: "), "{err}");
+}
+
+#[test]
+fn switch_rejections() {
+    let cases = [
+        (
+            "mac_aging_secs = 0",
+            "fabric.toml:3: switch[0].mac_aging_secs: aging time 0 is outside 10..=1000000",
+        ),
+        (
+            "fdb_capacity = 0",
+            "fabric.toml:3: switch[0].fdb_capacity: FDB capacity 0 is outside 1..=16777216",
+        ),
+        (
+            "fdb_capacity = 16777217",
+            "fabric.toml:3: switch[0].fdb_capacity: FDB capacity 16777217 is outside 1..=16777216",
+        ),
+        (
+            "fdb_capacity = 100\nport_mac_limit = 101",
+            "fabric.toml:4: switch[0].port_mac_limit: port MAC limit 101 is outside 1..=100",
+        ),
+        (
+            "port_mac_limit = 0",
+            "fabric.toml:3: switch[0].port_mac_limit: port MAC limit 0 is outside 1..=65536",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let text = format!("[[switch]]\nname = \"br0\"\n{extra}\n");
+        assert_eq!(parse_err(&text), expected, "for {extra:?}");
+    }
+}
+
+#[test]
+fn duplicate_switch_names() {
+    let text = "[[switch]]\nname = \"br0\"\n\n[[switch]]\nname = \"br0\"\n";
+    assert_eq!(
+        parse_err(text),
+        "fabric.toml:5: switch[1].name: duplicate switch name \"br0\" (first defined at line 2)"
+    );
+}
+
+#[test]
+fn duplicate_port_names_across_switches() {
+    let text = "[[switch]]\nname = \"br0\"\n[[switch.port]]\nname = \"vm1\"\ntype = \"vhost-user\"\n\
+                [[switch]]\nname = \"br1\"\n[[switch.port]]\nname = \"vm1\"\ntype = \"vhost-user\"\n";
+    assert_eq!(
+        parse_err(text),
+        "fabric.toml:9: switch[1].port[0].name: duplicate port name \"vm1\" (first defined at line 4)"
+    );
+}
+
+#[test]
+fn duplicate_sockets_compared_after_resolving() {
+    // vm2's explicit socket is another spelling of vm1's default one.
+    let text = one_port(
+        "[[switch.port]]\nname = \"vm2\"\ntype = \"vhost-user\"\nsocket = \"./run/../run/vm1.sock\"",
+    );
+    assert_eq!(
+        parse_err(&text),
+        "fabric.toml:9: switch[0].port[1].socket: duplicate socket path run/vm1.sock \
+         (first used at line 4)"
+    );
+}
+
+#[test]
+fn overlong_socket_path_rejected() {
+    let long = format!("/{}.sock", "s".repeat(110));
+    let err = parse_err(&one_port(&format!("socket = \"{long}\"")));
+    assert!(
+        err.starts_with("fabric.toml:6: switch[0].port[0].socket: socket path /sss"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("is 116 bytes; Unix sockets allow at most 107"),
+        "{err}"
+    );
+}
