@@ -1,0 +1,77 @@
+//! `vswitchd --config fabric.toml`: serves the configured switches and ports
+//! until SIGINT or SIGTERM, then removes its sockets and exits 0.
+//! `vswitchd --check --config fabric.toml` validates the file and exits.
+
+use fabric::Daemon;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: vswitchd [--check] --config FILE";
+
+struct Args {
+    config: PathBuf,
+    check: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut config = None;
+    let mut check = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => config = Some(args.next().ok_or("--config needs a file")?),
+            "--check" => check = true,
+            "--help" | "-h" => return Err(USAGE.to_string()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    let config = config.ok_or_else(|| format!("--config is required\n{USAGE}"))?;
+    Ok(Args { config: PathBuf::from(config), check })
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match fabric_config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vswitchd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if args.check {
+        let ports: usize = config.switches.iter().map(|s| s.ports.len()).sum();
+        println!("{}: OK ({} switches, {} ports)", args.config.display(), config.switches.len(), ports);
+        return ExitCode::SUCCESS;
+    }
+    // Handlers go in before any socket exists, so a signal never leaves sockets behind.
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vswitchd: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let daemon = match Daemon::start(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("vswitchd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    log::info!("vswitchd running; SIGINT or SIGTERM stops it");
+    if let Some(sig) = signals.forever().next() {
+        log::info!("signal {sig}: shutting down");
+    }
+    daemon.shutdown();
+    log::info!("stopped");
+    ExitCode::SUCCESS
+}

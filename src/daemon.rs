@@ -1,0 +1,169 @@
+//! The running daemon: switches, their ports, and the FDB aging timer.
+
+use fabric_config::{FabricConfig, PortConfig, PortKind, VlanConfig};
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use vhost_backends::net::{NetPort, NetPortConfig, NetPortHandle};
+use vhost_backends::port_table::PortTable;
+use vswitch::{Switch, VlanMode};
+
+pub struct Daemon {
+    switches: Vec<Arc<Switch>>,
+    ports: Vec<NetPortHandle>,
+    stop: Arc<AtomicBool>,
+    ager: Option<JoinHandle<()>>,
+}
+
+/// The engine's VLAN rule for a configured port.
+pub fn vlan_mode(vlan: &VlanConfig) -> VlanMode {
+    match vlan {
+        VlanConfig::Access { tag } => VlanMode::Access(*tag),
+        VlanConfig::Trunk { allowed, native } => VlanMode::Trunk { allowed: allowed.iter().collect(), native: *native },
+    }
+}
+
+/// Refuses to take over a socket another live process is serving (a second
+/// daemon on the same config would silently steal its guests).
+fn check_socket_free(path: &Path) -> io::Result<()> {
+    if UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} is in use by another process (is vswitchd already running?)", path.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// The QEMU arguments that attach a guest NIC to a port.
+pub fn qemu_args(port: &PortConfig) -> String {
+    let PortKind::VhostUser { socket, mac, .. } = &port.kind;
+    let mac = mac.map(|m| format!(",mac={}", vswitch::MacAddr(m))).unwrap_or_default();
+    format!(
+        "-object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \
+         -chardev socket,id=chr-{n},path={s} -netdev vhost-user,id=net-{n},chardev=chr-{n} \
+         -device virtio-net-pci,netdev=net-{n}{mac},mrg_rxbuf=on,event_idx=on",
+        n = port.name,
+        s = socket.display(),
+    )
+}
+
+impl Daemon {
+    /// Creates every switch and port and starts serving. On error, whatever was
+    /// started is stopped again.
+    pub fn start(config: &FabricConfig) -> io::Result<Daemon> {
+        std::fs::create_dir_all(&config.daemon.run_dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", config.daemon.run_dir.display())))?;
+        let mut daemon = Daemon { switches: Vec::new(), ports: Vec::new(), stop: Arc::new(AtomicBool::new(false)), ager: None };
+        if let Err(e) = daemon.start_switches(config) {
+            daemon.shutdown();
+            return Err(e);
+        }
+        daemon.start_ager();
+        Ok(daemon)
+    }
+
+    fn start_switches(&mut self, config: &FabricConfig) -> io::Result<()> {
+        for sc in &config.switches {
+            let switch = Arc::new(Switch::new(&sc.name, sc.fdb_capacity, sc.port_mac_limit, sc.mac_aging_secs));
+            let table = Arc::new(PortTable::default());
+            self.switches.push(switch.clone());
+            for pc in &sc.ports {
+                let PortKind::VhostUser { socket, queue_size, mac } = &pc.kind;
+                if let Some(dir) = socket.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                check_socket_free(socket)?;
+                let id = switch.add_port(&pc.name, vlan_mode(&pc.vlan), pc.mtu).map_err(io::Error::other)?;
+                let port = Arc::new(NetPort {
+                    name: pc.name.clone(),
+                    id,
+                    switch: switch.clone(),
+                    table: table.clone(),
+                    config: NetPortConfig { socket: socket.clone(), mac: *mac, mtu: pc.mtu, queue_size: *queue_size },
+                });
+                self.ports.push(port.spawn()?);
+                log::info!(
+                    "switch {} port {} ({}) listening on {}; attach a QEMU guest with: {}",
+                    sc.name,
+                    pc.name,
+                    pc.vlan_summary(),
+                    socket.display(),
+                    qemu_args(pc)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Ages every switch's FDB once a second.
+    fn start_ager(&mut self) {
+        let switches = self.switches.clone();
+        let stop = self.stop.clone();
+        self.ager = std::thread::Builder::new()
+            .name("fdb-ager".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::park_timeout(Duration::from_secs(1));
+                    for sw in &switches {
+                        let aged = sw.fdb().age(sw.now());
+                        if aged > 0 {
+                            log::debug!("switch {}: aged out {aged} FDB entries", sw.name);
+                        }
+                    }
+                }
+            })
+            .ok();
+    }
+
+    pub fn switch(&self, name: &str) -> Option<&Arc<Switch>> {
+        self.switches.iter().find(|s| s.name == name)
+    }
+
+    pub fn switches(&self) -> &[Arc<Switch>] {
+        &self.switches
+    }
+
+    /// Disconnects every guest, removes the sockets and stops all threads.
+    pub fn shutdown(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        for port in self.ports.drain(..) {
+            port.stop();
+        }
+        if let Some(ager) = self.ager.take() {
+            ager.thread().unpark();
+            let _ = ager.join();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// A short description of a port's VLAN rule for logs.
+trait VlanSummary {
+    fn vlan_summary(&self) -> String;
+}
+
+impl VlanSummary for PortConfig {
+    fn vlan_summary(&self) -> String {
+        match &self.vlan {
+            VlanConfig::Access { tag } => format!("access VLAN {tag}"),
+            VlanConfig::Trunk { allowed, native } => match native {
+                Some(n) => format!("trunk {allowed:?} native {n}"),
+                None => format!("trunk {allowed:?}"),
+            },
+        }
+    }
+}

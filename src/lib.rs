@@ -1,0 +1,6 @@
+//! Daemon assembly: turns a validated `fabric.toml` into running switches and
+//! ports. The binaries (`vswitchd`) are thin wrappers around [`Daemon`].
+
+pub mod daemon;
+
+pub use daemon::Daemon;

@@ -1,0 +1,163 @@
+//! The vhost-user-net device of one frontend connection: feature negotiation,
+//! config space, and the events of its two queues (0 = receiveq, 1 = transmitq).
+
+use super::port::NetPort;
+use super::rx::GuestRx;
+use super::tx::{self, TxScratch};
+use super::Vring;
+use crate::GuestMemAtomic;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::VhostUserBackend;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+
+pub const RX_QUEUE: u16 = 0;
+pub const TX_QUEUE: u16 = 1;
+const NUM_QUEUES: usize = 2;
+
+/// Device features we offer (virtio 1.x §5.1.3). No checksum or segmentation
+/// offloads yet: every frame a guest sends is complete.
+pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
+    | 1 << VIRTIO_NET_F_MRG_RXBUF
+    | 1 << VIRTIO_RING_F_EVENT_IDX
+    | 1 << VIRTIO_RING_F_INDIRECT_DESC
+    | 1 << VIRTIO_NET_F_MAC
+    | 1 << VIRTIO_NET_F_STATUS
+    | 1 << VIRTIO_NET_F_MTU;
+
+/// State of one frontend connection. A new one is made for every connection so
+/// nothing negotiated by a previous guest leaks into the next.
+pub struct Connection {
+    pub(crate) port: Arc<NetPort>,
+    pub(crate) mem: GuestMemAtomic,
+    acked_features: AtomicU64,
+    published: AtomicBool,
+    scratch: Mutex<TxScratch>,
+}
+
+impl Connection {
+    pub fn has_feature(&self, bit: u32) -> bool {
+        self.acked_features.load(Ordering::Relaxed) & (1 << bit) != 0
+    }
+
+    /// Makes the guest's RX queue reachable by senders and brings the link up.
+    fn publish(self: &Arc<Self>, rx: &Vring) {
+        if !self.published.swap(true, Ordering::AcqRel) {
+            self.port.table.publish(self.port.id, Box::new(GuestRx::new(rx.clone(), self.clone())));
+            self.port.switch.set_link(self.port.id, true);
+            log::info!("port {}: frontend ready, link up", self.port.name);
+        }
+    }
+
+    /// Link down: withdraw the RX queue and forget the port's stations.
+    pub(crate) fn withdraw(&self) {
+        if self.published.swap(false, Ordering::AcqRel) {
+            self.port.table.withdraw(self.port.id);
+            self.port.switch.set_link(self.port.id, false);
+        }
+    }
+}
+
+/// The `VhostUserBackend` of one connection (cheap to clone: the daemon does).
+#[derive(Clone)]
+pub struct NetBackend(pub(crate) Arc<Connection>);
+
+impl NetBackend {
+    pub fn new(port: Arc<NetPort>, mem: GuestMemAtomic) -> NetBackend {
+        NetBackend(Arc::new(Connection {
+            port,
+            mem,
+            acked_features: AtomicU64::new(0),
+            published: AtomicBool::new(false),
+            scratch: Mutex::new(TxScratch::default()),
+        }))
+    }
+
+    /// `virtio_net_config` up to `mtu`: mac[6], status, max_virtqueue_pairs, mtu
+    /// (all little-endian, §5.1.4).
+    fn config_space(&self) -> [u8; 12] {
+        let cfg = &self.0.port.config;
+        let mut space = [0u8; 12];
+        space[0..6].copy_from_slice(&cfg.mac.unwrap_or_default());
+        space[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        space[8..10].copy_from_slice(&1u16.to_le_bytes());
+        space[10..12].copy_from_slice(&cfg.mtu.to_le_bytes());
+        space
+    }
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        self.0.port.config.queue_size as usize
+    }
+
+    fn features(&self) -> u64 {
+        let mut features = OFFERED_FEATURES | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if self.0.port.config.mac.is_none() {
+            features &= !(1 << VIRTIO_NET_F_MAC);
+        }
+        features
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.0.acked_features.store(features, Ordering::Relaxed);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The handler sets EVENT_IDX on each vring; the datapath reads it there.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let space = self.config_space();
+        let start = (offset as usize).min(space.len());
+        let end = start.saturating_add(size as usize).min(space.len());
+        let mut out = space[start..end].to_vec();
+        out.resize(size as usize, 0);
+        out
+    }
+
+    fn update_memory(&self, _mem: GuestMemAtomic) -> io::Result<()> {
+        // `mem` is the same atomic we hold; the new map is already visible in it.
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // Without one, dropping the daemon would hang joining the workers.
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn handle_event(&self, device_event: u16, _evset: EventSet, vrings: &[Vring], _thread_id: usize) -> io::Result<()> {
+        // Also called once when a vring is enabled, not only on kicks: idempotent.
+        if vrings.len() < NUM_QUEUES {
+            return Ok(());
+        }
+        self.0.publish(&vrings[RX_QUEUE as usize]);
+        if device_event == TX_QUEUE {
+            let tx = &vrings[TX_QUEUE as usize];
+            let mut scratch = self.0.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            tx::drain(&self.0, tx, &mut scratch);
+        }
+        // RX kicks only say the guest posted buffers; frames that found none
+        // were already dropped and counted.
+        Ok(())
+    }
+}

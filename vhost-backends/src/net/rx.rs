@@ -1,0 +1,218 @@
+//! Delivery into a guest's RX queue (virtio-net receiveq, virtio 1.x §5.1.6.3).
+//!
+//! Each received packet starts with a 12-byte `virtio_net_hdr_v1`. With
+//! VIRTIO_NET_F_MRG_RXBUF a packet may span several descriptor chains and the
+//! header's `num_buffers` says how many; without it the packet must fit in one
+//! chain and `num_buffers` is 1.
+
+use super::frame_source::{FrameSource, Segment};
+use super::device::Connection;
+use super::{Vring, HDR_LEN};
+use crate::port_table::FrameSink;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use vhost_user_backend::VringT;
+use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryBackend, VolatileSlice};
+use vswitch::{DropReason, Egress};
+
+/// Chains one packet may span (mergeable buffers). A 64 KiB packet over 1.5 KiB
+/// buffers needs 44.
+const MAX_CHAINS: usize = 64;
+/// Writable descriptors over all chains of one packet.
+const MAX_RX_SEGMENTS: usize = 256;
+
+/// A guest's receive queue, published in the port table while the guest is
+/// connected and its RX ring enabled.
+pub struct GuestRx {
+    vring: Vring,
+    conn: Arc<Connection>,
+    /// Used buffers were added since the last notification.
+    pending: AtomicBool,
+}
+
+impl GuestRx {
+    pub fn new(vring: Vring, conn: Arc<Connection>) -> GuestRx {
+        GuestRx { vring, conn, pending: AtomicBool::new(false) }
+    }
+}
+
+/// A chain taken from the avail ring for the packet being delivered.
+#[derive(Clone, Copy, Default)]
+struct Taken {
+    head: u16,
+    capacity: u32,
+}
+
+/// Why a chain from the guest could not take a packet.
+enum ChainError {
+    /// Readable descriptor, bad address, truncated or looping chain.
+    Malformed,
+    /// More descriptors than we handle.
+    TooLong,
+}
+
+/// Appends the writable buffers of `chain` to `segs`; returns their total length.
+fn writable_segments<M>(mem: &crate::GuestMem, chain: virtio_queue::DescriptorChain<M>, segs: &mut [Segment], n: &mut usize) -> Result<u32, ChainError>
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemory,
+{
+    let mut capacity: u32 = 0;
+    let mut last_has_next = false;
+    for desc in chain {
+        last_has_next = desc.has_next();
+        if !desc.is_write_only() || mem.get_slice(desc.addr(), desc.len() as usize).is_err() {
+            return Err(ChainError::Malformed);
+        }
+        if *n == segs.len() {
+            return Err(ChainError::TooLong);
+        }
+        segs[*n] = Segment { addr: desc.addr().0, len: desc.len() };
+        *n += 1;
+        capacity = capacity.checked_add(desc.len()).ok_or(ChainError::Malformed)?;
+    }
+    // The chain iterator stops silently on a bad descriptor or a loop; a last
+    // descriptor that still points onward means the chain was cut short.
+    if last_has_next || capacity == 0 {
+        return Err(ChainError::Malformed);
+    }
+    Ok(capacity)
+}
+
+/// Writes a byte stream across a list of guest buffers.
+struct SegmentWriter<'a> {
+    mem: &'a crate::GuestMem,
+    segs: &'a [Segment],
+    idx: usize,
+    off: usize,
+}
+
+impl SegmentWriter<'_> {
+    fn current(&mut self) -> Option<VolatileSlice<'_>> {
+        while self.idx < self.segs.len() && self.off == self.segs[self.idx].len as usize {
+            self.idx += 1;
+            self.off = 0;
+        }
+        let seg = self.segs.get(self.idx)?;
+        self.mem
+            .get_slice(GuestAddress(seg.addr + self.off as u64), seg.len as usize - self.off)
+            .ok()
+    }
+
+    fn write_bytes(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            let Some(dst) = self.current() else { return false };
+            let n = dst.len().min(bytes.len());
+            dst.copy_from(&bytes[..n]);
+            self.off += n;
+            bytes = &bytes[n..];
+        }
+        true
+    }
+
+    fn write_slice(&mut self, src: VolatileSlice<'_>) -> bool {
+        let mut done = 0;
+        while done < src.len() {
+            let Some(dst) = self.current() else { return false };
+            let n = dst.len().min(src.len() - done);
+            match (src.subslice(done, n), dst.subslice(0, n)) {
+                (Ok(from), Ok(to)) => from.copy_to_volatile_slice(to),
+                _ => return false,
+            }
+            self.off += n;
+            done += n;
+        }
+        true
+    }
+}
+
+impl FrameSink for GuestRx {
+    fn deliver(&self, egress: &Egress, frame: &FrameSource) -> Result<(), DropReason> {
+        let mem = self.conn.mem.memory();
+        let mrg_rxbuf = self.conn.has_feature(VIRTIO_NET_F_MRG_RXBUF);
+        let mut vring = self.vring.get_mut();
+        if !vring.is_enabled() || !vring.get_queue().ready() {
+            return Err(DropReason::NoBuffer);
+        }
+        let need = (HDR_LEN + egress.len()) as u32;
+        let queue = vring.get_queue_mut();
+        let start = queue.next_avail();
+
+        // 1. Take chains until they can hold the packet, without writing yet so a
+        //    shortfall can be undone by rewinding next_avail.
+        let mut taken = [Taken::default(); MAX_CHAINS];
+        let mut n_taken = 0;
+        let mut segs = [Segment::default(); MAX_RX_SEGMENTS];
+        let mut n_segs = 0;
+        let mut capacity: u32 = 0;
+        let mut bad_chain = None;
+        {
+            let Ok(mut avail) = queue.iter(&*mem) else {
+                return Err(DropReason::NoBuffer);
+            };
+            while capacity < need && n_taken < MAX_CHAINS && (n_taken == 0 || mrg_rxbuf) {
+                let Some(chain) = avail.next() else { break };
+                let head = chain.head_index();
+                let seg_mark = n_segs;
+                match writable_segments(&mem, chain, &mut segs, &mut n_segs) {
+                    Ok(cap) => {
+                        taken[n_taken] = Taken { head, capacity: cap };
+                        n_taken += 1;
+                        capacity = capacity.saturating_add(cap);
+                    }
+                    Err(_) => {
+                        n_segs = seg_mark;
+                        bad_chain = Some(head);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(head) = bad_chain {
+            if n_taken == 0 {
+                // Give the unusable buffer back, empty, so the ring does not stall.
+                let _ = queue.add_used(&*mem, head, 0);
+                self.pending.store(true, Ordering::Relaxed);
+                return Err(DropReason::BadDescriptor);
+            }
+        }
+        if capacity < need {
+            // Not enough room: leave the chains for a smaller packet or a later one.
+            queue.set_next_avail(start);
+            return Err(if bad_chain.is_some() { DropReason::BadDescriptor } else { DropReason::NoBuffer });
+        }
+
+        // 2. Write header, rewritten head and the rest of the frame.
+        let mut hdr = [0u8; HDR_LEN];
+        hdr[10..12].copy_from_slice(&(n_taken as u16).to_le_bytes());
+        let mut w = SegmentWriter { mem: &mem, segs: &segs[..n_segs], idx: 0, off: 0 };
+        let ok = w.write_bytes(&hdr)
+            && w.write_bytes(egress.head())
+            && frame.for_each_slice(egress.skip(), |s| w.write_slice(s));
+        if !ok {
+            // Memory vanished under us (frontend remapped): hand the buffers back.
+            queue.set_next_avail(start);
+            return Err(DropReason::NoBuffer);
+        }
+
+        // 3. Publish: each chain's used length is what landed in it.
+        let mut remaining = need;
+        for t in &taken[..n_taken] {
+            let len = remaining.min(t.capacity);
+            remaining -= len;
+            if queue.add_used(&*mem, t.head, len).is_err() {
+                return Err(DropReason::BadDescriptor);
+            }
+        }
+        self.pending.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn flush(&self) {
+        if self.pending.swap(false, Ordering::Relaxed) {
+            super::notify(&self.vring);
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The receive sides of a switch's ports, indexed by port id.
+//!
+//! A port's driver publishes a [`FrameSink`] when its peer is ready to receive
+//! (the guest enabled its RX queue) and withdraws it when the peer goes away. A
+//! sender resolves the FDB's port id here, then copies the frame into the sink
+//! itself: delivery happens on the sender's thread, locking only the destination
+//! queue, briefly.
+
+use crate::net::frame_source::FrameSource;
+use arc_swap::ArcSwapOption;
+use std::sync::Arc;
+use vswitch::{fdb::MAX_PORTS, DropReason, Egress, PortId};
+
+/// Something that takes frames for one switch port: a guest's RX queue, later a
+/// TAP device or a VXLAN tunnel.
+pub trait FrameSink: Send + Sync {
+    /// Writes `egress.head()` followed by `frame` from `egress.skip()` on.
+    /// The frame is complete when this returns `Ok`; the peer may be notified
+    /// only at [`FrameSink::flush`].
+    fn deliver(&self, egress: &Egress, frame: &FrameSource) -> Result<(), DropReason>;
+
+    /// Notifies the peer of everything delivered since the last flush (once per
+    /// batch, not per frame).
+    fn flush(&self);
+}
+
+/// `Box` because arc-swap holds sized types only.
+type Slot = ArcSwapOption<Box<dyn FrameSink>>;
+
+pub struct PortTable {
+    slots: Box<[Slot]>,
+}
+
+impl Default for PortTable {
+    fn default() -> Self {
+        PortTable { slots: (0..MAX_PORTS).map(|_| ArcSwapOption::empty()).collect() }
+    }
+}
+
+impl PortTable {
+    pub fn publish(&self, port: PortId, sink: Box<dyn FrameSink>) {
+        self.slots[port as usize].store(Some(Arc::new(sink)));
+    }
+
+    pub fn withdraw(&self, port: PortId) {
+        self.slots[port as usize].store(None);
+    }
+
+    /// Runs `f` on the port's sink, if one is published. No reference count is
+    /// taken on this path (arc-swap's guard), so senders on many cores do not
+    /// contend on the sink.
+    pub fn with<R>(&self, port: PortId, f: impl FnOnce(&dyn FrameSink) -> R) -> Option<R> {
+        let guard = self.slots.get(port as usize)?.load();
+        guard.as_ref().map(|sink| f(sink.as_ref().as_ref()))
+    }
+}
