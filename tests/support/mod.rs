@@ -1,0 +1,27 @@
+//! In-process test frontend: the test plays the VMM (and the guest driver) against a
+//! vhost-user backend, over memfd guest memory.
+//!
+//! Use from an integration test with `mod support;`.
+//!
+//! - [`guest_memory`]: memfd guest RAM + bump allocator.
+//! - [`split_ring`]: driver side of a split virtqueue.
+//! - [`virtio_net`]: `GuestNic`, a virtio-net device driver over vhost-user.
+//! - [`smol`]: `SmolNic` (smoltcp `Device` on a `GuestNic`), ping and TCP helpers.
+//! - [`frames`]: Ethernet frame builders.
+//! - [`testpmd`]: runs DPDK `dpdk-testpmd` as a third-party peer.
+
+// Each integration test uses a different part of the harness.
+#![allow(dead_code)]
+
+pub mod frames;
+pub mod guest_memory;
+pub mod smol;
+pub mod split_ring;
+pub mod testpmd;
+pub mod virtio_net;
+
+// Short paths for the common items; not every test uses all of them.
+#[allow(unused_imports)]
+pub use frames::{eth, mac, tagged, BROADCAST};
+#[allow(unused_imports)]
+pub use virtio_net::{GuestNic, NicOptions, RawDesc};
