@@ -128,6 +128,37 @@ impl Daemon {
         &self.switches
     }
 
+    /// One line per port with its counters, for logs until the control socket
+    /// exists: `counters switch=br0 port=vm1 link=up rx_packets=.. ... drop_runt=..`.
+    pub fn counters_report(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for sw in &self.switches {
+            for port in sw.topology().ports() {
+                let c = port.state.counters.snapshot();
+                let mut line = format!(
+                    "counters switch={} port={} link={} rx_packets={} rx_bytes={} tx_packets={} tx_bytes={}",
+                    sw.name,
+                    port.name,
+                    if port.state.is_up() { "up" } else { "down" },
+                    c.rx_packets,
+                    c.rx_bytes,
+                    c.tx_packets,
+                    c.tx_bytes
+                );
+                for reason in vswitch::DropReason::ALL {
+                    line.push_str(&format!(" drop_{}={}", reason.name(), c.dropped(reason)));
+                }
+                lines.push(line);
+            }
+            let f = sw.fdb().stats();
+            lines.push(format!(
+                "fdb switch={} entries={} learned={} moved={} aged={} refused_full={} refused_port_limit={}",
+                sw.name, f.entries, f.learned, f.moved, f.aged, f.refused_full, f.refused_port_limit
+            ));
+        }
+        lines
+    }
+
     /// Disconnects every guest, removes the sockets and stops all threads.
     pub fn shutdown(mut self) {
         self.stop_all();

@@ -1,9 +1,10 @@
 //! `vswitchd --config fabric.toml`: serves the configured switches and ports
-//! until SIGINT or SIGTERM, then removes its sockets and exits 0.
+//! until SIGINT or SIGTERM, then prints per-port counters, removes its sockets
+//! and exits 0. SIGUSR1 prints the counters without stopping.
 //! `vswitchd --check --config fabric.toml` validates the file and exits.
 
 use fabric::Daemon;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,7 +54,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Handlers go in before any socket exists, so a signal never leaves sockets behind.
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGUSR1]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("vswitchd: cannot install signal handlers: {e}");
@@ -67,9 +68,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    log::info!("vswitchd running; SIGINT or SIGTERM stops it");
-    if let Some(sig) = signals.forever().next() {
-        log::info!("signal {sig}: shutting down");
+    log::info!("vswitchd running; SIGUSR1 prints counters, SIGINT or SIGTERM stops it");
+    for sig in signals.forever() {
+        // Counters go to stdout, one line per port, for scripts and tests.
+        for line in daemon.counters_report() {
+            println!("{line}");
+        }
+        if sig != SIGUSR1 {
+            log::info!("signal {sig}: shutting down");
+            break;
+        }
     }
     daemon.shutdown();
     log::info!("stopped");

@@ -191,17 +191,26 @@ pub fn drive<T>(
     }
 }
 
-/// Pings `b` from `a` (ARP first, as needed); returns the round-trip time of the first
-/// echo reply. Re-sends every 200 ms until `timeout`.
-pub fn ping(a: &mut Endpoint, b: &mut Endpoint, timeout: Duration) -> io::Result<Duration> {
-    const IDENT: u16 = 0x4242;
-    let rx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 2048]);
-    let tx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 2048]);
+fn icmp_socket(ident: u16) -> io::Result<icmp::Socket<'static>> {
+    let rx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 4096]);
+    let tx = icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 4096]);
     let mut socket = icmp::Socket::new(rx, tx);
     socket
-        .bind(icmp::Endpoint::Ident(IDENT))
+        .bind(icmp::Endpoint::Ident(ident))
         .map_err(|e| io::Error::other(format!("icmp bind: {e:?}")))?;
-    let handle = a.sockets.add(socket);
+    Ok(socket)
+}
+
+/// Pings `b` from `a` (ARP first, as needed); returns the round-trip time of the first
+/// echo reply. Re-sends every 200 ms until `timeout`.
+///
+/// smoltcp only answers echo requests by itself with its `auto-icmp-echo-reply` feature,
+/// which the workspace does not enable; `b` answers through an ICMP socket bound to the
+/// same ident instead (same frames on the wire).
+pub fn ping(a: &mut Endpoint, b: &mut Endpoint, timeout: Duration) -> io::Result<Duration> {
+    const IDENT: u16 = 0x4242;
+    let pinger = a.sockets.add(icmp_socket(IDENT)?);
+    let responder = b.sockets.add(icmp_socket(IDENT)?);
     let target = IpAddress::Ipv4(b.ip);
     let caps = a.dev.capabilities();
     let payload = *b"fabric harness ping payload.....";
@@ -209,10 +218,37 @@ pub fn ping(a: &mut Endpoint, b: &mut Endpoint, timeout: Duration) -> io::Result
     let mut first_sent: Option<Instant> = None;
     let mut last_sent: Option<Instant> = None;
 
-    let result = drive(a, b, timeout, "ping", |a, _b| {
-        let s = a.sockets.get_mut::<icmp::Socket>(handle);
-        while s.can_recv() {
-            let Ok((data, from)) = s.recv() else { break };
+    let result = drive(a, b, timeout, "ping", |a, b| {
+        // b: answer echo requests.
+        let r = b.sockets.get_mut::<icmp::Socket>(responder);
+        let mut replies = Vec::new();
+        while let Ok((data, from)) = r.recv() {
+            let Ok(packet) = Icmpv4Packet::new_checked(data) else {
+                continue;
+            };
+            if let Ok(Icmpv4Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            }) = Icmpv4Repr::parse(&packet, &caps.checksum)
+            {
+                replies.push((from, ident, seq_no, data.to_vec()));
+            }
+        }
+        for (to, ident, seq_no, data) in replies {
+            let repr = Icmpv4Repr::EchoReply {
+                ident,
+                seq_no,
+                data: &data,
+            };
+            if let Ok(buf) = r.send(repr.buffer_len(), to) {
+                repr.emit(&mut Icmpv4Packet::new_unchecked(buf), &caps.checksum);
+            }
+        }
+
+        // a: look for the reply, (re)send the request when due.
+        let s = a.sockets.get_mut::<icmp::Socket>(pinger);
+        while let Ok((data, from)) = s.recv() {
             let Ok(packet) = Icmpv4Packet::new_checked(data) else {
                 continue;
             };
@@ -244,7 +280,8 @@ pub fn ping(a: &mut Endpoint, b: &mut Endpoint, timeout: Duration) -> io::Result
         }
         None
     });
-    a.sockets.remove(handle);
+    a.sockets.remove(pinger);
+    b.sockets.remove(responder);
     result
 }
 
