@@ -36,7 +36,12 @@ fn swapped(frame: &[u8]) -> Vec<u8> {
 }
 
 fn test_frame(seq: u32, len: usize) -> Vec<u8> {
-    frames::eth(mac(0xffff), mac(seq), ETHERTYPE_TEST, &payload(seq, len - 14))
+    frames::eth(
+        mac(0xffff),
+        mac(seq),
+        ETHERTYPE_TEST,
+        &payload(seq, len - 14),
+    )
 }
 
 /// Sends each frame and expects it back, swapped, in order.
@@ -100,7 +105,9 @@ fn macswap_echo_default_options() {
     echo_each(&mut nic, &[60, 61, 64, 65, 128, 500, 1000, 1513, 1514]);
 
     // A batch: all posted with one kick at most, all come back in order.
-    let batch: Vec<Vec<u8>> = (0..64).map(|i| test_frame(1000 + i, 64 + i as usize)).collect();
+    let batch: Vec<Vec<u8>> = (0..64)
+        .map(|i| test_frame(1000 + i, 64 + i as usize))
+        .collect();
     let refs: Vec<&[u8]> = batch.iter().map(|f| f.as_slice()).collect();
     let kicks = nic.kicks();
     assert_eq!(nic.send_batch(&refs), 64);
@@ -131,7 +138,10 @@ fn macswap_echo_without_mrg_or_event_idx_with_indirect() {
     let mut nic = GuestNic::connect(pmd.socket(0), opts).expect("connect");
     let f = nic.negotiated_features();
     assert_eq!(f & (features::MRG_RXBUF | features::EVENT_IDX), 0);
-    assert!(f & features::INDIRECT_DESC != 0, "net_vhost offers INDIRECT_DESC");
+    assert!(
+        f & features::INDIRECT_DESC != 0,
+        "net_vhost offers INDIRECT_DESC"
+    );
     // Three layouts now rotate: combined, split, indirect.
     echo_each(&mut nic, &[60, 64, 100, 200, 1000, 1514, 61, 62, 63]);
     assert!(nic.wait_tx_completed(WAIT));
@@ -249,9 +259,12 @@ fn smoltcp_ping_and_tcp_over_a_testpmd_wire() {
     let mut a = Endpoint::new(a, mac(1), [10, 0, 0, 1]);
     let mut b = Endpoint::new(b, mac(2), [10, 0, 0, 2]);
 
+    std::thread::sleep(Duration::from_millis(300));
     let rtt = ping(&mut a, &mut b, Duration::from_secs(10)).expect("ping a -> b");
     eprintln!("ping rtt {rtt:?}");
-    ping(&mut b, &mut a, Duration::from_secs(10)).expect("ping b -> a");
+    let rtt2 = ping(&mut b, &mut a, Duration::from_secs(10)).expect("ping b -> a");
+    let rtt3 = ping(&mut a, &mut b, Duration::from_secs(10)).expect("ping a -> b again");
+    eprintln!("ping rtt b->a {rtt2:?}, a->b again {rtt3:?}");
 
     let mib = 4;
     let took = tcp_transfer(&mut a, &mut b, mib << 20, 0x5eed, Duration::from_secs(60))

@@ -46,7 +46,9 @@ pub fn dst_of(frame: &[u8]) -> [u8; 6] {
 
 /// Source MAC of a frame.
 pub fn src_of(frame: &[u8]) -> [u8; 6] {
-    frame[6..12].try_into().expect("frame shorter than 12 bytes")
+    frame[6..12]
+        .try_into()
+        .expect("frame shorter than 12 bytes")
 }
 
 /// VLAN id of an 802.1Q tagged frame, `None` if untagged.

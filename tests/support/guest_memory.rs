@@ -13,9 +13,7 @@ use std::os::fd::FromRawFd;
 use std::sync::atomic::Ordering;
 
 use vhost::VhostUserMemoryRegionInfo;
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
-};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Guest memory plus a bump allocator over it.
 pub struct GuestRam {

@@ -125,7 +125,8 @@ impl Endpoint {
         let mut dev = SmolNic::new(nic);
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         // Distinct per endpoint, fixed per run: TCP initial sequence numbers, ports.
-        config.random_seed = u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 1]);
+        config.random_seed =
+            u64::from_le_bytes([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], 0, 1]);
         let mut iface = Interface::new(config, &mut dev, smol_now());
         let ip = Ipv4Address::new(ip[0], ip[1], ip[2], ip[3]);
         iface.update_ip_addrs(|addrs| {
@@ -311,7 +312,10 @@ pub fn tcp_transfer(
     let new_socket = || {
         let rx = tcp::SocketBuffer::new(vec![0; 256 * 1024]);
         let tx = tcp::SocketBuffer::new(vec![0; 256 * 1024]);
-        tcp::Socket::new(rx, tx)
+        let mut s = tcp::Socket::new(rx, tx);
+        // No delayed ACKs: the two stacks take turns in one thread, fast feedback helps.
+        s.set_ack_delay(None);
+        s
     };
     let mut server = new_socket();
     server

@@ -123,7 +123,11 @@ impl SplitRing {
     /// Puts `head` in the next available ring slot, without publishing it yet.
     pub fn push_avail(&mut self, ram: &GuestRam, head: u16) {
         let slot = self.avail_idx % self.size;
-        ram.set_ring_u16(self.avail + 4 + 2 * u64::from(slot), head, Ordering::Relaxed);
+        ram.set_ring_u16(
+            self.avail + 4 + 2 * u64::from(slot),
+            head,
+            Ordering::Relaxed,
+        );
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 

@@ -29,9 +29,7 @@ impl Testpmd {
         let dir = std::env::temp_dir().join(format!("fabric-testpmd-{name}-{pid}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create testpmd temp dir");
-        let sockets: Vec<PathBuf> = (0..ports)
-            .map(|i| dir.join(format!("sock{i}")))
-            .collect();
+        let sockets: Vec<PathBuf> = (0..ports).map(|i| dir.join(format!("sock{i}"))).collect();
         let prefix = format!("fabric-{name}-{pid}");
 
         let mut cmd = Command::new(TESTPMD);
@@ -71,10 +69,7 @@ impl Testpmd {
         let deadline = Instant::now() + patience;
         while !self.sockets.iter().all(|s| s.exists()) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{TESTPMD} exited early ({status}); log:\n{}",
-                    self.log()
-                );
+                panic!("{TESTPMD} exited early ({status}); log:\n{}", self.log());
             }
             if Instant::now() > deadline {
                 panic!(

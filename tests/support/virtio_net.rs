@@ -18,8 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
-    VhostUserVirtioFeatures,
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
@@ -402,7 +401,10 @@ impl GuestNic {
         let efd = || EventFd::new(EFD_NONBLOCK);
         let (rx_kick, rx_call, tx_kick, tx_call) = (efd()?, efd()?, efd()?, efd()?);
 
-        vu("SET_MEM_TABLE", frontend.set_mem_table(&ram.vhost_regions()?))?;
+        vu(
+            "SET_MEM_TABLE",
+            frontend.set_mem_table(&ram.vhost_regions()?),
+        )?;
         for (q, ring, kick, call) in [
             (RX_QUEUE, &rx, &rx_kick, &rx_call),
             (TX_QUEUE, &tx, &tx_kick, &tx_call),
@@ -534,10 +536,7 @@ impl GuestNic {
     pub fn send_batch(&mut self, frames: &[&[u8]]) -> usize {
         self.reclaim_tx();
         let hdr = VirtioNetHdr::default();
-        let posted = frames
-            .iter()
-            .take_while(|f| self.post_tx(&hdr, f))
-            .count();
+        let posted = frames.iter().take_while(|f| self.post_tx(&hdr, f)).count();
         if posted > 0 {
             self.publish_tx();
         }
@@ -652,7 +651,9 @@ impl GuestNic {
         if descs.is_empty() || self.tx_free.len() < descs.len() {
             return false;
         }
-        let slots: Vec<u16> = (0..descs.len()).filter_map(|_| self.tx_free.pop()).collect();
+        let slots: Vec<u16> = (0..descs.len())
+            .filter_map(|_| self.tx_free.pop())
+            .collect();
         for (raw, &slot) in descs.iter().zip(&slots) {
             let next = slots
                 .get(usize::from(raw.next))
@@ -689,7 +690,11 @@ impl GuestNic {
     /// returns its guest address: buffers and indirect tables for raw chains.
     pub fn guest_alloc(&mut self, data: &[u8]) -> u64 {
         let len = (data.len() as u64).next_multiple_of(16);
-        assert!(len <= SCRATCH_SIZE, "guest_alloc: {} bytes is too big", data.len());
+        assert!(
+            len <= SCRATCH_SIZE,
+            "guest_alloc: {} bytes is too big",
+            data.len()
+        );
         if self.scratch_next + len > SCRATCH_SIZE {
             self.scratch_next = 0;
         }
