@@ -259,6 +259,9 @@ fn smoltcp_ping_and_tcp_over_a_testpmd_wire() {
     let mut a = Endpoint::new(a, mac(1), [10, 0, 0, 1]);
     let mut b = Endpoint::new(b, mac(2), [10, 0, 0, 2]);
 
+    // net_vhost marks a port ready asynchronously, a little after the last vhost-user
+    // message is acked; frames sent before that are dropped. An ARP request lost that way
+    // costs a full second (smoltcp re-ARPs at most once per second).
     std::thread::sleep(Duration::from_millis(300));
     let rtt = ping(&mut a, &mut b, Duration::from_secs(10)).expect("ping a -> b");
     eprintln!("ping rtt {rtt:?}");

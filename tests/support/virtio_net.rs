@@ -314,6 +314,8 @@ impl GuestNic {
         let rx_count = opts.rx_buffers.min(qs);
 
         let stream = connect_with_retry(socket, Duration::from_secs(5))?;
+        // A backend that never answers must fail the test, not hang it.
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         // max_queue_num only bounds the queue indices the vhost crate lets us use.
         let mut frontend = Frontend::from_stream(stream, 2);
 
