@@ -23,7 +23,10 @@ pub struct Daemon {
 pub fn vlan_mode(vlan: &VlanConfig) -> VlanMode {
     match vlan {
         VlanConfig::Access { tag } => VlanMode::Access(*tag),
-        VlanConfig::Trunk { allowed, native } => VlanMode::Trunk { allowed: allowed.iter().collect(), native: *native },
+        VlanConfig::Trunk { allowed, native } => VlanMode::Trunk {
+            allowed: allowed.iter().collect(),
+            native: *native,
+        },
     }
 }
 
@@ -33,7 +36,10 @@ fn check_socket_free(path: &Path) -> io::Result<()> {
     if UnixStream::connect(path).is_ok() {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,
-            format!("{} is in use by another process (is vswitchd already running?)", path.display()),
+            format!(
+                "{} is in use by another process (is vswitchd already running?)",
+                path.display()
+            ),
         ));
     }
     Ok(())
@@ -42,7 +48,9 @@ fn check_socket_free(path: &Path) -> io::Result<()> {
 /// The QEMU arguments that attach a guest NIC to a port.
 pub fn qemu_args(port: &PortConfig) -> String {
     let PortKind::VhostUser { socket, mac, .. } = &port.kind;
-    let mac = mac.map(|m| format!(",mac={}", vswitch::MacAddr(m))).unwrap_or_default();
+    let mac = mac
+        .map(|m| format!(",mac={}", vswitch::MacAddr(m)))
+        .unwrap_or_default();
     format!(
         "-object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \
          -chardev socket,id=chr-{n},path={s} -netdev vhost-user,id=net-{n},chardev=chr-{n} \
@@ -56,9 +64,18 @@ impl Daemon {
     /// Creates every switch and port and starts serving. On error, whatever was
     /// started is stopped again.
     pub fn start(config: &FabricConfig) -> io::Result<Daemon> {
-        std::fs::create_dir_all(&config.daemon.run_dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", config.daemon.run_dir.display())))?;
-        let mut daemon = Daemon { switches: Vec::new(), ports: Vec::new(), stop: Arc::new(AtomicBool::new(false)), ager: None };
+        std::fs::create_dir_all(&config.daemon.run_dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot create {}: {e}", config.daemon.run_dir.display()),
+            )
+        })?;
+        let mut daemon = Daemon {
+            switches: Vec::new(),
+            ports: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            ager: None,
+        };
         if let Err(e) = daemon.start_switches(config) {
             daemon.shutdown();
             return Err(e);
@@ -69,22 +86,38 @@ impl Daemon {
 
     fn start_switches(&mut self, config: &FabricConfig) -> io::Result<()> {
         for sc in &config.switches {
-            let switch = Arc::new(Switch::new(&sc.name, sc.fdb_capacity, sc.port_mac_limit, sc.mac_aging_secs));
+            let switch = Arc::new(Switch::new(
+                &sc.name,
+                sc.fdb_capacity,
+                sc.port_mac_limit,
+                sc.mac_aging_secs,
+            ));
             let table = Arc::new(PortTable::default());
             self.switches.push(switch.clone());
             for pc in &sc.ports {
-                let PortKind::VhostUser { socket, queue_size, mac } = &pc.kind;
+                let PortKind::VhostUser {
+                    socket,
+                    queue_size,
+                    mac,
+                } = &pc.kind;
                 if let Some(dir) = socket.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
                 check_socket_free(socket)?;
-                let id = switch.add_port(&pc.name, vlan_mode(&pc.vlan), pc.mtu).map_err(io::Error::other)?;
+                let id = switch
+                    .add_port(&pc.name, vlan_mode(&pc.vlan), pc.mtu)
+                    .map_err(io::Error::other)?;
                 let port = Arc::new(NetPort {
                     name: pc.name.clone(),
                     id,
                     switch: switch.clone(),
                     table: table.clone(),
-                    config: NetPortConfig { socket: socket.clone(), mac: *mac, mtu: pc.mtu, queue_size: *queue_size },
+                    config: NetPortConfig {
+                        socket: socket.clone(),
+                        mac: *mac,
+                        mtu: pc.mtu,
+                        queue_size: *queue_size,
+                    },
                 });
                 self.ports.push(port.spawn()?);
                 log::info!(

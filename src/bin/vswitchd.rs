@@ -29,7 +29,10 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let config = config.ok_or_else(|| format!("--config is required\n{USAGE}"))?;
-    Ok(Args { config: PathBuf::from(config), check })
+    Ok(Args {
+        config: PathBuf::from(config),
+        check,
+    })
 }
 
 fn main() -> ExitCode {
@@ -50,7 +53,12 @@ fn main() -> ExitCode {
     };
     if args.check {
         let ports: usize = config.switches.iter().map(|s| s.ports.len()).sum();
-        println!("{}: OK ({} switches, {} ports)", args.config.display(), config.switches.len(), ports);
+        println!(
+            "{}: OK ({} switches, {} ports)",
+            args.config.display(),
+            config.switches.len(),
+            ports
+        );
         return ExitCode::SUCCESS;
     }
     // Handlers go in before any socket exists, so a signal never leaves sockets behind.

@@ -33,7 +33,9 @@ pub struct PortTable {
 
 impl Default for PortTable {
     fn default() -> Self {
-        PortTable { slots: (0..MAX_PORTS).map(|_| ArcSwapOption::empty()).collect() }
+        PortTable {
+            slots: (0..MAX_PORTS).map(|_| ArcSwapOption::empty()).collect(),
+        }
     }
 }
 

@@ -13,11 +13,14 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
@@ -51,7 +54,10 @@ impl Connection {
     /// Makes the guest's RX queue reachable by senders and brings the link up.
     fn publish(self: &Arc<Self>, rx: &Vring) {
         if !self.published.swap(true, Ordering::AcqRel) {
-            self.port.table.publish(self.port.id, Box::new(GuestRx::new(rx.clone(), self.clone())));
+            self.port.table.publish(
+                self.port.id,
+                Box::new(GuestRx::new(rx.clone(), self.clone())),
+            );
             self.port.switch.set_link(self.port.id, true);
             log::info!("port {}: frontend ready, link up", self.port.name);
         }
@@ -145,7 +151,13 @@ impl VhostUserBackend for NetBackend {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
     }
 
-    fn handle_event(&self, device_event: u16, _evset: EventSet, vrings: &[Vring], _thread_id: usize) -> io::Result<()> {
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
         // Also called once when a vring is enabled, not only on kicks: idempotent.
         if vrings.len() < NUM_QUEUES {
             return Ok(());

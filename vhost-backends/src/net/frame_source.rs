@@ -28,7 +28,12 @@ impl<'a> FrameSource<'a> {
     /// `segments` must already be validated (see `tx::gather`).
     pub fn new(mem: &'a GuestMem, segments: &'a [Segment], start: usize) -> FrameSource<'a> {
         let total: usize = segments.iter().map(|s| s.len as usize).sum();
-        FrameSource { mem, segments, start, len: total.saturating_sub(start) }
+        FrameSource {
+            mem,
+            segments,
+            start,
+            len: total.saturating_sub(start),
+        }
     }
 
     /// Frame length in bytes.
@@ -42,7 +47,11 @@ impl<'a> FrameSource<'a> {
 
     /// Calls `f` with each piece of the frame from byte `offset` on, in order.
     /// Stops early (returning false) if `f` does or memory is not accessible.
-    pub fn for_each_slice(&self, offset: usize, mut f: impl FnMut(VolatileSlice<'_>) -> bool) -> bool {
+    pub fn for_each_slice(
+        &self,
+        offset: usize,
+        mut f: impl FnMut(VolatileSlice<'_>) -> bool,
+    ) -> bool {
         let mut skip = self.start + offset;
         for seg in self.segments {
             let len = seg.len as usize;
@@ -50,7 +59,10 @@ impl<'a> FrameSource<'a> {
                 skip -= len;
                 continue;
             }
-            let Ok(slice) = self.mem.get_slice(GuestAddress(seg.addr + skip as u64), len - skip) else {
+            let Ok(slice) = self
+                .mem
+                .get_slice(GuestAddress(seg.addr + skip as u64), len - skip)
+            else {
                 return false;
             };
             skip = 0;

@@ -49,7 +49,10 @@ impl NetPort {
     /// frontends on a thread of its own.
     pub fn spawn(self: Arc<Self>) -> io::Result<NetPortHandle> {
         let listener = Listener::new(&self.config.socket, true).map_err(|e| {
-            io::Error::other(format!("cannot listen on {}: {e}", self.config.socket.display()))
+            io::Error::other(format!(
+                "cannot listen on {}: {e}",
+                self.config.socket.display()
+            ))
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let current = Arc::new(Mutex::new(None));
@@ -58,11 +61,21 @@ impl NetPort {
         let thread = std::thread::Builder::new()
             .name(format!("port-{}", self.name))
             .spawn(move || serve(self, listener, &stop2, &current2))?;
-        Ok(NetPortHandle { socket, stop, current, thread: Some(thread) })
+        Ok(NetPortHandle {
+            socket,
+            stop,
+            current,
+            thread: Some(thread),
+        })
     }
 }
 
-fn serve(port: Arc<NetPort>, mut listener: Listener, stop: &AtomicBool, current: &Mutex<Option<ShutdownHandle>>) {
+fn serve(
+    port: Arc<NetPort>,
+    mut listener: Listener,
+    stop: &AtomicBool,
+    current: &Mutex<Option<ShutdownHandle>>,
+) {
     while !stop.load(Ordering::Acquire) {
         let mem = GuestMemAtomic::new(GuestMem::new());
         let backend = NetBackend::new(port.clone(), mem.clone());
@@ -101,7 +114,12 @@ impl NetPortHandle {
     /// Disconnects the frontend, stops accepting and removes the socket.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(conn) = self.current.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(conn) = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             conn.shutdown();
         }
         // Wake a blocking accept(); the loop sees `stop` and leaves.

@@ -5,14 +5,14 @@
 //! header's `num_buffers` says how many; without it the packet must fit in one
 //! chain and `num_buffers` is 1.
 
-use super::frame_source::{FrameSource, Segment};
 use super::device::Connection;
+use super::frame_source::{FrameSource, Segment};
 use super::{Vring, HDR_LEN};
 use crate::port_table::FrameSink;
-use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vhost_user_backend::VringT;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryBackend, VolatileSlice};
 use vswitch::{DropReason, Egress};
@@ -34,7 +34,11 @@ pub struct GuestRx {
 
 impl GuestRx {
     pub fn new(vring: Vring, conn: Arc<Connection>) -> GuestRx {
-        GuestRx { vring, conn, pending: AtomicBool::new(false) }
+        GuestRx {
+            vring,
+            conn,
+            pending: AtomicBool::new(false),
+        }
     }
 }
 
@@ -54,7 +58,12 @@ enum ChainError {
 }
 
 /// Appends the writable buffers of `chain` to `segs`; returns their total length.
-fn writable_segments<M>(mem: &crate::GuestMem, chain: virtio_queue::DescriptorChain<M>, segs: &mut [Segment], n: &mut usize) -> Result<u32, ChainError>
+fn writable_segments<M>(
+    mem: &crate::GuestMem,
+    chain: virtio_queue::DescriptorChain<M>,
+    segs: &mut [Segment],
+    n: &mut usize,
+) -> Result<u32, ChainError>
 where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory,
@@ -69,9 +78,14 @@ where
         if *n == segs.len() {
             return Err(ChainError::TooLong);
         }
-        segs[*n] = Segment { addr: desc.addr().0, len: desc.len() };
+        segs[*n] = Segment {
+            addr: desc.addr().0,
+            len: desc.len(),
+        };
         *n += 1;
-        capacity = capacity.checked_add(desc.len()).ok_or(ChainError::Malformed)?;
+        capacity = capacity
+            .checked_add(desc.len())
+            .ok_or(ChainError::Malformed)?;
     }
     // The chain iterator stops silently on a bad descriptor or a loop; a last
     // descriptor that still points onward means the chain was cut short.
@@ -97,13 +111,18 @@ impl SegmentWriter<'_> {
         }
         let seg = self.segs.get(self.idx)?;
         self.mem
-            .get_slice(GuestAddress(seg.addr + self.off as u64), seg.len as usize - self.off)
+            .get_slice(
+                GuestAddress(seg.addr + self.off as u64),
+                seg.len as usize - self.off,
+            )
             .ok()
     }
 
     fn write_bytes(&mut self, mut bytes: &[u8]) -> bool {
         while !bytes.is_empty() {
-            let Some(dst) = self.current() else { return false };
+            let Some(dst) = self.current() else {
+                return false;
+            };
             let n = dst.len().min(bytes.len());
             dst.copy_from(&bytes[..n]);
             self.off += n;
@@ -115,7 +134,9 @@ impl SegmentWriter<'_> {
     fn write_slice(&mut self, src: VolatileSlice<'_>) -> bool {
         let mut done = 0;
         while done < src.len() {
-            let Some(dst) = self.current() else { return false };
+            let Some(dst) = self.current() else {
+                return false;
+            };
             let n = dst.len().min(src.len() - done);
             match (src.subslice(done, n), dst.subslice(0, n)) {
                 (Ok(from), Ok(to)) => from.copy_to_volatile_slice(to),
@@ -158,7 +179,10 @@ impl FrameSink for GuestRx {
                 let seg_mark = n_segs;
                 match writable_segments(&mem, chain, &mut segs, &mut n_segs) {
                     Ok(cap) => {
-                        taken[n_taken] = Taken { head, capacity: cap };
+                        taken[n_taken] = Taken {
+                            head,
+                            capacity: cap,
+                        };
                         n_taken += 1;
                         capacity = capacity.saturating_add(cap);
                     }
@@ -181,13 +205,22 @@ impl FrameSink for GuestRx {
         if capacity < need {
             // Not enough room: leave the chains for a smaller packet or a later one.
             queue.set_next_avail(start);
-            return Err(if bad_chain.is_some() { DropReason::BadDescriptor } else { DropReason::NoBuffer });
+            return Err(if bad_chain.is_some() {
+                DropReason::BadDescriptor
+            } else {
+                DropReason::NoBuffer
+            });
         }
 
         // 2. Write header, rewritten head and the rest of the frame.
         let mut hdr = [0u8; HDR_LEN];
         hdr[10..12].copy_from_slice(&(n_taken as u16).to_le_bytes());
-        let mut w = SegmentWriter { mem: &mem, segs: &segs[..n_segs], idx: 0, off: 0 };
+        let mut w = SegmentWriter {
+            mem: &mem,
+            segs: &segs[..n_segs],
+            idx: 0,
+            off: 0,
+        };
         let ok = w.write_bytes(&hdr)
             && w.write_bytes(egress.head())
             && frame.for_each_slice(egress.skip(), |s| w.write_slice(s));

@@ -49,7 +49,11 @@ impl Default for TxScratch {
 /// Appends the readable buffers of a TX chain to `segs`, validating each once:
 /// readable, inside guest memory, not too many, not too long, not cut short
 /// (the chain iterator ends silently on a bad descriptor or a loop).
-fn gather<M>(mem: &crate::GuestMem, chain: DescriptorChain<M>, segs: &mut Vec<Segment>) -> Option<Range<usize>>
+fn gather<M>(
+    mem: &crate::GuestMem,
+    chain: DescriptorChain<M>,
+    segs: &mut Vec<Segment>,
+) -> Option<Range<usize>>
 where
     M: std::ops::Deref,
     M::Target: GuestMemory,
@@ -69,7 +73,10 @@ where
             return None;
         }
         if desc.len() > 0 {
-            segs.push(Segment { addr: desc.addr().0, len: desc.len() });
+            segs.push(Segment {
+                addr: desc.addr().0,
+                len: desc.len(),
+            });
         }
     }
     if last_has_next || total < HDR_LEN {
@@ -150,11 +157,20 @@ fn process_batch(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) -> u
 }
 
 /// Classify, learn, look up, deliver one frame.
-fn forward(conn: &Connection, topo: &Topology, frame: &FrameSource, now: u32, touched: &mut Vec<PortId>) {
+fn forward(
+    conn: &Connection,
+    topo: &Topology,
+    frame: &FrameSource,
+    now: u32,
+    touched: &mut Vec<PortId>,
+) {
     let port = &conn.port;
     let mut head = [0u8; HEAD_LEN];
     let n = frame.read_head(&mut head);
-    let Ok(ingress) = port.switch.receive(topo, port.id, &head[..n], frame.len(), now) else {
+    let Ok(ingress) = port
+        .switch
+        .receive(topo, port.id, &head[..n], frame.len(), now)
+    else {
         return; // counted by the switch
     };
     match ingress.dest {
@@ -167,10 +183,24 @@ fn forward(conn: &Connection, topo: &Topology, frame: &FrameSource, now: u32, to
     }
 }
 
-fn deliver(conn: &Connection, topo: &Topology, ingress: &Ingress, out: PortId, frame: &FrameSource, touched: &mut Vec<PortId>) {
-    let Some(egress) = topo.egress(out, ingress) else { return };
-    let Some(out_port) = topo.port(out) else { return };
-    let result = conn.port.table.with(out, |sink| sink.deliver(&egress, frame));
+fn deliver(
+    conn: &Connection,
+    topo: &Topology,
+    ingress: &Ingress,
+    out: PortId,
+    frame: &FrameSource,
+    touched: &mut Vec<PortId>,
+) {
+    let Some(egress) = topo.egress(out, ingress) else {
+        return;
+    };
+    let Some(out_port) = topo.port(out) else {
+        return;
+    };
+    let result = conn
+        .port
+        .table
+        .with(out, |sink| sink.deliver(&egress, frame));
     match result {
         Some(Ok(())) => {
             out_port.state.counters.add_tx(1, egress.len() as u64);
