@@ -9,6 +9,7 @@ use super::device::Connection;
 use super::frame_source::{FrameSource, Segment};
 use super::{Vring, HDR_LEN};
 use crate::port_table::FrameSink;
+use arrayvec::ArrayVec;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vhost_user_backend::VringT;
@@ -43,27 +44,22 @@ impl GuestRx {
 }
 
 /// A chain taken from the avail ring for the packet being delivered.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Taken {
     head: u16,
     capacity: u32,
 }
 
-/// Why a chain from the guest could not take a packet.
-enum ChainError {
-    /// Readable descriptor, bad address, truncated or looping chain.
-    Malformed,
-    /// More descriptors than we handle.
-    TooLong,
-}
-
-/// Appends the writable buffers of `chain` to `segs`; returns their total length.
+/// Appends the writable buffers of `chain` to `segs` and returns their total
+/// length, or `None` if the chain is unusable: a readable descriptor, a buffer
+/// outside guest memory, too many descriptors, or a chain cut short (the chain
+/// iterator stops silently on a bad descriptor or a loop, leaving a last
+/// descriptor that still points onward).
 fn writable_segments<M>(
     mem: &crate::GuestMem,
     chain: virtio_queue::DescriptorChain<M>,
-    segs: &mut [Segment],
-    n: &mut usize,
-) -> Result<u32, ChainError>
+    segs: &mut ArrayVec<Segment, MAX_RX_SEGMENTS>,
+) -> Option<u32>
 where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory,
@@ -73,26 +69,16 @@ where
     for desc in chain {
         last_has_next = desc.has_next();
         if !desc.is_write_only() || mem.get_slice(desc.addr(), desc.len() as usize).is_err() {
-            return Err(ChainError::Malformed);
+            return None;
         }
-        if *n == segs.len() {
-            return Err(ChainError::TooLong);
-        }
-        segs[*n] = Segment {
+        segs.try_push(Segment {
             addr: desc.addr().0,
             len: desc.len(),
-        };
-        *n += 1;
-        capacity = capacity
-            .checked_add(desc.len())
-            .ok_or(ChainError::Malformed)?;
+        })
+        .ok()?;
+        capacity = capacity.checked_add(desc.len())?;
     }
-    // The chain iterator stops silently on a bad descriptor or a loop; a last
-    // descriptor that still points onward means the chain was cut short.
-    if last_has_next || capacity == 0 {
-        return Err(ChainError::Malformed);
-    }
-    Ok(capacity)
+    (!last_has_next && capacity > 0).then_some(capacity)
 }
 
 /// Writes a byte stream across a list of guest buffers.
@@ -163,31 +149,29 @@ impl FrameSink for GuestRx {
 
         // 1. Take chains until they can hold the packet, without writing yet so a
         //    shortfall can be undone by rewinding next_avail.
-        let mut taken = [Taken::default(); MAX_CHAINS];
-        let mut n_taken = 0;
-        let mut segs = [Segment::default(); MAX_RX_SEGMENTS];
-        let mut n_segs = 0;
+        // ArrayVec: bounded, on the stack, and not zeroed per packet.
+        let mut taken = ArrayVec::<Taken, MAX_CHAINS>::new();
+        let mut segs = ArrayVec::<Segment, MAX_RX_SEGMENTS>::new();
         let mut capacity: u32 = 0;
         let mut bad_chain = None;
         {
             let Ok(mut avail) = queue.iter(&*mem) else {
                 return Err(DropReason::NoBuffer);
             };
-            while capacity < need && n_taken < MAX_CHAINS && (n_taken == 0 || mrg_rxbuf) {
+            while capacity < need && !taken.is_full() && (taken.is_empty() || mrg_rxbuf) {
                 let Some(chain) = avail.next() else { break };
                 let head = chain.head_index();
-                let seg_mark = n_segs;
-                match writable_segments(&mem, chain, &mut segs, &mut n_segs) {
-                    Ok(cap) => {
-                        taken[n_taken] = Taken {
+                let seg_mark = segs.len();
+                match writable_segments(&mem, chain, &mut segs) {
+                    Some(cap) => {
+                        taken.push(Taken {
                             head,
                             capacity: cap,
-                        };
-                        n_taken += 1;
+                        });
                         capacity = capacity.saturating_add(cap);
                     }
-                    Err(_) => {
-                        n_segs = seg_mark;
+                    None => {
+                        segs.truncate(seg_mark);
                         bad_chain = Some(head);
                         break;
                     }
@@ -195,7 +179,7 @@ impl FrameSink for GuestRx {
             }
         }
         if let Some(head) = bad_chain {
-            if n_taken == 0 {
+            if taken.is_empty() {
                 // Give the unusable buffer back, empty, so the ring does not stall.
                 let _ = queue.add_used(&*mem, head, 0);
                 self.pending.store(true, Ordering::Relaxed);
@@ -214,10 +198,10 @@ impl FrameSink for GuestRx {
 
         // 2. Write header, rewritten head and the rest of the frame.
         let mut hdr = [0u8; HDR_LEN];
-        hdr[10..12].copy_from_slice(&(n_taken as u16).to_le_bytes());
+        hdr[10..12].copy_from_slice(&(taken.len() as u16).to_le_bytes());
         let mut w = SegmentWriter {
             mem: &mem,
-            segs: &segs[..n_segs],
+            segs: &segs,
             idx: 0,
             off: 0,
         };
@@ -232,7 +216,7 @@ impl FrameSink for GuestRx {
 
         // 3. Publish: each chain's used length is what landed in it.
         let mut remaining = need;
-        for t in &taken[..n_taken] {
+        for t in &taken {
             let len = remaining.min(t.capacity);
             remaining -= len;
             if queue.add_used(&*mem, t.head, len).is_err() {
