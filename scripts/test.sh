@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The single test command: lint, build, and run every test in the workspace.
+# Any failure stops the run with a non-zero exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "install test dependencies"
+scripts/install-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build --release --bins"
+cargo build --release --bins
+
+step "cargo test --workspace --all-targets"
+cargo test --workspace --all-targets
+
+step "all tests passed"
