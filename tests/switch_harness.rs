@@ -253,6 +253,7 @@ fn vlan_isolation_and_no_hopping() {
     // The same MAC in two VLANs is two stations.
     assert!(p1.send(&frame(BROADCAST, mac(42), 6)));
     assert!(p3.send(&frame(BROADCAST, mac(42), 7)));
+    assert!(p1.wait_tx_completed(WAIT) && p3.wait_tx_completed(WAIT));
     assert_eq!(f.fdb_port_of(10, mac(42)).as_deref(), Some("p1"));
     assert_eq!(f.fdb_port_of(20, mac(42)).as_deref(), Some("p3"));
 }

@@ -4,9 +4,11 @@
 
 use super::device::NetBackend;
 use crate::port_table::PortTable;
+use crate::relay;
 use crate::{GuestMem, GuestMemAtomic};
 use std::io;
-use std::os::unix::net::UnixStream;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,11 +50,14 @@ impl NetPort {
     /// Binds the socket now (so a bad path fails at start-up) and serves
     /// frontends on a thread of its own.
     pub fn spawn(self: Arc<Self>) -> io::Result<NetPortHandle> {
-        let listener = Listener::new(&self.config.socket, true).map_err(|e| {
-            io::Error::other(format!(
-                "cannot listen on {}: {e}",
-                self.config.socket.display()
-            ))
+        // A stale socket file from a crashed daemon would make bind fail; the
+        // daemon has already checked no live process is listening on it.
+        let _ = std::fs::remove_file(&self.config.socket);
+        let listener = UnixListener::bind(&self.config.socket).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", self.config.socket.display()),
+            )
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let current = Arc::new(Mutex::new(None));
@@ -72,42 +77,68 @@ impl NetPort {
 
 fn serve(
     port: Arc<NetPort>,
-    mut listener: Listener,
+    listener: UnixListener,
     stop: &AtomicBool,
     current: &Mutex<Option<ShutdownHandle>>,
 ) {
+    let mut sessions = 0u64;
     while !stop.load(Ordering::Acquire) {
-        let mem = GuestMemAtomic::new(GuestMem::new());
-        let backend = NetBackend::new(port.clone(), mem.clone());
-        let mut daemon = match VhostUserDaemon::new(port.name.clone(), backend.clone(), mem) {
-            Ok(d) => d,
+        let frontend = match listener.accept() {
+            Ok((stream, _)) => stream,
             Err(e) => {
-                log::error!("port {}: cannot create vhost-user daemon: {e}", port.name);
-                std::thread::sleep(Duration::from_secs(1));
+                log::warn!("port {}: accept failed: {e}", port.name);
+                std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
-        if let Err(e) = daemon.start(&mut listener) {
-            log::warn!("port {}: accept failed: {e}", port.name);
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
         if stop.load(Ordering::Acquire) {
-            // Woken by NetPortHandle::stop (or raced with it).
-            daemon.request_shutdown();
-            break;
+            break; // woken by NetPortHandle::stop
         }
+        sessions += 1;
         log::info!("port {}: frontend connected", port.name);
-        if let Err(e) = daemon.wait() {
-            log::warn!("port {}: frontend session ended with error: {e}", port.name);
+        if let Err(e) = serve_session(&port, frontend, sessions, current) {
+            log::warn!("port {}: session failed: {e}", port.name);
         }
-        current.lock().unwrap_or_else(|e| e.into_inner()).take();
-        backend.0.withdraw();
         log::info!("port {}: frontend disconnected, link down", port.name);
-        // Dropping the daemon stops and joins its vring worker.
-        drop(daemon);
     }
+}
+
+/// Serves one frontend until it leaves: a fresh device and vhost-user daemon,
+/// reached through the [`relay`].
+fn serve_session(
+    port: &Arc<NetPort>,
+    frontend: UnixStream,
+    session: u64,
+    current: &Mutex<Option<ShutdownHandle>>,
+) -> io::Result<()> {
+    let mem = GuestMemAtomic::new(GuestMem::new());
+    let backend = NetBackend::new(port.clone(), mem.clone());
+    let mut daemon = VhostUserDaemon::new(port.name.clone(), backend.clone(), mem)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    // The handler side of the relay: a private abstract socket, no file.
+    let name = format!("fabric-{}-{}-{session}", std::process::id(), port.name);
+    let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+    let mut inner = Listener::from(UnixListener::bind_addr(&addr)?);
+    let handler_side = UnixStream::connect_addr(&addr)?;
+    daemon
+        .start(&mut inner)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    drop(inner);
+    let relay = relay::spawn(frontend, handler_side)?;
+    *current.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
+    let ended = daemon.wait();
+    current.lock().unwrap_or_else(|e| e.into_inner()).take();
+    backend.0.withdraw();
+    // Dropping the daemon stops and joins its vring worker.
+    drop(daemon);
+    for t in relay {
+        let _ = t.join();
+    }
+    if let Err(e) = ended {
+        // A guest powering off or QEMU exiting ends the session this way too.
+        log::debug!("port {}: session ended: {e}", port.name);
+    }
+    Ok(())
 }
 
 impl NetPortHandle {
