@@ -8,6 +8,10 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "install test dependencies"
 scripts/install-test-deps.sh
+scripts/install-qemu.sh
+
+step "build the QEMU test guest image"
+scripts/build-guest-image.sh target/guest-image
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -48,13 +48,19 @@ fn check_socket_free(path: &Path) -> io::Result<()> {
 /// The QEMU arguments that attach a guest NIC to a port.
 pub fn qemu_args(port: &PortConfig) -> String {
     let PortKind::VhostUser { socket, mac, .. } = &port.kind;
+    // QEMU's virtio-net takes MAC and MTU from its own -device options, not from
+    // the backend's config space, so the port's settings are repeated there.
     let mac = mac
         .map(|m| format!(",mac={}", vswitch::MacAddr(m)))
         .unwrap_or_default();
+    let mtu = match port.mtu {
+        1500 => String::new(),
+        mtu => format!(",host_mtu={mtu}"),
+    };
     format!(
         "-object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \
          -chardev socket,id=chr-{n},path={s} -netdev vhost-user,id=net-{n},chardev=chr-{n} \
-         -device virtio-net-pci,netdev=net-{n}{mac},mrg_rxbuf=on,event_idx=on",
+         -device virtio-net-pci,netdev=net-{n}{mac}{mtu},mrg_rxbuf=on,event_idx=on",
         n = port.name,
         s = socket.display(),
     )
