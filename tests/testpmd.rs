@@ -272,3 +272,52 @@ fn receiver_restart_resumes_forwarding() {
     assert_eq!(fin.port("a").rx_packets(), 3 * BURST);
     assert_eq!(fin.port("b").tx_packets(), 2 * BURST);
 }
+
+/// A frontend that leaves while frames are in flight (testpmd io loop through both ports,
+/// then `quit`) must leave the daemon idle, and SIGTERM must still stop it promptly.
+///
+/// vswitchd is pinned to CPU 0 (the peer forwards on CPU 1), which makes the race likely.
+/// Known to fail today: the TX worker of a port can spin forever in `tx::drain` after the
+/// frontend stops the queue with avail entries still pending (`process_batch` returns 0
+/// because the queue is no longer ready, but `enable_notification` keeps reporting more
+/// work), so the port never accepts a new frontend and shutdown joins that worker forever.
+/// Run with `cargo test --test testpmd -- --ignored`; un-ignore once fixed.
+#[test]
+#[ignore = "known vswitchd bug: TX worker spins after its frontend leaves under load; SIGTERM hangs"]
+fn peer_leaves_under_load_daemon_stays_responsive() {
+    let _serial = serial();
+    let dir = TestDir::new("leave");
+    for round in 0..3 {
+        let mut vs = Vswitchd::start_on(&dir, &config(10, 10), &["a.sock", "b.sock"], Some(0));
+        let mut peer = Testpmd::virtio_user(
+            &dir,
+            &format!("loop{round}"),
+            Lcores { fwd_cpu: 1 },
+            &[(vs.socket(0), MAC_A), (vs.socket(1), MAC_B)],
+            &[
+                "--forward-mode=io",
+                &format!("--eth-peer=0,{MAC_B}"),
+                &format!("--eth-peer=1,{MAC_A}"),
+            ],
+        );
+        vs.wait_link("a", true);
+        vs.wait_link("b", true);
+        peer.start_tx_first(1);
+        vs.wait_counters("frames looping through the switch", |r| {
+            r.port("b").tx_packets() > 100_000
+        });
+        peer.quit();
+        vs.wait_link("a", false);
+        vs.wait_link("b", false);
+
+        std::thread::sleep(Duration::from_millis(500));
+        let t0 = vs.cpu_time();
+        std::thread::sleep(Duration::from_secs(1));
+        let busy = vs.cpu_time() - t0;
+        assert!(
+            busy < Duration::from_millis(300),
+            "round {round}: vswitchd used {busy:?} of CPU in 1 s with no frontend attached"
+        );
+        vs.stop();
+    }
+}

@@ -172,11 +172,25 @@ impl Vswitchd {
     /// Writes `config` to `dir/fabric.toml`, starts vswitchd on it and waits until every
     /// socket in `sockets` (relative to `dir`) exists.
     pub fn start(dir: &TestDir, config: &str, sockets: &[&str]) -> Vswitchd {
+        Self::start_on(dir, config, sockets, None)
+    }
+
+    /// Like [`Vswitchd::start`], with every vswitchd thread pinned to `cpu` if given
+    /// (`taskset -c CPU`), e.g. to keep it off a testpmd forwarding lcore.
+    pub fn start_on(dir: &TestDir, config: &str, sockets: &[&str], cpu: Option<u32>) -> Vswitchd {
         let cfg = dir.join("fabric.toml");
         std::fs::write(&cfg, config).expect("write fabric.toml");
         let out = dir.join("vswitchd.out");
         let err = dir.join("vswitchd.err");
-        let child = Command::new(VSWITCHD)
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), VSWITCHD]);
+                c
+            }
+            None => Command::new(VSWITCHD),
+        };
+        let child = cmd
             .arg("--config")
             .arg(&cfg)
             .env("RUST_LOG", "info")
@@ -227,6 +241,19 @@ impl Vswitchd {
             tail(&self.stdout(), 40),
             tail(&read_lossy(&self.err), 40)
         )
+    }
+
+    /// CPU time (user + system) the daemon has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read /proc/PID/stat");
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / hz)
     }
 
     fn report_count(out: &str) -> usize {
