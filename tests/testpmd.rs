@@ -277,13 +277,10 @@ fn receiver_restart_resumes_forwarding() {
 /// then `quit`) must leave the daemon idle, and SIGTERM must still stop it promptly.
 ///
 /// vswitchd is pinned to CPU 0 (the peer forwards on CPU 1), which makes the race likely.
-/// Known to fail today: the TX worker of a port can spin forever in `tx::drain` after the
-/// frontend stops the queue with avail entries still pending (`process_batch` returns 0
-/// because the queue is no longer ready, but `enable_notification` keeps reporting more
-/// work), so the port never accepts a new frontend and shutdown joins that worker forever.
-/// Run with `cargo test --test testpmd -- --ignored`; un-ignore once fixed.
+/// Regression test: the TX worker used to spin forever in `tx::drain` once the frontend
+/// stopped the queue with avail entries still pending, so the port never accepted a new
+/// frontend and shutdown joined that worker forever.
 #[test]
-#[ignore = "known vswitchd bug: TX worker spins after its frontend leaves under load; SIGTERM hangs"]
 fn peer_leaves_under_load_daemon_stays_responsive() {
     let _serial = serial();
     let dir = TestDir::new("leave");

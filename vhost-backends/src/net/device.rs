@@ -151,6 +151,18 @@ impl VhostUserBackend for NetBackend {
         new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
     }
 
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE: the frontend may reuse every buffer we have not returned
+        // once we answer. A TX batch in flight holds `scratch` until its chains
+        // are marked used, so taking the lock waits for it; the ring is already
+        // marked not ready, so no new batch starts. RX deliveries hold the RX
+        // vring lock, which marking it not ready already waited for.
+        if queue_index == TX_QUEUE as u32 {
+            drop(self.0.scratch.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        Ok(())
+    }
+
     fn handle_event(
         &self,
         device_event: u16,

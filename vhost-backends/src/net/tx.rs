@@ -91,7 +91,15 @@ pub fn drain(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) {
     loop {
         // With EVENT_IDX, suppress kicks while we are draining anyway.
         let _ = vring.disable_notification();
-        while process_batch(conn, vring, scratch) == BATCH {}
+        loop {
+            match process_batch(conn, vring, scratch) {
+                // The frontend stopped the ring (GET_VRING_BASE, disable, gone):
+                // whatever is still in it is no longer ours to take.
+                None => return,
+                Some(BATCH) => continue,
+                Some(_) => break,
+            }
+        }
         // enable_notification re-checks the ring: true if the guest added more
         // between our last pop and re-enabling, which we must not miss.
         if !vring.enable_notification().unwrap_or(false) {
@@ -100,19 +108,19 @@ pub fn drain(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) {
     }
 }
 
-/// One batch; returns how many chains it consumed.
-fn process_batch(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) -> usize {
+/// One batch; returns how many chains it consumed, or `None` if the ring is
+/// stopped.
+fn process_batch(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) -> Option<usize> {
     let mem = conn.mem.memory();
     scratch.chains.clear();
     scratch.segments.clear();
     {
         let mut state = vring.get_mut();
         if !state.is_enabled() {
-            return 0;
+            return None;
         }
-        let Ok(avail) = state.get_queue_mut().iter(&*mem) else {
-            return 0;
-        };
+        // Fails when the queue is not ready (stopped by GET_VRING_BASE).
+        let avail = state.get_queue_mut().iter(&*mem).ok()?;
         for chain in avail.take(BATCH) {
             let head = chain.head_index();
             let segments = gather(&mem, chain, &mut scratch.segments);
@@ -120,7 +128,7 @@ fn process_batch(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) -> u
         }
     }
     if scratch.chains.is_empty() {
-        return 0;
+        return Some(0);
     }
 
     let port = &conn.port;
@@ -153,7 +161,7 @@ fn process_batch(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) -> u
         }
     }
     notify(vring);
-    scratch.chains.len()
+    Some(scratch.chains.len())
 }
 
 /// Classify, learn, look up, deliver one frame.
