@@ -11,17 +11,28 @@ use arc_swap::ArcSwapOption;
 use std::sync::Arc;
 use vswitch::{fdb::MAX_PORTS, DropReason, Egress, PortId};
 
+/// One frame of a TX batch for one egress port, as the switch decided.
+#[derive(Clone, Copy, Debug)]
+pub struct Delivery {
+    pub port: PortId,
+    /// Index of the frame in the batch's frame list.
+    pub frame: usize,
+    pub egress: Egress,
+}
+
 /// Something that takes frames for one switch port: a guest's RX queue, later a
 /// TAP device or a VXLAN tunnel.
 pub trait FrameSink: Send + Sync {
-    /// Writes `egress.head()` followed by `frame` from `egress.skip()` on.
-    /// The frame is complete when this returns `Ok`; the peer may be notified
-    /// only at [`FrameSink::flush`].
-    fn deliver(&self, egress: &Egress, frame: &FrameSource) -> Result<(), DropReason>;
-
-    /// Notifies the peer of everything delivered since the last flush (once per
-    /// batch, not per frame).
-    fn flush(&self);
+    /// Delivers every item of `batch` (all for this port) in order: writes
+    /// `egress.head()` followed by `frames[frame]` from `egress.skip()` on.
+    /// Reports each outcome through `done`, and notifies the peer once at the
+    /// end, not per frame.
+    fn deliver(
+        &self,
+        batch: &[Delivery],
+        frames: &[FrameSource],
+        done: &mut dyn FnMut(&Delivery, Result<(), DropReason>),
+    );
 }
 
 /// `Box` because arc-swap holds sized types only.

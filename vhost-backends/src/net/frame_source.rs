@@ -1,35 +1,28 @@
-//! A received frame still in the sender's guest memory, as the list of buffers
-//! its TX descriptor chain points at, minus the virtio-net header. Receivers copy
-//! from here straight into their own buffers: one copy per delivery.
+//! A received frame still in the sender's guest memory, as the buffers its TX
+//! descriptor chain points at, minus the virtio-net header. Receivers copy from
+//! here straight into their own buffers: one copy per delivery.
+//!
+//! The buffers are kept as `VolatileSlice`s: each guest address is translated to
+//! a host mapping once, when the chain is validated, not again per access.
 
-use crate::GuestMem;
-use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
+use vm_memory::VolatileSlice;
 
 /// Descriptors a TX chain may have. Linux sends at most MAX_SKB_FRAGS + 2 (19);
 /// anything longer is treated as malformed rather than buffered.
 pub const MAX_SEGMENTS: usize = 64;
 
-/// A guest buffer: address and length, validated against the memory map.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Segment {
-    pub addr: u64,
-    pub len: u32,
-}
-
-pub struct FrameSource<'a> {
-    mem: &'a GuestMem,
-    segments: &'a [Segment],
+pub struct FrameSource<'a, 'm> {
+    segments: &'a [VolatileSlice<'m>],
     /// Bytes of `segments` before the frame starts (the virtio-net header).
     start: usize,
     len: usize,
 }
 
-impl<'a> FrameSource<'a> {
-    /// `segments` must already be validated (see `tx::gather`).
-    pub fn new(mem: &'a GuestMem, segments: &'a [Segment], start: usize) -> FrameSource<'a> {
-        let total: usize = segments.iter().map(|s| s.len as usize).sum();
+impl<'a, 'm> FrameSource<'a, 'm> {
+    /// `segments` were validated against guest memory (see `tx::gather`).
+    pub fn new(segments: &'a [VolatileSlice<'m>], start: usize) -> FrameSource<'a, 'm> {
+        let total: usize = segments.iter().map(|s| s.len()).sum();
         FrameSource {
-            mem,
             segments,
             start,
             len: total.saturating_sub(start),
@@ -46,27 +39,23 @@ impl<'a> FrameSource<'a> {
     }
 
     /// Calls `f` with each piece of the frame from byte `offset` on, in order.
-    /// Stops early (returning false) if `f` does or memory is not accessible.
+    /// Stops early (returning false) if `f` does.
     pub fn for_each_slice(
         &self,
         offset: usize,
-        mut f: impl FnMut(VolatileSlice<'_>) -> bool,
+        mut f: impl FnMut(VolatileSlice<'m>) -> bool,
     ) -> bool {
         let mut skip = self.start + offset;
         for seg in self.segments {
-            let len = seg.len as usize;
-            if skip >= len {
-                skip -= len;
+            if skip >= seg.len() {
+                skip -= seg.len();
                 continue;
             }
-            let Ok(slice) = self
-                .mem
-                .get_slice(GuestAddress(seg.addr + skip as u64), len - skip)
-            else {
+            let Ok(rest) = seg.offset(skip) else {
                 return false;
             };
             skip = 0;
-            if !f(slice) {
+            if !f(rest) {
                 return false;
             }
         }

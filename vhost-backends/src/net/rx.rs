@@ -6,16 +6,16 @@
 //! chain and `num_buffers` is 1.
 
 use super::device::Connection;
-use super::frame_source::{FrameSource, Segment};
+use super::frame_source::FrameSource;
 use super::{Vring, HDR_LEN};
-use crate::port_table::FrameSink;
+use crate::port_table::{Delivery, FrameSink};
+use crate::GuestMem;
 use arrayvec::ArrayVec;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryBackend, VolatileSlice};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryBackend, VolatileSlice};
 use vswitch::{DropReason, Egress};
 
 /// Chains one packet may span (mergeable buffers). A 64 KiB packet over 1.5 KiB
@@ -29,17 +29,11 @@ const MAX_RX_SEGMENTS: usize = 256;
 pub struct GuestRx {
     vring: Vring,
     conn: Arc<Connection>,
-    /// Used buffers were added since the last notification.
-    pending: AtomicBool,
 }
 
 impl GuestRx {
     pub fn new(vring: Vring, conn: Arc<Connection>) -> GuestRx {
-        GuestRx {
-            vring,
-            conn,
-            pending: AtomicBool::new(false),
-        }
+        GuestRx { vring, conn }
     }
 }
 
@@ -55,10 +49,10 @@ struct Taken {
 /// outside guest memory, too many descriptors, or a chain cut short (the chain
 /// iterator stops silently on a bad descriptor or a loop, leaving a last
 /// descriptor that still points onward).
-fn writable_segments<M>(
-    mem: &crate::GuestMem,
+fn writable_segments<'m, M>(
+    mem: &'m crate::GuestMem,
     chain: virtio_queue::DescriptorChain<M>,
-    segs: &mut ArrayVec<Segment, MAX_RX_SEGMENTS>,
+    segs: &mut ArrayVec<VolatileSlice<'m>, MAX_RX_SEGMENTS>,
 ) -> Option<u32>
 where
     M: std::ops::Deref,
@@ -68,40 +62,31 @@ where
     let mut last_has_next = false;
     for desc in chain {
         last_has_next = desc.has_next();
-        if !desc.is_write_only() || mem.get_slice(desc.addr(), desc.len() as usize).is_err() {
+        if !desc.is_write_only() {
             return None;
         }
-        segs.try_push(Segment {
-            addr: desc.addr().0,
-            len: desc.len(),
-        })
-        .ok()?;
+        segs.try_push(mem.get_slice(desc.addr(), desc.len() as usize).ok()?)
+            .ok()?;
         capacity = capacity.checked_add(desc.len())?;
     }
     (!last_has_next && capacity > 0).then_some(capacity)
 }
 
 /// Writes a byte stream across a list of guest buffers.
-struct SegmentWriter<'a> {
-    mem: &'a crate::GuestMem,
-    segs: &'a [Segment],
+struct SegmentWriter<'a, 'm> {
+    segs: &'a [VolatileSlice<'m>],
     idx: usize,
     off: usize,
 }
 
-impl SegmentWriter<'_> {
-    fn current(&mut self) -> Option<VolatileSlice<'_>> {
-        while self.idx < self.segs.len() && self.off == self.segs[self.idx].len as usize {
+impl<'m> SegmentWriter<'_, 'm> {
+    /// The unwritten rest of the current buffer.
+    fn current(&mut self) -> Option<VolatileSlice<'m>> {
+        while self.idx < self.segs.len() && self.off == self.segs[self.idx].len() {
             self.idx += 1;
             self.off = 0;
         }
-        let seg = self.segs.get(self.idx)?;
-        self.mem
-            .get_slice(
-                GuestAddress(seg.addr + self.off as u64),
-                seg.len as usize - self.off,
-            )
-            .ok()
+        self.segs.get(self.idx)?.offset(self.off).ok()
     }
 
     fn write_bytes(&mut self, mut bytes: &[u8]) -> bool {
@@ -136,100 +121,120 @@ impl SegmentWriter<'_> {
 }
 
 impl FrameSink for GuestRx {
-    fn deliver(&self, egress: &Egress, frame: &FrameSource) -> Result<(), DropReason> {
+    fn deliver(
+        &self,
+        batch: &[Delivery],
+        frames: &[FrameSource],
+        done: &mut dyn FnMut(&Delivery, Result<(), DropReason>),
+    ) {
         let mem = self.conn.mem.memory();
         let mrg_rxbuf = self.conn.has_feature(VIRTIO_NET_F_MRG_RXBUF);
         let mut vring = self.vring.get_mut();
         if !vring.is_enabled() || !vring.get_queue().ready() {
-            return Err(DropReason::NoBuffer);
+            for d in batch {
+                done(d, Err(DropReason::NoBuffer));
+            }
+            return;
         }
-        let need = (HDR_LEN + egress.len()) as u32;
         let queue = vring.get_queue_mut();
-        let start = queue.next_avail();
-
-        // 1. Take chains until they can hold the packet, without writing yet so a
-        //    shortfall can be undone by rewinding next_avail.
-        // ArrayVec: bounded, on the stack, and not zeroed per packet.
-        let mut taken = ArrayVec::<Taken, MAX_CHAINS>::new();
-        let mut segs = ArrayVec::<Segment, MAX_RX_SEGMENTS>::new();
-        let mut capacity: u32 = 0;
-        let mut bad_chain = None;
-        {
-            let Ok(mut avail) = queue.iter(&*mem) else {
-                return Err(DropReason::NoBuffer);
-            };
-            while capacity < need && !taken.is_full() && (taken.is_empty() || mrg_rxbuf) {
-                let Some(chain) = avail.next() else { break };
-                let head = chain.head_index();
-                let seg_mark = segs.len();
-                match writable_segments(&mem, chain, &mut segs) {
-                    Some(cap) => {
-                        taken.push(Taken {
-                            head,
-                            capacity: cap,
-                        });
-                        capacity = capacity.saturating_add(cap);
-                    }
-                    None => {
-                        segs.truncate(seg_mark);
-                        bad_chain = Some(head);
-                        break;
-                    }
-                }
-            }
+        let mut used = false;
+        for d in batch {
+            let result = deliver_one(queue, &mem, mrg_rxbuf, &d.egress, &frames[d.frame]);
+            // A bad chain may have been returned empty: notify for that too.
+            used |= !matches!(result, Err(DropReason::NoBuffer));
+            done(d, result);
         }
-        if let Some(head) = bad_chain {
-            if taken.is_empty() {
-                // Give the unusable buffer back, empty, so the ring does not stall.
-                let _ = queue.add_used(&*mem, head, 0);
-                self.pending.store(true, Ordering::Relaxed);
-                return Err(DropReason::BadDescriptor);
-            }
-        }
-        if capacity < need {
-            // Not enough room: leave the chains for a smaller packet or a later one.
-            queue.set_next_avail(start);
-            return Err(if bad_chain.is_some() {
-                DropReason::BadDescriptor
-            } else {
-                DropReason::NoBuffer
-            });
-        }
-
-        // 2. Write header, rewritten head and the rest of the frame.
-        let mut hdr = [0u8; HDR_LEN];
-        hdr[10..12].copy_from_slice(&(taken.len() as u16).to_le_bytes());
-        let mut w = SegmentWriter {
-            mem: &mem,
-            segs: &segs,
-            idx: 0,
-            off: 0,
-        };
-        let ok = w.write_bytes(&hdr)
-            && w.write_bytes(egress.head())
-            && frame.for_each_slice(egress.skip(), |s| w.write_slice(s));
-        if !ok {
-            // Memory vanished under us (frontend remapped): hand the buffers back.
-            queue.set_next_avail(start);
-            return Err(DropReason::NoBuffer);
-        }
-
-        // 3. Publish: each chain's used length is what landed in it.
-        let mut remaining = need;
-        for t in &taken {
-            let len = remaining.min(t.capacity);
-            remaining -= len;
-            if queue.add_used(&*mem, t.head, len).is_err() {
-                return Err(DropReason::BadDescriptor);
-            }
-        }
-        self.pending.store(true, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn flush(&self) {
-        if self.pending.swap(false, Ordering::Relaxed) {
+        drop(vring);
+        if used {
             super::notify(&self.vring);
         }
     }
+}
+
+/// Writes one packet into the RX queue (the lock is held by the caller).
+fn deliver_one(
+    queue: &mut Queue,
+    mem: &GuestMem,
+    mrg_rxbuf: bool,
+    egress: &Egress,
+    frame: &FrameSource,
+) -> Result<(), DropReason> {
+    let need = (HDR_LEN + egress.len()) as u32;
+    let start = queue.next_avail();
+
+    // 1. Take chains until they can hold the packet, without writing yet so a
+    //    shortfall can be undone by rewinding next_avail.
+    // ArrayVec: bounded, on the stack, and not zeroed per packet.
+    let mut taken = ArrayVec::<Taken, MAX_CHAINS>::new();
+    let mut segs = ArrayVec::<VolatileSlice<'_>, MAX_RX_SEGMENTS>::new();
+    let mut capacity: u32 = 0;
+    let mut bad_chain = None;
+    {
+        let Ok(mut avail) = queue.iter(mem) else {
+            return Err(DropReason::NoBuffer);
+        };
+        while capacity < need && !taken.is_full() && (taken.is_empty() || mrg_rxbuf) {
+            let Some(chain) = avail.next() else { break };
+            let head = chain.head_index();
+            let seg_mark = segs.len();
+            match writable_segments(mem, chain, &mut segs) {
+                Some(cap) => {
+                    taken.push(Taken {
+                        head,
+                        capacity: cap,
+                    });
+                    capacity = capacity.saturating_add(cap);
+                }
+                None => {
+                    segs.truncate(seg_mark);
+                    bad_chain = Some(head);
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(head) = bad_chain {
+        if taken.is_empty() {
+            // Give the unusable buffer back, empty, so the ring does not stall.
+            let _ = queue.add_used(mem, head, 0);
+            return Err(DropReason::BadDescriptor);
+        }
+    }
+    if capacity < need {
+        // Not enough room: leave the chains for a smaller packet or a later one.
+        queue.set_next_avail(start);
+        return Err(if bad_chain.is_some() {
+            DropReason::BadDescriptor
+        } else {
+            DropReason::NoBuffer
+        });
+    }
+
+    // 2. Write header, rewritten head and the rest of the frame.
+    let mut hdr = [0u8; HDR_LEN];
+    hdr[10..12].copy_from_slice(&(taken.len() as u16).to_le_bytes());
+    let mut w = SegmentWriter {
+        segs: &segs,
+        idx: 0,
+        off: 0,
+    };
+    let ok = w.write_bytes(&hdr)
+        && w.write_bytes(egress.head())
+        && frame.for_each_slice(egress.skip(), |s| w.write_slice(s));
+    if !ok {
+        // Memory vanished under us (frontend remapped): hand the buffers back.
+        queue.set_next_avail(start);
+        return Err(DropReason::NoBuffer);
+    }
+
+    // 3. Publish: each chain's used length is what landed in it.
+    let mut remaining = need;
+    for t in &taken {
+        let len = remaining.min(t.capacity);
+        remaining -= len;
+        if queue.add_used(mem, t.head, len).is_err() {
+            return Err(DropReason::BadDescriptor);
+        }
+    }
+    Ok(())
 }

@@ -8,13 +8,15 @@
 //! No two queue locks are ever held at once.
 
 use super::device::Connection;
-use super::frame_source::{FrameSource, Segment, MAX_SEGMENTS};
+use super::frame_source::{FrameSource, MAX_SEGMENTS};
 use super::{notify, Vring, HDR_LEN};
+use crate::port_table::Delivery;
+use arrayvec::ArrayVec;
 use std::ops::Range;
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryBackend};
-use vswitch::{Dest, DropReason, Ingress, PortId, Topology, HEAD_LEN};
+use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryBackend, VolatileSlice};
+use vswitch::{Dest, DropReason, PortId, Topology, HEAD_LEN};
 
 /// Chains popped per batch (DESIGN.md: up to 64).
 pub const BATCH: usize = 64;
@@ -23,25 +25,27 @@ pub const BATCH: usize = 64;
 /// absurd for a port without segmentation offload.
 const MAX_CHAIN_BYTES: usize = HDR_LEN + 65_535;
 
+/// Buffers of all chains of one batch, translated once. On the stack, bounded:
+/// a batch stops taking chains when fewer than [`MAX_SEGMENTS`] places are left.
+const MAX_BATCH_SEGMENTS: usize = 8 * MAX_SEGMENTS;
+
 struct TxChain {
     head: u16,
-    /// Where its buffers are in `TxScratch::segments`; `None` if malformed.
+    /// Where its buffers are in the batch's segment list; `None` if malformed.
     segments: Option<Range<usize>>,
 }
 
 /// Per-worker buffers, allocated once and reused: no allocation per frame.
 pub struct TxScratch {
     chains: Vec<TxChain>,
-    segments: Vec<Segment>,
-    touched: Vec<PortId>,
+    deliveries: Vec<Delivery>,
 }
 
 impl Default for TxScratch {
     fn default() -> Self {
         TxScratch {
             chains: Vec::with_capacity(BATCH),
-            segments: Vec::with_capacity(BATCH * 8),
-            touched: Vec::with_capacity(64),
+            deliveries: Vec::with_capacity(4 * BATCH),
         }
     }
 }
@@ -49,10 +53,10 @@ impl Default for TxScratch {
 /// Appends the readable buffers of a TX chain to `segs`, validating each once:
 /// readable, inside guest memory, not too many, not too long, not cut short
 /// (the chain iterator ends silently on a bad descriptor or a loop).
-fn gather<M>(
-    mem: &crate::GuestMem,
+fn gather<'m, M>(
+    mem: &'m crate::GuestMem,
     chain: DescriptorChain<M>,
-    segs: &mut Vec<Segment>,
+    segs: &mut ArrayVec<VolatileSlice<'m>, MAX_BATCH_SEGMENTS>,
 ) -> Option<Range<usize>>
 where
     M: std::ops::Deref,
@@ -64,19 +68,17 @@ where
     for desc in chain {
         last_has_next = desc.has_next();
         total += desc.len() as usize;
-        let ok = !desc.is_write_only()
+        let slice = (!desc.is_write_only()
             && segs.len() - start < MAX_SEGMENTS
-            && total <= MAX_CHAIN_BYTES
-            && mem.get_slice(desc.addr(), desc.len() as usize).is_ok();
-        if !ok {
+            && total <= MAX_CHAIN_BYTES)
+            .then(|| mem.get_slice(desc.addr(), desc.len() as usize).ok())
+            .flatten();
+        let Some(slice) = slice else {
             segs.truncate(start);
             return None;
-        }
-        if desc.len() > 0 {
-            segs.push(Segment {
-                addr: desc.addr().0,
-                len: desc.len(),
-            });
+        };
+        if !slice.is_empty() {
+            segs.push(slice);
         }
     }
     if last_has_next || total < HDR_LEN {
@@ -112,34 +114,41 @@ pub fn drain(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) {
 /// stopped.
 fn process_batch(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) -> Option<usize> {
     let mem = conn.mem.memory();
+    let mut segments = ArrayVec::<VolatileSlice<'_>, MAX_BATCH_SEGMENTS>::new();
     scratch.chains.clear();
-    scratch.segments.clear();
     {
         let mut state = vring.get_mut();
         if !state.is_enabled() {
             return None;
         }
         // Fails when the queue is not ready (stopped by GET_VRING_BASE).
-        let avail = state.get_queue_mut().iter(&*mem).ok()?;
-        for chain in avail.take(BATCH) {
+        let mut avail = state.get_queue_mut().iter(&*mem).ok()?;
+        while scratch.chains.len() < BATCH && segments.remaining_capacity() >= MAX_SEGMENTS {
+            let Some(chain) = avail.next() else { break };
             let head = chain.head_index();
-            let segments = gather(&mem, chain, &mut scratch.segments);
-            scratch.chains.push(TxChain { head, segments });
+            let range = gather(&mem, chain, &mut segments);
+            scratch.chains.push(TxChain {
+                head,
+                segments: range,
+            });
         }
     }
     if scratch.chains.is_empty() {
         return Some(0);
     }
 
+    // Decide every frame, then deliver grouped by destination: each receiver's
+    // queue is locked, and its guest notified, once per batch.
     let port = &conn.port;
     let topo = port.switch.topology();
     let now = port.switch.now();
-    scratch.touched.clear();
+    let mut frames = ArrayVec::<FrameSource<'_, '_>, BATCH>::new();
+    scratch.deliveries.clear();
     for chain in &scratch.chains {
         match &chain.segments {
             Some(range) => {
-                let frame = FrameSource::new(&mem, &scratch.segments[range.clone()], HDR_LEN);
-                forward(conn, &topo, &frame, now, &mut scratch.touched);
+                frames.push(FrameSource::new(&segments[range.clone()], HDR_LEN));
+                decide(conn, &topo, &frames, now, &mut scratch.deliveries);
             }
             None => {
                 if let Some(p) = topo.port(port.id) {
@@ -148,8 +157,12 @@ fn process_batch(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) -> O
             }
         }
     }
-    for &out in &scratch.touched {
-        port.table.with(out, |sink| sink.flush());
+    // Unstable sort needs no buffer; the frame index keeps each port's frames in order.
+    scratch
+        .deliveries
+        .sort_unstable_by_key(|d| (d.port, d.frame));
+    for group in scratch.deliveries.chunk_by(|a, b| a.port == b.port) {
+        deliver(conn, &topo, group, &frames);
     }
 
     // The device writes nothing into TX buffers: used length 0.
@@ -164,15 +177,18 @@ fn process_batch(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) -> O
     Some(scratch.chains.len())
 }
 
-/// Classify, learn, look up, deliver one frame.
-fn forward(
+/// Classifies, learns and looks up the last frame of `frames`; appends one
+/// delivery per egress port.
+fn decide(
     conn: &Connection,
     topo: &Topology,
-    frame: &FrameSource,
+    frames: &[FrameSource],
     now: u32,
-    touched: &mut Vec<PortId>,
+    out: &mut Vec<Delivery>,
 ) {
     let port = &conn.port;
+    let index = frames.len() - 1;
+    let frame = &frames[index];
     let mut head = [0u8; HEAD_LEN];
     let n = frame.read_head(&mut head);
     let Ok(ingress) = port
@@ -181,42 +197,38 @@ fn forward(
     else {
         return; // counted by the switch
     };
-    match ingress.dest {
-        Dest::Port(out) => deliver(conn, topo, &ingress, out, frame, touched),
-        Dest::Flood => {
-            for out in topo.flood_targets(&ingress) {
-                deliver(conn, topo, &ingress, out, frame, touched);
-            }
+    let mut push = |to: PortId| {
+        if let Some(egress) = topo.egress(to, &ingress) {
+            out.push(Delivery {
+                port: to,
+                frame: index,
+                egress,
+            });
         }
+    };
+    match ingress.dest {
+        Dest::Port(to) => push(to),
+        Dest::Flood => topo.flood_targets(&ingress).for_each(push),
     }
 }
 
-fn deliver(
-    conn: &Connection,
-    topo: &Topology,
-    ingress: &Ingress,
-    out: PortId,
-    frame: &FrameSource,
-    touched: &mut Vec<PortId>,
-) {
-    let Some(egress) = topo.egress(out, ingress) else {
+/// Hands one destination's share of the batch to its sink and counts the outcomes.
+fn deliver(conn: &Connection, topo: &Topology, group: &[Delivery], frames: &[FrameSource]) {
+    let Some(out) = topo.port(group[0].port) else {
         return;
     };
-    let Some(out_port) = topo.port(out) else {
-        return;
+    let counters = &out.state.counters;
+    let mut count = |d: &Delivery, result: Result<(), DropReason>| match result {
+        Ok(()) => counters.add_tx(1, d.egress.len() as u64),
+        Err(reason) => counters.add_drop(reason),
     };
-    let result = conn
+    let published = conn
         .port
         .table
-        .with(out, |sink| sink.deliver(&egress, frame));
-    match result {
-        Some(Ok(())) => {
-            out_port.state.counters.add_tx(1, egress.len() as u64);
-            if !touched.contains(&out) {
-                touched.push(out);
-            }
+        .with(out.id, |sink| sink.deliver(group, frames, &mut count));
+    if published.is_none() {
+        for _ in group {
+            counters.add_drop(DropReason::NoBuffer);
         }
-        Some(Err(reason)) => out_port.state.counters.add_drop(reason),
-        None => out_port.state.counters.add_drop(DropReason::NoBuffer),
     }
 }
