@@ -118,23 +118,26 @@ const ACCESS10: &str = "{ mode = \"access\", tag = 10 }";
 const ACCESS20: &str = "{ mode = \"access\", tag = 20 }";
 const TRUNK: &str = "{ mode = \"trunk\", allowed = [10, 20], native = 30 }";
 
-#[test]
-fn unicast_is_learned_and_floods_stay_in_the_vlan() {
+/// p1, p2 on access VLAN 10, p3 on access VLAN 20, t a trunk of 10 and 20
+/// (native 30), all connected.
+fn two_vlans_and_a_trunk() -> (Fabric, [GuestNic; 4]) {
+    let names = ["p1", "p2", "p3", "t"];
     let f = Fabric::start(
         "",
         &[
-            ("p1", ACCESS10),
-            ("p2", ACCESS10),
-            ("p3", ACCESS20),
-            ("t", TRUNK),
+            (names[0], ACCESS10),
+            (names[1], ACCESS10),
+            (names[2], ACCESS20),
+            (names[3], TRUNK),
         ],
     );
-    let (mut p1, mut p2, mut p3, mut t) = (
-        f.connect("p1"),
-        f.connect("p2"),
-        f.connect("p3"),
-        f.connect("t"),
-    );
+    let nics = names.map(|n| f.connect(n));
+    (f, nics)
+}
+
+#[test]
+fn unicast_is_learned_and_floods_stay_in_the_vlan() {
+    let (f, [mut p1, mut p2, mut p3, mut t]) = two_vlans_and_a_trunk();
     let (m1, m2) = (mac(1), mac(2));
 
     // Broadcast from p1: p2 untagged, the trunk tagged 10, p3 (VLAN 20) nothing.
@@ -188,21 +191,7 @@ fn unicast_is_learned_and_floods_stay_in_the_vlan() {
 
 #[test]
 fn vlan_isolation_and_no_hopping() {
-    let f = Fabric::start(
-        "",
-        &[
-            ("p1", ACCESS10),
-            ("p2", ACCESS10),
-            ("p3", ACCESS20),
-            ("t", TRUNK),
-        ],
-    );
-    let (mut p1, mut p2, mut p3, mut t) = (
-        f.connect("p1"),
-        f.connect("p2"),
-        f.connect("p3"),
-        f.connect("t"),
-    );
+    let (f, [mut p1, mut p2, mut p3, mut t]) = two_vlans_and_a_trunk();
 
     // A guest on an access port tags its frame for VLAN 20: dropped, counted.
     assert!(p1.send(&tagged(
