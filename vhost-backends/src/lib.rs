@@ -9,6 +9,7 @@
 pub mod net;
 pub mod port_table;
 pub mod relay;
+pub mod used_ring;
 
 /// Guest memory as mapped from the frontend's memory table (no dirty-page log:
 /// live migration of the backend state is not supported).

@@ -15,7 +15,7 @@ pub mod tx;
 pub use port::{NetPort, NetPortConfig, NetPortHandle};
 
 use crate::GuestMemAtomic;
-use vhost_user_backend::{VringMutex, VringT};
+use vhost_user_backend::VringMutex;
 
 /// The vring type of our devices: a mutex is enough, every access is short.
 pub type Vring = VringMutex<GuestMemAtomic>;
@@ -23,11 +23,3 @@ pub type Vring = VringMutex<GuestMemAtomic>;
 /// `virtio_net_hdr_v1`: with VIRTIO_F_VERSION_1 the header is always 12 bytes,
 /// `num_buffers` included, whether or not MRG_RXBUF is negotiated (§5.1.6.1).
 pub const HDR_LEN: usize = 12;
-
-/// Interrupts the guest for a queue if the ring's notification rules
-/// (EVENT_IDX's used_event, or NO_INTERRUPT) ask for it.
-pub(crate) fn notify(vring: &Vring) {
-    if vring.needs_notification().unwrap_or(true) {
-        let _ = vring.signal_used_queue();
-    }
-}

@@ -9,7 +9,7 @@ use super::device::Connection;
 use super::frame_source::FrameSource;
 use super::{Vring, HDR_LEN};
 use crate::port_table::{Delivery, FrameSink};
-use crate::GuestMem;
+use crate::{used_ring, GuestMem};
 use arrayvec::ArrayVec;
 use std::sync::Arc;
 use vhost_user_backend::VringT;
@@ -137,27 +137,49 @@ impl FrameSink for GuestRx {
             return;
         }
         let queue = vring.get_queue_mut();
-        let mut used = false;
+        let mut used = used_ring::Pending::new();
+        let mut moved: Option<(u16, u16)> = None;
         for d in batch {
-            let result = deliver_one(queue, &mem, mrg_rxbuf, &d.egress, &frames[d.frame]);
-            // A bad chain may have been returned empty: notify for that too.
-            used |= !matches!(result, Err(DropReason::NoBuffer));
+            if used.remaining_capacity() < MAX_CHAINS + 1 {
+                moved = merge(moved, used_ring::publish(queue, &mem, &used));
+                used.clear();
+            }
+            let result = deliver_one(
+                queue,
+                &mem,
+                mrg_rxbuf,
+                &d.egress,
+                &frames[d.frame],
+                &mut used,
+            );
             done(d, result);
         }
-        drop(vring);
-        if used {
-            super::notify(&self.vring);
+        moved = merge(moved, used_ring::publish(queue, &mem, &used));
+        if let Some(moved) = moved {
+            if used_ring::needs_interrupt(vring.get_queue(), &mem, moved) {
+                let _ = vring.signal_used_queue();
+            }
         }
     }
 }
 
-/// Writes one packet into the RX queue (the lock is held by the caller).
+/// The used-index span of two consecutive publications.
+fn merge(a: Option<(u16, u16)>, b: Option<(u16, u16)>) -> Option<(u16, u16)> {
+    match (a, b) {
+        (Some((old, _)), Some((_, new))) => Some((old, new)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Writes one packet into the RX queue (the lock is held by the caller) and
+/// appends the chains it used to `used`.
 fn deliver_one(
     queue: &mut Queue,
     mem: &GuestMem,
     mrg_rxbuf: bool,
     egress: &Egress,
     frame: &FrameSource,
+    used: &mut used_ring::Pending,
 ) -> Result<(), DropReason> {
     let need = (HDR_LEN + egress.len()) as u32;
     let start = queue.next_avail();
@@ -196,7 +218,7 @@ fn deliver_one(
     if let Some(head) = bad_chain {
         if taken.is_empty() {
             // Give the unusable buffer back, empty, so the ring does not stall.
-            let _ = queue.add_used(mem, head, 0);
+            used.push((head, 0));
             return Err(DropReason::BadDescriptor);
         }
     }
@@ -227,14 +249,12 @@ fn deliver_one(
         return Err(DropReason::NoBuffer);
     }
 
-    // 3. Publish: each chain's used length is what landed in it.
+    // 3. Each chain's used length is what landed in it; published by the caller.
     let mut remaining = need;
     for t in &taken {
         let len = remaining.min(t.capacity);
         remaining -= len;
-        if queue.add_used(mem, t.head, len).is_err() {
-            return Err(DropReason::BadDescriptor);
-        }
+        used.push((t.head, len));
     }
     Ok(())
 }

@@ -4,22 +4,28 @@
 //! One batch: pop up to [`BATCH`] chains under the TX lock and validate their
 //! buffers; release the lock; for each frame let the switch decide and copy it
 //! into each destination (locking only that destination's RX queue); notify each
-//! touched destination once; return the chains to the guest and notify it once.
+//! touched destination once; return the chains to the guest (used index
+//! written once) and notify it once, if it wants that.
 //! No two queue locks are ever held at once.
 
 use super::device::Connection;
 use super::frame_source::{FrameSource, MAX_SEGMENTS};
-use super::{notify, Vring, HDR_LEN};
+use super::{Vring, HDR_LEN};
 use crate::port_table::Delivery;
+use crate::used_ring;
 use arrayvec::ArrayVec;
 use std::ops::Range;
+use std::time::{Duration, Instant};
 use vhost_user_backend::VringT;
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryBackend, VolatileSlice};
 use vswitch::{Dest, DropReason, PortId, Topology, HEAD_LEN};
 
 /// Chains popped per batch (DESIGN.md: up to 64).
 pub const BATCH: usize = 64;
+
+/// How long a worker keeps polling an empty ring before it sleeps.
+pub const POLL_FOR: Duration = Duration::from_micros(50);
 
 /// Largest chain we accept: header plus a 64 KiB frame. Anything longer is
 /// absurd for a port without segmentation offload.
@@ -91,15 +97,24 @@ where
 /// Processes the TX queue until the guest has nothing more to send.
 pub fn drain(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) {
     loop {
-        // With EVENT_IDX, suppress kicks while we are draining anyway.
+        // With EVENT_IDX (or NO_NOTIFY), suppress kicks while we are draining anyway.
         let _ = vring.disable_notification();
+        // Adaptive polling: once the ring runs dry, keep looking for POLL_FOR
+        // (yielding the core in between) before sleeping; under load the next
+        // frames usually come sooner than a kick and a wake-up would.
+        let mut dry_since: Option<Instant> = None;
         loop {
             match process_batch(conn, vring, scratch) {
                 // The frontend stopped the ring (GET_VRING_BASE, disable, gone):
                 // whatever is still in it is no longer ours to take.
                 None => return,
-                Some(BATCH) => continue,
-                Some(_) => break,
+                Some(0) => {
+                    if dry_since.get_or_insert_with(Instant::now).elapsed() >= POLL_FOR {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+                Some(_) => dry_since = None,
             }
         }
         // enable_notification re-checks the ring: true if the guest added more
@@ -166,14 +181,13 @@ fn process_batch(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) -> O
     }
 
     // The device writes nothing into TX buffers: used length 0.
-    {
-        let mut state = vring.get_mut();
-        let queue = state.get_queue_mut();
-        for chain in &scratch.chains {
-            let _ = queue.add_used(&*mem, chain.head, 0);
+    let used: used_ring::Pending = scratch.chains.iter().map(|c| (c.head, 0)).collect();
+    let mut state = vring.get_mut();
+    if let Some(moved) = used_ring::publish(state.get_queue_mut(), &mem, &used) {
+        if used_ring::needs_interrupt(state.get_queue(), &mem, moved) {
+            let _ = state.signal_used_queue();
         }
     }
-    notify(vring);
     Some(scratch.chains.len())
 }
 
