@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use vhost_backends::datapath::Datapath;
 use vhost_backends::net::{NetPort, NetPortConfig, NetPortHandle};
 use vhost_backends::port_table::PortTable;
 use vswitch::{Switch, VlanMode};
@@ -15,6 +16,7 @@ use vswitch::{Switch, VlanMode};
 pub struct Daemon {
     switches: Vec<Arc<Switch>>,
     ports: Vec<NetPortHandle>,
+    datapath: Arc<Datapath>,
     stop: Arc<AtomicBool>,
     ager: Option<JoinHandle<()>>,
 }
@@ -79,6 +81,7 @@ impl Daemon {
         let mut daemon = Daemon {
             switches: Vec::new(),
             ports: Vec::new(),
+            datapath: Arc::new(Datapath::new(config.daemon.datapath_threads as usize)?),
             stop: Arc::new(AtomicBool::new(false)),
             ager: None,
         };
@@ -118,6 +121,7 @@ impl Daemon {
                     id,
                     switch: switch.clone(),
                     table: table.clone(),
+                    datapath: self.datapath.clone(),
                     config: NetPortConfig {
                         socket: socket.clone(),
                         mac: *mac,
@@ -208,6 +212,7 @@ impl Daemon {
         for port in self.ports.drain(..) {
             port.stop();
         }
+        self.datapath.shutdown();
         if let Some(ager) = self.ager.take() {
             ager.thread().unpark();
             let _ = ager.join();

@@ -26,6 +26,9 @@ pub const EXAMPLE: &str = include_str!("../../fabric.toml");
 
 /// Default `[daemon] run_dir`.
 pub const DEFAULT_RUN_DIR: &str = "run";
+/// Default `[daemon] datapath_threads`: one core polls, as OVS-DPDK's default
+/// of one PMD thread; raise it to spread busy ports over more cores.
+pub const DEFAULT_DATAPATH_THREADS: u32 = 1;
 /// Default `[[switch]] mac_aging_secs`.
 pub const DEFAULT_MAC_AGING_SECS: u32 = 300;
 /// Default `[[switch]] fdb_capacity`.
@@ -55,6 +58,11 @@ pub struct DaemonConfig {
     /// the daemon's working directory), so the file means the same thing
     /// wherever the daemon is started from. Absolute after [`load`].
     pub run_dir: PathBuf,
+    /// `datapath_threads`: threads that poll the ports' transmit queues and
+    /// forward (each port is served by one of them; a thread polls while its
+    /// ports are busy and sleeps 50 us after the last frame). Default 1,
+    /// 1..=256.
+    pub datapath_threads: u32,
 }
 
 /// `[[switch]]`: one learning L2 switch (a bridge) and its ports.

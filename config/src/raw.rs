@@ -30,6 +30,7 @@ struct RawFile {
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
     run_dir: Option<Spanned<String>>,
+    datapath_threads: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +179,14 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<FabricConfig,
     let raw: RawFile = toml::from_str(text).map_err(|e| syntax_error(text, file, &e))?;
     let ctx = Ctx { file, text, base };
 
+    let datapath_threads = match raw
+        .daemon
+        .as_ref()
+        .and_then(|d| d.datapath_threads.as_ref())
+    {
+        Some(v) => ctx.int(v, "daemon.datapath_threads", "thread count", 1, 256)?,
+        None => DEFAULT_DATAPATH_THREADS,
+    };
     let run_dir = match &raw.daemon.and_then(|d| d.run_dir) {
         Some(dir) if dir.get_ref().is_empty() => {
             return Err(ctx.invalid(&dir.span(), "daemon.run_dir", "must not be empty"));
@@ -252,7 +261,10 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<FabricConfig,
     }
 
     Ok(FabricConfig {
-        daemon: DaemonConfig { run_dir },
+        daemon: DaemonConfig {
+            run_dir,
+            datapath_threads,
+        },
         switches,
     })
 }

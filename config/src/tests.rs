@@ -369,7 +369,7 @@ fn unknown_keys_at_top_levels() {
     );
     assert_eq!(
         parse_err("[daemon]\nrundir = \"x\"\n"),
-        "fabric.toml:2: daemon.rundir: unknown field `rundir`, expected `run_dir`"
+        "fabric.toml:2: daemon.rundir: unknown field `rundir`, expected `run_dir` or `datapath_threads`"
     );
     assert_eq!(
         parse_err("\n[pool]\nx = 1\n"),
@@ -456,5 +456,19 @@ fn overlong_socket_path_rejected() {
     assert!(
         err.ends_with("is 116 bytes; Unix sockets allow at most 107"),
         "{err}"
+    );
+}
+
+#[test]
+fn datapath_threads_default_and_range() {
+    let c = parse("", Path::new("fabric.toml")).unwrap();
+    assert_eq!(c.daemon.datapath_threads, DEFAULT_DATAPATH_THREADS);
+    let c = parse("[daemon]\ndatapath_threads = 4\n", Path::new("fabric.toml")).unwrap();
+    assert_eq!(c.daemon.datapath_threads, 4);
+    let e = parse("[daemon]\ndatapath_threads = 0\n", Path::new("fabric.toml")).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("fabric.toml:2: daemon.datapath_threads:"),
+        "{msg}"
     );
 }

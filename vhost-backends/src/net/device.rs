@@ -3,14 +3,15 @@
 
 use super::port::NetPort;
 use super::rx::GuestRx;
-use super::tx::{self, TxScratch};
+use super::tx::TxScratch;
 use super::Vring;
+use crate::datapath::TxQueue;
 use crate::GuestMemAtomic;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::VhostUserBackend;
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
@@ -43,7 +44,8 @@ pub struct Connection {
     pub(crate) mem: GuestMemAtomic,
     acked_features: AtomicU64,
     published: AtomicBool,
-    scratch: Mutex<TxScratch>,
+    /// The TX queue while a datapath thread serves it.
+    tx: Mutex<Option<Arc<TxQueue>>>,
 }
 
 impl Connection {
@@ -51,13 +53,21 @@ impl Connection {
         self.acked_features.load(Ordering::Relaxed) & (1 << bit) != 0
     }
 
-    /// Makes the guest's RX queue reachable by senders and brings the link up.
-    fn publish(self: &Arc<Self>, rx: &Vring) {
+    /// Makes the guest's RX queue reachable by senders, hands its TX queue to a
+    /// datapath thread and brings the link up.
+    fn publish(self: &Arc<Self>, rx: &Vring, tx: &Vring) {
         if !self.published.swap(true, Ordering::AcqRel) {
             self.port.table.publish(
                 self.port.id,
                 Box::new(GuestRx::new(rx.clone(), self.clone())),
             );
+            let queue = Arc::new(TxQueue {
+                conn: self.clone(),
+                vring: tx.clone(),
+                scratch: Mutex::new(TxScratch::default()),
+            });
+            *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue.clone());
+            self.port.datapath.add(self.port.id as usize, queue);
             self.port.switch.set_link(self.port.id, true);
             log::info!("port {}: frontend ready, link up", self.port.name);
         }
@@ -67,6 +77,9 @@ impl Connection {
     pub(crate) fn withdraw(&self) {
         if self.published.swap(false, Ordering::AcqRel) {
             self.port.table.withdraw(self.port.id);
+            if let Some(queue) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                self.port.datapath.remove(self.port.id as usize, &queue);
+            }
             self.port.switch.set_link(self.port.id, false);
         }
     }
@@ -83,7 +96,7 @@ impl NetBackend {
             mem,
             acked_features: AtomicU64::new(0),
             published: AtomicBool::new(false),
-            scratch: Mutex::new(TxScratch::default()),
+            tx: Mutex::new(None),
         }))
     }
 
@@ -158,7 +171,10 @@ impl VhostUserBackend for NetBackend {
         // marked not ready, so no new batch starts. RX deliveries hold the RX
         // vring lock, which marking it not ready already waited for.
         if queue_index == TX_QUEUE as u32 {
-            drop(self.0.scratch.lock().unwrap_or_else(|e| e.into_inner()));
+            let queue = self.0.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(queue) = queue {
+                drop(queue.scratch.lock().unwrap_or_else(|e| e.into_inner()));
+            }
         }
         Ok(())
     }
@@ -174,14 +190,20 @@ impl VhostUserBackend for NetBackend {
         if vrings.len() < NUM_QUEUES {
             return Ok(());
         }
-        self.0.publish(&vrings[RX_QUEUE as usize]);
-        if device_event == TX_QUEUE {
-            let tx = &vrings[TX_QUEUE as usize];
-            let mut scratch = self.0.scratch.lock().unwrap_or_else(|e| e.into_inner());
-            tx::drain(&self.0, tx, &mut scratch);
+        self.0
+            .publish(&vrings[RX_QUEUE as usize], &vrings[TX_QUEUE as usize]);
+        match device_event {
+            // The datapath thread does the work; a kick only means it may be asleep.
+            TX_QUEUE => self.0.port.datapath.wake(self.0.port.id as usize),
+            // RX kicks only say the guest posted buffers; frames that found none
+            // were already dropped and counted. We never need them: ask the
+            // driver to stop sending them (VRING_USED_F_NO_NOTIFY; with
+            // EVENT_IDX our avail_event never moves, so they are rare anyway).
+            RX_QUEUE => {
+                let _ = vrings[RX_QUEUE as usize].disable_notification();
+            }
+            _ => {}
         }
-        // RX kicks only say the guest posted buffers; frames that found none
-        // were already dropped and counted.
         Ok(())
     }
 }

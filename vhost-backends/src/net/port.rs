@@ -3,6 +3,7 @@
 //! without restarting anything else.
 
 use super::device::NetBackend;
+use crate::datapath::Datapath;
 use crate::port_table::PortTable;
 use crate::relay;
 use crate::{GuestMem, GuestMemAtomic};
@@ -35,6 +36,7 @@ pub struct NetPort {
     pub id: PortId,
     pub switch: Arc<Switch>,
     pub table: Arc<PortTable>,
+    pub datapath: Arc<Datapath>,
     pub config: NetPortConfig,
 }
 

@@ -1,5 +1,5 @@
 //! The guest's transmit queue (virtio-net transmitq, §5.1.6.2), run to completion
-//! on the port's worker thread.
+//! on a datapath thread (see `crate::datapath`).
 //!
 //! One batch: pop up to [`BATCH`] chains under the TX lock and validate their
 //! buffers; release the lock; for each frame let the switch decide and copy it
@@ -15,7 +15,6 @@ use crate::port_table::Delivery;
 use crate::used_ring;
 use arrayvec::ArrayVec;
 use std::ops::Range;
-use std::time::{Duration, Instant};
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryBackend, VolatileSlice};
@@ -23,9 +22,6 @@ use vswitch::{Dest, DropReason, PortId, Topology, HEAD_LEN};
 
 /// Chains popped per batch (DESIGN.md: up to 64).
 pub const BATCH: usize = 64;
-
-/// How long a worker keeps polling an empty ring before it sleeps.
-pub const POLL_FOR: Duration = Duration::from_micros(50);
 
 /// Largest chain we accept: header plus a 64 KiB frame. Anything longer is
 /// absurd for a port without segmentation offload.
@@ -94,40 +90,13 @@ where
     Some(start..segs.len())
 }
 
-/// Processes the TX queue until the guest has nothing more to send.
-pub fn drain(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) {
-    loop {
-        // With EVENT_IDX (or NO_NOTIFY), suppress kicks while we are draining anyway.
-        let _ = vring.disable_notification();
-        // Adaptive polling: once the ring runs dry, keep looking for POLL_FOR
-        // (yielding the core in between) before sleeping; under load the next
-        // frames usually come sooner than a kick and a wake-up would.
-        let mut dry_since: Option<Instant> = None;
-        loop {
-            match process_batch(conn, vring, scratch) {
-                // The frontend stopped the ring (GET_VRING_BASE, disable, gone):
-                // whatever is still in it is no longer ours to take.
-                None => return,
-                Some(0) => {
-                    if dry_since.get_or_insert_with(Instant::now).elapsed() >= POLL_FOR {
-                        break;
-                    }
-                    std::thread::yield_now();
-                }
-                Some(_) => dry_since = None,
-            }
-        }
-        // enable_notification re-checks the ring: true if the guest added more
-        // between our last pop and re-enabling, which we must not miss.
-        if !vring.enable_notification().unwrap_or(false) {
-            break;
-        }
-    }
-}
-
 /// One batch; returns how many chains it consumed, or `None` if the ring is
 /// stopped.
-fn process_batch(conn: &Connection, vring: &Vring, scratch: &mut TxScratch) -> Option<usize> {
+pub(crate) fn process_batch(
+    conn: &Connection,
+    vring: &Vring,
+    scratch: &mut TxScratch,
+) -> Option<usize> {
     let mem = conn.mem.memory();
     let mut segments = ArrayVec::<VolatileSlice<'_>, MAX_BATCH_SEGMENTS>::new();
     scratch.chains.clear();
