@@ -127,11 +127,14 @@ pub(crate) fn process_batch(
     let topo = port.switch.topology();
     let now = port.switch.now();
     let mut frames = ArrayVec::<FrameSource<'_, '_>, BATCH>::new();
+    let mut rx_bytes = 0u64;
     scratch.deliveries.clear();
     for chain in &scratch.chains {
         match &chain.segments {
             Some(range) => {
-                frames.push(FrameSource::new(&segments[range.clone()], HDR_LEN));
+                let frame = FrameSource::new(&segments[range.clone()], HDR_LEN);
+                rx_bytes += frame.len() as u64;
+                frames.push(frame);
                 decide(conn, &topo, &frames, now, &mut scratch.deliveries);
             }
             None => {
@@ -140,6 +143,9 @@ pub(crate) fn process_batch(
                 }
             }
         }
+    }
+    if let Some(p) = topo.port(port.id) {
+        p.state.counters.add_rx(frames.len() as u64, rx_bytes);
     }
     // Unstable sort needs no buffer; the frame index keeps each port's frames in order.
     scratch
@@ -201,8 +207,13 @@ fn deliver(conn: &Connection, topo: &Topology, group: &[Delivery], frames: &[Fra
         return;
     };
     let counters = &out.state.counters;
+    // Sums first: one atomic add per destination per batch, not per frame.
+    let (mut packets, mut bytes) = (0u64, 0u64);
     let mut count = |d: &Delivery, result: Result<(), DropReason>| match result {
-        Ok(()) => counters.add_tx(1, d.egress.len() as u64),
+        Ok(()) => {
+            packets += 1;
+            bytes += d.egress.len() as u64;
+        }
         Err(reason) => counters.add_drop(reason),
     };
     let published = conn
@@ -214,4 +225,5 @@ fn deliver(conn: &Connection, topo: &Topology, group: &[Delivery], frames: &[Fra
             counters.add_drop(DropReason::NoBuffer);
         }
     }
+    counters.add_tx(packets, bytes);
 }
