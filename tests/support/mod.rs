@@ -7,12 +7,14 @@
 //! - [`split_ring`]: driver side of a split virtqueue.
 //! - [`virtio_net`]: `GuestNic`, a virtio-net device driver over vhost-user.
 //! - [`smol`]: `SmolNic` (smoltcp `Device` on a `GuestNic`), ping and TCP helpers.
+//! - [`fabric`]: the real daemon in process, on a config of the test's own.
 //! - [`frames`]: Ethernet frame builders.
 //! - [`testpmd`]: runs DPDK `dpdk-testpmd` as a third-party peer.
 
 // Each integration test uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod fabric;
 pub mod frames;
 pub mod guest_memory;
 pub mod smol;

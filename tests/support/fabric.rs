@@ -1,0 +1,99 @@
+//! A `fabric::Daemon` on a config of its own, with sockets in a fresh
+//! directory, for tests that play the VMM against the real daemon code.
+
+use super::{GuestNic, NicOptions};
+use fabric::Daemon;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use vswitch::{MacAddr, PortCountersSnapshot};
+
+/// How long anything that should happen may take.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A daemon on a config of its own, sockets in a fresh directory.
+pub struct Fabric {
+    daemon: Option<Daemon>,
+    dir: PathBuf,
+}
+
+impl Fabric {
+    /// `ports`: (name, vlan inline table) on switch br0.
+    pub fn start(switch_extra: &str, ports: &[(&str, &str)]) -> Fabric {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "fh-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut toml =
+            format!("[daemon]\nrun_dir = \"run\"\n[[switch]]\nname = \"br0\"\n{switch_extra}\n");
+        for (name, vlan) in ports {
+            toml += &format!(
+                "[[switch.port]]\nname = \"{name}\"\ntype = \"vhost-user\"\nvlan = {vlan}\n"
+            );
+        }
+        let path = dir.join("fabric.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = fabric_config::load(&path).unwrap();
+        let daemon = Daemon::start(&config).expect("daemon starts");
+        Fabric {
+            daemon: Some(daemon),
+            dir,
+        }
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().unwrap()
+    }
+
+    pub fn socket(&self, port: &str) -> PathBuf {
+        self.dir.join("run").join(format!("{port}.sock"))
+    }
+
+    pub fn connect(&self, port: &str) -> GuestNic {
+        self.connect_with(port, NicOptions::default())
+    }
+
+    pub fn connect_with(&self, port: &str, opts: NicOptions) -> GuestNic {
+        let nic = GuestNic::connect(&self.socket(port), opts).expect("frontend connects");
+        self.wait_link(port, true);
+        nic
+    }
+
+    pub fn wait_link(&self, port: &str, up: bool) {
+        let sw = self.daemon().switch("br0").unwrap();
+        let id = sw.port_id(port).unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while sw.topology().port(id).unwrap().state.is_up() != up {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "port {port} never went {}",
+                if up { "up" } else { "down" }
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn counters(&self, port: &str) -> PortCountersSnapshot {
+        let sw = self.daemon().switch("br0").unwrap();
+        let id = sw.port_id(port).unwrap();
+        sw.topology().port(id).unwrap().state.counters.snapshot()
+    }
+
+    pub fn fdb_port_of(&self, vlan: u16, m: [u8; 6]) -> Option<String> {
+        let sw = self.daemon().switch("br0").unwrap();
+        let id = sw.fdb().lookup(vlan, MacAddr(m), sw.now())?;
+        Some(sw.topology().port(id)?.name.clone())
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
