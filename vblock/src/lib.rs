@@ -1,1 +1,10 @@
-//! vblock: thin-provisioned pool. Built in its own issue.
+//! vblock: a thin-provisioned block pool on a file or block device.
+//!
+//! Work in progress (issue: vblock pool). So far the layers below the pool:
+//! - [`dev`]: the block device seam: a real file or device opened O_DIRECT, and
+//!   a simulated disk with a volatile write cache for crash tests.
+//! - [`uring`]: the io_uring engine of the datapath (batched submission,
+//!   completions through an eventfd).
+
+pub mod dev;
+pub mod uring;
