@@ -391,6 +391,25 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
+    /// The kernel really has O_DIRECT (and O_CLOEXEC) set on the fd.
+    #[test]
+    fn fd_is_direct_and_cloexec() {
+        use std::os::fd::AsRawFd;
+        let dir = Scratch::new();
+        let dev = FileDev::create(dir.path("dev"), 4096).unwrap();
+        let fd = dev.file().as_raw_fd();
+        // SAFETY: F_GETFL/F_GETFD on an fd we own.
+        let (fl, fdfl) = unsafe {
+            (
+                libc::fcntl(fd, libc::F_GETFL),
+                libc::fcntl(fd, libc::F_GETFD),
+            )
+        };
+        assert!(fl & libc::O_DIRECT != 0, "O_DIRECT missing: {fl:#o}");
+        assert!(fdfl & libc::FD_CLOEXEC != 0);
+        assert_eq!(dev.path(), dir.path("dev"));
+    }
+
     #[test]
     fn open_missing_names_the_path() {
         let dir = Scratch::new();
