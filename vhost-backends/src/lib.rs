@@ -10,7 +10,7 @@ pub mod datapath;
 pub mod net;
 pub mod port_table;
 pub mod relay;
-pub mod used_ring;
+pub mod split_ring;
 
 /// Guest memory as mapped from the frontend's memory table (no dirty-page log:
 /// live migration of the backend state is not supported).

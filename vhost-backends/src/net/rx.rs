@@ -9,13 +9,13 @@ use super::device::Connection;
 use super::frame_source::FrameSource;
 use super::{Vring, HDR_LEN};
 use crate::port_table::{Delivery, FrameSink};
-use crate::{used_ring, GuestMem};
+use crate::split_ring::RingView;
 use arrayvec::ArrayVec;
 use std::sync::Arc;
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryBackend, VolatileSlice};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddressSpace, VolatileSlice};
 use vswitch::{DropReason, Egress};
 
 /// Chains one packet may span (mergeable buffers). A 64 KiB packet over 1.5 KiB
@@ -42,34 +42,6 @@ impl GuestRx {
 struct Taken {
     head: u16,
     capacity: u32,
-}
-
-/// Appends the writable buffers of `chain` to `segs` and returns their total
-/// length, or `None` if the chain is unusable: a readable descriptor, a buffer
-/// outside guest memory, too many descriptors, or a chain cut short (the chain
-/// iterator stops silently on a bad descriptor or a loop, leaving a last
-/// descriptor that still points onward).
-fn writable_segments<'m, M>(
-    mem: &'m crate::GuestMem,
-    chain: virtio_queue::DescriptorChain<M>,
-    segs: &mut ArrayVec<VolatileSlice<'m>, MAX_RX_SEGMENTS>,
-) -> Option<u32>
-where
-    M: std::ops::Deref,
-    M::Target: vm_memory::GuestMemory,
-{
-    let mut capacity: u32 = 0;
-    let mut last_has_next = false;
-    for desc in chain {
-        last_has_next = desc.has_next();
-        if !desc.is_write_only() {
-            return None;
-        }
-        segs.try_push(mem.get_slice(desc.addr(), desc.len() as usize).ok()?)
-            .ok()?;
-        capacity = capacity.checked_add(desc.len())?;
-    }
-    (!last_has_next && capacity > 0).then_some(capacity)
 }
 
 /// Writes a byte stream across a list of guest buffers.
@@ -120,6 +92,9 @@ impl<'m> SegmentWriter<'_, 'm> {
     }
 }
 
+/// Used elements waiting to be published: (descriptor head, bytes written).
+type Pending = ArrayVec<(u16, u32), 256>;
+
 impl FrameSink for GuestRx {
     fn deliver(
         &self,
@@ -130,23 +105,28 @@ impl FrameSink for GuestRx {
         let mem = self.conn.mem.memory();
         let mrg_rxbuf = self.conn.has_feature(VIRTIO_NET_F_MRG_RXBUF);
         let mut vring = self.vring.get_mut();
-        if !vring.is_enabled() || !vring.get_queue().ready() {
-            for d in batch {
-                done(d, Err(DropReason::NoBuffer));
-            }
-            return;
-        }
+        let enabled = vring.is_enabled();
         let queue = vring.get_queue_mut();
-        let mut used = used_ring::Pending::new();
-        let mut moved: Option<(u16, u16)> = None;
+        let ring = match RingView::new(queue, &mem) {
+            Some(ring) if enabled => ring,
+            _ => {
+                for d in batch {
+                    done(d, Err(DropReason::NoBuffer));
+                }
+                return;
+            }
+        };
+        let first_used = queue.next_used();
+        let mut next_used = first_used;
+        let mut used = Pending::new();
         for d in batch {
-            if used.remaining_capacity() < MAX_CHAINS + 1 {
-                moved = merge(moved, used_ring::publish(queue, &mem, &used));
+            if used.remaining_capacity() <= MAX_CHAINS {
+                next_used = ring.publish_used(next_used, &used).unwrap_or(next_used);
                 used.clear();
             }
             let result = deliver_one(
                 queue,
-                &mem,
+                &ring,
                 mrg_rxbuf,
                 &d.egress,
                 &frames[d.frame],
@@ -154,82 +134,68 @@ impl FrameSink for GuestRx {
             );
             done(d, result);
         }
-        moved = merge(moved, used_ring::publish(queue, &mem, &used));
-        if let Some(moved) = moved {
-            if used_ring::needs_interrupt(vring.get_queue(), &mem, moved) {
-                let _ = vring.signal_used_queue();
-            }
+        next_used = ring.publish_used(next_used, &used).unwrap_or(next_used);
+        queue.set_next_used(next_used);
+        if next_used != first_used && ring.needs_interrupt(first_used, next_used) {
+            let _ = vring.signal_used_queue();
         }
     }
 }
 
-/// The used-index span of two consecutive publications.
-fn merge(a: Option<(u16, u16)>, b: Option<(u16, u16)>) -> Option<(u16, u16)> {
-    match (a, b) {
-        (Some((old, _)), Some((_, new))) => Some((old, new)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// Writes one packet into the RX queue (the lock is held by the caller) and
-/// appends the chains it used to `used`.
-fn deliver_one(
+/// Writes one packet into the RX queue (the caller holds its lock) and appends
+/// the chains it used to `used`.
+fn deliver_one<'m>(
     queue: &mut Queue,
-    mem: &GuestMem,
+    ring: &RingView<'m>,
     mrg_rxbuf: bool,
     egress: &Egress,
     frame: &FrameSource,
-    used: &mut used_ring::Pending,
+    used: &mut Pending,
 ) -> Result<(), DropReason> {
     let need = (HDR_LEN + egress.len()) as u32;
     let start = queue.next_avail();
+    let available = ring.pending(start).ok_or(DropReason::BadDescriptor)?;
 
-    // 1. Take chains until they can hold the packet, without writing yet so a
-    //    shortfall can be undone by rewinding next_avail.
+    // 1. Take chains until they can hold the packet, without writing yet: a
+    //    shortfall is undone simply by not moving next_avail.
     // ArrayVec: bounded, on the stack, and not zeroed per packet.
     let mut taken = ArrayVec::<Taken, MAX_CHAINS>::new();
-    let mut segs = ArrayVec::<VolatileSlice<'_>, MAX_RX_SEGMENTS>::new();
+    let mut segs = ArrayVec::<VolatileSlice<'m>, MAX_RX_SEGMENTS>::new();
     let mut capacity: u32 = 0;
-    let mut bad_chain = None;
+    let mut pos = start;
+    while capacity < need
+        && (taken.len() as u16) < available
+        && !taken.is_full()
+        && (taken.is_empty() || mrg_rxbuf)
     {
-        let Ok(mut avail) = queue.iter(mem) else {
-            return Err(DropReason::NoBuffer);
-        };
-        while capacity < need && !taken.is_full() && (taken.is_empty() || mrg_rxbuf) {
-            let Some(chain) = avail.next() else { break };
-            let head = chain.head_index();
-            let seg_mark = segs.len();
-            match writable_segments(mem, chain, &mut segs) {
-                Some(cap) => {
-                    taken.push(Taken {
-                        head,
-                        capacity: cap,
-                    });
-                    capacity = capacity.saturating_add(cap);
+        let head = ring.avail_head(pos).ok_or(DropReason::BadDescriptor)?;
+        pos = pos.wrapping_add(1);
+        let mark = segs.len();
+        let mut chain_capacity: u32 = 0;
+        let walked = ring.walk(head, |buf, writable| {
+            chain_capacity = chain_capacity.saturating_add(buf.len() as u32);
+            writable && segs.try_push(buf).is_ok()
+        });
+        if walked.is_err() || chain_capacity == 0 {
+            segs.truncate(mark);
+            if taken.is_empty() {
+                // Give the unusable buffer back, empty, so the ring does not stall.
+                if head < queue.size() {
+                    used.push((head, 0));
                 }
-                None => {
-                    segs.truncate(seg_mark);
-                    bad_chain = Some(head);
-                    break;
-                }
+                queue.set_next_avail(pos);
             }
-        }
-    }
-    if let Some(head) = bad_chain {
-        if taken.is_empty() {
-            // Give the unusable buffer back, empty, so the ring does not stall.
-            used.push((head, 0));
             return Err(DropReason::BadDescriptor);
         }
+        taken.push(Taken {
+            head,
+            capacity: chain_capacity,
+        });
+        capacity = capacity.saturating_add(chain_capacity);
     }
     if capacity < need {
         // Not enough room: leave the chains for a smaller packet or a later one.
-        queue.set_next_avail(start);
-        return Err(if bad_chain.is_some() {
-            DropReason::BadDescriptor
-        } else {
-            DropReason::NoBuffer
-        });
+        return Err(DropReason::NoBuffer);
     }
 
     // 2. Write header, rewritten head and the rest of the frame.
@@ -244,12 +210,11 @@ fn deliver_one(
         && w.write_bytes(egress.head())
         && frame.for_each_slice(egress.skip(), |s| w.write_slice(s));
     if !ok {
-        // Memory vanished under us (frontend remapped): hand the buffers back.
-        queue.set_next_avail(start);
         return Err(DropReason::NoBuffer);
     }
 
     // 3. Each chain's used length is what landed in it; published by the caller.
+    queue.set_next_avail(pos);
     let mut remaining = need;
     for t in &taken {
         let len = remaining.min(t.capacity);

@@ -12,12 +12,12 @@ use super::device::Connection;
 use super::frame_source::{FrameSource, MAX_SEGMENTS};
 use super::{Vring, HDR_LEN};
 use crate::port_table::Delivery;
-use crate::used_ring;
+use crate::split_ring::RingView;
 use arrayvec::ArrayVec;
 use std::ops::Range;
 use vhost_user_backend::VringT;
-use virtio_queue::{DescriptorChain, QueueOwnedT};
-use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryBackend, VolatileSlice};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, VolatileSlice};
 use vswitch::{Dest, DropReason, PortId, Topology, HEAD_LEN};
 
 /// Chains popped per batch (DESIGN.md: up to 64).
@@ -52,38 +52,27 @@ impl Default for TxScratch {
     }
 }
 
-/// Appends the readable buffers of a TX chain to `segs`, validating each once:
-/// readable, inside guest memory, not too many, not too long, not cut short
-/// (the chain iterator ends silently on a bad descriptor or a loop).
-fn gather<'m, M>(
-    mem: &'m crate::GuestMem,
-    chain: DescriptorChain<M>,
+/// Appends the buffers of a TX chain to `segs`: all device-readable, at most
+/// [`MAX_SEGMENTS`], at most [`MAX_CHAIN_BYTES`] in all, at least a header.
+/// `None` (nothing appended) if the chain breaks any rule.
+fn gather<'m>(
+    ring: &RingView<'m>,
+    head: u16,
     segs: &mut ArrayVec<VolatileSlice<'m>, MAX_BATCH_SEGMENTS>,
-) -> Option<Range<usize>>
-where
-    M: std::ops::Deref,
-    M::Target: GuestMemory,
-{
+) -> Option<Range<usize>> {
     let start = segs.len();
     let mut total = 0usize;
-    let mut last_has_next = false;
-    for desc in chain {
-        last_has_next = desc.has_next();
-        total += desc.len() as usize;
-        let slice = (!desc.is_write_only()
-            && segs.len() - start < MAX_SEGMENTS
-            && total <= MAX_CHAIN_BYTES)
-            .then(|| mem.get_slice(desc.addr(), desc.len() as usize).ok())
-            .flatten();
-        let Some(slice) = slice else {
-            segs.truncate(start);
-            return None;
-        };
-        if !slice.is_empty() {
-            segs.push(slice);
+    let walked = ring.walk(head, |buf, writable| {
+        total += buf.len();
+        if writable || segs.len() - start >= MAX_SEGMENTS || total > MAX_CHAIN_BYTES {
+            return false;
         }
-    }
-    if last_has_next || total < HDR_LEN {
+        if !buf.is_empty() {
+            segs.push(buf);
+        }
+        true
+    });
+    if walked.is_err() || total < HDR_LEN {
         segs.truncate(start);
         return None;
     }
@@ -105,17 +94,24 @@ pub(crate) fn process_batch(
         if !state.is_enabled() {
             return None;
         }
-        // Fails when the queue is not ready (stopped by GET_VRING_BASE).
-        let mut avail = state.get_queue_mut().iter(&*mem).ok()?;
-        while scratch.chains.len() < BATCH && segments.remaining_capacity() >= MAX_SEGMENTS {
-            let Some(chain) = avail.next() else { break };
-            let head = chain.head_index();
-            let range = gather(&mem, chain, &mut segments);
+        let queue = state.get_queue_mut();
+        // Not ready (stopped by GET_VRING_BASE) or rings outside memory: stopped.
+        let ring = RingView::new(queue, &mem)?;
+        let mut next = queue.next_avail();
+        let pending = ring.pending(next)?;
+        for _ in 0..pending {
+            if scratch.chains.len() == BATCH || segments.remaining_capacity() < MAX_SEGMENTS {
+                break;
+            }
+            let head = ring.avail_head(next)?;
+            next = next.wrapping_add(1);
+            let range = gather(&ring, head, &mut segments);
             scratch.chains.push(TxChain {
                 head,
                 segments: range,
             });
         }
+        queue.set_next_avail(next);
     }
     if scratch.chains.is_empty() {
         return Some(0);
@@ -155,12 +151,24 @@ pub(crate) fn process_batch(
         deliver(conn, &topo, group, &frames);
     }
 
-    // The device writes nothing into TX buffers: used length 0.
-    let used: used_ring::Pending = scratch.chains.iter().map(|c| (c.head, 0)).collect();
+    // The device writes nothing into TX buffers: used length 0. A head outside
+    // the table is no descriptor of the driver's: nothing to give back.
     let mut state = vring.get_mut();
-    if let Some(moved) = used_ring::publish(state.get_queue_mut(), &mem, &used) {
-        if used_ring::needs_interrupt(state.get_queue(), &mem, moved) {
-            let _ = state.signal_used_queue();
+    let queue = state.get_queue_mut();
+    if let Some(ring) = RingView::new(queue, &mem) {
+        let size = queue.size();
+        let used: ArrayVec<(u16, u32), BATCH> = scratch
+            .chains
+            .iter()
+            .filter(|c| c.head < size)
+            .map(|c| (c.head, 0))
+            .collect();
+        let old = queue.next_used();
+        if let Some(new) = ring.publish_used(old, &used) {
+            queue.set_next_used(new);
+            if new != old && ring.needs_interrupt(old, new) {
+                let _ = state.signal_used_queue();
+            }
         }
     }
     Some(scratch.chains.len())
