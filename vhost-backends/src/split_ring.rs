@@ -86,6 +86,13 @@ impl<'m> RingView<'m> {
         }
         let size = queue.size();
         let n = size as usize;
+        // §2.7: descriptor table 16-byte, avail ring 2-byte, used ring 4-byte aligned.
+        let aligned = queue.desc_table() % 16 == 0
+            && queue.avail_ring() % 2 == 0
+            && queue.used_ring() % 4 == 0;
+        if !aligned {
+            return None;
+        }
         let area = |addr: u64, len: usize| mem.get_slice(GuestAddress(addr), len).ok();
         Some(RingView {
             mem,
@@ -189,10 +196,12 @@ impl<'m> RingView<'m> {
         let mut next = next_used;
         for &(head, len) in items {
             let at = USED_RING + USED_ELEM * (next % self.size) as usize;
-            let mut elem = [0u8; USED_ELEM];
-            elem[0..4].copy_from_slice(&u32::from(head).to_le_bytes());
-            elem[4..8].copy_from_slice(&len.to_le_bytes());
-            self.used.write_slice(&elem, at).ok()?;
+            self.used
+                .store(u32::from(head).to_le(), at, Ordering::Relaxed)
+                .ok()?;
+            self.used
+                .store(len.to_le(), at + 4, Ordering::Relaxed)
+                .ok()?;
             next = next.wrapping_add(1);
         }
         self.used
