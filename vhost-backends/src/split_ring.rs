@@ -87,9 +87,9 @@ impl<'m> RingView<'m> {
         let size = queue.size();
         let n = size as usize;
         // §2.7: descriptor table 16-byte, avail ring 2-byte, used ring 4-byte aligned.
-        let aligned = queue.desc_table() % 16 == 0
-            && queue.avail_ring() % 2 == 0
-            && queue.used_ring() % 4 == 0;
+        let aligned = queue.desc_table().is_multiple_of(16)
+            && queue.avail_ring().is_multiple_of(2)
+            && queue.used_ring().is_multiple_of(4);
         if !aligned {
             return None;
         }
