@@ -375,7 +375,6 @@ impl Drop for UringEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::alloc::{alloc_zeroed, dealloc, Layout};
     use std::collections::HashSet;
     use std::fs::{File, OpenOptions};
     use std::os::unix::fs::OpenOptionsExt;
@@ -383,44 +382,8 @@ mod tests {
 
     pub(super) const ALIGN: usize = 4096;
 
-    /// A zeroed, 4096-aligned heap buffer for O_DIRECT.
-    pub(super) struct Buf {
-        ptr: *mut u8,
-        layout: Layout,
-    }
-
-    impl Buf {
-        pub(super) fn new(len: usize) -> Buf {
-            let layout = Layout::from_size_align(len.max(ALIGN), ALIGN).expect("layout");
-            // SAFETY: non-zero size.
-            let ptr = unsafe { alloc_zeroed(layout) };
-            assert!(!ptr.is_null(), "allocation failed");
-            Buf { ptr, layout }
-        }
-        pub(super) fn as_mut_slice(&mut self) -> &mut [u8] {
-            // SAFETY: owned allocation of layout.size() bytes.
-            unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-        }
-        pub(super) fn as_slice(&self) -> &[u8] {
-            // SAFETY: as above.
-            unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
-        }
-        pub(super) fn iov(&self, off: usize, len: usize) -> libc::iovec {
-            assert!(off + len <= self.layout.size());
-            libc::iovec {
-                // SAFETY: in bounds (checked above).
-                iov_base: unsafe { self.ptr.add(off) }.cast(),
-                iov_len: len,
-            }
-        }
-    }
-
-    impl Drop for Buf {
-        fn drop(&mut self) {
-            // SAFETY: allocated with this layout.
-            unsafe { dealloc(self.ptr, self.layout) }
-        }
-    }
+    /// The tests' O_DIRECT buffers are the device layer's aligned buffers.
+    pub(super) type Buf = crate::dev::AlignedBuf;
 
     /// A file on a real filesystem (O_DIRECT does not work on tmpfs):
     /// `$VBLOCK_TEST_DIR` or /var/tmp. Removed on drop.
@@ -486,16 +449,19 @@ mod tests {
         assert_eq!(e.capacity(), 128);
         const N: usize = 100;
         let mut src = Buf::new(N * ALIGN);
-        for (b, chunk) in src.as_mut_slice().chunks_mut(ALIGN).enumerate() {
+        for (b, chunk) in src[..].chunks_mut(ALIGN).enumerate() {
             pattern(b as u64, chunk);
         }
         // Mix single-buffer writes and 2-iovec writev.
         for b in 0..N {
-            let iov = [src.iov(b * ALIGN, 2048), src.iov(b * ALIGN + 2048, 2048)];
+            let iov = [
+                src.iovec(b * ALIGN, 2048),
+                src.iovec(b * ALIGN + 2048, 2048),
+            ];
             let iov = if b & 1 == 0 {
                 &iov[..]
             } else {
-                &[src.iov(b * ALIGN, ALIGN)][..]
+                &[src.iovec(b * ALIGN, ALIGN)][..]
             };
             let op = Op::Write {
                 offset: (b * ALIGN) as u64,
@@ -523,7 +489,7 @@ mod tests {
 
         let dst = Buf::new(N * ALIGN);
         for b in 0..N {
-            let iov = [dst.iov(b * ALIGN, ALIGN)];
+            let iov = [dst.iovec(b * ALIGN, ALIGN)];
             unsafe {
                 e.push(
                     Op::Read {
@@ -539,7 +505,7 @@ mod tests {
         done.clear();
         drain(&mut e, &mut done);
         assert!(done.iter().all(|c| c.bytes().unwrap() == ALIGN));
-        assert!(src.as_slice() == dst.as_slice(), "read back differs");
+        assert!(src[..] == dst[..], "read back differs");
     }
 
     #[test]
@@ -553,7 +519,7 @@ mod tests {
             e.push(
                 Op::Write {
                     offset: 0,
-                    iov: &[buf.iov(0, ALIGN)],
+                    iov: &[buf.iovec(0, ALIGN)],
                 },
                 7,
             )
@@ -596,7 +562,7 @@ mod tests {
                 let slot = (next % 32) as usize;
                 let op = Op::Read {
                     offset: (next % 64) * ALIGN as u64,
-                    iov: &[buf.iov(slot * ALIGN, ALIGN)],
+                    iov: &[buf.iovec(slot * ALIGN, ALIGN)],
                 };
                 // Tags are arbitrary u64s, not small indices.
                 match unsafe { e.push(op, next.wrapping_mul(0x9E37_79B9_7F4A_7C15)) } {
@@ -627,14 +593,18 @@ mod tests {
         let buf = Buf::new(4 * ALIGN);
         // 4 blocks from block 1: only 2 exist. 2 iovecs from block 2: 1 exists. At EOF: 0.
         let cases: [(u64, Vec<libc::iovec>, i32); 4] = [
-            (ALIGN as u64, vec![buf.iov(0, 4 * ALIGN)], 2 * ALIGN as i32),
+            (
+                ALIGN as u64,
+                vec![buf.iovec(0, 4 * ALIGN)],
+                2 * ALIGN as i32,
+            ),
             (
                 2 * ALIGN as u64,
-                vec![buf.iov(0, ALIGN), buf.iov(ALIGN, ALIGN)],
+                vec![buf.iovec(0, ALIGN), buf.iovec(ALIGN, ALIGN)],
                 ALIGN as i32,
             ),
-            (3 * ALIGN as u64, vec![buf.iov(0, ALIGN)], 0),
-            (1 << 40, vec![buf.iov(0, ALIGN)], 0),
+            (3 * ALIGN as u64, vec![buf.iovec(0, ALIGN)], 0),
+            (1 << 40, vec![buf.iovec(0, ALIGN)], 0),
         ];
         let mut done = Vec::new();
         for (i, (offset, iov, _)) in cases.iter().enumerate() {
@@ -667,7 +637,7 @@ mod tests {
         let buf = Buf::new(ALIGN);
         let op = Op::Read {
             offset: 0,
-            iov: &[buf.iov(0, ALIGN)],
+            iov: &[buf.iovec(0, ALIGN)],
         };
         // Reads into the same buffer: fine for this test, contents unused.
         for t in 0..4 {
@@ -689,7 +659,7 @@ mod tests {
         drain(&mut e, &mut done);
         assert_eq!(done.len(), 5);
 
-        let many = vec![buf.iov(0, 0); MAX_IOVECS + 1];
+        let many = vec![buf.iovec(0, 0); MAX_IOVECS + 1];
         let op = Op::Read {
             offset: 0,
             iov: &many,
@@ -710,13 +680,13 @@ mod tests {
             e.push(
                 Op::Write {
                     offset: 0,
-                    iov: &[buf.iov(0, ALIGN)],
+                    iov: &[buf.iovec(0, ALIGN)],
                 },
                 1,
             )
         }
         .unwrap();
-        let two = [buf.iov(0, 2048), buf.iov(2048, 2048)];
+        let two = [buf.iovec(0, 2048), buf.iovec(2048, 2048)];
         unsafe {
             e.push(
                 Op::Write {
@@ -731,7 +701,7 @@ mod tests {
             e.push(
                 Op::Read {
                     offset: 0,
-                    iov: &[buf.iov(0, ALIGN)],
+                    iov: &[buf.iovec(0, ALIGN)],
                 },
                 3,
             )
@@ -776,7 +746,7 @@ mod tests {
             e.push(
                 Op::Read {
                     offset: 1,
-                    iov: &[buf.iov(0, ALIGN)],
+                    iov: &[buf.iovec(0, ALIGN)],
                 },
                 5,
             )
@@ -810,7 +780,7 @@ mod tests {
         {
             let mut e = UringEngine::new(&f, 16).unwrap();
             for b in 0..16 {
-                let iov = [buf.iov(b * ALIGN, ALIGN)];
+                let iov = [buf.iovec(b * ALIGN, ALIGN)];
                 unsafe {
                     e.push(
                         Op::Write {
@@ -842,7 +812,7 @@ mod tests {
         let mut e = UringEngine::new(&f, QD as u32).unwrap();
         let mut model = vec![0u64; BLOCKS as usize]; // generation written to each block (0 = zeros)
         let mut busy = vec![false; BLOCKS as usize]; // one op per block at a time
-        let bufs: Vec<Buf> = (0..QD).map(|_| Buf::new(ALIGN)).collect();
+        let mut bufs: Vec<Buf> = (0..QD).map(|_| Buf::new(ALIGN)).collect();
         let mut free_bufs: Vec<usize> = (0..QD).collect();
         // tag -> (block, buffer, is_write, generation)
         let mut ops: Vec<Option<(u64, usize, bool, u64)>> = vec![None; QD];
@@ -865,10 +835,12 @@ mod tests {
                 let is_write = rand() & 1 == 0;
                 let gen = u64::from(issued) + 1;
                 let offset = block * ALIGN as u64;
-                let iov = [bufs[b].iov(0, ALIGN)];
+                if is_write {
+                    // The buffer is idle (not in flight), so a plain &mut is fine.
+                    pattern(gen, &mut bufs[b][..ALIGN]);
+                }
+                let iov = [bufs[b].iovec(0, ALIGN)];
                 let op = if is_write {
-                    let p = unsafe { std::slice::from_raw_parts_mut(bufs[b].ptr, ALIGN) };
-                    pattern(gen, p);
                     Op::Write { offset, iov: &iov }
                 } else {
                     Op::Read { offset, iov: &iov }
@@ -891,7 +863,7 @@ mod tests {
                     if model[block as usize] != 0 {
                         pattern(model[block as usize], &mut want);
                     }
-                    assert!(bufs[b].as_slice() == want, "block {block} mismatch");
+                    assert!(bufs[b][..] == want[..], "block {block} mismatch");
                     verified += 1;
                 }
                 busy[block as usize] = false;
@@ -927,7 +899,7 @@ mod bench {
             (rng % blocks) * ALIGN as u64
         };
         let push = |e: &mut UringEngine, b: usize, offset: u64| {
-            let iov = [bufs[b].iov(0, ALIGN)];
+            let iov = [bufs[b].iovec(0, ALIGN)];
             let op = if write {
                 Op::Write { offset, iov: &iov }
             } else {
@@ -998,10 +970,10 @@ mod bench {
         // Lay the file out fully (sparse reads would be unrealistically fast).
         let mut e = UringEngine::new(&f, QD as u32).unwrap();
         let mut chunk = Buf::new(1 << 20);
-        chunk.as_mut_slice().fill(0xa5);
+        chunk.fill(0xa5);
         let mut done = Vec::new();
         for i in 0..(FILE_SIZE >> 20) {
-            let iov = [chunk.iov(0, 1 << 20)];
+            let iov = [chunk.iovec(0, 1 << 20)];
             while unsafe {
                 e.push(
                     Op::Write {

@@ -67,6 +67,22 @@ impl AlignedBuf {
 
     /// Whether `ptr` meets the [`DIRECT_ALIGN`] requirement (true for every
     /// `AlignedBuf`, sometimes for other buffers).
+    /// An iovec for `len` bytes from `offset`, for I/O the kernel performs into
+    /// or out of this buffer (io_uring). Built from the owning pointer, not from
+    /// a reference, so the kernel writing into it does not alias a `&[u8]`; the
+    /// buffer must outlive the I/O. Panics if the range is outside the buffer.
+    pub fn iovec(&self, offset: usize, len: usize) -> libc::iovec {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "iovec outside the buffer"
+        );
+        libc::iovec {
+            // SAFETY: offset is within the allocation (checked above).
+            iov_base: unsafe { self.ptr.as_ptr().add(offset) }.cast(),
+            iov_len: len,
+        }
+    }
+
     pub fn is_aligned(ptr: *const u8) -> bool {
         (ptr as usize).is_multiple_of(DIRECT_ALIGN)
     }
