@@ -3,7 +3,7 @@
 //! Work in progress (issue: vblock pool). So far the layers below the pool:
 //! - [`dev`]: the block device seam: a real file or device opened O_DIRECT, and
 //!   a simulated disk with a volatile write cache for crash tests.
-//! - [`format`]: the on-disk codecs of FORMAT.md: superblock (two copies),
+//! - [`format`](mod@format): the on-disk codecs of FORMAT.md: superblock (two copies),
 //!   layout, journal blocks and records, replay.
 //! - [`uring`]: the io_uring engine of the datapath (batched submission,
 //!   completions through an eventfd).
