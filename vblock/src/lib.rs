@@ -5,9 +5,12 @@
 //!   a simulated disk with a volatile write cache for crash tests.
 //! - [`format`](mod@format): the on-disk codecs of FORMAT.md: superblock (two copies),
 //!   layout, journal blocks and records, replay.
+//! - [`meta`]: the in-memory metadata: volumes, cluster maps (two-level
+//!   radix), reference counts, allocator with the releasing set, `check`.
 //! - [`uring`]: the io_uring engine of the datapath (batched submission,
 //!   completions through an eventfd).
 
 pub mod dev;
 pub mod format;
+pub mod meta;
 pub mod uring;

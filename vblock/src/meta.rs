@@ -1,0 +1,814 @@
+//! In-memory pool metadata: volumes and their cluster maps, reference counts,
+//! the allocator. Pure logic, no I/O.
+//!
+//! The operations of [`Metadata`] mirror the journal records of `FORMAT.md`
+//! (`CreateVolume`, `DeleteVolume`, `Resize`, `Rename`, `Snapshot`, `Clone`,
+//! `Map`, `Unmap`): the live path calls them when it appends a record, replay
+//! calls them for each record read back. Each one validates everything first
+//! and then mutates, so an `Err` leaves the metadata unchanged (a refused
+//! request changes nothing, issue item 5).
+//!
+//! Durability rules served here (numbers from `FORMAT.md`):
+//! - rule 2 (never read data not written): [`Metadata::allocate`] hands out a
+//!   cluster *held* by the caller, who writes it whole and only then calls
+//!   [`Metadata::map`]; maps only ever point at written clusters.
+//! - rule 3 (reuse only after the release is durable): the
+//!   [releasing set](Allocator), emptied by [`Metadata::commit`].
+//! - rule 4 (snapshots never change): snapshots are read-only, and
+//!   [`Metadata::lookup`] reports `shared` so a write to a shared cluster is
+//!   copied instead of done in place.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::num::NonZeroU32;
+use std::ops::Range;
+
+mod alloc;
+mod map;
+#[cfg(test)]
+mod tests;
+
+pub use alloc::{AllocError, Allocator, ClusterState, Refcounts};
+pub use map::{ClusterMap, Iter, VclusterTooLarge, PAGE_ENTRIES};
+
+/// Longest volume name, in bytes.
+pub const NAME_MAX: usize = 255;
+
+/// What a volume is; snapshots are read-only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeKind {
+    /// Created empty by `CreateVolume`.
+    Volume,
+    /// Read-only copy of a volume's map (`Snapshot`).
+    Snapshot,
+    /// Writable copy of a volume's map (`Clone`).
+    Clone,
+}
+
+/// One volume, snapshot or clone.
+#[derive(Clone, Debug)]
+pub struct Volume {
+    id: u32,
+    name: String,
+    size: u64,
+    block_size: u32,
+    kind: VolumeKind,
+    read_only: bool,
+    map: ClusterMap,
+}
+
+impl Volume {
+    /// Volume id (as in the journal records).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    /// Unique name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Virtual size in bytes (a multiple of the block size).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// 512 or 4096.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    /// Volume, snapshot or clone.
+    pub fn kind(&self) -> VolumeKind {
+        self.kind
+    }
+    /// True for snapshots: no map change, no resize (rule 4).
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+    /// The cluster map.
+    pub fn map(&self) -> &ClusterMap {
+        &self.map
+    }
+}
+
+/// Where a virtual cluster lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// Pool cluster.
+    pub pcluster: u32,
+    /// Reference count > 1: a write must copy (rule 4), not overwrite in place.
+    pub shared: bool,
+}
+
+/// Space used by one volume, in clusters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VolumeUsage {
+    /// Mapped clusters.
+    pub allocated: u64,
+    /// Mapped clusters no other map references (freed if the volume is deleted).
+    pub exclusive: u64,
+}
+
+/// Why an operation was refused. Nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaError {
+    /// Cluster size not a power of two in 4 KiB..=2 MiB.
+    InvalidClusterSize(u32),
+    /// No volume with this id.
+    UnknownVolume(u32),
+    /// A volume with this id exists.
+    DuplicateId(u32),
+    /// A volume with this name exists.
+    DuplicateName(String),
+    /// Empty or longer than [`NAME_MAX`] bytes.
+    InvalidName,
+    /// Block size not 512 or 4096.
+    InvalidBlockSize(u32),
+    /// Size zero, not a multiple of the block size, or more than
+    /// [`ClusterMap::MAX_CLUSTERS`] clusters.
+    InvalidSize(u64),
+    /// The volume is a snapshot (rule 4).
+    ReadOnly(u32),
+    /// Virtual cluster at or beyond the volume's end.
+    BeyondEnd {
+        volume: u32,
+        vcluster: u64,
+        clusters: u64,
+    },
+    /// No free cluster (releasing ones become free at the next commit).
+    OutOfSpace,
+    /// Pool cluster outside the data area (includes 0).
+    ClusterOutOfRange(u32),
+    /// `map` of a cluster that is neither held by the caller nor free.
+    ClusterNotFree(u32),
+    /// `abandon`/`release_held` of a cluster not held.
+    NotHeld(u32),
+    /// A reference count would pass `u32::MAX`.
+    RefcountOverflow(u32),
+    /// Allocator refused (only if the metadata was already inconsistent).
+    Alloc(AllocError),
+}
+
+impl fmt::Display for MetaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidClusterSize(s) => {
+                write!(
+                    f,
+                    "cluster size {s} is not a power of two from 4 KiB to 2 MiB"
+                )
+            }
+            Self::UnknownVolume(id) => write!(f, "no volume with id {id}"),
+            Self::DuplicateId(id) => write!(f, "a volume with id {id} already exists"),
+            Self::DuplicateName(n) => write!(f, "a volume named {n:?} already exists"),
+            Self::InvalidName => write!(f, "volume names are 1 to {NAME_MAX} bytes"),
+            Self::InvalidBlockSize(b) => write!(f, "block size {b} is not 512 or 4096"),
+            Self::InvalidSize(s) => write!(
+                f,
+                "size {s} is zero, not a multiple of the block size, or too large"
+            ),
+            Self::ReadOnly(id) => write!(f, "volume {id} is a read-only snapshot"),
+            Self::BeyondEnd {
+                volume,
+                vcluster,
+                clusters,
+            } => write!(
+                f,
+                "cluster {vcluster} is beyond the end of volume {volume} ({clusters} clusters)"
+            ),
+            Self::OutOfSpace => write!(f, "out of space: no free cluster in the pool"),
+            Self::ClusterOutOfRange(c) => write!(f, "pool cluster {c} is outside the data area"),
+            Self::ClusterNotFree(c) => write!(f, "pool cluster {c} is neither held nor free"),
+            Self::NotHeld(c) => write!(f, "pool cluster {c} is not held"),
+            Self::RefcountOverflow(c) => write!(f, "reference count of cluster {c} would overflow"),
+            Self::Alloc(e) => write!(f, "allocator: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for MetaError {}
+
+impl From<AllocError> for MetaError {
+    fn from(e: AllocError) -> Self {
+        Self::Alloc(e)
+    }
+}
+
+/// One broken invariant, as [`Metadata::check`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// Count differs from the map references (+1 if held).
+    RefcountMismatch {
+        cluster: u32,
+        count: u32,
+        references: u32,
+    },
+    /// Free, yet a map references it (or it is held).
+    FreeButReferenced { cluster: u32, references: u32 },
+    /// Free bit set with a non-zero count.
+    FreeWithCount { cluster: u32, count: u32 },
+    /// Releasing with a non-zero count.
+    ReleasingWithCount { cluster: u32, count: u32 },
+    /// Both releasing and free.
+    ReleasingAlsoFree { cluster: u32 },
+    /// Listed twice in the releasing set.
+    ReleasingTwice { cluster: u32 },
+    /// Releasing entry outside the data area.
+    ReleasingOutsideData { cluster: u32 },
+    /// Count 0 but neither free nor releasing: leaked.
+    LostCluster { cluster: u32 },
+    /// Free counter differs from the free bitmap.
+    FreeCountMismatch { counted: u32, recorded: u32 },
+    /// A free bit beyond the data area.
+    FreeBitOutsideData,
+    /// A map entry points outside the data area.
+    MapOutsideData {
+        volume: u32,
+        vcluster: u64,
+        pcluster: u32,
+    },
+    /// A map entry at or beyond the volume's end.
+    MappedBeyondEnd {
+        volume: u32,
+        vcluster: u64,
+        clusters: u64,
+    },
+    /// Two volumes share a name.
+    DuplicateName { name: String },
+    /// The name index disagrees with the volume table.
+    NameIndexMismatch { name: String },
+    /// A snapshot that is writable.
+    SnapshotWritable { volume: u32 },
+    /// A held cluster outside the data area.
+    HeldOutsideData { cluster: u32 },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RefcountMismatch {
+                cluster,
+                count,
+                references,
+            } => write!(
+                f,
+                "cluster {cluster}: reference count {count}, but {references} references"
+            ),
+            Self::FreeButReferenced {
+                cluster,
+                references,
+            } => {
+                write!(
+                    f,
+                    "cluster {cluster} is free but has {references} references"
+                )
+            }
+            Self::FreeWithCount { cluster, count } => {
+                write!(f, "cluster {cluster} is free with reference count {count}")
+            }
+            Self::ReleasingWithCount { cluster, count } => {
+                write!(
+                    f,
+                    "cluster {cluster} is releasing with reference count {count}"
+                )
+            }
+            Self::ReleasingAlsoFree { cluster } => {
+                write!(f, "cluster {cluster} is both releasing and free")
+            }
+            Self::ReleasingTwice { cluster } => write!(f, "cluster {cluster} is releasing twice"),
+            Self::ReleasingOutsideData { cluster } => {
+                write!(f, "releasing cluster {cluster} is outside the data area")
+            }
+            Self::LostCluster { cluster } => {
+                write!(
+                    f,
+                    "cluster {cluster} has count 0 but is neither free nor releasing"
+                )
+            }
+            Self::FreeCountMismatch { counted, recorded } => {
+                write!(
+                    f,
+                    "{counted} free clusters, but the counter says {recorded}"
+                )
+            }
+            Self::FreeBitOutsideData => write!(f, "free bit set beyond the data area"),
+            Self::MapOutsideData {
+                volume,
+                vcluster,
+                pcluster,
+            } => write!(
+                f,
+                "volume {volume} cluster {vcluster} maps to {pcluster}, outside the data area"
+            ),
+            Self::MappedBeyondEnd {
+                volume,
+                vcluster,
+                clusters,
+            } => write!(
+                f,
+                "volume {volume} maps cluster {vcluster}, beyond its end ({clusters} clusters)"
+            ),
+            Self::DuplicateName { name } => write!(f, "two volumes are named {name:?}"),
+            Self::NameIndexMismatch { name } => {
+                write!(f, "name index disagrees with the volume table for {name:?}")
+            }
+            Self::SnapshotWritable { volume } => write!(f, "snapshot {volume} is writable"),
+            Self::HeldOutsideData { cluster } => {
+                write!(f, "held cluster {cluster} is outside the data area")
+            }
+        }
+    }
+}
+
+/// The pool's metadata in memory: volume table, maps, reference counts,
+/// allocator, and the clusters *held* outside any map (allocated for a data
+/// write whose `Map` is not appended yet, or used by a checkpoint; each holds
+/// one reference).
+#[derive(Clone, Debug)]
+pub struct Metadata {
+    cluster_size: u32,
+    volumes: BTreeMap<u32, Volume>,
+    names: HashMap<String, u32>,
+    alloc: Allocator,
+    held: BTreeSet<u32>,
+}
+
+impl Metadata {
+    /// Empty metadata for a pool whose data clusters are `data` (absolute
+    /// cluster indexes; 0 is never a data cluster and is dropped from `data`).
+    pub fn new(cluster_size: u32, data: Range<u32>) -> Result<Self, MetaError> {
+        if !cluster_size.is_power_of_two() || !(4096..=2 << 20).contains(&cluster_size) {
+            return Err(MetaError::InvalidClusterSize(cluster_size));
+        }
+        Ok(Self {
+            cluster_size,
+            volumes: BTreeMap::new(),
+            names: HashMap::new(),
+            alloc: Allocator::new(data),
+            held: BTreeSet::new(),
+        })
+    }
+
+    /// Cluster size in bytes.
+    pub fn cluster_size(&self) -> u32 {
+        self.cluster_size
+    }
+
+    /// Reference counts, free/used/releasing totals.
+    pub fn allocator(&self) -> &Allocator {
+        &self.alloc
+    }
+
+    /// Clusters held outside any map.
+    pub fn held(&self) -> impl Iterator<Item = u32> + '_ {
+        self.held.iter().copied()
+    }
+
+    /// The volume with this id.
+    pub fn volume(&self, id: u32) -> Option<&Volume> {
+        self.volumes.get(&id)
+    }
+
+    /// The volume with this name.
+    pub fn volume_by_name(&self, name: &str) -> Option<&Volume> {
+        self.names.get(name).and_then(|id| self.volumes.get(id))
+    }
+
+    /// All volumes, by ascending id.
+    pub fn volumes(&self) -> impl Iterator<Item = &Volume> + '_ {
+        self.volumes.values()
+    }
+
+    /// Clusters a volume of `size` bytes spans (the last one may be partial).
+    pub fn clusters_for(&self, size: u64) -> u64 {
+        size.div_ceil(u64::from(self.cluster_size))
+    }
+
+    /// `CreateVolume`: an empty volume (reads as zeros).
+    pub fn create_volume(
+        &mut self,
+        id: u32,
+        name: &str,
+        size: u64,
+        block_size: u32,
+    ) -> Result<(), MetaError> {
+        if block_size != 512 && block_size != 4096 {
+            return Err(MetaError::InvalidBlockSize(block_size));
+        }
+        self.check_size(size, block_size)?;
+        self.check_new(id, name)?;
+        self.insert(Volume {
+            id,
+            name: name.to_owned(),
+            size,
+            block_size,
+            kind: VolumeKind::Volume,
+            read_only: false,
+            map: ClusterMap::new(),
+        });
+        Ok(())
+    }
+
+    /// `DeleteVolume`: drops the volume and one reference to each of its
+    /// clusters; those reaching 0 become releasing (rule 3). Copies nothing,
+    /// also when other volumes share its clusters.
+    pub fn delete_volume(&mut self, id: u32) -> Result<(), MetaError> {
+        let vol = self
+            .volumes
+            .remove(&id)
+            .ok_or(MetaError::UnknownVolume(id))?;
+        self.names.remove(&vol.name);
+        for (_, pc) in vol.map.iter() {
+            self.alloc.release(pc.get())?;
+        }
+        Ok(())
+    }
+
+    /// `Resize`: grow, or shrink unmapping every cluster wholly or partly
+    /// beyond the new end. Snapshots cannot be resized (rule 4).
+    pub fn resize(&mut self, id: u32, size: u64) -> Result<(), MetaError> {
+        let clusters = self.clusters_for(size);
+        let vol = self.volumes.get(&id).ok_or(MetaError::UnknownVolume(id))?;
+        if vol.read_only {
+            return Err(MetaError::ReadOnly(id));
+        }
+        self.check_size(size, vol.block_size)?;
+        let vol = self
+            .volumes
+            .get_mut(&id)
+            .ok_or(MetaError::UnknownVolume(id))?;
+        vol.size = size;
+        for (_, pc) in vol.map.remove_from(clusters) {
+            self.alloc.release(pc.get())?;
+        }
+        Ok(())
+    }
+
+    /// `Rename`. Renaming to the current name is a no-op.
+    pub fn rename(&mut self, id: u32, name: &str) -> Result<(), MetaError> {
+        let vol = self.volumes.get(&id).ok_or(MetaError::UnknownVolume(id))?;
+        if vol.name == name {
+            return Ok(());
+        }
+        check_name(name)?;
+        if self.names.contains_key(name) {
+            return Err(MetaError::DuplicateName(name.to_owned()));
+        }
+        let vol = self
+            .volumes
+            .get_mut(&id)
+            .ok_or(MetaError::UnknownVolume(id))?;
+        let old = std::mem::replace(&mut vol.name, name.to_owned());
+        self.names.remove(&old);
+        self.names.insert(name.to_owned(), id);
+        Ok(())
+    }
+
+    /// `Snapshot`: a read-only copy of `source`'s map; every cluster gains a
+    /// reference. Cost: one [`ClusterMap`] clone plus one count update per
+    /// mapped cluster; no data is copied.
+    pub fn snapshot(&mut self, source: u32, id: u32, name: &str) -> Result<(), MetaError> {
+        self.copy_volume(source, id, name, VolumeKind::Snapshot)
+    }
+
+    /// `Clone`: a writable copy of `source`'s map (source may be a volume, a
+    /// snapshot or a clone, to any depth: reads never walk a chain).
+    pub fn clone_volume(&mut self, source: u32, id: u32, name: &str) -> Result<(), MetaError> {
+        self.copy_volume(source, id, name, VolumeKind::Clone)
+    }
+
+    /// Takes the lowest free cluster, held by the caller (count 1). The caller
+    /// writes it whole, then [`map`](Self::map)s it (rule 2), or
+    /// [`abandon`](Self::abandon)s it if the write failed.
+    pub fn allocate(&mut self) -> Result<u32, MetaError> {
+        let c = self.alloc.allocate().ok_or(MetaError::OutOfSpace)?;
+        self.held.insert(c);
+        Ok(c)
+    }
+
+    /// Holds one specific free cluster (loading a checkpoint's chain at open).
+    pub fn hold(&mut self, cluster: u32) -> Result<(), MetaError> {
+        match self.alloc.state(cluster) {
+            None => Err(MetaError::ClusterOutOfRange(cluster)),
+            Some(ClusterState::Free) => {
+                self.alloc.take(cluster)?;
+                self.held.insert(cluster);
+                Ok(())
+            }
+            Some(_) => Err(MetaError::ClusterNotFree(cluster)),
+        }
+    }
+
+    /// Gives back a held cluster no journal record names (a data write failed
+    /// before its `Map`): free at once, see [`Allocator::unallocate`].
+    pub fn abandon(&mut self, cluster: u32) -> Result<(), MetaError> {
+        if !self.held.contains(&cluster) {
+            return Err(MetaError::NotHeld(cluster));
+        }
+        self.alloc.unallocate(cluster)?;
+        self.held.remove(&cluster);
+        Ok(())
+    }
+
+    /// Drops a held cluster that durable state did name (an old checkpoint,
+    /// once the new one is published): releasing until the next commit (rule 3).
+    pub fn release_held(&mut self, cluster: u32) -> Result<(), MetaError> {
+        if !self.held.contains(&cluster) {
+            return Err(MetaError::NotHeld(cluster));
+        }
+        self.alloc.release(cluster)?;
+        self.held.remove(&cluster);
+        Ok(())
+    }
+
+    /// `Map`: `vcluster` of `volume` now lives in `pcluster`, which must be
+    /// held (live path, after its data write completed) or free (replay: the
+    /// allocation was not journaled). A previous mapping (copy-on-write,
+    /// rewrite) loses a reference and may become releasing. Returns it.
+    ///
+    /// Replay must call [`commit`](Self::commit) at each journal block
+    /// boundary it crosses, as the live path did before reusing a cluster.
+    pub fn map(
+        &mut self,
+        volume: u32,
+        vcluster: u64,
+        pcluster: u32,
+    ) -> Result<Option<u32>, MetaError> {
+        self.writable(volume, vcluster)?;
+        let held = self.held.contains(&pcluster);
+        if !held {
+            match self.alloc.state(pcluster) {
+                None => return Err(MetaError::ClusterOutOfRange(pcluster)),
+                Some(ClusterState::Free) => {}
+                Some(_) => return Err(MetaError::ClusterNotFree(pcluster)),
+            }
+        }
+        let pc = NonZeroU32::new(pcluster).ok_or(MetaError::ClusterOutOfRange(pcluster))?;
+        let vol = self
+            .volumes
+            .get_mut(&volume)
+            .ok_or(MetaError::UnknownVolume(volume))?;
+        let old = vol
+            .map
+            .set(vcluster, pc)
+            .map_err(|e| MetaError::BeyondEnd {
+                volume,
+                vcluster: e.0,
+                clusters: ClusterMap::MAX_CLUSTERS,
+            })?;
+        if held {
+            self.held.remove(&pcluster);
+        } else {
+            self.alloc.take(pcluster)?;
+        }
+        if let Some(old) = old {
+            self.alloc.release(old.get())?;
+        }
+        Ok(old.map(NonZeroU32::get))
+    }
+
+    /// `Unmap` (discard, write-zeroes of a whole cluster): the cluster loses a
+    /// reference and may become releasing (rule 3). Returns it, `None` if the
+    /// virtual cluster was not mapped.
+    pub fn unmap(&mut self, volume: u32, vcluster: u64) -> Result<Option<u32>, MetaError> {
+        self.writable(volume, vcluster)?;
+        let vol = self
+            .volumes
+            .get_mut(&volume)
+            .ok_or(MetaError::UnknownVolume(volume))?;
+        let Some(old) = vol.map.remove(vcluster) else {
+            return Ok(None);
+        };
+        self.alloc.release(old.get())?;
+        Ok(Some(old.get()))
+    }
+
+    /// Where `vcluster` of `volume` lives; `None` reads as zeros. Any volume,
+    /// read-only or not; beyond the end is an error.
+    pub fn lookup(&self, volume: u32, vcluster: u64) -> Result<Option<Mapping>, MetaError> {
+        let vol = self
+            .volumes
+            .get(&volume)
+            .ok_or(MetaError::UnknownVolume(volume))?;
+        let clusters = self.clusters_for(vol.size);
+        if vcluster >= clusters {
+            return Err(MetaError::BeyondEnd {
+                volume,
+                vcluster,
+                clusters,
+            });
+        }
+        Ok(vol.map.get(vcluster).map(|pc| Mapping {
+            pcluster: pc.get(),
+            shared: self.alloc.refcounts().get(pc.get()).unwrap_or(0) > 1,
+        }))
+    }
+
+    /// The journal records appended so far are durable: releasing clusters
+    /// become free (rule 3). Returns how many.
+    pub fn commit(&mut self) -> usize {
+        self.alloc.commit()
+    }
+
+    /// Allocated and exclusive clusters of one volume.
+    pub fn usage(&self, volume: u32) -> Result<VolumeUsage, MetaError> {
+        let vol = self
+            .volumes
+            .get(&volume)
+            .ok_or(MetaError::UnknownVolume(volume))?;
+        let refs = self.alloc.refcounts();
+        let exclusive = vol
+            .map
+            .iter()
+            .filter(|(_, pc)| refs.get(pc.get()) == Some(1))
+            .count();
+        Ok(VolumeUsage {
+            allocated: vol.map.len(),
+            exclusive: exclusive as u64,
+        })
+    }
+
+    /// Heap bytes of the maps and the allocator (not the volume table).
+    pub fn heap_bytes(&self) -> usize {
+        self.volumes
+            .values()
+            .map(|v| v.map.heap_bytes())
+            .sum::<usize>()
+            + self.alloc.heap_bytes()
+    }
+
+    /// Every invariant (the in-memory half of `FORMAT.md`'s "What `check`
+    /// verifies"): counts equal map references (+1 per held cluster); no
+    /// cluster both free and referenced; releasing clusters have count 0 and
+    /// are not free; no cluster leaked; every map entry inside the data area
+    /// and below its volume's end; names unique and indexed; snapshots
+    /// read-only. Cost: O(clusters + mapped entries).
+    pub fn check(&self) -> Result<(), Vec<Violation>> {
+        let mut out = Vec::new();
+        self.alloc.violations(&mut out);
+        let refs = self.alloc.refcounts();
+        let range = refs.range();
+        let mut seen = vec![0u32; range.len()];
+        for vol in self.volumes.values() {
+            let clusters = self.clusters_for(vol.size);
+            for (vcluster, pc) in vol.map.iter() {
+                let pcluster = pc.get();
+                if vcluster >= clusters {
+                    out.push(Violation::MappedBeyondEnd {
+                        volume: vol.id,
+                        vcluster,
+                        clusters,
+                    });
+                }
+                match pcluster
+                    .checked_sub(range.start)
+                    .and_then(|i| seen.get_mut(i as usize))
+                {
+                    Some(n) => *n = n.saturating_add(1),
+                    None => out.push(Violation::MapOutsideData {
+                        volume: vol.id,
+                        vcluster,
+                        pcluster,
+                    }),
+                }
+            }
+            if vol.kind == VolumeKind::Snapshot && !vol.read_only {
+                out.push(Violation::SnapshotWritable { volume: vol.id });
+            }
+        }
+        for &c in &self.held {
+            match c
+                .checked_sub(range.start)
+                .and_then(|i| seen.get_mut(i as usize))
+            {
+                Some(n) => *n = n.saturating_add(1),
+                None => out.push(Violation::HeldOutsideData { cluster: c }),
+            }
+        }
+        for ((cluster, count), &references) in refs.iter().zip(&seen) {
+            if count != references {
+                out.push(Violation::RefcountMismatch {
+                    cluster,
+                    count,
+                    references,
+                });
+            }
+            if references > 0 && self.alloc.state(cluster) == Some(ClusterState::Free) {
+                out.push(Violation::FreeButReferenced {
+                    cluster,
+                    references,
+                });
+            }
+        }
+        let mut names = BTreeSet::new();
+        for vol in self.volumes.values() {
+            if !names.insert(vol.name.as_str()) {
+                out.push(Violation::DuplicateName {
+                    name: vol.name.clone(),
+                });
+            }
+            if self.names.get(&vol.name) != Some(&vol.id) {
+                out.push(Violation::NameIndexMismatch {
+                    name: vol.name.clone(),
+                });
+            }
+        }
+        for (name, id) in &self.names {
+            if self.volumes.get(id).map(|v| v.name.as_str()) != Some(name.as_str()) {
+                out.push(Violation::NameIndexMismatch { name: name.clone() });
+            }
+        }
+        if out.is_empty() {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    }
+
+    fn copy_volume(
+        &mut self,
+        source: u32,
+        id: u32,
+        name: &str,
+        kind: VolumeKind,
+    ) -> Result<(), MetaError> {
+        let src = self
+            .volumes
+            .get(&source)
+            .ok_or(MetaError::UnknownVolume(source))?;
+        self.check_new(id, name)?;
+        let refs = self.alloc.refcounts();
+        // A map never names a cluster twice, so one pass bounds every increment.
+        if let Some((_, pc)) = src
+            .map
+            .iter()
+            .find(|(_, pc)| refs.get(pc.get()) == Some(u32::MAX))
+        {
+            return Err(MetaError::RefcountOverflow(pc.get()));
+        }
+        let vol = Volume {
+            id,
+            name: name.to_owned(),
+            size: src.size,
+            block_size: src.block_size,
+            kind,
+            read_only: kind == VolumeKind::Snapshot,
+            map: src.map.clone(),
+        };
+        for (_, pc) in vol.map.iter() {
+            self.alloc.add_ref(pc.get())?;
+        }
+        self.insert(vol);
+        Ok(())
+    }
+
+    fn insert(&mut self, vol: Volume) {
+        self.names.insert(vol.name.clone(), vol.id);
+        self.volumes.insert(vol.id, vol);
+    }
+
+    fn check_new(&self, id: u32, name: &str) -> Result<(), MetaError> {
+        if self.volumes.contains_key(&id) {
+            return Err(MetaError::DuplicateId(id));
+        }
+        check_name(name)?;
+        if self.names.contains_key(name) {
+            return Err(MetaError::DuplicateName(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn check_size(&self, size: u64, block_size: u32) -> Result<(), MetaError> {
+        if size == 0
+            || !size.is_multiple_of(u64::from(block_size))
+            || self.clusters_for(size) > ClusterMap::MAX_CLUSTERS
+        {
+            return Err(MetaError::InvalidSize(size));
+        }
+        Ok(())
+    }
+
+    /// The volume exists, is writable, and `vcluster` is inside it.
+    fn writable(&self, volume: u32, vcluster: u64) -> Result<(), MetaError> {
+        let vol = self
+            .volumes
+            .get(&volume)
+            .ok_or(MetaError::UnknownVolume(volume))?;
+        if vol.read_only {
+            return Err(MetaError::ReadOnly(volume));
+        }
+        if vcluster >= self.clusters_for(vol.size) {
+            let clusters = self.clusters_for(vol.size);
+            return Err(MetaError::BeyondEnd {
+                volume,
+                vcluster,
+                clusters,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), MetaError> {
+    if name.is_empty() || name.len() > NAME_MAX {
+        return Err(MetaError::InvalidName);
+    }
+    Ok(())
+}
