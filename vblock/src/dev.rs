@@ -67,51 +67,28 @@ pub trait BlockDev: Send + Sync {
     fn flush(&self) -> io::Result<()>;
 }
 
-impl<T: BlockDev + ?Sized> BlockDev for &T {
-    fn len(&self) -> u64 {
-        (**self).len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        (**self).read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        (**self).write_at(buf, offset)
-    }
-    fn flush(&self) -> io::Result<()> {
-        (**self).flush()
-    }
+/// References and smart pointers to a device are devices: the pool can own an
+/// `Arc<SimDisk>` while a test keeps a handle to crash it.
+macro_rules! forward_block_dev {
+    ($($pointer:ty),*) => {$(
+        impl<T: BlockDev + ?Sized> BlockDev for $pointer {
+            fn len(&self) -> u64 {
+                (**self).len()
+            }
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+                (**self).read_at(buf, offset)
+            }
+            fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+                (**self).write_at(buf, offset)
+            }
+            fn flush(&self) -> io::Result<()> {
+                (**self).flush()
+            }
+        }
+    )*};
 }
 
-impl<T: BlockDev + ?Sized> BlockDev for Box<T> {
-    fn len(&self) -> u64 {
-        (**self).len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        (**self).read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        (**self).write_at(buf, offset)
-    }
-    fn flush(&self) -> io::Result<()> {
-        (**self).flush()
-    }
-}
-
-/// So a test can hand an `Arc<SimDisk>` to the pool and keep a handle to crash it.
-impl<T: BlockDev + ?Sized> BlockDev for Arc<T> {
-    fn len(&self) -> u64 {
-        (**self).len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        (**self).read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        (**self).write_at(buf, offset)
-    }
-    fn flush(&self) -> io::Result<()> {
-        (**self).flush()
-    }
-}
+forward_block_dev!(&T, Box<T>, Arc<T>);
 
 /// Checks a request against the [`BlockDev`] rules and returns its end offset.
 ///

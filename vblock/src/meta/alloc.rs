@@ -177,8 +177,8 @@ impl Allocator {
         Ok(())
     }
 
-    /// One more reference to a used cluster (snapshot, clone). Returns the new count.
-    pub fn add_ref(&mut self, cluster: u32) -> Result<u32, AllocError> {
+    /// The count of a cluster that has at least one reference.
+    fn referenced_count(&mut self, cluster: u32) -> Result<&mut u32, AllocError> {
         let i = self
             .refs
             .index(cluster)
@@ -187,6 +187,12 @@ impl Allocator {
         if *count == 0 {
             return Err(AllocError::NotReferenced(cluster));
         }
+        Ok(count)
+    }
+
+    /// One more reference to a used cluster (snapshot, clone). Returns the new count.
+    pub fn add_ref(&mut self, cluster: u32) -> Result<u32, AllocError> {
+        let count = self.referenced_count(cluster)?;
         *count = count.checked_add(1).ok_or(AllocError::Overflow(cluster))?;
         Ok(*count)
     }
@@ -194,19 +200,13 @@ impl Allocator {
     /// One reference fewer. At 0 the cluster becomes *releasing* (not free:
     /// the record dropping the reference is not durable yet). Returns the new count.
     pub fn release(&mut self, cluster: u32) -> Result<u32, AllocError> {
-        let i = self
-            .refs
-            .index(cluster)
-            .ok_or(AllocError::OutOfRange(cluster))?;
-        let count = &mut self.refs.counts[i];
-        if *count == 0 {
-            return Err(AllocError::NotReferenced(cluster));
-        }
+        let count = self.referenced_count(cluster)?;
         *count -= 1;
-        if *count == 0 {
+        let left = *count;
+        if left == 0 {
             self.releasing.push(cluster);
         }
-        Ok(*count)
+        Ok(left)
     }
 
     /// Undoes an [`allocate`](Self::allocate)/[`take`](Self::take) whose
