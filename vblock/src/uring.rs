@@ -430,7 +430,20 @@ mod tests {
         }
     }
 
-    fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {
+    /// Queues a one-block write (or read) of `buf` at `offset` under `tag`.
+    /// The caller reaps it before `buf` goes away.
+    pub(super) fn push_one(e: &mut UringEngine, write: bool, buf: &Buf, offset: u64, tag: u64) {
+        let iov = [buf.iovec(0, ALIGN)];
+        let op = if write {
+            Op::Write { offset, iov: &iov }
+        } else {
+            Op::Read { offset, iov: &iov }
+        };
+        // SAFETY: `buf` outlives the operation (see above); push copies `iov`.
+        unsafe { e.push(op, tag) }.unwrap();
+    }
+
+    pub(super) fn poll_readable(fd: RawFd, timeout_ms: i32) -> bool {
         let mut p = libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -515,16 +528,7 @@ mod tests {
         let mut e = UringEngine::new(&f, 8).unwrap();
         let buf = Buf::new(ALIGN);
         assert!(!poll_readable(e.eventfd(), 0), "quiet before any I/O");
-        unsafe {
-            e.push(
-                Op::Write {
-                    offset: 0,
-                    iov: &[buf.iovec(0, ALIGN)],
-                },
-                7,
-            )
-        }
-        .unwrap();
+        push_one(&mut e, true, &buf, 0, 7);
         assert!(!poll_readable(e.eventfd(), 0), "push alone does not submit");
         e.submit().unwrap();
         assert!(
@@ -676,16 +680,7 @@ mod tests {
         let ro = tf.open(false);
         let mut e = UringEngine::new(&ro, 8).unwrap();
         let buf = Buf::new(ALIGN);
-        unsafe {
-            e.push(
-                Op::Write {
-                    offset: 0,
-                    iov: &[buf.iovec(0, ALIGN)],
-                },
-                1,
-            )
-        }
-        .unwrap();
+        push_one(&mut e, true, &buf, 0, 1);
         let two = [buf.iovec(0, 2048), buf.iovec(2048, 2048)];
         unsafe {
             e.push(
@@ -697,16 +692,7 @@ mod tests {
             )
         }
         .unwrap();
-        unsafe {
-            e.push(
-                Op::Read {
-                    offset: 0,
-                    iov: &[buf.iovec(0, ALIGN)],
-                },
-                3,
-            )
-        }
-        .unwrap();
+        push_one(&mut e, false, &buf, 0, 3);
         e.submit().unwrap();
         let mut done = Vec::new();
         drain(&mut e, &mut done);
@@ -742,16 +728,7 @@ mod tests {
         // (ext4 on Linux 6.18 here returns 4095 from the 4096-byte file).
         let rw = tf.open(true);
         let mut e = UringEngine::new(&rw, 8).unwrap();
-        unsafe {
-            e.push(
-                Op::Read {
-                    offset: 1,
-                    iov: &[buf.iovec(0, ALIGN)],
-                },
-                5,
-            )
-        }
-        .unwrap();
+        push_one(&mut e, false, &buf, 1, 5);
         done.clear();
         drain(&mut e, &mut done);
         assert_eq!(done.len(), 1);
@@ -878,7 +855,7 @@ mod tests {
 /// `cargo test --release -p vblock uring::bench -- --ignored --nocapture`.
 #[cfg(test)]
 mod bench {
-    use super::tests::{Buf, TempFile, ALIGN};
+    use super::tests::{poll_readable, Buf, TempFile, ALIGN};
     use super::*;
     use std::time::{Duration, Instant};
 
@@ -914,14 +891,8 @@ mod bench {
         let mut done = Vec::with_capacity(QD);
         let mut ops = 0u64;
         let start = Instant::now();
-        let mut pfd = libc::pollfd {
-            fd: e.eventfd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
         while start.elapsed() < RUN {
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut pfd, 1, 1000) };
+            poll_readable(e.eventfd(), 1000);
             e.clear_event();
             done.clear();
             e.reap(&mut done);

@@ -72,14 +72,4 @@ impl<'a, 'm> FrameSource<'a, 'm> {
         });
         n
     }
-
-    /// Copies the frame from `offset` into a plain buffer (TAP, VXLAN, tests).
-    pub fn copy_into(&self, offset: usize, out: &mut Vec<u8>) {
-        self.for_each_slice(offset, |slice| {
-            let at = out.len();
-            out.resize(at + slice.len(), 0);
-            slice.copy_to(&mut out[at..]);
-            true
-        });
-    }
 }
