@@ -12,6 +12,7 @@
 
 use std::fmt;
 
+pub mod checkpoint;
 pub mod journal;
 pub mod superblock;
 

@@ -13,4 +13,5 @@
 pub mod dev;
 pub mod format;
 pub mod meta;
+pub mod pool;
 pub mod uring;

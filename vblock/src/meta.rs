@@ -31,8 +31,8 @@ mod tests;
 pub use alloc::{AllocError, Allocator, ClusterState, Refcounts};
 pub use map::{ClusterMap, Iter, VclusterTooLarge, PAGE_ENTRIES};
 
-/// Longest volume name, in bytes.
-pub const NAME_MAX: usize = 255;
+/// Longest volume name, in bytes: what a journal record can carry.
+pub const NAME_MAX: usize = crate::format::journal::MAX_NAME_LEN;
 
 /// What a volume is; snapshots are read-only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +142,8 @@ pub enum MetaError {
     NotHeld(u32),
     /// A reference count would pass `u32::MAX`.
     RefcountOverflow(u32),
+    /// A checkpoint maps the same virtual cluster twice.
+    DuplicateVcluster { volume: u32, vcluster: u64 },
     /// Allocator refused (only if the metadata was already inconsistent).
     Alloc(AllocError),
 }
@@ -178,6 +180,9 @@ impl fmt::Display for MetaError {
             Self::ClusterNotFree(c) => write!(f, "pool cluster {c} is neither held nor free"),
             Self::NotHeld(c) => write!(f, "pool cluster {c} is not held"),
             Self::RefcountOverflow(c) => write!(f, "reference count of cluster {c} would overflow"),
+            Self::DuplicateVcluster { volume, vcluster } => {
+                write!(f, "volume {volume} maps cluster {vcluster} twice")
+            }
             Self::Alloc(e) => write!(f, "allocator: {e}"),
         }
     }
@@ -472,6 +477,72 @@ impl Metadata {
     /// snapshot or a clone, to any depth: reads never walk a chain).
     pub fn clone_volume(&mut self, source: u32, id: u32, name: &str) -> Result<(), MetaError> {
         self.copy_volume(source, id, name, VolumeKind::Clone)
+    }
+
+    /// Loads one volume of a checkpoint: validated like `create_volume`, every
+    /// entry inside the data area and below the volume's end, no virtual
+    /// cluster twice; each entry takes one reference. On `Err` the metadata
+    /// may be partly changed: only for loading, where any error aborts the open.
+    pub fn restore_volume(
+        &mut self,
+        id: u32,
+        name: &str,
+        size: u64,
+        block_size: u32,
+        kind: VolumeKind,
+        entries: impl IntoIterator<Item = (u64, u32)>,
+    ) -> Result<(), MetaError> {
+        if block_size != 512 && block_size != 4096 {
+            return Err(MetaError::InvalidBlockSize(block_size));
+        }
+        self.check_size(size, block_size)?;
+        self.check_new(id, name)?;
+        let clusters = self.clusters_for(size);
+        let mut map = ClusterMap::new();
+        for (vcluster, pcluster) in entries {
+            if vcluster >= clusters {
+                return Err(MetaError::BeyondEnd {
+                    volume: id,
+                    vcluster,
+                    clusters,
+                });
+            }
+            let pc = NonZeroU32::new(pcluster)
+                .filter(|_| self.alloc.refcounts().contains(pcluster))
+                .ok_or(MetaError::ClusterOutOfRange(pcluster))?;
+            let dup = map.set(vcluster, pc).map_err(|e| MetaError::BeyondEnd {
+                volume: id,
+                vcluster: e.0,
+                clusters,
+            })?;
+            if dup.is_some() {
+                return Err(MetaError::DuplicateVcluster {
+                    volume: id,
+                    vcluster,
+                });
+            }
+            match self.alloc.state(pcluster) {
+                Some(ClusterState::Free) => self.alloc.take(pcluster)?,
+                _ => {
+                    self.alloc.add_ref(pcluster)?;
+                }
+            }
+        }
+        self.insert(Volume {
+            id,
+            name: name.to_owned(),
+            size,
+            block_size,
+            kind,
+            read_only: kind == VolumeKind::Snapshot,
+            map,
+        });
+        Ok(())
+    }
+
+    /// Mapped entries over all volumes (what a checkpoint must describe).
+    pub fn mapped_entries(&self) -> u64 {
+        self.volumes.values().map(|v| v.map.len()).sum()
     }
 
     /// Takes the lowest free cluster, held by the caller (count 1). The caller

@@ -1,0 +1,224 @@
+//! The synchronous data path: read, write, discard, write-zeroes, split into
+//! per-cluster pieces and mapped through the volume (FORMAT.md "Write paths").
+//! The io_uring engine follows the same rules with many requests in flight.
+
+use super::{Pool, PoolError};
+use crate::dev::{AlignedBuf, BlockDev, SECTOR};
+use crate::format::Record;
+use crate::meta::Mapping;
+
+/// One cluster's part of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// Virtual cluster.
+    pub vcluster: u64,
+    /// Byte offset inside the cluster.
+    pub within: usize,
+    /// Bytes.
+    pub len: usize,
+    /// Byte offset of the piece inside the request.
+    pub at: usize,
+}
+
+/// Splits `[offset, offset + len)` at cluster boundaries.
+pub fn pieces(cluster_size: u32, offset: u64, len: u64) -> impl Iterator<Item = Piece> {
+    let cs = u64::from(cluster_size);
+    let end = offset + len;
+    let mut pos = offset;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let within = pos % cs;
+        let n = (cs - within).min(end - pos);
+        let p = Piece {
+            vcluster: pos / cs,
+            within: within as usize,
+            len: n as usize,
+            at: (pos - offset) as usize,
+        };
+        pos += n;
+        Some(p)
+    })
+}
+
+impl<D: BlockDev> Pool<D> {
+    /// Checks a guest request once at the boundary: the volume exists,
+    /// offset and length are multiples of 512, the range is inside the
+    /// volume, and (for changes) the volume is writable.
+    pub fn check_request(&self, id: u32, offset: u64, len: u64, write: bool) -> Result<(), PoolError> {
+        let v = self
+            .meta
+            .volume(id)
+            .ok_or_else(|| PoolError::NoSuchVolume(format!("#{id}")))?;
+        if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
+            return Err(PoolError::Unaligned { offset, len });
+        }
+        if offset.checked_add(len).is_none_or(|end| end > v.size()) {
+            return Err(PoolError::OutOfRange {
+                offset,
+                len,
+                size: v.size(),
+            });
+        }
+        if write && v.read_only() {
+            return Err(PoolError::ReadOnly(v.name().to_owned()));
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, id: u32, vcluster: u64) -> Result<Option<Mapping>, PoolError> {
+        Ok(self.meta.lookup(id, vcluster)?)
+    }
+
+    fn cluster_off(&self, pcluster: u32) -> u64 {
+        // Map entries are inside the data area (checked by the metadata).
+        self.layout.cluster_offset(u64::from(pcluster)).unwrap_or(0)
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of volume `id`. Never-written
+    /// ranges read as zeros.
+    pub fn read(&self, id: u32, offset: u64, buf: &mut [u8]) -> Result<(), PoolError> {
+        self.check_request(id, offset, buf.len() as u64, false)?;
+        for p in pieces(self.meta.cluster_size(), offset, buf.len() as u64) {
+            let out = &mut buf[p.at..p.at + p.len];
+            match self.lookup(id, p.vcluster)? {
+                None => out.fill(0),
+                Some(m) => {
+                    let off = self.cluster_off(m.pcluster) + p.within as u64;
+                    self.dev.read_at(out, off).map_err(|source| PoolError::Io {
+                        what: format!("reading pool cluster {}", m.pcluster),
+                        source,
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` at `offset` of volume `id`. Durable after the next
+    /// [`flush`](Pool::flush). Out of space fails the request before any of
+    /// it is written.
+    pub fn write(&mut self, id: u32, offset: u64, data: &[u8]) -> Result<(), PoolError> {
+        self.usable()?;
+        self.check_request(id, offset, data.len() as u64, true)?;
+        let cs = self.meta.cluster_size();
+        let mut needed = 0;
+        for p in pieces(cs, offset, data.len() as u64) {
+            if !matches!(self.lookup(id, p.vcluster)?, Some(m) if !m.shared) {
+                needed += 1;
+            }
+        }
+        self.reserve_for(needed, 0)?;
+        let mut scratch = None;
+        for p in pieces(cs, offset, data.len() as u64) {
+            self.write_piece(id, p, Some(&data[p.at..p.at + p.len]), &mut scratch)?;
+        }
+        Ok(())
+    }
+
+    /// Discards `[offset, offset + len)`: whole clusters are unmapped and
+    /// return to the pool after the next flush; partial clusters are zeroed.
+    /// The range reads as zeros afterwards.
+    pub fn discard(&mut self, id: u32, offset: u64, len: u64) -> Result<(), PoolError> {
+        self.usable()?;
+        self.check_request(id, offset, len, true)?;
+        self.zero_range(id, offset, len, true)
+    }
+
+    /// Write-zeroes: same effect as [`discard`](Self::discard) (whole clusters
+    /// released, partial ones zeroed).
+    pub fn write_zeroes(&mut self, id: u32, offset: u64, len: u64) -> Result<(), PoolError> {
+        self.discard(id, offset, len)
+    }
+
+    /// Zeroes a range already checked. `unmap_whole`: whole clusters are
+    /// unmapped instead of written.
+    pub(super) fn zero_range(
+        &mut self,
+        id: u32,
+        offset: u64,
+        len: u64,
+        unmap_whole: bool,
+    ) -> Result<(), PoolError> {
+        let cs = self.meta.cluster_size();
+        let mut needed = 0;
+        for p in pieces(cs, offset, len) {
+            let whole = unmap_whole && p.len == cs as usize;
+            if !whole && matches!(self.lookup(id, p.vcluster)?, Some(m) if m.shared) {
+                needed += 1;
+            }
+        }
+        self.reserve_for(needed, 0)?;
+        let mut scratch = None;
+        for p in pieces(cs, offset, len) {
+            let Some(_) = self.lookup(id, p.vcluster)? else {
+                continue; // unmapped reads as zeros already
+            };
+            if unmap_whole && p.len == cs as usize {
+                self.record(Record::Unmap {
+                    volume: id,
+                    vcluster: p.vcluster,
+                })?;
+            } else {
+                self.write_piece(id, p, None, &mut scratch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one piece (`None`: zeros). An exclusive cluster is written in
+    /// place; otherwise a new cluster is written whole (the shared source's
+    /// data or zeros around the piece) and mapped only after that write
+    /// completed (rule 2); the shared source is never written (rule 4).
+    fn write_piece(
+        &mut self,
+        id: u32,
+        p: super::data::Piece,
+        data: Option<&[u8]>,
+        scratch: &mut Option<AlignedBuf>,
+    ) -> Result<(), PoolError> {
+        let io = |what: String| move |source| PoolError::Io { what, source };
+        let mapping = self.lookup(id, p.vcluster)?;
+        if let Some(m) = mapping.filter(|m| !m.shared) {
+            let off = self.cluster_off(m.pcluster) + p.within as u64;
+            return match data {
+                Some(d) => self.dev.write_at(d, off),
+                None => self.dev.write_at(&AlignedBuf::new(p.len), off),
+            }
+            .map_err(io(format!("writing pool cluster {}", m.pcluster)));
+        }
+        let cs = self.meta.cluster_size() as usize;
+        let buf = scratch.get_or_insert_with(|| AlignedBuf::new(cs));
+        match mapping {
+            Some(m) => {
+                let off = self.cluster_off(m.pcluster);
+                self.dev
+                    .read_at(buf, off)
+                    .map_err(io(format!("reading shared cluster {}", m.pcluster)))?;
+                self.stats.copies_on_write += 1;
+            }
+            None => buf.fill(0),
+        }
+        let dst = &mut buf[p.within..p.within + p.len];
+        match data {
+            Some(d) => dst.copy_from_slice(d),
+            None => dst.fill(0),
+        }
+        let pc = self.meta.allocate()?;
+        let off = self.cluster_off(pc);
+        if let Err(source) = self.dev.write_at(buf, off) {
+            self.meta.abandon(pc)?;
+            return Err(PoolError::Io {
+                what: format!("writing new cluster {pc}"),
+                source,
+            });
+        }
+        self.stats.allocations += 1;
+        self.record(Record::Map {
+            volume: id,
+            vcluster: p.vcluster,
+            pcluster: pc,
+        })
+    }
+}

@@ -1,0 +1,191 @@
+//! Reading a pool back: superblock copies, checkpoint chain, journal replay.
+//! Shared by [`Pool::open`](super::Pool::open) and the read-only inspection
+//! of `vblock check` / `dump`. Nothing here writes.
+
+use super::{apply, PoolError};
+use crate::dev::{AlignedBuf, BlockDev};
+use crate::format::checkpoint::{decode_link, Image, VolumeKindCode};
+use crate::format::superblock::SLOT_B;
+use crate::format::{replay, FormatError, Layout, ReplayStop, Superblock, BLOCK_SIZE};
+use crate::meta::{Metadata, VolumeKind};
+
+/// What loading found, besides the metadata.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub sb: Superblock,
+    pub layout: Layout,
+    pub meta: Metadata,
+    /// Clusters of the checkpoint chain, in chain order (held in `meta`).
+    pub checkpoint: Vec<u32>,
+    /// Journal blocks replayed after the checkpoint.
+    pub replayed_blocks: u64,
+    /// Records replayed.
+    pub replayed_records: u64,
+    /// Sequence number the next record would have had.
+    pub next_seq: u64,
+    /// Why replay stopped (a torn or stale block is the normal end).
+    pub replay_stop: ReplayStop,
+    /// Problems with the copy of the superblock that lost (a torn write
+    /// leaves one; reported by `check`, not an error).
+    pub other_superblock: Option<FormatError>,
+}
+
+fn format_err(what: impl Into<String>) -> impl FnOnce(FormatError) -> PoolError {
+    let what = what.into();
+    move |source| PoolError::Format { what, source }
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PoolError {
+    let what = what.into();
+    move |source| PoolError::Io { what, source }
+}
+
+/// Reads both superblock copies and picks the valid one with the higher
+/// generation; checks it against the device.
+pub fn superblock(dev: &dyn BlockDev) -> Result<(Superblock, Layout, Option<FormatError>), PoolError> {
+    let len = dev.len();
+    let mut buf = AlignedBuf::new(2 * BLOCK_SIZE);
+    let have = (len.min(2 * BLOCK_SIZE as u64) as usize) & !511;
+    dev.read_at(&mut buf[..have], 0)
+        .map_err(io_err("reading the superblocks"))?;
+    let a = Superblock::decode(&buf[..have.min(BLOCK_SIZE)]);
+    let b = Superblock::decode(buf.get(SLOT_B as usize..have).unwrap_or_default());
+    let sb = crate::format::pick(a.clone(), b.clone()).map_err(format_err("superblock"))?;
+    let other = if sb.slot() == 0 { b } else { a };
+    let other = match other {
+        Ok(o) if o.generation < sb.generation => None,
+        Ok(_) => None,
+        Err(e) => Some(e),
+    };
+    let layout = sb.check_device(len).map_err(format_err("superblock"))?;
+    Ok((sb, layout, other))
+}
+
+/// Loads the metadata: checkpoint, then the journal up to its end.
+pub fn load(dev: &dyn BlockDev) -> Result<Loaded, PoolError> {
+    let (sb, layout, other_superblock) = superblock(dev)?;
+    let clusters = u32::try_from(layout.clusters).map_err(|_| PoolError::Corrupt {
+        what: "superblock".into(),
+        reason: format!("{} clusters do not fit the format", layout.clusters),
+    })?;
+    let mut meta = Metadata::new(layout.cluster_size, 1..clusters).map_err(|e| {
+        PoolError::Corrupt {
+            what: "superblock".into(),
+            reason: e.to_string(),
+        }
+    })?;
+    let checkpoint = if sb.checkpoint != 0 {
+        load_checkpoint(dev, &sb, &layout, &mut meta)?
+    } else {
+        Vec::new()
+    };
+
+    // Journal: one block at a time from the head, so a commit can be applied
+    // at each block boundary as the live path did (FORMAT.md "Journal").
+    let blocks = layout.journal_blocks();
+    let mut buf = AlignedBuf::new(BLOCK_SIZE);
+    let mut expected = sb.ckpt_seq;
+    let mut replayed_blocks = 0;
+    let mut replayed_records = 0;
+    let mut stop = ReplayStop::Exhausted;
+    while replayed_blocks < blocks {
+        let index = (sb.journal_head + replayed_blocks) % blocks;
+        let off = layout.journal_block_offset(index).unwrap_or(0);
+        dev.read_at(&mut buf, off)
+            .map_err(io_err(format!("reading journal block {index}")))?;
+        let (records, end) = replay(std::iter::once(&buf[..]), expected);
+        if end.block == 0 {
+            stop = end.stop;
+            break;
+        }
+        for (i, record) in records.iter().enumerate() {
+            apply(&mut meta, record).map_err(|e| PoolError::Corrupt {
+                what: format!("journal record {} (block {index})", expected + i as u64),
+                reason: format!("{record:?}: {e}"),
+            })?;
+        }
+        meta.commit();
+        replayed_records += records.len() as u64;
+        expected = end.next_seq;
+        replayed_blocks += 1;
+    }
+    if let ReplayStop::Malformed(e) = &stop {
+        let index = (sb.journal_head + replayed_blocks) % blocks;
+        return Err(PoolError::Format {
+            what: format!("journal block {index}"),
+            source: e.clone(),
+        });
+    }
+    Ok(Loaded {
+        sb,
+        layout,
+        meta,
+        checkpoint,
+        replayed_blocks,
+        replayed_records,
+        next_seq: expected,
+        replay_stop: stop,
+        other_superblock,
+    })
+}
+
+fn load_checkpoint(
+    dev: &dyn BlockDev,
+    sb: &Superblock,
+    layout: &Layout,
+    meta: &mut Metadata,
+) -> Result<Vec<u32>, PoolError> {
+    let cs = layout.cluster_size as usize;
+    let mut buf = AlignedBuf::new(cs);
+    let mut payload = Vec::new();
+    let mut chain: Vec<u32> = Vec::new();
+    let mut cluster = sb.checkpoint;
+    loop {
+        let corrupt = |reason: String| PoolError::Corrupt {
+            what: format!("checkpoint link {} (cluster {cluster})", chain.len()),
+            reason,
+        };
+        let pc = u32::try_from(cluster)
+            .ok()
+            .filter(|&c| c != 0 && u64::from(c) < layout.clusters)
+            .ok_or_else(|| corrupt("outside the data area".into()))?;
+        if chain.contains(&pc) {
+            return Err(corrupt("the chain loops".into()));
+        }
+        let off = layout.cluster_offset(cluster).unwrap_or(0);
+        dev.read_at(&mut buf, off)
+            .map_err(io_err(format!("reading checkpoint cluster {cluster}")))?;
+        let (header, bytes) = decode_link(&buf, chain.len() as u32, sb.ckpt_seq).map_err(
+            format_err(format!("checkpoint link {} (cluster {cluster})", chain.len())),
+        )?;
+        payload.extend_from_slice(bytes);
+        chain.push(pc);
+        if header.next == 0 {
+            break;
+        }
+        cluster = u64::from(header.next);
+    }
+    let image = Image::decode(&payload).map_err(format_err("checkpoint"))?;
+    for v in image.volumes {
+        let kind = match v.kind {
+            VolumeKindCode::Volume => VolumeKind::Volume,
+            VolumeKindCode::Snapshot => VolumeKind::Snapshot,
+            VolumeKindCode::Clone => VolumeKind::Clone,
+        };
+        let entries = v.runs.iter().flat_map(|r| {
+            (0..r.len).map(move |i| (r.vstart + u64::from(i), r.pstart + i))
+        });
+        meta.restore_volume(v.id, &v.name, v.size, v.block_size, kind, entries)
+            .map_err(|e| PoolError::Corrupt {
+                what: format!("checkpoint volume {} ({:?})", v.id, v.name),
+                reason: e.to_string(),
+            })?;
+    }
+    for &c in &chain {
+        meta.hold(c).map_err(|e| PoolError::Corrupt {
+            what: format!("checkpoint cluster {c}"),
+            reason: format!("also used by a volume: {e}"),
+        })?;
+    }
+    Ok(chain)
+}
