@@ -93,7 +93,9 @@ impl Volume {
 pub struct Mapping {
     /// Pool cluster.
     pub pcluster: u32,
-    /// Reference count > 1: a write must copy (rule 4), not overwrite in place.
+    /// A write must copy, not overwrite in place: reference count > 1
+    /// (rule 4), or another reference was dropped by a record not durable
+    /// yet ([`Allocator::dropped_since_commit`], rule 2).
     pub shared: bool,
 }
 
@@ -668,7 +670,8 @@ impl Metadata {
         }
         Ok(vol.map.get(vcluster).map(|pc| Mapping {
             pcluster: pc.get(),
-            shared: self.alloc.refcounts().get(pc.get()).unwrap_or(0) > 1,
+            shared: self.alloc.refcounts().get(pc.get()).unwrap_or(0) > 1
+                || self.alloc.dropped_since_commit(pc.get()),
         }))
     }
 

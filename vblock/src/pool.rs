@@ -92,7 +92,11 @@ pub enum PoolError {
     /// Writes to a snapshot.
     ReadOnly(String),
     /// Shrinking loses data: needs `force`.
-    ShrinkNeedsForce { name: String, size: u64, new_size: u64 },
+    ShrinkNeedsForce {
+        name: String,
+        size: u64,
+        new_size: u64,
+    },
     /// Opened read-only (inspection).
     NotWritable,
     /// An earlier metadata write failed; the pool takes no more changes.
@@ -248,11 +252,9 @@ impl<D: BlockDev> Pool<D> {
     /// and flushed before this returns.
     pub fn create(dev: D, opts: &PoolOptions) -> Result<Pool<D>, PoolError> {
         let len = dev.len();
-        let journal_len = opts.journal_len.unwrap_or_else(|| {
-            DEFAULT_JOURNAL_LEN
-                .min((len / 16) & !4095)
-                .max(64 * 1024)
-        });
+        let journal_len = opts
+            .journal_len
+            .unwrap_or_else(|| DEFAULT_JOURNAL_LEN.min((len / 16) & !4095).max(64 * 1024));
         let layout = Layout::new(len, opts.cluster_size, journal_len).map_err(|source| {
             PoolError::Format {
                 what: "new pool".into(),
@@ -279,7 +281,8 @@ impl<D: BlockDev> Pool<D> {
         dev.write_at(&zero, layout.journal_off)
             .map_err(io_err("wiping the journal"))?;
         sb.generation = 1;
-        dev.write_at(&zero, 0).map_err(io_err("wiping superblock A"))?;
+        dev.write_at(&zero, 0)
+            .map_err(io_err("wiping superblock A"))?;
         dev.write_at(&AlignedBuf::from_slice(&sb.encode()), sb.slot())
             .map_err(io_err("writing the superblock"))?;
         dev.flush().map_err(io_err("flushing the new pool"))?;
@@ -414,9 +417,17 @@ impl<D: BlockDev> Pool<D> {
 
     /// Creates an empty volume (reads as zeros). Over-commit is allowed:
     /// [`PoolSpace::provisioned`] reports it.
-    pub fn create_volume(&mut self, name: &str, size: u64, block_size: u32) -> Result<u32, PoolError> {
+    pub fn create_volume(
+        &mut self,
+        name: &str,
+        size: u64,
+        block_size: u32,
+    ) -> Result<u32, PoolError> {
         let id = self.next_id;
-        self.reserve_for(0, crate::format::checkpoint::Image::volume_len(name.len(), 0))?;
+        self.reserve_for(
+            0,
+            crate::format::checkpoint::Image::volume_len(name.len(), 0),
+        )?;
         self.record(Record::CreateVolume {
             id,
             name: name.into(),
@@ -441,7 +452,10 @@ impl<D: BlockDev> Pool<D> {
     /// so growing again reads zeros there.
     pub fn resize(&mut self, name: &str, size: u64, force: bool) -> Result<(), PoolError> {
         let id = self.id(name)?;
-        let v = self.meta.volume(id).ok_or_else(|| PoolError::NoSuchVolume(name.into()))?;
+        let v = self
+            .meta
+            .volume(id)
+            .ok_or_else(|| PoolError::NoSuchVolume(name.into()))?;
         let old = v.size();
         if v.read_only() {
             return Err(PoolError::ReadOnly(name.into()));
@@ -497,9 +511,17 @@ impl<D: BlockDev> Pool<D> {
         let id = self.next_id;
         let name = name.to_owned();
         self.record(if snapshot {
-            Record::Snapshot { source: src, id, name }
+            Record::Snapshot {
+                source: src,
+                id,
+                name,
+            }
         } else {
-            Record::Clone { source: src, id, name }
+            Record::Clone {
+                source: src,
+                id,
+                name,
+            }
         })?;
         self.next_id += 1;
         self.commit()?;
@@ -575,7 +597,9 @@ impl<D: BlockDev> Pool<D> {
     }
 
     fn write_journal(&mut self) -> Result<(), PoolError> {
-        self.dev.flush().map_err(io_err("flushing data before a commit"))?;
+        self.dev
+            .flush()
+            .map_err(io_err("flushing data before a commit"))?;
         if !self.sealed.is_empty() {
             let blocks = self.layout.journal_blocks();
             let mut buf = AlignedBuf::new(crate::format::BLOCK_SIZE);
@@ -585,7 +609,10 @@ impl<D: BlockDev> Pool<D> {
                     source,
                 })?;
                 buf.copy_from_slice(&image);
-                let off = self.layout.journal_block_offset(self.next_block).unwrap_or(0);
+                let off = self
+                    .layout
+                    .journal_block_offset(self.next_block)
+                    .unwrap_or(0);
                 self.dev
                     .write_at(&buf, off)
                     .map_err(io_err(format!("writing journal block {}", self.next_block)))?;
@@ -618,7 +645,9 @@ impl<D: BlockDev> Pool<D> {
     /// published by a superblock write (flushed); only then is the old
     /// checkpoint released. Pending journal records are folded in, not written.
     fn write_checkpoint(&mut self, jump: bool) -> Result<(), PoolError> {
-        self.dev.flush().map_err(io_err("flushing data before a checkpoint"))?;
+        self.dev
+            .flush()
+            .map_err(io_err("flushing data before a checkpoint"))?;
         let payload = self.image().encode();
         let cs = self.meta.cluster_size();
         let n = clusters_needed(payload.len(), cs);
@@ -641,7 +670,9 @@ impl<D: BlockDev> Pool<D> {
         let mut buf = AlignedBuf::new(cs as usize);
         let per = checkpoint::payload_per_cluster(cs);
         for (i, &c) in chain.iter().enumerate() {
-            let part = payload.get(i * per..((i + 1) * per).min(payload.len())).unwrap_or_default();
+            let part = payload
+                .get(i * per..((i + 1) * per).min(payload.len()))
+                .unwrap_or_default();
             let header = LinkHeader {
                 index: i as u32,
                 seq,
@@ -660,7 +691,9 @@ impl<D: BlockDev> Pool<D> {
                 });
             }
         }
-        self.dev.flush().map_err(io_err("flushing the checkpoint"))?;
+        self.dev
+            .flush()
+            .map_err(io_err("flushing the checkpoint"))?;
         let mut sb = self.sb;
         sb.generation += 1;
         sb.checkpoint = u64::from(chain[0]);
@@ -669,7 +702,9 @@ impl<D: BlockDev> Pool<D> {
         self.dev
             .write_at(&AlignedBuf::from_slice(&sb.encode()), sb.slot())
             .map_err(io_err("writing the superblock"))?;
-        self.dev.flush().map_err(io_err("flushing the superblock"))?;
+        self.dev
+            .flush()
+            .map_err(io_err("flushing the superblock"))?;
         // Published: everything up to `seq` is durable in the checkpoint.
         self.sb = sb;
         self.journal = JournalWriter::new(seq);

@@ -59,6 +59,9 @@ struct State {
     /// Writes left before the device dies; `None`: no such fault armed.
     writes_until_death: Option<u64>,
     dead: bool,
+    /// Writes left before a crash image is captured, and its seed.
+    capture: Option<(u64, u64)>,
+    captured: Option<Vec<u8>>,
     stats: SimStats,
 }
 
@@ -109,6 +112,8 @@ impl SimDisk {
                 failing_flushes: false,
                 writes_until_death: None,
                 dead: false,
+                capture: None,
+                captured: None,
                 stats: SimStats::default(),
             }),
         }
@@ -142,7 +147,32 @@ impl SimDisk {
     /// disk is unchanged (even if dead) and keeps working. Same seed and same
     /// history give the same image.
     pub fn crash(&self, seed: u64) -> SimDisk {
-        let st = self.state();
+        Self::from_durable(self.state().crash_image(seed))
+    }
+
+    /// Arms a crash point *inside* whatever the caller does next: right
+    /// after the `n`-th write from now completes (`n >= 1`), the image a
+    /// [`crash`](Self::crash) with `seed` would give at that instant is kept,
+    /// and the disk goes on working. [`take_capture`](Self::take_capture)
+    /// returns it as a new disk. Re-arming replaces an armed capture.
+    pub fn capture_after_writes(&self, n: u64, seed: u64) {
+        let mut st = self.state();
+        st.capture = Some((n.max(1), seed));
+        st.captured = None;
+    }
+
+    /// The disk captured by [`capture_after_writes`](Self::capture_after_writes),
+    /// if its write happened; disarms it either way.
+    pub fn take_capture(&self) -> Option<SimDisk> {
+        let mut st = self.state();
+        st.capture = None;
+        st.captured.take().map(Self::from_durable)
+    }
+}
+
+impl State {
+    fn crash_image(&self, seed: u64) -> Vec<u8> {
+        let st = self;
         let mut image = st.durable.clone();
         let mut rng = SplitMix64::new(seed);
         for w in &st.pending {
@@ -163,9 +193,11 @@ impl SimDisk {
                 }
             }
         }
-        Self::from_durable(image)
+        image
     }
+}
 
+impl SimDisk {
     /// A copy of the durable image: what every crash keeps at least.
     pub fn snapshot_durable(&self) -> Vec<u8> {
         self.state().durable.clone()
@@ -287,6 +319,14 @@ impl BlockDev for SimDisk {
             st.writes_until_death = (left > 0).then_some(left);
             st.dead = left == 0;
         }
+        if let Some((left, seed)) = st.capture {
+            if left <= 1 {
+                st.capture = None;
+                st.captured = Some(st.crash_image(seed));
+            } else {
+                st.capture = Some((left - 1, seed));
+            }
+        }
         Ok(())
     }
 
@@ -382,6 +422,32 @@ mod tests {
         let s = d.stats();
         assert_eq!((s.reads, s.writes, s.flushes), (2, 1, 1));
         assert_eq!((s.bytes_read, s.bytes_written, s.errors), (1536, 1024, 0));
+    }
+
+    #[test]
+    fn capture_is_the_crash_at_that_write_and_the_disk_goes_on() {
+        let d = SimDisk::new(8192);
+        d.write_at(&[1; 512], 0).unwrap();
+        d.flush().unwrap();
+        d.capture_after_writes(2, 5);
+        d.write_at(&[2; 512], 512).unwrap();
+        d.write_at(&[3; 512], 1024).unwrap();
+        d.write_at(&[4; 512], 1536).unwrap();
+        let cap = d.take_capture().expect("captured at the second write");
+        let mut b = [0u8; 2048];
+        cap.read_at(&mut b, 0).unwrap();
+        assert_eq!(b[..512], [1; 512]);
+        assert_eq!(b[1536..], [0; 512], "a write after the capture point");
+        // Same as a crash at that instant with the same seed.
+        let twin = SimDisk::new(8192);
+        twin.write_at(&[1; 512], 0).unwrap();
+        twin.flush().unwrap();
+        twin.write_at(&[2; 512], 512).unwrap();
+        twin.write_at(&[3; 512], 1024).unwrap();
+        assert_eq!(cap.snapshot_durable(), twin.crash(5).snapshot_durable());
+        assert!(d.take_capture().is_none());
+        d.read_at(&mut b, 0).unwrap();
+        assert_eq!(b[1536..], [4; 512]);
     }
 
     #[test]

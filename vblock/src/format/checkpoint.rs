@@ -319,7 +319,10 @@ mod tests {
             4 + Image::volume_len(4, 2) + Image::volume_len(0, 0)
         );
         assert_eq!(Image::decode(&bytes), Ok(img));
-        assert_eq!(Image::decode(&Image::default().encode()), Ok(Image::default()));
+        assert_eq!(
+            Image::decode(&Image::default().encode()),
+            Ok(Image::default())
+        );
     }
 
     #[test]
@@ -374,7 +377,10 @@ mod tests {
         let mut big = c.clone();
         big[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode_link(&big, 2, 99).is_err());
-        assert_eq!(decode_link(&c[..10], 2, 99), Err(FormatError::Truncated { len: 10 }));
+        assert_eq!(
+            decode_link(&c[..10], 2, 99),
+            Err(FormatError::Truncated { len: 10 })
+        );
         assert_eq!(decode_link(&[0u8; 4096], 0, 0), Err(FormatError::BadMagic));
     }
 

@@ -1,6 +1,7 @@
 //! [`Refcounts`] and the [`Allocator`]: which pool clusters are used, free or
 //! releasing.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
 
@@ -111,6 +112,8 @@ pub struct Allocator {
     free: Vec<u64>,
     free_count: u32,
     releasing: Vec<u32>,
+    /// Clusters that lost a reference but kept others since the last commit.
+    dropped: HashSet<u32>,
     /// No free bit below word `hint`.
     hint: usize,
 }
@@ -131,6 +134,7 @@ impl Allocator {
             free,
             free_count: n as u32,
             releasing: Vec::new(),
+            dropped: HashSet::new(),
             hint: 0,
         }
     }
@@ -205,6 +209,8 @@ impl Allocator {
         let left = *count;
         if left == 0 {
             self.releasing.push(cluster);
+        } else {
+            self.dropped.insert(cluster);
         }
         Ok(left)
     }
@@ -231,6 +237,7 @@ impl Allocator {
     /// The journal records up to now are durable: every releasing cluster
     /// becomes free. Returns how many.
     pub fn commit(&mut self) -> usize {
+        self.dropped.clear();
         let released = std::mem::take(&mut self.releasing);
         for &c in &released {
             if let Some(i) = self.refs.index(c) {
@@ -240,6 +247,15 @@ impl Allocator {
             }
         }
         released.len()
+    }
+
+    /// True if `cluster` lost a reference since the last commit and is still
+    /// referenced: its exclusive owner must not write it in place yet. The
+    /// record that dropped the other reference is not durable; after a crash
+    /// that reference is back, and an in-place write would show through it
+    /// (rule 2). Such a write copies instead, like a write to a shared cluster.
+    pub fn dropped_since_commit(&self, cluster: u32) -> bool {
+        self.dropped.contains(&cluster)
     }
 
     /// Number of data clusters.

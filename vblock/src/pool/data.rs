@@ -46,7 +46,13 @@ impl<D: BlockDev> Pool<D> {
     /// Checks a guest request once at the boundary: the volume exists,
     /// offset and length are multiples of 512, the range is inside the
     /// volume, and (for changes) the volume is writable.
-    pub fn check_request(&self, id: u32, offset: u64, len: u64, write: bool) -> Result<(), PoolError> {
+    pub fn check_request(
+        &self,
+        id: u32,
+        offset: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(), PoolError> {
         let v = self
             .meta
             .volume(id)

@@ -42,7 +42,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PoolError {
 
 /// Reads both superblock copies and picks the valid one with the higher
 /// generation; checks it against the device.
-pub fn superblock(dev: &dyn BlockDev) -> Result<(Superblock, Layout, Option<FormatError>), PoolError> {
+pub fn superblock(
+    dev: &dyn BlockDev,
+) -> Result<(Superblock, Layout, Option<FormatError>), PoolError> {
     let len = dev.len();
     let mut buf = AlignedBuf::new(2 * BLOCK_SIZE);
     let have = (len.min(2 * BLOCK_SIZE as u64) as usize) & !511;
@@ -68,12 +70,11 @@ pub fn load(dev: &dyn BlockDev) -> Result<Loaded, PoolError> {
         what: "superblock".into(),
         reason: format!("{} clusters do not fit the format", layout.clusters),
     })?;
-    let mut meta = Metadata::new(layout.cluster_size, 1..clusters).map_err(|e| {
-        PoolError::Corrupt {
+    let mut meta =
+        Metadata::new(layout.cluster_size, 1..clusters).map_err(|e| PoolError::Corrupt {
             what: "superblock".into(),
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     let checkpoint = if sb.checkpoint != 0 {
         load_checkpoint(dev, &sb, &layout, &mut meta)?
     } else {
@@ -155,9 +156,11 @@ fn load_checkpoint(
         let off = layout.cluster_offset(cluster).unwrap_or(0);
         dev.read_at(&mut buf, off)
             .map_err(io_err(format!("reading checkpoint cluster {cluster}")))?;
-        let (header, bytes) = decode_link(&buf, chain.len() as u32, sb.ckpt_seq).map_err(
-            format_err(format!("checkpoint link {} (cluster {cluster})", chain.len())),
-        )?;
+        let (header, bytes) =
+            decode_link(&buf, chain.len() as u32, sb.ckpt_seq).map_err(format_err(format!(
+                "checkpoint link {} (cluster {cluster})",
+                chain.len()
+            )))?;
         payload.extend_from_slice(bytes);
         chain.push(pc);
         if header.next == 0 {
@@ -172,9 +175,10 @@ fn load_checkpoint(
             VolumeKindCode::Snapshot => VolumeKind::Snapshot,
             VolumeKindCode::Clone => VolumeKind::Clone,
         };
-        let entries = v.runs.iter().flat_map(|r| {
-            (0..r.len).map(move |i| (r.vstart + u64::from(i), r.pstart + i))
-        });
+        let entries = v
+            .runs
+            .iter()
+            .flat_map(|r| (0..r.len).map(move |i| (r.vstart + u64::from(i), r.pstart + i)));
         meta.restore_volume(v.id, &v.name, v.size, v.block_size, kind, entries)
             .map_err(|e| PoolError::Corrupt {
                 what: format!("checkpoint volume {} ({:?})", v.id, v.name),

@@ -52,7 +52,10 @@ fn create_reopen_and_volume_ops() {
     assert!(p.space().provisioned > p.space().capacity);
     p.rename("big", "huge").unwrap();
     p.delete_volume("huge").unwrap();
-    assert!(matches!(p.delete_volume("huge"), Err(PoolError::NoSuchVolume(_))));
+    assert!(matches!(
+        p.delete_volume("huge"),
+        Err(PoolError::NoSuchVolume(_))
+    ));
     checked(&p);
     drop(p);
 
@@ -63,7 +66,10 @@ fn create_reopen_and_volume_ops() {
     let b = read(&p, a, 0, 4 * C as usize);
     assert_eq!(&b[..512], &[0; 512][..]);
     assert_eq!(&b[512..1536], &fill(1, 1024)[..]);
-    assert_eq!(&b[3 * C as usize - 512..3 * C as usize + 512], &fill(2, 1024)[..]);
+    assert_eq!(
+        &b[3 * C as usize - 512..3 * C as usize + 512],
+        &fill(2, 1024)[..]
+    );
     assert_eq!(p.volume("a").unwrap().allocated, 3 * u64::from(C));
 }
 
@@ -71,19 +77,37 @@ fn create_reopen_and_volume_ops() {
 fn request_validation() {
     let (_d, mut p) = small_pool(8 * MIB, 128 * 1024);
     let a = p.create_volume("a", MIB, 512).unwrap();
-    assert!(matches!(p.write(a, 1, &[0; 512]), Err(PoolError::Unaligned { .. })));
-    assert!(matches!(p.write(a, 0, &[0; 100]), Err(PoolError::Unaligned { .. })));
-    assert!(matches!(p.write(a, MIB, &[0; 512]), Err(PoolError::OutOfRange { .. })));
+    assert!(matches!(
+        p.write(a, 1, &[0; 512]),
+        Err(PoolError::Unaligned { .. })
+    ));
+    assert!(matches!(
+        p.write(a, 0, &[0; 100]),
+        Err(PoolError::Unaligned { .. })
+    ));
+    assert!(matches!(
+        p.write(a, MIB, &[0; 512]),
+        Err(PoolError::OutOfRange { .. })
+    ));
     assert!(matches!(
         p.discard(a, u64::MAX - 511, 512),
         Err(PoolError::OutOfRange { .. })
     ));
     let mut b = [0u8; 512];
-    assert!(matches!(p.read(99, 0, &mut b), Err(PoolError::NoSuchVolume(_))));
+    assert!(matches!(
+        p.read(99, 0, &mut b),
+        Err(PoolError::NoSuchVolume(_))
+    ));
     let s = p.snapshot("a", "s").unwrap();
-    assert!(matches!(p.write(s, 0, &[0; 512]), Err(PoolError::ReadOnly(_))));
+    assert!(matches!(
+        p.write(s, 0, &[0; 512]),
+        Err(PoolError::ReadOnly(_))
+    ));
     assert!(matches!(p.discard(s, 0, 512), Err(PoolError::ReadOnly(_))));
-    assert!(matches!(p.resize("s", 2 * MIB, false), Err(PoolError::ReadOnly(_))));
+    assert!(matches!(
+        p.resize("s", 2 * MIB, false),
+        Err(PoolError::ReadOnly(_))
+    ));
     assert!(matches!(
         p.resize("a", MIB / 2, false),
         Err(PoolError::ShrinkNeedsForce { .. })
@@ -145,7 +169,8 @@ fn discard_returns_space_and_reads_zeros() {
     p.flush().unwrap();
     let used = p.space().used_clusters;
     // Whole clusters 1..=6 released, the partial edges zeroed.
-    p.discard(a, 512 + u64::from(C) - 512, 6 * u64::from(C)).unwrap();
+    p.discard(a, 512 + u64::from(C) - 512, 6 * u64::from(C))
+        .unwrap();
     p.flush().unwrap();
     assert_eq!(p.space().used_clusters, used - 6);
     let b = read(&p, a, 0, 8 * C as usize);
@@ -191,7 +216,10 @@ fn out_of_space_fails_only_that_request_and_recovers_after_delete() {
     assert!(written > 0);
     // Other volumes are refused too, but everything written stays readable
     // and the pool is consistent; overwrites in place still work.
-    assert!(matches!(p.write(b, 0, &[2; 512]), Err(PoolError::OutOfSpace { .. })));
+    assert!(matches!(
+        p.write(b, 0, &[2; 512]),
+        Err(PoolError::OutOfSpace { .. })
+    ));
     p.write(a, 0, &fill(3, 512)).unwrap();
     p.flush().unwrap();
     checked(&p);
@@ -222,9 +250,11 @@ fn small_journal_wraps_through_checkpoints() {
     for round in 0..60u64 {
         for i in 0..200u64 {
             let vc = (i * 7 + round) % 1024;
-            p.write(a, vc * u64::from(C), &fill(round as u8, 512)).unwrap();
+            p.write(a, vc * u64::from(C), &fill(round as u8, 512))
+                .unwrap();
         }
-        p.discard(a, (round % 8) * 64 * u64::from(C), 64 * u64::from(C)).unwrap();
+        p.discard(a, (round % 8) * 64 * u64::from(C), 64 * u64::from(C))
+            .unwrap();
         p.flush().unwrap();
     }
     assert!(p.stats().checkpoints > 3, "{:?}", p.stats());
