@@ -11,6 +11,7 @@
 //!   completions through an eventfd).
 
 pub mod dev;
+pub mod engine;
 pub mod format;
 pub mod meta;
 pub mod pool;

@@ -681,6 +681,12 @@ impl Metadata {
         self.alloc.commit()
     }
 
+    /// [`commit`](Self::commit), keeping the clusters `keep` names releasing
+    /// ([`Allocator::commit_except`]).
+    pub fn commit_except(&mut self, keep: impl Fn(u32) -> bool) -> usize {
+        self.alloc.commit_except(keep)
+    }
+
     /// Allocated and exclusive clusters of one volume.
     pub fn usage(&self, volume: u32) -> Result<VolumeUsage, MetaError> {
         let vol = self

@@ -17,6 +17,7 @@
 //! ([`PoolError::Failed`]): what is durable is then unknown, and the next
 //! open replays the journal to find out.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 
@@ -34,6 +35,7 @@ mod load;
 #[cfg(test)]
 mod tests;
 
+pub use data::{pieces, Piece, WritePlan};
 pub use load::Loaded;
 
 /// Default cluster size: 64 KiB (see README "Cluster size" for the measurements).
@@ -233,6 +235,12 @@ pub struct Pool<D: BlockDev> {
     writable: bool,
     failed: bool,
     stats: PoolStats,
+    /// Clusters with I/O in flight from an engine, and how many: a pinned
+    /// cluster that is released stays releasing until unpinned.
+    pins: HashMap<u32, u32>,
+    /// (volume, virtual cluster) with an allocating write in flight: other
+    /// writes to it wait, or the later `Map` would drop the earlier data.
+    allocating: HashSet<(u32, u64)>,
 }
 
 /// Counters of the pool's own work.
@@ -330,6 +338,8 @@ impl<D: BlockDev> Pool<D> {
             writable,
             failed: false,
             stats: PoolStats::default(),
+            pins: HashMap::new(),
+            allocating: HashSet::new(),
         }
     }
 
@@ -623,8 +633,15 @@ impl<D: BlockDev> Pool<D> {
             self.dev.flush().map_err(io_err("flushing the journal"))?;
         }
         self.stats.commits += 1;
-        self.meta.commit();
+        self.release_committed();
         Ok(())
+    }
+
+    /// Released clusters become free, except pinned ones (rule 3 plus
+    /// in-flight engine I/O).
+    fn release_committed(&mut self) {
+        let pins = &self.pins;
+        self.meta.commit_except(|c| pins.contains_key(&c));
     }
 
     /// Writes a checkpoint of the whole metadata and empties the journal.
@@ -710,7 +727,7 @@ impl<D: BlockDev> Pool<D> {
         self.journal = JournalWriter::new(seq);
         self.sealed.clear();
         self.used_blocks = 0;
-        self.meta.commit();
+        self.release_committed();
         for c in std::mem::replace(&mut self.checkpoint, chain) {
             self.meta.release_held(c)?;
         }

@@ -237,16 +237,29 @@ impl Allocator {
     /// The journal records up to now are durable: every releasing cluster
     /// becomes free. Returns how many.
     pub fn commit(&mut self) -> usize {
+        self.commit_except(|_| false)
+    }
+
+    /// [`commit`](Self::commit), except that clusters for which `keep`
+    /// says true stay releasing (I/O still in flight on them: reusing one
+    /// now would let that I/O touch another volume's data).
+    pub fn commit_except(&mut self, keep: impl Fn(u32) -> bool) -> usize {
         self.dropped.clear();
         let released = std::mem::take(&mut self.releasing);
-        for &c in &released {
+        let mut freed = 0;
+        for c in released {
+            if keep(c) {
+                self.releasing.push(c);
+                continue;
+            }
             if let Some(i) = self.refs.index(c) {
                 if self.refs.counts[i] == 0 && !self.bit(i) {
                     self.set_free(i);
+                    freed += 1;
                 }
             }
         }
-        released.len()
+        freed
     }
 
     /// True if `cluster` lost a reference since the last commit and is still

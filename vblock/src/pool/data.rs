@@ -228,3 +228,134 @@ impl<D: BlockDev> Pool<D> {
         })
     }
 }
+
+/// How an engine carries out one piece of a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WritePlan {
+    /// Overwrite in place at `pcluster` (pinned until [`Pool::unpin`]).
+    InPlace { pcluster: u32 },
+    /// Write the whole new cluster `pcluster`: zeros around the piece, or
+    /// (copy-on-write) the contents of `source` (pinned) with the piece
+    /// patched in. Then [`Pool::finish_allocation`].
+    Allocate { pcluster: u32, source: Option<u32> },
+}
+
+/// Hooks for an asynchronous engine (many requests in flight): the engine
+/// does the data I/O itself and calls back here, under the same lock, to
+/// resolve mappings, allocate, and publish `Map` records after its writes.
+impl<D: BlockDev> Pool<D> {
+    /// Byte offset of pool cluster `pcluster` on the device.
+    pub fn cluster_offset(&self, pcluster: u32) -> u64 {
+        self.cluster_off(pcluster)
+    }
+
+    /// Where to read virtual cluster `vcluster` of `id`: `None` reads as
+    /// zeros; `Some(pcluster)` is pinned until [`unpin`](Self::unpin), so it
+    /// is not reused under the read.
+    pub fn plan_read(&mut self, id: u32, vcluster: u64) -> Result<Option<u32>, PoolError> {
+        let m = self.lookup(id, vcluster)?;
+        Ok(m.map(|m| {
+            self.pin(m.pcluster);
+            m.pcluster
+        }))
+    }
+
+    /// Plans every piece of a write already checked with
+    /// [`check_request`](Self::check_request). `Ok(None)`: a cluster it
+    /// touches has an allocating write in flight; retry after that one
+    /// finished. Out of space fails the whole request before anything is
+    /// allocated.
+    pub fn plan_write(
+        &mut self,
+        id: u32,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<(Piece, WritePlan)>>, PoolError> {
+        self.usable()?;
+        let cs = self.meta.cluster_size();
+        let mut needed = 0;
+        for p in pieces(cs, offset, len) {
+            if self.allocating.contains(&(id, p.vcluster)) {
+                return Ok(None);
+            }
+            if !matches!(self.lookup(id, p.vcluster)?, Some(m) if !m.shared) {
+                needed += 1;
+            }
+        }
+        self.reserve_for(needed, 0)?;
+        let mut plans = Vec::new();
+        for p in pieces(cs, offset, len) {
+            let plan = match self.lookup(id, p.vcluster)? {
+                Some(m) if !m.shared => {
+                    self.pin(m.pcluster);
+                    WritePlan::InPlace {
+                        pcluster: m.pcluster,
+                    }
+                }
+                m => {
+                    let pcluster = self.meta.allocate()?;
+                    self.allocating.insert((id, p.vcluster));
+                    let source = m.map(|m| {
+                        self.pin(m.pcluster);
+                        m.pcluster
+                    });
+                    if source.is_some() {
+                        self.stats.copies_on_write += 1;
+                    }
+                    WritePlan::Allocate { pcluster, source }
+                }
+            };
+            plans.push((p, plan));
+        }
+        Ok(Some(plans))
+    }
+
+    /// True if a write touching `[offset, offset + len)` of `id` must wait
+    /// for an allocating write in flight (discard and write-zeroes too).
+    pub fn is_allocating(&self, id: u32, offset: u64, len: u64) -> bool {
+        pieces(self.meta.cluster_size(), offset, len)
+            .any(|p| self.allocating.contains(&(id, p.vcluster)))
+    }
+
+    /// The whole-cluster write of a [`WritePlan::Allocate`] completed
+    /// (`written`) or failed: map it (the `Map` is durable at the next
+    /// flush) or give the cluster back.
+    pub fn finish_allocation(
+        &mut self,
+        id: u32,
+        vcluster: u64,
+        pcluster: u32,
+        written: bool,
+    ) -> Result<(), PoolError> {
+        self.allocating.remove(&(id, vcluster));
+        if !written {
+            self.meta.abandon(pcluster)?;
+            return Ok(());
+        }
+        self.stats.allocations += 1;
+        let r = self.record(Record::Map {
+            volume: id,
+            vcluster,
+            pcluster,
+        });
+        if r.is_err() && self.meta.held().any(|c| c == pcluster) {
+            self.meta.abandon(pcluster)?;
+        }
+        r
+    }
+
+    /// Keeps `pcluster` from being reused while engine I/O is in flight on it.
+    pub fn pin(&mut self, pcluster: u32) {
+        *self.pins.entry(pcluster).or_insert(0) += 1;
+    }
+
+    /// Ends one [`pin`](Self::pin).
+    pub fn unpin(&mut self, pcluster: u32) {
+        if let Some(n) = self.pins.get_mut(&pcluster) {
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(&pcluster);
+            }
+        }
+    }
+}

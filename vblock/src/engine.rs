@@ -1,0 +1,686 @@
+//! The asynchronous volume datapath: request -> map -> io_uring -> complete.
+//!
+//! One [`VolumeEngine`] per queue (its own io_uring), all sharing one pool
+//! behind a mutex held only to resolve mappings and publish records, never
+//! across I/O. Each request is split at cluster boundaries; each piece
+//! becomes one operation:
+//!
+//! - read of a mapped cluster: one READ(V) into the caller's buffers; an
+//!   unmapped one is zero-filled without I/O;
+//! - overwrite of an exclusive cluster: one WRITE(V) in place;
+//! - first write: one WRITEV of the whole new cluster (zeros around the
+//!   data, from a shared zero buffer), then `Map`;
+//! - copy-on-write: READ of the shared cluster into a bounce buffer, the
+//!   data patched in, WRITE of the whole new cluster, then `Map`.
+//!
+//! Caller buffers go straight to the kernel when they are 512-aligned
+//! (address and length); otherwise the piece bounces through an aligned
+//! buffer. Clusters with I/O in flight are pinned in the pool so a discard
+//! plus flush elsewhere cannot hand them to another volume under the I/O.
+//! Completions are signalled on [`VolumeEngine::eventfd`].
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::dev::{AlignedBuf, BlockDev};
+use crate::pool::{Piece, Pool, PoolError, WritePlan};
+use crate::uring::{Completion, Op, PushError, UringEngine};
+
+/// Alignment of caller buffers that can go to O_DIRECT I/O without a bounce.
+pub const IO_ALIGN: usize = 512;
+
+/// What a request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    Write,
+    /// Makes every completed write durable (the pool's commit).
+    Flush,
+    /// Releases whole clusters, zeroes partial ones.
+    Discard,
+    /// Same effect as `Discard`.
+    WriteZeroes,
+}
+
+/// One request. `iov` describes `len` bytes of caller memory (ignored for
+/// flush, discard, write-zeroes).
+#[derive(Debug)]
+pub struct IoRequest {
+    /// Caller's tag, returned in the completion.
+    pub tag: u64,
+    pub volume: u32,
+    pub kind: IoKind,
+    pub offset: u64,
+    pub len: u64,
+    pub iov: Vec<libc::iovec>,
+}
+
+/// A finished request.
+#[derive(Debug)]
+pub struct IoCompletion {
+    pub tag: u64,
+    pub result: Result<(), PoolError>,
+}
+
+/// Counters of one engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub requests: u64,
+    pub errors: u64,
+    /// Pieces that went through a bounce buffer (misaligned caller memory).
+    pub bounced: u64,
+    /// Times a request waited for an allocating write to the same cluster.
+    pub deferred: u64,
+}
+
+struct Request {
+    tag: u64,
+    volume: u32,
+    kind: IoKind,
+    offset: u64,
+    len: u64,
+    iov: Vec<libc::iovec>,
+    pending: usize,
+    error: Option<PoolError>,
+}
+
+enum Stage {
+    /// Read into the request's memory (or `bounce`, copied out after).
+    Read { pcluster: u32 },
+    /// In-place write.
+    Write { pcluster: u32 },
+    /// Copy-on-write, first half: reading `source` into `bounce`.
+    CowRead { source: u32, pcluster: u32 },
+    /// Whole-cluster write of a new cluster, then `Map`.
+    Fill { source: Option<u32>, pcluster: u32 },
+}
+
+struct PieceOp {
+    req: usize,
+    piece: Piece,
+    stage: Stage,
+    /// Device offset and iovecs of the operation to push.
+    dev_off: u64,
+    iov: Vec<libc::iovec>,
+    bounce: Option<AlignedBuf>,
+}
+
+/// An io_uring datapath for volumes of one pool. See the module docs.
+pub struct VolumeEngine<D: BlockDev> {
+    pool: Arc<Mutex<Pool<D>>>,
+    ring: UringEngine,
+    requests: Vec<Option<Request>>,
+    free_requests: Vec<usize>,
+    ops: Vec<Option<PieceOp>>,
+    free_ops: Vec<usize>,
+    /// Requests not started yet (waiting for an allocation in flight).
+    waiting: VecDeque<usize>,
+    /// Ops built but not yet accepted by the ring.
+    backlog: VecDeque<usize>,
+    done: Vec<IoCompletion>,
+    zeros: AlignedBuf,
+    cqes: Vec<Completion>,
+    stats: EngineStats,
+}
+
+// SAFETY: the raw pointers in the iovecs describe caller memory handed over
+// through `unsafe fn submit`, whose contract keeps it valid from any thread
+// until the completion is returned; the engine is used by one thread at a time.
+unsafe impl<D: BlockDev> Send for VolumeEngine<D> {}
+
+fn lock<D: BlockDev>(pool: &Mutex<Pool<D>>) -> MutexGuard<'_, Pool<D>> {
+    // A panic elsewhere cannot leave the pool half-changed: every pool
+    // operation validates before it mutates.
+    pool.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn aligned(iov: &[libc::iovec]) -> bool {
+    iov.iter().all(|v| {
+        (v.iov_base as usize).is_multiple_of(IO_ALIGN) && v.iov_len.is_multiple_of(IO_ALIGN)
+    })
+}
+
+/// The part `[at, at + len)` of the memory `iov` describes.
+fn slice_iov(iov: &[libc::iovec], mut at: usize, mut len: usize) -> Vec<libc::iovec> {
+    let mut out = Vec::new();
+    for v in iov {
+        if len == 0 {
+            break;
+        }
+        if at >= v.iov_len {
+            at -= v.iov_len;
+            continue;
+        }
+        let n = (v.iov_len - at).min(len);
+        out.push(libc::iovec {
+            // SAFETY (pointer arithmetic only): at < iov_len.
+            iov_base: unsafe { (v.iov_base as *mut u8).add(at) }.cast(),
+            iov_len: n,
+        });
+        len -= n;
+        at = 0;
+    }
+    out
+}
+
+/// Copies between caller memory described by `iov` and `buf`.
+///
+/// # Safety
+/// `iov` must describe valid memory (the `submit` contract).
+unsafe fn copy_iov(iov: &[libc::iovec], buf: &mut [u8], to_iov: bool) {
+    let mut pos = 0;
+    for v in iov {
+        let n = v.iov_len.min(buf.len() - pos);
+        let p = v.iov_base as *mut u8;
+        if to_iov {
+            std::ptr::copy_nonoverlapping(buf[pos..].as_ptr(), p, n);
+        } else {
+            std::ptr::copy_nonoverlapping(p, buf[pos..].as_mut_ptr(), n);
+        }
+        pos += n;
+    }
+}
+
+/// Zero-fills caller memory.
+///
+/// # Safety
+/// As [`copy_iov`].
+unsafe fn zero_iov(iov: &[libc::iovec]) {
+    for v in iov {
+        std::ptr::write_bytes(v.iov_base as *mut u8, 0, v.iov_len);
+    }
+}
+
+impl<D: BlockDev> VolumeEngine<D> {
+    /// An engine with an io_uring of `depth` on `file` (the pool's device,
+    /// opened O_DIRECT).
+    pub fn new(pool: Arc<Mutex<Pool<D>>>, file: impl AsFd, depth: u32) -> io::Result<Self> {
+        let cs = lock(&pool).metadata().cluster_size() as usize;
+        Ok(Self {
+            ring: UringEngine::new(file, depth)?,
+            pool,
+            requests: Vec::new(),
+            free_requests: Vec::new(),
+            ops: Vec::new(),
+            free_ops: Vec::new(),
+            waiting: VecDeque::new(),
+            backlog: VecDeque::new(),
+            done: Vec::new(),
+            zeros: AlignedBuf::new(cs),
+            cqes: Vec::new(),
+            stats: EngineStats::default(),
+        })
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &Arc<Mutex<Pool<D>>> {
+        &self.pool
+    }
+
+    /// Readable when completions are ready (put it on the worker's epoll).
+    pub fn eventfd(&self) -> RawFd {
+        self.ring.eventfd()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// Requests accepted and not yet returned by [`poll`](Self::poll).
+    pub fn in_flight(&self) -> usize {
+        self.requests.len() - self.free_requests.len()
+    }
+
+    /// Accepts a request; its completion comes from [`poll`](Self::poll).
+    /// Invalid requests (unknown volume, misaligned, out of range, write to
+    /// a snapshot) complete with an error and touch nothing.
+    ///
+    /// # Safety
+    /// The memory `req.iov` describes must be valid for `req.len` bytes
+    /// (writable for reads) and stay valid and otherwise unaccessed until
+    /// the request's completion has been returned by `poll` (or the engine
+    /// is dropped, which waits for in-flight I/O).
+    pub unsafe fn submit(&mut self, req: IoRequest) {
+        self.stats.requests += 1;
+        let covered: usize = req.iov.iter().map(|v| v.iov_len).sum();
+        let data = matches!(req.kind, IoKind::Read | IoKind::Write);
+        let checked = {
+            let pool = lock(&self.pool);
+            match req.kind {
+                IoKind::Flush => Ok(()),
+                _ if data && (covered as u64) < req.len => Err(PoolError::Unaligned {
+                    offset: req.offset,
+                    len: req.len,
+                }),
+                kind => pool.check_request(req.volume, req.offset, req.len, kind != IoKind::Read),
+            }
+        };
+        let r = Request {
+            tag: req.tag,
+            volume: req.volume,
+            kind: req.kind,
+            offset: req.offset,
+            len: req.len,
+            iov: req.iov,
+            pending: 0,
+            error: None,
+        };
+        if let Err(e) = checked {
+            self.finish(r, Some(e));
+            return;
+        }
+        let index = match self.free_requests.pop() {
+            Some(i) => {
+                self.requests[i] = Some(r);
+                i
+            }
+            None => {
+                self.requests.push(Some(r));
+                self.requests.len() - 1
+            }
+        };
+        self.waiting.push_back(index);
+    }
+
+    fn finish(&mut self, r: Request, error: Option<PoolError>) {
+        if error.is_some() {
+            self.stats.errors += 1;
+        }
+        self.done.push(IoCompletion {
+            tag: r.tag,
+            result: error.map_or(Ok(()), Err),
+        });
+    }
+
+    /// Starts what can start, reaps completions, advances each request, and
+    /// appends finished requests to `out`. Never blocks.
+    pub fn poll(&mut self, out: &mut Vec<IoCompletion>) -> io::Result<()> {
+        self.ring.clear_event();
+        self.reap();
+        self.start_waiting();
+        self.push_backlog();
+        loop {
+            match self.ring.submit() {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY)) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        out.append(&mut self.done);
+        Ok(())
+    }
+
+    /// Blocks until at least one operation completes (if any is in
+    /// flight), then [`poll`](Self::poll)s. For benches and tests; a vhost
+    /// worker waits on the eventfd.
+    pub fn wait(&mut self, out: &mut Vec<IoCompletion>) -> io::Result<()> {
+        self.poll(out)?;
+        if out.is_empty() && self.ring.in_flight() > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            self.poll(out)?;
+        }
+        Ok(())
+    }
+
+    fn start_waiting(&mut self) {
+        let mut still = VecDeque::new();
+        while let Some(index) = self.waiting.pop_front() {
+            if !self.start(index) {
+                still.push_back(index);
+            }
+        }
+        self.waiting = still;
+    }
+
+    /// Starts request `index`; false if it must wait.
+    fn start(&mut self, index: usize) -> bool {
+        let Some(r) = self.requests[index].as_ref() else {
+            return true;
+        };
+        let (volume, kind, offset, len) = (r.volume, r.kind, r.offset, r.len);
+        let pool = Arc::clone(&self.pool);
+        let mut pool = lock(&pool);
+        let result = match kind {
+            IoKind::Flush => pool.flush().map(|()| Vec::new()),
+            IoKind::Discard | IoKind::WriteZeroes => {
+                if pool.is_allocating(volume, offset, len) {
+                    self.stats.deferred += 1;
+                    return false;
+                }
+                pool.discard(volume, offset, len).map(|()| Vec::new())
+            }
+            IoKind::Read => {
+                let cs = pool.metadata().cluster_size();
+                let mut ops = Vec::new();
+                let mut err = None;
+                for p in crate::pool::pieces(cs, offset, len) {
+                    match pool.plan_read(volume, p.vcluster) {
+                        Ok(Some(pc)) => ops.push((p, Stage::Read { pcluster: pc })),
+                        Ok(None) => {
+                            let iov = slice_iov(&self.req(index).iov, p.at, p.len);
+                            // SAFETY: caller memory per the submit contract.
+                            unsafe { zero_iov(&iov) };
+                        }
+                        Err(e) => {
+                            err = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match err {
+                    Some(e) => {
+                        for (_, s) in &ops {
+                            if let Stage::Read { pcluster } = s {
+                                pool.unpin(*pcluster);
+                            }
+                        }
+                        Err(e)
+                    }
+                    None => Ok(ops),
+                }
+            }
+            IoKind::Write => match pool.plan_write(volume, offset, len) {
+                Ok(None) => {
+                    self.stats.deferred += 1;
+                    return false;
+                }
+                Ok(Some(plans)) => Ok(plans
+                    .into_iter()
+                    .map(|(p, plan)| {
+                        let stage = match plan {
+                            WritePlan::InPlace { pcluster } => Stage::Write { pcluster },
+                            WritePlan::Allocate {
+                                pcluster,
+                                source: Some(source),
+                            } => Stage::CowRead { source, pcluster },
+                            WritePlan::Allocate {
+                                pcluster,
+                                source: None,
+                            } => Stage::Fill {
+                                source: None,
+                                pcluster,
+                            },
+                        };
+                        (p, stage)
+                    })
+                    .collect()),
+                Err(e) => Err(e),
+            },
+        };
+        let offsets: Vec<(Piece, Stage, u64)> = match result {
+            Ok(ops) => ops
+                .into_iter()
+                .map(|(p, s)| {
+                    let pc = match &s {
+                        Stage::Read { pcluster } | Stage::Write { pcluster } => *pcluster,
+                        Stage::CowRead { source, .. } => *source,
+                        Stage::Fill { pcluster, .. } => *pcluster,
+                    };
+                    let off = pool.cluster_offset(pc);
+                    (p, s, off)
+                })
+                .collect(),
+            Err(e) => {
+                drop(pool);
+                if let Some(r) = self.requests[index].take() {
+                    self.free_requests.push(index);
+                    self.finish(r, Some(e));
+                }
+                return true;
+            }
+        };
+        drop(pool);
+        if offsets.is_empty() {
+            if let Some(r) = self.requests[index].take() {
+                self.free_requests.push(index);
+                self.finish(r, None);
+            }
+            return true;
+        }
+        self.req_mut(index).pending = offsets.len();
+        for (piece, stage, cluster_off) in offsets {
+            let op = self.build(index, piece, stage, cluster_off);
+            let slot = self.alloc_op(op);
+            self.backlog.push_back(slot);
+        }
+        true
+    }
+
+    fn req(&self, index: usize) -> &Request {
+        self.requests[index].as_ref().expect("live request")
+    }
+
+    fn req_mut(&mut self, index: usize) -> &mut Request {
+        self.requests[index].as_mut().expect("live request")
+    }
+
+    fn alloc_op(&mut self, op: PieceOp) -> usize {
+        match self.free_ops.pop() {
+            Some(i) => {
+                self.ops[i] = Some(op);
+                i
+            }
+            None => {
+                self.ops.push(Some(op));
+                self.ops.len() - 1
+            }
+        }
+    }
+
+    /// The I/O of one piece at `stage`.
+    fn build(&mut self, req: usize, piece: Piece, stage: Stage, cluster_off: u64) -> PieceOp {
+        let cs = self.zeros.len();
+        let user = slice_iov(&self.req(req).iov, piece.at, piece.len);
+        let mut op = PieceOp {
+            req,
+            piece,
+            dev_off: cluster_off + piece.within as u64,
+            iov: Vec::new(),
+            bounce: None,
+            stage,
+        };
+        match op.stage {
+            Stage::Read { .. } | Stage::Write { .. } => {
+                if aligned(&user) {
+                    op.iov = user;
+                } else {
+                    self.stats.bounced += 1;
+                    let mut b = AlignedBuf::new(piece.len);
+                    if matches!(op.stage, Stage::Write { .. }) {
+                        // SAFETY: caller memory per the submit contract.
+                        unsafe { copy_iov(&user, &mut b, false) };
+                    }
+                    op.iov = vec![b.iovec(0, piece.len)];
+                    op.bounce = Some(b);
+                }
+            }
+            Stage::CowRead { .. } => {
+                let b = AlignedBuf::new(cs);
+                op.dev_off = cluster_off;
+                op.iov = vec![b.iovec(0, cs)];
+                op.bounce = Some(b);
+            }
+            Stage::Fill { .. } => {
+                op.dev_off = cluster_off;
+                let tail = cs - piece.within - piece.len;
+                if aligned(&user) {
+                    let mut iov = Vec::with_capacity(user.len() + 2);
+                    if piece.within > 0 {
+                        iov.push(self.zeros.iovec(0, piece.within));
+                    }
+                    iov.extend(user);
+                    if tail > 0 {
+                        iov.push(self.zeros.iovec(0, tail));
+                    }
+                    op.iov = iov;
+                } else {
+                    self.stats.bounced += 1;
+                    let mut b = AlignedBuf::new(cs);
+                    // SAFETY: caller memory per the submit contract.
+                    unsafe {
+                        copy_iov(&user, &mut b[piece.within..piece.within + piece.len], false)
+                    };
+                    op.iov = vec![b.iovec(0, cs)];
+                    op.bounce = Some(b);
+                }
+            }
+        }
+        op
+    }
+
+    fn push_backlog(&mut self) {
+        while let Some(&slot) = self.backlog.front() {
+            let Some(op) = self.ops[slot].as_ref() else {
+                self.backlog.pop_front();
+                continue;
+            };
+            let ring_op = match op.stage {
+                Stage::Read { .. } | Stage::CowRead { .. } => Op::Read {
+                    offset: op.dev_off,
+                    iov: &op.iov,
+                },
+                Stage::Write { .. } | Stage::Fill { .. } => Op::Write {
+                    offset: op.dev_off,
+                    iov: &op.iov,
+                },
+            };
+            // SAFETY: the iovecs point at caller memory (submit contract),
+            // the op's own bounce buffer or the engine's zero buffer, all
+            // alive until this op's completion is reaped.
+            match unsafe { self.ring.push(ring_op, slot as u64) } {
+                Ok(()) => {
+                    self.backlog.pop_front();
+                }
+                Err(PushError::Full) => break,
+                Err(PushError::TooManyIovecs) => {
+                    self.backlog.pop_front();
+                    self.complete_op(slot, -libc::EINVAL);
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        self.ring.reap(&mut cqes);
+        for c in cqes.drain(..) {
+            self.complete_op(c.tag as usize, c.result);
+        }
+        self.cqes = cqes;
+    }
+
+    /// One operation finished with `result` (bytes or -errno).
+    fn complete_op(&mut self, slot: usize, result: i32) {
+        let Some(mut op) = self.ops.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        let want: usize = op.iov.iter().map(|v| v.iov_len).sum();
+        let err = if result < 0 {
+            Some(io::Error::from_raw_os_error(-result))
+        } else if result as usize != want {
+            Some(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short transfer: {result} of {want} bytes"),
+            ))
+        } else {
+            None
+        };
+        let volume = self.req(op.req).volume;
+        let pool = Arc::clone(&self.pool);
+        let mut error = err.map(|source| PoolError::Io {
+            what: format!("volume {volume} offset {}", self.req(op.req).offset),
+            source,
+        });
+        match op.stage {
+            Stage::Read { pcluster } => {
+                lock(&pool).unpin(pcluster);
+                if let (None, Some(b)) = (&error, &mut op.bounce) {
+                    let user = slice_iov(&self.req(op.req).iov, op.piece.at, op.piece.len);
+                    // SAFETY: caller memory per the submit contract.
+                    unsafe { copy_iov(&user, b, true) };
+                }
+            }
+            Stage::Write { pcluster } => lock(&pool).unpin(pcluster),
+            Stage::CowRead { source, pcluster } if error.is_none() => {
+                // Patch the new data into the copy, then write it whole.
+                let user = slice_iov(&self.req(op.req).iov, op.piece.at, op.piece.len);
+                if let Some(b) = op.bounce.as_mut() {
+                    let p = op.piece;
+                    // SAFETY: caller memory per the submit contract.
+                    unsafe { copy_iov(&user, &mut b[p.within..p.within + p.len], false) };
+                }
+                op.stage = Stage::Fill {
+                    source: Some(source),
+                    pcluster,
+                };
+                op.dev_off = lock(&pool).cluster_offset(pcluster);
+                self.ops[slot] = Some(op);
+                self.backlog.push_back(slot);
+                return;
+            }
+            Stage::CowRead { source, pcluster } => {
+                let mut p = lock(&pool);
+                p.unpin(source);
+                let id = volume;
+                if let Err(e) = p.finish_allocation(id, op.piece.vcluster, pcluster, false) {
+                    error.get_or_insert(e);
+                }
+            }
+            Stage::Fill { source, pcluster } => {
+                let mut p = lock(&pool);
+                if let Some(s) = source {
+                    p.unpin(s);
+                }
+                if let Err(e) =
+                    p.finish_allocation(volume, op.piece.vcluster, pcluster, error.is_none())
+                {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        self.free_ops.push(slot);
+        let r = self.req_mut(op.req);
+        r.pending -= 1;
+        if r.error.is_none() {
+            r.error = error;
+        }
+        if r.pending == 0 {
+            let index = op.req;
+            if let Some(r) = self.requests[index].take() {
+                self.free_requests.push(index);
+                let e = r.error;
+                self.done.push(IoCompletion {
+                    tag: r.tag,
+                    result: e.map_or(Ok(()), Err),
+                });
+                if self.done.last().is_some_and(|c| c.result.is_err()) {
+                    self.stats.errors += 1;
+                }
+            }
+        }
+    }
+}
+
+impl<D: BlockDev> Drop for VolumeEngine<D> {
+    fn drop(&mut self) {
+        // Wait for in-flight I/O so no kernel write lands in freed memory
+        // (the ring's own drop waits too; this also unpins and releases).
+        let mut sink = Vec::new();
+        for _ in 0..10_000 {
+            if self.ring.in_flight() == 0 {
+                break;
+            }
+            if self.wait(&mut sink).is_err() {
+                break;
+            }
+        }
+    }
+}
