@@ -10,6 +10,7 @@
 //! - [`uring`]: the io_uring engine of the datapath (batched submission,
 //!   completions through an eventfd).
 
+pub mod cli;
 pub mod dev;
 pub mod engine;
 pub mod format;
