@@ -304,8 +304,8 @@ fn open_dev(path: &str) -> Result<FileDev, CliError> {
 
 /// Loads without writing anything (info, list, check, dump).
 fn open_read_only(path: &str) -> Result<(Pool<FileDev>, Loaded), CliError> {
-    Pool::open_read_only(open_dev(path)?)
-        .map_err(|e| failed(format!("{path}: cannot load the pool: {e}")))
+    let dev = FileDev::open_read_only(path).map_err(|e| failed(e.to_string()))?;
+    Pool::open_read_only(dev).map_err(|e| failed(format!("{path}: cannot load the pool: {e}")))
 }
 
 /// Opens for changes: replays the journal and writes a fresh checkpoint.

@@ -363,6 +363,12 @@ impl<D: BlockDev> Pool<D> {
         &self.meta
     }
 
+    /// Journal blocks written since the last checkpoint (the ring holds
+    /// [`Layout::journal_blocks`]; replay after a crash reads these).
+    pub fn journal_used_blocks(&self) -> u64 {
+        self.used_blocks
+    }
+
     /// Counters.
     pub fn stats(&self) -> PoolStats {
         self.stats

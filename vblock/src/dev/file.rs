@@ -41,10 +41,20 @@ pub struct FileDev {
 }
 
 impl FileDev {
-    /// Opens an existing file or block device read-write.
+    /// Opens an existing file or block device read-write, with an
+    /// exclusive lock (`ResourceBusy` if another process has it open).
     pub fn open(path: impl AsRef<Path>) -> io::Result<FileDev> {
-        let path = path.as_ref();
-        let file = open_direct(path, false)?;
+        Self::open_mode(path.as_ref(), true)
+    }
+
+    /// Opens an existing file or block device read-only (inspection), with
+    /// a shared lock: writes fail with `EBADF`.
+    pub fn open_read_only(path: impl AsRef<Path>) -> io::Result<FileDev> {
+        Self::open_mode(path.as_ref(), false)
+    }
+
+    fn open_mode(path: &Path, write: bool) -> io::Result<FileDev> {
+        let file = open_locked(path, false, write)?;
         let meta = file.metadata().map_err(|e| annotate(path, "stat", e))?;
         let size = if meta.file_type().is_block_device() {
             block_device_size(&file).map_err(|e| annotate(path, "BLKGETSIZE64", e))?
@@ -268,10 +278,34 @@ impl BlockDev for FileDev {
     }
 }
 
+/// Opens `path` O_DIRECT and takes a non-blocking `flock`: exclusive for
+/// writers, shared for read-only opens, so a pool a daemon serves is never
+/// opened for writing by a second process (and not inspected mid-change).
 fn open_direct(path: &Path, create: bool) -> io::Result<File> {
+    open_locked(path, create, true)
+}
+
+fn open_locked(path: &Path, create: bool, write: bool) -> io::Result<File> {
+    let file = open_unlocked(path, create, write)?;
+    let op = if write { libc::LOCK_EX } else { libc::LOCK_SH };
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), op | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!("{}: in use by another process (locked)", path.display()),
+            ));
+        }
+        return Err(annotate(path, "flock", e));
+    }
+    Ok(file)
+}
+
+fn open_unlocked(path: &Path, create: bool, write: bool) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(write)
         .create(create)
         .truncate(false)
         .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)

@@ -81,6 +81,7 @@ pub fn load(dev: &dyn BlockDev) -> Result<Loaded, PoolError> {
         Vec::new()
     };
 
+    let in_checkpoint: std::collections::HashSet<u32> = checkpoint.iter().copied().collect();
     // Journal: one block at a time from the head, so a commit can be applied
     // at each block boundary as the live path did (FORMAT.md "Journal").
     let blocks = layout.journal_blocks();
@@ -100,6 +101,16 @@ pub fn load(dev: &dyn BlockDev) -> Result<Loaded, PoolError> {
             break;
         }
         for (i, record) in records.iter().enumerate() {
+            // A replayed Map takes a free cluster: never one the checkpoint
+            // holds (the live path maps only clusters it allocated).
+            if let crate::format::Record::Map { pcluster, .. } = record {
+                if in_checkpoint.contains(pcluster) {
+                    return Err(PoolError::Corrupt {
+                        what: format!("journal record {} (block {index})", expected + i as u64),
+                        reason: format!("{record:?}: cluster {pcluster} belongs to the checkpoint"),
+                    });
+                }
+            }
             apply(&mut meta, record).map_err(|e| PoolError::Corrupt {
                 what: format!("journal record {} (block {index})", expected + i as u64),
                 reason: format!("{record:?}: {e}"),
@@ -109,6 +120,13 @@ pub fn load(dev: &dyn BlockDev) -> Result<Loaded, PoolError> {
         replayed_records += records.len() as u64;
         expected = end.next_seq;
         replayed_blocks += 1;
+    }
+    if let Err(v) = meta.check() {
+        let list: Vec<String> = v.iter().map(ToString::to_string).collect();
+        return Err(PoolError::Corrupt {
+            what: "metadata".into(),
+            reason: list.join("; "),
+        });
     }
     if let ReplayStop::Malformed(e) = &stop {
         let index = (sb.journal_head + replayed_blocks) % blocks;
