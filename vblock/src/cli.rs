@@ -12,8 +12,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileTypeExt;
 
 use crate::dev::{BlockDev, FileDev};
-use crate::format::superblock::MAX_CLUSTERS;
-use crate::format::{Layout, ReplayStop};
+use crate::format::ReplayStop;
 use crate::meta::{Metadata, VolumeKind};
 use crate::pool::{Loaded, Pool, PoolError, PoolOptions, PoolSpace, DEFAULT_CLUSTER_SIZE};
 
@@ -417,16 +416,9 @@ fn pool_create(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
 /// is touched (`--force` truncates the file first). `Pool::create` checks
 /// again with the journal length it really picks.
 fn precheck(len: u64, opts: &PoolOptions) -> Result<(), CliError> {
-    let journal = opts.journal_len.unwrap_or(64 * 1024);
-    let layout = Layout::new(len, opts.cluster_size, journal)
-        .map_err(|e| failed(format!("cannot create a pool of {len} bytes: {e}")))?;
-    if layout.clusters >= MAX_CLUSTERS {
-        return Err(failed(format!(
-            "cannot create a pool of {len} bytes: {} clusters are too many; choose a larger --cluster-size",
-            layout.clusters
-        )));
-    }
-    Ok(())
+    opts.layout(len)
+        .map(drop)
+        .map_err(|e| failed(format!("cannot create a pool of {len} bytes: {e}")))
 }
 
 fn pool_info(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {

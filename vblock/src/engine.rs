@@ -348,6 +348,7 @@ impl<D: BlockDev> VolumeEngine<D> {
         let (volume, kind, offset, len) = (r.volume, r.kind, r.offset, r.len);
         let pool = Arc::clone(&self.pool);
         let mut pool = lock(&pool);
+        let cs = pool.metadata().cluster_size();
         let result = match kind {
             IoKind::Flush => pool.flush().map(|()| Vec::new()),
             IoKind::Discard | IoKind::WriteZeroes => {
@@ -358,7 +359,6 @@ impl<D: BlockDev> VolumeEngine<D> {
                 pool.discard(volume, offset, len).map(|()| Vec::new())
             }
             IoKind::Read => {
-                let cs = pool.metadata().cluster_size();
                 let mut ops = Vec::new();
                 let mut err = None;
                 for p in crate::pool::pieces(cs, offset, len) {
@@ -397,6 +397,15 @@ impl<D: BlockDev> VolumeEngine<D> {
                     .map(|(p, plan)| {
                         let stage = match plan {
                             WritePlan::InPlace { pcluster } => Stage::Write { pcluster },
+                            // A piece covering the whole cluster replaces it:
+                            // nothing to copy first.
+                            WritePlan::Allocate {
+                                pcluster,
+                                source: Some(source),
+                            } if p.len == cs as usize => Stage::Fill {
+                                source: Some(source),
+                                pcluster,
+                            },
                             WritePlan::Allocate {
                                 pcluster,
                                 source: Some(source),

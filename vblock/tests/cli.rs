@@ -402,7 +402,7 @@ fn dump_prints_volumes_and_runs() {
     {
         let mut pool = Pool::open(FileDev::open(&p).unwrap()).unwrap();
         let a = pool.id("a").unwrap();
-        let c = 64 * 1024;
+        let c = pool.metadata().cluster_size() as usize;
         pool.write(a, 0, &vec![0xab; 3 * c]).unwrap();
         pool.write(a, 10 * c as u64, &vec![0xcd; c]).unwrap();
         pool.flush().unwrap();
@@ -432,7 +432,8 @@ fn dump_prints_volumes_and_runs() {
     assert!(runs[0].starts_with("0..3 -> "), "{out}");
     assert!(runs[1].starts_with("10 -> "), "{out}");
     let list = ok(&["volume", "list", &p]);
-    assert!(row(&list, "a").unwrap().contains("256 KiB"), "{list}");
+    let allocated = format!("{} KiB", 4 * vblock::pool::DEFAULT_CLUSTER_SIZE / 1024);
+    assert!(row(&list, "a").unwrap().contains(&allocated), "{list}");
     assert!(ok(&["check", &p]).contains("ok: no problems found"));
 }
 

@@ -202,6 +202,7 @@ fn engine_matches_model_under_concurrency() {
     assert!(p.stats().copies_on_write > 0, "{:?}", p.stats());
     p.metadata().check().unwrap();
     drop(p);
+    drop(fd); // shares the lock of the pool's open file
     let p = Pool::open(FileDev::open(&file.0).unwrap()).unwrap();
     p.metadata().check().unwrap();
     let mut got = vec![0u8; VOL as usize];

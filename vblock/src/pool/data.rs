@@ -282,7 +282,9 @@ impl<D: BlockDev> Pool<D> {
                 needed += 1;
             }
         }
-        self.reserve_for(needed, 0)?;
+        if needed > 0 {
+            self.reserve_for(needed, 0)?;
+        }
         let mut plans = Vec::new();
         for p in pieces(cs, offset, len) {
             let plan = match self.lookup(id, p.vcluster)? {
