@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian 12 machine (run as root):
-# DPDK's dpdk-testpmd with the virtio-user and vhost PMDs, and iproute2.
+# DPDK's dpdk-testpmd with the virtio-user and vhost PMDs, iproute2, and fio
+# (storage benches).
 # Idempotent: when everything is present it returns at once without touching apt.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ PACKAGES=(
     librte-net-virtio23
     librte-mempool-ring23
     iproute2
+    fio
 )
 
 installed() {

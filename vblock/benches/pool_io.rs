@@ -3,7 +3,7 @@
 //! `cargo bench -p vblock --bench pool_io` (env: `VBLOCK_BENCH_DIR`
 //! (default /var/tmp), `VBLOCK_BENCH_SIZE` (bytes of the raw file and the
 //! volume, default 1 GiB), `VBLOCK_BENCH_SECS` (per phase, default 8),
-//! `VBLOCK_BENCH_CLUSTER` (default 64 KiB), `VBLOCK_BENCH_ONLY=io|meta`).
+//! `VBLOCK_BENCH_CLUSTER` (default: the pool default), `VBLOCK_BENCH_ONLY=io|meta`).
 //!
 //! 1. 4 KiB random I/O at queue depth 32 through the io_uring engine on one
 //!    pool file: read, overwrite of allocated clusters, first write to
@@ -367,7 +367,7 @@ impl BlockDev for MetaOnlyDev {
 
 fn meta_bench() {
     const MILLION: u64 = 1 << 20;
-    let cluster = 64 * 1024u32;
+    let cluster = vblock::pool::DEFAULT_CLUSTER_SIZE;
     println!(
         "## metadata (cluster {} KiB, default 64 MiB journal)",
         cluster / 1024
@@ -449,7 +449,10 @@ fn main() {
             PathBuf::from(std::env::var("VBLOCK_BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()));
         let size = env_u64("VBLOCK_BENCH_SIZE", 1 << 30);
         let secs = env_u64("VBLOCK_BENCH_SECS", 8);
-        let cluster = env_u64("VBLOCK_BENCH_CLUSTER", 64 * 1024) as u32;
+        let cluster = env_u64(
+            "VBLOCK_BENCH_CLUSTER",
+            u64::from(vblock::pool::DEFAULT_CLUSTER_SIZE),
+        ) as u32;
         io_bench(&dir, size, secs, cluster);
     }
     if only != "io" {

@@ -425,12 +425,16 @@ fn run_seed(seed: u64, ops: usize, counts: &mut Counts) {
     for step in 0..ops {
         let op = w.pick_op(&model);
         let before = model.clone();
-        // A crash point inside the op, at one of its first writes.
-        let inside = w.rng.below(3) == 0;
+        // A crash point inside the op: mostly at its first writes (a data
+        // write, the first journal block), sometimes deep in a commit or
+        // checkpoint. Ops that write less than that get none.
         let crash_seed = w.rng.next();
-        if inside {
-            disk.capture_after_writes(1 + w.rng.below(12), crash_seed);
-        }
+        let at = if w.rng.below(3) == 0 {
+            1 + w.rng.below(12)
+        } else {
+            1 + w.rng.below(2)
+        };
+        disk.capture_after_writes(at, crash_seed);
         let during = w.run(&mut pool, &mut model, &op);
         if let Some(captured) = disk.take_capture() {
             counts.inside += 1;
