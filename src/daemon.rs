@@ -2,8 +2,6 @@
 
 use fabric_config::{FabricConfig, PortConfig, PortKind, VlanConfig};
 use std::io;
-use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -11,6 +9,7 @@ use std::time::Duration;
 use vhost_backends::datapath::Datapath;
 use vhost_backends::net::{NetPort, NetPortConfig, NetPortHandle};
 use vhost_backends::port_table::PortTable;
+use vhost_backends::session::check_socket_free;
 use vswitch::{Switch, VlanMode};
 
 pub struct Daemon {
@@ -30,21 +29,6 @@ pub fn vlan_mode(vlan: &VlanConfig) -> VlanMode {
             native: *native,
         },
     }
-}
-
-/// Refuses to take over a socket another live process is serving (a second
-/// daemon on the same config would silently steal its guests).
-fn check_socket_free(path: &Path) -> io::Result<()> {
-    if UnixStream::connect(path).is_ok() {
-        return Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!(
-                "{} is in use by another process (is vswitchd already running?)",
-                path.display()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// The QEMU arguments that attach a guest NIC to a port.

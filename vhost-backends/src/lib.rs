@@ -10,6 +10,7 @@ pub mod datapath;
 pub mod net;
 pub mod port_table;
 pub mod relay;
+pub mod session;
 pub mod split_ring;
 
 /// Guest memory as mapped from the frontend's memory table (no dirty-page log:
