@@ -47,6 +47,75 @@ pub struct FabricConfig {
     pub daemon: DaemonConfig,
     /// The `[[switch]]` tables, in file order. May be empty.
     pub switches: Vec<SwitchConfig>,
+    /// The `[[pool]]` tables, in file order. May be empty.
+    pub pools: Vec<PoolConfig>,
+}
+
+/// Default `[[pool]] cluster_size`: 16 KiB (see the README's "Cluster size").
+pub const DEFAULT_CLUSTER_SIZE: u32 = 16 * 1024;
+/// Default `export.queues`.
+pub const DEFAULT_EXPORT_QUEUES: u16 = 1;
+/// Default `export.queue_size`.
+pub const DEFAULT_EXPORT_QUEUE_SIZE: u16 = 256;
+
+pub use raw::parse_size;
+
+/// `[[pool]]`: a thin pool on a file or block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// `name`: required, unique among pools.
+    pub name: String,
+    /// `path`: the pool file or block device (relative to the config file).
+    pub path: PathBuf,
+    /// `size`: a missing file is created (and formatted) at this size
+    /// (bytes or e.g. `"16G"`; at least 1 MiB, a multiple of 4096). An
+    /// existing pool keeps its size. Without it the path must exist.
+    pub size: Option<u64>,
+    /// `cluster_size`: for a new pool; power of two 4 KiB..=2 MiB, default 16 KiB.
+    pub cluster_size: u32,
+    /// `overcommit`: allow the volumes declared here to total more than the
+    /// pool's size (thin over-commit). Default false.
+    pub overcommit: bool,
+    /// `[[pool.volume]]` tables, in file order.
+    pub volumes: Vec<VolumeConfig>,
+}
+
+/// `[[pool.volume]]`: a volume the daemon makes sure exists (created on
+/// first start; an existing one is kept, and grown if `size` is larger).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeConfig {
+    /// `name`: required, unique in its pool.
+    pub name: String,
+    /// The key path (`pool[0].volume[1]`), for errors found at start-up
+    /// (e.g. a source volume that exists neither here nor in the pool).
+    pub key: String,
+    pub source: VolumeSource,
+    /// `export`: served over vhost-user-blk when present.
+    pub export: Option<ExportConfig>,
+}
+
+/// Where a volume comes from: exactly one of `size`, `clone_of`, `snapshot_of`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// `size` (bytes, multiple of the block size) and `block_size` (512 or 4096, default 512).
+    New { size: u64, block_size: u32 },
+    /// `clone_of`: a writable clone of that volume of the same pool.
+    CloneOf(String),
+    /// `snapshot_of`: a read-only snapshot of that volume of the same pool.
+    SnapshotOf(String),
+}
+
+/// `export = { ... }`: a vhost-user-blk socket for the volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportConfig {
+    /// `socket`: default `<run_dir>/<volume>.sock`; unique across all sockets.
+    pub socket: PathBuf,
+    /// `queues`: 1..=16, default 1 (each queue has its own thread and io_uring).
+    pub queues: u16,
+    /// `queue_size`: power of two 8..=1024, default 256.
+    pub queue_size: u16,
+    /// `read_only`: default false; snapshots are always read-only.
+    pub read_only: bool,
 }
 
 /// `[daemon]`: process-wide settings.

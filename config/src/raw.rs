@@ -18,12 +18,17 @@ use toml::Spanned;
 
 use crate::*;
 
+mod storage;
+pub use storage::parse_size;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     daemon: Option<RawDaemon>,
     #[serde(default, rename = "switch")]
     switches: Vec<RawSwitch>,
+    #[serde(default, rename = "pool")]
+    pools: Vec<storage::RawPool>,
 }
 
 #[derive(Deserialize)]
@@ -260,12 +265,15 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<FabricConfig,
         });
     }
 
+    let pools = storage::convert_pools(&ctx, &raw.pools, &run_dir, &mut sockets)?;
+
     Ok(FabricConfig {
         daemon: DaemonConfig {
             run_dir,
             datapath_threads,
         },
         switches,
+        pools,
     })
 }
 
@@ -311,29 +319,7 @@ fn convert_port(
             format!("{key}.name"),
         ),
     };
-    // sun_path is 108 bytes including the terminating NUL; a longer path
-    // would only fail later, at bind time, with a less helpful error.
-    let socket_len = socket.as_os_str().len();
-    if socket_len > 107 {
-        return Err(ctx.invalid(
-            &socket_span,
-            &socket_key,
-            format!(
-                "socket path {} is {socket_len} bytes; Unix sockets allow at most 107",
-                socket.display()
-            ),
-        ));
-    }
-    if let Some(first) = sockets.insert(socket.clone(), ctx.line(&socket_span)) {
-        return Err(ctx.invalid(
-            &socket_span,
-            &socket_key,
-            format!(
-                "duplicate socket path {} (first used at line {first})",
-                socket.display()
-            ),
-        ));
-    }
+    check_socket(ctx, &socket, &socket_span, &socket_key, sockets)?;
 
     let queue_size = match &port.queue_size {
         Some(v) => {
@@ -474,6 +460,40 @@ fn vlan_item(ctx: &Ctx, item: &Spanned<RawVlanItem>, key: &str) -> Result<(u16, 
             Ok((a, b))
         }
     }
+}
+
+/// A socket path fits in `sun_path` and no other port or export uses it.
+fn check_socket(
+    ctx: &Ctx,
+    socket: &Path,
+    span: &Range<usize>,
+    key: &str,
+    sockets: &mut HashMap<PathBuf, usize>,
+) -> Result<(), ConfigError> {
+    // sun_path is 108 bytes including the terminating NUL; a longer path
+    // would only fail later, at bind time, with a less helpful error.
+    let socket_len = socket.as_os_str().len();
+    if socket_len > 107 {
+        return Err(ctx.invalid(
+            span,
+            key,
+            format!(
+                "socket path {} is {socket_len} bytes; Unix sockets allow at most 107",
+                socket.display()
+            ),
+        ));
+    }
+    if let Some(first) = sockets.insert(socket.to_owned(), ctx.line(span)) {
+        return Err(ctx.invalid(
+            span,
+            key,
+            format!(
+                "duplicate socket path {} (first used at line {first})",
+                socket.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `[A-Za-z0-9_.-]{1,32}`: safe in a file name (default socket), a log line

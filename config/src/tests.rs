@@ -372,8 +372,8 @@ fn unknown_keys_at_top_levels() {
         "fabric.toml:2: daemon.rundir: unknown field `rundir`, expected `run_dir` or `datapath_threads`"
     );
     assert_eq!(
-        parse_err("\n[pool]\nx = 1\n"),
-        "fabric.toml:2: pool: unknown field `pool`, expected `daemon` or `switch`"
+        parse_err("\n[storage]\nx = 1\n"),
+        "fabric.toml:2: storage: unknown field `storage`, expected one of `daemon`, `switch`, `pool`"
     );
 }
 
@@ -471,4 +471,104 @@ fn datapath_threads_default_and_range() {
         msg.starts_with("fabric.toml:2: daemon.datapath_threads:"),
         "{msg}"
     );
+}
+
+// ---- [[pool]] ----
+
+const POOL: &str = "[[pool]]\nname = \"p0\"\npath = \"pool.img\"\nsize = \"1G\"\n";
+
+#[test]
+fn pool_volumes_and_exports() {
+    let cfg = parse_ok(&format!(
+        "{POOL}cluster_size = \"64K\"\n\
+         [[pool.volume]]\nname = \"base\"\nsize = \"512M\"\nblock_size = 4096\n\
+         [[pool.volume]]\nname = \"snap\"\nsnapshot_of = \"base\"\nexport = {{ queues = 2 }}\n\
+         [[pool.volume]]\nname = \"vm1\"\nclone_of = \"snap\"\nexport = {{ socket = \"s/vm1.sock\", queue_size = 128 }}\n"
+    ));
+    let p = &cfg.pools[0];
+    assert_eq!(p.path, PathBuf::from("pool.img"));
+    assert_eq!(
+        (p.size, p.cluster_size, p.overcommit),
+        (Some(1 << 30), 65536, false)
+    );
+    assert_eq!(
+        p.volumes[0].source,
+        VolumeSource::New {
+            size: 512 << 20,
+            block_size: 4096
+        }
+    );
+    assert_eq!(p.volumes[0].export, None);
+    assert_eq!(p.volumes[1].source, VolumeSource::SnapshotOf("base".into()));
+    assert_eq!(
+        p.volumes[1].export,
+        Some(ExportConfig {
+            socket: PathBuf::from("run/snap.sock"),
+            queues: 2,
+            queue_size: 256,
+            read_only: true,
+        })
+    );
+    assert_eq!(p.volumes[2].key, "pool[0].volume[2]");
+    let e = p.volumes[2].export.as_ref().unwrap();
+    assert_eq!(
+        (e.socket.clone(), e.queue_size, e.read_only),
+        (PathBuf::from("s/vm1.sock"), 128, false)
+    );
+}
+
+#[test]
+fn pool_errors_name_the_key() {
+    let vol = |body: &str| parse_err(&format!("{POOL}[[pool.volume]]\nname = \"v\"\n{body}\n"));
+    assert_eq!(
+        vol("size = \"1X\""),
+        "fabric.toml:7: pool[0].volume[0].size: invalid size (expected bytes, or e.g. \"512K\", \"16G\")"
+    );
+    assert_eq!(
+        vol("size = 1000"),
+        "fabric.toml:7: pool[0].volume[0].size: size 1000 is outside 4096..=1152921504606846976"
+    );
+    assert!(
+        vol("size = \"1M\"\nclone_of = \"x\"").contains("pool[0].volume[0]: give exactly one of")
+    );
+    assert!(vol("").contains("give exactly one of"));
+    assert!(vol("size = \"1M\"\nblock_size = 1024")
+        .contains("pool[0].volume[0].block_size: block size must be 512 or 4096"));
+    assert!(vol("snapshot_of = \"v\"").contains("cannot be its own source"));
+    assert!(vol("snapshot_of = \"a\"\nexport = { read_only = false }")
+        .contains("pool[0].volume[0].export.read_only: snapshots are always exported read-only"));
+    assert!(vol("size = \"1M\"\nexport = { queues = 17 }")
+        .contains("pool[0].volume[0].export.queues: queue count 17 is outside 1..=16"));
+    assert!(vol("size = \"1M\"\nexport = { queue_size = 100 }").contains("not a power of two"));
+    assert!(vol("size = \"1M\"\nexport = { sockett = \"x\" }").contains("unknown field `sockett`"));
+    // Over-commit must be asked for.
+    assert_eq!(
+        vol("size = \"2G\""),
+        "fabric.toml:7: pool[0].volume[0].size: volumes total 2147483648 bytes, more than the pool's 1073741824; set `overcommit = true` on the pool to allow thin over-commit"
+    );
+    parse_ok(&format!(
+        "{POOL}overcommit = true\n[[pool.volume]]\nname = \"v\"\nsize = \"2G\"\n"
+    ));
+    // A socket used by a port and an export.
+    let text = format!(
+        "{}{POOL}[[pool.volume]]\nname = \"v\"\nsize = \"1M\"\nexport = {{ socket = \"run/vm1.sock\" }}\n",
+        one_port("")
+    );
+    assert!(parse_err(&text)
+        .contains("pool[0].volume[0].export.socket: duplicate socket path run/vm1.sock"));
+    assert!(parse_err(&format!("{POOL}{POOL}")).contains("pool[1].name: duplicate pool name"));
+    assert!(parse_err(&format!("{POOL}cluster_size = \"24K\"\n"))
+        .contains("pool[0].cluster_size: cluster size 24576 is not a power of two"));
+    assert!(parse_err(&format!("{POOL}[[pool.volume]]\nname = \"v\"\nsize = \"1M\"\n[[pool.volume]]\nname = \"v\"\nsize = \"1M\"\n"))
+        .contains("pool[0].volume[1].name: duplicate volume name"));
+}
+
+#[test]
+fn sizes() {
+    assert_eq!(parse_size("4096"), Some(4096));
+    assert_eq!(parse_size("16K"), Some(16384));
+    assert_eq!(parse_size("2GiB"), Some(2 << 30));
+    assert_eq!(parse_size("1T"), Some(1 << 40));
+    assert_eq!(parse_size("x"), None);
+    assert_eq!(parse_size("99999999999T"), None);
 }

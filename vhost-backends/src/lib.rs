@@ -6,6 +6,7 @@
 //! - [`port_table`]: where each switch port's receive side is published while its
 //!   peer is connected, so senders reach it without channels or extra threads.
 
+pub mod blk;
 pub mod datapath;
 pub mod net;
 pub mod port_table;

@@ -84,6 +84,13 @@ impl<'m> RingView<'m> {
         if !queue.ready() {
             return None;
         }
+        Self::stopping(queue, mem)
+    }
+
+    /// Like [`new`](Self::new) but also for a queue just stopped by
+    /// GET_VRING_BASE: a device that completes the requests it had in
+    /// flight before answering still writes the used ring.
+    pub fn stopping(queue: &Queue, mem: &'m GuestMem) -> Option<RingView<'m>> {
         let size = queue.size();
         let n = size as usize;
         // §2.7: descriptor table 16-byte, avail ring 2-byte, used ring 4-byte aligned.
@@ -409,5 +416,97 @@ mod tests {
         let (mem, mut q) = setup();
         q.set_ready(false);
         assert!(RingView::new(&q, &mem).is_none());
+    }
+}
+
+/// A queue in a small guest memory, for tests of request parsers: build
+/// chains from readable and writable buffers, then walk them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use std::cell::Cell;
+
+    const SIZE: u16 = 64;
+    const DESC: u64 = 0x1000;
+    const AVAIL: u64 = 0x2000;
+    const USED: u64 = 0x3000;
+    const BUFS: u64 = 0x10000;
+    const MEM: usize = 0x100000;
+
+    /// One buffer of a chain.
+    pub(crate) enum Chain<'a> {
+        Read(&'a [u8]),
+        Write(usize),
+    }
+
+    impl<'a> Chain<'a> {
+        pub(crate) fn read(data: &'a [u8]) -> Self {
+            Chain::Read(data)
+        }
+        pub(crate) fn write(len: usize) -> Self {
+            Chain::Write(len)
+        }
+    }
+
+    pub(crate) struct TestRing {
+        pub(crate) mem: GuestMem,
+        queue: Queue,
+        next_desc: Cell<u16>,
+        next_buf: Cell<u64>,
+    }
+
+    impl TestRing {
+        pub(crate) fn new() -> TestRing {
+            let mem = GuestMem::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+            let mut queue = Queue::new(SIZE).unwrap();
+            queue.set_desc_table_address(Some(DESC as u32), Some(0));
+            queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+            queue.set_used_ring_address(Some(USED as u32), Some(0));
+            queue.set_ready(true);
+            TestRing {
+                mem,
+                queue,
+                next_desc: Cell::new(0),
+                next_buf: Cell::new(BUFS),
+            }
+        }
+
+        /// Writes a chain of `bufs` (descriptors and buffer contents) and
+        /// returns its head. Buffers are 512-aligned.
+        pub(crate) fn chain(&self, bufs: &[Chain<'_>]) -> u16 {
+            let head = self.next_desc.get();
+            for (i, b) in bufs.iter().enumerate() {
+                let index = (head + i as u16) % SIZE;
+                let (len, flags) = match b {
+                    Chain::Read(d) => (d.len(), 0),
+                    Chain::Write(n) => (*n, VIRTQ_DESC_F_WRITE),
+                };
+                let mut addr = self.next_buf.get();
+                if addr + len as u64 > MEM as u64 {
+                    addr = BUFS;
+                }
+                self.next_buf.set((addr + len as u64).next_multiple_of(512));
+                if let Chain::Read(d) = b {
+                    self.mem.write_slice(d, GuestAddress(addr)).unwrap();
+                }
+                let last = i + 1 == bufs.len();
+                let flags = flags | if last { 0 } else { VIRTQ_DESC_F_NEXT };
+                let next = (index + 1) % SIZE;
+                let mut raw = [0u8; 16];
+                raw[0..8].copy_from_slice(&addr.to_le_bytes());
+                raw[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+                raw[12..14].copy_from_slice(&flags.to_le_bytes());
+                raw[14..16].copy_from_slice(&next.to_le_bytes());
+                self.mem
+                    .write_slice(&raw, GuestAddress(DESC + 16 * index as u64))
+                    .unwrap();
+            }
+            self.next_desc.set((head + bufs.len() as u16) % SIZE);
+            head
+        }
+
+        pub(crate) fn view(&self) -> RingView<'_> {
+            RingView::new(&self.queue, &self.mem).unwrap()
+        }
     }
 }
