@@ -10,11 +10,15 @@ use vhost_backends::datapath::Datapath;
 use vhost_backends::net::{NetPort, NetPortConfig, NetPortHandle};
 use vhost_backends::port_table::PortTable;
 use vhost_backends::session::check_socket_free;
+
+use crate::storage::{self, OpenPool, ServedExport};
 use vswitch::{Switch, VlanMode};
 
 pub struct Daemon {
     switches: Vec<Arc<Switch>>,
     ports: Vec<NetPortHandle>,
+    pools: Vec<OpenPool>,
+    exports: Vec<ServedExport>,
     datapath: Arc<Datapath>,
     stop: Arc<AtomicBool>,
     ager: Option<JoinHandle<()>>,
@@ -65,11 +69,16 @@ impl Daemon {
         let mut daemon = Daemon {
             switches: Vec::new(),
             ports: Vec::new(),
+            pools: Vec::new(),
+            exports: Vec::new(),
             datapath: Arc::new(Datapath::new(config.daemon.datapath_threads as usize)?),
             stop: Arc::new(AtomicBool::new(false)),
             ager: None,
         };
-        if let Err(e) = daemon.start_switches(config) {
+        let started = daemon
+            .start_switches(config)
+            .and_then(|()| daemon.start_storage(config));
+        if let Err(e) = started {
             daemon.shutdown();
             return Err(e);
         }
@@ -125,6 +134,27 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    fn start_storage(&mut self, config: &FabricConfig) -> io::Result<()> {
+        for (i, pc) in config.pools.iter().enumerate() {
+            let open = storage::open_pool(pc, &format!("pool[{i}]"))?;
+            let pool = open.pool.clone();
+            self.pools.push(open);
+            for v in &pc.volumes {
+                let id = storage::ensure_volume(&pool, &pc.name, v)?;
+                if let Some(e) = &v.export {
+                    self.exports
+                        .push(storage::serve_export(&pool, &pc.name, v, e, id)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The open pool named `name`.
+    pub fn pool(&self, name: &str) -> Option<&vhost_backends::blk::SharedPool> {
+        self.pools.iter().find(|p| p.name == name).map(|p| &p.pool)
     }
 
     /// Ages every switch's FDB once a second.
@@ -183,6 +213,20 @@ impl Daemon {
                 sw.name, f.entries, f.learned, f.moved, f.aged, f.refused_full, f.refused_port_limit
             ));
         }
+        for e in &self.exports {
+            lines.push(format!(
+                "counters export={} {}",
+                e.export.config.name,
+                e.export.counters.summary()
+            ));
+        }
+        for p in &self.pools {
+            let s = p.pool.lock().unwrap_or_else(|e| e.into_inner()).space();
+            lines.push(format!(
+                "pool {} clusters={} used={} free={} releasing={} provisioned_bytes={} capacity_bytes={}",
+                p.name, s.clusters, s.used_clusters, s.free_clusters, s.releasing_clusters, s.provisioned, s.capacity
+            ));
+        }
         lines
     }
 
@@ -195,6 +239,17 @@ impl Daemon {
         self.stop.store(true, Ordering::Release);
         for port in self.ports.drain(..) {
             port.stop();
+        }
+        for e in self.exports.drain(..) {
+            e.handle.stop();
+        }
+        // Everything acknowledged is made durable, and the journal folded
+        // into a checkpoint so the next start replays nothing.
+        for p in self.pools.drain(..) {
+            let mut pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = pool.flush().and_then(|()| pool.checkpoint()) {
+                log::warn!("pool {}: closing: {e}", p.name);
+            }
         }
         self.datapath.shutdown();
         if let Some(ager) = self.ager.take() {

@@ -2,5 +2,6 @@
 //! ports. The binaries (`vswitchd`) are thin wrappers around [`Daemon`].
 
 pub mod daemon;
+pub mod storage;
 
 pub use daemon::Daemon;

@@ -120,7 +120,7 @@ fn range<'m>(buffers: &[Buffer<'m>], mut from: usize, mut to: usize) -> Vec<Vola
         if from < len {
             let end = to.min(len);
             if let Ok(s) = b.slice.subslice(from, end - from) {
-                if s.len() > 0 {
+                if !s.is_empty() {
                     out.push(s);
                 }
             }
@@ -176,7 +176,7 @@ pub fn parse(ring: &RingView<'_>, head: u16, limits: &Limits) -> Result<Request,
         .sum();
     // The status is the last byte of the last buffer, which must be writable.
     let status = match buffers.last() {
-        Some(b) if b.writable && b.slice.len() > 0 => b
+        Some(b) if b.writable && !b.slice.is_empty() => b
             .slice
             .subslice(b.slice.len() - 1, 1)
             .map(|s| s.ptr_guard_mut().as_ptr())
