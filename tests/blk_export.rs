@@ -25,6 +25,10 @@ struct BlkFabric {
 impl BlkFabric {
     /// `volumes`: the `[[pool.volume]]` tables (TOML text).
     fn start(pool_extra: &str, volumes: &str) -> BlkFabric {
+        Self::start_sized("64M", pool_extra, volumes)
+    }
+
+    fn start_sized(pool_size: &str, pool_extra: &str, volumes: &str) -> BlkFabric {
         static N: AtomicU32 = AtomicU32::new(0);
         let base = std::env::var_os("VBLOCK_TEST_DIR")
             .map(PathBuf::from)
@@ -35,17 +39,38 @@ impl BlkFabric {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        let mut f = BlkFabric { daemon: None, dir };
+        f.launch(pool_size, pool_extra, volumes);
+        f
+    }
+
+    fn launch(&mut self, pool_size: &str, pool_extra: &str, volumes: &str) {
         let toml = format!(
-            "[daemon]\nrun_dir = \"run\"\n[[pool]]\nname = \"p0\"\npath = \"pool.img\"\nsize = \"64M\"\n{pool_extra}\n{volumes}\n"
+            "[daemon]\nrun_dir = \"run\"\n[[pool]]\nname = \"p0\"\npath = \"pool.img\"\nsize = \"{pool_size}\"\n{pool_extra}\n{volumes}\n"
         );
-        let path = dir.join("fabric.toml");
+        let path = self.dir.join("fabric.toml");
         std::fs::write(&path, toml).unwrap();
         let config = fabric_config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let daemon = Daemon::start(&config).unwrap_or_else(|e| panic!("daemon: {e}"));
-        BlkFabric {
-            daemon: Some(daemon),
-            dir,
+        self.daemon = Some(Daemon::start(&config).unwrap_or_else(|e| panic!("daemon: {e}")));
+    }
+
+    /// Stops the daemon and starts it again on a new volume list (same pool).
+    fn restart(mut self, volumes: &str) -> BlkFabric {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown();
         }
+        self.launch("64M", "", volumes);
+        self
+    }
+
+    /// The daemon's counter lines for exports.
+    fn connect_counters(&self) -> String {
+        self.daemon()
+            .counters_report()
+            .into_iter()
+            .filter(|l| l.starts_with("counters export="))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn socket(&self, volume: &str) -> PathBuf {
@@ -108,4 +133,201 @@ fn write_read_flush_and_the_device_as_seen() {
     // Thin: only what was written is allocated.
     let alloc = f.allocated("d");
     assert!(alloc > 0 && alloc <= 8 * MIB, "allocated {alloc}");
+}
+
+#[test]
+fn discard_and_write_zeroes_read_zeros_and_return_space() {
+    let f = BlkFabric::start(
+        "",
+        "[[pool.volume]]\nname = \"d\"\nsize = \"32M\"\nexport = {}\n",
+    );
+    let mut c = f.connect("d", 1);
+    let q = c.queue(0);
+    q.write_pattern(7, 0, 4 * MIB as usize).unwrap();
+    q.flush().unwrap();
+    let before = f.allocated("d");
+    assert_eq!(before, 4 * MIB);
+    // Whole clusters released, partial ones zeroed.
+    q.discard(0, 2 * MIB).unwrap();
+    q.write_zeroes(2 * MIB + 512, MIB, true).unwrap();
+    q.flush().unwrap();
+    assert!(q
+        .read_vec(0, 2 * MIB as usize)
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
+    let mid = q.read_vec(2 * MIB, MIB as usize + 1024).unwrap();
+    assert_eq!(mid[..512], pattern::pattern(7, 2 * MIB, 512)[..]);
+    assert!(mid[512..512 + MIB as usize].iter().all(|&b| b == 0));
+    q.verify_pattern(7, 3 * MIB + 512, MIB as usize - 512)
+        .unwrap();
+    let after = f.allocated("d");
+    assert!(
+        after <= before - 2 * MIB - MIB + 32 * 1024,
+        "{before} -> {after}"
+    );
+    let space = f.daemon().pool("p0").unwrap().lock().unwrap().space();
+    assert_eq!(
+        space.releasing_clusters, 0,
+        "released clusters are free after the flush"
+    );
+}
+
+#[test]
+fn out_of_range_and_read_only_are_refused() {
+    let f = BlkFabric::start(
+        "",
+        "[[pool.volume]]\nname = \"d\"\nsize = \"16M\"\nexport = {}\n\
+         [[pool.volume]]\nname = \"s\"\nsnapshot_of = \"d\"\nexport = {}\n\
+         [[pool.volume]]\nname = \"ro\"\nsize = \"1M\"\nexport = { read_only = true }\n",
+    );
+    let mut c = f.connect("d", 1);
+    let q = c.queue(0);
+    let e = q.read_vec(16 * MIB, 4096).unwrap_err();
+    assert!(e.is_ioerr(), "{e}");
+    let e = q.write(16 * MIB - 512, &[1u8; 1024]).unwrap_err();
+    assert!(e.is_ioerr(), "{e}");
+    // Still serving after the errors.
+    q.write_pattern(1, 0, 4096).unwrap();
+    q.verify_pattern(1, 0, 4096).unwrap();
+    for vol in ["s", "ro"] {
+        let mut c = f.connect(vol, 1);
+        assert!(c.read_only(), "{vol} is exported read-only");
+        let q = c.queue(0);
+        let e = q.write(0, &[1u8; 512]).unwrap_err();
+        assert!(e.is_read_only() || e.is_ioerr(), "{vol}: {e}");
+        assert!(q.read_vec(0, 512).unwrap().iter().all(|&b| b == 0));
+    }
+}
+
+#[test]
+fn several_queues_at_once() {
+    let f = BlkFabric::start(
+        "",
+        "[[pool.volume]]\nname = \"d\"\nsize = \"32M\"\nexport = { queues = 4 }\n",
+    );
+    let mut c = f.connect("d", 4);
+    assert_eq!(c.num_queues(), 4);
+    // Each queue writes and verifies its own 8 MiB region, in parallel.
+    std::thread::scope(|s| {
+        for (i, q) in c.queues_mut().iter_mut().enumerate() {
+            s.spawn(move || {
+                let base = i as u64 * 8 * MIB;
+                for round in 0..8u64 {
+                    let off = base + round * MIB;
+                    q.write_pattern(100 + i as u64, off, MIB as usize).unwrap();
+                }
+                q.flush().unwrap();
+                for round in 0..8u64 {
+                    q.verify_pattern(100 + i as u64, base + round * MIB, MIB as usize)
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let c0 = f.connect_counters();
+    assert!(c0.contains("writes 32"), "{c0}");
+}
+
+#[test]
+fn a_client_leaving_mid_io_and_the_next_one() {
+    let f = BlkFabric::start(
+        "",
+        "[[pool.volume]]\nname = \"d\"\nsize = \"32M\"\nexport = { queues = 2 }\n",
+    );
+    {
+        let mut c = f.connect("d", 2);
+        let q = c.queue(0);
+        q.write_pattern(5, 0, 2 * MIB as usize).unwrap();
+        q.flush().unwrap();
+        // Many writes in flight, then the client goes away without waiting.
+        let q = c.queue(1);
+        let len = q.buffer_len().min(64 * 1024);
+        for i in 0..32u64 {
+            q.submit(
+                blk_support::client::Req::Write {
+                    offset: 8 * MIB + i * len as u64,
+                    buf_off: 0,
+                    len,
+                    fua: false,
+                },
+                i as usize,
+            );
+        }
+    }
+    // The next client connects, finds the flushed data, and works.
+    let mut c = f.connect("d", 2);
+    let q = c.queue(0);
+    q.verify_pattern(5, 0, 2 * MIB as usize).unwrap();
+    q.write_pattern(6, 16 * MIB, MIB as usize).unwrap();
+    q.verify_pattern(6, 16 * MIB, MIB as usize).unwrap();
+    f.daemon()
+        .pool("p0")
+        .unwrap()
+        .lock()
+        .unwrap()
+        .metadata()
+        .check()
+        .unwrap();
+}
+
+#[test]
+fn a_full_pool_fails_only_the_writes_that_need_space() {
+    // 16 MiB of volume on a pool with room for less.
+    let f = BlkFabric::start_sized(
+        "8M",
+        "overcommit = true",
+        "[[pool.volume]]\nname = \"d\"\nsize = \"16M\"\nexport = {}\n",
+    );
+    let mut c = f.connect("d", 1);
+    let q = c.queue(0);
+    let chunk = 256 * 1024u64;
+    let mut written = 0;
+    let err = loop {
+        match q.write_pattern(9, written, chunk as usize) {
+            Ok(()) => written += chunk,
+            Err(e) => break e,
+        }
+        assert!(written < 16 * MIB, "the pool never filled");
+    };
+    assert!(err.is_ioerr(), "{err}");
+    assert!(written >= 4 * MIB, "only {written} bytes fit");
+    // What was written reads back; overwrites in place still work.
+    q.verify_pattern(9, 0, written as usize).unwrap();
+    q.write_pattern(10, 0, chunk as usize).unwrap();
+    q.flush().unwrap();
+    q.verify_pattern(10, 0, chunk as usize).unwrap();
+    assert!(
+        f.connect_counters().contains("out_of_space 1"),
+        "{}",
+        f.connect_counters()
+    );
+    // Freeing space lets writes continue.
+    q.discard(0, 2 * MIB).unwrap();
+    q.flush().unwrap();
+    q.write_pattern(11, written, chunk as usize).unwrap();
+    q.verify_pattern(11, written, chunk as usize).unwrap();
+}
+
+#[test]
+fn restart_keeps_data_and_a_snapshot_shows_it_as_of_then() {
+    let base = "[[pool.volume]]\nname = \"d\"\nsize = \"16M\"\nexport = {}\n";
+    let f = BlkFabric::start("", base);
+    let dir = f.dir.clone();
+    {
+        let mut c = f.connect("d", 1);
+        c.queue(0).write_pattern(21, 0, 4 * MIB as usize).unwrap();
+        c.queue(0).flush().unwrap();
+    }
+    let f = f.restart(&format!(
+        "{base}[[pool.volume]]\nname = \"snap\"\nsnapshot_of = \"d\"\nexport = {{}}\n"
+    ));
+    assert_eq!(f.dir, dir);
+    let mut c = f.connect("d", 1);
+    c.queue(0).verify_pattern(21, 0, 4 * MIB as usize).unwrap();
+    c.queue(0).write_pattern(22, 0, 2 * MIB as usize).unwrap();
+    c.queue(0).flush().unwrap();
+    let mut s = f.connect("snap", 1);
+    assert!(s.read_only());
+    s.queue(0).verify_pattern(21, 0, 4 * MIB as usize).unwrap();
 }

@@ -530,17 +530,23 @@ impl VhostUserBackend for BlkBackend {
         device_event: u16,
         _evset: EventSet,
         vrings: &[Vring],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
+        // One queue per worker thread (`queues_per_thread`): the thread is
+        // the queue. `vrings` holds just its vring, and kicks arrive with the
+        // thread-local index 0; our io_uring eventfd with the id set in
+        // `attach` (already consumed by the engine's poll).
         let n = self.0.queues.len();
-        let q = match usize::from(device_event) {
-            q if q < n => q,
-            e if e > n && e <= 2 * n => e - n - 1,
-            _ => return Ok(()),
-        };
-        if let Some(vring) = vrings.get(q) {
-            self.run_queue(q, vring);
+        let q = thread_id;
+        let ours = usize::from(device_event) < vrings.len()
+            || u64::from(device_event) == self.engine_event(q);
+        if q >= n || !ours {
+            return Ok(());
         }
+        let Some(vring) = vrings.first() else {
+            return Ok(());
+        };
+        self.run_queue(q, vring);
         Ok(())
     }
 }
