@@ -449,7 +449,7 @@ mod tests {
             VIRTIO_BLK_S_IOERR
         );
         let mut two = seg(VIRTIO_BLK_T_DISCARD, 0, 1, 0);
-        two.extend_from_slice(&two[16..32].to_vec());
+        two.extend_from_within(16..32);
         assert_eq!(status_of(p(two)), VIRTIO_BLK_S_IOERR);
     }
 
