@@ -89,6 +89,21 @@ fn example_parses() {
     assert_eq!(format!("{allowed:?}"), "VlanSet{1, 10, 20, 100-199}");
     let PortKind::VhostUser { socket, .. } = &ports[3].kind;
     assert_eq!(socket, Path::new("run/trunk1.sock"));
+    let pool = &cfg.pools[0];
+    assert_eq!((pool.name.as_str(), pool.size), ("pool0", Some(2 << 30)));
+    assert_eq!(pool.path, Path::new("data/pool0.img"));
+    let vol = &pool.volumes[0];
+    assert_eq!(
+        vol.source,
+        VolumeSource::New {
+            size: 1 << 30,
+            block_size: 512
+        }
+    );
+    assert_eq!(
+        vol.export.as_ref().unwrap().socket,
+        Path::new("run/vm1-disk.sock")
+    );
 }
 
 #[test]
