@@ -331,3 +331,37 @@ fn restart_keeps_data_and_a_snapshot_shows_it_as_of_then() {
     assert!(s.read_only());
     s.queue(0).verify_pattern(21, 0, 4 * MIB as usize).unwrap();
 }
+
+#[test]
+fn a_backing_device_error_fails_that_request_only() {
+    let f = BlkFabric::start(
+        "",
+        "[[pool.volume]]\nname = \"d\"\nsize = \"16M\"\nexport = {}\n",
+    );
+    let mut c = f.connect("d", 1);
+    let q = c.queue(0);
+    q.write_pattern(31, 0, 2 * MIB as usize).unwrap();
+    q.flush().unwrap();
+    // Make the device range of the volume's first cluster fail, as a bad
+    // sector would.
+    let pool = f.daemon().pool("p0").unwrap().clone();
+    let (faults, range) = {
+        let p = pool.lock().unwrap();
+        let id = p.id("d").unwrap();
+        let pc = p.metadata().lookup(id, 0).unwrap().unwrap().pcluster;
+        let off = p.cluster_offset(pc);
+        (p.io_faults().clone(), off..off + 4096)
+    };
+    faults.fail(range);
+    let e = q.read_vec(0, 4096).unwrap_err();
+    assert!(e.is_ioerr(), "{e}");
+    // The rest of the disk, and the daemon, carry on.
+    q.verify_pattern(31, MIB, MIB as usize).unwrap();
+    assert!(
+        f.connect_counters().contains("io_errors 1"),
+        "{}",
+        f.connect_counters()
+    );
+    faults.clear();
+    q.verify_pattern(31, 0, 4096).unwrap();
+}

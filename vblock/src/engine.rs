@@ -25,7 +25,7 @@ use std::os::fd::{AsFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::dev::{AlignedBuf, BlockDev};
-use crate::pool::{Piece, Pool, PoolError, WritePlan};
+use crate::pool::{IoFaults, Piece, Pool, PoolError, WritePlan};
 use crate::uring::{Completion, Op, PushError, UringEngine};
 
 /// Alignment of caller buffers that can go to O_DIRECT I/O without a bounce.
@@ -123,6 +123,7 @@ pub struct VolumeEngine<D: BlockDev> {
     zeros: AlignedBuf,
     cqes: Vec<Completion>,
     stats: EngineStats,
+    faults: Arc<IoFaults>,
 }
 
 // SAFETY: the raw pointers in the iovecs describe caller memory handed over
@@ -197,7 +198,10 @@ impl<D: BlockDev> VolumeEngine<D> {
     /// An engine with an io_uring of `depth` on `file` (the pool's device,
     /// opened O_DIRECT).
     pub fn new(pool: Arc<Mutex<Pool<D>>>, file: impl AsFd, depth: u32) -> io::Result<Self> {
-        let cs = lock(&pool).metadata().cluster_size() as usize;
+        let (cs, faults) = {
+            let p = lock(&pool);
+            (p.metadata().cluster_size() as usize, p.io_faults().clone())
+        };
         Ok(Self {
             ring: UringEngine::new(file, depth)?,
             pool,
@@ -211,6 +215,7 @@ impl<D: BlockDev> VolumeEngine<D> {
             zeros: AlignedBuf::new(cs),
             cqes: Vec::new(),
             stats: EngineStats::default(),
+            faults,
         })
     }
 
@@ -551,6 +556,12 @@ impl<D: BlockDev> VolumeEngine<D> {
                 self.backlog.pop_front();
                 continue;
             };
+            let len: usize = op.iov.iter().map(|v| v.iov_len).sum();
+            if self.faults.hits(op.dev_off, len as u64) {
+                self.backlog.pop_front();
+                self.complete_op(slot, -libc::EIO);
+                continue;
+            }
             let ring_op = match op.stage {
                 Stage::Read { .. } | Stage::CowRead { .. } => Op::Read {
                     offset: op.dev_off,

@@ -269,6 +269,51 @@ pub struct Pool<D: BlockDev> {
     /// (volume, virtual cluster) with an allocating write in flight: other
     /// writes to it wait, or the later `Map` would drop the earlier data.
     allocating: HashSet<(u32, u64)>,
+    faults: std::sync::Arc<IoFaults>,
+}
+
+/// Injected I/O errors for the asynchronous engine (tests and fault drills):
+/// an operation touching a listed byte range of the device completes with
+/// EIO instead of reaching the kernel, as a failing disk sector would.
+/// Costs one relaxed load per operation while nothing is armed.
+#[derive(Debug, Default)]
+pub struct IoFaults {
+    armed: std::sync::atomic::AtomicBool,
+    ranges: std::sync::Mutex<Vec<std::ops::Range<u64>>>,
+}
+
+impl IoFaults {
+    /// Operations touching `range` (device bytes) fail with EIO from now on.
+    pub fn fail(&self, range: std::ops::Range<u64>) {
+        self.ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(range);
+        self.armed.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Removes every injected error.
+    pub fn clear(&self) {
+        self.ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.armed
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True if `[offset, offset + len)` touches a failing range.
+    pub fn hits(&self, offset: u64, len: u64) -> bool {
+        if !self.armed.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        let end = offset.saturating_add(len);
+        self.ranges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|r| r.start < end && offset < r.end)
+    }
 }
 
 /// Counters of the pool's own work.
@@ -350,6 +395,7 @@ impl<D: BlockDev> Pool<D> {
             stats: PoolStats::default(),
             pins: HashMap::new(),
             allocating: HashSet::new(),
+            faults: std::sync::Arc::default(),
         }
     }
 
@@ -371,6 +417,11 @@ impl<D: BlockDev> Pool<D> {
     /// The metadata (read-only view).
     pub fn metadata(&self) -> &Metadata {
         &self.meta
+    }
+
+    /// Injected I/O errors seen by the asynchronous engines of this pool.
+    pub fn io_faults(&self) -> &std::sync::Arc<IoFaults> {
+        &self.faults
     }
 
     /// Journal blocks written since the last checkpoint (the ring holds
