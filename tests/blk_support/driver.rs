@@ -1,0 +1,233 @@
+//! QD-N random I/O on one [`BlkQueue`], for benches: keeps `qd` requests in
+//! flight, each with its own slot of the queue's buffer; every wait sends
+//! the requests queued since the last one (one kick per batch) and blocks
+//! on the queue's completion eventfd until at least one completes, then
+//! refills the freed slots.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use super::client::{BlkError, BlkQueue, Done, Req};
+use super::pattern::{fill_pattern, mix64};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    Write,
+}
+
+/// Which blocks of the region the requests go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offsets {
+    /// Uniformly random blocks (repeats allowed), until the duration ends.
+    Uniform,
+    /// Every block of the region exactly once, in random order (first
+    /// writes), until all are done or the duration ends.
+    EachBlockOnce,
+    /// Blocks in order from the region's start (fills), until all are done
+    /// or the duration ends.
+    Sequential,
+}
+
+#[derive(Debug, Clone)]
+pub struct IoJob {
+    pub kind: IoKind,
+    pub block_size: usize,
+    pub qd: usize,
+    pub duration: Duration,
+    /// Device byte range; its start and length are multiples of `block_size`.
+    pub region: Range<u64>,
+    pub offsets: Offsets,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct IoStats {
+    pub ops: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// `EachBlockOnce`/`Sequential` ran out of blocks before the duration.
+    pub exhausted: bool,
+}
+
+impl IoStats {
+    pub fn iops(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn mib_per_s(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64() / (1 << 20) as f64
+    }
+}
+
+/// Runs `job` on `queue`; the first failed request stops it with its error.
+pub fn run_io(queue: &mut BlkQueue, job: &IoJob) -> Result<IoStats, BlkError> {
+    let bs = job.block_size;
+    assert!(
+        bs > 0 && bs.is_multiple_of(512),
+        "block size must be a multiple of 512"
+    );
+    assert!(job.qd > 0);
+    assert!(
+        job.qd * bs <= queue.buffer_len(),
+        "qd {} x {} B does not fit the queue buffer ({} B): raise ConnectOptions::buf_bytes",
+        job.qd,
+        bs,
+        queue.buffer_len()
+    );
+    let start_block = job.region.start / bs as u64;
+    let blocks = (job.region.end - job.region.start) / bs as u64;
+    assert!(
+        job.region.start.is_multiple_of(bs as u64) && blocks > 0,
+        "region must be block-aligned and hold at least one block"
+    );
+    assert_eq!(queue.in_flight(), 0, "queue busy");
+    if job.kind == IoKind::Write {
+        // Every slot holds distinct data; written as is for the whole run.
+        let seed = job.seed;
+        fill_pattern(seed, 0, &mut queue.buffer_mut()[..job.qd * bs]);
+    }
+    let mut perm = Permutation::new(blocks, job.seed);
+    let mut rng = job.seed ^ 0x5DEE_CE66;
+    let mut next_seq = 0u64;
+    let mut next_block = |rng: &mut u64| -> Option<u64> {
+        match job.offsets {
+            Offsets::Uniform => {
+                *rng = mix64(*rng);
+                Some(*rng % blocks)
+            }
+            Offsets::EachBlockOnce => perm.next(),
+            Offsets::Sequential => {
+                let b = next_seq;
+                next_seq += 1;
+                (b < blocks).then_some(b)
+            }
+        }
+    };
+    let mut free: Vec<usize> = (0..job.qd).rev().collect();
+    let mut out: Vec<Done> = Vec::with_capacity(job.qd);
+    let mut ops = 0u64;
+    let mut exhausted = false;
+    let started = Instant::now();
+    let deadline = started + job.duration;
+    loop {
+        // The clock is read once per batch, not per request.
+        let open = !exhausted && Instant::now() < deadline;
+        while let Some(slot) = open.then(|| free.pop()).flatten() {
+            let Some(block) = next_block(&mut rng) else {
+                exhausted = true;
+                free.push(slot);
+                break;
+            };
+            let offset = (start_block + block) * bs as u64;
+            let buf_off = slot * bs;
+            let req = match job.kind {
+                IoKind::Read => Req::Read {
+                    offset,
+                    buf_off,
+                    len: bs,
+                },
+                IoKind::Write => Req::Write {
+                    offset,
+                    buf_off,
+                    len: bs,
+                    fua: false,
+                },
+            };
+            queue.submit(req, slot);
+        }
+        if queue.in_flight() == 0 {
+            break;
+        }
+        out.clear();
+        queue.wait(1, &mut out)?;
+        for d in out.drain(..) {
+            d.result?;
+            free.push(d.tag);
+            ops += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    Ok(IoStats {
+        ops,
+        bytes: ops * bs as u64,
+        elapsed,
+        exhausted,
+    })
+}
+
+/// Uniformly random `block_size` I/O at queue depth `qd` over `region` for
+/// `duration`; returns IOPS.
+pub fn run_random(
+    queue: &mut BlkQueue,
+    kind: IoKind,
+    block_size: usize,
+    qd: usize,
+    duration: Duration,
+    region: Range<u64>,
+) -> Result<f64, BlkError> {
+    let job = IoJob {
+        kind,
+        block_size,
+        qd,
+        duration,
+        region,
+        offsets: Offsets::Uniform,
+        seed: 0x0B1C_2D3E,
+    };
+    Ok(run_io(queue, &job)?.iops())
+}
+
+/// A random permutation of `0..n` without materialising it: a Feistel
+/// network on the next power of four, cycle-walking past `n`.
+pub struct Permutation {
+    n: u64,
+    half_bits: u32,
+    keys: [u64; 4],
+    i: u64,
+    domain: u64,
+}
+
+impl Permutation {
+    pub fn new(n: u64, seed: u64) -> Self {
+        let bits = 64 - n.max(2).saturating_sub(1).leading_zeros();
+        let half_bits = bits.div_ceil(2).max(1);
+        let mut k = seed;
+        let keys = [0; 4].map(|_| {
+            k = mix64(k);
+            k
+        });
+        Permutation {
+            n,
+            half_bits,
+            keys,
+            i: 0,
+            domain: 1u64 << (2 * half_bits),
+        }
+    }
+
+    fn permute(&self, x: u64) -> u64 {
+        let mask = (1u64 << self.half_bits) - 1;
+        let (mut l, mut r) = (x >> self.half_bits, x & mask);
+        for k in self.keys {
+            let f = mix64(r ^ k) & mask;
+            (l, r) = (r, l ^ f);
+        }
+        (l << self.half_bits) | r
+    }
+}
+
+impl Iterator for Permutation {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        while self.i < self.domain {
+            let x = self.permute(self.i);
+            self.i += 1;
+            if x < self.n {
+                return Some(x);
+            }
+        }
+        None
+    }
+}
