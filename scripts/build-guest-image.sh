@@ -3,13 +3,17 @@
 #
 # Builds a tiny test guest for QEMU (TCG) from Debian packages, in seconds:
 #   OUTDIR/vmlinuz         kernel of the versioned linux-image-*-cloud-amd64 package
-#   OUTDIR/initramfs.img   busybox-static + the virtio-net modules + /init below
-#   OUTDIR/manifest        what went in; OUTDIR/stamp: sha256 of this script (cache key)
-# Re-running with an unchanged script is a no-op. Needs: apt-get (package lists present),
-# dpkg-deb, cpio, gzip, sha256sum (scripts/install-qemu.sh installs them). No root needed
-# except that apt-get download as root warns about its sandbox user (handled below).
+#   OUTDIR/initramfs.img   busybox-static + the virtio-net/-blk modules + the host's fio
+#                          (with its ldd closure and the loader) + /init below
+#   OUTDIR/manifest        what went in; OUTDIR/stamp: cache key (sha256 of this script and
+#                          of the host's fio and its libraries)
+# Re-running with an unchanged script and fio is a no-op. Needs: apt-get (package lists
+# present), dpkg-deb, cpio, gzip, sha256sum, ldd and fio on the host (scripts/install-qemu.sh
+# installs them). No root needed except that apt-get download as root warns about its
+# sandbox user (handled below).
 #
-# The guest's /init takes its parameters from the kernel command line:
+# The guest's /init takes its parameters from the kernel command line. Network mode (the
+# default, needs a virtio-net NIC):
 #   fabric.ip=10.0.0.1/24   address for eth0 (required)
 #   fabric.role=ping|serve  ping: ping fabric.peer; serve: answer pings, serve HTTP on
 #                           :8080 (/blob, 1 MiB) for fabric.time seconds (default: forever)
@@ -24,6 +28,46 @@
 #   FABRIC-RESULT serve ready                     (serve role is up)
 #   FABRIC-INFO ...                               progress and diagnostics
 #   FABRIC-ERROR ...                              the guest could not run the test
+#
+# Block mode (selected by fabric.blk; needs a virtio-blk disk, no NIC) runs fio on the disk:
+#   fabric.blk=STEP[,STEP...]  steps, in order:
+#       write    fio randwrite over the region with --verify=crc32c (or fabric.verify)
+#                --do_verify=1: every block is written, then read back and checked
+#       verify   fio --verify_only replay of the same job: no writes; every block of the
+#                region must be one a `write` with the same bs left there (crc32c: fio's
+#                header magic, length, the block's own offset and checksum; pattern: also
+#                the seed)
+#       read     fio randread over the region, nothing checked (also fine on read-only disks)
+#       ro       expects a read-only disk: /sys/block/DEV/ro = 1, rewriting the region's
+#                first 4 KiB with its own content (O_DIRECT) is refused, and it reads back
+#                unchanged
+#   fabric.dev=vda          disk (default vda)
+#   fabric.offset=0         region start, bytes (K/M/G suffixes; 4 KiB aligned)
+#   fabric.size=64M         region length (K/M/G suffixes); split evenly between jobs
+#   fabric.bs=4k            fio block size
+#   fabric.qd=8             fio iodepth (libaio, O_DIRECT)
+#   fabric.jobs=1           fio jobs (threads), each on its own slice of the region; with
+#                           -smp N they run on N vCPUs and so on N virtqueues
+#   fabric.seed=1           fio randseed (offsets and data)
+#   fabric.verify=crc32c    or `pattern`: fio verify=pattern with pattern <seed as 4 bytes>
+#                           + block offset, which also tells one seed's data from another's
+#                           (crc32c blocks are self-checking; fio 3.33 does not compare their
+#                           seed in a write-only job, so a stale block from an earlier run
+#                           of the same geometry passes)
+#   fabric.hold=N           as above
+# Results:
+#   FABRIC-INFO blk vda size=... ro=0|1 queues=N ...   the disk as the guest sees it
+#   FABRIC-INFO fio[STEP] ...                          fio's summary (percentiles left out)
+#   FABRIC-RESULT blk STEP PASS|FAIL key=value...      one per step: rc (fio's exit code), err
+#                           (fio's error number, 84 = EILSEQ: a block failed verification),
+#                           read and write (bytes as fio counts them: `verify` counts the
+#                           writes it replays without issuing them), secs; ro step: ro (the
+#                           disk's flag), write (refused|accepted), data (unchanged|changed)
+#                           PASS: fio exited 0 with err 0 and read the whole region (write:
+#                           and wrote it); ro: ro=1, write refused, data unchanged
+#   FABRIC-RESULT blk done PASS|FAIL steps=... failed=... vq_irqs=N,N...
+#                           last line before poweroff; vq_irqs: completion interrupts of
+#                           each request virtqueue (non-zero: that queue carried requests)
 # then the guest powers off (run QEMU with -no-reboot so it exits).
 set -eu
 
@@ -33,7 +77,28 @@ if [ $# -ne 1 ]; then
 fi
 OUT=$1
 SELF=$(readlink -f "$0")
-KEY=$(sha256sum "$SELF" | cut -d' ' -f1)
+
+# fio goes into the guest as the host's dynamic binary plus its ldd closure.
+FIO=$(command -v fio 2>/dev/null || true)
+if [ -z "$FIO" ] || ! command -v ldd >/dev/null 2>&1; then
+    echo "build-guest-image: fio (and ldd) must be installed on the host: the guest image" \
+        "carries the host's fio; run scripts/install-qemu.sh (or scripts/install-test-deps.sh)" \
+        "as root" >&2
+    exit 1
+fi
+FIO=$(readlink -f "$FIO")
+if ldd "$FIO" | grep -q 'not found'; then
+    echo "build-guest-image: $FIO has unresolved libraries:" >&2
+    ldd "$FIO" | grep 'not found' >&2
+    exit 1
+fi
+# Absolute paths the loader will look for (as ldd names them), loader included.
+FIO_LIBS=$(ldd "$FIO" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | sort -u)
+KEY=$({
+    sha256sum "$SELF" | cut -d' ' -f1
+    # shellcheck disable=SC2086
+    sha256sum "$FIO" $(for l in $FIO_LIBS; do readlink -f "$l"; done) | cut -d' ' -f1
+} | sha256sum | cut -d' ' -f1)
 
 if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$KEY" ] &&
     [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initramfs.img" ]; then
@@ -74,6 +139,16 @@ mkdir -p "$ROOT/bin" "$ROOT/sbin" "$ROOT/proc" "$ROOT/sys" "$ROOT/dev" "$ROOT/tm
 cp "$WORK/busybox/bin/busybox" "$ROOT/bin/busybox"
 ln -s busybox "$ROOT/bin/sh"
 
+# fio at its host path, each library at the path ldd printed (RUNPATHs such as libceph's
+# keep working), the loader at the binary's PT_INTERP path.
+mkdir -p "$ROOT/usr/bin"
+cp "$FIO" "$ROOT/usr/bin/fio"
+for l in $FIO_LIBS; do
+    mkdir -p "$ROOT$(dirname "$l")"
+    cp -L "$l" "$ROOT$l"
+done
+FIOVER=$("$FIO" --version)
+
 # virtio drivers are modules in the cloud kernel; this order satisfies their dependencies.
 MODS="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net"
 MDIR=$WORK/kernel/lib/modules/$KVER
@@ -98,7 +173,7 @@ md5sum "$ROOT/www/blob" | cut -d' ' -f1 >"$ROOT/etc/blob.md5"
 
 cat >"$ROOT/init" <<'INIT'
 #!/bin/sh
-export PATH=/bin:/sbin
+export PATH=/bin:/sbin:/usr/bin
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -122,11 +197,147 @@ for w in $(cat /proc/cmdline); do
     fabric.*=*) k=${w%%=*}; k=${k#fabric.}; eval "P_$k=\${w#*=}" ;;
     esac
 done
-info "kernel $(uname -r) role=${P_role:-?} ip=${P_ip:-?} peer=${P_peer:-}"
+if [ -n "${P_blk:-}" ]; then
+    info "kernel $(uname -r) blk=$P_blk cpus=$(nproc)"
+else
+    info "kernel $(uname -r) role=${P_role:-?} ip=${P_ip:-?} peer=${P_peer:-}"
+fi
 
 for m in $(cat /modules/order); do
     insmod /modules/$m.ko || die "insmod $m failed"
 done
+
+# ---- block mode: fio on a virtio-blk disk ----------------------------------------------
+now() { cut -d' ' -f1 /proc/uptime; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+# to_bytes VAR 64M: VAR=67108864 (K/M/G suffixes, either case); dies on anything else.
+to_bytes() {
+    v=$2; m=1
+    case $v in
+    *[kK]) v=${v%?}; m=1024 ;;
+    *[mM]) v=${v%?}; m=1048576 ;;
+    *[gG]) v=${v%?}; m=1073741824 ;;
+    esac
+    case $v in ''|*[!0-9]*) die "bad size $2 (want digits with an optional K/M/G)" ;; esac
+    eval "$1=\$((v * m))"
+}
+num() { case $2 in ''|*[!0-9]*) die "fabric.$1=$2 is not a number" ;; esac; }
+
+# One fio step (write|verify|read) over the region; sets st=PASS|FAIL.
+blk_fio() {
+    step=$1
+    set -- --name=fabric --filename="/dev/$dev" --direct=1 --ioengine=libaio \
+        --iodepth="$qd" --bs="$bs" --offset="$off" --size="$slice" --randseed="$seed" \
+        --thread --group_reporting --output-format=normal,terse --terse-version=3
+    [ "$jobs" -gt 1 ] && set -- "$@" --numjobs="$jobs" --offset_increment="$slice"
+    case $vmode in
+    crc32c) set -- "$@" --verify=crc32c ;;
+    pattern) set -- "$@" --verify=pattern --verify_pattern="0x$(printf %08x "$seed")%o" ;;
+    esac
+    case $step in
+    write) set -- "$@" --rw=randwrite --do_verify=1 ;;
+    verify) set -- "$@" --rw=randwrite --verify_only=1 ;;
+    read) set -- "$@" --rw=randread --verify=0 ;;
+    esac
+    set -- "$@" --verify_fatal=1 --verify_dump=0 --verify_state_save=0
+    info "fio[$step] fio $*"
+    t0=$(now)
+    fio "$@" >/tmp/fio.$step 2>&1
+    rc=$?
+    secs=$(since "$t0")
+    grep -v -e '^ *|' -e 'percentiles' -e '^3;fio' /tmp/fio.$step | sed "s/^/FABRIC-INFO fio[$step] /"
+    terse=$(grep '^3;fio' /tmp/fio.$step | tail -n1)
+    err=$(echo "$terse" | cut -d';' -f5)
+    rb=$(($(echo "$terse" | cut -d';' -f6 | grep -x '[0-9][0-9]*' || echo 0) * 1024))
+    wb=$(($(echo "$terse" | cut -d';' -f47 | grep -x '[0-9][0-9]*' || echo 0) * 1024))
+    st=FAIL
+    if [ "$rc" = 0 ] && [ "$err" = 0 ] && [ "$rb" = "$size" ]; then
+        case $step in
+        write) [ "$wb" = "$size" ] && st=PASS ;;
+        *) st=PASS ;;
+        esac
+    fi
+    echo "FABRIC-RESULT blk $step $st dev=$dev offset=$off size=$size bs=$bs qd=$qd jobs=$jobs seed=$seed verify=$vmode rc=$rc err=${err:-none} read=$rb write=$wb secs=$secs"
+}
+
+# Expects a read-only disk: rewrites the region's first 4 KiB with its own content.
+blk_ro() {
+    rof=$(cat "/sys/block/$dev/ro")
+    b=$((off / 4096))
+    st=FAIL
+    if ! dd if="/dev/$dev" of=/tmp/before bs=4096 count=1 skip=$b iflag=direct 2>/tmp/dd.err; then
+        info "ro: read failed: $(cat /tmp/dd.err)"
+        echo "FABRIC-RESULT blk ro FAIL dev=$dev ro=$rof write=untried data=unreadable"
+        return
+    fi
+    if dd if=/tmp/before of="/dev/$dev" bs=4096 count=1 seek=$b oflag=direct conv=notrunc \
+        2>/tmp/dd.err; then
+        w=accepted
+    else
+        w=refused
+    fi
+    info "ro: write attempt $w: $(head -n1 /tmp/dd.err)"
+    dd if="/dev/$dev" of=/tmp/after bs=4096 count=1 skip=$b iflag=direct 2>/dev/null
+    if cmp -s /tmp/before /tmp/after; then data=unchanged; else data=changed; fi
+    [ "$rof" = 1 ] && [ "$w" = refused ] && [ "$data" = unchanged ] && st=PASS
+    echo "FABRIC-RESULT blk ro $st dev=$dev ro=$rof write=$w data=$data"
+}
+
+blk_main() {
+    dev=${P_dev:-vda}
+    to_bytes off "${P_offset:-0}"
+    to_bytes size "${P_size:-64M}"
+    bs=${P_bs:-4k}
+    to_bytes bsb "$bs"
+    qd=${P_qd:-8}; num qd "$qd"
+    jobs=${P_jobs:-1}; num jobs "$jobs"
+    seed=${P_seed:-1}; num seed "$seed"
+    vmode=${P_verify:-crc32c}
+    case $vmode in crc32c|pattern) ;; *) die "fabric.verify=$vmode: want crc32c or pattern" ;; esac
+    steps=$(echo "$P_blk" | tr ',' ' ')
+    for s in $steps; do
+        case $s in write|verify|read|ro) ;; *) die "unknown fabric.blk step $s" ;; esac
+    done
+    [ "$jobs" -ge 1 ] && [ "$size" -gt 0 ] || die "fabric.size and fabric.jobs must be positive"
+    slice=$((size / jobs))
+    [ $((slice * jobs)) = "$size" ] && [ $((slice % bsb)) = 0 ] && [ $((off % 4096)) = 0 ] ||
+        die "fabric.size=$size must split into $jobs slices of whole $bs blocks, offset 4 KiB aligned"
+    n=0
+    while [ ! -b "/dev/$dev" ] || [ ! -e "/sys/block/$dev" ]; do
+        n=$((n + 1)); [ $n -gt 100 ] && die "no /dev/$dev after 10s"
+        sleep 0.1
+    done
+    q=/sys/block/$dev/queue
+    dsize=$(($(cat "/sys/block/$dev/size") * 512))
+    info "blk $dev size=$dsize ro=$(cat "/sys/block/$dev/ro") queues=$(ls "/sys/block/$dev/mq" | wc -l)" \
+        "lbs=$(cat $q/logical_block_size) pbs=$(cat $q/physical_block_size)" \
+        "max_kb=$(cat $q/max_hw_sectors_kb) segs=$(cat $q/max_segments)" \
+        "cache=$(tr ' ' _ <$q/write_cache) discard_max=$(cat $q/discard_max_bytes)" \
+        "wzeroes_max=$(cat $q/write_zeroes_max_bytes) features=$(cat "/sys/block/$dev/device/features" 2>/dev/null)"
+    [ $((off + size)) -le "$dsize" ] || die "region $off+$size is beyond $dev ($dsize bytes)"
+    failed=""
+    for s in $steps; do
+        case $s in
+        ro) blk_ro ;;
+        *) blk_fio "$s" ;;
+        esac
+        [ "$st" = PASS ] || failed="$failed,$s"
+    done
+    # Completion interrupts per request virtqueue (MSI-X vectors virtioN-req.Q, summed over
+    # CPUs): every virtqueue that carried requests has a non-zero count.
+    vdev=$(basename "$(readlink "/sys/block/$dev/device")")
+    irqs=$(awk -v n="$(nproc)" -v name="$vdev-req." 'index($NF, name) == 1 {
+        s = 0; for (i = 2; i <= n + 1; i++) s += $i; printf "%s%d", sep, s; sep = "," }' /proc/interrupts)
+    if [ -z "$failed" ]; then all=PASS; else all=FAIL; fi
+    echo "FABRIC-RESULT blk done $all steps=$P_blk failed=${failed#,} vq_irqs=${irqs:-none}"
+}
+
+if [ -n "${P_blk:-}" ]; then
+    blk_main
+    finish
+fi
+
+# ---- network mode ----------------------------------------------------------------------
 n=0
 while [ ! -e /sys/class/net/eth0 ]; do
     n=$((n + 1)); [ $n -gt 100 ] && die "no eth0 after 10s"
@@ -193,7 +404,7 @@ finish
 INIT
 chmod +x "$ROOT/init"
 
-(cd "$ROOT" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -9n) >"$WORK/initramfs.img"
+(cd "$ROOT" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -6n) >"$WORK/initramfs.img"
 cp "$WORK/kernel/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
 BBVER=$(dpkg-deb -f "$WORK"/busybox-static_*.deb Version)
 KPVER=$(dpkg-deb -f "$WORK"/linux-image-*.deb Version)
@@ -201,9 +412,10 @@ KPVER=$(dpkg-deb -f "$WORK"/linux-image-*.deb Version)
 mv -f "$WORK/vmlinuz" "$OUT/vmlinuz"
 mv -f "$WORK/initramfs.img" "$OUT/initramfs.img"
 {
-    echo "$KPKG $KPVER, busybox-static $BBVER"
+    echo "$KPKG $KPVER, busybox-static $BBVER, $FIOVER"
     echo "modules: $MODS"
-    echo "script sha256: $KEY"
+    echo "fio: $FIO + $(echo "$FIO_LIBS" | wc -l) libraries"
+    echo "cache key (script + host fio closure): $KEY"
 } >"$OUT/manifest"
 echo "$KEY" >"$OUT/stamp"
 echo "build-guest-image: built $OUT ($(head -n1 "$OUT/manifest"); initramfs $(du -k "$OUT/initramfs.img" | cut -f1) KiB)"

@@ -1,9 +1,11 @@
 #!/bin/sh
 # Install what the real-guest tests need (run as root; idempotent, fast when present):
-#   - qemu-system-x86 from bookworm-backports (the host already has qemu-utils 10.0 from
-#     backports, which conflicts with bookworm's qemu-system 7.2);
-#   - the tools scripts/build-guest-image.sh uses: cpio, gzip, busybox-static
-#     (the guest's busybox is downloaded separately as a .deb, not taken from the host).
+#   - qemu-system-x86 and qemu-utils (qemu-storage-daemon, the reference vhost-user-blk
+#     backend of tests/qemu_blk.rs) from bookworm-backports, in one transaction so their
+#     versions match (backports' qemu-utils 10.0 conflicts with bookworm's qemu-system 7.2);
+#   - the tools scripts/build-guest-image.sh uses: cpio, gzip, and fio (the guest image
+#     carries the host's fio binary and its libraries); the guest's busybox and kernel are
+#     downloaded as .debs, not taken from the host.
 #
 # The backports source uses the same mirror URI as the `debian` entry of
 # /etc/apt/sources.list.d/debian.sources; it is written to a temporary sources list that
@@ -11,18 +13,31 @@
 set -eu
 
 SOURCES=/etc/apt/sources.list.d/debian.sources
-NEED_TOOLS="cpio gzip"
+# Packages from bookworm whose command has the same name.
+NEED_TOOLS="cpio gzip fio"
+QEMU_PKGS="qemu-system-x86 qemu-utils"
+
+pkg_version() {
+    dpkg-query -W -f='${db:Status-Status} ${Version}' "$1" 2>/dev/null |
+        awk '$1 == "installed" { print $2 }'
+}
 
 have_all() {
     command -v qemu-system-x86_64 >/dev/null 2>&1 || return 1
     qemu-system-x86_64 --version >/dev/null 2>&1 || return 1
+    command -v qemu-storage-daemon >/dev/null 2>&1 || return 1
+    qemu-storage-daemon --version >/dev/null 2>&1 || return 1
+    # qemu-storage-daemon and qemu-system-x86_64 from the same QEMU build.
+    v=$(pkg_version qemu-system-x86)
+    [ -n "$v" ] && [ "$v" = "$(pkg_version qemu-utils)" ] || return 1
     for t in $NEED_TOOLS; do command -v "$t" >/dev/null 2>&1 || return 1; done
     command -v dpkg-deb >/dev/null 2>&1 || return 1
     return 0
 }
 
 if have_all; then
-    echo "install-qemu: already installed: $(qemu-system-x86_64 --version | head -n1)"
+    echo "install-qemu: already installed: $(qemu-system-x86_64 --version | head -n1)," \
+        "qemu-storage-daemon $(pkg_version qemu-utils)"
     exit 0
 fi
 
@@ -66,7 +81,9 @@ echo "install-qemu: using $uri (bookworm + bookworm-backports) via temporary lis
 APT="apt-get -o Dir::Etc::sourcelist=$list -o Dir::Etc::sourceparts=-"
 export DEBIAN_FRONTEND=noninteractive
 $APT update -q
-$APT install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
+# shellcheck disable=SC2086
+$APT install -y -q --no-install-recommends -t bookworm-backports $QEMU_PKGS
+# shellcheck disable=SC2086
 $APT install -y -q --no-install-recommends $NEED_TOOLS
 
 # The temporary list is gone after this script; refresh apt's package lists from the
@@ -74,4 +91,10 @@ $APT install -y -q --no-install-recommends $NEED_TOOLS
 apt-get update -q >/dev/null 2>&1 || true
 
 qemu-system-x86_64 --version | head -n1
+qemu-storage-daemon --version | head -n1
+if [ "$(pkg_version qemu-system-x86)" != "$(pkg_version qemu-utils)" ]; then
+    echo "install-qemu: qemu-system-x86 $(pkg_version qemu-system-x86) and qemu-utils" \
+        "$(pkg_version qemu-utils) differ" >&2
+    exit 1
+fi
 echo "install-qemu: done"

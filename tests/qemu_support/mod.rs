@@ -5,8 +5,11 @@
 //! The guest image is the one `scripts/build-guest-image.sh` builds: a Debian cloud
 //! kernel and a busybox initramfs whose `/init` reads `fabric.*` parameters from the
 //! kernel command line and prints `FABRIC-RESULT ...` lines on the serial console.
+//! [`blk`] adds block guests (fio on a vhost-user-blk disk) and qemu-storage-daemon.
 
 #![allow(dead_code)]
+
+pub mod blk;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -23,8 +26,8 @@ pub const IMAGE_ENV: &str = "FABRIC_GUEST_IMAGE";
 /// Environment variable naming the QEMU binary; default `qemu-system-x86_64` on PATH.
 pub const QEMU_ENV: &str = "FABRIC_QEMU";
 
-const INSTALL_HINT: &str = "run `sudo scripts/install-qemu.sh` (installs qemu-system-x86 from \
-     bookworm-backports plus the image build tools)";
+const INSTALL_HINT: &str = "run `sudo scripts/install-qemu.sh` (installs qemu-system-x86 and \
+     qemu-utils (qemu-storage-daemon) from bookworm-backports plus the image build tools)";
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -89,12 +92,18 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(prefix: &str) -> TempDir {
+        Self::new_in(&std::env::temp_dir(), prefix)
+    }
+
+    /// The same, under `base` (created if needed).
+    pub fn new_in(base: &Path, prefix: &str) -> TempDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&path).unwrap();
+        let path = base.join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
         TempDir(path)
     }
     pub fn path(&self) -> &Path {
@@ -313,6 +322,18 @@ pub struct Guest {
     stderr: PathBuf,
 }
 
+/// What [`Guest::boot_with`] boots: vCPUs, memory and the device arguments.
+pub struct GuestSpec<'a> {
+    /// vCPUs (`-smp`); more than one runs multi-threaded TCG.
+    pub smp: u32,
+    /// Guest memory, all of it a shared memfd (vhost-user needs the backend to map it).
+    pub mem_mb: u32,
+    /// QEMU arguments adding the devices (`-chardev ... -device ...`).
+    pub device_args: &'a [String],
+    /// Kernel command line after `console=ttyS0 quiet panic=-1` (`fabric.*` parameters).
+    pub params: &'a str,
+}
+
 impl Guest {
     /// Boots the test image; `params` go on the kernel command line (`fabric.*`).
     pub fn boot(
@@ -324,44 +345,61 @@ impl Guest {
         mac: &str,
         params: &str,
     ) -> Guest {
+        let devices = [
+            "-chardev".to_string(),
+            format!("socket,id=c0,path={}", socket.display()),
+            "-netdev".to_string(),
+            "vhost-user,id=n0,chardev=c0".to_string(),
+            "-device".to_string(),
+            format!("virtio-net-pci,netdev=n0,mac={mac}"),
+        ];
+        let params = format!("ipv6.disable=1 {params}");
+        let spec = GuestSpec {
+            smp: 1,
+            mem_mb: GUEST_MEM_MB,
+            device_args: &devices,
+            params: &params,
+        };
+        Guest::boot_with(qemu, image, dir, name, &spec)
+    }
+
+    /// Boots the test image with any devices; serial console in `dir/NAME.serial.log`,
+    /// QEMU's own messages in `dir/NAME.qemu.log`.
+    pub fn boot_with(
+        qemu: &Path,
+        image: &GuestImage,
+        dir: &Path,
+        name: &str,
+        spec: &GuestSpec,
+    ) -> Guest {
         let serial = dir.join(format!("{name}.serial.log"));
         let stderr = dir.join(format!("{name}.qemu.log"));
-        let append = format!("console=ttyS0 quiet panic=-1 ipv6.disable=1 {params}");
+        let append = format!("console=ttyS0 quiet panic=-1 {}", spec.params);
+        let mem = spec.mem_mb;
         // QEMU's stdout and stderr share one file (one open file description).
         let qemu_out = File::create(&stderr).unwrap();
         let mut cmd = Command::new(qemu);
-        cmd.args([
-            "-accel",
-            "tcg",
-            "-nodefaults",
-            "-no-user-config",
-            "-smp",
-            "1",
-        ])
-        .args(["-m", &GUEST_MEM_MB.to_string()])
-        .args([
-            "-object",
-            &format!("memory-backend-memfd,id=mem,size={GUEST_MEM_MB}M,share=on"),
-        ])
-        .args(["-numa", "node,memdev=mem"])
-        .args([
-            "-chardev",
-            &format!("socket,id=c0,path={}", socket.display()),
-        ])
-        .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
-        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
-        // No display, no monitor: the serial console is the only output.
-        .args(["-display", "none", "-monitor", "none"])
-        .args(["-serial", &format!("file:{}", serial.display())])
-        .arg("-no-reboot")
-        .arg("-kernel")
-        .arg(&image.kernel)
-        .arg("-initrd")
-        .arg(&image.initrd)
-        .args(["-append", &append])
-        .stdin(Stdio::null())
-        .stdout(qemu_out.try_clone().unwrap())
-        .stderr(qemu_out);
+        cmd.args(["-accel", "tcg", "-nodefaults", "-no-user-config"])
+            .args(["-smp", &spec.smp.to_string()])
+            .args(["-m", &mem.to_string()])
+            .args([
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            ])
+            .args(["-numa", "node,memdev=mem"])
+            .args(spec.device_args)
+            // No display, no monitor: the serial console is the only output.
+            .args(["-display", "none", "-monitor", "none"])
+            .args(["-serial", &format!("file:{}", serial.display())])
+            .arg("-no-reboot")
+            .arg("-kernel")
+            .arg(&image.kernel)
+            .arg("-initrd")
+            .arg(&image.initrd)
+            .args(["-append", &append])
+            .stdin(Stdio::null())
+            .stdout(qemu_out.try_clone().unwrap())
+            .stderr(qemu_out);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}: {INSTALL_HINT}", qemu.display()));
