@@ -221,11 +221,18 @@ impl Daemon {
             ));
         }
         for p in &self.pools {
-            let s = p.pool.lock().unwrap_or_else(|e| e.into_inner()).space();
+            let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let s = pool.space();
             lines.push(format!(
                 "pool {} clusters={} used={} free={} releasing={} provisioned_bytes={} capacity_bytes={}",
                 p.name, s.clusters, s.used_clusters, s.free_clusters, s.releasing_clusters, s.provisioned, s.capacity
             ));
+            for v in pool.volumes() {
+                lines.push(format!(
+                    "volume pool={} name={} kind={:?} size={} allocated={} exclusive={}",
+                    p.name, v.name, v.kind, v.size, v.allocated, v.exclusive
+                ));
+            }
         }
         lines
     }

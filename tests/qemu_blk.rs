@@ -20,6 +20,12 @@
 //! | device_queues_beyond_backend_are_refused  | QEMU asks 2 queues of a 1-queue backend    |
 //! | qsd_verify_catches_a_corrupted_block      | host fio writes, one byte flipped in the   |
 //! |                                           | raw file: the guest's verify must fail     |
+//! | vswitchd_thin_allocation_and_a_snapshot_  | A writes 32 MiB of a 128 MiB thin volume:  |
+//! | as_of_then                                | allocation grows by 32 MiB; a snapshot is  |
+//! |                                           | exported; B overwrites the volume; S on    |
+//! |                                           | the snapshot finds A's pattern             |
+//!
+//! The first three run on both backends (`qsd_*` and `vswitchd_*`).
 //!
 //! Prerequisites (the tests panic, never skip, when they are missing):
 //!
@@ -39,7 +45,7 @@ mod qemu_support;
 
 use qemu_support::blk::{
     blk_test_dir, flip_byte, BlkBackend, BlkGuest, BlkGuestOpts, BlkJob, BlkReport, BlkStep,
-    ExportSpec, Qsd, MIB,
+    ExportSpec, Qsd, VerifyKind, VswitchdBlk, MIB,
 };
 use qemu_support::{guest_image, qemu_binary, GuestImage};
 use std::path::{Path, PathBuf};
@@ -303,4 +309,98 @@ fn qsd_verify_catches_a_corrupted_block() {
         out.contains(&want),
         "fio should name the corrupted block ({want:?}):\n{out}"
     );
+}
+
+// ---- vswitchd: the same scenarios on a thin volume, plus what only a pool has ----
+
+#[test]
+fn vswitchd_write_then_verify_in_next_guest() {
+    write_then_verify_in_next_guest::<VswitchdBlk>();
+}
+
+#[test]
+fn vswitchd_read_only_export_refuses_writes() {
+    read_only_export_refuses_writes::<VswitchdBlk>();
+}
+
+#[test]
+fn vswitchd_device_queues_beyond_backend_are_refused() {
+    device_queues_beyond_backend_are_refused::<VswitchdBlk>();
+}
+
+/// A guest writes 32 MiB (fio, pattern verify) of a 128 MiB thin volume: the volume's
+/// allocation grows by what was written, not by its size. The volume is then
+/// snapshotted (at a daemon restart) and the snapshot exported read-only; a second
+/// guest overwrites the volume with another pattern, and a third guest on the
+/// snapshot finds the first pattern, block for block.
+#[test]
+fn vswitchd_thin_allocation_and_a_snapshot_as_of_then() {
+    let env = Env::new();
+    let dir = blk_test_dir("qemu-blk-snap");
+    let spec = ExportSpec {
+        size: 128 * MIB,
+        writable: true,
+        num_queues: 1,
+    };
+    let backend = VswitchdBlk::create(dir.path(), "d0", &spec);
+    let opts = BlkGuestOpts::default();
+    let first = BlkJob::new(&[BlkStep::Write], 32 * MIB)
+        .offset(16 * MIB)
+        .seed(1)
+        .verify(VerifyKind::Pattern);
+    env.run(dir.path(), "A", &backend, &opts, &first)
+        .assert_pass(&context(&backend));
+
+    let backend = backend.with_snapshot("snap");
+    let allocated = backend.allocated("d0").expect("allocation in the counters");
+    // fio writes whole 4 KiB blocks in 16 KiB clusters: at least the region, at most
+    // the region plus a cluster of rounding at each end.
+    assert!(
+        (32 * MIB..=32 * MIB + 32 * 1024).contains(&allocated),
+        "volume allocation after 32 MiB of writes: {allocated}\n{}",
+        context(&backend)
+    );
+
+    let second = first.clone().seed(2);
+    env.run(dir.path(), "B", &backend, &opts, &second)
+        .assert_pass(&context(&backend));
+
+    let snap = SnapshotView {
+        socket: backend.socket_of("snap"),
+        inner: &backend,
+    };
+    let r = env.run(
+        dir.path(),
+        "S",
+        &snap,
+        &opts,
+        &first.with_steps(&[BlkStep::ReadOnly, BlkStep::Verify]),
+    );
+    assert_eq!(r.disk_field("ro"), "1", "{:?}", r.disk);
+    r.assert_pass(&format!(
+        "the snapshot should read as the volume was when it was taken\n{}",
+        context(&backend)
+    ));
+}
+
+/// Another export of the same daemon, for `Env::run`.
+struct SnapshotView<'a> {
+    socket: PathBuf,
+    inner: &'a VswitchdBlk,
+}
+
+impl BlkBackend for SnapshotView<'_> {
+    const NAME: &'static str = "vswitchd (snapshot export)";
+    fn create(_: &Path, _: &str, _: &ExportSpec) -> Self {
+        unreachable!("a view of a running daemon")
+    }
+    fn reexport(self, _: &ExportSpec) -> Self {
+        unreachable!("a view of a running daemon")
+    }
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+    fn log_text(&self) -> String {
+        self.inner.log_text()
+    }
 }

@@ -673,3 +673,161 @@ impl BlkGuest {
         Ok((st, self.guest.qemu_log()))
     }
 }
+
+/// `vswitchd` serving the disk as a thin volume of a pool (tests/qemu_blk.rs runs the
+/// same scenarios as on qemu-storage-daemon). The daemon runs as a process, as in
+/// production; stopping it (SIGTERM) makes it print its counters, volume allocation
+/// included.
+pub struct VswitchdBlk {
+    child: Option<Child>,
+    dir: PathBuf,
+    name: String,
+    pub socket: PathBuf,
+    pub spec: ExportSpec,
+    /// Extra `[[pool.volume]]` tables (snapshots and their exports).
+    extra: String,
+    run: u32,
+}
+
+impl VswitchdBlk {
+    fn start(dir: &Path, name: &str, spec: &ExportSpec, extra: &str, run: u32) -> VswitchdBlk {
+        let socket = dir.join(format!("{name}.sock"));
+        let config = dir.join(format!("fabric{run}.toml"));
+        // Room for the volume and its copies after snapshots.
+        let pool_size = 3 * spec.size + 64 * MIB;
+        fs::write(
+            &config,
+            format!(
+                "[daemon]\nrun_dir = \".\"\n[[pool]]\nname = \"p0\"\npath = \"pool.img\"\nsize = {pool_size}\n\
+                 [[pool.volume]]\nname = \"{name}\"\nsize = {}\n\
+                 export = {{ socket = \"{name}.sock\", queues = {}, read_only = {} }}\n{extra}",
+                spec.size,
+                spec.num_queues,
+                !spec.writable
+            ),
+        )
+        .unwrap();
+        let log = dir.join(format!("{name}.vswitchd{run}.log"));
+        let out = File::create(&log).unwrap();
+        let _ = fs::remove_file(&socket);
+        let child = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn vswitchd");
+        let mut v = VswitchdBlk {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            socket,
+            spec: spec.clone(),
+            extra: extra.to_string(),
+            run,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !v.socket.exists() {
+            if let Some(st) = v.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("vswitchd exited at start-up ({st}):\n{}", v.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vswitchd socket {} not there after 10 s:\n{}",
+                v.socket.display(),
+                v.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        v
+    }
+
+    /// SIGTERM: the daemon checkpoints its pool, prints its counters and exits 0.
+    pub fn stop(&mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let st = wait_child(&mut child, Duration::from_secs(20)).or_else(|| {
+                let _ = child.kill();
+                child.wait().ok()
+            });
+            let st = st.expect("reap vswitchd");
+            assert!(st.success(), "vswitchd exit: {st}\n{}", self.log_text());
+        }
+        self.log_text()
+    }
+
+    /// Stops the daemon and starts it again with a read-only snapshot `snap` of the
+    /// volume, exported on `<dir>/<snap>.sock` (taken at this start: it holds what was
+    /// written before).
+    pub fn with_snapshot(mut self, snap: &str) -> VswitchdBlk {
+        self.stop();
+        let extra = format!(
+            "{}[[pool.volume]]\nname = \"{snap}\"\nsnapshot_of = \"{}\"\nexport = {{ socket = \"{snap}.sock\" }}\n",
+            self.extra, self.name
+        );
+        VswitchdBlk::start(&self.dir, &self.name, &self.spec, &extra, self.run + 1)
+    }
+
+    /// The socket of another export of this daemon.
+    pub fn socket_of(&self, volume: &str) -> PathBuf {
+        self.dir.join(format!("{volume}.sock"))
+    }
+
+    /// `allocated` bytes of `volume` from the daemon's last counters report in the log.
+    pub fn allocated(&self, volume: &str) -> Option<u64> {
+        let needle = format!(" name={volume} ");
+        self.log_text()
+            .lines()
+            .filter(|l| l.starts_with("volume pool=") && l.contains(&needle))
+            .last()
+            .and_then(|l| kv(l.split_whitespace()).get("allocated")?.parse().ok())
+    }
+}
+
+impl BlkBackend for VswitchdBlk {
+    const NAME: &'static str = "vswitchd";
+
+    fn create(dir: &Path, name: &str, spec: &ExportSpec) -> VswitchdBlk {
+        VswitchdBlk::start(dir, name, spec, "", 0)
+    }
+
+    fn reexport(mut self, spec: &ExportSpec) -> VswitchdBlk {
+        assert_eq!(spec.size, self.spec.size, "reexport cannot resize the disk");
+        self.stop();
+        VswitchdBlk::start(&self.dir, &self.name, spec, &self.extra, self.run + 1)
+    }
+
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn log_text(&self) -> String {
+        // Every run of the daemon appends to its own log; show them all.
+        (0..=self.run)
+            .map(|r| {
+                fs::read_to_string(self.dir.join(format!("{}.vswitchd{r}.log", self.name)))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for VswitchdBlk {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "--- vswitchd {} log ---\n{}",
+                self.name,
+                tail(&self.log_text(), 60)
+            );
+        }
+    }
+}
