@@ -781,8 +781,7 @@ impl VswitchdBlk {
         let needle = format!(" name={volume} ");
         self.log_text()
             .lines()
-            .filter(|l| l.starts_with("volume pool=") && l.contains(&needle))
-            .last()
+            .rfind(|l| l.starts_with("volume pool=") && l.contains(&needle))
             .and_then(|l| kv(l.split_whitespace()).get("allocated")?.parse().ok())
     }
 }
