@@ -13,13 +13,10 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
-};
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::VhostBackend;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -27,6 +24,11 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::guest_memory::GuestRam;
 use super::split_ring::{
     Desc, SplitRing, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
+pub use super::vhost_frontend::RawDesc;
+use super::vhost_frontend::{
+    connect_frontend, drain, enable_queue, negotiate, set_mem_table, setup_queue, vu,
+    wait_readable, write_raw_chain, Negotiated,
 };
 
 /// Feature bits (as u64 masks) used by the harness.
@@ -170,20 +172,6 @@ impl NicOptions {
     }
 }
 
-/// A raw TX descriptor for malformed-input tests (see [`GuestNic::send_raw_chain`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RawDesc {
-    /// Guest physical address; may point anywhere, including outside guest memory.
-    pub addr: u64,
-    pub len: u32,
-    /// Any combination of VIRTQ_DESC_F_{NEXT, WRITE, INDIRECT}.
-    pub flags: u16,
-    /// Index into the slice passed to `send_raw_chain` (`next = 0` loops back to the
-    /// first descriptor). Values `>= descs.len()` are written as-is, as absolute table
-    /// indices, e.g. `0xffff` for out-of-range.
-    pub next: u16,
-}
-
 /// TX buffer slot per chain head: header at 0 (split and indirect layouts), indirect table
 /// at 16, frame at 64; the combined layout puts the header at 52, right before the frame.
 const TX_SLOT_SIZE: u64 = 69632;
@@ -247,57 +235,6 @@ pub struct GuestNic {
     missed_notifications: u64,
 }
 
-fn vu<T>(what: &str, r: vhost::Result<T>) -> io::Result<T> {
-    r.map_err(|e| io::Error::other(format!("vhost-user {what}: {e}")))
-}
-
-/// Connects to a unix socket, retrying while it does not exist yet or refuses.
-fn connect_with_retry(socket: &Path, patience: Duration) -> io::Result<UnixStream> {
-    let deadline = Instant::now() + patience;
-    loop {
-        match UnixStream::connect(socket) {
-            Ok(s) => return Ok(s),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-                ) && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("connecting to {}: {e}", socket.display()),
-                ))
-            }
-        }
-    }
-}
-
-/// Waits until one of `fds` is readable or `timeout` passes; true if one is readable.
-fn wait_readable(fds: &[RawFd], timeout: Duration) -> bool {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // Round up so a sub-millisecond timeout still sleeps instead of spinning.
-    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs.
-    let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-    // EINTR (n < 0) counts as a wake-up: callers re-check the rings anyway.
-    n != 0
-}
-
-/// Empties a non-blocking eventfd (EAGAIN when already empty is fine).
-fn drain(fd: &EventFd) {
-    let _ = fd.read();
-}
-
 impl GuestNic {
     /// Connects to the vhost-user-net socket (retrying for up to 5 s while the daemon may
     /// still be binding) and brings the device up the way QEMU does.
@@ -313,20 +250,7 @@ impl GuestNic {
         let qs = opts.queue_size;
         let rx_count = opts.rx_buffers.min(qs);
 
-        let stream = connect_with_retry(socket, Duration::from_secs(5))?;
-        // A backend that never answers must fail the test, not hang it.
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        // max_queue_num only bounds the queue indices the vhost crate lets us use.
-        let mut frontend = Frontend::from_stream(stream, 2);
-
-        vu("SET_OWNER", frontend.set_owner())?;
-        let offered = vu("GET_FEATURES", frontend.get_features())?;
-        if offered & features::VERSION_1 == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("backend does not offer VIRTIO_F_VERSION_1 (features {offered:#x})"),
-            ));
-        }
+        let mut frontend = connect_frontend(socket, 2)?;
         let mut wanted = features::VERSION_1
             | features::MAC
             | features::STATUS
@@ -341,25 +265,15 @@ impl GuestNic {
         if opts.indirect {
             wanted |= features::INDIRECT_DESC;
         }
-        let mut acked = offered & wanted;
-
-        let mut protocol_features = VhostUserProtocolFeatures::empty();
-        if offered & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
-            acked |= VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-            let offered_proto = vu("GET_PROTOCOL_FEATURES", frontend.get_protocol_features())?;
-            protocol_features = offered_proto
-                & (VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIG);
-            vu(
-                "SET_PROTOCOL_FEATURES",
-                frontend.set_protocol_features(protocol_features),
-            )?;
-        }
-        vu("SET_FEATURES", frontend.set_features(acked))?;
-        if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            // Every following request waits for the backend's ack: errors surface at the
-            // request that caused them, and the rings are set up before we use them.
-            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        }
+        let Negotiated {
+            features: acked,
+            protocol: protocol_features,
+            ..
+        } = negotiate(
+            &mut frontend,
+            wanted,
+            VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIG,
+        )?;
 
         let event_idx = acked & features::EVENT_IDX != 0;
         let indirect = acked & features::INDIRECT_DESC != 0;
@@ -403,29 +317,15 @@ impl GuestNic {
         let efd = || EventFd::new(EFD_NONBLOCK);
         let (rx_kick, rx_call, tx_kick, tx_call) = (efd()?, efd()?, efd()?, efd()?);
 
-        vu(
-            "SET_MEM_TABLE",
-            frontend.set_mem_table(&ram.vhost_regions()?),
-        )?;
+        set_mem_table(&mut frontend, &ram)?;
         for (q, ring, kick, call) in [
             (RX_QUEUE, &rx, &rx_kick, &rx_call),
             (TX_QUEUE, &tx, &tx_kick, &tx_call),
         ] {
-            vu("SET_VRING_NUM", frontend.set_vring_num(q, qs))?;
-            vu(
-                "SET_VRING_ADDR",
-                frontend.set_vring_addr(q, &ring.config(&ram)?),
-            )?;
-            vu("SET_VRING_BASE", frontend.set_vring_base(q, 0))?;
-            vu("SET_VRING_CALL", frontend.set_vring_call(q, call))?;
-            vu("SET_VRING_KICK", frontend.set_vring_kick(q, kick))?;
+            setup_queue(&mut frontend, q, ring, &ram, 0, kick, call)?;
         }
-        // With VHOST_USER_F_PROTOCOL_FEATURES rings start disabled and must be enabled;
-        // without it they start enabled on SET_VRING_KICK (vhost-user spec, "Ring states").
-        if acked & features::PROTOCOL_FEATURES != 0 {
-            for q in [RX_QUEUE, TX_QUEUE] {
-                vu("SET_VRING_ENABLE", frontend.set_vring_enable(q, true))?;
-            }
+        for q in [RX_QUEUE, TX_QUEUE] {
+            enable_queue(&mut frontend, q, acked)?;
         }
 
         let mut tx_layouts = vec![TxLayout::Combined, TxLayout::Split];
@@ -656,19 +556,7 @@ impl GuestNic {
         let slots: Vec<u16> = (0..descs.len())
             .filter_map(|_| self.tx_free.pop())
             .collect();
-        for (raw, &slot) in descs.iter().zip(&slots) {
-            let next = slots
-                .get(usize::from(raw.next))
-                .copied()
-                .unwrap_or(raw.next);
-            let d = Desc {
-                addr: raw.addr,
-                len: raw.len,
-                flags: raw.flags,
-                next,
-            };
-            self.tx.write_desc(&self.ram, slot, d);
-        }
+        write_raw_chain(&self.tx, &self.ram, descs, &slots);
         let head = slots[0];
         self.tx_inflight[usize::from(head)] = Some(slots);
         self.tx.push_avail(&self.ram, head);
