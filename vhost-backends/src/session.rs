@@ -171,8 +171,12 @@ where
     let mut daemon = VhostUserDaemon::new(name.to_owned(), backend.clone(), mem)
         .map_err(|e| io::Error::other(e.to_string()))?;
     backend.attach(&daemon)?;
-    // The handler side of the relay: a private abstract socket, no file.
-    let addr_name = format!("fabric-{}-{name}-{session}", std::process::id());
+    // The handler side of the relay: a private abstract socket, no file,
+    // named uniquely in the process (two servers may share a name, e.g. two
+    // daemons in one test process, or exports of two pools).
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+    let addr_name = format!("fabric-{}-{unique}-{session}", std::process::id());
     let addr = SocketAddr::from_abstract_name(addr_name.as_bytes())?;
     let mut inner = Listener::from(UnixListener::bind_addr(&addr)?);
     let handler_side = UnixStream::connect_addr(&addr)?;

@@ -402,15 +402,19 @@ impl BlkBackend {
         } else {
             RingView::new(queue, &mem)
         };
-        if let Some(ring) = ring {
-            let size = queue.size();
-            st.done.retain(|&(head, _)| head < size);
-            let old = queue.next_used();
-            if let Some(new) = ring.publish_used(old, &st.done) {
-                queue.set_next_used(new);
-                if new != old && ring.needs_interrupt(old, new) {
-                    let _ = state.signal_used_queue();
-                }
+        // Not ready: GET_VRING_BASE is stopping the queue (it marks it not
+        // ready before calling `stop_vring`). Keep what is done for
+        // `stop_vring` to publish; dropping it would lose those requests.
+        let Some(ring) = ring else {
+            return false;
+        };
+        let size = queue.size();
+        st.done.retain(|&(head, _)| head < size);
+        let old = queue.next_used();
+        if let Some(new) = ring.publish_used(old, &st.done) {
+            queue.set_next_used(new);
+            if new != old && ring.needs_interrupt(old, new) {
+                let _ = state.signal_used_queue();
             }
         }
         st.done.clear();
