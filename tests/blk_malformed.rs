@@ -1923,3 +1923,56 @@ fn fuzz(seed: u64) {
     eprintln!("seed {seed}: {posted} chains: {outcomes:?}");
     f.check_pool();
 }
+
+/// The write cache follows the durability contract: with FLUSH negotiated the
+/// device starts write-back (a first write's metadata waits for a FLUSH);
+/// switched off through CONFIG_WCE, or without FLUSH negotiated, each write is
+/// durable (the pool committed) before it completes.
+#[test]
+fn write_cache_modes_follow_the_negotiated_features() {
+    let f = Fixture::start("[[pool.volume]]\nname = \"wc\"\nsize = \"8M\"\nexport = {}\n");
+    let commits = || {
+        f.daemon()
+            .pool("p0")
+            .unwrap()
+            .lock()
+            .unwrap()
+            .stats()
+            .commits
+    };
+    let data = vec![0x5au8; 4096];
+
+    let mut g = f.connect("wc", 1);
+    assert_eq!(g.config().writeback, 1, "FLUSH negotiated: write-back");
+    let before = commits();
+    assert_eq!(g.write(0, 0, &data).status, 0);
+    assert_eq!(commits(), before, "write-back: no commit per write");
+    assert_eq!(g.flush(0).status, 0);
+    assert!(commits() > before, "FLUSH commits");
+
+    g.set_writeback(false).unwrap();
+    assert_eq!(g.config().writeback, 0);
+    let before = commits();
+    assert_eq!(g.write(0, 64, &data).status, 0);
+    assert!(
+        commits() > before,
+        "write-through after CONFIG_WCE: committed before completion"
+    );
+    drop(g);
+
+    let mut g = f.connect_with(
+        "wc",
+        BlkOptions {
+            flush: false,
+            queue_size: QS,
+            ..Default::default()
+        },
+    );
+    assert_eq!(g.config().writeback, 0, "no FLUSH: write-through");
+    let before = commits();
+    assert_eq!(g.write(0, 128, &data).status, 0);
+    assert!(
+        commits() > before,
+        "write-through without FLUSH: committed before completion"
+    );
+}

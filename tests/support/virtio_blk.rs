@@ -179,6 +179,9 @@ pub struct BlkOptions {
     /// Bytes of guest memory left to the test, at the very end of guest memory (see
     /// [`GuestBlk::sandbox`]); the harness never puts anything there.
     pub sandbox: u64,
+    /// Accept VIRTIO_BLK_F_FLUSH (a write-back cache) if offered; without it the
+    /// device must be write-through.
+    pub flush: bool,
 }
 
 impl Default for BlkOptions {
@@ -190,6 +193,7 @@ impl Default for BlkOptions {
             event_idx: true,
             indirect: true,
             sandbox: 0,
+            flush: true,
         }
     }
 }
@@ -331,6 +335,9 @@ impl GuestBlk {
         }
         if opts.indirect {
             wanted |= features::INDIRECT_DESC;
+        }
+        if !opts.flush {
+            wanted &= !(features::FLUSH | features::CONFIG_WCE);
         }
         let n = negotiate(
             &mut frontend,
