@@ -9,7 +9,7 @@
 //! /var/tmp; not tmpfs: O_DIRECT), `BLK_BENCH_VSWITCHD` (a vswitchd binary:
 //! also measure our export; `--ours` does the same with the workspace's
 //! vswitchd), `BLK_BENCH_CLUSTER` (pool cluster size for our export),
-//! `BLK_BENCH_ONLY` (comma list of `fio,raw,qcow2,null`: only those phases;
+//! `BLK_BENCH_ONLY` (comma list of `fio,raw,qcow2,null,ram`: only those phases;
 //! our export runs whenever asked for), `BLK_BENCH_POLL=1` (blkio poll
 //! queues: the client spins instead of sleeping on the completion fd).
 //!
@@ -31,6 +31,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use vblock::dev::FileDev;
+use vblock::pool::{Pool, PoolOptions};
 
 use blk_support::qsd::create_qcow2;
 use blk_support::*;
@@ -200,11 +202,18 @@ fn qsd(dir: &TestDir, opts: QsdOptions) -> Qsd {
 
 /// Our daemon's export of a fresh volume, with the config format of
 /// `[[pool]]`/`[[pool.volume]]`.
-fn ours(rows: &mut Vec<Row>, bin: &Path, dir: &TestDir, o: &Opts) -> Result<(), String> {
+fn ours(
+    rows: &mut Vec<Row>,
+    bin: &Path,
+    dir: &TestDir,
+    o: &Opts,
+    device: Option<&Path>,
+    label: &str,
+) -> Result<(), String> {
     let run_dir = dir.join("ours");
     fs::create_dir_all(&run_dir).map_err(|e| e.to_string())?;
     let socket = dir.socket("ours/disk.sock");
-    let pool = run_dir.join("pool.img");
+    let pool = device.map_or_else(|| run_dir.join("pool.img"), Path::to_path_buf);
     // Thin volume written in full, plus metadata and copies: twice its size.
     let pool_size = 2 * o.size + (256 << 20);
     let mut cfg = String::new();
@@ -246,7 +255,7 @@ fn ours(rows: &mut Vec<Row>, bin: &Path, dir: &TestDir, o: &Opts) -> Result<(), 
             info.capacity, o.size
         ));
     }
-    let r = thin(rows, client.queue(0), o, "vswitchd volume");
+    let r = thin(rows, client.queue(0), o, label);
     drop(client);
     if let Some(status) = proc.try_wait() {
         return Err(format!(
@@ -378,8 +387,59 @@ fn main() {
 
     if let Some(bin) = &o.ours {
         eprintln!("blk_io: vswitchd export ({})...", bin.display());
-        if let Err(e) = ours(&mut rows, bin, &dir, &o) {
+        if let Err(e) = ours(&mut rows, bin, &dir, &o, None, "vswitchd volume") {
             failures.push(format!("vswitchd export: FAILED: {e}"));
+        }
+    }
+
+    // Per-request overhead with storage out of the way: a loop device over a
+    // tmpfs file (RAM; O_DIRECT works on the loop device), served raw by qsd
+    // and as a pool by vswitchd, next to qsd null-co above.
+    if o.wants("ram") {
+        match RamDisk::new(2 * o.size + (256 << 20)) {
+            Ok(ram) => {
+                eprintln!(
+                    "blk_io: qemu-storage-daemon on a RAM loop device ({})...",
+                    ram.dev.display()
+                );
+                let d = qsd(&dir, QsdOptions::new(Image::Raw(ram.dev.clone())));
+                let mut c = connect(d.socket(), "qsd ram", &o).unwrap_or_else(|e| panic!("{e}"));
+                let (r, w) =
+                    read_write(c.queue(0), &o, "qsd ram").unwrap_or_else(|e| panic!("{e}"));
+                rows.push(Row {
+                    name: "qsd raw on RAM loop device".into(),
+                    read: Some(r),
+                    write: Some(w),
+                });
+                drop(c);
+                drop(d);
+                if let Some(bin) = &o.ours {
+                    eprintln!("blk_io: vswitchd pool on the RAM loop device...");
+                    let formatted =
+                        FileDev::open(&ram.dev)
+                            .map_err(|e| e.to_string())
+                            .and_then(|dev| {
+                                let opts = PoolOptions::default();
+                                Pool::create(dev, &opts)
+                                    .map(drop)
+                                    .map_err(|e| e.to_string())
+                            });
+                    match formatted.and_then(|()| {
+                        ours(
+                            &mut rows,
+                            bin,
+                            &dir,
+                            &o,
+                            Some(&ram.dev),
+                            "vswitchd pool on RAM",
+                        )
+                    }) {
+                        Ok(()) => {}
+                        Err(e) => failures.push(format!("vswitchd on RAM: FAILED: {e}")),
+                    }
+                }
+            }
+            Err(e) => failures.push(format!("RAM loop device: {e} (needs root and losetup)")),
         }
     }
 
@@ -392,7 +452,42 @@ fn main() {
     for f in &failures {
         println!("{f}");
     }
+    // exit() skips destructors: remove the files first.
+    drop(dir);
     if !failures.is_empty() {
         std::process::exit(1);
+    }
+}
+
+/// A loop device over a file in /dev/shm (RAM), detached and removed on drop.
+struct RamDisk {
+    file: PathBuf,
+    dev: PathBuf,
+}
+
+impl RamDisk {
+    fn new(size: u64) -> Result<RamDisk, String> {
+        let file = PathBuf::from(format!("/dev/shm/blk-bench-{}.img", std::process::id()));
+        let f = fs::File::create(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        f.set_len(size).map_err(|e| e.to_string())?;
+        drop(f);
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&file)
+            .output()
+            .map_err(|e| format!("losetup: {e}"))?;
+        if !out.status.success() {
+            let _ = fs::remove_file(&file);
+            return Err(format!("losetup: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Ok(RamDisk { file, dev })
+    }
+}
+
+impl Drop for RamDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        let _ = fs::remove_file(&self.file);
     }
 }
