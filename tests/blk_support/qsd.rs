@@ -113,7 +113,8 @@ pub fn create_qcow2(path: &Path, size: u64, cluster_size: Option<u64>) {
 /// What a [`Qsd`] exports.
 #[derive(Debug, Clone)]
 pub enum Image {
-    /// A raw file: `driver=file,aio=io_uring,cache.direct=on`.
+    /// A raw file (`driver=file,aio=io_uring,cache.direct=on`) or block
+    /// device (`driver=host_device`, same options).
     Raw(PathBuf),
     /// A qcow2 file on such a file node.
     Qcow2(PathBuf),
@@ -170,8 +171,15 @@ impl QsdOptions {
             } else {
                 ""
             };
+            // A block device (e.g. a RAM loop device) needs qsd's host_device driver.
+            let driver = match std::fs::metadata(path) {
+                Ok(m) if std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()) => {
+                    "host_device"
+                }
+                _ => "file",
+            };
             format!(
-                "driver=file,filename={p},node-name={node},aio=io_uring,cache.direct=on{discard}"
+                "driver={driver},filename={p},node-name={node},aio=io_uring,cache.direct=on{discard}"
             )
         };
         let mut args = Vec::new();
