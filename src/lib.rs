@@ -1,6 +1,7 @@
 //! Daemon assembly: turns a validated `fabric.toml` into running switches and
 //! ports. The binaries (`vswitchd`) are thin wrappers around [`Daemon`].
 
+pub mod control;
 pub mod daemon;
 pub mod storage;
 

@@ -1,0 +1,219 @@
+//! The control protocol: JSON lines over a Unix socket.
+//!
+//! Each request is one line: `{"v":1,"id":7,"op":"volume.create","args":{...}}`.
+//! Each answer is one line with the same `id`: `{"v":1,"id":7,"ok":true,
+//! "result":...}` or `{"v":1,"id":7,"ok":false,"error":{"code":"conflict",
+//! "message":"..."}}`. A client may send several requests on one connection;
+//! answers come in order. Lines longer than [`MAX_LINE`] bytes are refused
+//! and the connection closed.
+//!
+//! Versioning: `v` is [`VERSION`]; a request with another version is refused
+//! with `unsupported_version`. New operations and new optional arguments
+//! keep the version; changing the meaning of one bumps it.
+//!
+//! | op | args | result |
+//! |---|---|---|
+//! | `daemon.status` | - | [`Status`] |
+//! | `port.list` | - | [`PortInfo`] list |
+//! | `port.add` | [`PortAdd`] | [`PortInfo`] |
+//! | `port.remove` | `{name}` | - |
+//! | `fdb.show` | `{switch}` | [`FdbEntryInfo`] list |
+//! | `fdb.flush` | `{switch, port?}` | `{flushed}` |
+//! | `fdb.add` | `{switch, vlan, mac, port}` | - |
+//! | `pool.list` | - | [`PoolInfo`] list |
+//! | `volume.list` | `{pool?}` | [`VolumeInfo`] list |
+//! | `volume.create` | `{pool, name, size, block_size?}` | [`VolumeInfo`] |
+//! | `volume.resize` | `{pool, name, size, force?}` | [`VolumeInfo`] |
+//! | `volume.snapshot` | `{pool, source, name}` | [`VolumeInfo`] |
+//! | `volume.clone` | `{pool, source, name}` | [`VolumeInfo`] |
+//! | `volume.rename` | `{pool, name, new_name}` | [`VolumeInfo`] |
+//! | `volume.delete` | `{pool, name}` | - |
+//! | `export.add` | [`ExportAdd`] | [`VolumeInfo`] |
+//! | `export.remove` | `{pool, volume}` | - |
+//! | `config.save` | `{path?}` | `{path}` |
+//!
+//! Sizes are bytes (integers) or strings with K/M/G/T suffixes.
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version.
+pub const VERSION: u32 = 1;
+/// Longest request line accepted, in bytes.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// One request line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub v: u32,
+    #[serde(default)]
+    pub id: u64,
+    pub op: String,
+    #[serde(default)]
+    pub args: serde_json::Value,
+}
+
+/// One answer line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub v: u32,
+    pub id: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+/// Why a request failed. `code` is stable for scripts; `message` is for humans.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorInfo {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Error classes (stable, snake_case on the wire).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not an object, a line too long.
+    BadRequest,
+    UnsupportedVersion,
+    UnknownOp,
+    /// An argument is missing, of the wrong type or out of range.
+    InvalidArgument,
+    /// No such port, switch, pool, volume or export.
+    NotFound,
+    /// The name exists already.
+    AlreadyExists,
+    /// Refused because of the current state (deleting an exported volume...).
+    Conflict,
+    /// The pool is out of space.
+    NoSpace,
+    /// The operation failed inside the daemon (I/O error...).
+    Internal,
+}
+
+impl ErrorCode {
+    /// Exit code `fabricctl` uses for this error (scripts rely on them).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorCode::NotFound => 3,
+            ErrorCode::AlreadyExists | ErrorCode::Conflict => 4,
+            ErrorCode::NoSpace => 5,
+            ErrorCode::Internal => 6,
+            _ => 2,
+        }
+    }
+}
+
+/// `daemon.status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub version: String,
+    pub protocol: u32,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub config: Option<String>,
+}
+
+/// `port.add` arguments (the `[[switch.port]]` keys).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PortAdd {
+    pub switch: String,
+    pub name: String,
+    #[serde(rename = "type", default = "vhost_user")]
+    pub kind: String,
+    #[serde(default)]
+    pub socket: Option<String>,
+    /// As in `fabric.toml`: `{"mode":"access","tag":10}` or `{"mode":"trunk",...}`.
+    #[serde(default)]
+    pub vlan: Option<serde_json::Value>,
+    #[serde(default)]
+    pub queue_size: Option<u16>,
+    #[serde(default)]
+    pub mtu: Option<u16>,
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+fn vhost_user() -> String {
+    "vhost-user".into()
+}
+
+/// One port in `port.list`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortInfo {
+    pub switch: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub socket: String,
+    /// `access 10`, `trunk 10,20,100-199 native 1`.
+    pub vlan: String,
+    pub link: bool,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Drops by reason (`runt`, `vlan_not_allowed`, ...).
+    pub drops: std::collections::BTreeMap<String, u64>,
+}
+
+/// One FDB entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FdbEntryInfo {
+    pub vlan: u16,
+    pub mac: String,
+    pub port: String,
+    #[serde(rename = "static")]
+    pub is_static: bool,
+    pub age_secs: u32,
+}
+
+/// One pool.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolInfo {
+    pub name: String,
+    pub path: String,
+    pub cluster_size: u32,
+    pub capacity: u64,
+    pub used: u64,
+    pub free: u64,
+    /// Freed, free after the next flush.
+    pub releasing: u64,
+    /// Sum of the volumes' sizes (may exceed the capacity: over-commit).
+    pub provisioned: u64,
+}
+
+/// One volume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub pool: String,
+    pub name: String,
+    /// `volume`, `snapshot` or `clone`.
+    pub kind: String,
+    pub size: u64,
+    pub block_size: u32,
+    pub read_only: bool,
+    pub allocated: u64,
+    pub exclusive: u64,
+    /// The export's socket, if exported.
+    pub export: Option<String>,
+}
+
+/// `export.add` arguments (the `export = {...}` keys).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExportAdd {
+    pub pool: String,
+    pub volume: String,
+    #[serde(default)]
+    pub socket: Option<String>,
+    #[serde(default)]
+    pub queues: Option<u16>,
+    #[serde(default)]
+    pub queue_size: Option<u16>,
+    #[serde(default)]
+    pub read_only: Option<bool>,
+}
