@@ -60,6 +60,9 @@ pub const DEFAULT_EXPORT_QUEUE_SIZE: u16 = 256;
 
 pub use raw::parse_size;
 
+mod write;
+pub use write::to_toml;
+
 /// `[[pool]]`: a thin pool on a file or block device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -132,6 +135,12 @@ pub struct DaemonConfig {
     /// ports are busy and sleeps 50 us after the last frame). Default 1,
     /// 1..=256.
     pub datapath_threads: u32,
+    /// `control_socket`: the control socket `fabricctl` talks to (mode 0600).
+    /// Default `<run_dir>/control.sock`.
+    pub control_socket: PathBuf,
+    /// `metrics_listen`: `"127.0.0.1:9100"` serves Prometheus metrics over
+    /// HTTP at `/metrics`. Default: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `[[switch]]`: one learning L2 switch (a bridge) and its ports.

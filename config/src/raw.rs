@@ -36,6 +36,8 @@ struct RawFile {
 struct RawDaemon {
     run_dir: Option<Spanned<String>>,
     datapath_threads: Option<Spanned<i64>>,
+    control_socket: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +194,20 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<FabricConfig,
         Some(v) => ctx.int(v, "daemon.datapath_threads", "thread count", 1, 256)?,
         None => DEFAULT_DATAPATH_THREADS,
     };
+    let control_socket = raw.daemon.as_ref().and_then(|d| d.control_socket.clone());
+    let metrics_listen = match raw.daemon.as_ref().and_then(|d| d.metrics_listen.as_ref()) {
+        Some(v) => Some(v.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
+            ctx.invalid(
+                &v.span(),
+                "daemon.metrics_listen",
+                format!(
+                    "{:?} is not an address:port like \"127.0.0.1:9100\"",
+                    v.get_ref()
+                ),
+            )
+        })?),
+        None => None,
+    };
     let run_dir = match &raw.daemon.and_then(|d| d.run_dir) {
         Some(dir) if dir.get_ref().is_empty() => {
             return Err(ctx.invalid(&dir.span(), "daemon.run_dir", "must not be empty"));
@@ -266,11 +282,35 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<FabricConfig,
     }
 
     let pools = storage::convert_pools(&ctx, &raw.pools, &run_dir, &mut sockets)?;
+    let control_socket = match &control_socket {
+        Some(s) if s.get_ref().is_empty() => {
+            return Err(ctx.invalid(&s.span(), "daemon.control_socket", "must not be empty"));
+        }
+        Some(s) => {
+            let path = ctx.resolve(s.get_ref());
+            check_socket(
+                &ctx,
+                &path,
+                &s.span(),
+                "daemon.control_socket",
+                &mut sockets,
+            )?;
+            path
+        }
+        None => {
+            // The default can clash too (a port named "control").
+            let path = normalize(&run_dir.join("control.sock"));
+            check_socket(&ctx, &path, &(0..0), "daemon.control_socket", &mut sockets)?;
+            path
+        }
+    };
 
     Ok(FabricConfig {
         daemon: DaemonConfig {
             run_dir,
             datapath_threads,
+            control_socket,
+            metrics_listen,
         },
         switches,
         pools,

@@ -384,7 +384,7 @@ fn unknown_keys_at_top_levels() {
     );
     assert_eq!(
         parse_err("[daemon]\nrundir = \"x\"\n"),
-        "fabric.toml:2: daemon.rundir: unknown field `rundir`, expected `run_dir` or `datapath_threads`"
+        "fabric.toml:2: daemon.rundir: unknown field `rundir`, expected one of `run_dir`, `datapath_threads`, `control_socket`, `metrics_listen`"
     );
     assert_eq!(
         parse_err("\n[storage]\nx = 1\n"),
@@ -586,4 +586,31 @@ fn sizes() {
     assert_eq!(parse_size("1T"), Some(1 << 40));
     assert_eq!(parse_size("x"), None);
     assert_eq!(parse_size("99999999999T"), None);
+}
+
+#[test]
+fn control_socket_and_metrics() {
+    let cfg = parse_ok("");
+    assert_eq!(cfg.daemon.control_socket, PathBuf::from("run/control.sock"));
+    assert_eq!(cfg.daemon.metrics_listen, None);
+    let cfg = parse_ok(
+        "[daemon]\ncontrol_socket = \"/tmp/c.sock\"\nmetrics_listen = \"127.0.0.1:9100\"\n",
+    );
+    assert_eq!(cfg.daemon.control_socket, PathBuf::from("/tmp/c.sock"));
+    assert_eq!(
+        cfg.daemon.metrics_listen,
+        Some("127.0.0.1:9100".parse().unwrap())
+    );
+    assert!(
+        parse_err("[daemon]\nmetrics_listen = \"localhost\"\n").contains("daemon.metrics_listen")
+    );
+    let clash = format!(
+        "[daemon]\ncontrol_socket = \"run/vm1.sock\"\n{}",
+        one_port("")
+    );
+    assert!(
+        parse_err(&clash).contains("duplicate socket path"),
+        "{}",
+        parse_err(&clash)
+    );
 }

@@ -1,0 +1,145 @@
+//! [`to_toml`]: a [`FabricConfig`] back as `fabric.toml` text (what
+//! `fabricctl config save` writes). Paths are written absolute (they are
+//! resolved at load); everything else as the keys of the reference.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::*;
+
+fn q(s: &str) -> String {
+    // TOML basic strings: escape backslash and quote; names and paths have
+    // no control characters (checked at load).
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn path(p: &Path) -> String {
+    q(&p.to_string_lossy())
+}
+
+fn vlan(v: &VlanConfig) -> String {
+    match v {
+        VlanConfig::Access { tag } => format!("{{ mode = \"access\", tag = {tag} }}"),
+        VlanConfig::Trunk { allowed, native } => {
+            let mut items = Vec::new();
+            let ids: Vec<u16> = allowed.iter().collect();
+            let mut i = 0;
+            while i < ids.len() {
+                let mut j = i;
+                while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
+                    j += 1;
+                }
+                items.push(if i == j {
+                    ids[i].to_string()
+                } else {
+                    format!("\"{}-{}\"", ids[i], ids[j])
+                });
+                i = j + 1;
+            }
+            let native = native
+                .map(|n| format!(", native = {n}"))
+                .unwrap_or_default();
+            format!(
+                "{{ mode = \"trunk\", allowed = [{}]{native} }}",
+                items.join(", ")
+            )
+        }
+    }
+}
+
+/// The configuration as TOML that [`parse`] reads back to an equal value.
+pub fn to_toml(cfg: &FabricConfig) -> String {
+    let mut out = String::new();
+    let d = &cfg.daemon;
+    let _ = writeln!(out, "# Written by vswitchd (fabricctl config save).\n");
+    let _ = writeln!(out, "[daemon]");
+    let _ = writeln!(out, "run_dir = {}", path(&d.run_dir));
+    let _ = writeln!(out, "datapath_threads = {}", d.datapath_threads);
+    let _ = writeln!(out, "control_socket = {}", path(&d.control_socket));
+    if let Some(m) = d.metrics_listen {
+        let _ = writeln!(out, "metrics_listen = {}", q(&m.to_string()));
+    }
+    for sw in &cfg.switches {
+        let _ = writeln!(out, "\n[[switch]]");
+        let _ = writeln!(out, "name = {}", q(&sw.name));
+        let _ = writeln!(out, "mac_aging_secs = {}", sw.mac_aging_secs);
+        let _ = writeln!(out, "fdb_capacity = {}", sw.fdb_capacity);
+        let _ = writeln!(out, "port_mac_limit = {}", sw.port_mac_limit);
+        for p in &sw.ports {
+            let PortKind::VhostUser {
+                socket,
+                queue_size,
+                mac,
+            } = &p.kind;
+            let _ = writeln!(out, "\n[[switch.port]]");
+            let _ = writeln!(out, "name = {}", q(&p.name));
+            let _ = writeln!(out, "type = \"vhost-user\"");
+            let _ = writeln!(out, "socket = {}", path(socket));
+            let _ = writeln!(out, "vlan = {}", vlan(&p.vlan));
+            let _ = writeln!(out, "queue_size = {queue_size}");
+            let _ = writeln!(out, "mtu = {}", p.mtu);
+            if let Some(m) = mac {
+                let _ = writeln!(
+                    out,
+                    "mac = \"{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\"",
+                    m[0], m[1], m[2], m[3], m[4], m[5]
+                );
+            }
+        }
+    }
+    for pool in &cfg.pools {
+        let _ = writeln!(out, "\n[[pool]]");
+        let _ = writeln!(out, "name = {}", q(&pool.name));
+        let _ = writeln!(out, "path = {}", path(&pool.path));
+        if let Some(size) = pool.size {
+            let _ = writeln!(out, "size = {size}");
+        }
+        let _ = writeln!(out, "cluster_size = {}", pool.cluster_size);
+        let _ = writeln!(out, "overcommit = {}", pool.overcommit);
+        for v in &pool.volumes {
+            let _ = writeln!(out, "\n[[pool.volume]]");
+            let _ = writeln!(out, "name = {}", q(&v.name));
+            match &v.source {
+                VolumeSource::New { size, block_size } => {
+                    let _ = writeln!(out, "size = {size}");
+                    let _ = writeln!(out, "block_size = {block_size}");
+                }
+                VolumeSource::CloneOf(s) => {
+                    let _ = writeln!(out, "clone_of = {}", q(s));
+                }
+                VolumeSource::SnapshotOf(s) => {
+                    let _ = writeln!(out, "snapshot_of = {}", q(s));
+                }
+            }
+            if let Some(e) = &v.export {
+                let _ = writeln!(
+                    out,
+                    "export = {{ socket = {}, queues = {}, queue_size = {}, read_only = {} }}",
+                    path(&e.socket),
+                    e.queues,
+                    e.queue_size,
+                    e.read_only
+                );
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_round_trips() {
+        let dir = Path::new("/etc/fabric");
+        let a = parse_in(EXAMPLE, dir);
+        let text = to_toml(&a);
+        let b = parse_in(&text, dir);
+        assert_eq!(a, b, "{text}");
+    }
+
+    fn parse_in(text: &str, dir: &Path) -> FabricConfig {
+        raw::parse(text, "fabric.toml", dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
