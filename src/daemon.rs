@@ -1,28 +1,72 @@
-//! The running daemon: switches, their ports, and the FDB aging timer.
+//! The running daemon: switches and their ports, pools and their exports,
+//! the FDB aging timer and the control socket.
+//!
+//! Everything that changes at run time (ports, volumes, exports) lives in a
+//! [`Runtime`] shared with the control server; each operation validates,
+//! changes the running system, and updates the runtime copy of the
+//! configuration that `config save` writes back.
 
-use fabric_config::{FabricConfig, PortConfig, PortKind, VlanConfig};
+use fabric_config::{
+    ExportConfig, FabricConfig, PoolConfig, PortConfig, PortKind, SwitchConfig, VlanConfig,
+    VolumeConfig, VolumeSource,
+};
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use vhost_backends::blk::SharedPool;
 use vhost_backends::datapath::Datapath;
 use vhost_backends::net::{NetPort, NetPortConfig, NetPortHandle};
 use vhost_backends::port_table::PortTable;
 use vhost_backends::session::check_socket_free;
-
-use crate::storage::{self, OpenPool, ServedExport};
 use vswitch::{Switch, VlanMode};
 
-pub struct Daemon {
-    switches: Vec<Arc<Switch>>,
-    ports: Vec<NetPortHandle>,
-    pools: Vec<OpenPool>,
-    exports: Vec<ServedExport>,
-    datapath: Arc<Datapath>,
-    stop: Arc<AtomicBool>,
-    ager: Option<JoinHandle<()>>,
+use crate::control::protocol::ErrorCode;
+use crate::control::server::ControlServer;
+use crate::storage::{self, OpenPool, ServedExport};
+
+/// An operation refused or failed, with the code the control socket sends.
+#[derive(Debug)]
+pub struct OpError {
+    pub code: ErrorCode,
+    pub message: String,
 }
+
+impl OpError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> OpError {
+        OpError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<vblock::pool::PoolError> for OpError {
+    fn from(e: vblock::pool::PoolError) -> OpError {
+        use vblock::meta::MetaError;
+        use vblock::pool::PoolError as P;
+        let code = match &e {
+            P::NoSuchVolume(_) => ErrorCode::NotFound,
+            P::OutOfSpace { .. } => ErrorCode::NoSpace,
+            P::Refused(MetaError::DuplicateName(_)) => ErrorCode::AlreadyExists,
+            P::Refused(_) | P::ShrinkNeedsForce { .. } | P::ReadOnly(_) => {
+                ErrorCode::InvalidArgument
+            }
+            _ => ErrorCode::Internal,
+        };
+        OpError::new(code, e.to_string())
+    }
+}
+
+pub type OpResult<T> = Result<T, OpError>;
 
 /// The engine's VLAN rule for a configured port.
 pub fn vlan_mode(vlan: &VlanConfig) -> VlanMode {
@@ -56,117 +100,185 @@ pub fn qemu_args(port: &PortConfig) -> String {
     )
 }
 
+/// A short description of a port's VLAN rule.
+pub fn vlan_summary(vlan: &VlanConfig) -> String {
+    match vlan {
+        VlanConfig::Access { tag } => format!("access {tag}"),
+        VlanConfig::Trunk { allowed, native } => {
+            let list = format!("{allowed:?}");
+            let list = list.trim_start_matches("VlanSet{").trim_end_matches('}');
+            match native {
+                Some(n) => format!("trunk {list} native {n}"),
+                None => format!("trunk {list}"),
+            }
+        }
+    }
+}
+
+/// One switch and where its ports publish their receive side.
+pub struct SwitchEntry {
+    pub switch: Arc<Switch>,
+    table: Arc<PortTable>,
+}
+
+/// One served port.
+pub struct PortEntry {
+    pub switch: String,
+    pub config: PortConfig,
+    handle: Option<NetPortHandle>,
+}
+
+/// One served export.
+pub struct ExportEntry {
+    pub pool: String,
+    pub volume: String,
+    pub config: ExportConfig,
+    pub served: ServedExport,
+}
+
+/// What changes at run time.
+pub struct State {
+    pub ports: Vec<PortEntry>,
+    pub exports: Vec<ExportEntry>,
+    /// The configuration as it is now (what `config save` writes).
+    pub config: FabricConfig,
+}
+
+/// Everything the daemon runs, shared with the control server.
+pub struct Runtime {
+    pub started: Instant,
+    pub config_path: Option<PathBuf>,
+    datapath: Arc<Datapath>,
+    switches: Vec<SwitchEntry>,
+    pools: Vec<OpenPool>,
+    state: Mutex<State>,
+}
+
+pub struct Daemon {
+    rt: Arc<Runtime>,
+    stop: Arc<AtomicBool>,
+    ager: Option<JoinHandle<()>>,
+    control: Option<ControlServer>,
+    stopped: bool,
+}
+
+fn io_err(e: OpError) -> io::Error {
+    io::Error::other(e.message)
+}
+
 impl Daemon {
-    /// Creates every switch and port and starts serving. On error, whatever was
-    /// started is stopped again.
+    /// Creates every switch, port, pool and export and starts serving, with
+    /// the control socket. On error, whatever was started is stopped again.
     pub fn start(config: &FabricConfig) -> io::Result<Daemon> {
+        Self::start_from(config, None)
+    }
+
+    /// [`start`](Self::start), remembering the file the config came from
+    /// (`config save` writes there by default).
+    pub fn start_from(config: &FabricConfig, path: Option<&Path>) -> io::Result<Daemon> {
         std::fs::create_dir_all(&config.daemon.run_dir).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot create {}: {e}", config.daemon.run_dir.display()),
             )
         })?;
-        let mut daemon = Daemon {
-            switches: Vec::new(),
-            ports: Vec::new(),
+        let datapath = Arc::new(Datapath::new(config.daemon.datapath_threads as usize)?);
+        let switches = config
+            .switches
+            .iter()
+            .map(|sc| SwitchEntry {
+                switch: Arc::new(Switch::new(
+                    &sc.name,
+                    sc.fdb_capacity,
+                    sc.port_mac_limit,
+                    sc.mac_aging_secs,
+                )),
+                table: Arc::new(PortTable::default()),
+            })
+            .collect();
+        // The runtime config starts without ports, volumes or exports: each
+        // is added back as it starts, so it always says what runs.
+        let mut empty = config.clone();
+        for sw in &mut empty.switches {
+            sw.ports.clear();
+        }
+        for p in &mut empty.pools {
+            p.volumes.clear();
+        }
+        let mut pools = Vec::new();
+        let mut rt = Runtime {
+            started: Instant::now(),
+            config_path: path.map(Path::to_path_buf),
+            datapath,
+            switches,
             pools: Vec::new(),
-            exports: Vec::new(),
-            datapath: Arc::new(Datapath::new(config.daemon.datapath_threads as usize)?),
+            state: Mutex::new(State {
+                ports: Vec::new(),
+                exports: Vec::new(),
+                config: empty,
+            }),
+        };
+        let opened: io::Result<()> = (|| {
+            for (i, pc) in config.pools.iter().enumerate() {
+                pools.push(storage::open_pool(pc, &format!("pool[{i}]"))?);
+            }
+            Ok(())
+        })();
+        rt.pools = pools;
+        let mut daemon = Daemon {
+            rt: Arc::new(rt),
             stop: Arc::new(AtomicBool::new(false)),
             ager: None,
+            control: None,
+            stopped: false,
         };
-        let started = daemon
-            .start_switches(config)
-            .and_then(|()| daemon.start_storage(config));
+        let started = opened
+            .and_then(|()| daemon.start_ports(config))
+            .and_then(|()| daemon.start_volumes(config))
+            .and_then(|()| {
+                daemon.control = Some(ControlServer::spawn(
+                    &config.daemon.control_socket,
+                    daemon.rt.clone(),
+                )?);
+                Ok(())
+            });
         if let Err(e) = started {
-            daemon.shutdown();
+            daemon.stop_all();
             return Err(e);
         }
         daemon.start_ager();
         Ok(daemon)
     }
 
-    fn start_switches(&mut self, config: &FabricConfig) -> io::Result<()> {
+    fn start_ports(&mut self, config: &FabricConfig) -> io::Result<()> {
         for sc in &config.switches {
-            let switch = Arc::new(Switch::new(
-                &sc.name,
-                sc.fdb_capacity,
-                sc.port_mac_limit,
-                sc.mac_aging_secs,
-            ));
-            let table = Arc::new(PortTable::default());
-            self.switches.push(switch.clone());
             for pc in &sc.ports {
-                let PortKind::VhostUser {
-                    socket,
-                    queue_size,
-                    mac,
-                } = &pc.kind;
-                if let Some(dir) = socket.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                check_socket_free(socket)?;
-                let id = switch
-                    .add_port(&pc.name, vlan_mode(&pc.vlan), pc.mtu)
-                    .map_err(io::Error::other)?;
-                let port = Arc::new(NetPort {
-                    name: pc.name.clone(),
-                    id,
-                    switch: switch.clone(),
-                    table: table.clone(),
-                    datapath: self.datapath.clone(),
-                    config: NetPortConfig {
-                        socket: socket.clone(),
-                        mac: *mac,
-                        mtu: pc.mtu,
-                        queue_size: *queue_size,
-                    },
-                });
-                self.ports.push(port.spawn()?);
-                log::info!(
-                    "switch {} port {} ({}) listening on {}; attach a QEMU guest with: {}",
-                    sc.name,
-                    pc.name,
-                    pc.vlan_summary(),
-                    socket.display(),
-                    qemu_args(pc)
-                );
+                self.rt.add_port(&sc.name, pc.clone()).map_err(io_err)?;
             }
         }
         Ok(())
     }
 
-    fn start_storage(&mut self, config: &FabricConfig) -> io::Result<()> {
-        for (i, pc) in config.pools.iter().enumerate() {
-            let open = storage::open_pool(pc, &format!("pool[{i}]"))?;
-            let pool = open.pool.clone();
-            self.pools.push(open);
+    fn start_volumes(&mut self, config: &FabricConfig) -> io::Result<()> {
+        for pc in &config.pools {
             for v in &pc.volumes {
-                let id = storage::ensure_volume(&pool, &pc.name, v)?;
-                if let Some(e) = &v.export {
-                    self.exports
-                        .push(storage::serve_export(&pool, &pc.name, v, e, id)?);
-                }
+                self.rt.declare_volume(&pc.name, v).map_err(io_err)?;
             }
         }
         Ok(())
-    }
-
-    /// The open pool named `name`.
-    pub fn pool(&self, name: &str) -> Option<&vhost_backends::blk::SharedPool> {
-        self.pools.iter().find(|p| p.name == name).map(|p| &p.pool)
     }
 
     /// Ages every switch's FDB once a second.
     fn start_ager(&mut self) {
-        let switches = self.switches.clone();
+        let rt = self.rt.clone();
         let stop = self.stop.clone();
         self.ager = std::thread::Builder::new()
             .name("fdb-ager".into())
             .spawn(move || {
                 while !stop.load(Ordering::Acquire) {
                     std::thread::park_timeout(Duration::from_secs(1));
-                    for sw in &switches {
+                    for e in &rt.switches {
+                        let sw = &e.switch;
                         let aged = sw.fdb().age(sw.now());
                         if aged > 0 {
                             log::debug!("switch {}: aged out {aged} FDB entries", sw.name);
@@ -177,19 +289,501 @@ impl Daemon {
             .ok();
     }
 
-    pub fn switch(&self, name: &str) -> Option<&Arc<Switch>> {
-        self.switches.iter().find(|s| s.name == name)
+    /// The shared runtime (what the control socket changes).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
     }
 
-    pub fn switches(&self) -> &[Arc<Switch>] {
+    pub fn switch(&self, name: &str) -> Option<&Arc<Switch>> {
+        self.rt.switch(name)
+    }
+
+    pub fn switches(&self) -> Vec<Arc<Switch>> {
+        self.rt.switches.iter().map(|e| e.switch.clone()).collect()
+    }
+
+    /// The open pool named `name`.
+    pub fn pool(&self, name: &str) -> Option<&SharedPool> {
+        self.rt.pool(name)
+    }
+
+    /// One line per port, FDB, export, pool and volume with its counters:
+    /// `counters switch=br0 port=vm1 link=up rx_packets=.. ... drop_runt=..`.
+    pub fn counters_report(&self) -> Vec<String> {
+        self.rt.counters_report()
+    }
+
+    /// Disconnects every guest, removes the sockets and stops all threads.
+    pub fn shutdown(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        self.stop.store(true, Ordering::Release);
+        if let Some(c) = self.control.take() {
+            c.stop();
+        }
+        self.rt.stop_all();
+        if let Some(ager) = self.ager.take() {
+            ager.thread().unpark();
+            let _ = ager.join();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+impl Runtime {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn switch(&self, name: &str) -> Option<&Arc<Switch>> {
+        self.switches
+            .iter()
+            .find(|e| e.switch.name == name)
+            .map(|e| &e.switch)
+    }
+
+    fn switch_entry(&self, name: &str) -> OpResult<&SwitchEntry> {
+        self.switches
+            .iter()
+            .find(|e| e.switch.name == name)
+            .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no switch named {name:?}")))
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&SharedPool> {
+        self.pools.iter().find(|p| p.name == name).map(|p| &p.pool)
+    }
+
+    pub fn pool_entry(&self, name: &str) -> OpResult<&OpenPool> {
+        self.pools
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no pool named {name:?}")))
+    }
+
+    pub fn pools(&self) -> &[OpenPool] {
+        &self.pools
+    }
+
+    pub fn switches(&self) -> &[SwitchEntry] {
         &self.switches
     }
 
-    /// One line per port with its counters, for logs until the control socket
-    /// exists: `counters switch=br0 port=vm1 link=up rx_packets=.. ... drop_runt=..`.
+    /// Runs `f` with the runtime state locked.
+    pub fn with_state<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.lock())
+    }
+
+    fn socket_in_use(state: &State, socket: &Path) -> bool {
+        state.ports.iter().any(|p| {
+            let PortKind::VhostUser { socket: s, .. } = &p.config.kind;
+            s == socket
+        }) || state.exports.iter().any(|e| e.config.socket == socket)
+            || state.config.daemon.control_socket == socket
+    }
+
+    /// Starts serving a port on `switch`.
+    pub fn add_port(&self, switch: &str, pc: PortConfig) -> OpResult<()> {
+        let entry = self.switch_entry(switch)?;
+        let mut st = self.lock();
+        if st.ports.iter().any(|p| p.config.name == pc.name) {
+            return Err(OpError::new(
+                ErrorCode::AlreadyExists,
+                format!("a port named {:?} exists", pc.name),
+            ));
+        }
+        let PortKind::VhostUser {
+            socket,
+            queue_size,
+            mac,
+        } = &pc.kind;
+        if Self::socket_in_use(&st, socket) {
+            return Err(OpError::new(
+                ErrorCode::Conflict,
+                format!("socket {} is already used", socket.display()),
+            ));
+        }
+        let internal = |e: io::Error| OpError::new(ErrorCode::Internal, e.to_string());
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir).map_err(internal)?;
+        }
+        check_socket_free(socket).map_err(|e| OpError::new(ErrorCode::Conflict, e.to_string()))?;
+        let sw = &entry.switch;
+        let id = sw
+            .add_port(&pc.name, vlan_mode(&pc.vlan), pc.mtu)
+            .map_err(|e| OpError::new(ErrorCode::Conflict, e.to_string()))?;
+        let port = Arc::new(NetPort {
+            name: pc.name.clone(),
+            id,
+            switch: sw.clone(),
+            table: entry.table.clone(),
+            datapath: self.datapath.clone(),
+            config: NetPortConfig {
+                socket: socket.clone(),
+                mac: *mac,
+                mtu: pc.mtu,
+                queue_size: *queue_size,
+            },
+        });
+        let handle = match port.spawn() {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = sw.remove_port(&pc.name);
+                return Err(internal(e));
+            }
+        };
+        log::info!(
+            "switch {switch} port {} ({}) listening on {}; attach a QEMU guest with: {}",
+            pc.name,
+            vlan_summary(&pc.vlan),
+            socket.display(),
+            qemu_args(&pc)
+        );
+        if let Some(sc) = st.config.switches.iter_mut().find(|s| s.name == switch) {
+            sc.ports.push(pc.clone());
+        }
+        st.ports.push(PortEntry {
+            switch: switch.to_owned(),
+            config: pc,
+            handle: Some(handle),
+        });
+        Ok(())
+    }
+
+    /// Stops serving a port: its guest is disconnected, its stations forgotten.
+    pub fn remove_port(&self, name: &str) -> OpResult<()> {
+        let mut st = self.lock();
+        let i = st
+            .ports
+            .iter()
+            .position(|p| p.config.name == name)
+            .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no port named {name:?}")))?;
+        let mut entry = st.ports.remove(i);
+        if let Some(h) = entry.handle.take() {
+            h.stop();
+        }
+        if let Ok(e) = self.switch_entry(&entry.switch) {
+            let _ = e.switch.remove_port(name);
+        }
+        for sc in &mut st.config.switches {
+            sc.ports.retain(|p| p.name != name);
+        }
+        log::info!("port {name} removed");
+        Ok(())
+    }
+
+    /// Makes a configured volume exist and serves its export (start-up).
+    fn declare_volume(&self, pool_name: &str, v: &VolumeConfig) -> OpResult<()> {
+        let pool = self.pool_entry(pool_name)?.pool.clone();
+        let id = storage::ensure_volume(&pool, pool_name, v)
+            .map_err(|e| OpError::new(ErrorCode::Internal, e.to_string()))?;
+        let mut declared = v.clone();
+        declared.export = None;
+        self.remember_volume(pool_name, declared);
+        if let Some(e) = &v.export {
+            self.start_export(pool_name, &v.name, e.clone(), id)?;
+        }
+        Ok(())
+    }
+
+    fn remember_volume(&self, pool: &str, v: VolumeConfig) {
+        let mut st = self.lock();
+        if let Some(p) = st.config.pools.iter_mut().find(|p| p.name == pool) {
+            p.volumes.retain(|x| x.name != v.name);
+            p.volumes.push(v);
+        }
+    }
+
+    fn pool_config<'a>(st: &'a mut State, pool: &str) -> Option<&'a mut PoolConfig> {
+        st.config.pools.iter_mut().find(|p| p.name == pool)
+    }
+
+    /// The export of `volume`, if any.
+    pub fn export_of(&self, pool: &str, volume: &str) -> Option<PathBuf> {
+        self.lock()
+            .exports
+            .iter()
+            .find(|e| e.pool == pool && e.volume == volume)
+            .map(|e| e.config.socket.clone())
+    }
+
+    fn start_export(
+        &self,
+        pool_name: &str,
+        volume: &str,
+        e: ExportConfig,
+        id: u32,
+    ) -> OpResult<()> {
+        let pool = self.pool_entry(pool_name)?.pool.clone();
+        let mut st = self.lock();
+        if st
+            .exports
+            .iter()
+            .any(|x| x.pool == pool_name && x.volume == volume)
+        {
+            return Err(OpError::new(
+                ErrorCode::AlreadyExists,
+                format!("volume {volume:?} is already exported"),
+            ));
+        }
+        if Self::socket_in_use(&st, &e.socket) {
+            return Err(OpError::new(
+                ErrorCode::Conflict,
+                format!("socket {} is already used", e.socket.display()),
+            ));
+        }
+        let served = storage::serve_export(&pool, pool_name, volume, &e, id)
+            .map_err(|x| OpError::new(ErrorCode::Conflict, x.to_string()))?;
+        if let Some(p) = Self::pool_config(&mut st, pool_name) {
+            if let Some(v) = p.volumes.iter_mut().find(|v| v.name == volume) {
+                v.export = Some(e.clone());
+            }
+        }
+        st.exports.push(ExportEntry {
+            pool: pool_name.to_owned(),
+            volume: volume.to_owned(),
+            config: e,
+            served,
+        });
+        Ok(())
+    }
+
+    /// Exports a volume at run time.
+    pub fn add_export(&self, pool_name: &str, volume: &str, e: ExportConfig) -> OpResult<()> {
+        let pool = self.pool_entry(pool_name)?.pool.clone();
+        let (id, exists_in_config) = {
+            let p = pool.lock().unwrap_or_else(|x| x.into_inner());
+            let info = p.volume(volume)?;
+            let st = self.lock();
+            let known = st
+                .config
+                .pools
+                .iter()
+                .any(|pc| pc.name == pool_name && pc.volumes.iter().any(|v| v.name == volume));
+            (info.id, known)
+        };
+        if !exists_in_config {
+            // A volume made outside this daemon (vblock tool): declare it by size.
+            let size = pool
+                .lock()
+                .unwrap_or_else(|x| x.into_inner())
+                .volume(volume)?
+                .size;
+            self.remember_volume(
+                pool_name,
+                VolumeConfig {
+                    name: volume.to_owned(),
+                    key: String::new(),
+                    source: VolumeSource::New {
+                        size,
+                        block_size: 512,
+                    },
+                    export: None,
+                },
+            );
+        }
+        self.start_export(pool_name, volume, e, id)
+    }
+
+    /// Stops serving a volume's export (its client is disconnected).
+    pub fn remove_export(&self, pool_name: &str, volume: &str) -> OpResult<()> {
+        let mut st = self.lock();
+        let i = st
+            .exports
+            .iter()
+            .position(|e| e.pool == pool_name && e.volume == volume)
+            .ok_or_else(|| {
+                OpError::new(
+                    ErrorCode::NotFound,
+                    format!("volume {volume:?} is not exported"),
+                )
+            })?;
+        let entry = st.exports.remove(i);
+        if let Some(p) = Self::pool_config(&mut st, pool_name) {
+            if let Some(v) = p.volumes.iter_mut().find(|v| v.name == volume) {
+                v.export = None;
+            }
+        }
+        drop(st);
+        entry.served.handle.stop();
+        log::info!("pool {pool_name}: volume {volume} no longer exported");
+        Ok(())
+    }
+
+    /// Refuses a change to a volume that is exported.
+    fn not_exported(&self, pool: &str, volume: &str, what: &str) -> OpResult<()> {
+        if let Some(socket) = self.export_of(pool, volume) {
+            return Err(OpError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "volume {volume:?} is exported on {}; unexport it before you {what} it",
+                    socket.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn create_volume(
+        &self,
+        pool_name: &str,
+        name: &str,
+        size: u64,
+        block_size: u32,
+    ) -> OpResult<()> {
+        let pool = self.pool_entry(pool_name)?.pool.clone();
+        pool.lock()
+            .unwrap_or_else(|x| x.into_inner())
+            .create_volume(name, size, block_size)?;
+        self.remember_volume(
+            pool_name,
+            VolumeConfig {
+                name: name.to_owned(),
+                key: String::new(),
+                source: VolumeSource::New { size, block_size },
+                export: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Snapshot or clone: a consistent copy of what was written before (the
+    /// pool flushes completed writes before it records the copy).
+    pub fn copy_volume(
+        &self,
+        pool_name: &str,
+        source: &str,
+        name: &str,
+        snapshot: bool,
+    ) -> OpResult<()> {
+        let pool = self.pool_entry(pool_name)?.pool.clone();
+        {
+            let mut p = pool.lock().unwrap_or_else(|x| x.into_inner());
+            if snapshot {
+                p.snapshot(source, name)?;
+            } else {
+                p.clone_volume(source, name)?;
+            }
+        }
+        let src = source.to_owned();
+        self.remember_volume(
+            pool_name,
+            VolumeConfig {
+                name: name.to_owned(),
+                key: String::new(),
+                source: if snapshot {
+                    VolumeSource::SnapshotOf(src)
+                } else {
+                    VolumeSource::CloneOf(src)
+                },
+                export: None,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn resize_volume(
+        &self,
+        pool_name: &str,
+        name: &str,
+        size: u64,
+        force: bool,
+    ) -> OpResult<()> {
+        // The guest would not learn the new size (no config-change event yet).
+        self.not_exported(pool_name, name, "resize")?;
+        let pool = self.pool_entry(pool_name)?.pool.clone();
+        pool.lock()
+            .unwrap_or_else(|x| x.into_inner())
+            .resize(name, size, force)?;
+        let mut st = self.lock();
+        if let Some(p) = Self::pool_config(&mut st, pool_name) {
+            if let Some(v) = p.volumes.iter_mut().find(|v| v.name == name) {
+                if let VolumeSource::New { size: s, .. } = &mut v.source {
+                    *s = size;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn rename_volume(&self, pool_name: &str, name: &str, new_name: &str) -> OpResult<()> {
+        self.not_exported(pool_name, name, "rename")?;
+        let pool = self.pool_entry(pool_name)?.pool.clone();
+        pool.lock()
+            .unwrap_or_else(|x| x.into_inner())
+            .rename(name, new_name)?;
+        let mut st = self.lock();
+        if let Some(p) = Self::pool_config(&mut st, pool_name) {
+            for v in &mut p.volumes {
+                if v.name == name {
+                    v.name = new_name.to_owned();
+                }
+                match &mut v.source {
+                    VolumeSource::CloneOf(s) | VolumeSource::SnapshotOf(s) if s == name => {
+                        *s = new_name.to_owned();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn delete_volume(&self, pool_name: &str, name: &str) -> OpResult<()> {
+        self.not_exported(pool_name, name, "delete")?;
+        let pool = self.pool_entry(pool_name)?.pool.clone();
+        pool.lock()
+            .unwrap_or_else(|x| x.into_inner())
+            .delete_volume(name)?;
+        let mut st = self.lock();
+        if let Some(p) = Self::pool_config(&mut st, pool_name) {
+            p.volumes.retain(|v| v.name != name);
+        }
+        Ok(())
+    }
+
+    /// Writes the running configuration to `path` (default: the file the
+    /// daemon was started from), atomically (temp file + rename).
+    pub fn save_config(&self, path: Option<&Path>) -> OpResult<PathBuf> {
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| self.config_path.clone())
+            .ok_or_else(|| {
+                OpError::new(
+                    ErrorCode::InvalidArgument,
+                    "the daemon was not started from a file: give a path",
+                )
+            })?;
+        let text = fabric_config::to_toml(&self.lock().config);
+        let tmp = path.with_extension("toml.tmp");
+        let internal =
+            |e: io::Error| OpError::new(ErrorCode::Internal, format!("{}: {e}", path.display()));
+        std::fs::write(&tmp, text).map_err(internal)?;
+        std::fs::rename(&tmp, &path).map_err(internal)?;
+        log::info!("configuration saved to {}", path.display());
+        Ok(path)
+    }
+
+    /// The switches' configs as running now.
+    pub fn switch_configs(&self) -> Vec<SwitchConfig> {
+        self.lock().config.switches.clone()
+    }
+
+    /// See [`Daemon::counters_report`].
     pub fn counters_report(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        for sw in &self.switches {
+        for e in &self.switches {
+            let sw = &e.switch;
             for port in sw.topology().ports() {
                 let c = port.state.counters.snapshot();
                 let mut line = format!(
@@ -213,11 +807,11 @@ impl Daemon {
                 sw.name, f.entries, f.learned, f.moved, f.aged, f.refused_full, f.refused_port_limit
             ));
         }
-        for e in &self.exports {
+        for e in &self.lock().exports {
             lines.push(format!(
                 "counters export={} {}",
-                e.export.config.name,
-                e.export.counters.summary()
+                e.volume,
+                e.served.export.counters.summary()
             ));
         }
         for p in &self.pools {
@@ -237,54 +831,30 @@ impl Daemon {
         lines
     }
 
-    /// Disconnects every guest, removes the sockets and stops all threads.
-    pub fn shutdown(mut self) {
-        self.stop_all();
-    }
-
-    fn stop_all(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        for port in self.ports.drain(..) {
-            port.stop();
+    fn stop_all(&self) {
+        let (ports, exports) = {
+            let mut st = self.lock();
+            (
+                std::mem::take(&mut st.ports),
+                std::mem::take(&mut st.exports),
+            )
+        };
+        for mut p in ports {
+            if let Some(h) = p.handle.take() {
+                h.stop();
+            }
         }
-        for e in self.exports.drain(..) {
-            e.handle.stop();
+        for e in exports {
+            e.served.handle.stop();
         }
+        self.datapath.shutdown();
         // Everything acknowledged is made durable, and the journal folded
         // into a checkpoint so the next start replays nothing.
-        for p in self.pools.drain(..) {
+        for p in &self.pools {
             let mut pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = pool.flush().and_then(|()| pool.checkpoint()) {
                 log::warn!("pool {}: closing: {e}", p.name);
             }
-        }
-        self.datapath.shutdown();
-        if let Some(ager) = self.ager.take() {
-            ager.thread().unpark();
-            let _ = ager.join();
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop_all();
-    }
-}
-
-/// A short description of a port's VLAN rule for logs.
-trait VlanSummary {
-    fn vlan_summary(&self) -> String;
-}
-
-impl VlanSummary for PortConfig {
-    fn vlan_summary(&self) -> String {
-        match &self.vlan {
-            VlanConfig::Access { tag } => format!("access VLAN {tag}"),
-            VlanConfig::Trunk { allowed, native } => match native {
-                Some(n) => format!("trunk {allowed:?} native {n}"),
-                None => format!("trunk {allowed:?}"),
-            },
         }
     }
 }

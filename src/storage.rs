@@ -12,6 +12,7 @@ use vhost_backends::session::check_socket_free;
 /// One open pool.
 pub struct OpenPool {
     pub name: String,
+    pub path: std::path::PathBuf,
     pub pool: SharedPool,
 }
 
@@ -77,6 +78,7 @@ pub fn open_pool(cfg: &PoolConfig, key: &str) -> io::Result<OpenPool> {
     };
     Ok(OpenPool {
         name: cfg.name.clone(),
+        path: cfg.path.clone(),
         pool: Arc::new(Mutex::new(pool)),
     })
 }
@@ -141,38 +143,39 @@ pub fn qemu_blk_args(volume: &str, e: &ExportConfig) -> String {
 pub fn serve_export(
     pool: &SharedPool,
     pool_name: &str,
-    v: &VolumeConfig,
+    volume: &str,
     e: &ExportConfig,
     id: u32,
 ) -> io::Result<ServedExport> {
     if let Some(dir) = e.socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    check_socket_free(&e.socket).map_err(|x| err(&format!("{}.export.socket", v.key), x))?;
+    check_socket_free(&e.socket).map_err(|x| err(&format!("export of {volume}"), x))?;
     let read_only = {
         let p = pool.lock().unwrap_or_else(|x| x.into_inner());
-        let vol = p.volume(&v.name).map_err(|x| err(&v.key, x))?;
+        let vol = p
+            .volume(volume)
+            .map_err(|x| err(&format!("export of {volume}"), x))?;
         e.read_only || vol.read_only
     };
     let export = BlkExport::new(
         BlkExportConfig {
-            name: v.name.clone(),
+            name: volume.to_owned(),
             socket: e.socket.clone(),
             volume: id,
             queues: e.queues,
             queue_size: e.queue_size,
             read_only,
-            serial: v.name.clone(),
+            serial: volume.to_owned(),
         },
         pool.clone(),
     );
     let handle = export.spawn()?;
     log::info!(
-        "pool {pool_name}: volume {} exported{} on {}; attach a QEMU guest with: {}",
-        v.name,
+        "pool {pool_name}: volume {volume} exported{} on {}; attach a QEMU guest with: {}",
         if read_only { " read-only" } else { "" },
         e.socket.display(),
-        qemu_blk_args(&v.name, e)
+        qemu_blk_args(volume, e)
     );
     Ok(ServedExport { export, handle })
 }

@@ -53,11 +53,14 @@ fn main() -> ExitCode {
     };
     if args.check {
         let ports: usize = config.switches.iter().map(|s| s.ports.len()).sum();
+        let volumes: usize = config.pools.iter().map(|p| p.volumes.len()).sum();
         println!(
-            "{}: OK ({} switches, {} ports)",
+            "{}: OK ({} switches, {} ports, {} pools, {} volumes)",
             args.config.display(),
             config.switches.len(),
-            ports
+            ports,
+            config.pools.len(),
+            volumes
         );
         return ExitCode::SUCCESS;
     }
@@ -69,7 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let daemon = match Daemon::start(&config) {
+    let daemon = match Daemon::start_from(&config, Some(&args.config)) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("vswitchd: {e}");

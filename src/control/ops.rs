@@ -1,0 +1,503 @@
+//! The operations of the control protocol: arguments validated (with the
+//! same rules as `fabric.toml`, so a port or export added at run time is
+//! checked exactly like one in the file), then handed to the [`Runtime`].
+
+use super::protocol::*;
+use crate::daemon::{vlan_summary, OpError, OpResult, Runtime};
+use fabric_config::{ExportConfig, PortConfig, PortKind};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+fn invalid(message: impl Into<String>) -> OpError {
+    OpError::new(ErrorCode::InvalidArgument, message)
+}
+
+/// Typed arguments, or `invalid_argument` naming what is wrong.
+fn args<T: DeserializeOwned>(op: &str, v: &Value) -> OpResult<T> {
+    let v = if v.is_null() { json!({}) } else { v.clone() };
+    serde_json::from_value(v).map_err(|e| invalid(format!("{op}: {e}")))
+}
+
+fn to_value<T: serde::Serialize>(t: T) -> OpResult<Value> {
+    serde_json::to_value(t).map_err(|e| OpError::new(ErrorCode::Internal, e.to_string()))
+}
+
+/// A size argument: bytes, or a string like "16G".
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn bytes(&self) -> OpResult<u64> {
+        match self {
+            Size::Bytes(b) => Ok(*b),
+            Size::Text(t) => fabric_config::parse_size(t)
+                .ok_or_else(|| invalid(format!("invalid size {t:?} (bytes, or e.g. \"16G\")"))),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Named {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchArg {
+    switch: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FdbFlush {
+    switch: String,
+    #[serde(default)]
+    port: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FdbAdd {
+    switch: String,
+    vlan: u16,
+    mac: String,
+    port: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolArg {
+    #[serde(default)]
+    pool: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeCreate {
+    pool: String,
+    name: String,
+    size: Size,
+    #[serde(default)]
+    block_size: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeResize {
+    pool: String,
+    name: String,
+    size: Size,
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeCopy {
+    pool: String,
+    source: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeRename {
+    pool: String,
+    name: String,
+    new_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolVolume {
+    pool: String,
+    #[serde(alias = "volume")]
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportRemove {
+    pool: String,
+    volume: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavePath {
+    #[serde(default)]
+    path: Option<String>,
+}
+
+/// Runs one operation.
+pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
+    match op {
+        "daemon.status" => to_value(Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: VERSION,
+            pid: std::process::id(),
+            uptime_secs: rt.started.elapsed().as_secs(),
+            config: rt.config_path.as_ref().map(|p| p.display().to_string()),
+        }),
+        "port.list" => to_value(port_list(rt)),
+        "port.add" => {
+            let p: PortAdd = args(op, a)?;
+            let (switch, pc) = port_config(rt, &p)?;
+            rt.add_port(&switch, pc)?;
+            let info = port_list(rt).into_iter().find(|x| x.name == p.name);
+            to_value(info)
+        }
+        "port.remove" => {
+            let n: Named = args(op, a)?;
+            rt.remove_port(&n.name)?;
+            Ok(Value::Null)
+        }
+        "fdb.show" => {
+            let s: SwitchArg = args(op, a)?;
+            to_value(fdb_show(rt, &s.switch)?)
+        }
+        "fdb.flush" => {
+            let f: FdbFlush = args(op, a)?;
+            let sw = switch(rt, &f.switch)?;
+            let flushed = match &f.port {
+                Some(p) => {
+                    let id = sw.port_id(p).ok_or_else(|| {
+                        OpError::new(
+                            ErrorCode::NotFound,
+                            format!("no port {p:?} on {}", f.switch),
+                        )
+                    })?;
+                    sw.fdb().flush_port(id)
+                }
+                None => sw.fdb().flush(),
+            };
+            Ok(json!({ "flushed": flushed }))
+        }
+        "fdb.add" => {
+            let f: FdbAdd = args(op, a)?;
+            let sw = switch(rt, &f.switch)?;
+            if !(1..=4094).contains(&f.vlan) {
+                return Err(invalid(format!("VLAN id {} is outside 1..=4094", f.vlan)));
+            }
+            let mac = parse_mac(&f.mac)?;
+            let id = sw.port_id(&f.port).ok_or_else(|| {
+                OpError::new(
+                    ErrorCode::NotFound,
+                    format!("no port {:?} on {}", f.port, f.switch),
+                )
+            })?;
+            sw.fdb()
+                .add_static(f.vlan, vswitch::MacAddr(mac), id)
+                .map_err(|o| OpError::new(ErrorCode::Conflict, format!("not added: {o:?}")))?;
+            Ok(Value::Null)
+        }
+        "pool.list" => to_value(pool_list(rt)),
+        "volume.list" => {
+            let p: PoolArg = args(op, a)?;
+            if let Some(name) = &p.pool {
+                rt.pool_entry(name)?;
+            }
+            to_value(volume_list(rt, p.pool.as_deref()))
+        }
+        "volume.create" => {
+            let v: VolumeCreate = args(op, a)?;
+            check_name(&v.name)?;
+            let bs = v.block_size.unwrap_or(512);
+            rt.create_volume(&v.pool, &v.name, v.size.bytes()?, bs)?;
+            volume_info(rt, &v.pool, &v.name)
+        }
+        "volume.resize" => {
+            let v: VolumeResize = args(op, a)?;
+            rt.resize_volume(&v.pool, &v.name, v.size.bytes()?, v.force)?;
+            volume_info(rt, &v.pool, &v.name)
+        }
+        "volume.snapshot" | "volume.clone" => {
+            let v: VolumeCopy = args(op, a)?;
+            check_name(&v.name)?;
+            rt.copy_volume(&v.pool, &v.source, &v.name, op == "volume.snapshot")?;
+            volume_info(rt, &v.pool, &v.name)
+        }
+        "volume.rename" => {
+            let v: VolumeRename = args(op, a)?;
+            check_name(&v.new_name)?;
+            rt.rename_volume(&v.pool, &v.name, &v.new_name)?;
+            volume_info(rt, &v.pool, &v.new_name)
+        }
+        "volume.delete" => {
+            let v: PoolVolume = args(op, a)?;
+            rt.delete_volume(&v.pool, &v.name)?;
+            Ok(Value::Null)
+        }
+        "export.add" => {
+            let e: ExportAdd = args(op, a)?;
+            let cfg = export_config(rt, &e)?;
+            rt.add_export(&e.pool, &e.volume, cfg)?;
+            volume_info(rt, &e.pool, &e.volume)
+        }
+        "export.remove" => {
+            let e: ExportRemove = args(op, a)?;
+            rt.pool_entry(&e.pool)?;
+            rt.remove_export(&e.pool, &e.volume)?;
+            Ok(Value::Null)
+        }
+        "config.save" => {
+            let s: SavePath = args(op, a)?;
+            let path = rt.save_config(s.path.as_deref().map(Path::new))?;
+            Ok(json!({ "path": path.display().to_string() }))
+        }
+        other => Err(OpError::new(
+            ErrorCode::UnknownOp,
+            format!("unknown operation {other:?}"),
+        )),
+    }
+}
+
+fn switch<'a>(rt: &'a Runtime, name: &str) -> OpResult<&'a std::sync::Arc<vswitch::Switch>> {
+    rt.switch(name)
+        .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no switch named {name:?}")))
+}
+
+/// The `fabric.toml` name rule.
+fn check_name(name: &str) -> OpResult<()> {
+    let ok = (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && name != "."
+        && name != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid name {name:?} (expected 1 to 32 of A-Z a-z 0-9 _ . -)"
+        )))
+    }
+}
+
+fn parse_mac(s: &str) -> OpResult<[u8; 6]> {
+    let bad = || invalid(format!("invalid MAC address {s:?}"));
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// Where relative paths of run-time additions are resolved: like the
+/// config file's own (its directory).
+fn base_dir(rt: &Runtime) -> PathBuf {
+    rt.config_path
+        .as_ref()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default()
+}
+
+/// A `port.add` checked by the config parser itself: the port is written as
+/// a one-port `fabric.toml` and parsed, so every rule of the file applies.
+fn port_config(rt: &Runtime, p: &PortAdd) -> OpResult<(String, PortConfig)> {
+    switch(rt, &p.switch)?;
+    let run_dir = rt.with_state(|st| st.config.daemon.run_dir.clone());
+    let mut port = toml::Table::new();
+    port.insert("name".into(), p.name.clone().into());
+    port.insert("type".into(), p.kind.clone().into());
+    let socket = p.socket.clone().unwrap_or_else(|| {
+        run_dir
+            .join(format!("{}.sock", p.name))
+            .display()
+            .to_string()
+    });
+    port.insert("socket".into(), socket.into());
+    if let Some(v) = &p.vlan {
+        let v = toml::Value::try_from(v).map_err(|e| invalid(format!("vlan: {e}")))?;
+        port.insert("vlan".into(), v);
+    }
+    if let Some(q) = p.queue_size {
+        port.insert("queue_size".into(), i64::from(q).into());
+    }
+    if let Some(m) = p.mtu {
+        port.insert("mtu".into(), i64::from(m).into());
+    }
+    if let Some(mac) = &p.mac {
+        port.insert("mac".into(), mac.clone().into());
+    }
+    let mut sw = toml::Table::new();
+    sw.insert("name".into(), p.switch.clone().into());
+    sw.insert("port".into(), toml::Value::Array(vec![port.into()]));
+    let mut doc = toml::Table::new();
+    doc.insert("switch".into(), toml::Value::Array(vec![sw.into()]));
+    let text = toml::to_string(&doc).map_err(|e| invalid(e.to_string()))?;
+    let cfg = fabric_config::parse(&text, &base_dir(rt).join("port.toml")).map_err(|e| {
+        // "port.toml:5: switch[0].port[0].vlan.tag: ..." -> "vlan.tag: ..."
+        let msg = e.to_string();
+        let msg = msg
+            .split_once("switch[0].port[0].")
+            .map_or(msg.clone(), |(_, rest)| rest.to_owned());
+        invalid(msg)
+    })?;
+    let pc = cfg
+        .switches
+        .into_iter()
+        .next()
+        .and_then(|s| s.ports.into_iter().next())
+        .ok_or_else(|| invalid("no port"))?;
+    Ok((p.switch.clone(), pc))
+}
+
+fn export_config(rt: &Runtime, e: &ExportAdd) -> OpResult<ExportConfig> {
+    rt.pool_entry(&e.pool)?;
+    let run_dir = rt.with_state(|st| st.config.daemon.run_dir.clone());
+    let socket = match &e.socket {
+        Some(s) if s.is_empty() => return Err(invalid("socket must not be empty")),
+        Some(s) => base_dir(rt).join(s),
+        None => run_dir.join(format!("{}.sock", e.volume)),
+    };
+    if socket.as_os_str().len() > 107 {
+        return Err(invalid(format!(
+            "socket path {} is longer than 107 bytes",
+            socket.display()
+        )));
+    }
+    let queues = e.queues.unwrap_or(fabric_config::DEFAULT_EXPORT_QUEUES);
+    if !(1..=16).contains(&queues) {
+        return Err(invalid(format!("queue count {queues} is outside 1..=16")));
+    }
+    let queue_size = e
+        .queue_size
+        .unwrap_or(fabric_config::DEFAULT_EXPORT_QUEUE_SIZE);
+    if !(8..=1024).contains(&queue_size) || !queue_size.is_power_of_two() {
+        return Err(invalid(format!(
+            "queue size {queue_size} is not a power of two in 8..=1024"
+        )));
+    }
+    Ok(ExportConfig {
+        socket,
+        queues,
+        queue_size,
+        read_only: e.read_only.unwrap_or(false),
+    })
+}
+
+fn port_list(rt: &Runtime) -> Vec<PortInfo> {
+    rt.with_state(|st| {
+        st.ports
+            .iter()
+            .map(|p| {
+                let sw = rt.switch(&p.switch);
+                let topo = sw.map(|s| s.topology());
+                let state = topo.as_ref().and_then(|t| {
+                    let id = sw?.port_id(&p.config.name)?;
+                    t.port(id).map(|x| x.state.clone())
+                });
+                let c = state.as_ref().map(|s| s.counters.snapshot());
+                let c = c.as_ref();
+                let PortKind::VhostUser { socket, .. } = &p.config.kind;
+                PortInfo {
+                    switch: p.switch.clone(),
+                    name: p.config.name.clone(),
+                    kind: "vhost-user".into(),
+                    socket: socket.display().to_string(),
+                    vlan: vlan_summary(&p.config.vlan),
+                    link: state.as_ref().is_some_and(|s| s.is_up()),
+                    rx_packets: c.map_or(0, |c| c.rx_packets),
+                    rx_bytes: c.map_or(0, |c| c.rx_bytes),
+                    tx_packets: c.map_or(0, |c| c.tx_packets),
+                    tx_bytes: c.map_or(0, |c| c.tx_bytes),
+                    drops: vswitch::DropReason::ALL
+                        .iter()
+                        .map(|r| (r.name().to_owned(), c.map_or(0, |c| c.dropped(*r))))
+                        .collect(),
+                }
+            })
+            .collect()
+    })
+}
+
+fn fdb_show(rt: &Runtime, name: &str) -> OpResult<Vec<FdbEntryInfo>> {
+    let sw = switch(rt, name)?;
+    let topo = sw.topology();
+    Ok(sw
+        .fdb()
+        .entries(sw.now())
+        .into_iter()
+        .map(|e| FdbEntryInfo {
+            vlan: e.vlan,
+            mac: e.mac.to_string(),
+            port: topo
+                .port(e.port)
+                .map_or_else(|| format!("#{}", e.port), |p| p.name.clone()),
+            is_static: e.is_static,
+            age_secs: e.age,
+        })
+        .collect())
+}
+
+fn pool_list(rt: &Runtime) -> Vec<PoolInfo> {
+    rt.pools()
+        .iter()
+        .map(|p| {
+            let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let s = pool.space();
+            let cs = u64::from(s.cluster_size);
+            PoolInfo {
+                name: p.name.clone(),
+                path: p.path.display().to_string(),
+                cluster_size: s.cluster_size,
+                capacity: s.capacity,
+                used: s.used_clusters * cs,
+                free: s.free_clusters * cs,
+                releasing: s.releasing_clusters * cs,
+                provisioned: s.provisioned,
+            }
+        })
+        .collect()
+}
+
+fn volume_list(rt: &Runtime, only: Option<&str>) -> Vec<VolumeInfo> {
+    let mut out = Vec::new();
+    for p in rt.pools() {
+        if only.is_some_and(|o| o != p.name) {
+            continue;
+        }
+        let vols = p.pool.lock().unwrap_or_else(|e| e.into_inner()).volumes();
+        for v in vols {
+            out.push(VolumeInfo {
+                pool: p.name.clone(),
+                kind: format!("{:?}", v.kind).to_lowercase(),
+                size: v.size,
+                block_size: v.block_size,
+                read_only: v.read_only,
+                allocated: v.allocated,
+                exclusive: v.exclusive,
+                export: rt
+                    .export_of(&p.name, &v.name)
+                    .map(|s| s.display().to_string()),
+                name: v.name,
+            });
+        }
+    }
+    out
+}
+
+fn volume_info(rt: &Runtime, pool: &str, name: &str) -> OpResult<Value> {
+    let v = volume_list(rt, Some(pool))
+        .into_iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no volume named {name:?}")))?;
+    to_value(v)
+}
