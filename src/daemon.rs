@@ -642,9 +642,25 @@ impl Runtime {
         block_size: u32,
     ) -> OpResult<()> {
         let pool = self.pool_entry(pool_name)?.pool.clone();
-        pool.lock()
-            .unwrap_or_else(|x| x.into_inner())
-            .create_volume(name, size, block_size)?;
+        let overcommit = self
+            .lock()
+            .config
+            .pools
+            .iter()
+            .any(|p| p.name == pool_name && p.overcommit);
+        let mut p = pool.lock().unwrap_or_else(|x| x.into_inner());
+        let space = p.space();
+        if !overcommit && space.provisioned.saturating_add(size) > space.capacity {
+            return Err(OpError::new(
+                ErrorCode::NoSpace,
+                format!(
+                    "pool {pool_name} holds {} bytes and {} are provisioned; {size} more needs `overcommit = true`",
+                    space.capacity, space.provisioned
+                ),
+            ));
+        }
+        p.create_volume(name, size, block_size)?;
+        drop(p);
         self.remember_volume(
             pool_name,
             VolumeConfig {

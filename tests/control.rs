@@ -1,0 +1,479 @@
+//! The control socket end to end, against a running daemon, with the effect
+//! of each operation checked on real traffic or I/O: a port added at run
+//! time forwards; a snapshot taken while a client writes holds exactly the
+//! writes completed before it; a deleted volume's space returns; a saved
+//! configuration brings the same ports, volumes and exports back after a
+//! restart; hostile requests get errors and the daemon keeps serving.
+
+mod blk_support;
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fabric::Daemon;
+use serde_json::{json, Value};
+use support::{eth, mac, GuestNic, NicOptions};
+
+const MIB: u64 = 1 << 20;
+
+/// A daemon on a config of its own in a fresh directory under
+/// `$VBLOCK_TEST_DIR` or /var/tmp (pools are opened O_DIRECT).
+struct Host {
+    daemon: Option<Daemon>,
+    dir: PathBuf,
+}
+
+impl Host {
+    fn start(toml: &str) -> Host {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::var_os("VBLOCK_TEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        let dir = base.join(format!(
+            "ctl-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("fabric.toml"), toml).unwrap();
+        let mut h = Host { daemon: None, dir };
+        h.launch();
+        h
+    }
+
+    fn launch(&mut self) {
+        let path = self.dir.join("fabric.toml");
+        let config = fabric_config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        self.daemon = Some(Daemon::start_from(&config, Some(&path)).expect("daemon starts"));
+    }
+
+    fn restart(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown();
+        }
+        self.launch();
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().unwrap()
+    }
+
+    fn socket(&self, name: &str) -> PathBuf {
+        self.dir.join("run").join(format!("{name}.sock"))
+    }
+
+    fn ctl(&self) -> Ctl {
+        Ctl::connect(&self.socket("control"))
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A raw JSON-lines client of the control socket.
+struct Ctl {
+    w: UnixStream,
+    r: BufReader<UnixStream>,
+    id: u64,
+}
+
+impl Ctl {
+    fn connect(path: &Path) -> Ctl {
+        let w = UnixStream::connect(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        w.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let r = BufReader::new(w.try_clone().unwrap());
+        Ctl { w, r, id: 0 }
+    }
+
+    fn send_line(&mut self, line: &[u8]) -> Value {
+        self.w.write_all(line).unwrap();
+        self.w.write_all(b"\n").unwrap();
+        let mut answer = String::new();
+        self.r.read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("answer {answer:?}: {e}"))
+    }
+
+    /// The full answer object.
+    fn call(&mut self, op: &str, args: Value) -> Value {
+        self.id += 1;
+        let req = json!({"v": 1, "id": self.id, "op": op, "args": args});
+        let a = self.send_line(req.to_string().as_bytes());
+        assert_eq!(a["id"], self.id, "answer to another request: {a}");
+        a
+    }
+
+    /// The result of a request that must succeed.
+    fn ok(&mut self, op: &str, args: Value) -> Value {
+        let a = self.call(op, args.clone());
+        assert_eq!(a["ok"], true, "{op} {args}: {a}");
+        a["result"].clone()
+    }
+
+    /// The error code of a request that must fail.
+    fn err(&mut self, op: &str, args: Value) -> String {
+        let a = self.call(op, args.clone());
+        assert_eq!(a["ok"], false, "{op} {args} should fail: {a}");
+        a["error"]["code"].as_str().unwrap().to_owned()
+    }
+}
+
+const SWITCH: &str = "[daemon]\nrun_dir = \"run\"\n[[switch]]\nname = \"br0\"\n\
+    [[switch.port]]\nname = \"a\"\ntype = \"vhost-user\"\n";
+const POOL: &str = "[[pool]]\nname = \"p0\"\npath = \"pool.img\"\nsize = \"64M\"\n";
+
+#[test]
+fn status_and_a_port_added_at_run_time_forwards() {
+    let h = Host::start(SWITCH);
+    let mut c = h.ctl();
+    let st = c.ok("daemon.status", json!({}));
+    assert_eq!(st["protocol"], 1);
+    assert_eq!(st["pid"], std::process::id());
+    let ports = c.ok("port.list", json!({}));
+    assert_eq!(ports.as_array().unwrap().len(), 1);
+
+    let added = c.ok(
+        "port.add",
+        json!({"switch": "br0", "name": "b", "vlan": {"mode": "access", "tag": 1}, "mac": "52:54:00:00:00:0b"}),
+    );
+    assert_eq!(added["name"], "b");
+    assert_eq!(added["vlan"], "access 1");
+    assert!(h.socket("b").exists());
+    // Traffic: a <-> b through the new port.
+    let mut a = GuestNic::connect(&h.socket("a"), NicOptions::default()).unwrap();
+    let mut b = GuestNic::connect(&h.socket("b"), NicOptions::default()).unwrap();
+    let frame = eth(mac(2), mac(1), 0x0800, b"hello from a");
+    let mut got = None;
+    for _ in 0..50 {
+        a.send(&frame);
+        got = b.recv(Duration::from_millis(100));
+        if got.is_some() {
+            break;
+        }
+    }
+    assert_eq!(got.as_deref(), Some(&frame[..]), "b receives a's flood");
+    let list = c.ok("port.list", json!({}));
+    let b_info = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "b")
+        .unwrap();
+    assert!(b_info["tx_packets"].as_u64().unwrap() >= 1, "{b_info}");
+    assert_eq!(b_info["link"], true);
+    // The FDB learned a's MAC; a static entry can be added and flushed.
+    let fdb = c.ok("fdb.show", json!({"switch": "br0"}));
+    assert!(
+        fdb.as_array().unwrap().iter().any(|e| e["port"] == "a"),
+        "{fdb}"
+    );
+    c.ok(
+        "fdb.add",
+        json!({"switch": "br0", "vlan": 1, "mac": "52:54:00:00:00:99", "port": "b"}),
+    );
+    let fdb = c.ok("fdb.show", json!({"switch": "br0"}));
+    assert!(fdb
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["mac"] == "52:54:00:00:00:99" && e["static"] == true));
+    // A flush forgets what was learned; static entries stay.
+    let flushed = c.ok("fdb.flush", json!({"switch": "br0"}));
+    assert!(flushed["flushed"].as_u64().unwrap() >= 1, "{flushed}");
+    let fdb = c.ok("fdb.show", json!({"switch": "br0"}));
+    assert!(
+        fdb.as_array().unwrap().iter().all(|e| e["static"] == true),
+        "{fdb}"
+    );
+    // Bad port specs are refused with the config's own words.
+    let a2 = c.call(
+        "port.add",
+        json!({"switch": "br0", "name": "c", "vlan": {"mode": "access", "tag": 5000}}),
+    );
+    assert_eq!(a2["error"]["code"], "invalid_argument");
+    assert!(
+        a2["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("vlan.tag"),
+        "{a2}"
+    );
+    assert_eq!(
+        c.err("port.add", json!({"switch": "br0", "name": "b"})),
+        "already_exists"
+    );
+    assert_eq!(
+        c.err("port.add", json!({"switch": "nope", "name": "z"})),
+        "not_found"
+    );
+    // Removing: the guest is disconnected, the socket gone; twice is refused.
+    drop(b);
+    c.ok("port.remove", json!({"name": "b"}));
+    assert!(!h.socket("b").exists());
+    assert_eq!(c.err("port.remove", json!({"name": "b"})), "not_found");
+}
+
+#[test]
+fn snapshot_while_a_client_writes_holds_exactly_the_writes_before_it() {
+    let h = Host::start(&format!(
+        "{SWITCH}{POOL}[[pool.volume]]\nname = \"d\"\nsize = \"16M\"\nexport = {{}}\n"
+    ));
+    let mut c = h.ctl();
+    let socket = h.socket("d");
+    // The writer fills 4 KiB blocks in order, block i with pattern seed i+1,
+    // and publishes how many completed.
+    let completed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (completed, stop) = (completed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut client = blk_support::BlkClient::connect(&socket, 1).unwrap();
+            let q = client.queue(0);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && i < 4096 {
+                q.write_pattern(i + 1, i * 4096, 4096).unwrap();
+                i += 1;
+                completed.store(i, Ordering::SeqCst);
+            }
+        })
+    };
+    while completed.load(Ordering::SeqCst) < 200 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = completed.load(Ordering::SeqCst);
+    c.ok(
+        "volume.snapshot",
+        json!({"pool": "p0", "source": "d", "name": "snap"}),
+    );
+    let after = completed.load(Ordering::SeqCst);
+    while completed.load(Ordering::SeqCst) < after + 100 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    c.ok("export.add", json!({"pool": "p0", "volume": "snap"}));
+    let mut s = blk_support::BlkClient::connect(&h.socket("snap"), 1).unwrap();
+    assert!(s.read_only());
+    let q = s.queue(0);
+    // Every write completed before the request is in the snapshot.
+    for i in 0..before {
+        q.verify_pattern(i + 1, i * 4096, 4096).unwrap();
+    }
+    // Nothing written after the answer is.
+    for i in after + 1..after + 100 {
+        let b = q.read_vec(i * 4096, 4096).unwrap();
+        assert!(
+            b.iter().all(|&x| x == 0),
+            "block {i} written after the snapshot"
+        );
+    }
+    eprintln!("snapshot: {before} writes before the request, {after} at its answer");
+}
+
+#[test]
+fn volumes_exports_and_space() {
+    let h = Host::start(&format!("{SWITCH}{POOL}"));
+    let mut c = h.ctl();
+    let free0 = c.ok("pool.list", json!({}))[0]["free"].as_u64().unwrap();
+    let v = c.ok(
+        "volume.create",
+        json!({"pool": "p0", "name": "v1", "size": "8M"}),
+    );
+    assert_eq!(v["size"], 8 * MIB);
+    assert_eq!(v["kind"], "volume");
+    let e = c.ok(
+        "export.add",
+        json!({"pool": "p0", "volume": "v1", "queues": 2}),
+    );
+    assert!(e["export"].as_str().unwrap().ends_with("v1.sock"), "{e}");
+    {
+        let mut client = blk_support::BlkClient::connect(&h.socket("v1"), 2).unwrap();
+        client
+            .queue(0)
+            .write_pattern(3, 0, 4 * MIB as usize)
+            .unwrap();
+        client.queue(0).flush().unwrap();
+    }
+    let used = c.ok("volume.list", json!({"pool": "p0"}));
+    assert_eq!(used[0]["allocated"], 4 * MIB);
+    // Conflicts: an exported volume cannot be deleted, renamed or resized.
+    assert_eq!(
+        c.err("volume.delete", json!({"pool": "p0", "name": "v1"})),
+        "conflict"
+    );
+    assert_eq!(
+        c.err(
+            "volume.rename",
+            json!({"pool": "p0", "name": "v1", "new_name": "x"})
+        ),
+        "conflict"
+    );
+    assert_eq!(
+        c.err("export.add", json!({"pool": "p0", "volume": "v1"})),
+        "already_exists"
+    );
+    c.ok(
+        "volume.clone",
+        json!({"pool": "p0", "source": "v1", "name": "v2"}),
+    );
+    c.ok(
+        "volume.rename",
+        json!({"pool": "p0", "name": "v2", "new_name": "v3"}),
+    );
+    c.ok(
+        "volume.resize",
+        json!({"pool": "p0", "name": "v3", "size": "16M"}),
+    );
+    assert_eq!(
+        c.err(
+            "volume.resize",
+            json!({"pool": "p0", "name": "v3", "size": "4M"})
+        ),
+        "invalid_argument"
+    );
+    c.ok(
+        "volume.resize",
+        json!({"pool": "p0", "name": "v3", "size": "4M", "force": true}),
+    );
+    c.ok("export.remove", json!({"pool": "p0", "volume": "v1"}));
+    assert!(!h.socket("v1").exists());
+    assert_eq!(
+        c.err("export.remove", json!({"pool": "p0", "volume": "v1"})),
+        "not_found"
+    );
+    // Deleting both returns the space.
+    c.ok("volume.delete", json!({"pool": "p0", "name": "v1"}));
+    c.ok("volume.delete", json!({"pool": "p0", "name": "v3"}));
+    let free1 = c.ok("pool.list", json!({}))[0]["free"].as_u64().unwrap();
+    assert_eq!(free1, free0, "space returns");
+    assert_eq!(
+        c.err("volume.delete", json!({"pool": "p0", "name": "v1"})),
+        "not_found"
+    );
+    // Without `overcommit = true` the pool refuses more than it holds.
+    assert_eq!(
+        c.err(
+            "volume.create",
+            json!({"pool": "p0", "name": "big", "size": "1T"})
+        ),
+        "no_space"
+    );
+}
+
+#[test]
+fn saved_configuration_comes_back_after_a_restart() {
+    let mut h = Host::start(&format!("{SWITCH}{POOL}"));
+    {
+        let mut c = h.ctl();
+        c.ok("port.add", json!({"switch": "br0", "name": "b", "vlan": {"mode": "trunk", "allowed": [10, 20], "native": 1}}));
+        c.ok(
+            "volume.create",
+            json!({"pool": "p0", "name": "d", "size": "8M"}),
+        );
+        c.ok(
+            "volume.snapshot",
+            json!({"pool": "p0", "source": "d", "name": "s"}),
+        );
+        c.ok("export.add", json!({"pool": "p0", "volume": "d"}));
+        let mut client = blk_support::BlkClient::connect(&h.socket("d"), 1).unwrap();
+        client.queue(0).write_pattern(8, 0, MIB as usize).unwrap();
+        client.queue(0).flush().unwrap();
+        drop(client);
+        let saved = c.ok("config.save", json!({}));
+        assert!(saved["path"].as_str().unwrap().ends_with("fabric.toml"));
+    }
+    h.restart();
+    let mut c = h.ctl();
+    let ports = c.ok("port.list", json!({}));
+    let b = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "b")
+        .expect("port b back");
+    assert_eq!(b["vlan"], "trunk 1, 10, 20 native 1");
+    let vols = c.ok("volume.list", json!({}));
+    let names: Vec<&str> = vols
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["d", "s"]);
+    let mut client = blk_support::BlkClient::connect(&h.socket("d"), 1).unwrap();
+    client.queue(0).verify_pattern(8, 0, MIB as usize).unwrap();
+}
+
+#[test]
+fn hostile_requests_get_errors_and_the_daemon_keeps_serving() {
+    let h = Host::start(&format!(
+        "{SWITCH}{POOL}[[pool.volume]]\nname = \"d\"\nsize = \"8M\"\n"
+    ));
+    let mut c = h.ctl();
+    for (line, code) in [
+        (&b"garbage"[..], "bad_request"),
+        (b"[1,2,3]", "bad_request"),
+        (b"{}", "bad_request"),
+        (b"{\"v\":2,\"op\":\"daemon.status\"}", "unsupported_version"),
+        (b"{\"v\":1,\"op\":\"rm -rf\"}", "unknown_op"),
+        (b"{\"v\":1,\"op\":\"volume.create\",\"args\":{\"pool\":1}}", "invalid_argument"),
+        (b"{\"v\":1,\"op\":\"volume.create\",\"args\":{\"pool\":\"p0\",\"name\":\"../x\",\"size\":1}}", "invalid_argument"),
+        (b"{\"v\":1,\"op\":\"volume.create\",\"args\":{\"pool\":\"p0\",\"name\":\"x\",\"size\":\"-1\"}}", "invalid_argument"),
+        (b"{\"v\":1,\"op\":\"port.add\",\"args\":{\"switch\":\"br0\",\"name\":\"q\",\"evil\":1}}", "invalid_argument"),
+        (b"{\"v\":1,\"op\":\"fdb.add\",\"args\":{\"switch\":\"br0\",\"vlan\":99999,\"mac\":\"x\",\"port\":\"a\"}}", "invalid_argument"),
+        (b"{\"v\":1,\"op\":\"export.add\",\"args\":{\"pool\":\"p0\",\"volume\":\"d\",\"queue_size\":3}}", "invalid_argument"),
+        (b"\xff\xfe\x00", "bad_request"),
+    ] {
+        let a = c.send_line(line);
+        assert_eq!(a["ok"], false, "{}: {a}", String::from_utf8_lossy(line));
+        assert_eq!(a["error"]["code"], code, "{}: {a}", String::from_utf8_lossy(line));
+    }
+    // A huge line is refused and that connection closed; others carry on.
+    let mut huge = Ctl::connect(&h.socket("control"));
+    let a = huge.send_line(&vec![b'x'; 100_000]);
+    assert_eq!(a["error"]["code"], "bad_request");
+    // Concurrent conflicting operations: one delete wins, the others are refused.
+    let results: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut c = h.ctl();
+                    let a = c.call("volume.delete", json!({"pool": "p0", "name": "d"}));
+                    if a["ok"] == true {
+                        "ok".to_owned()
+                    } else {
+                        a["error"]["code"].as_str().unwrap().to_owned()
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(
+        results.iter().filter(|r| *r == "ok").count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results.iter().all(|r| r == "ok" || r == "not_found"),
+        "{results:?}"
+    );
+    // Many clients at once, some idle: the daemon still answers.
+    let idle: Vec<UnixStream> = (0..10)
+        .map(|_| UnixStream::connect(h.socket("control")).unwrap())
+        .collect();
+    assert_eq!(h.ctl().ok("daemon.status", json!({}))["protocol"], 1);
+    drop(idle);
+    let pool = h.daemon().pool("p0").unwrap().lock().unwrap();
+    pool.metadata().check().unwrap();
+}
