@@ -3,6 +3,8 @@
 
 pub mod control;
 pub mod daemon;
+pub mod logging;
+pub mod metrics;
 pub mod storage;
 
 pub use daemon::Daemon;

@@ -11,7 +11,7 @@
 use super::request::{
     self, parse, Limits, Op, Rejected, Request, ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
-use super::{BlkExport, Vring};
+use super::{BlkExport, TimedOp, Vring};
 use crate::session::SessionBackend;
 use crate::split_ring::RingView;
 use crate::{GuestMem, GuestMemAtomic};
@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 use vblock::dev::FileDev;
 use vblock::engine::{IoCompletion, IoKind, IoRequest, VolumeEngine};
 use vblock::pool::PoolError;
@@ -65,6 +66,9 @@ struct InFlight {
     used_len: u32,
     /// Completed writes must be made durable first in write-through mode.
     changes_data: bool,
+    /// The latency histogram the request counts in, if any.
+    timed: Option<TimedOp>,
+    started: Instant,
     /// Keeps the guest memory mapped until the kernel is done with it.
     _mem: Arc<GuestMem>,
 }
@@ -304,6 +308,12 @@ impl BlkBackend {
                 return;
             }
         };
+        let timed = match kind {
+            IoKind::Read => Some(TimedOp::Read),
+            IoKind::Write => Some(TimedOp::Write),
+            IoKind::Flush => Some(TimedOp::Flush),
+            IoKind::Discard | IoKind::WriteZeroes => None,
+        };
         let tag = st.next_tag;
         st.next_tag = st.next_tag.wrapping_add(1);
         st.inflight.insert(
@@ -313,6 +323,8 @@ impl BlkBackend {
                 status: req.status,
                 used_len: req.used_len,
                 changes_data,
+                timed,
+                started: Instant::now(),
                 _mem: mem.clone(),
             },
         );
@@ -363,6 +375,8 @@ impl BlkBackend {
             }
         }
         let c = &self.0.export.counters;
+        // One clock read per batch: every status below is written now.
+        let now = Instant::now();
         for done in completions.drain(..) {
             let Some(f) = st.inflight.remove(&done.tag) else {
                 continue;
@@ -384,6 +398,10 @@ impl BlkBackend {
             };
             // SAFETY: a byte of guest memory kept mapped by `f._mem`.
             unsafe { f.status.write_volatile(code) };
+            if let Some(op) = f.timed {
+                c.latency(op)
+                    .record(now.saturating_duration_since(f.started));
+            }
             st.done.push((f.head, len));
         }
     }

@@ -15,6 +15,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use vblock::dev::FileDev;
 use vblock::pool::Pool;
 use vhost_user_backend::VringMutex;
@@ -59,6 +60,8 @@ pub struct BlkCounters {
     pub invalid: AtomicU64,
     /// Chains dropped without a status (no status byte, broken chain).
     pub bad_chains: AtomicU64,
+    /// Submit-to-completion latency, one histogram per [`TimedOp`].
+    pub latency: [LatencyHistogram; 3],
 }
 
 impl BlkCounters {
@@ -79,6 +82,98 @@ impl BlkCounters {
             g(&self.bad_chains)
         )
     }
+
+    /// The latency histogram of `op`.
+    pub fn latency(&self, op: TimedOp) -> &LatencyHistogram {
+        &self.latency[op as usize]
+    }
+}
+
+/// Upper bounds of the latency buckets in microseconds: 16 us, 32 us, ...,
+/// 2^20 us (about 1 s). One more bucket takes anything slower (+Inf).
+pub const LATENCY_BOUNDS_US: [u64; 17] = {
+    let mut bounds = [0; 17];
+    let mut i = 0;
+    while i < bounds.len() {
+        bounds[i] = 16 << i;
+        i += 1;
+    }
+    bounds
+};
+
+/// Buckets of a [`LatencyHistogram`]: one per bound, and +Inf.
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+
+/// The requests whose latency is measured, each in a histogram of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimedOp {
+    Read,
+    Write,
+    Flush,
+}
+
+impl TimedOp {
+    pub const ALL: [TimedOp; 3] = [TimedOp::Read, TimedOp::Write, TimedOp::Flush];
+
+    /// Stable lower-case name, used by metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            TimedOp::Read => "read",
+            TimedOp::Write => "write",
+            TimedOp::Flush => "flush",
+        }
+    }
+}
+
+/// Request latencies in fixed log2 buckets: relaxed atomics, no lock, no
+/// allocation.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Requests per bucket (not cumulative); the last one is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+    /// Sum of every recorded latency, in microseconds.
+    sum_us: AtomicU64,
+}
+
+/// A point-in-time copy of a [`LatencyHistogram`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencySnapshot {
+    /// Requests per bucket (not cumulative), bounds [`LATENCY_BOUNDS_US`]
+    /// then +Inf.
+    pub buckets: [u64; LATENCY_BUCKETS],
+    pub sum_us: u64,
+}
+
+impl LatencySnapshot {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+impl LatencyHistogram {
+    /// Counts one request that took `latency` (rounded up to a microsecond).
+    pub fn record(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX);
+        self.buckets[latency_bucket(us)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The bucket of a latency of `us` microseconds: the first bound >= `us`.
+/// Bounds are `16 << i`, so that is `ceil(log2(us)) - 4`.
+fn latency_bucket(us: u64) -> usize {
+    if us <= LATENCY_BOUNDS_US[0] {
+        return 0;
+    }
+    let log2_ceil = (u64::BITS - (us - 1).leading_zeros()) as usize;
+    (log2_ceil - 4).min(LATENCY_BUCKETS - 1)
 }
 
 /// One volume exported over vhost-user-blk.
@@ -109,5 +204,63 @@ impl BlkExport {
         SocketServer::spawn(&name, &self.config.socket, move |mem| {
             BlkBackend::new(export.clone(), mem)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_first_bound_at_or_above() {
+        for us in [
+            0,
+            1,
+            15,
+            16,
+            17,
+            31,
+            32,
+            33,
+            1000,
+            1 << 20,
+            (1 << 20) + 1,
+            u64::MAX,
+        ] {
+            let b = latency_bucket(us);
+            match LATENCY_BOUNDS_US.get(b) {
+                Some(&bound) => {
+                    assert!(us <= bound, "{us} us in bucket <= {bound}");
+                    if b > 0 {
+                        assert!(
+                            us > LATENCY_BOUNDS_US[b - 1],
+                            "{us} us: a lower bucket fits"
+                        );
+                    }
+                }
+                None => assert!(us > *LATENCY_BOUNDS_US.last().unwrap(), "{us} us in +Inf"),
+            }
+        }
+        assert_eq!(LATENCY_BOUNDS_US[0], 16);
+        assert_eq!(LATENCY_BOUNDS_US[16], 1 << 20);
+    }
+
+    #[test]
+    fn histogram_records_count_and_sum() {
+        let h = LatencyHistogram::default();
+        h.record(Duration::from_nanos(15_500)); // 16 us
+        h.record(Duration::from_micros(100)); // <= 128 us
+        h.record(Duration::from_secs(5)); // +Inf
+        let s = h.snapshot();
+        assert_eq!(s.count(), 3);
+        assert_eq!(s.sum_us, 16 + 100 + 5_000_000);
+        assert_eq!(s.buckets[0], 1);
+        assert_eq!(s.buckets[3], 1);
+        assert_eq!(s.buckets[LATENCY_BUCKETS - 1], 1);
+        let c = BlkCounters::default();
+        c.latency(TimedOp::Write).record(Duration::from_micros(20));
+        assert_eq!(c.latency(TimedOp::Write).snapshot().count(), 1);
+        assert_eq!(c.latency(TimedOp::Read).snapshot().count(), 0);
+        assert!(c.summary().starts_with("reads 0 (0 B) writes 0"));
     }
 }
