@@ -159,6 +159,7 @@ pub struct Daemon {
     stop: Arc<AtomicBool>,
     ager: Option<JoinHandle<()>>,
     control: Option<ControlServer>,
+    metrics: Option<crate::metrics::MetricsServer>,
     stopped: bool,
 }
 
@@ -230,6 +231,7 @@ impl Daemon {
             stop: Arc::new(AtomicBool::new(false)),
             ager: None,
             control: None,
+            metrics: None,
             stopped: false,
         };
         let started = opened
@@ -240,6 +242,14 @@ impl Daemon {
                     &config.daemon.control_socket,
                     daemon.rt.clone(),
                 )?);
+                if let Some(addr) = config.daemon.metrics_listen {
+                    let rt = daemon.rt.clone();
+                    let srv = crate::metrics::serve(addr, move || rt.metrics_snapshot()).map_err(
+                        |e| io::Error::new(e.kind(), format!("daemon.metrics_listen {addr}: {e}")),
+                    )?;
+                    log::info!("metrics on http://{}/metrics", srv.local_addr());
+                    daemon.metrics = Some(srv);
+                }
                 Ok(())
             });
         if let Err(e) = started {
@@ -289,6 +299,11 @@ impl Daemon {
             .ok();
     }
 
+    /// Where the metrics endpoint listens, if it is on.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr())
+    }
+
     /// The shared runtime (what the control socket changes).
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.rt
@@ -326,6 +341,9 @@ impl Daemon {
         self.stop.store(true, Ordering::Release);
         if let Some(c) = self.control.take() {
             c.stop();
+        }
+        if let Some(m) = self.metrics.take() {
+            m.stop();
         }
         self.rt.stop_all();
         if let Some(ager) = self.ager.take() {
@@ -788,6 +806,23 @@ impl Runtime {
         std::fs::rename(&tmp, &path).map_err(internal)?;
         log::info!("configuration saved to {}", path.display());
         Ok(path)
+    }
+
+    /// What the metrics endpoint shows.
+    pub fn metrics_snapshot(&self) -> crate::metrics::MetricsSnapshot {
+        // Exports first: the snapshot takes each pool's lock, never with the
+        // state lock held.
+        let exports: Vec<(String, Arc<vhost_backends::blk::BlkExport>)> = self.with_state(|st| {
+            st.exports
+                .iter()
+                .map(|e| (e.pool.clone(), e.served.export.clone()))
+                .collect()
+        });
+        crate::metrics::snapshot_from(
+            self.switches.iter().map(|e| &*e.switch),
+            &self.pools,
+            exports.iter().map(|(p, e)| (p.as_str(), &**e)),
+        )
     }
 
     /// The switches' configs as running now.

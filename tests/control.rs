@@ -477,3 +477,68 @@ fn hostile_requests_get_errors_and_the_daemon_keeps_serving() {
     let pool = h.daemon().pool("p0").unwrap().lock().unwrap();
     pool.metadata().check().unwrap();
 }
+
+/// Scrapes the opt-in metrics endpoint after traffic and I/O, and parses
+/// every sample line of the OpenMetrics text.
+#[test]
+fn metrics_are_scraped_and_parse() {
+    let h = Host::start(&format!(
+        "{}metrics_listen = \"127.0.0.1:0\"\n{}{POOL}[[pool.volume]]\nname = \"d\"\nsize = \"8M\"\nexport = {{}}\n",
+        &SWITCH[..SWITCH.find("[[switch]]").unwrap()],
+        &SWITCH[SWITCH.find("[[switch]]").unwrap()..]
+    ));
+    {
+        let mut client = blk_support::BlkClient::connect(&h.socket("d"), 1).unwrap();
+        let q = client.queue(0);
+        for i in 0..5u64 {
+            q.write_pattern(i, i * 65536, 65536).unwrap();
+        }
+        q.flush().unwrap();
+        q.verify_pattern(0, 0, 65536).unwrap();
+    }
+    let addr = h.daemon().metrics_addr().expect("metrics on");
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_lowercase().contains("openmetrics-text"), "{head}");
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    // name{labels} value: every sample line parses.
+    let mut samples = std::collections::HashMap::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (key, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        samples.insert(key.to_owned(), v);
+    }
+    let get = |k: &str| {
+        *samples
+            .get(k)
+            .unwrap_or_else(|| panic!("no {k} in\n{body}"))
+    };
+    assert_eq!(
+        get("vswitchd_blk_writes_total{pool=\"p0\",volume=\"d\"}"),
+        5.0
+    );
+    assert!(get("vswitchd_blk_reads_total{pool=\"p0\",volume=\"d\"}") >= 1.0);
+    assert_eq!(
+        get("vswitchd_blk_request_duration_seconds_count{pool=\"p0\",volume=\"d\",op=\"write\"}"),
+        5.0
+    );
+    assert_eq!(
+        get("vswitchd_volume_allocated_bytes{pool=\"p0\",volume=\"d\"}"),
+        5.0 * 65536.0
+    );
+    assert!(get("vswitchd_pool_capacity_bytes{pool=\"p0\"}") > 0.0);
+    assert_eq!(get("vswitchd_port_link_up{switch=\"br0\",port=\"a\"}"), 0.0);
+    assert!(samples.contains_key("vswitchd_fdb_entries{switch=\"br0\"}"));
+}

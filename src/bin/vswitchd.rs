@@ -2,6 +2,7 @@
 //! until SIGINT or SIGTERM, then prints per-port counters, removes its sockets
 //! and exits 0. SIGUSR1 prints the counters without stopping.
 //! `vswitchd --check --config fabric.toml` validates the file and exits.
+//! `--log-json` writes logs as JSON lines (filter with `RUST_LOG`).
 
 use fabric::Daemon;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
@@ -9,21 +10,24 @@ use signal_hook::iterator::Signals;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: vswitchd [--check] --config FILE";
+const USAGE: &str = "usage: vswitchd [--check] [--log-json] --config FILE";
 
 struct Args {
     config: PathBuf,
     check: bool,
+    log_json: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut config = None;
     let mut check = false;
+    let mut log_json = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--config" | "-c" => config = Some(args.next().ok_or("--config needs a file")?),
             "--check" => check = true,
+            "--log-json" => log_json = true,
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -32,11 +36,11 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args {
         config: PathBuf::from(config),
         check,
+        log_json,
     })
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = match parse_args() {
         Ok(a) => a,
         Err(msg) => {
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Structured logs (tracing); `--log-json` for one JSON object per line.
+    fabric::logging::init(args.log_json);
     let config = match fabric_config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
