@@ -160,7 +160,7 @@ impl fmt::Display for PoolError {
                 new_size,
             } => write!(
                 f,
-                "shrinking {name:?} from {size} to {new_size} bytes discards data; use force"
+                "shrinking {name:?} from {size} to {new_size} bytes discards data; ask with force (--force)"
             ),
             Self::NotWritable => write!(f, "the pool is open read-only"),
             Self::Failed => write!(
