@@ -23,6 +23,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use vblock::dev::SplitMix64 as Rng;
 use vblock::dev::{AlignedBuf, BlockDev, FileDev};
 use vblock::engine::{IoKind, IoRequest, VolumeEngine};
 use vblock::pool::{Pool, PoolOptions};
@@ -35,20 +36,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 /// fio on `path` (created by fio at `size`): IOPS of 4 KiB random `rw` at QD32.
@@ -113,7 +100,7 @@ fn engine_phase(
     secs: u64,
     seed: u64,
 ) -> f64 {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut bufs: Vec<AlignedBuf> = (0..QD).map(|_| AlignedBuf::new(BS)).collect();
     for b in &mut bufs {
         b.fill(0x5A);
@@ -166,7 +153,7 @@ fn engine_phase(
 
 fn shuffled(n: u64, seed: u64) -> Vec<u64> {
     let mut v: Vec<u64> = (0..n).collect();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     for i in (1..v.len()).rev() {
         let j = rng.below(i as u64 + 1) as usize;
         v.swap(i, j);

@@ -23,7 +23,7 @@ mod sim;
 
 pub use aligned::AlignedBuf;
 pub use file::FileDev;
-pub use sim::{SimDisk, SimStats};
+pub use sim::{SimDisk, SimStats, SplitMix64};
 
 /// Logical sector size of every device: 512 bytes. All offsets/lengths the pool uses are multiples of it.
 pub const SECTOR: u64 = 512;

@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use vblock::dev::SplitMix64 as Rng;
 use vblock::dev::{BlockDev, SimDisk};
 use vblock::meta::VolumeKind;
 use vblock::pool::{Pool, PoolError, PoolOptions};
@@ -29,20 +30,6 @@ const SECTOR: usize = 512;
 const CLUSTER: u32 = 4096;
 const POOL_LEN: u64 = 3 << 20;
 const JOURNAL_LEN: u64 = 64 * 1024;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// What one sector may read after a crash.
 #[derive(Clone, Debug)]
@@ -418,7 +405,7 @@ fn run_seed(seed: u64, ops: usize, counts: &mut Counts) {
     let mut pool = Pool::create(disk.clone(), &opts).expect("create");
     let mut model = Model::default();
     let mut w = Workload {
-        rng: Rng(seed),
+        rng: Rng::new(seed),
         next_tag: seed << 32,
         next_name: 0,
     };
@@ -428,7 +415,7 @@ fn run_seed(seed: u64, ops: usize, counts: &mut Counts) {
         // A crash point inside the op: mostly at its first writes (a data
         // write, the first journal block), sometimes deep in a commit or
         // checkpoint. Ops that write less than that get none.
-        let crash_seed = w.rng.next();
+        let crash_seed = w.rng.next_u64();
         let at = if w.rng.below(3) == 0 {
             1 + w.rng.below(12)
         } else {

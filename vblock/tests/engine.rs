@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use vblock::dev::SplitMix64 as Rng;
 use vblock::dev::{AlignedBuf, FileDev};
 use vblock::engine::{IoCompletion, IoKind, IoRequest, VolumeEngine};
 use vblock::pool::{Pool, PoolError, PoolOptions};
@@ -24,20 +25,6 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
     }
 }
 
@@ -68,7 +55,7 @@ fn engine_matches_model_under_concurrency() {
     let vol = pool.lock().unwrap().create_volume("v", VOL, 512).unwrap();
     let mut engine = VolumeEngine::new(pool.clone(), &fd, 64).unwrap();
     let mut model = vec![0u8; VOL as usize];
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     let mut inflight: HashMap<u64, InFlight> = HashMap::new();
     let mut next_tag = 0u64;
     let mut done: Vec<IoCompletion> = Vec::new();

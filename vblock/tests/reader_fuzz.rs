@@ -11,22 +11,9 @@
 use std::sync::Arc;
 
 use vblock::dev::SimDisk;
+use vblock::dev::SplitMix64 as Rng;
 use vblock::format::{JournalBlock, Record};
 use vblock::pool::{Pool, PoolOptions};
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// Where the structures of the base image are.
 struct Map {
@@ -110,14 +97,14 @@ fn scribble(img: &mut [u8], rng: &mut Rng, start: usize, len: usize) {
         let at = start + rng.below(len as u64) as usize;
         match rng.below(4) {
             0 => img[at] ^= 1 << rng.below(8),
-            1 => img[at] = rng.next() as u8,
+            1 => img[at] = rng.next_u64() as u8,
             2 => {
                 // A plausible-looking integer: small, huge or off by one.
                 let end = (at + 8).min(start + len);
                 let v: u64 = match rng.below(3) {
                     0 => rng.below(64),
                     1 => u64::MAX - rng.below(4),
-                    _ => rng.next(),
+                    _ => rng.next_u64(),
                 };
                 img[at..end].copy_from_slice(&v.to_le_bytes()[..end - at]);
             }
@@ -163,7 +150,7 @@ fn mutate(base: &[u8], map: &Map, rng: &mut Rng) -> Vec<u8> {
             let fill = if rng.below(2) == 0 {
                 0
             } else {
-                rng.next() as u8
+                rng.next_u64() as u8
             };
             img[at..at + 512].fill(fill);
         }
@@ -206,7 +193,7 @@ fn corrupted_images_never_panic() {
     let mut opened = 0;
     let iterations = 3000;
     for seed in 0..iterations {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let img = mutate(&base, &map, &mut rng);
         match exercise(img) {
             "refused" => refused += 1,

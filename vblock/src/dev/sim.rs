@@ -352,17 +352,18 @@ impl BlockDev for SimDisk {
     }
 }
 
-/// SplitMix64: tiny, fast, good enough for deterministic fault choices, and no
+/// SplitMix64: tiny, fast, good enough for deterministic fault choices and
+/// seeded test workloads (crash tests, fuzzers, benches use it too), and no
 /// dependency whose output could change under us between versions.
 #[derive(Clone, Debug)]
-pub(crate) struct SplitMix64(u64);
+pub struct SplitMix64(u64);
 
 impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         SplitMix64(seed)
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -371,8 +372,16 @@ impl SplitMix64 {
     }
 
     /// A value in `0..n` (`n > 0`); the modulo bias is irrelevant here.
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
+    }
+
+    /// Fills `buf` with random bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
     }
 }
 

@@ -334,7 +334,7 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(Image::decode(&extra).is_err());
-        let mut rng = TestRng(9);
+        let mut rng = TestRng::new(9);
         for _ in 0..5000 {
             let mut b = bytes.clone();
             let i = rng.below(b.len() as u64) as usize;

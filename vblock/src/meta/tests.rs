@@ -12,19 +12,12 @@ fn nz(c: u32) -> NonZeroU32 {
     NonZeroU32::new(c).unwrap()
 }
 
-/// splitmix64: deterministic, no dependency.
-struct Rng(u64);
+/// Seeded workloads: the crate's SplitMix64 plus `pick`.
+struct Rng(crate::dev::SplitMix64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.0.below(n)
     }
     fn pick<T: Copy>(&mut self, v: &[T]) -> Option<T> {
         (!v.is_empty()).then(|| v[self.below(v.len() as u64) as usize])
@@ -376,7 +369,7 @@ fn deleting_snapshot_with_clones_copies_nothing() {
 #[test]
 fn space_returns_after_deleting_everything() {
     let mut m = pool(200);
-    let mut rng = Rng(7);
+    let mut rng = Rng(crate::dev::SplitMix64::new(7));
     m.create_volume(1, "base", 64 * C as u64, 512).unwrap();
     for vc in 0..40 {
         write(&mut m, 1, vc).unwrap();
@@ -565,7 +558,7 @@ fn compare(m: &Metadata, model: &Model, rng: &mut Rng) {
 }
 
 fn workload(seed: u64, ops: usize, pool_clusters: u32) -> (usize, usize) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(crate::dev::SplitMix64::new(seed));
     let mut m = pool(pool_clusters);
     let mut model = Model {
         vols: HashMap::new(),
