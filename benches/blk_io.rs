@@ -26,6 +26,9 @@
 #[allow(unused_imports)]
 mod blk_support;
 
+#[path = "fio.rs"]
+mod fio;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -84,47 +87,9 @@ fn env_or<T>(name: &str, default: T, parse: impl Fn(&str) -> Option<T>) -> T {
     }
 }
 
-/// fio on `path` (laid out by fio at `size`): IOPS of 4 KiB random `rw` at QD32.
+/// fio at this bench's queue depth.
 fn fio(path: &Path, size: u64, rw: &str, secs: u64) -> f64 {
-    let out = Command::new("fio")
-        .args([
-            "--name=raw",
-            &format!("--filename={}", path.display()),
-            &format!("--size={size}"),
-            "--ioengine=io_uring",
-            "--direct=1",
-            &format!("--iodepth={QD}"),
-            &format!("--rw={rw}"),
-            "--bs=4k",
-            "--time_based",
-            &format!("--runtime={secs}"),
-            "--randrepeat=0",
-            "--norandommap",
-            "--output-format=json",
-        ])
-        .output()
-        .expect("fio must be installed (Debian package fio; scripts/install-test-deps.sh)");
-    assert!(
-        out.status.success(),
-        "fio failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    // The first "iops" of the read or write section (no JSON dependency).
-    let section = if rw.contains("read") {
-        "\"read\""
-    } else {
-        "\"write\""
-    };
-    let at = text.find(section).expect("fio json section");
-    let rest = &text[at..];
-    let i = rest.find("\"iops\"").expect("iops field");
-    let num: String = rest[i + 6..]
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    num.parse().expect("iops number")
+    fio::fio_iops(path, size, rw, QD, secs)
 }
 
 fn connect(socket: &Path, what: &str, o: &Opts) -> Result<BlkClient, String> {

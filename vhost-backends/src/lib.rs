@@ -19,3 +19,14 @@ pub mod split_ring;
 pub type GuestMem = vm_memory::GuestMemoryMmap<()>;
 /// Guest memory that the frontend may replace at run time (SET_MEM_TABLE).
 pub type GuestMemAtomic = vm_memory::GuestMemoryAtomic<GuestMem>;
+
+/// A GET_CONFIG read of `size` bytes at `offset` of a device's config
+/// space: what lies beyond the space reads as zeros (the frontend decides
+/// how much it asks for).
+pub fn config_read(space: &[u8], offset: u32, size: u32) -> Vec<u8> {
+    let start = (offset as usize).min(space.len());
+    let end = start.saturating_add(size as usize).min(space.len());
+    let mut out = space[start..end].to_vec();
+    out.resize(size as usize, 0);
+    out
+}

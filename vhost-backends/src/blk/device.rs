@@ -488,12 +488,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let space = self.config_space();
-        let start = (offset as usize).min(space.len());
-        let end = start.saturating_add(size as usize).min(space.len());
-        let mut out = space[start..end].to_vec();
-        out.resize(size as usize, 0);
-        out
+        crate::config_read(&self.config_space(), offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
