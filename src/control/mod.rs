@@ -1,8 +1,8 @@
 //! The control plane: a Unix socket speaking [`protocol`] (JSON lines), used
 //! by `fabricctl` and scripts.
 
+pub mod cli;
+pub mod client;
 pub mod ops;
 pub mod protocol;
 pub mod server;
-pub mod cli;
-pub mod client;
