@@ -11,14 +11,14 @@
 use super::device::Connection;
 use super::frame_source::{FrameSource, MAX_SEGMENTS};
 use super::{Vring, HDR_LEN};
-use crate::port_table::Delivery;
+use crate::port_table::{Delivery, PortTable};
 use crate::split_ring::RingView;
 use arrayvec::ArrayVec;
 use std::ops::Range;
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, VolatileSlice};
-use vswitch::{Dest, DropReason, PortId, Topology, HEAD_LEN};
+use vswitch::{Dest, DropReason, PortId, Switch, Topology, HEAD_LEN};
 
 /// Chains popped per batch (DESIGN.md: up to 64).
 pub const BATCH: usize = 64;
@@ -117,39 +117,25 @@ pub(crate) fn process_batch(
         return Some(0);
     }
 
-    // Decide every frame, then deliver grouped by destination: each receiver's
-    // queue is locked, and its guest notified, once per batch.
     let port = &conn.port;
-    let topo = port.switch.topology();
-    let now = port.switch.now();
     let mut frames = ArrayVec::<FrameSource<'_, '_>, BATCH>::new();
-    let mut rx_bytes = 0u64;
-    scratch.deliveries.clear();
+    let mut malformed = 0u64;
     for chain in &scratch.chains {
         match &chain.segments {
-            Some(range) => {
-                let frame = FrameSource::new(&segments[range.clone()], HDR_LEN);
-                rx_bytes += frame.len() as u64;
-                frames.push(frame);
-                decide(conn, &topo, &frames, now, &mut scratch.deliveries);
-            }
-            None => {
-                if let Some(p) = topo.port(port.id) {
-                    p.state.counters.add_drop(DropReason::BadDescriptor);
-                }
-            }
+            Some(range) => frames.push(FrameSource::new(&segments[range.clone()], HDR_LEN)),
+            None => malformed += 1,
         }
     }
-    if let Some(p) = topo.port(port.id) {
-        p.state.counters.add_rx(frames.len() as u64, rx_bytes);
-    }
-    // Unstable sort needs no buffer; the frame index keeps each port's frames in order.
-    scratch
-        .deliveries
-        .sort_unstable_by_key(|d| (d.port, d.frame));
-    for group in scratch.deliveries.chunk_by(|a, b| a.port == b.port) {
-        deliver(conn, &topo, group, &frames);
-    }
+    forward(
+        &Ingress {
+            id: port.id,
+            switch: &port.switch,
+            table: &port.table,
+        },
+        &frames,
+        malformed,
+        &mut scratch.deliveries,
+    );
 
     // The device writes nothing into TX buffers: used length 0. A head outside
     // the table is no descriptor of the driver's: nothing to give back.
@@ -174,23 +160,62 @@ pub(crate) fn process_batch(
     Some(scratch.chains.len())
 }
 
+/// Where a batch of frames comes from: the ingress port, its switch, and the
+/// table where the switch's ports publish their receive side.
+pub struct Ingress<'a> {
+    pub id: PortId,
+    pub switch: &'a Switch,
+    pub table: &'a PortTable,
+}
+
+/// Forwards a batch of frames received on `from` (a guest's TX chains, frames
+/// read from a TAP device or a tunnel): decide every frame, then deliver
+/// grouped by destination, so each receiver's queue is locked, and its peer
+/// notified, once per batch. `malformed` frames that never made it into
+/// `frames` are counted as bad descriptors. `deliveries` is scratch space.
+pub fn forward(
+    from: &Ingress,
+    frames: &[FrameSource],
+    malformed: u64,
+    deliveries: &mut Vec<Delivery>,
+) {
+    let topo = from.switch.topology();
+    let now = from.switch.now();
+    deliveries.clear();
+    let mut rx_bytes = 0u64;
+    for i in 0..frames.len() {
+        rx_bytes += frames[i].len() as u64;
+        decide(from, &topo, &frames[..=i], now, deliveries);
+    }
+    if let Some(p) = topo.port(from.id) {
+        p.state.counters.add_rx(frames.len() as u64, rx_bytes);
+        for _ in 0..malformed {
+            p.state.counters.add_drop(DropReason::BadDescriptor);
+        }
+    }
+    // Unstable sort needs no buffer; the frame index keeps each port's frames in order.
+    deliveries.sort_unstable_by_key(|d| (d.port, d.frame));
+    for group in deliveries.chunk_by(|a, b| a.port == b.port) {
+        deliver(from, &topo, group, frames);
+    }
+}
+
 /// Classifies, learns and looks up the last frame of `frames`; appends one
 /// delivery per egress port.
 fn decide(
-    conn: &Connection,
+    from: &Ingress,
     topo: &Topology,
     frames: &[FrameSource],
     now: u32,
     out: &mut Vec<Delivery>,
 ) {
-    let port = &conn.port;
     let index = frames.len() - 1;
     let frame = &frames[index];
     let mut head = [0u8; HEAD_LEN];
     let n = frame.read_head(&mut head);
-    let Ok(ingress) = port
+    let Ok(ingress) = from
         .switch
-        .receive(topo, port.id, &head[..n], frame.len(), now)
+        .receive(topo, from.id, &head[..n], frame.len(), now)
     else {
         return; // counted by the switch
     };
@@ -210,7 +235,7 @@ fn decide(
 }
 
 /// Hands one destination's share of the batch to its sink and counts the outcomes.
-fn deliver(conn: &Connection, topo: &Topology, group: &[Delivery], frames: &[FrameSource]) {
+fn deliver(from: &Ingress, topo: &Topology, group: &[Delivery], frames: &[FrameSource]) {
     let Some(out) = topo.port(group[0].port) else {
         return;
     };
@@ -224,8 +249,7 @@ fn deliver(conn: &Connection, topo: &Topology, group: &[Delivery], frames: &[Fra
         }
         Err(reason) => counters.add_drop(reason),
     };
-    let published = conn
-        .port
+    let published = from
         .table
         .with(out.id, |sink| sink.deliver(group, frames, &mut count));
     if published.is_none() {
