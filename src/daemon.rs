@@ -81,7 +81,9 @@ pub fn vlan_mode(vlan: &VlanConfig) -> VlanMode {
 
 /// The QEMU arguments that attach a guest NIC to a port.
 pub fn qemu_args(port: &PortConfig) -> String {
-    let PortKind::VhostUser { socket, mac, .. } = &port.kind;
+    let PortKind::VhostUser { socket, mac, .. } = &port.kind else {
+        return String::new();
+    };
     // QEMU's virtio-net takes MAC and MTU from its own -device options, not from
     // the backend's config space, so the port's settings are repeated there.
     let mac = mac
@@ -121,11 +123,26 @@ pub struct SwitchEntry {
     table: Arc<PortTable>,
 }
 
+/// What serves a port.
+enum PortHandle {
+    VhostUser(NetPortHandle),
+    Tap(vhost_backends::tap::TapPortHandle),
+}
+
+impl PortHandle {
+    fn stop(self) {
+        match self {
+            PortHandle::VhostUser(h) => h.stop(),
+            PortHandle::Tap(h) => h.stop(),
+        }
+    }
+}
+
 /// One served port.
 pub struct PortEntry {
     pub switch: String,
     pub config: PortConfig,
-    handle: Option<NetPortHandle>,
+    handle: Option<PortHandle>,
 }
 
 /// One served export.
@@ -403,10 +420,11 @@ impl Runtime {
     }
 
     fn socket_in_use(state: &State, socket: &Path) -> bool {
-        state.ports.iter().any(|p| {
-            let PortKind::VhostUser { socket: s, .. } = &p.config.kind;
-            s == socket
-        }) || state.exports.iter().any(|e| e.config.socket == socket)
+        state
+            .ports
+            .iter()
+            .any(|p| matches!(&p.config.kind, PortKind::VhostUser { socket: s, .. } if s == socket))
+            || state.exports.iter().any(|e| e.config.socket == socket)
             || state.config.daemon.control_socket == socket
     }
 
@@ -420,22 +438,84 @@ impl Runtime {
                 format!("a port named {:?} exists", pc.name),
             ));
         }
+        let internal = |e: io::Error| OpError::new(ErrorCode::Internal, e.to_string());
+        let sw = &entry.switch;
+        let handle = match &pc.kind {
+            PortKind::VhostUser { socket, .. } => {
+                if Self::socket_in_use(&st, socket) {
+                    return Err(OpError::new(
+                        ErrorCode::Conflict,
+                        format!("socket {} is already used", socket.display()),
+                    ));
+                }
+                if let Some(dir) = socket.parent() {
+                    std::fs::create_dir_all(dir).map_err(internal)?;
+                }
+                check_socket_free(socket)
+                    .map_err(|e| OpError::new(ErrorCode::Conflict, e.to_string()))?;
+                PortHandle::VhostUser(self.start_vhost_user_port(entry, &pc)?)
+            }
+            PortKind::Tap { device } => {
+                let in_use = st
+                    .ports
+                    .iter()
+                    .any(|p| matches!(&p.config.kind, PortKind::Tap { device: d } if d == device));
+                if in_use {
+                    return Err(OpError::new(
+                        ErrorCode::Conflict,
+                        format!("TAP device {device} is already a port"),
+                    ));
+                }
+                let id = sw
+                    .add_port(&pc.name, vlan_mode(&pc.vlan), pc.mtu)
+                    .map_err(|e| OpError::new(ErrorCode::Conflict, e.to_string()))?;
+                match vhost_backends::tap::spawn(
+                    device,
+                    pc.mtu,
+                    id,
+                    sw.clone(),
+                    entry.table.clone(),
+                ) {
+                    Ok(h) => {
+                        log::info!(
+                            "switch {switch} port {} ({}) on TAP device {device}",
+                            pc.name,
+                            vlan_summary(&pc.vlan)
+                        );
+                        PortHandle::Tap(h)
+                    }
+                    Err(e) => {
+                        let _ = sw.remove_port(&pc.name);
+                        return Err(internal(e));
+                    }
+                }
+            }
+        };
+        if let Some(sc) = st.config.switches.iter_mut().find(|s| s.name == switch) {
+            sc.ports.push(pc.clone());
+        }
+        st.ports.push(PortEntry {
+            switch: switch.to_owned(),
+            config: pc,
+            handle: Some(handle),
+        });
+        Ok(())
+    }
+
+    fn start_vhost_user_port(
+        &self,
+        entry: &SwitchEntry,
+        pc: &PortConfig,
+    ) -> OpResult<NetPortHandle> {
+        let internal = |e: io::Error| OpError::new(ErrorCode::Internal, e.to_string());
         let PortKind::VhostUser {
             socket,
             queue_size,
             mac,
-        } = &pc.kind;
-        if Self::socket_in_use(&st, socket) {
-            return Err(OpError::new(
-                ErrorCode::Conflict,
-                format!("socket {} is already used", socket.display()),
-            ));
-        }
-        let internal = |e: io::Error| OpError::new(ErrorCode::Internal, e.to_string());
-        if let Some(dir) = socket.parent() {
-            std::fs::create_dir_all(dir).map_err(internal)?;
-        }
-        check_socket_free(socket).map_err(|e| OpError::new(ErrorCode::Conflict, e.to_string()))?;
+        } = &pc.kind
+        else {
+            return Err(OpError::new(ErrorCode::Internal, "not a vhost-user port"));
+        };
         let sw = &entry.switch;
         let id = sw
             .add_port(&pc.name, vlan_mode(&pc.vlan), pc.mtu)
@@ -461,21 +541,14 @@ impl Runtime {
             }
         };
         log::info!(
-            "switch {switch} port {} ({}) listening on {}; attach a QEMU guest with: {}",
+            "switch {} port {} ({}) listening on {}; attach a QEMU guest with: {}",
+            sw.name,
             pc.name,
             vlan_summary(&pc.vlan),
             socket.display(),
-            qemu_args(&pc)
+            qemu_args(pc)
         );
-        if let Some(sc) = st.config.switches.iter_mut().find(|s| s.name == switch) {
-            sc.ports.push(pc.clone());
-        }
-        st.ports.push(PortEntry {
-            switch: switch.to_owned(),
-            config: pc,
-            handle: Some(handle),
-        });
-        Ok(())
+        Ok(handle)
     }
 
     /// Stops serving a port: its guest is disconnected, its stations forgotten.

@@ -180,8 +180,8 @@ pub struct PortConfig {
     pub mtu: u16,
 }
 
-/// `type`: what is behind the port. Only `"vhost-user"` exists so far; TAP
-/// and VXLAN ports will be added as further variants.
+/// `type`: what is behind the port: `"vhost-user"` (a guest NIC) or `"tap"`
+/// (a kernel TAP device); VXLAN tunnels come as a further variant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortKind {
     /// `type = "vhost-user"`: a guest NIC; the daemon listens on a
@@ -199,6 +199,15 @@ pub enum PortKind {
         /// `"52:54:00:12:34:56"` form. Optional (the guest then picks its
         /// own); must be unicast and not all-zero.
         mac: Option<[u8; 6]>,
+    },
+    /// `type = "tap"`: a kernel TAP device (virtio-net header on), so the
+    /// host or a network namespace joins the port's VLAN. The daemon creates
+    /// it (or attaches to an existing persistent one), sets `mtu` and brings
+    /// it up; it disappears when the port is removed (unless persistent).
+    Tap {
+        /// `device`: interface name, 1 to 15 of `[A-Za-z0-9_.-]`. Default:
+        /// the port name.
+        device: String,
     },
 }
 

@@ -62,6 +62,7 @@ struct RawPort {
     queue_size: Option<Spanned<i64>>,
     mtu: Option<Spanned<i64>>,
     mac: Option<Spanned<String>>,
+    device: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -334,18 +335,89 @@ fn convert_port(
         ));
     }
 
-    if port.kind.get_ref() != "vhost-user" {
-        return Err(ctx.invalid(
-            &port.kind.span(),
-            &format!("{key}.type"),
-            format!(
-                "unsupported port type {:?}: only \"vhost-user\" is supported \
-                 (\"tap\" and \"vxlan\" are planned)",
-                port.kind.get_ref()
+    let mtu = match &port.mtu {
+        Some(v) => ctx.int(v, &format!("{key}.mtu"), "MTU", 68, 65535)?,
+        None => DEFAULT_MTU,
+    };
+    let vlan = match &port.vlan {
+        Some(v) => convert_vlan(ctx, v, &format!("{key}.vlan"))?,
+        None => VlanConfig::default(),
+    };
+    // Keys of the other port types are errors, not ignored.
+    let reject = |span: Range<usize>, k: &str, ty: &str| {
+        Err(ctx.invalid(
+            &span,
+            &format!("{key}.{k}"),
+            format!("`{k}` is not valid for a port of type \"{ty}\""),
+        ))
+    };
+    let kind = match port.kind.get_ref().as_str() {
+        "vhost-user" => {
+            if let Some(d) = &port.device {
+                return reject(d.span(), "device", "vhost-user");
+            }
+            vhost_user_kind(ctx, port, key, &name, run_dir, sockets)?
+        }
+        "tap" => {
+            if let Some(s) = &port.socket {
+                return reject(s.span(), "socket", "tap");
+            }
+            if let Some(q) = &port.queue_size {
+                return reject(q.span(), "queue_size", "tap");
+            }
+            if let Some(m) = &port.mac {
+                return reject(m.span(), "mac", "tap");
+            }
+            let device = match &port.device {
+                Some(d) => {
+                    let dev = check_name(ctx, d, &format!("{key}.device"))?;
+                    if dev.len() > 15 {
+                        return Err(ctx.invalid(
+                            &d.span(),
+                            &format!("{key}.device"),
+                            format!("interface name {dev:?} is longer than 15 bytes"),
+                        ));
+                    }
+                    dev
+                }
+                None if name.len() > 15 => {
+                    return Err(ctx.invalid(
+                        &port.name.span(),
+                        &format!("{key}.name"),
+                        format!("the TAP device defaults to the port name, and {name:?} is longer than 15 bytes: give `device`"),
+                    ));
+                }
+                None => name.clone(),
+            };
+            PortKind::Tap { device }
+        }
+        other => {
+            return Err(ctx.invalid(
+                &port.kind.span(),
+                &format!("{key}.type"),
+                format!(
+                "unsupported port type {other:?}: \"vhost-user\" or \"tap\" (\"vxlan\" is planned)"
             ),
-        ));
-    }
+            ))
+        }
+    };
+    Ok(PortConfig {
+        name,
+        kind,
+        vlan,
+        mtu,
+    })
+}
 
+/// The `vhost-user` keys of a port.
+fn vhost_user_kind(
+    ctx: &Ctx,
+    port: &RawPort,
+    key: &str,
+    name: &str,
+    run_dir: &Path,
+    sockets: &mut HashMap<PathBuf, usize>,
+) -> Result<PortKind, ConfigError> {
     // An explicit socket is relative to the config file; the default one
     // lives in run_dir. Errors about a defaulted socket point at the name.
     let (socket, socket_span, socket_key) = match &port.socket {
@@ -377,11 +449,6 @@ fn convert_port(
         None => DEFAULT_QUEUE_SIZE,
     };
 
-    let mtu = match &port.mtu {
-        Some(v) => ctx.int(v, &format!("{key}.mtu"), "MTU", 68, 65535)?,
-        None => DEFAULT_MTU,
-    };
-
     let mac = match &port.mac {
         Some(v) => Some(
             parse_mac(v.get_ref())
@@ -389,21 +456,10 @@ fn convert_port(
         ),
         None => None,
     };
-
-    let vlan = match &port.vlan {
-        Some(v) => convert_vlan(ctx, v, &format!("{key}.vlan"))?,
-        None => VlanConfig::default(),
-    };
-
-    Ok(PortConfig {
-        name,
-        kind: PortKind::VhostUser {
-            socket,
-            queue_size,
-            mac,
-        },
-        vlan,
-        mtu,
+    Ok(PortKind::VhostUser {
+        socket,
+        queue_size,
+        mac,
     })
 }
 

@@ -66,25 +66,32 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
         let _ = writeln!(out, "fdb_capacity = {}", sw.fdb_capacity);
         let _ = writeln!(out, "port_mac_limit = {}", sw.port_mac_limit);
         for p in &sw.ports {
-            let PortKind::VhostUser {
-                socket,
-                queue_size,
-                mac,
-            } = &p.kind;
             let _ = writeln!(out, "\n[[switch.port]]");
             let _ = writeln!(out, "name = {}", q(&p.name));
-            let _ = writeln!(out, "type = \"vhost-user\"");
-            let _ = writeln!(out, "socket = {}", path(socket));
-            let _ = writeln!(out, "vlan = {}", vlan(&p.vlan));
-            let _ = writeln!(out, "queue_size = {queue_size}");
-            let _ = writeln!(out, "mtu = {}", p.mtu);
-            if let Some(m) = mac {
-                let _ = writeln!(
-                    out,
-                    "mac = \"{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\"",
-                    m[0], m[1], m[2], m[3], m[4], m[5]
-                );
+            match &p.kind {
+                PortKind::VhostUser {
+                    socket,
+                    queue_size,
+                    mac,
+                } => {
+                    let _ = writeln!(out, "type = \"vhost-user\"");
+                    let _ = writeln!(out, "socket = {}", path(socket));
+                    let _ = writeln!(out, "queue_size = {queue_size}");
+                    if let Some(m) = mac {
+                        let _ = writeln!(
+                            out,
+                            "mac = \"{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\"",
+                            m[0], m[1], m[2], m[3], m[4], m[5]
+                        );
+                    }
+                }
+                PortKind::Tap { device } => {
+                    let _ = writeln!(out, "type = \"tap\"");
+                    let _ = writeln!(out, "device = {}", q(device));
+                }
             }
+            let _ = writeln!(out, "vlan = {}", vlan(&p.vlan));
+            let _ = writeln!(out, "mtu = {}", p.mtu);
         }
     }
     for pool in &cfg.pools {

@@ -117,11 +117,12 @@ const SPECS: &[Spec] = &[
     },
     Spec {
         words: &["port", "add"],
-        synopsis: "port add SWITCH NAME [--socket P] [--vlan access:TAG | --vlan trunk[:LIST][:native=N]] [--mtu N] [--mac MAC] [--queue-size N]",
-        summary: "add a vhost-user port to SWITCH (default socket <run_dir>/NAME.sock;\n\
-                  default VLAN access:1); e.g. --vlan trunk:10,20,100-199:native=1",
+        synopsis: "port add SWITCH NAME [--type vhost-user|tap] [--socket P] [--device IFNAME] [--vlan access:TAG | --vlan trunk[:LIST][:native=N]] [--mtu N] [--mac MAC] [--queue-size N]",
+        summary: "add a port to SWITCH: vhost-user (default socket <run_dir>/NAME.sock) or\n\
+                  a TAP device (--type tap, --device defaults to NAME); default VLAN\n\
+                  access:1; e.g. --vlan trunk:10,20,100-199:native=1",
         positionals: &["SWITCH", "NAME"],
-        options: &["--socket", "--vlan", "--mtu", "--mac", "--queue-size"],
+        options: &["--socket", "--vlan", "--mtu", "--mac", "--queue-size", "--type", "--device"],
         flags: &[],
         build: build_port_add,
     },
@@ -358,12 +359,13 @@ fn build_port_add(p: &Parsed) -> Result<Call, String> {
     let add = PortAdd {
         switch: p.pos[0].clone(),
         name: p.pos[1].clone(),
-        kind: "vhost-user".into(),
+        kind: p.opt("--type").unwrap_or("vhost-user").to_owned(),
         socket: p.opt("--socket").map(absolute),
         vlan: p.opt("--vlan").map(parse_vlan_spec).transpose()?,
         queue_size: p.num("--queue-size")?,
         mtu: p.num("--mtu")?,
         mac: p.opt("--mac").map(str::to_owned),
+        device: p.opt("--device").map(str::to_owned),
     };
     Ok(call("port.add", args_object(&add)?))
 }

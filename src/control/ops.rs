@@ -316,13 +316,20 @@ fn port_config(rt: &Runtime, p: &PortAdd) -> OpResult<(String, PortConfig)> {
     let mut port = toml::Table::new();
     port.insert("name".into(), p.name.clone().into());
     port.insert("type".into(), p.kind.clone().into());
-    let socket = p.socket.clone().unwrap_or_else(|| {
-        run_dir
-            .join(format!("{}.sock", p.name))
-            .display()
-            .to_string()
-    });
-    port.insert("socket".into(), socket.into());
+    // The socket default is the daemon's run_dir (not the file's), so it is
+    // spelled out for vhost-user ports; other types have no socket.
+    if p.kind == "vhost-user" || p.socket.is_some() {
+        let socket = p.socket.clone().unwrap_or_else(|| {
+            run_dir
+                .join(format!("{}.sock", p.name))
+                .display()
+                .to_string()
+        });
+        port.insert("socket".into(), socket.into());
+    }
+    if let Some(d) = &p.device {
+        port.insert("device".into(), d.clone().into());
+    }
     if let Some(v) = &p.vlan {
         let v = toml::Value::try_from(v).map_err(|e| invalid(format!("vlan: {e}")))?;
         port.insert("vlan".into(), v);
@@ -406,12 +413,17 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                 });
                 let c = state.as_ref().map(|s| s.counters.snapshot());
                 let c = c.as_ref();
-                let PortKind::VhostUser { socket, .. } = &p.config.kind;
+                let (kind, socket) = match &p.config.kind {
+                    PortKind::VhostUser { socket, .. } => {
+                        ("vhost-user", socket.display().to_string())
+                    }
+                    PortKind::Tap { device } => ("tap", device.clone()),
+                };
                 PortInfo {
                     switch: p.switch.clone(),
                     name: p.config.name.clone(),
-                    kind: "vhost-user".into(),
-                    socket: socket.display().to_string(),
+                    kind: kind.into(),
+                    socket,
                     vlan: vlan_summary(&p.config.vlan),
                     link: state.as_ref().is_some_and(|s| s.is_up()),
                     rx_packets: c.map_or(0, |c| c.rx_packets),

@@ -135,6 +135,9 @@ pub struct PortAdd {
     pub mtu: Option<u16>,
     #[serde(default)]
     pub mac: Option<String>,
+    /// TAP ports: the interface name (default: the port name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 fn vhost_user() -> String {

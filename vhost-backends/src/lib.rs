@@ -13,6 +13,7 @@ pub mod port_table;
 pub mod relay;
 pub mod session;
 pub mod split_ring;
+pub mod tap;
 
 /// Guest memory as mapped from the frontend's memory table (no dirty-page log:
 /// live migration of the backend state is not supported).
