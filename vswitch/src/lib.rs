@@ -12,6 +12,7 @@ pub mod fdb;
 pub mod frame;
 pub mod switch;
 pub mod vlan;
+pub mod vxlan;
 
 pub use counters::{DropReason, PortCounters, PortCountersSnapshot};
 pub use fdb::{Fdb, FdbEntry, FdbStats, LearnOutcome};
@@ -20,3 +21,4 @@ pub use switch::{
     Dest, Egress, Ingress, PortId, PortInfo, PortState, Switch, SwitchError, Topology,
 };
 pub use vlan::{VlanId, VlanMode, VlanSet};
+pub use vxlan::{RemoteFdb, TunnelCounters, Vni, VniMap, VtepSet, VxlanPacket};
