@@ -127,6 +127,7 @@ pub struct SwitchEntry {
 enum PortHandle {
     VhostUser(NetPortHandle),
     Tap(vhost_backends::tap::TapPortHandle),
+    Tunnel(vhost_backends::tunnel::TunnelHandle),
 }
 
 impl PortHandle {
@@ -134,8 +135,38 @@ impl PortHandle {
         match self {
             PortHandle::VhostUser(h) => h.stop(),
             PortHandle::Tap(h) => h.stop(),
+            PortHandle::Tunnel(h) => h.stop(),
         }
     }
+}
+
+/// The engine's tunnel state from a `type = "vxlan"` port's keys.
+fn tunnel_config(
+    v: &fabric_config::VxlanConfig,
+) -> Result<vhost_backends::tunnel::TunnelConfig, String> {
+    use vswitch::vxlan::{Vni, VniMap, VtepSet};
+    let mut vnis = VniMap::new();
+    let mut vteps = VtepSet::new(v.learn_vteps);
+    for m in &v.vnis {
+        let vni = Vni::new(m.vni).map_err(|e| format!("VNI {}: {e:?}", m.vni))?;
+        vnis.insert(m.vlan, vni).map_err(|e| format!("{e:?}"))?;
+        for r in &m.remotes {
+            vteps.add_remote(vni, *r).map_err(|e| format!("{e:?}"))?;
+        }
+        vteps
+            .set_group(vni, m.group)
+            .map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(vhost_backends::tunnel::TunnelConfig {
+        local: v.local,
+        udp_port: v.udp_port,
+        underlay_mtu: v.underlay_mtu,
+        learn_vteps: v.learn_vteps,
+        vnis,
+        vteps,
+        capacity: 65_536,
+        aging_secs: 300,
+    })
 }
 
 /// One served port.
@@ -454,6 +485,29 @@ impl Runtime {
                 check_socket_free(socket)
                     .map_err(|e| OpError::new(ErrorCode::Conflict, e.to_string()))?;
                 PortHandle::VhostUser(self.start_vhost_user_port(entry, &pc)?)
+            }
+            PortKind::Vxlan(v) => {
+                let config =
+                    tunnel_config(v).map_err(|e| OpError::new(ErrorCode::InvalidArgument, e))?;
+                let id = sw
+                    .add_port(&pc.name, vlan_mode(&pc.vlan), pc.mtu)
+                    .map_err(|e| OpError::new(ErrorCode::Conflict, e.to_string()))?;
+                match vhost_backends::tunnel::spawn(config, id, sw.clone(), entry.table.clone()) {
+                    Ok(h) => {
+                        log::info!(
+                            "switch {switch} port {} is a VXLAN tunnel on {}:{} ({})",
+                            pc.name,
+                            v.local,
+                            v.udp_port,
+                            vlan_summary(&pc.vlan)
+                        );
+                        PortHandle::Tunnel(h)
+                    }
+                    Err(e) => {
+                        let _ = sw.remove_port(&pc.name);
+                        return Err(internal(e));
+                    }
+                }
             }
             PortKind::Tap { device } => {
                 let in_use = st

@@ -209,6 +209,37 @@ pub enum PortKind {
         /// the port name.
         device: String,
     },
+    /// `type = "vxlan"`: a VXLAN tunnel (RFC 7348) over an IPv4 underlay.
+    /// The port is a trunk of the VLANs listed in `vni` (no `vlan` key).
+    Vxlan(VxlanConfig),
+}
+
+/// The keys of a `type = "vxlan"` port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    /// `local`: this host's underlay IPv4 address (required).
+    pub local: std::net::Ipv4Addr,
+    /// `udp_port`: default 4789.
+    pub udp_port: u16,
+    /// `underlay_mtu`: default 1500. A frame is sent only if it fits after
+    /// the 50-byte overhead (guest MTU 1450 on a 1500 underlay).
+    pub underlay_mtu: u16,
+    /// `learn_vteps`: accept packets from VTEPs not listed. Default false.
+    pub learn_vteps: bool,
+    /// `vni`: `[{ vlan = 10, vni = 5010, remotes = ["192.0.2.2"], group = "239.1.1.1" }]`.
+    pub vnis: Vec<VniConfig>,
+}
+
+/// One VLAN bridged over the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VniConfig {
+    pub vlan: u16,
+    /// 1..=16777215.
+    pub vni: u32,
+    /// Remote VTEPs (head-end replication of broadcast and unknown unicast).
+    pub remotes: Vec<std::net::Ipv4Addr>,
+    /// Optional multicast group.
+    pub group: Option<std::net::Ipv4Addr>,
 }
 
 /// `vlan`: how a port maps frames to VLANs. Written as an inline table:

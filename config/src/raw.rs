@@ -63,6 +63,21 @@ struct RawPort {
     mtu: Option<Spanned<i64>>,
     mac: Option<Spanned<String>>,
     device: Option<Spanned<String>>,
+    local: Option<Spanned<String>>,
+    udp_port: Option<Spanned<i64>>,
+    underlay_mtu: Option<Spanned<i64>>,
+    learn_vteps: Option<Spanned<bool>>,
+    vni: Option<Spanned<Vec<RawVni>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVni {
+    vlan: Spanned<i64>,
+    vni: Spanned<i64>,
+    #[serde(default)]
+    remotes: Vec<Spanned<String>>,
+    group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -351,7 +366,53 @@ fn convert_port(
             format!("`{k}` is not valid for a port of type \"{ty}\""),
         ))
     };
+    // VXLAN keys on other port types, and the keys a tunnel does not take.
+    let vxlan_keys = [
+        port.local.as_ref().map(|v| (v.span(), "local")),
+        port.udp_port.as_ref().map(|v| (v.span(), "udp_port")),
+        port.underlay_mtu
+            .as_ref()
+            .map(|v| (v.span(), "underlay_mtu")),
+        port.learn_vteps.as_ref().map(|v| (v.span(), "learn_vteps")),
+        port.vni.as_ref().map(|v| (v.span(), "vni")),
+    ];
+    if port.kind.get_ref() != "vxlan" {
+        if let Some((span, k)) = vxlan_keys.into_iter().flatten().next() {
+            return reject(span, k, port.kind.get_ref());
+        }
+    }
     let kind = match port.kind.get_ref().as_str() {
+        "vxlan" => {
+            for (v, k) in [
+                (&port.socket, "socket"),
+                (&port.mac, "mac"),
+                (&port.device, "device"),
+            ] {
+                if let Some(v) = v {
+                    return reject(v.span(), k, "vxlan");
+                }
+            }
+            if let Some(v) = &port.vlan {
+                return Err(ctx.invalid(
+                    &v.span(),
+                    &format!("{key}.vlan"),
+                    "a vxlan port is a trunk of the VLANs in `vni`; it takes no `vlan`",
+                ));
+            }
+            let (cfg, vlan) = vxlan_kind(ctx, port, key)?;
+            // Default: the largest frame that fits the underlay (1450 on 1500).
+            let mtu = if port.mtu.is_some() {
+                mtu
+            } else {
+                cfg.underlay_mtu - 50
+            };
+            return Ok(PortConfig {
+                name,
+                kind: PortKind::Vxlan(cfg),
+                vlan,
+                mtu,
+            });
+        }
         "vhost-user" => {
             if let Some(d) = &port.device {
                 return reject(d.span(), "device", "vhost-user");
@@ -395,9 +456,7 @@ fn convert_port(
             return Err(ctx.invalid(
                 &port.kind.span(),
                 &format!("{key}.type"),
-                format!(
-                "unsupported port type {other:?}: \"vhost-user\" or \"tap\" (\"vxlan\" is planned)"
-            ),
+                format!("unsupported port type {other:?}: \"vhost-user\", \"tap\" or \"vxlan\""),
             ))
         }
     };
@@ -407,6 +466,125 @@ fn convert_port(
         vlan,
         mtu,
     })
+}
+
+/// The keys of a `vxlan` port, and the trunk it is.
+fn vxlan_kind(
+    ctx: &Ctx,
+    port: &RawPort,
+    key: &str,
+) -> Result<(VxlanConfig, VlanConfig), ConfigError> {
+    let ip = |v: &Spanned<String>, k: &str| {
+        v.get_ref().parse::<std::net::Ipv4Addr>().map_err(|_| {
+            ctx.invalid(
+                &v.span(),
+                k,
+                format!("{:?} is not an IPv4 address", v.get_ref()),
+            )
+        })
+    };
+    let local = match &port.local {
+        Some(v) => ip(v, &format!("{key}.local"))?,
+        None => {
+            return Err(ctx.invalid(
+                &port.name.span(),
+                &format!("{key}.local"),
+                "a vxlan port needs `local` (this host's underlay address)",
+            ))
+        }
+    };
+    let udp_port = match &port.udp_port {
+        Some(v) => ctx.int(v, &format!("{key}.udp_port"), "UDP port", 1, 65535)?,
+        None => 4789,
+    };
+    let underlay_mtu = match &port.underlay_mtu {
+        Some(v) => ctx.int(
+            v,
+            &format!("{key}.underlay_mtu"),
+            "underlay MTU",
+            576,
+            65535,
+        )?,
+        None => 1500,
+    };
+    let mut allowed = VlanSet::new();
+    let mut vnis = Vec::new();
+    let mut seen_vni = HashMap::new();
+    let list = port.vni.as_ref().ok_or_else(|| {
+        ctx.invalid(
+            &port.name.span(),
+            &format!("{key}.vni"),
+            "a vxlan port needs `vni` (VLAN to VNI mappings)",
+        )
+    })?;
+    for (i, v) in list.get_ref().iter().enumerate() {
+        let k = format!("{key}.vni[{i}]");
+        let vlan = ctx.vlan_id(&v.vlan, &format!("{k}.vlan"))?;
+        if allowed.contains(vlan) {
+            return Err(ctx.invalid(
+                &v.vlan.span(),
+                &format!("{k}.vlan"),
+                format!("VLAN {vlan} is mapped twice"),
+            ));
+        }
+        let vni: u32 = ctx.int(&v.vni, &format!("{k}.vni"), "VNI", 1, 16_777_215)?;
+        if seen_vni.insert(vni, vlan).is_some() {
+            return Err(ctx.invalid(
+                &v.vni.span(),
+                &format!("{k}.vni"),
+                format!("VNI {vni} is mapped twice"),
+            ));
+        }
+        allowed.extend([vlan]);
+        let mut remotes = Vec::new();
+        for (j, r) in v.remotes.iter().enumerate() {
+            let a = ip(r, &format!("{k}.remotes[{j}]"))?;
+            if a.is_multicast() || a.is_unspecified() || a.is_broadcast() {
+                return Err(ctx.invalid(
+                    &r.span(),
+                    &format!("{k}.remotes[{j}]"),
+                    "remote VTEPs are unicast addresses",
+                ));
+            }
+            remotes.push(a);
+        }
+        let group = match &v.group {
+            Some(g) => {
+                let a = ip(g, &format!("{k}.group"))?;
+                if !a.is_multicast() {
+                    return Err(ctx.invalid(
+                        &g.span(),
+                        &format!("{k}.group"),
+                        "`group` must be a multicast address",
+                    ));
+                }
+                Some(a)
+            }
+            None => None,
+        };
+        vnis.push(VniConfig {
+            vlan,
+            vni,
+            remotes,
+            group,
+        });
+    }
+    if vnis.is_empty() {
+        return Err(ctx.invalid(&list.span(), &format!("{key}.vni"), "map at least one VLAN"));
+    }
+    Ok((
+        VxlanConfig {
+            local,
+            udp_port,
+            underlay_mtu,
+            learn_vteps: port.learn_vteps.as_ref().is_some_and(|v| *v.get_ref()),
+            vnis,
+        },
+        VlanConfig::Trunk {
+            allowed,
+            native: None,
+        },
+    ))
 }
 
 /// The `vhost-user` keys of a port.

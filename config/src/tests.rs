@@ -162,6 +162,7 @@ fn relative_paths_resolve_against_config_dir() {
         .map(|p| match &p.kind {
             PortKind::VhostUser { socket, .. } => socket.clone(),
             PortKind::Tap { device } => PathBuf::from(device),
+            PortKind::Vxlan(v) => PathBuf::from(v.local.to_string()),
         })
         .collect();
     assert_eq!(
@@ -210,7 +211,8 @@ fn port_rejections() {
         (
             "agin = 1",
             "fabric.toml:6: switch[0].port[0].agin: unknown field `agin`, expected one of \
-             `name`, `type`, `socket`, `vlan`, `queue_size`, `mtu`, `mac`, `device`",
+             `name`, `type`, `socket`, `vlan`, `queue_size`, `mtu`, `mac`, `device`, `local`, \
+             `udp_port`, `underlay_mtu`, `learn_vteps`, `vni`",
         ),
         (
             "vlan = { mode = \"access\", tga = 3 }",
@@ -339,12 +341,12 @@ fn port_rejections() {
 }
 
 #[test]
-fn unsupported_port_type_mentions_what_is_planned() {
-    let text = "[[switch]]\nname = \"br0\"\n[[switch.port]]\nname = \"t\"\ntype = \"vxlan\"\n";
+fn unsupported_port_type_names_the_supported_ones() {
+    let text = "[[switch]]\nname = \"br0\"\n[[switch.port]]\nname = \"t\"\ntype = \"gre\"\n";
     assert_eq!(
         parse_err(text),
-        "fabric.toml:5: switch[0].port[0].type: unsupported port type \"vxlan\": \
-         \"vhost-user\" or \"tap\" (\"vxlan\" is planned)"
+        "fabric.toml:5: switch[0].port[0].type: unsupported port type \"gre\": \
+         \"vhost-user\", \"tap\" or \"vxlan\""
     );
 }
 
@@ -659,4 +661,62 @@ fn tap_ports() {
             device: "fab0".into()
         }
     );
+}
+
+#[test]
+fn vxlan_ports() {
+    let vx = |extra: &str| {
+        format!("[[switch]]\nname = \"br0\"\n[[switch.port]]\nname = \"vx\"\ntype = \"vxlan\"\n{extra}\n")
+    };
+    let cfg = parse_ok(&vx("local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 5010, remotes = [\"192.0.2.2\"] }, { vlan = 20, vni = 5020, group = \"239.1.1.1\" } ]"));
+    let p = only_port(&cfg);
+    let PortKind::Vxlan(v) = &p.kind else {
+        panic!("{:?}", p.kind)
+    };
+    assert_eq!(
+        (v.udp_port, v.underlay_mtu, v.learn_vteps),
+        (4789, 1500, false)
+    );
+    assert_eq!(
+        p.mtu, 1450,
+        "default MTU leaves room for the 50-byte overhead"
+    );
+    assert_eq!(
+        v.vnis[0].remotes,
+        ["192.0.2.2".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(
+        format!("{:?}", p.vlan),
+        "Trunk { allowed: VlanSet{10, 20}, native: None }"
+    );
+    let text = to_toml(&cfg);
+    assert_eq!(parse_ok(&text), cfg, "{text}");
+    let e = |extra: &str| parse_err(&vx(extra));
+    assert!(e("vni = [ { vlan = 10, vni = 1 } ]").contains("needs `local`"));
+    assert!(e("local = \"x\"\nvni = [ { vlan = 10, vni = 1 } ]")
+        .contains("local: \"x\" is not an IPv4 address"));
+    assert!(e("local = \"192.0.2.1\"").contains("needs `vni`"));
+    assert!(
+        e("local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 16777216 } ]")
+            .contains("VNI 16777216 is outside")
+    );
+    assert!(
+        e("local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 1 }, { vlan = 10, vni = 2 } ]")
+            .contains("mapped twice")
+    );
+    assert!(
+        e("local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 1 }, { vlan = 11, vni = 1 } ]")
+            .contains("VNI 1 is mapped twice")
+    );
+    assert!(e(
+        "local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 1, remotes = [\"239.0.0.1\"] } ]"
+    )
+    .contains("unicast"));
+    assert!(
+        e("local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 1, group = \"10.0.0.1\" } ]")
+            .contains("multicast")
+    );
+    assert!(e("local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 1 } ]\nvlan = { mode = \"access\", tag = 1 }").contains("takes no `vlan`"));
+    assert!(parse_err(&one_port("local = \"192.0.2.1\""))
+        .contains("`local` is not valid for a port of type \"vhost-user\""));
 }

@@ -89,6 +89,35 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
                     let _ = writeln!(out, "type = \"tap\"");
                     let _ = writeln!(out, "device = {}", q(device));
                 }
+                PortKind::Vxlan(v) => {
+                    let _ = writeln!(out, "type = \"vxlan\"");
+                    let _ = writeln!(out, "local = {}", q(&v.local.to_string()));
+                    let _ = writeln!(out, "udp_port = {}", v.udp_port);
+                    let _ = writeln!(out, "underlay_mtu = {}", v.underlay_mtu);
+                    let _ = writeln!(out, "learn_vteps = {}", v.learn_vteps);
+                    let _ = writeln!(out, "mtu = {}", p.mtu);
+                    let items: Vec<String> = v
+                        .vnis
+                        .iter()
+                        .map(|m| {
+                            let remotes: Vec<String> =
+                                m.remotes.iter().map(|r| q(&r.to_string())).collect();
+                            let group = m
+                                .group
+                                .map(|g| format!(", group = {}", q(&g.to_string())))
+                                .unwrap_or_default();
+                            format!(
+                                "{{ vlan = {}, vni = {}, remotes = [{}]{group} }}",
+                                m.vlan,
+                                m.vni,
+                                remotes.join(", ")
+                            )
+                        })
+                        .collect();
+                    let _ = writeln!(out, "vni = [{}]", items.join(", "));
+                    // The VLANs are those of `vni`; no `vlan` key.
+                    continue;
+                }
             }
             let _ = writeln!(out, "vlan = {}", vlan(&p.vlan));
             let _ = writeln!(out, "mtu = {}", p.mtu);

@@ -418,6 +418,7 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                         ("vhost-user", socket.display().to_string())
                     }
                     PortKind::Tap { device } => ("tap", device.clone()),
+                    PortKind::Vxlan(v) => ("vxlan", format!("{}:{}", v.local, v.udp_port)),
                 };
                 PortInfo {
                     switch: p.switch.clone(),

@@ -14,6 +14,7 @@ pub mod relay;
 pub mod session;
 pub mod split_ring;
 pub mod tap;
+pub mod tunnel;
 
 /// Guest memory as mapped from the frontend's memory table (no dirty-page log:
 /// live migration of the backend state is not supported).

@@ -1,0 +1,351 @@
+//! VXLAN tunnel ports (RFC 7348): a switch port that carries the VLANs mapped
+//! to VNIs across an IPv4 underlay, so one L2 segment spans hosts.
+//!
+//! The port is a trunk of the mapped VLANs. Frames the switch sends to it
+//! arrive tagged; [`TunnelSink`] strips the tag, maps the VLAN to its VNI,
+//! and sends the frame to the VTEP that the remote FDB knows for the
+//! destination MAC, or to every remote VTEP of the VNI (head-end
+//! replication) for broadcast, multicast and unknown unicast. Packets are
+//! sent through a raw IPv4 socket so the UDP source port can follow a hash
+//! of the inner flow (ECMP-friendly, RFC 7348 §5); they are received on a
+//! UDP socket bound to the local address and port.
+//!
+//! Received packets are checked in this order, each failure dropped and
+//! counted: VXLAN header (I flag, inner frame), VNI mapped to a VLAN, sender
+//! a configured VTEP of that VNI (or any unicast sender when learning VTEPs
+//! is allowed). The inner source MAC is then learned as (VNI, MAC) -> VTEP
+//! (a MAC seen from another VTEP is a move), the VLAN tag is inserted, and
+//! the frame is forwarded like any received frame, which also teaches the
+//! switch's FDB that the MAC is behind this port (a guest that migrated to
+//! or from this host is found at its first frame).
+
+use crate::net::frame_source::FrameSource;
+use crate::net::tx::{forward, Ingress};
+use crate::port_table::{Delivery, FrameSink, PortTable};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use vm_memory::VolatileSlice;
+use vswitch::vxlan::{
+    fits_underlay, flow_src_port, Ipv4Encap, RemoteFdb, SrcPortRange, TunnelCounters, TunnelDrop,
+    Vni, VniMap, VtepSet, VxlanPacket, OVERHEAD,
+};
+use vswitch::{DropReason, MacAddr, PortId, Switch};
+
+/// Ethernet header without and with an 802.1Q tag.
+const ETH_HLEN: usize = 14;
+const TAG_LEN: usize = 4;
+const TPID_8021Q: u16 = 0x8100;
+/// Largest UDP datagram read.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// How a tunnel is set up.
+#[derive(Clone, Debug)]
+pub struct TunnelConfig {
+    pub local: Ipv4Addr,
+    pub udp_port: u16,
+    pub underlay_mtu: u16,
+    pub learn_vteps: bool,
+    pub vnis: VniMap,
+    pub vteps: VtepSet,
+    /// Remote FDB capacity and aging.
+    pub capacity: u32,
+    pub aging_secs: u32,
+}
+
+/// What the tunnel shares between its sink and its reader.
+pub struct Tunnel {
+    pub config: TunnelConfig,
+    pub remote_fdb: RemoteFdb,
+    pub counters: TunnelCounters,
+    /// Raw IPv4 socket (IP_HDRINCL) for sending.
+    raw: OwnedFd,
+    scratch: Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Tunnel {
+    fn send(&self, inner: &[u8], vni: Vni, to: Ipv4Addr, packet: &mut Vec<u8>) -> bool {
+        let src_port = flow_src_port(inner, SrcPortRange::DEFAULT);
+        let mut encap = Ipv4Encap::new(
+            vni,
+            MacAddr([0; 6]),
+            MacAddr([0; 6]),
+            self.config.local,
+            to,
+            src_port,
+        );
+        encap.dst_port = self.config.udp_port;
+        if encap.encapsulate_vec(inner, packet).is_err() {
+            return false;
+        }
+        // The kernel routes the IP packet; the outer Ethernet header is its job.
+        let ip = &packet[ETH_HLEN..];
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(to).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: sending our own buffer to a valid sockaddr_in.
+        let n = unsafe {
+            libc::sendto(
+                self.raw.as_raw_fd(),
+                ip.as_ptr().cast(),
+                ip.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        n == ip.len() as isize
+    }
+}
+
+/// The receive side of the tunnel port: frames the switch sends across.
+pub struct TunnelSink {
+    tunnel: Arc<Tunnel>,
+    now: Arc<Switch>,
+}
+
+impl FrameSink for TunnelSink {
+    fn deliver(
+        &self,
+        batch: &[Delivery],
+        frames: &[FrameSource],
+        done: &mut dyn FnMut(&Delivery, Result<(), DropReason>),
+    ) {
+        let t = &self.tunnel;
+        let mut guard = t.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let (frame, packet) = &mut *guard;
+        let now = self.now.now();
+        for d in batch {
+            // The egress frame: rewritten head, then the rest of the sender's frame.
+            frame.clear();
+            frame.extend_from_slice(d.egress.head());
+            let head = frame.len();
+            frame.resize(
+                head + frames[d.frame].len().saturating_sub(d.egress.skip()),
+                0,
+            );
+            let mut at = head;
+            frames[d.frame].for_each_slice(d.egress.skip(), |s| {
+                let n = s.len().min(frame.len() - at);
+                let _ = s.subslice(0, n).map(|s| s.copy_to(&mut frame[at..at + n]));
+                at += n;
+                true
+            });
+            let result = self.send_frame(frame, packet, now);
+            if let Err(drop) = &result {
+                t.counters.add_drop(*drop);
+            }
+            done(
+                d,
+                result.map_err(|drop| match drop {
+                    TunnelDrop::TooBig => DropReason::MtuExceeded,
+                    _ => DropReason::VlanNotAllowed,
+                }),
+            );
+        }
+    }
+}
+
+impl TunnelSink {
+    /// Strips the tag, picks the VTEP(s), sends.
+    fn send_frame(
+        &self,
+        frame: &mut Vec<u8>,
+        packet: &mut Vec<u8>,
+        now: u32,
+    ) -> Result<(), TunnelDrop> {
+        let t = &self.tunnel;
+        // The port is a trunk without a native VLAN: every frame is tagged.
+        if frame.len() < ETH_HLEN + TAG_LEN
+            || u16::from_be_bytes([frame[12], frame[13]]) != TPID_8021Q
+        {
+            return Err(TunnelDrop::InnerTagged);
+        }
+        let vlan = u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff;
+        let vni = t.config.vnis.vni(vlan).ok_or(TunnelDrop::UnknownVni)?;
+        frame.drain(12..16);
+        if !fits_underlay(frame.len(), t.config.underlay_mtu) {
+            return Err(TunnelDrop::TooBig);
+        }
+        let mut dst = [0u8; 6];
+        dst.copy_from_slice(&frame[..6]);
+        let unicast = dst[0] & 1 == 0;
+        let known = if unicast {
+            t.remote_fdb.lookup(vni, MacAddr(dst), now)
+        } else {
+            None
+        };
+        let mut sent = false;
+        match known {
+            Some(vtep) => sent |= t.send(frame, vni, vtep, packet),
+            None => {
+                for vtep in t.config.vteps.flood_targets(vni) {
+                    sent |= t.send(frame, vni, vtep, packet);
+                }
+            }
+        }
+        if sent {
+            t.counters.add_tx(1, frame.len() as u64);
+        }
+        Ok(())
+    }
+}
+
+/// A running tunnel port; [`TunnelHandle::stop`] ends it.
+pub struct TunnelHandle {
+    pub tunnel: Arc<Tunnel>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    table: Arc<PortTable>,
+    switch: Arc<Switch>,
+    id: PortId,
+}
+
+fn raw_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); IPPROTO_RAW implies IP_HDRINCL.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("raw socket for VXLAN (needs CAP_NET_RAW): {e}"),
+        ));
+    }
+    // SAFETY: fd was just returned by socket(2) and is ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Serves switch port `id` as a VXLAN tunnel.
+pub fn spawn(
+    config: TunnelConfig,
+    id: PortId,
+    switch: Arc<Switch>,
+    table: Arc<PortTable>,
+) -> io::Result<TunnelHandle> {
+    let udp = UdpSocket::bind(SocketAddrV4::new(config.local, config.udp_port)).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("VXLAN socket {}:{}: {e}", config.local, config.udp_port),
+        )
+    })?;
+    udp.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let tunnel = Arc::new(Tunnel {
+        remote_fdb: RemoteFdb::new(config.capacity, config.aging_secs),
+        counters: TunnelCounters::default(),
+        raw: raw_socket()?,
+        scratch: Mutex::new((
+            Vec::with_capacity(MAX_DATAGRAM),
+            Vec::with_capacity(MAX_DATAGRAM + OVERHEAD),
+        )),
+        config,
+    });
+    table.publish(
+        id,
+        Box::new(TunnelSink {
+            tunnel: tunnel.clone(),
+            now: switch.clone(),
+        }),
+    );
+    switch.set_link(id, true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (t2, s2, sw2, tb2) = (tunnel.clone(), stop.clone(), switch.clone(), table.clone());
+    let thread = std::thread::Builder::new()
+        .name("vxlan".into())
+        .spawn(move || read_loop(&t2, &udp, id, &sw2, &tb2, &s2))?;
+    Ok(TunnelHandle {
+        tunnel,
+        stop,
+        thread: Some(thread),
+        table,
+        switch,
+        id,
+    })
+}
+
+/// Receives, checks, learns and forwards, until `stop`.
+fn read_loop(
+    t: &Tunnel,
+    udp: &UdpSocket,
+    id: PortId,
+    switch: &Switch,
+    table: &PortTable,
+    stop: &AtomicBool,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut frame = vec![0u8; MAX_DATAGRAM + TAG_LEN];
+    let mut deliveries = Vec::new();
+    let ingress = Ingress { id, switch, table };
+    let mut last_age = switch.now();
+    while !stop.load(Ordering::Acquire) {
+        let now = switch.now();
+        if now != last_age {
+            t.remote_fdb.age(now);
+            last_age = now;
+        }
+        let (n, from) = match udp.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(_) => continue, // timeout: check `stop`
+        };
+        let std::net::SocketAddr::V4(from) = from else {
+            continue;
+        };
+        let vtep = *from.ip();
+        let packet = match VxlanPacket::parse(&buf[..n]) {
+            Ok(p) => p,
+            Err(e) => {
+                t.counters.add_drop(TunnelDrop::from(e));
+                continue;
+            }
+        };
+        let vni = packet.vni();
+        let Some(vlan) = t.config.vnis.vlan(vni) else {
+            t.counters.add_drop(TunnelDrop::UnknownVni);
+            continue;
+        };
+        if !t.config.vteps.accepts_on(vni, vtep) {
+            t.counters.add_drop(TunnelDrop::UnknownVtep);
+            continue;
+        }
+        let inner = packet.inner();
+        let mut src = [0u8; 6];
+        src.copy_from_slice(&inner[6..12]);
+        t.remote_fdb.learn(vni, MacAddr(src), vtep, now);
+        t.counters.add_rx(1, inner.len() as u64);
+        // Insert the VLAN tag: the port is a trunk of the mapped VLANs.
+        let len = inner.len() + TAG_LEN;
+        frame[..12].copy_from_slice(&inner[..12]);
+        frame[12..14].copy_from_slice(&TPID_8021Q.to_be_bytes());
+        frame[14..16].copy_from_slice(&vlan.to_be_bytes());
+        frame[16..len].copy_from_slice(&inner[12..]);
+        let seg = [VolatileSlice::from(&mut frame[..len])];
+        let frames = [FrameSource::new(&seg, 0)];
+        forward(&ingress, &frames, 0, &mut deliveries);
+    }
+}
+
+impl TunnelHandle {
+    /// Stops receiving, withdraws the sink, takes the link down.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.table.withdraw(self.id);
+        self.switch.set_link(self.id, false);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
