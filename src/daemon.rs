@@ -985,13 +985,30 @@ impl Runtime {
                 sw.name, f.entries, f.learned, f.moved, f.aged, f.refused_full, f.refused_port_limit
             ));
         }
-        for e in &self.lock().exports {
+        let st = self.lock();
+        for p in &st.ports {
+            if let Some(PortHandle::Tunnel(t)) = &p.handle {
+                let c = t.tunnel.counters.snapshot();
+                let f = t.tunnel.remote_fdb.stats();
+                let mut line = format!(
+                    "tunnel switch={} port={} rx_packets={} rx_bytes={} tx_packets={} tx_bytes={} remote_entries={} remote_learned={} remote_moved={}",
+                    p.switch, p.config.name, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes,
+                    f.entries, f.learned, f.moved
+                );
+                for r in vswitch::vxlan::TunnelDrop::ALL {
+                    line.push_str(&format!(" drop_{}={}", r.name(), c.dropped(r)));
+                }
+                lines.push(line);
+            }
+        }
+        for e in &st.exports {
             lines.push(format!(
                 "counters export={} {}",
                 e.volume,
                 e.served.export.counters.summary()
             ));
         }
+        drop(st);
         for p in &self.pools {
             let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
             let s = pool.space();
