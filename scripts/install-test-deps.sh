@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian 12 machine (run as root):
-# DPDK's dpdk-testpmd with the virtio-user and vhost PMDs, iproute2, and fio
-# (storage benches).
+# DPDK's dpdk-testpmd with the virtio-user and vhost PMDs, iproute2, ping and
+# ethtool (namespace tests of TAP ports and the VXLAN overlay), and fio.
 # Idempotent: when everything is present it returns at once without touching apt.
 set -euo pipefail
 
@@ -11,6 +11,8 @@ PACKAGES=(
     librte-net-virtio23
     librte-mempool-ring23
     iproute2
+    iputils-ping
+    ethtool
     fio
 )
 
