@@ -520,3 +520,132 @@ fn forged_vni_and_unknown_vteps_are_dropped() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Runs fabricctl against a daemon of these tests.
+fn fabricctl(d: &Daemon, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fabricctl"))
+        .arg("--control-socket")
+        .arg(d.dir.join("run/control.sock"))
+        .args(args)
+        .output()
+        .expect("fabricctl");
+    assert!(
+        out.status.success(),
+        "fabricctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A guest (MAC 02:00:00:00:00:50, 10.78.0.50) first lives on host 0, then
+/// "migrates" to host 1 (its TAP port removed on host 0, a new one added on
+/// host 1 at run time). At its first frame on host 1, both hosts find it
+/// there: host 1 locally (its FDB entry moves from the tunnel to the local
+/// port, counted), host 0 through the tunnel.
+/// A guest on VLAN 20 on host 1 never sees VLAN 10 traffic across the overlay.
+#[test]
+fn a_station_that_moves_between_hosts_is_found_at_its_first_frame() {
+    let (h, _va) = two_hosts("mv");
+    let mac = "02:00:00:00:00:50";
+    // On host 0 first.
+    let m0 = Ns::new("m");
+    let dev0 = unique("m");
+    fabricctl(
+        &h.d[0],
+        &[
+            "port",
+            "add",
+            "br0",
+            "mover",
+            "--type",
+            "tap",
+            "--device",
+            &dev0,
+            "--vlan",
+            "access:10",
+            "--mtu",
+            "1450",
+        ],
+    );
+    attach(&h.u[0], &dev0, &m0, "10.78.0.50/24", 1450);
+    sh(&format!("ip -n {} link set {dev0} address {mac}", m0.0));
+    assert_eq!(
+        h.g[1].ping("10.78.0.50", 3),
+        (3, 3),
+        "reached on host 0 through the tunnel"
+    );
+    // Migrate: gone from host 0, back on host 1 with the same MAC and address.
+    fabricctl(&h.d[0], &["port", "remove", "mover"]);
+    drop(m0);
+    let m1 = Ns::new("m");
+    let dev1 = unique("m");
+    fabricctl(
+        &h.d[1],
+        &[
+            "port",
+            "add",
+            "br0",
+            "mover",
+            "--type",
+            "tap",
+            "--device",
+            &dev1,
+            "--vlan",
+            "access:10",
+            "--mtu",
+            "1450",
+        ],
+    );
+    attach(&h.u[1], &dev1, &m1, "10.78.0.50/24", 1450);
+    sh(&format!("ip -n {} link set {dev1} address {mac}", m1.0));
+    // Its first frames (ARP and ping) announce it on host 1.
+    assert_eq!(
+        m1.ping("10.78.0.1", 3).1,
+        3,
+        "the moved guest reaches host 0's guest"
+    );
+    assert_eq!(
+        h.g[0].ping("10.78.0.50", 3),
+        (3, 3),
+        "host 0 finds it on host 1"
+    );
+    assert_eq!(
+        h.g[1].ping("10.78.0.50", 3),
+        (3, 3),
+        "host 1 finds it locally"
+    );
+    // On host 1 the MAC was behind the tunnel and is now on a local port: a
+    // move of its FDB entry, at the first frame.
+    let fdb1 = h.d[1].counters("fdb switch=br0 ");
+    assert!(
+        counter(&fdb1, "moved") >= 1,
+        "host 1 counted the move: {fdb1}"
+    );
+    // VLAN 20 on host 1 is another segment: nothing of VLAN 10 reaches it.
+    let g20 = Ns::new("z");
+    let dev20 = unique("z");
+    fabricctl(
+        &h.d[1],
+        &[
+            "port",
+            "add",
+            "br0",
+            "v20",
+            "--type",
+            "tap",
+            "--device",
+            &dev20,
+            "--vlan",
+            "access:20",
+            "--mtu",
+            "1450",
+        ],
+    );
+    attach(&h.u[1], &dev20, &g20, "10.78.0.20/24", 1450);
+    assert_eq!(
+        h.g[0].ping("10.78.0.20", 3).1,
+        0,
+        "VLAN 10 reaches VLAN 20 across the overlay"
+    );
+    let line = h.d[1].counters("counters switch=br0 port=v20 ");
+    assert_eq!(counter(&line, "tx_packets"), 0, "{line}");
+}
