@@ -146,6 +146,7 @@ fn tunnel_config(
 ) -> Result<vhost_backends::tunnel::TunnelConfig, String> {
     use vswitch::vxlan::{Vni, VniMap, VtepSet};
     let mut vnis = VniMap::new();
+    let mut statics = Vec::new();
     let mut vteps = VtepSet::new(v.learn_vteps);
     for m in &v.vnis {
         let vni = Vni::new(m.vni).map_err(|e| format!("VNI {}: {e:?}", m.vni))?;
@@ -156,6 +157,9 @@ fn tunnel_config(
         vteps
             .set_group(vni, m.group)
             .map_err(|e| format!("{e:?}"))?;
+        for (mac, vtep) in &m.statics {
+            statics.push((vni, vswitch::MacAddr(*mac), *vtep));
+        }
     }
     Ok(vhost_backends::tunnel::TunnelConfig {
         local: v.local,
@@ -166,6 +170,7 @@ fn tunnel_config(
         vteps,
         capacity: 65_536,
         aging_secs: 300,
+        statics,
     })
 }
 

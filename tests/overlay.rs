@@ -649,3 +649,39 @@ fn a_station_that_moves_between_hosts_is_found_at_its_first_frame() {
     let line = h.d[1].counters("counters switch=br0 port=v20 ");
     assert_eq!(counter(&line, "tx_packets"), 0, "{line}");
 }
+
+/// The same segment with a multicast group per VNI instead of a remote list:
+/// floods go to the group, unicast to the learned VTEP. A static remote
+/// entry on host 0 sends a MAC's frames to host 1 before any learning.
+#[test]
+fn a_multicast_group_carries_the_floods() {
+    let u = [Ns::new("u"), Ns::new("u")];
+    let g = [Ns::new("g"), Ns::new("g")];
+    let (va, vb) = underlay(&u);
+    for (ns, dev) in [(&u[0], &va), (&u[1], &vb)] {
+        sh(&format!("ip -n {} route add 224.0.0.0/4 dev {dev}", ns.0));
+    }
+    let mut d = Vec::new();
+    for i in 0..2 {
+        let dev = unique("t");
+        let local = format!("192.168.230.{}", i + 1);
+        let statics = if i == 0 {
+            ", static = [ { mac = \"02:00:00:00:00:77\", vtep = \"192.168.230.2\" } ]"
+        } else {
+            ""
+        };
+        let port = format!(
+            "[[switch.port]]\nname = \"vx\"\ntype = \"vxlan\"\nlocal = \"{local}\"\nvni = [ {{ vlan = 10, vni = 5010, group = \"239.1.1.10\"{statics} }} ]\n"
+        );
+        d.push(Daemon::start(
+            &u[i],
+            &test_dir("mc"),
+            &format!("{TAP}{}{port}", tap_port("t", &dev, 10, 1450)),
+        ));
+        attach(&u[i], &dev, &g[i], &format!("10.81.0.{}/24", i + 1), 1450);
+    }
+    assert_eq!(g[0].ping("10.81.0.2", 5), (5, 5));
+    assert_eq!(g[1].ping("10.81.0.1", 5), (5, 5));
+    let t = d[0].counters("tunnel switch=br0 port=vx ");
+    assert!(counter(&t, "remote_entries") >= 2, "learned + static: {t}");
+}

@@ -238,8 +238,12 @@ pub struct VniConfig {
     pub vni: u32,
     /// Remote VTEPs (head-end replication of broadcast and unknown unicast).
     pub remotes: Vec<std::net::Ipv4Addr>,
-    /// Optional multicast group.
+    /// Optional multicast group (broadcast and unknown unicast also go
+    /// there; the tunnel joins it to receive).
     pub group: Option<std::net::Ipv4Addr>,
+    /// `static`: `[{ mac = "02:..", vtep = "192.0.2.2" }]`, remote MACs that
+    /// never age or move.
+    pub statics: Vec<([u8; 6], std::net::Ipv4Addr)>,
 }
 
 /// `vlan`: how a port maps frames to VLANs. Written as an inline table:

@@ -78,6 +78,15 @@ struct RawVni {
     #[serde(default)]
     remotes: Vec<Spanned<String>>,
     group: Option<Spanned<String>>,
+    #[serde(default, rename = "static")]
+    statics: Vec<RawStatic>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatic {
+    mac: Spanned<String>,
+    vtep: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -562,11 +571,26 @@ fn vxlan_kind(
             }
             None => None,
         };
+        let mut statics = Vec::new();
+        for (j, st) in v.statics.iter().enumerate() {
+            let mac = parse_mac(st.mac.get_ref())
+                .map_err(|m| ctx.invalid(&st.mac.span(), &format!("{k}.static[{j}].mac"), m))?;
+            let vtep = ip(&st.vtep, &format!("{k}.static[{j}].vtep"))?;
+            if vtep.is_multicast() || vtep.is_unspecified() || vtep.is_broadcast() {
+                return Err(ctx.invalid(
+                    &st.vtep.span(),
+                    &format!("{k}.static[{j}].vtep"),
+                    "a VTEP is a unicast address",
+                ));
+            }
+            statics.push((mac, vtep));
+        }
         vnis.push(VniConfig {
             vlan,
             vni,
             remotes,
             group,
+            statics,
         });
     }
     if vnis.is_empty() {

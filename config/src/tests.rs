@@ -691,7 +691,17 @@ fn vxlan_ports() {
     );
     let text = to_toml(&cfg);
     assert_eq!(parse_ok(&text), cfg, "{text}");
+    let cfg = parse_ok(&vx("local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 1, static = [ { mac = \"02:00:00:00:00:07\", vtep = \"192.0.2.7\" } ] } ]"));
+    let PortKind::Vxlan(v) = &only_port(&cfg).kind else {
+        panic!()
+    };
+    assert_eq!(
+        v.vnis[0].statics,
+        [([2, 0, 0, 0, 0, 7], "192.0.2.7".parse().unwrap())]
+    );
+    assert_eq!(parse_ok(&to_toml(&cfg)), cfg);
     let e = |extra: &str| parse_err(&vx(extra));
+    assert!(e("local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 1, static = [ { mac = \"02:00:00:00:00:07\", vtep = \"239.0.0.1\" } ] } ]").contains("static[0].vtep"));
     assert!(e("vni = [ { vlan = 10, vni = 1 } ]").contains("needs `local`"));
     assert!(e("local = \"x\"\nvni = [ { vlan = 10, vni = 1 } ]")
         .contains("local: \"x\" is not an IPv4 address"));

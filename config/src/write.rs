@@ -106,11 +106,23 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
                                 .group
                                 .map(|g| format!(", group = {}", q(&g.to_string())))
                                 .unwrap_or_default();
+                            let statics: Vec<String> = m
+                                .statics
+                                .iter()
+                                .map(|(mac, vtep)| {
+                                    format!(
+                                        "{{ mac = \"{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\", vtep = {} }}",
+                                        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
+                                        q(&vtep.to_string())
+                                    )
+                                })
+                                .collect();
                             format!(
-                                "{{ vlan = {}, vni = {}, remotes = [{}]{group} }}",
+                                "{{ vlan = {}, vni = {}, remotes = [{}]{group}, static = [{}] }}",
                                 m.vlan,
                                 m.vni,
-                                remotes.join(", ")
+                                remotes.join(", "),
+                                statics.join(", ")
                             )
                         })
                         .collect();

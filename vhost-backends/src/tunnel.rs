@@ -55,6 +55,8 @@ pub struct TunnelConfig {
     /// Remote FDB capacity and aging.
     pub capacity: u32,
     pub aging_secs: u32,
+    /// Remote MACs configured statically: (VNI, MAC, VTEP).
+    pub statics: Vec<(Vni, MacAddr, Ipv4Addr)>,
 }
 
 /// What the tunnel shares between its sink and its reader.
@@ -237,17 +239,69 @@ pub fn spawn(
     switch: Arc<Switch>,
     table: Arc<PortTable>,
 ) -> io::Result<TunnelHandle> {
-    let udp = UdpSocket::bind(SocketAddrV4::new(config.local, config.udp_port)).map_err(|e| {
+    // With multicast groups the socket must also take packets addressed to
+    // them: bind the port on every address and join each group on the
+    // underlay interface of `local`.
+    let groups: Vec<Ipv4Addr> = config
+        .vteps
+        .vnis()
+        .into_iter()
+        .filter_map(|v| config.vteps.group(v))
+        .collect();
+    let bind_ip = if groups.is_empty() {
+        config.local
+    } else {
+        Ipv4Addr::UNSPECIFIED
+    };
+    let udp = UdpSocket::bind(SocketAddrV4::new(bind_ip, config.udp_port)).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("VXLAN socket {}:{}: {e}", config.local, config.udp_port),
+            format!("VXLAN socket {}:{}: {e}", bind_ip, config.udp_port),
         )
     })?;
+    for g in &groups {
+        udp.join_multicast_v4(g, &config.local)
+            .map_err(|e| io::Error::new(e.kind(), format!("joining {g}: {e}")))?;
+    }
     udp.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let remote_fdb = RemoteFdb::new(config.capacity, config.aging_secs);
+    for (vni, mac, vtep) in &config.statics {
+        remote_fdb.add_static(*vni, *mac, *vtep).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("static {mac} -> {vtep}: {e:?}"),
+            )
+        })?;
+    }
+    let raw = raw_socket()?;
+    if !groups.is_empty() {
+        // Multicast leaves through the interface of `local`.
+        let ifaddr = libc::in_addr {
+            s_addr: u32::from(config.local).to_be(),
+        };
+        let no_loop: libc::c_int = 0;
+        // SAFETY: setsockopt on our socket with valid option values.
+        unsafe {
+            libc::setsockopt(
+                raw.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MULTICAST_IF,
+                (&ifaddr as *const libc::in_addr).cast(),
+                std::mem::size_of::<libc::in_addr>() as libc::socklen_t,
+            );
+            libc::setsockopt(
+                raw.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MULTICAST_LOOP,
+                (&no_loop as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
     let tunnel = Arc::new(Tunnel {
-        remote_fdb: RemoteFdb::new(config.capacity, config.aging_secs),
+        remote_fdb,
         counters: TunnelCounters::default(),
-        raw: raw_socket()?,
+        raw,
         scratch: Mutex::new((
             Vec::with_capacity(MAX_DATAGRAM),
             Vec::with_capacity(MAX_DATAGRAM + OVERHEAD),
@@ -317,7 +371,12 @@ fn read_loop(
             t.counters.add_drop(TunnelDrop::UnknownVni);
             continue;
         };
-        if !t.config.vteps.accepts_on(vni, vtep) {
+        // Our own packets (multicast loopback) never count as a remote.
+        // With a group the members are not known in advance: any unicast
+        // sender is a VTEP of that VNI.
+        let by_group = t.config.vteps.group(vni).is_some()
+            && !(vtep.is_multicast() || vtep.is_unspecified() || vtep.is_broadcast());
+        if vtep == t.config.local || !(t.config.vteps.accepts_on(vni, vtep) || by_group) {
             t.counters.add_drop(TunnelDrop::UnknownVtep);
             continue;
         }
