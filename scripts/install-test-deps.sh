@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian 12 machine (run as root):
 # DPDK's dpdk-testpmd with the virtio-user and vhost PMDs, iproute2, ping and
-# ethtool (namespace tests of TAP ports and the VXLAN overlay), and fio.
+# ethtool (namespace tests of TAP ports and the VXLAN overlay), fio and iperf3
+# (benches).
 # Idempotent: when everything is present it returns at once without touching apt.
 set -euo pipefail
 
@@ -13,6 +14,7 @@ PACKAGES=(
     iproute2
     iputils-ping
     ethtool
+    iperf3
     fio
 )
 
