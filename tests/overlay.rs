@@ -286,9 +286,11 @@ struct TwoHosts {
     d: Vec<Daemon>,
 }
 
+/// VLAN 10 <-> VNI 5010 and VLAN 20 <-> VNI 5020 to the other host.
 fn vxlan_port(local: &str, remote: &str) -> String {
     format!(
-        "[[switch.port]]\nname = \"vx\"\ntype = \"vxlan\"\nlocal = \"{local}\"\nvni = [ {{ vlan = 10, vni = 5010, remotes = [\"{remote}\"] }} ]\n"
+        "[[switch.port]]\nname = \"vx\"\ntype = \"vxlan\"\nlocal = \"{local}\"\n\
+         vni = [ {{ vlan = 10, vni = 5010, remotes = [\"{remote}\"] }}, {{ vlan = 20, vni = 5020, remotes = [\"{remote}\"] }} ]\n"
     )
 }
 
@@ -463,8 +465,19 @@ fn interop_with_the_kernel_vxlan_device() {
     // veth hands TCP segments on with the checksum left to "hardware"; inside
     // a tunnel nobody completes it, so the kernel-side guest computes its own
     // checksums (a real NIC or a guest's virtio-net does this for us).
+    let cap = {
+        let path = format!("/run/netns/{}", u[1].0);
+        let dev = vb.clone();
+        std::thread::spawn(move || capture_vxlan(&path, &dev, Duration::from_secs(4)))
+    };
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(g[0].ping("10.79.0.2", 5), (5, 5));
     assert_eq!(g[1].ping("10.79.0.1", 5), (5, 5));
+    // Both sides' packets on the kernel host's underlay decode as VXLAN.
+    assert!(
+        cap.join().unwrap() >= 10,
+        "valid VXLAN packets on the underlay"
+    );
     tcp_both_ways(&g[1], &g[0], "10.79.0.2", 1 << 20);
     tcp_both_ways(&g[0], &g[1], "10.79.0.1", 1 << 20);
     let t = d.counters("tunnel switch=br0 port=vx ");
@@ -620,7 +633,8 @@ fn a_station_that_moves_between_hosts_is_found_at_its_first_frame() {
         counter(&fdb1, "moved") >= 1,
         "host 1 counted the move: {fdb1}"
     );
-    // VLAN 20 on host 1 is another segment: nothing of VLAN 10 reaches it.
+    // VLAN 20 (VNI 5020) on host 1 is another segment: nothing of VLAN 10
+    // (VNI 5010) reaches it across the overlay.
     let g20 = Ns::new("z");
     let dev20 = unique("z");
     fabricctl(
