@@ -98,33 +98,42 @@ struct RawVlan {
     native: Option<Spanned<i64>>,
 }
 
-/// One entry of `allowed`: `10` or `"100-199"`.
-enum RawVlanItem {
-    Id(i64),
-    Range(String),
+/// A value the file may give as an integer or as a string: a VLAN id or a
+/// range `"100-199"`, a size in bytes or `"16G"`.
+enum IntOrText {
+    Int(i64),
+    Text(String),
 }
 
+/// Reads an [`IntOrText`]; `what` is the expected form for serde's error.
 // Hand-written rather than `#[serde(untagged)]`, whose error is the
 // unhelpful "data did not match any variant".
+fn int_or_text<'de, D: Deserializer<'de>>(d: D, what: &'static str) -> Result<IntOrText, D::Error> {
+    struct V(&'static str);
+    impl Visitor<'_> for V {
+        type Value = IntOrText;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<IntOrText, E> {
+            Ok(IntOrText::Int(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<IntOrText, E> {
+            Ok(IntOrText::Int(i64::try_from(v).unwrap_or(i64::MAX)))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<IntOrText, E> {
+            Ok(IntOrText::Text(v.to_owned()))
+        }
+    }
+    d.deserialize_any(V(what))
+}
+
+/// One entry of `allowed`: `10` or `"100-199"`.
+struct RawVlanItem(IntOrText);
+
 impl<'de> Deserialize<'de> for RawVlanItem {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ItemVisitor;
-        impl Visitor<'_> for ItemVisitor {
-            type Value = RawVlanItem;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a VLAN id or a range string like \"100-199\"")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawVlanItem, E> {
-                Ok(RawVlanItem::Id(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawVlanItem, E> {
-                Ok(RawVlanItem::Id(i64::try_from(v).unwrap_or(i64::MAX)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawVlanItem, E> {
-                Ok(RawVlanItem::Range(v.to_owned()))
-            }
-        }
-        d.deserialize_any(ItemVisitor)
+        int_or_text(d, "a VLAN id or a range string like \"100-199\"").map(RawVlanItem)
     }
 }
 
@@ -735,8 +744,8 @@ fn vlan_item(ctx: &Ctx, item: &Spanned<RawVlanItem>, key: &str) -> Result<(u16, 
     let span = item.span();
     let id = |v: i64| ctx.vlan_id(&Spanned::new(span.clone(), v), key);
     match item.get_ref() {
-        RawVlanItem::Id(v) => id(*v).map(|v| (v, v)),
-        RawVlanItem::Range(s) => {
+        RawVlanItem(IntOrText::Int(v)) => id(*v).map(|v| (v, v)),
+        RawVlanItem(IntOrText::Text(s)) => {
             let bad = || {
                 ctx.invalid(
                     &span,

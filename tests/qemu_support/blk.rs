@@ -7,7 +7,9 @@
 //! Everything fails loudly: a missing qemu-storage-daemon, fio or guest image is a panic
 //! naming the fix, never a skip.
 
-use super::{tail, wait_child, Guest, GuestImage, GuestSpec, TempDir, INSTALL_HINT};
+use super::{
+    checked_binary, tail, wait_child, Guest, GuestImage, GuestSpec, TempDir, INSTALL_HINT,
+};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -27,35 +29,6 @@ pub const BLK_GUEST_MEM_MB: u32 = 256;
 pub const MIB: u64 = 1 << 20;
 /// Longest path a Unix socket address holds (sun_path less the NUL).
 const MAX_SOCKET_PATH: usize = 107;
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
-/// `program --version` must run; panics (never skips) with `hint` otherwise.
-fn checked_binary(env: Option<&str>, name: &str, hint: &str) -> PathBuf {
-    let path = env
-        .and_then(std::env::var_os)
-        .map(PathBuf::from)
-        .or_else(|| find_on_path(name))
-        .unwrap_or_else(|| panic!("{name} not found on PATH: {hint}"));
-    let out = Command::new(&path)
-        .arg("--version")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}: {hint}", path.display()));
-    assert!(
-        out.status.success(),
-        "{} --version failed ({}): {}\n{hint}",
-        path.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
 
 /// qemu-storage-daemon (package qemu-utils, same backports build as qemu-system-x86).
 pub fn qsd_binary() -> PathBuf {

@@ -35,25 +35,36 @@ fn workspace() -> PathBuf {
 
 /// The QEMU binary. Panics (never skips) when it is missing or does not run.
 pub fn qemu_binary() -> PathBuf {
-    let path = match std::env::var_os(QEMU_ENV) {
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("PATH")
-            .and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("qemu-system-x86_64"))
-                    .find(|p| p.is_file())
-            })
-            .unwrap_or_else(|| {
-                panic!("qemu-system-x86_64 not found on PATH: {INSTALL_HINT}, or set {QEMU_ENV}")
-            }),
-    };
+    checked_binary(
+        Some(QEMU_ENV),
+        "qemu-system-x86_64",
+        &format!("{INSTALL_HINT}, or set {QEMU_ENV}"),
+    )
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// `$env` or `name` on PATH; `program --version` must run. Panics (never
+/// skips) with `hint` otherwise.
+pub(crate) fn checked_binary(env: Option<&str>, name: &str, hint: &str) -> PathBuf {
+    let path = env
+        .and_then(std::env::var_os)
+        .map(PathBuf::from)
+        .or_else(|| find_on_path(name))
+        .unwrap_or_else(|| panic!("{name} not found on PATH: {hint}"));
     let out = Command::new(&path)
         .arg("--version")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}: {INSTALL_HINT}", path.display()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}: {hint}", path.display()));
     assert!(
         out.status.success(),
-        "{} --version failed ({}): {}\n{INSTALL_HINT}",
+        "{} --version failed ({}): {}\n{hint}",
         path.display(),
         out.status,
         String::from_utf8_lossy(&out.stderr)

@@ -1,14 +1,13 @@
 //! `[[pool]]` tables: pools, their volumes, and volume exports.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::Deserializer;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{check_name, check_socket, normalize, Ctx};
+use super::{check_name, check_socket, int_or_text, normalize, Ctx, IntOrText};
 use crate::*;
 
 #[derive(Deserialize)]
@@ -44,30 +43,11 @@ struct RawExport {
 }
 
 /// A size: an integer number of bytes or a string like `"16G"`.
-enum RawSize {
-    Bytes(i64),
-    Text(String),
-}
+struct RawSize(IntOrText);
 
 impl<'de> Deserialize<'de> for RawSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct SizeVisitor;
-        impl Visitor<'_> for SizeVisitor {
-            type Value = RawSize;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size: bytes, or a string like \"16G\"")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawSize, E> {
-                Ok(RawSize::Bytes(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawSize, E> {
-                Ok(RawSize::Bytes(i64::try_from(v).unwrap_or(i64::MAX)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSize, E> {
-                Ok(RawSize::Text(v.to_owned()))
-            }
-        }
-        d.deserialize_any(SizeVisitor)
+        int_or_text(d, "a size: bytes, or a string like \"16G\"").map(RawSize)
     }
 }
 
@@ -102,8 +82,8 @@ impl Ctx<'_> {
     ) -> Result<u64, ConfigError> {
         let span = value.span();
         let bytes = match value.get_ref() {
-            RawSize::Bytes(b) => u64::try_from(*b).ok(),
-            RawSize::Text(t) => parse_size(t),
+            RawSize(IntOrText::Int(b)) => u64::try_from(*b).ok(),
+            RawSize(IntOrText::Text(t)) => parse_size(t),
         }
         .ok_or_else(|| {
             self.invalid(
