@@ -67,3 +67,25 @@ impl PortTable {
         guard.as_ref().map(|sink| f(sink.as_ref().as_ref()))
     }
 }
+
+/// A port whose receive side is published in a [`PortTable`] and whose
+/// frames are read by a thread of its own (TAP devices, tunnels).
+pub struct ReaderPort {
+    pub(crate) stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
+    pub(crate) table: Arc<PortTable>,
+    pub(crate) switch: Arc<vswitch::Switch>,
+    pub(crate) id: PortId,
+}
+
+impl ReaderPort {
+    /// Stops the reader, withdraws the sink and takes the link down.
+    pub fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.table.withdraw(self.id);
+        self.switch.set_link(self.id, false);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

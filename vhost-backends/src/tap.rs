@@ -16,7 +16,7 @@
 use crate::net::frame_source::FrameSource;
 use crate::net::tx::{forward, Ingress, BATCH};
 use crate::net::HDR_LEN;
-use crate::port_table::{Delivery, FrameSink, PortTable};
+use crate::port_table::{Delivery, FrameSink, PortTable, ReaderPort};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -24,7 +24,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use vm_memory::VolatileSlice;
 use vswitch::{DropReason, PortId, Switch};
 
@@ -191,13 +190,7 @@ impl FrameSink for TapSink {
 }
 
 /// A running TAP port; [`TapPortHandle::stop`] ends it.
-pub struct TapPortHandle {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    table: Arc<PortTable>,
-    switch: Arc<Switch>,
-    id: PortId,
-}
+pub struct TapPortHandle(ReaderPort);
 
 /// Serves switch port `id` through TAP device `device` (created if absent),
 /// with `mtu`: publishes the sink, brings the link up, and reads frames on a
@@ -226,13 +219,13 @@ pub fn spawn(
             return Err(e);
         }
     };
-    Ok(TapPortHandle {
+    Ok(TapPortHandle(ReaderPort {
         stop,
         thread: Some(thread),
         table,
         switch,
         id,
-    })
+    }))
 }
 
 /// Reads frames in batches and forwards them, until `stop`.
@@ -285,12 +278,7 @@ fn read_loop(dev: &TapDevice, id: PortId, switch: &Switch, table: &PortTable, st
 impl TapPortHandle {
     /// Stops reading, withdraws the sink, takes the link down and closes the
     /// device (a device the daemon created disappears).
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.table.withdraw(self.id);
-        self.switch.set_link(self.id, false);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        self.0.stop();
     }
 }

@@ -21,13 +21,12 @@
 
 use crate::net::frame_source::FrameSource;
 use crate::net::tx::{forward, Ingress};
-use crate::port_table::{Delivery, FrameSink, PortTable};
+use crate::port_table::{Delivery, FrameSink, PortTable, ReaderPort};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 use vm_memory::VolatileSlice;
 use vswitch::vxlan::{
@@ -205,11 +204,7 @@ impl TunnelSink {
 /// A running tunnel port; [`TunnelHandle::stop`] ends it.
 pub struct TunnelHandle {
     pub tunnel: Arc<Tunnel>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    table: Arc<PortTable>,
-    switch: Arc<Switch>,
-    id: PortId,
+    port: ReaderPort,
 }
 
 fn raw_socket() -> io::Result<OwnedFd> {
@@ -323,11 +318,13 @@ pub fn spawn(
         .spawn(move || read_loop(&t2, &udp, id, &sw2, &tb2, &s2))?;
     Ok(TunnelHandle {
         tunnel,
-        stop,
-        thread: Some(thread),
-        table,
-        switch,
-        id,
+        port: ReaderPort {
+            stop,
+            thread: Some(thread),
+            table,
+            switch,
+            id,
+        },
     })
 }
 
@@ -399,12 +396,7 @@ fn read_loop(
 
 impl TunnelHandle {
     /// Stops receiving, withdraws the sink, takes the link down.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.table.withdraw(self.id);
-        self.switch.set_link(self.id, false);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn stop(self) {
+        self.port.stop();
     }
 }
