@@ -534,6 +534,24 @@ fn forged_vni_and_unknown_vteps_are_dropped() {
     }
 }
 
+/// A guest namespace on a TAP port added at run time (fabricctl) to host
+/// `host` of `h`, VLAN `vlan`, MTU 1450, address `addr`. Returns it and the
+/// device name.
+fn tap_guest(h: &TwoHosts, host: usize, port: &str, vlan: u16, addr: &str) -> (Ns, String) {
+    let ns = Ns::new("m");
+    let dev = unique("m");
+    let vlan = format!("access:{vlan}");
+    fabricctl(
+        &h.d[host],
+        &[
+            "port", "add", "br0", port, "--type", "tap", "--device", &dev, "--vlan", &vlan,
+            "--mtu", "1450",
+        ],
+    );
+    attach(&h.u[host], &dev, &ns, addr, 1450);
+    (ns, dev)
+}
+
 /// Runs fabricctl against a daemon of these tests.
 fn fabricctl(d: &Daemon, args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_fabricctl"))
@@ -560,26 +578,7 @@ fn a_station_that_moves_between_hosts_is_found_at_its_first_frame() {
     let (h, _va) = two_hosts("mv");
     let mac = "02:00:00:00:00:50";
     // On host 0 first.
-    let m0 = Ns::new("m");
-    let dev0 = unique("m");
-    fabricctl(
-        &h.d[0],
-        &[
-            "port",
-            "add",
-            "br0",
-            "mover",
-            "--type",
-            "tap",
-            "--device",
-            &dev0,
-            "--vlan",
-            "access:10",
-            "--mtu",
-            "1450",
-        ],
-    );
-    attach(&h.u[0], &dev0, &m0, "10.78.0.50/24", 1450);
+    let (m0, dev0) = tap_guest(&h, 0, "mover", 10, "10.78.0.50/24");
     sh(&format!("ip -n {} link set {dev0} address {mac}", m0.0));
     assert_eq!(
         h.g[1].ping("10.78.0.50", 3),
@@ -589,26 +588,7 @@ fn a_station_that_moves_between_hosts_is_found_at_its_first_frame() {
     // Migrate: gone from host 0, back on host 1 with the same MAC and address.
     fabricctl(&h.d[0], &["port", "remove", "mover"]);
     drop(m0);
-    let m1 = Ns::new("m");
-    let dev1 = unique("m");
-    fabricctl(
-        &h.d[1],
-        &[
-            "port",
-            "add",
-            "br0",
-            "mover",
-            "--type",
-            "tap",
-            "--device",
-            &dev1,
-            "--vlan",
-            "access:10",
-            "--mtu",
-            "1450",
-        ],
-    );
-    attach(&h.u[1], &dev1, &m1, "10.78.0.50/24", 1450);
+    let (m1, dev1) = tap_guest(&h, 1, "mover", 10, "10.78.0.50/24");
     sh(&format!("ip -n {} link set {dev1} address {mac}", m1.0));
     // Its first frames (ARP and ping) announce it on host 1.
     assert_eq!(
@@ -635,26 +615,7 @@ fn a_station_that_moves_between_hosts_is_found_at_its_first_frame() {
     );
     // VLAN 20 (VNI 5020) on host 1 is another segment: nothing of VLAN 10
     // (VNI 5010) reaches it across the overlay.
-    let g20 = Ns::new("z");
-    let dev20 = unique("z");
-    fabricctl(
-        &h.d[1],
-        &[
-            "port",
-            "add",
-            "br0",
-            "v20",
-            "--type",
-            "tap",
-            "--device",
-            &dev20,
-            "--vlan",
-            "access:20",
-            "--mtu",
-            "1450",
-        ],
-    );
-    attach(&h.u[1], &dev20, &g20, "10.78.0.20/24", 1450);
+    let (_g20, _) = tap_guest(&h, 1, "v20", 20, "10.78.0.20/24");
     assert_eq!(
         h.g[0].ping("10.78.0.20", 3).1,
         0,

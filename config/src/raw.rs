@@ -180,6 +180,25 @@ impl Ctx<'_> {
         T::try_from(v).map_err(|_| self.invalid(&value.span(), key, "value does not fit"))
     }
 
+    /// A virtqueue size: a power of two in `lo..=hi`.
+    fn queue_size(
+        &self,
+        value: &Spanned<i64>,
+        key: &str,
+        lo: i64,
+        hi: i64,
+    ) -> Result<u16, ConfigError> {
+        let size: u16 = self.int(value, key, "queue size", lo, hi)?;
+        if !size.is_power_of_two() {
+            return Err(self.invalid(
+                &value.span(),
+                key,
+                format!("queue size {size} is not a power of two"),
+            ));
+        }
+        Ok(size)
+    }
+
     fn vlan_id(&self, value: &Spanned<i64>, key: &str) -> Result<u16, ConfigError> {
         self.int(value, key, "VLAN id", 1, 4094)
     }
@@ -645,18 +664,7 @@ fn vhost_user_kind(
     check_socket(ctx, &socket, &socket_span, &socket_key, sockets)?;
 
     let queue_size = match &port.queue_size {
-        Some(v) => {
-            let k = format!("{key}.queue_size");
-            let size: u16 = ctx.int(v, &k, "queue size", 64, 32768)?;
-            if !size.is_power_of_two() {
-                return Err(ctx.invalid(
-                    &v.span(),
-                    &k,
-                    format!("queue size {size} is not a power of two"),
-                ));
-            }
-            size
-        }
+        Some(v) => ctx.queue_size(v, &format!("{key}.queue_size"), 64, 32768)?,
         None => DEFAULT_QUEUE_SIZE,
     };
 
@@ -807,23 +815,28 @@ fn check_socket(
 /// and a shell argument to `fabricctl`.
 fn check_name(ctx: &Ctx, name: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
     let s = name.get_ref();
+    valid_name(s).map_err(|m| ctx.invalid(&name.span(), key, m))?;
+    Ok(s.clone())
+}
+
+/// The name rule of switches, ports, pools and volumes (also for names
+/// given at run time): `Err` says what is wrong.
+pub fn valid_name(s: &str) -> Result<(), String> {
     let ok = (1..=32).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
     // "." and ".." pass the character rule but would make a default socket
     // path like "run/...sock"; harmless, but also certainly a typo.
     if !ok || s == "." || s == ".." {
-        return Err(ctx.invalid(
-            &name.span(),
-            key,
-            format!("invalid name {s:?} (expected 1 to 32 of A-Z a-z 0-9 _ . -)"),
+        return Err(format!(
+            "invalid name {s:?} (expected 1 to 32 of A-Z a-z 0-9 _ . -)"
         ));
     }
-    Ok(s.clone())
+    Ok(())
 }
 
 /// `"52:54:00:12:34:56"` -> bytes; the guest must get a usable unicast address.
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let bad =
         || format!("invalid MAC address {s:?} (expected six hex bytes like \"52:54:00:12:34:56\")");
     let mut mac = [0u8; 6];

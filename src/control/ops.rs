@@ -266,36 +266,11 @@ fn switch<'a>(rt: &'a Runtime, name: &str) -> OpResult<&'a std::sync::Arc<vswitc
 
 /// The `fabric.toml` name rule.
 fn check_name(name: &str) -> OpResult<()> {
-    let ok = (1..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        && name != "."
-        && name != "..";
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "invalid name {name:?} (expected 1 to 32 of A-Z a-z 0-9 _ . -)"
-        )))
-    }
+    fabric_config::valid_name(name).map_err(invalid)
 }
 
 fn parse_mac(s: &str) -> OpResult<[u8; 6]> {
-    let bad = || invalid(format!("invalid MAC address {s:?}"));
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        let p = parts.next().ok_or_else(bad)?;
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
-        return Err(bad());
-    }
-    Ok(mac)
+    fabric_config::parse_mac(s).map_err(invalid)
 }
 
 /// Where relative paths of run-time additions are resolved: like the

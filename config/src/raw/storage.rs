@@ -322,18 +322,7 @@ fn convert_export(
         None => DEFAULT_EXPORT_QUEUES,
     };
     let queue_size = match &e.queue_size {
-        Some(v) => {
-            let k = format!("{key}.queue_size");
-            let size: u16 = ctx.int(v, &k, "queue size", 8, 1024)?;
-            if !size.is_power_of_two() {
-                return Err(ctx.invalid(
-                    &v.span(),
-                    &k,
-                    format!("queue size {size} is not a power of two"),
-                ));
-            }
-            size
-        }
+        Some(v) => ctx.queue_size(v, &format!("{key}.queue_size"), 8, 1024)?,
         None => DEFAULT_EXPORT_QUEUE_SIZE,
     };
     let snapshot = matches!(source, VolumeSource::SnapshotOf(_));
