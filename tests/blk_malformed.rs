@@ -1976,3 +1976,55 @@ fn write_cache_modes_follow_the_negotiated_features() {
         "write-through without FLUSH: committed before completion"
     );
 }
+
+/// The cache mode the device runs is the one the guest was shown. QEMU reads the config
+/// space when it creates the device, before any feature is negotiated, and a Linux guest
+/// that copy shows a write-through disk never sends FLUSH. A device that switched itself
+/// to write-back at negotiation completed writes the guest took as durable and lost them
+/// when the daemon died (reproduced with a QEMU guest: tests/qemu_blk.rs).
+#[test]
+fn the_cache_mode_run_is_the_one_shown_before_negotiation() {
+    let f = Fixture::start("[[pool.volume]]\nname = \"wc\"\nsize = \"8M\"\nexport = {}\n");
+    let stats = || f.daemon().pool("p0").unwrap().lock().unwrap().stats();
+    let data = vec![0x6bu8; 4096];
+    for (i, flush) in [true, false].into_iter().enumerate() {
+        let mut g = f.connect_with(
+            "wc",
+            BlkOptions {
+                flush,
+                queue_size: QS,
+                ..Default::default()
+            },
+        );
+        let shown = g
+            .config_before_features()
+            .expect("GET_CONFIG before SET_FEATURES");
+        assert_eq!(
+            g.guest_sees_write_back(),
+            flush,
+            "a guest that can FLUSH is shown a write cache, one that cannot is not \
+             (writeback byte before negotiation: {})",
+            shown.writeback
+        );
+        // A first write to a new cluster: its allocation is metadata.
+        let before = stats();
+        assert_eq!(g.write(0, 2048 * i as u64, &data).status, 0);
+        let after = stats();
+        if flush {
+            assert_eq!(
+                after.commits, before.commits,
+                "write-back: no commit per write"
+            );
+            assert_eq!(
+                after.stages,
+                before.stages + 1,
+                "write-back: the allocation is staged (survives the daemon) before completion"
+            );
+        } else {
+            assert!(
+                after.commits > before.commits,
+                "write-through: committed before completion"
+            );
+        }
+    }
+}

@@ -732,6 +732,21 @@ impl VswitchdBlk {
         self.log_text()
     }
 
+    /// SIGKILL, as a crash or an OOM kill would: no checkpoint, no counters. Then the
+    /// daemon starts again on the same config and sockets.
+    pub fn kill_and_restart(mut self) -> VswitchdBlk {
+        self.kill();
+        VswitchdBlk::start(&self.dir, &self.name, &self.spec, &self.extra, self.run + 1)
+    }
+
+    /// SIGKILL now, and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL vswitchd");
+            child.wait().expect("reap vswitchd");
+        }
+    }
+
     /// Stops the daemon and starts it again with a read-only snapshot `snap` of the
     /// volume, exported on `<dir>/<snap>.sock` (taken at this start: it holds what was
     /// written before).

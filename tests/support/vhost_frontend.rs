@@ -142,6 +142,18 @@ pub fn negotiate(
     wanted: u64,
     wanted_protocol: VhostUserProtocolFeatures,
 ) -> io::Result<Negotiated> {
+    negotiate_with(frontend, wanted, wanted_protocol, |_, _| Ok(()))
+}
+
+/// [`negotiate`], calling `before_features` after the protocol features and before
+/// SET_FEATURES: where QEMU reads a device's config space when it creates the device
+/// (long before the guest driver negotiates).
+pub fn negotiate_with(
+    frontend: &mut Frontend,
+    wanted: u64,
+    wanted_protocol: VhostUserProtocolFeatures,
+    before_features: impl FnOnce(&mut Frontend, VhostUserProtocolFeatures) -> io::Result<()>,
+) -> io::Result<Negotiated> {
     vu("SET_OWNER", frontend.set_owner())?;
     let offered = vu("GET_FEATURES", frontend.get_features())?;
     if offered & F_VERSION_1 == 0 {
@@ -161,6 +173,7 @@ pub fn negotiate(
             frontend.set_protocol_features(protocol),
         )?;
     }
+    before_features(frontend, protocol)?;
     vu("SET_FEATURES", frontend.set_features(acked))?;
     if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
         frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);

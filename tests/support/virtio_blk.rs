@@ -34,7 +34,7 @@ use super::split_ring::{
     Desc, SplitRing, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use super::vhost_frontend::{
-    connect_frontend, drain, enable_queue, negotiate, set_mem_table, setup_queue, vu,
+    connect_frontend, drain, enable_queue, negotiate_with, set_mem_table, setup_queue, vu,
     wait_readable, write_raw_chain, RawDesc,
 };
 
@@ -293,6 +293,8 @@ pub struct GuestBlk {
     features: u64,
     protocol_features: VhostUserProtocolFeatures,
     config: BlkConfig,
+    /// The config space as read before SET_FEATURES (QEMU's cached copy).
+    config_before_features: Option<BlkConfig>,
     queues: Vec<Queue>,
     queue_size: u16,
     max_data: u32,
@@ -339,12 +341,19 @@ impl GuestBlk {
         if !opts.flush {
             wanted &= !(features::FLUSH | features::CONFIG_WCE);
         }
-        let n = negotiate(
+        let mut config_before_features = None;
+        let n = negotiate_with(
             &mut frontend,
             wanted,
             VhostUserProtocolFeatures::CONFIG
                 | VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::REPLY_ACK,
+            |fe, protocol| {
+                if protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+                    config_before_features = Some(read_config(fe)?);
+                }
+                Ok(())
+            },
         )?;
         let (acked, protocol_features) = (n.features, n.protocol);
         if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
@@ -419,6 +428,7 @@ impl GuestBlk {
             features: acked,
             protocol_features,
             config,
+            config_before_features,
             queues,
             queue_size: qs,
             max_data: opts.max_data,
@@ -445,6 +455,23 @@ impl GuestBlk {
     /// The config space as read at connect.
     pub fn config(&self) -> BlkConfig {
         self.config
+    }
+
+    /// The config space as read before SET_FEATURES, the copy QEMU reads when it
+    /// creates the device and shows to the guest.
+    pub fn config_before_features(&self) -> Option<BlkConfig> {
+        self.config_before_features
+    }
+
+    /// Whether a Linux guest runs this disk with a write-back cache (virtblk's rule:
+    /// the `writeback` byte QEMU showed it with CONFIG_WCE, else FLUSH negotiated).
+    pub fn guest_sees_write_back(&self) -> bool {
+        if self.features & features::CONFIG_WCE != 0 {
+            self.config_before_features
+                .is_some_and(|c| c.writeback != 0)
+        } else {
+            self.features & features::FLUSH != 0
+        }
     }
 
     /// Reads the config space again (GET_CONFIG).

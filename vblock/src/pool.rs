@@ -316,10 +316,21 @@ impl IoFaults {
     }
 }
 
+/// What a journal commit must survive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// Written to the device, not flushed: survives the process, not the host.
+    ProcessDeath,
+    /// Flushed: survives a power loss.
+    PowerLoss,
+}
+
 /// Counters of the pool's own work.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolStats {
     pub commits: u64,
+    /// Journal writes without the final flush ([`Pool::stage`]).
+    pub stages: u64,
     pub journal_blocks_written: u64,
     pub checkpoints: u64,
     /// Clusters written whole because a write reached an unmapped cluster.
@@ -657,7 +668,28 @@ impl<D: BlockDev> Pool<D> {
         self.commit()
     }
 
+    /// Makes every completed write and every record so far survive the
+    /// death of this process, though not yet a power loss: flush the device,
+    /// write the pending journal blocks, but do not flush them. A restarted
+    /// daemon replays them; a power loss may drop them, which a write-back
+    /// cache allows until the next [`flush`](Self::flush), and never exposes
+    /// data that was not durable first (the data flush comes before the
+    /// journal write, and journal blocks become durable in ring order at the
+    /// next flush). Released clusters stay reserved until a durable commit.
+    /// Does nothing, not even the data flush, when no record is pending:
+    /// writes into mapped clusters already sit in the host kernel.
+    pub fn stage(&mut self) -> Result<(), PoolError> {
+        if self.sealed.is_empty() && self.journal.pending() == 0 {
+            return Ok(());
+        }
+        self.commit_with(Durability::ProcessDeath)
+    }
+
     fn commit(&mut self) -> Result<(), PoolError> {
+        self.commit_with(Durability::PowerLoss)
+    }
+
+    fn commit_with(&mut self, durability: Durability) -> Result<(), PoolError> {
         self.usable()?;
         if let Some(b) = self.journal.flush_block() {
             self.sealed.push(b);
@@ -666,14 +698,14 @@ impl<D: BlockDev> Pool<D> {
         if self.used_blocks + self.sealed.len() as u64 > blocks {
             return self.checkpoint_with_jump(false);
         }
-        let r = self.write_journal();
+        let r = self.write_journal(durability);
         if r.is_err() {
             self.failed = true;
         }
         r
     }
 
-    fn write_journal(&mut self) -> Result<(), PoolError> {
+    fn write_journal(&mut self, durability: Durability) -> Result<(), PoolError> {
         self.dev
             .flush()
             .map_err(io_err("flushing data before a commit"))?;
@@ -696,6 +728,10 @@ impl<D: BlockDev> Pool<D> {
                 self.next_block = (self.next_block + 1) % blocks;
                 self.used_blocks += 1;
                 self.stats.journal_blocks_written += 1;
+            }
+            if durability == Durability::ProcessDeath {
+                self.stats.stages += 1;
+                return Ok(());
             }
             self.dev.flush().map_err(io_err("flushing the journal"))?;
         }

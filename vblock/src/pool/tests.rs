@@ -265,3 +265,49 @@ fn small_journal_wraps_through_checkpoints() {
     checked(&p);
     assert_eq!(read(&p, a, 0, 4 * MIB as usize), image);
 }
+
+/// `stage` is what a write-back export does before it completes allocating
+/// writes: they survive the death of the daemon (everything written reaches
+/// the host kernel), while a power loss keeps only what was flushed.
+#[test]
+fn staged_writes_survive_process_death_and_a_power_loss_keeps_the_flushed() {
+    let (disk, mut p) = small_pool(16 * MIB, 256 * 1024);
+    let a = p.create_volume("a", 8 * MIB, 512).unwrap();
+    let c = u64::from(C);
+    p.write(a, 0, &fill(1, C as usize)).unwrap();
+    p.flush().unwrap();
+    p.write(a, c, &fill(2, C as usize)).unwrap(); // allocates a cluster
+    let before = p.stats();
+    p.stage().unwrap();
+    assert_eq!(p.stats().stages, before.stages + 1);
+    assert_eq!(p.stats().commits, before.commits, "stage is not a commit");
+    p.stage().unwrap();
+    assert_eq!(
+        p.stats().stages,
+        before.stages + 1,
+        "nothing pending: no-op"
+    );
+
+    let process_death = Arc::new(SimDisk::from_image(disk.snapshot_current()).unwrap());
+    let q = Pool::open(process_death).expect("open after the process died");
+    checked(&q);
+    assert_eq!(read(&q, a, 0, C as usize), fill(1, C as usize));
+    assert_eq!(read(&q, a, c, C as usize), fill(2, C as usize), "staged");
+
+    let power_loss = Arc::new(SimDisk::from_image(disk.snapshot_durable()).unwrap());
+    let q = Pool::open(power_loss).expect("open after a power loss");
+    checked(&q);
+    assert_eq!(read(&q, a, 0, C as usize), fill(1, C as usize), "flushed");
+    assert_eq!(
+        read(&q, a, c, C as usize),
+        vec![0; C as usize],
+        "not flushed"
+    );
+
+    // A flush after a stage makes the staged records durable too.
+    p.flush().unwrap();
+    let power_loss = Arc::new(SimDisk::from_image(disk.snapshot_durable()).unwrap());
+    let q = Pool::open(power_loss).expect("open after a power loss");
+    checked(&q);
+    assert_eq!(read(&q, a, c, C as usize), fill(2, C as usize));
+}

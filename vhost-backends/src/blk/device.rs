@@ -17,7 +17,7 @@ use crate::split_ring::RingView;
 use crate::{GuestMem, GuestMemAtomic};
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use vblock::dev::FileDev;
@@ -93,10 +93,6 @@ pub struct BlkConnection {
     export: Arc<BlkExport>,
     mem: GuestMemAtomic,
     acked_features: AtomicU64,
-    /// Write-back cache on (FLUSH negotiated, not switched off through
-    /// CONFIG_WCE): writes are durable at the next FLUSH. Off: every write is
-    /// made durable before it completes (write-through).
-    writeback: AtomicBool,
     queues: Vec<Mutex<QueueState>>,
     limits: Limits,
     block_size: u32,
@@ -152,7 +148,6 @@ impl BlkBackend {
             export,
             mem,
             acked_features: AtomicU64::new(0),
-            writeback: AtomicBool::new(false),
             queues,
             block_size,
             cluster_size,
@@ -161,6 +156,25 @@ impl BlkBackend {
 
     fn has_feature(&self, bit: u32) -> bool {
         self.0.acked_features.load(Ordering::Relaxed) & (1 << bit) != 0
+    }
+
+    /// The `writeback` byte of the config space (§5.2.4). Before the driver
+    /// negotiates, the mode a FLUSH-capable driver will get; without FLUSH
+    /// negotiated, 0: the device is then write-through whatever was shown.
+    fn shown_writeback(&self) -> bool {
+        let negotiated = self.0.acked_features.load(Ordering::Relaxed) != 0;
+        let cache = self.0.export.write_cache.load(Ordering::Relaxed);
+        cache && (!negotiated || self.has_feature(VIRTIO_BLK_F_FLUSH))
+    }
+
+    /// The cache mode the device runs: write-back only with FLUSH negotiated
+    /// and the cache shown on, so that it is always the mode the guest was
+    /// shown (§5.2.5; Linux runs write-back iff CONFIG_WCE ? writeback :
+    /// FLUSH). Write-back: a completed write survives the daemon's death
+    /// (the pool is staged before completion) and a power loss once a later
+    /// FLUSH completed. Write-through: a write is durable when it completes.
+    fn write_back(&self) -> bool {
+        self.has_feature(VIRTIO_BLK_F_FLUSH) && self.0.export.write_cache.load(Ordering::Relaxed)
     }
 
     /// `struct virtio_blk_config` (§5.2.4), little-endian.
@@ -183,7 +197,7 @@ impl BlkBackend {
                                                       // opt_io_size one cluster (a whole-cluster write never copies).
         put(&mut s, 26, &1u16.to_le_bytes());
         put(&mut s, 28, &(c.cluster_size / c.block_size).to_le_bytes());
-        s[CONFIG_WRITEBACK] = u8::from(c.writeback.load(Ordering::Relaxed));
+        s[CONFIG_WRITEBACK] = u8::from(self.shown_writeback());
         put(&mut s, 34, &c.export.config.queues.to_le_bytes()); // num_queues
                                                                 // discard: max sectors, max segments 1, alignment one cluster (whole
                                                                 // clusters go back to the pool).
@@ -358,20 +372,24 @@ impl BlkBackend {
         if completions.is_empty() {
             return;
         }
-        let write_through = !self.0.writeback.load(Ordering::Relaxed);
         let mut flush_failed = false;
-        if write_through {
-            let wrote = completions.iter().any(|c| {
-                c.result.is_ok() && st.inflight.get(&c.tag).is_some_and(|f| f.changes_data)
-            });
-            if wrote {
-                if let Err(e) = lock(&self.0.export.pool).flush() {
-                    log::warn!(
-                        "export {}: write-through flush: {e}",
-                        self.0.export.config.name
-                    );
-                    flush_failed = true;
-                }
+        let wrote = completions
+            .iter()
+            .any(|c| c.result.is_ok() && st.inflight.get(&c.tag).is_some_and(|f| f.changes_data));
+        if wrote {
+            // Write-through: durable before completion. Write-back: the
+            // allocations of completed writes are staged, so that a daemon
+            // restarted under a running guest still finds every write the
+            // guest saw complete (a guest survives our death, unlike a power
+            // loss, and never re-sends what completed).
+            let (result, what) = if self.write_back() {
+                (lock(&self.0.export.pool).stage(), "staging the pool")
+            } else {
+                (lock(&self.0.export.pool).flush(), "write-through flush")
+            };
+            if let Err(e) = result {
+                log::warn!("export {}: {what}: {e}", self.0.export.config.name);
+                flush_failed = true;
             }
         }
         let c = &self.0.export.counters;
@@ -467,11 +485,9 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn acked_features(&self, features: u64) {
+        // The cache mode follows from these and the mode shown (see
+        // `write_back`); negotiation never switches it by itself.
         self.0.acked_features.store(features, Ordering::Relaxed);
-        // §5.2.5: with FLUSH the device starts in write-back mode; without
-        // it, writes must be durable when they complete.
-        let writeback = features & (1 << VIRTIO_BLK_F_FLUSH) != 0;
-        self.0.writeback.store(writeback, Ordering::Relaxed);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -497,7 +513,10 @@ impl VhostUserBackend for BlkBackend {
             && buf.len() == 1
             && self.has_feature(VIRTIO_BLK_F_CONFIG_WCE)
         {
-            self.0.writeback.store(buf[0] != 0, Ordering::Relaxed);
+            self.0
+                .export
+                .write_cache
+                .store(buf[0] != 0, Ordering::Relaxed);
             return Ok(());
         }
         Err(io::Error::new(

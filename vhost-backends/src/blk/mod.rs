@@ -13,7 +13,7 @@ use crate::GuestMemAtomic;
 use device::BlkBackend;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vblock::dev::FileDev;
@@ -182,6 +182,13 @@ pub struct BlkExport {
     pub pool: SharedPool,
     pub counters: BlkCounters,
     pub sessions_ended: AtomicU64,
+    /// The `writeback` byte of the config space: the cache mode the guest
+    /// was shown. QEMU reads the config space once, before any feature is
+    /// negotiated, and shows its copy to the guest, so this cannot depend on
+    /// negotiation; it starts on and only a driver's SET_CONFIG (CONFIG_WCE)
+    /// changes it. Kept across connections of this export, so a reconnecting
+    /// frontend finds the mode its guest set.
+    pub write_cache: AtomicBool,
 }
 
 /// The running socket of an export; `stop` disconnects its frontend.
@@ -194,6 +201,7 @@ impl BlkExport {
             pool,
             counters: BlkCounters::default(),
             sessions_ended: AtomicU64::new(0),
+            write_cache: AtomicBool::new(true),
         })
     }
 
