@@ -419,6 +419,9 @@ pub struct BlkGuestOpts {
     /// refuses to start.
     pub num_queues: u16,
     pub mem_mb: u32,
+    /// Reconnect to the backend's socket when it goes away (`reconnect-ms`), as a
+    /// deployment that restarts its vhost-user daemon configures QEMU.
+    pub reconnect: bool,
 }
 
 impl Default for BlkGuestOpts {
@@ -427,15 +430,17 @@ impl Default for BlkGuestOpts {
             smp: 1,
             num_queues: 1,
             mem_mb: BLK_GUEST_MEM_MB,
+            reconnect: false,
         }
     }
 }
 
 /// QEMU arguments attaching a vhost-user-blk disk on `socket` with `num_queues`.
-pub fn blk_device_args(socket: &Path, num_queues: u16) -> Vec<String> {
+pub fn blk_device_args(socket: &Path, num_queues: u16, reconnect: bool) -> Vec<String> {
+    let reconnect = if reconnect { ",reconnect-ms=200" } else { "" };
     vec![
         "-chardev".into(),
-        format!("socket,id=c1,path={}", socket.display()),
+        format!("socket,id=c1,path={}{reconnect}", socket.display()),
         "-device".into(),
         format!("vhost-user-blk-pci,chardev=c1,num-queues={num_queues}"),
     ]
@@ -589,7 +594,7 @@ impl BlkGuest {
         opts: &BlkGuestOpts,
         job: &BlkJob,
     ) -> BlkGuest {
-        let devices = blk_device_args(socket, opts.num_queues);
+        let devices = blk_device_args(socket, opts.num_queues, opts.reconnect);
         let params = job.cmdline();
         let spec = GuestSpec {
             smp: opts.smp,

@@ -12,12 +12,19 @@
 //! SET_VRING_ENABLE it inserts a SET_FEATURES carrying only that bit (no reply
 //! requested). The frontend's own SET_FEATURES later replaces it.
 //!
+//! The relay also answers GET_INFLIGHT_FD and SET_INFLIGHT_FD itself, through
+//! the device's [`InflightHandler`]: `vhost-user-backend` 0.24 refuses them,
+//! and a block device needs them to survive its own restart
+//! ([`crate::blk::inflight`]).
+//!
 //! Only control messages cross the relay; the datapath (shared memory, kick and
 //! call eventfds) never does.
 
+use crate::blk::inflight::InflightGeometry;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -31,9 +38,50 @@ const MAX_FDS: usize = 32;
 
 const SET_FEATURES: u32 = 2;
 const SET_VRING_ENABLE: u32 = 18;
+const GET_INFLIGHT_FD: u32 = 31;
+const SET_INFLIGHT_FD: u32 = 32;
 /// Header flags: protocol version 1, no reply wanted.
 const FLAGS_VERSION_1: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+/// `VhostUserInflight`: mmap_size u64, mmap_offset u64, num_queues u16,
+/// queue_size u16, padded to 24 bytes.
+const INFLIGHT_LEN: usize = 24;
+
+/// The device side of inflight I/O tracking (INFLIGHT_SHMFD).
+pub trait InflightHandler: Send + Sync {
+    /// GET_INFLIGHT_FD: a new, zeroed region for the geometry asked.
+    fn get_inflight_fd(&self, asked: &InflightGeometry) -> io::Result<(OwnedFd, InflightGeometry)>;
+    /// SET_INFLIGHT_FD: the region to track in from now on.
+    fn set_inflight_fd(&self, region: &InflightGeometry, fd: OwnedFd) -> io::Result<()>;
+}
+
+fn decode_inflight(payload: &[u8]) -> io::Result<InflightGeometry> {
+    if payload.len() < 20 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("inflight message of {} bytes", payload.len()),
+        ));
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
+    let u16_at = |i: usize| u16::from_le_bytes(payload[i..i + 2].try_into().expect("2 bytes"));
+    Ok(InflightGeometry {
+        mmap_size: u64_at(0),
+        mmap_offset: u64_at(8),
+        num_queues: u16_at(16),
+        queue_size: u16_at(18),
+    })
+}
+
+fn encode_inflight(g: &InflightGeometry) -> [u8; INFLIGHT_LEN] {
+    let mut b = [0u8; INFLIGHT_LEN];
+    b[0..8].copy_from_slice(&g.mmap_size.to_le_bytes());
+    b[8..16].copy_from_slice(&g.mmap_offset.to_le_bytes());
+    b[16..18].copy_from_slice(&g.num_queues.to_le_bytes());
+    b[18..20].copy_from_slice(&g.queue_size.to_le_bytes());
+    b
+}
 
 struct Message {
     header: [u8; HEADER_LEN],
@@ -44,6 +92,18 @@ struct Message {
 impl Message {
     fn request(&self) -> u32 {
         u32::from_le_bytes(self.header[0..4].try_into().expect("4 bytes"))
+    }
+
+    fn flags(&self) -> u32 {
+        u32::from_le_bytes(self.header[4..8].try_into().expect("4 bytes"))
+    }
+
+    /// The reply to `self` carrying `payload` (and `fds`).
+    fn reply(&self, payload: &[u8], fds: Vec<OwnedFd>) -> Message {
+        let mut m = Message::new(self.request(), payload);
+        m.header[4..8].copy_from_slice(&(FLAGS_VERSION_1 | FLAG_REPLY).to_le_bytes());
+        m.fds = fds;
+        m
     }
 
     fn new(request: u32, payload: &[u8]) -> Message {
@@ -105,18 +165,67 @@ fn write_message(mut sock: &UnixStream, msg: &Message) -> io::Result<()> {
     sock.write_all(&bytes[sent..])
 }
 
-/// Frontend -> backend, with the compatibility rule from the module docs.
-fn forward_requests(frontend: &UnixStream, backend: &UnixStream) -> io::Result<()> {
+/// The frontend socket, written by both relay threads (replies from the
+/// handler, and the relay's own answers) one whole message at a time.
+type FrontendWriter = Arc<Mutex<UnixStream>>;
+
+fn reply_to_frontend(frontend: &FrontendWriter, msg: &Message) -> io::Result<()> {
+    let sock = frontend.lock().unwrap_or_else(|e| e.into_inner());
+    write_message(&sock, msg)
+}
+
+/// Answers an inflight message; an error ends the session (the frontend
+/// cannot go on without the answer it asked for).
+fn answer_inflight(
+    mut msg: Message,
+    handler: &dyn InflightHandler,
+    frontend: &FrontendWriter,
+) -> io::Result<()> {
+    let geometry = decode_inflight(&msg.payload)?;
+    if msg.request() == GET_INFLIGHT_FD {
+        let (fd, region) = handler.get_inflight_fd(&geometry)?;
+        return reply_to_frontend(frontend, &msg.reply(&encode_inflight(&region), vec![fd]));
+    }
+    let mut fds = std::mem::take(&mut msg.fds).into_iter();
+    let (Some(fd), None) = (fds.next(), fds.next()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "SET_INFLIGHT_FD without exactly one fd",
+        ));
+    };
+    let result = handler.set_inflight_fd(&geometry, fd);
+    if let Err(e) = &result {
+        log::warn!("vhost-user relay: SET_INFLIGHT_FD refused: {e}");
+    }
+    if msg.flags() & FLAG_NEED_REPLY != 0 {
+        let status = u64::from(result.is_err());
+        reply_to_frontend(frontend, &msg.reply(&status.to_le_bytes(), Vec::new()))?;
+    }
+    Ok(())
+}
+
+/// Frontend -> backend, with the compatibility rule from the module docs;
+/// inflight messages are answered here when the device tracks inflight I/O.
+fn forward_requests(
+    frontend: &UnixStream,
+    backend: &UnixStream,
+    inflight: Option<&dyn InflightHandler>,
+    replies: &FrontendWriter,
+) -> io::Result<()> {
     let mut features_acked = false;
     while let Some(msg) = read_message(frontend)? {
-        match msg.request() {
-            SET_FEATURES => features_acked = true,
-            SET_VRING_ENABLE if !features_acked => {
+        match (msg.request(), inflight) {
+            (SET_FEATURES, _) => features_acked = true,
+            (SET_VRING_ENABLE, _) if !features_acked => {
                 write_message(
                     backend,
                     &Message::new(SET_FEATURES, &VHOST_USER_F_PROTOCOL_FEATURES.to_le_bytes()),
                 )?;
                 features_acked = true;
+            }
+            (GET_INFLIGHT_FD | SET_INFLIGHT_FD, Some(handler)) => {
+                answer_inflight(msg, handler, replies)?;
+                continue;
             }
             _ => {}
         }
@@ -126,17 +235,24 @@ fn forward_requests(frontend: &UnixStream, backend: &UnixStream) -> io::Result<(
 }
 
 /// Backend -> frontend: replies, unchanged.
-fn forward_replies(backend: &UnixStream, frontend: &UnixStream) -> io::Result<()> {
+fn forward_replies(backend: &UnixStream, frontend: &FrontendWriter) -> io::Result<()> {
     while let Some(msg) = read_message(backend)? {
-        write_message(frontend, &msg)?;
+        reply_to_frontend(frontend, &msg)?;
     }
     Ok(())
 }
 
 /// Relays between `frontend` and `backend` on two threads until either side
 /// closes; then both are shut down so the other thread and the handler end too.
-pub fn spawn(frontend: UnixStream, backend: UnixStream) -> io::Result<[JoinHandle<()>; 2]> {
+/// With `inflight`, the relay answers the inflight messages itself.
+pub fn spawn(
+    frontend: UnixStream,
+    backend: UnixStream,
+    inflight: Option<Arc<dyn InflightHandler>>,
+) -> io::Result<[JoinHandle<()>; 2]> {
     let (f2, b2) = (frontend.try_clone()?, backend.try_clone()?);
+    let writer: FrontendWriter = Arc::new(Mutex::new(frontend.try_clone()?));
+    let writer2 = writer.clone();
     let close_both = |a: &UnixStream, b: &UnixStream| {
         let _ = a.shutdown(std::net::Shutdown::Both);
         let _ = b.shutdown(std::net::Shutdown::Both);
@@ -144,7 +260,7 @@ pub fn spawn(frontend: UnixStream, backend: UnixStream) -> io::Result<[JoinHandl
     let requests = std::thread::Builder::new()
         .name("vu-relay-req".into())
         .spawn(move || {
-            if let Err(e) = forward_requests(&frontend, &backend) {
+            if let Err(e) = forward_requests(&frontend, &backend, inflight.as_deref(), &writer) {
                 log::debug!("vhost-user relay: frontend side ended: {e}");
             }
             close_both(&frontend, &backend);
@@ -152,7 +268,7 @@ pub fn spawn(frontend: UnixStream, backend: UnixStream) -> io::Result<[JoinHandl
     let replies = std::thread::Builder::new()
         .name("vu-relay-rep".into())
         .spawn(move || {
-            if let Err(e) = forward_replies(&b2, &f2) {
+            if let Err(e) = forward_replies(&b2, &writer2) {
                 log::debug!("vhost-user relay: backend side ended: {e}");
             }
             close_both(&f2, &b2);
@@ -182,7 +298,7 @@ mod tests {
     fn early_vring_enable_gets_protocol_features_acked_first() {
         let (mut qemu, relay_front) = UnixStream::pair().unwrap();
         let (relay_back, handler) = UnixStream::pair().unwrap();
-        let threads = spawn(relay_front, relay_back).unwrap();
+        let threads = spawn(relay_front, relay_back, None).unwrap();
         let enable = [0u8; 8];
         qemu.write_all(&raw(15, &[])).unwrap(); // GET_PROTOCOL_FEATURES
                                                 // An fd travels with SET_VRING_CALL (13), as QEMU sends it.
@@ -219,7 +335,7 @@ mod tests {
     fn replies_pass_unchanged_and_oversized_messages_end_the_session() {
         let (qemu, relay_front) = UnixStream::pair().unwrap();
         let (relay_back, mut handler) = UnixStream::pair().unwrap();
-        let threads = spawn(relay_front, relay_back).unwrap();
+        let threads = spawn(relay_front, relay_back, None).unwrap();
         handler.write_all(&raw(1, &7u64.to_le_bytes())).unwrap();
         let m = read_message(&qemu).unwrap().unwrap();
         assert_eq!((m.request(), m.payload), (1, 7u64.to_le_bytes().to_vec()));

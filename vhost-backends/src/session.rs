@@ -6,7 +6,7 @@
 //! frontend leaks into the next) and a fresh `VhostUserDaemon`, reached
 //! through the [`relay`](crate::relay).
 
-use crate::relay;
+use crate::relay::{self, InflightHandler};
 use crate::{GuestMem, GuestMemAtomic};
 use std::io;
 use std::os::linux::net::SocketAddrExt;
@@ -31,6 +31,12 @@ pub trait SessionBackend:
 
     /// The frontend left (or the server stops): undo what the session set up.
     fn detach(&self);
+
+    /// Where the relay sends GET/SET_INFLIGHT_FD, for a device that tracks
+    /// inflight I/O (and offers VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD).
+    fn inflight_handler(&self) -> Option<Arc<dyn InflightHandler>> {
+        None
+    }
 }
 
 /// Refuses to take over a socket another live process is serving (a second
@@ -184,7 +190,7 @@ where
         .start(&mut inner)
         .map_err(|e| io::Error::other(e.to_string()))?;
     drop(inner);
-    let relay = relay::spawn(frontend, handler_side)?;
+    let relay = relay::spawn(frontend, handler_side, backend.inflight_handler())?;
     *current.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
     let ended = daemon.wait();
     current.lock().unwrap_or_else(|e| e.into_inner()).take();

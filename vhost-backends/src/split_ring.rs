@@ -119,6 +119,14 @@ impl<'m> RingView<'m> {
             .map(u16::from_le)
     }
 
+    /// The device's used index as the driver sees it.
+    pub fn used_idx(&self) -> Option<u16> {
+        self.used
+            .load::<u16>(USED_IDX, Ordering::Acquire)
+            .ok()
+            .map(u16::from_le)
+    }
+
     /// The head of the chain at free-running avail position `pos`.
     pub fn avail_head(&self, pos: u16) -> Option<u16> {
         let at = AVAIL_RING + 2 * (pos % self.size) as usize;

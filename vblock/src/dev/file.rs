@@ -304,19 +304,29 @@ fn open_direct(path: &Path, create: bool) -> io::Result<File> {
     open_locked(path, create, true)
 }
 
+/// How long a lock held by someone else may take to go away. A daemon killed
+/// with I/O in flight keeps its files open, and so locked, until the kernel has
+/// torn down its io_uring instances, which waits for that I/O: a restart right
+/// after a crash must not fail on its own predecessor's lock.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn open_locked(path: &Path, create: bool, write: bool) -> io::Result<File> {
     let file = open_unlocked(path, create, write)?;
     let op = if write { libc::LOCK_EX } else { libc::LOCK_SH };
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
     // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), op | libc::LOCK_NB) } != 0 {
+    while unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), op | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(annotate(path, "flock", e));
+        }
+        if std::time::Instant::now() >= deadline {
             return Err(io::Error::new(
                 io::ErrorKind::ResourceBusy,
                 format!("{}: in use by another process (locked)", path.display()),
             ));
         }
-        return Err(annotate(path, "flock", e));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(file)
 }

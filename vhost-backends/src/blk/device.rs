@@ -8,15 +8,18 @@
 //! available request, a completion event finishes requests and publishes
 //! them, each batch with one used-index write and at most one interrupt.
 
+use super::inflight::{self, InflightGeometry, InflightQueue, InflightRegion};
 use super::request::{
     self, parse, Limits, Op, Rejected, Request, ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
 use super::{BlkExport, TimedOp, Vring};
+use crate::relay::InflightHandler;
 use crate::session::SessionBackend;
 use crate::split_ring::RingView;
 use crate::{GuestMem, GuestMemAtomic};
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -79,6 +82,7 @@ unsafe impl Send for InFlight {}
 /// One queue's datapath state (locked by its worker; GET_VRING_BASE locks it
 /// too, to drain).
 struct QueueState {
+    index: usize,
     engine: VolumeEngine<FileDev>,
     inflight: HashMap<u64, InFlight>,
     next_tag: u64,
@@ -86,6 +90,19 @@ struct QueueState {
     /// Used elements to publish: (head, length).
     done: Vec<(u16, u32)>,
     completions: Vec<IoCompletion>,
+    /// The ring was started (first event after it was enabled) and resumed
+    /// from the inflight region; cleared when GET_VRING_BASE stops it.
+    started: bool,
+    /// The inflight region this ring tracks its requests in, if the frontend
+    /// gave one, and the sequence number of the next popped request.
+    tracking: Option<Arc<InflightRegion>>,
+    counter: u64,
+}
+
+impl QueueState {
+    fn tracking(&self) -> Option<InflightQueue<'_>> {
+        self.tracking.as_ref()?.queue(self.index)
+    }
 }
 
 /// State of one frontend connection.
@@ -94,6 +111,8 @@ pub struct BlkConnection {
     mem: GuestMemAtomic,
     acked_features: AtomicU64,
     queues: Vec<Mutex<QueueState>>,
+    /// The region of the last SET_INFLIGHT_FD; each ring picks it up when it starts.
+    inflight: Mutex<Option<Arc<InflightRegion>>>,
     limits: Limits,
     block_size: u32,
     cluster_size: u32,
@@ -128,14 +147,18 @@ impl BlkBackend {
         };
         let depth = u32::from(export.config.queue_size).max(32);
         let queues = (0..export.config.queues)
-            .map(|_| {
+            .map(|index| {
                 Ok(Mutex::new(QueueState {
+                    index: usize::from(index),
                     engine: VolumeEngine::new(export.pool.clone(), &fd, depth)?,
                     inflight: HashMap::new(),
                     next_tag: 0,
                     vring: None,
                     done: Vec::new(),
                     completions: Vec::new(),
+                    started: false,
+                    tracking: None,
+                    counter: 0,
                 }))
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -149,6 +172,7 @@ impl BlkBackend {
             mem,
             acked_features: AtomicU64::new(0),
             queues,
+            inflight: Mutex::new(None),
             block_size,
             cluster_size,
         })))
@@ -221,6 +245,10 @@ impl BlkBackend {
         if st.vring.is_none() {
             st.vring = Some(vring.clone());
         }
+        if !st.started {
+            st.started = true;
+            self.resume(&mut st, vring);
+        }
         loop {
             let popped = self.pop(&mut st, vring);
             self.reap(&mut st);
@@ -256,15 +284,89 @@ impl BlkBackend {
                     break;
                 };
                 next = next.wrapping_add(1);
+                // Tracked before it has any effect, in pop order.
+                if let Some(q) = st.tracking() {
+                    q.popped(head, st.counter);
+                }
+                st.counter = st.counter.wrapping_add(1);
                 requests.push((head, parse(&ring, head, &self.0.limits)));
             }
             queue.set_next_avail(next);
         }
         let any = !requests.is_empty();
+        self.dispatch(st, requests, &mem);
+        any
+    }
+
+    /// Picks up the inflight region when the ring starts, and resumes where
+    /// the previous backend left it: the requests it popped and did not
+    /// return run again, oldest first, and popping goes on after the last
+    /// chain it popped (see [`super::inflight`]).
+    fn resume(&self, st: &mut QueueState, vring: &Vring) {
+        st.tracking = lock(&self.0.inflight).clone();
+        let Some(region) = st.tracking.clone() else {
+            return;
+        };
+        let Some(q) = region.queue(st.index) else {
+            st.tracking = None;
+            return;
+        };
+        let mem = self.0.mem.memory().into_inner();
+        let mut requests = Vec::new();
+        {
+            let mut state = vring.get_mut();
+            let queue = state.get_queue_mut();
+            if q.size() != queue.size() {
+                log::warn!(
+                    "export {}: inflight region for {} entries, ring of {}: not tracking queue {}",
+                    self.0.export.config.name,
+                    q.size(),
+                    queue.size(),
+                    st.index
+                );
+                st.tracking = None;
+                return;
+            }
+            let Some(ring) = RingView::new(queue, &mem) else {
+                return;
+            };
+            let Some(used) = ring.used_idx() else {
+                return;
+            };
+            let recovery = q.recover(used);
+            st.counter = recovery.next_counter;
+            let resumed = recovery.resubmit.len() as u16;
+            queue.set_next_used(used);
+            queue.set_next_avail(used.wrapping_add(resumed));
+            for head in recovery.resubmit {
+                requests.push((head, parse(&ring, head, &self.0.limits)));
+            }
+        }
+        if !requests.is_empty() {
+            log::info!(
+                "export {}: queue {}: resubmitting {} requests left in flight",
+                self.0.export.config.name,
+                st.index,
+                requests.len()
+            );
+            let c = &self.0.export.counters;
+            c.resubmitted
+                .fetch_add(requests.len() as u64, Ordering::Relaxed);
+        }
+        self.dispatch(st, requests, &mem);
+    }
+
+    /// Starts the valid requests; answers or drops the others.
+    fn dispatch(
+        &self,
+        st: &mut QueueState,
+        requests: Vec<(u16, Result<Request, Rejected>)>,
+        mem: &Arc<GuestMem>,
+    ) {
         let counters = &self.0.export.counters;
         for (head, parsed) in requests {
             match parsed {
-                Ok(req) => self.start(st, head, req, &mem),
+                Ok(req) => self.start(st, head, req, mem),
                 Err(Rejected::Status { status, code }) => {
                     counters.invalid.fetch_add(1, Ordering::Relaxed);
                     // SAFETY: a byte of guest memory, validated by the walk.
@@ -277,7 +379,6 @@ impl BlkBackend {
                 }
             }
         }
-        any
     }
 
     fn start(&self, st: &mut QueueState, head: u16, req: Request, mem: &Arc<GuestMem>) {
@@ -447,7 +548,18 @@ impl BlkBackend {
         let size = queue.size();
         st.done.retain(|&(head, _)| head < size);
         let old = queue.next_used();
-        if let Some(new) = ring.publish_used(old, &st.done) {
+        let published = match st.tracking() {
+            // One element at a time, each between the inflight region's
+            // before and after marks, so a crash anywhere is recoverable.
+            Some(q) => st.done.iter().try_fold(old, |next, &(head, len)| {
+                q.returning(head);
+                let new = ring.publish_used(next, &[(head, len)])?;
+                q.returned(head, new);
+                Some(new)
+            }),
+            None => ring.publish_used(old, &st.done),
+        };
+        if let Some(new) = published {
             queue.set_next_used(new);
             if new != old && ring.needs_interrupt(old, new) {
                 let _ = state.signal_used_queue();
@@ -493,10 +605,13 @@ impl VhostUserBackend for BlkBackend {
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // CONFIG: the guest reads capacity etc.; REPLY_ACK and
         // CONFIGURE_MEM_SLOTS: libblkio requires them (and QEMU uses them).
+        // INFLIGHT_SHMFD: requests in flight when the daemon dies are
+        // resubmitted by the next one (the relay answers its messages).
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -558,6 +673,9 @@ impl VhostUserBackend for BlkBackend {
             self.complete(&mut st, &mut completions);
         }
         self.publish(&mut st, &vring, true);
+        // The next start (same connection) resumes from the inflight region
+        // again, which is then empty for this ring.
+        st.started = false;
         Ok(())
     }
 
@@ -602,5 +720,30 @@ impl SessionBackend for BlkBackend {
 
     fn detach(&self) {
         self.0.export.sessions_ended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn inflight_handler(&self) -> Option<Arc<dyn InflightHandler>> {
+        Some(Arc::new(self.clone()))
+    }
+}
+
+impl InflightHandler for BlkBackend {
+    fn get_inflight_fd(&self, asked: &InflightGeometry) -> io::Result<(OwnedFd, InflightGeometry)> {
+        asked.validate(self.0.queues.len())?;
+        let (fd, mmap_size) = inflight::create(asked)?;
+        Ok((
+            fd,
+            InflightGeometry {
+                mmap_size,
+                mmap_offset: 0,
+                ..*asked
+            },
+        ))
+    }
+
+    fn set_inflight_fd(&self, region: &InflightGeometry, fd: OwnedFd) -> io::Result<()> {
+        let mapped = InflightRegion::map(&fd, region, self.0.queues.len())?;
+        *lock(&self.0.inflight) = Some(Arc::new(mapped));
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! another through the shared [`SocketServer`].
 
 pub mod device;
+pub mod inflight;
 pub mod request;
 
 use crate::session::SocketServer;
@@ -60,6 +61,9 @@ pub struct BlkCounters {
     pub invalid: AtomicU64,
     /// Chains dropped without a status (no status byte, broken chain).
     pub bad_chains: AtomicU64,
+    /// Requests a previous daemon left in flight, run again after a restart
+    /// (inflight region).
+    pub resubmitted: AtomicU64,
     /// Submit-to-completion latency, one histogram per [`TimedOp`].
     pub latency: [LatencyHistogram; 3],
 }
@@ -69,7 +73,7 @@ impl BlkCounters {
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "reads {} ({} B) writes {} ({} B) flushes {} discards {} io_errors {} out_of_space {} invalid {} bad_chains {}",
+            "reads {} ({} B) writes {} ({} B) flushes {} discards {} io_errors {} out_of_space {} invalid {} bad_chains {} resubmitted {}",
             g(&self.reads),
             g(&self.read_bytes),
             g(&self.writes),
@@ -79,7 +83,8 @@ impl BlkCounters {
             g(&self.io_errors),
             g(&self.out_of_space),
             g(&self.invalid),
-            g(&self.bad_chains)
+            g(&self.bad_chains),
+            g(&self.resubmitted)
         )
     }
 
