@@ -55,6 +55,9 @@
 #                           seed in a write-only job, so a stale block from an earlier run
 #                           of the same geometry passes)
 #   fabric.hold=N           as above
+#   fabric.ip=, fabric.peer= with a virtio-net NIC as well: eth0 comes up first and the
+#                           guest pings the peer every 0.5 s in the background for as long
+#                           as the steps run
 # Results:
 #   FABRIC-INFO blk vda size=... ro=0|1 queues=N ...   the disk as the guest sees it
 #   FABRIC-INFO fio[STEP] ...                          fio's summary (percentiles left out)
@@ -65,6 +68,8 @@
 #                           disk's flag), write (refused|accepted), data (unchanged|changed)
 #                           PASS: fio exited 0 with err 0 and read the whole region (write:
 #                           and wrote it); ro: ro=1, write refused, data unchanged
+#   FABRIC-RESULT blk ping sent=N received=M tail=K/8  (with fabric.peer) the background
+#                           pings; tail: replies to the last 8 sent, so ping works at the end
 #   FABRIC-RESULT blk done PASS|FAIL steps=... failed=... vq_irqs=N,N...
 #                           last line before poweroff; vq_irqs: completion interrupts of
 #                           each request virtqueue (non-zero: that queue carried requests)
@@ -207,6 +212,26 @@ for m in $(cat /modules/order); do
     insmod /modules/$m.ko || die "insmod $m failed"
 done
 
+# eth0 with fabric.ip, up and with carrier.
+net_up() {
+    n=0
+    while [ ! -e /sys/class/net/eth0 ]; do
+        n=$((n + 1)); [ $n -gt 100 ] && die "no eth0 after 10s"
+        sleep 0.1
+    done
+    [ -n "${P_ip:-}" ] || die "fabric.ip missing"
+    ip link set lo up
+    ip addr add "$P_ip" dev eth0 || die "bad fabric.ip $P_ip"
+    ip link set eth0 up
+    n=0
+    while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ]; do
+        n=$((n + 1)); [ $n -gt 100 ] && die "eth0 has no carrier after 10s"
+        sleep 0.1
+    done
+    netdev=$(basename "$(readlink /sys/class/net/eth0/device)")
+    info "eth0 up mac=$(cat /sys/class/net/eth0/address) mtu=$(cat /sys/class/net/eth0/mtu) features=$(cat /sys/bus/virtio/devices/$netdev/features 2>/dev/null)"
+}
+
 # ---- block mode: fio on a virtio-blk disk ----------------------------------------------
 now() { cut -d' ' -f1 /proc/uptime; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -315,6 +340,12 @@ blk_main() {
         "cache=$(tr ' ' _ <$q/write_cache) discard_max=$(cat $q/discard_max_bytes)" \
         "wzeroes_max=$(cat $q/write_zeroes_max_bytes) features=$(cat "/sys/block/$dev/device/features" 2>/dev/null)"
     [ $((off + size)) -le "$dsize" ] || die "region $off+$size is beyond $dev ($dsize bytes)"
+    pinger=""
+    if [ -n "${P_peer:-}" ]; then
+        net_up
+        ping -i 0.5 "$P_peer" >/tmp/bgping 2>&1 &
+        pinger=$!
+    fi
     failed=""
     for s in $steps; do
         case $s in
@@ -323,6 +354,17 @@ blk_main() {
         esac
         [ "$st" = PASS ] || failed="$failed,$s"
     done
+    if [ -n "$pinger" ]; then
+        sleep 4 # 8 more pings: the tail shows whether ping works now
+        kill -INT "$pinger"; wait "$pinger"
+        sent=$(sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p' /tmp/bgping)
+        sent=${sent:-0}
+        received=$(grep -c 'bytes from' /tmp/bgping)
+        # Replies to the last 8 sent (sequence numbers start at 0).
+        tail=$(grep 'bytes from' /tmp/bgping | grep -o 'seq=[0-9]*' | cut -d= -f2 |
+            awk -v s="$sent" '$1 >= s - 8' | sort -u | wc -l)
+        echo "FABRIC-RESULT blk ping sent=$sent received=$received tail=$tail/8"
+    fi
     # Completion interrupts per request virtqueue (MSI-X vectors virtioN-req.Q, summed over
     # CPUs): every virtqueue that carried requests has a non-zero count.
     vdev=$(basename "$(readlink "/sys/block/$dev/device")")
@@ -338,22 +380,7 @@ if [ -n "${P_blk:-}" ]; then
 fi
 
 # ---- network mode ----------------------------------------------------------------------
-n=0
-while [ ! -e /sys/class/net/eth0 ]; do
-    n=$((n + 1)); [ $n -gt 100 ] && die "no eth0 after 10s"
-    sleep 0.1
-done
-[ -n "${P_ip:-}" ] || die "fabric.ip missing"
-ip link set lo up
-ip addr add "$P_ip" dev eth0 || die "bad fabric.ip $P_ip"
-ip link set eth0 up
-n=0
-while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ]; do
-    n=$((n + 1)); [ $n -gt 100 ] && die "eth0 has no carrier after 10s"
-    sleep 0.1
-done
-dev=$(basename "$(readlink /sys/class/net/eth0/device)")
-info "eth0 up mac=$(cat /sys/class/net/eth0/address) mtu=$(cat /sys/class/net/eth0/mtu) features=$(cat /sys/bus/virtio/devices/$dev/features 2>/dev/null)"
+net_up
 
 netstat_line() { info "eth0 $(awk '/eth0:/ { sub(/.*eth0:/, ""); print "rx_bytes=" $1 " rx_packets=" $2 " rx_dropped=" $4 " tx_bytes=" $9 " tx_packets=" $10 " tx_dropped=" $12 }' /proc/net/dev)"; }
 

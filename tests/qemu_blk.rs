@@ -44,10 +44,12 @@
 mod qemu_support;
 
 use qemu_support::blk::{
-    blk_test_dir, flip_byte, BlkBackend, BlkGuest, BlkGuestOpts, BlkJob, BlkReport, BlkStep,
-    ExportSpec, Qsd, VerifyKind, VswitchdBlk, MIB,
+    blk_test_dir, flip_byte, BlkBackend, BlkGuest, BlkGuestNic, BlkGuestOpts, BlkJob, BlkReport,
+    BlkStep, ExportSpec, Qsd, VerifyKind, VswitchdBlk, MIB,
 };
-use qemu_support::{guest_image, qemu_binary, GuestImage};
+use qemu_support::{
+    guest_image, net_device_args, qemu_binary, Guest, GuestImage, GuestSpec, GUEST_MEM_MB,
+};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -447,11 +449,25 @@ fn vswitchd_completed_writes_survive_sigkill() {
     assert_eq!(a.disk_field("cache"), "write_back", "{:?}", a.disk);
 }
 
+/// A switch for the restart test: the writing guest's NIC and its neighbour's.
+const RESTART_SWITCH: &str = r#"
+[[switch]]
+name = "br0"
+[[switch.port]]
+name = "w"
+type = "vhost-user"
+[[switch.port]]
+name = "n"
+type = "vhost-user"
+"#;
+
 /// `vswitchd` is killed with SIGKILL and restarted three times under a guest that is
-/// writing: QEMU reconnects (`reconnect-ms`), the new daemon resubmits what the old one
-/// left in flight (inflight region) and resumes the ring after the last chain popped,
-/// and the guest sees nothing: fio's write-and-verify passes, a second verify of the
-/// whole region passes, and its kernel logs no I/O error.
+/// writing to its disk and pinging a neighbour guest: QEMU reconnects both devices
+/// (`reconnect-ms`), the new daemon resubmits what the old one left in flight
+/// (inflight region) and resumes the ring after the last chain popped, the same config
+/// brings the ports and the export back on the same sockets, and the guest sees
+/// nothing: fio's write-and-verify passes, a second verify of the whole region passes,
+/// its kernel logs no I/O error, and its pings are answered again at the end.
 #[test]
 fn vswitchd_restarts_under_a_writing_guest_without_errors() {
     let env = Env::new();
@@ -461,11 +477,34 @@ fn vswitchd_restarts_under_a_writing_guest_without_errors() {
         writable: true,
         num_queues: 2,
     };
-    let mut backend = VswitchdBlk::create(dir.path(), "d0", &spec);
+    let mut backend = VswitchdBlk::create_with(dir.path(), "d0", &spec, RESTART_SWITCH);
+    let neighbour_devices = net_device_args(&dir.path().join("n.sock"), "52:54:00:00:00:0b", true);
+    let neighbour_params = "ipv6.disable=1 fabric.ip=10.0.0.2/24 fabric.role=serve";
+    let mut neighbour = Guest::boot_with(
+        &env.qemu,
+        &env.image,
+        dir.path(),
+        "N",
+        &GuestSpec {
+            smp: 1,
+            mem_mb: GUEST_MEM_MB,
+            device_args: &neighbour_devices,
+            params: neighbour_params,
+        },
+    );
+    neighbour
+        .wait_for("FABRIC-RESULT serve", GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", context(&backend)));
     let opts = BlkGuestOpts {
         smp: 2,
         num_queues: 2,
         reconnect: true,
+        nic: Some(BlkGuestNic {
+            socket: dir.path().join("w.sock"),
+            mac: "52:54:00:00:00:0a".into(),
+            ip: "10.0.0.1/24".into(),
+            peer: "10.0.0.2".into(),
+        }),
         ..BlkGuestOpts::default()
     };
     let mut job = BlkJob::new(&[BlkStep::Write, BlkStep::Verify], 192 * MIB)
@@ -511,6 +550,18 @@ fn vswitchd_restarts_under_a_writing_guest_without_errors() {
     }
     assert_eq!(r.step(BlkStep::Write).num("write"), 192 * MIB);
     assert_eq!(r.step(BlkStep::Verify).num("read"), 192 * MIB);
+    let ping = r
+        .serial
+        .lines()
+        .find_map(|l| l.find("FABRIC-RESULT blk ping ").map(|i| &l[i..]))
+        .unwrap_or_else(|| panic!("no ping result from the guest:\n{}", r.serial));
+    eprintln!("guest W pinging its neighbour across the restarts: {ping}");
+    assert!(
+        ping.ends_with("tail=8/8"),
+        "the neighbour did not answer the guest's last 8 pings after the restarts: {ping}\n{}",
+        neighbour.diagnostics()
+    );
+    neighbour.kill();
     let resubmitted: u64 = log
         .lines()
         .filter_map(|l| l.split("resubmitting ").nth(1))

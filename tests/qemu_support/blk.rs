@@ -8,7 +8,8 @@
 //! naming the fix, never a skip.
 
 use super::{
-    checked_binary, tail, wait_child, Guest, GuestImage, GuestSpec, TempDir, INSTALL_HINT,
+    checked_binary, net_device_args, tail, wait_child, Guest, GuestImage, GuestSpec, TempDir,
+    INSTALL_HINT,
 };
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -419,9 +420,23 @@ pub struct BlkGuestOpts {
     /// refuses to start.
     pub num_queues: u16,
     pub mem_mb: u32,
-    /// Reconnect to the backend's socket when it goes away (`reconnect-ms`), as a
+    /// Reconnect to the backend's sockets when they go away (`reconnect-ms`), as a
     /// deployment that restarts its vhost-user daemon configures QEMU.
     pub reconnect: bool,
+    /// A NIC too: the guest pings a neighbour in the background while its steps run
+    /// (`FABRIC-RESULT blk ping`).
+    pub nic: Option<BlkGuestNic>,
+}
+
+/// The NIC of a block guest and whom it pings.
+#[derive(Clone, Debug)]
+pub struct BlkGuestNic {
+    pub socket: PathBuf,
+    pub mac: String,
+    /// `fabric.ip`, e.g. 10.0.0.1/24.
+    pub ip: String,
+    /// The neighbour pinged.
+    pub peer: String,
 }
 
 impl Default for BlkGuestOpts {
@@ -431,6 +446,7 @@ impl Default for BlkGuestOpts {
             num_queues: 1,
             mem_mb: BLK_GUEST_MEM_MB,
             reconnect: false,
+            nic: None,
         }
     }
 }
@@ -594,8 +610,15 @@ impl BlkGuest {
         opts: &BlkGuestOpts,
         job: &BlkJob,
     ) -> BlkGuest {
-        let devices = blk_device_args(socket, opts.num_queues, opts.reconnect);
-        let params = job.cmdline();
+        let mut devices = blk_device_args(socket, opts.num_queues, opts.reconnect);
+        let mut params = job.cmdline();
+        if let Some(nic) = &opts.nic {
+            devices.extend(net_device_args(&nic.socket, &nic.mac, opts.reconnect));
+            params = format!(
+                "{params} ipv6.disable=1 fabric.ip={} fabric.peer={}",
+                nic.ip, nic.peer
+            );
+        }
         let spec = GuestSpec {
             smp: opts.smp,
             mem_mb: opts.mem_mb,
@@ -735,6 +758,12 @@ impl VswitchdBlk {
             assert!(st.success(), "vswitchd exit: {st}\n{}", self.log_text());
         }
         self.log_text()
+    }
+
+    /// Like [`BlkBackend::create`], with more of `fabric.toml` after the pool (e.g. a
+    /// `[[switch]]` for guests that have a NIC too).
+    pub fn create_with(dir: &Path, name: &str, spec: &ExportSpec, extra: &str) -> VswitchdBlk {
+        VswitchdBlk::start(dir, name, spec, extra, 0)
     }
 
     /// SIGKILL, as a crash or an OOM kill would: no checkpoint, no counters. Then the

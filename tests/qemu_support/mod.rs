@@ -322,6 +322,21 @@ impl Drop for Vswitchd {
     }
 }
 
+/// QEMU arguments attaching a virtio-net NIC with `mac` to the vhost-user socket
+/// `socket`; `reconnect`: when the backend goes away, reconnect (`reconnect-ms`), as a
+/// deployment that restarts its vhost-user daemon configures QEMU.
+pub fn net_device_args(socket: &Path, mac: &str, reconnect: bool) -> Vec<String> {
+    let reconnect = if reconnect { ",reconnect-ms=200" } else { "" };
+    vec![
+        "-chardev".to_string(),
+        format!("socket,id=c0,path={}{reconnect}", socket.display()),
+        "-netdev".to_string(),
+        "vhost-user,id=n0,chardev=c0".to_string(),
+        "-device".to_string(),
+        format!("virtio-net-pci,netdev=n0,mac={mac}"),
+    ]
+}
+
 /// Memory for every guest: vhost-user needs it shared with the backend.
 pub const GUEST_MEM_MB: u32 = 256;
 
@@ -356,14 +371,7 @@ impl Guest {
         mac: &str,
         params: &str,
     ) -> Guest {
-        let devices = [
-            "-chardev".to_string(),
-            format!("socket,id=c0,path={}", socket.display()),
-            "-netdev".to_string(),
-            "vhost-user,id=n0,chardev=c0".to_string(),
-            "-device".to_string(),
-            format!("virtio-net-pci,netdev=n0,mac={mac}"),
-        ];
+        let devices = net_device_args(socket, mac, false);
         let params = format!("ipv6.disable=1 {params}");
         let spec = GuestSpec {
             smp: 1,
