@@ -168,6 +168,22 @@ impl SplitRing {
         self.avail + 4 + 2 * u64::from(self.size)
     }
 
+    /// Writes `done` (head, length) as the used ring a previous device left, the used
+    /// index after them, and counts them consumed: the state a frontend holds when its
+    /// backend died after completing these (for reconnect tests).
+    pub fn preset_used(&mut self, ram: &GuestRam, done: &[(u16, u32)]) {
+        for (i, &(head, len)) in done.iter().enumerate() {
+            let at = self.used + 4 + 8 * (i as u64 % u64::from(self.size));
+            let mut e = [0u8; 8];
+            e[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+            e[4..].copy_from_slice(&len.to_le_bytes());
+            ram.set_ring_bytes(at, &e);
+        }
+        let n = done.len() as u16;
+        ram.set_ring_u16(self.used + 2, n, Ordering::Release);
+        self.last_used = n;
+    }
+
     /// The device's `used.idx`.
     pub fn used_idx(&self, ram: &GuestRam) -> u16 {
         // Acquire: used ring entries written before idx are visible after this load
