@@ -100,11 +100,7 @@ impl From<ListenError> for io::Error {
 
 fn io_error(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> ListenError {
     let path = path.to_owned();
-    move |source| ListenError::Io {
-        path,
-        what,
-        source,
-    }
+    move |source| ListenError::Io { path, what, source }
 }
 
 /// What is at `path` if it exists and is not a socket (symlinks not followed).
@@ -292,7 +288,13 @@ mod tests {
         std::fs::write(&file, b"data").unwrap();
         let e = bind(&file, &SocketAccess::default()).unwrap_err();
         assert!(
-            matches!(&e, ListenError::NotASocket { kind: "a regular file", .. }),
+            matches!(
+                &e,
+                ListenError::NotASocket {
+                    kind: "a regular file",
+                    ..
+                }
+            ),
             "{e}"
         );
         assert_eq!(std::fs::read(&file).unwrap(), b"data");

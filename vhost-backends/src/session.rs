@@ -141,7 +141,10 @@ impl SocketServer {
         }
         // Only our socket: whatever else may have been put there stays.
         if listen::claim(&self.socket).is_err() {
-            log::warn!("{} is no longer our socket; left alone", self.socket.display());
+            log::warn!(
+                "{} is no longer our socket; left alone",
+                self.socket.display()
+            );
         }
     }
 }
