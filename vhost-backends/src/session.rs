@@ -219,11 +219,13 @@ impl Server<'_> {
                 )
             };
             match n {
+                n if n < 0 => {
+                    if io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+                        return Hello::Gone;
+                    }
+                }
                 0 => return Hello::Gone,
                 n if n as usize >= HEADER_LEN => return Hello::Sent,
-                n if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock => {
-                    return Hello::Gone
-                }
                 _ => {}
             }
             if self.stop.load(Ordering::Acquire) {
