@@ -218,14 +218,11 @@ impl Server<'_> {
                     libc::MSG_PEEK | libc::MSG_DONTWAIT,
                 )
             };
-            match n {
-                n if n < 0 => {
-                    if io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
-                        return Hello::Gone;
-                    }
-                }
-                0 => return Hello::Gone,
-                n if n as usize >= HEADER_LEN => return Hello::Sent,
+            let err = (n < 0).then(io::Error::last_os_error);
+            match (n, err) {
+                (_, Some(e)) if e.kind() != io::ErrorKind::WouldBlock => return Hello::Gone,
+                (0, None) => return Hello::Gone,
+                (n, None) if n as usize >= HEADER_LEN => return Hello::Sent,
                 _ => {}
             }
             if self.stop.load(Ordering::Acquire) {
