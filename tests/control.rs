@@ -120,27 +120,11 @@ impl Ctl {
         a["result"].clone()
     }
 
-    /// Waits (up to 5 s) until `port.list` shows every one of `ports` with
-    /// its link up: its frontend's receive queue is then published.
+    /// Waits until `port.list` shows each of `ports` with its link up.
     fn wait_links_up(&mut self, ports: &[&str]) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let list = self.ok("port.list", json!({}));
-            let up = |n: &str| {
-                list.as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|p| p["name"] == n && p["link"] == true)
-            };
-            if ports.iter().all(|n| up(n)) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "links never came up: {list}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        support::fabric::wait_for("links up", || {
+            support::fabric::links_up(&self.ok("port.list", json!({})), ports)
+        });
     }
 
     /// The error code of a request that must fail.

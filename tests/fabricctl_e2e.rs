@@ -90,24 +90,11 @@ impl Vswitchd {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
     }
 
-    /// Waits (up to 5 s) until `port list` shows each of `ports` with its
-    /// link up (its frontend's receive queue is then published).
+    /// Waits until `port list` shows each of `ports` with its link up.
     fn wait_links_up(&self, ports: &[&str]) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let list = self.json(&["port", "list"]);
-            let up = |n: &str| {
-                list.as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|p| p["name"] == n && p["link"] == true)
-            };
-            if ports.iter().all(|n| up(n)) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "links never came up: {list}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        support::fabric::wait_for("links up", || {
+            support::fabric::links_up(&self.json(&["port", "list"]), ports)
+        });
     }
 
     /// Runs a subcommand that must fail with `code`.

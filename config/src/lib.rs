@@ -62,7 +62,7 @@ pub const DEFAULT_EXPORT_QUEUES: u16 = 1;
 /// Default `export.queue_size`.
 pub const DEFAULT_EXPORT_QUEUE_SIZE: u16 = 256;
 
-pub use raw::{not_a_socket, parse_mac, parse_size, valid_name};
+pub use raw::{parse_mac, parse_size, valid_name};
 
 mod write;
 pub use write::to_toml;

@@ -925,30 +925,18 @@ fn check_socket(
     }
     // The daemon replaces a stale socket at start-up; anything else there
     // (a pool image, say) must never be deleted to make room.
-    if let Some(kind) = not_a_socket(socket) {
+    let exists_as = std::fs::symlink_metadata(socket).map(|m| m.file_type());
+    if exists_as.is_ok_and(|t| !std::os::unix::fs::FileTypeExt::is_socket(&t)) {
         return Err(ctx.invalid(
             span,
             key,
             format!(
-                "{} exists and is {kind}, not a socket; the daemon only replaces a stale socket",
+                "{} exists and is not a socket; the daemon only replaces a stale socket",
                 socket.display()
             ),
         ));
     }
     Ok(())
-}
-
-/// What is at `path` if it exists and is not a socket (symlinks not followed).
-pub fn not_a_socket(path: &Path) -> Option<&'static str> {
-    use std::os::unix::fs::FileTypeExt;
-    let t = std::fs::symlink_metadata(path).ok()?.file_type();
-    match () {
-        _ if t.is_socket() => None,
-        _ if t.is_file() => Some("a regular file"),
-        _ if t.is_dir() => Some("a directory"),
-        _ if t.is_symlink() => Some("a symbolic link"),
-        _ => Some("a device or FIFO"),
-    }
 }
 
 /// `[A-Za-z0-9_.-]{1,32}`: safe in a file name (default socket), a log line
