@@ -4,7 +4,7 @@
 //!
 //! Each connection gets a fresh backend (nothing negotiated by a previous
 //! frontend leaks into the next) and a fresh `VhostUserDaemon`, reached
-//! through the [`relay`](crate::relay). A frontend must send its first
+//! through the [`relay`]. A frontend must send its first
 //! message within [`ServeOptions::handshake_timeout`]; a silent one is
 //! dropped so it cannot hold the socket.
 
