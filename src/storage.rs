@@ -237,3 +237,32 @@ pub fn serve_export(
     );
     Ok(ServedExport { export, handle })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The count behind the lock-order check follows the guards.
+    #[test]
+    fn pool_guards_are_counted_per_thread() {
+        let dir = std::env::var_os("VBLOCK_TEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/var/tmp".into())
+            .join(format!("storage-guard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dev = FileDev::create(dir.join("p.img"), 8 << 20).unwrap();
+        let pool: SharedPool = Arc::new(Mutex::new(
+            Pool::create(dev, &PoolOptions::default()).unwrap(),
+        ));
+        assert!(!holds_pool());
+        {
+            let _a = lock_pool(&pool);
+            assert!(holds_pool());
+            let other = std::thread::spawn(holds_pool).join().unwrap();
+            assert!(!other, "another thread holds nothing");
+        }
+        assert!(!holds_pool());
+        drop(pool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
