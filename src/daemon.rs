@@ -18,14 +18,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vhost_backends::blk::SharedPool;
 use vhost_backends::datapath::Datapath;
+use vhost_backends::net::device::NetBackend;
 use vhost_backends::net::{NetPort, NetPortConfig, NetPortHandle};
 use vhost_backends::port_table::PortTable;
-use vhost_backends::session::check_socket_free;
+use vhost_backends::session::{ServeOptions, SocketServer};
 use vswitch::{Switch, VlanMode};
 
 use crate::control::protocol::ErrorCode;
 use crate::control::server::ControlServer;
-use crate::storage::{self, OpenPool, ServedExport};
+use crate::sockets;
+use crate::storage::{self, lock_pool, OpenPool, ServedExport};
 
 /// An operation refused or failed, with the code the control socket sends.
 #[derive(Debug)]
@@ -198,12 +200,17 @@ pub struct State {
 }
 
 /// Everything the daemon runs, shared with the control server.
+///
+/// Lock order: `state` before a pool's lock, never the other way round
+/// (see [`storage`]); [`Runtime::lock`] enforces it.
 pub struct Runtime {
     pub started: Instant,
     pub config_path: Option<PathBuf>,
     datapath: Arc<Datapath>,
     switches: Vec<SwitchEntry>,
     pools: Vec<OpenPool>,
+    /// How the vhost-user sockets are served (`[daemon] socket_*`).
+    serve: ServeOptions,
     state: Mutex<State>,
 }
 
@@ -230,6 +237,7 @@ impl Daemon {
     /// [`start`](Self::start), remembering the file the config came from
     /// (`config save` writes there by default).
     pub fn start_from(config: &FabricConfig, path: Option<&Path>) -> io::Result<Daemon> {
+        let serve = sockets::serve_options(&config.daemon)?;
         std::fs::create_dir_all(&config.daemon.run_dir).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -266,6 +274,7 @@ impl Daemon {
             datapath,
             switches,
             pools: Vec::new(),
+            serve,
             state: Mutex::new(State {
                 ports: Vec::new(),
                 exports: Vec::new(),
@@ -413,7 +422,14 @@ impl Drop for Daemon {
 }
 
 impl Runtime {
+    /// The state lock; see the lock order on [`Runtime`].
     fn lock(&self) -> MutexGuard<'_, State> {
+        if storage::holds_pool() {
+            // A bug in the daemon, not something a client can cause: make it
+            // loud in tests, and visible in the log of a release build.
+            log::error!("lock order broken: state lock taken while holding a pool lock");
+            debug_assert!(false, "state lock taken while holding a pool lock");
+        }
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -484,10 +500,7 @@ impl Runtime {
                         format!("socket {} is already used", socket.display()),
                     ));
                 }
-                if let Some(dir) = socket.parent() {
-                    std::fs::create_dir_all(dir).map_err(internal)?;
-                }
-                check_socket_free(socket)
+                sockets::prepare(socket, &format!("port {}: socket", pc.name))
                     .map_err(|e| OpError::new(ErrorCode::Conflict, e.to_string()))?;
                 PortHandle::VhostUser(self.start_vhost_user_port(entry, &pc)?)
             }
@@ -592,7 +605,14 @@ impl Runtime {
                 queue_size: *queue_size,
             },
         });
-        let handle = match port.spawn() {
+        // NetPort::spawn with this daemon's socket options.
+        let served = port.clone();
+        let handle = match SocketServer::spawn_with(
+            &format!("port {}", pc.name),
+            socket,
+            &self.serve,
+            move |mem| Ok(NetBackend::new(served.clone(), mem)),
+        ) {
             Ok(h) => h,
             Err(e) => {
                 let _ = sw.remove_port(&pc.name);
@@ -692,7 +712,7 @@ impl Runtime {
                 format!("socket {} is already used", e.socket.display()),
             ));
         }
-        let served = storage::serve_export(&pool, pool_name, volume, &e, id)
+        let served = storage::serve_export(&pool, pool_name, volume, &e, id, &self.serve)
             .map_err(|x| OpError::new(ErrorCode::Conflict, x.to_string()))?;
         if let Some(p) = Self::pool_config(&mut st, pool_name) {
             if let Some(v) = p.volumes.iter_mut().find(|v| v.name == volume) {
@@ -711,24 +731,16 @@ impl Runtime {
     /// Exports a volume at run time.
     pub fn add_export(&self, pool_name: &str, volume: &str, e: ExportConfig) -> OpResult<()> {
         let pool = self.pool_entry(pool_name)?.pool.clone();
-        let (id, exists_in_config) = {
-            let p = pool.lock().unwrap_or_else(|x| x.into_inner());
-            let info = p.volume(volume)?;
-            let st = self.lock();
-            let known = st
-                .config
-                .pools
-                .iter()
-                .any(|pc| pc.name == pool_name && pc.volumes.iter().any(|v| v.name == volume));
-            (info.id, known)
-        };
+        let info = lock_pool(&pool).volume(volume)?;
+        let exists_in_config = self
+            .lock()
+            .config
+            .pools
+            .iter()
+            .any(|pc| pc.name == pool_name && pc.volumes.iter().any(|v| v.name == volume));
         if !exists_in_config {
             // A volume made outside this daemon (vblock tool): declare it by size.
-            let size = pool
-                .lock()
-                .unwrap_or_else(|x| x.into_inner())
-                .volume(volume)?
-                .size;
+            let size = info.size;
             self.remember_volume(
                 pool_name,
                 VolumeConfig {
@@ -742,7 +754,7 @@ impl Runtime {
                 },
             );
         }
-        self.start_export(pool_name, volume, e, id)
+        self.start_export(pool_name, volume, e, info.id)
     }
 
     /// Stops serving a volume's export (its client is disconnected).
@@ -798,7 +810,7 @@ impl Runtime {
             .pools
             .iter()
             .any(|p| p.name == pool_name && p.overcommit);
-        let mut p = pool.lock().unwrap_or_else(|x| x.into_inner());
+        let mut p = lock_pool(&pool);
         let space = p.space();
         if !overcommit && space.provisioned.saturating_add(size) > space.capacity {
             return Err(OpError::new(
@@ -834,7 +846,7 @@ impl Runtime {
     ) -> OpResult<()> {
         let pool = self.pool_entry(pool_name)?.pool.clone();
         {
-            let mut p = pool.lock().unwrap_or_else(|x| x.into_inner());
+            let mut p = lock_pool(&pool);
             if snapshot {
                 p.snapshot(source, name)?;
             } else {
@@ -868,9 +880,7 @@ impl Runtime {
         // The guest would not learn the new size (no config-change event yet).
         self.not_exported(pool_name, name, "resize")?;
         let pool = self.pool_entry(pool_name)?.pool.clone();
-        pool.lock()
-            .unwrap_or_else(|x| x.into_inner())
-            .resize(name, size, force)?;
+        lock_pool(&pool).resize(name, size, force)?;
         let mut st = self.lock();
         if let Some(p) = Self::pool_config(&mut st, pool_name) {
             if let Some(v) = p.volumes.iter_mut().find(|v| v.name == name) {
@@ -885,9 +895,7 @@ impl Runtime {
     pub fn rename_volume(&self, pool_name: &str, name: &str, new_name: &str) -> OpResult<()> {
         self.not_exported(pool_name, name, "rename")?;
         let pool = self.pool_entry(pool_name)?.pool.clone();
-        pool.lock()
-            .unwrap_or_else(|x| x.into_inner())
-            .rename(name, new_name)?;
+        lock_pool(&pool).rename(name, new_name)?;
         let mut st = self.lock();
         if let Some(p) = Self::pool_config(&mut st, pool_name) {
             for v in &mut p.volumes {
@@ -908,9 +916,7 @@ impl Runtime {
     pub fn delete_volume(&self, pool_name: &str, name: &str) -> OpResult<()> {
         self.not_exported(pool_name, name, "delete")?;
         let pool = self.pool_entry(pool_name)?.pool.clone();
-        pool.lock()
-            .unwrap_or_else(|x| x.into_inner())
-            .delete_volume(name)?;
+        lock_pool(&pool).delete_volume(name)?;
         let mut st = self.lock();
         if let Some(p) = Self::pool_config(&mut st, pool_name) {
             p.volumes.retain(|v| v.name != name);
@@ -1015,7 +1021,7 @@ impl Runtime {
         }
         drop(st);
         for p in &self.pools {
-            let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let pool = lock_pool(&p.pool);
             let s = pool.space();
             lines.push(format!(
                 "pool {} clusters={} used={} free={} releasing={} provisioned_bytes={} capacity_bytes={}",
@@ -1051,7 +1057,7 @@ impl Runtime {
         // Everything acknowledged is made durable, and the journal folded
         // into a checkpoint so the next start replays nothing.
         for p in &self.pools {
-            let mut pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pool = lock_pool(&p.pool);
             if let Err(e) = pool.flush().and_then(|()| pool.checkpoint()) {
                 log::warn!("pool {}: closing: {e}", p.name);
             }

@@ -5,6 +5,7 @@ pub mod control;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
+pub mod sockets;
 pub mod storage;
 
 pub use daemon::Daemon;

@@ -1,13 +1,65 @@
 //! The daemon's storage side: pools opened (or created), the volumes the
 //! config declares made to exist, and their vhost-user-blk exports served.
+//!
+//! Lock order: the runtime state ([`crate::daemon::Runtime`]) before a pool,
+//! never a pool before the state. The blk datapath takes a pool's lock and
+//! never the state; a control operation that holds a pool and then waits for
+//! the state would deadlock against one that holds the state and waits for
+//! that pool (an export being started). The daemon takes pool locks only
+//! through [`lock_pool`], which counts them per thread, and the state lock
+//! refuses to be taken while this thread holds a pool.
 
+use crate::sockets;
 use fabric_config::{ExportConfig, PoolConfig, VolumeConfig, VolumeSource};
+use std::cell::Cell;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard};
 use vblock::dev::FileDev;
 use vblock::pool::{Pool, PoolOptions};
+use vhost_backends::blk::device::BlkBackend;
 use vhost_backends::blk::{BlkExport, BlkExportConfig, BlkExportHandle, SharedPool};
-use vhost_backends::session::check_socket_free;
+use vhost_backends::session::{ServeOptions, SocketServer};
+
+thread_local! {
+    /// Pool locks this thread holds (through [`lock_pool`]).
+    static POOLS_HELD: Cell<u32> = const { Cell::new(0) };
+}
+
+/// A pool's lock, held; see the lock order in the module docs.
+pub struct PoolGuard<'a>(MutexGuard<'a, Pool<FileDev>>);
+
+/// Locks `pool` (a poisoned lock is taken over: the pool's own state is
+/// consistent between calls).
+pub fn lock_pool(pool: &SharedPool) -> PoolGuard<'_> {
+    let guard = pool.lock().unwrap_or_else(|e| e.into_inner());
+    POOLS_HELD.with(|n| n.set(n.get() + 1));
+    PoolGuard(guard)
+}
+
+/// Whether this thread holds a pool lock (then it must not take the state).
+pub fn holds_pool() -> bool {
+    POOLS_HELD.with(|n| n.get() > 0)
+}
+
+impl Drop for PoolGuard<'_> {
+    fn drop(&mut self) {
+        POOLS_HELD.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+impl Deref for PoolGuard<'_> {
+    type Target = Pool<FileDev>;
+    fn deref(&self) -> &Pool<FileDev> {
+        &self.0
+    }
+}
+
+impl DerefMut for PoolGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Pool<FileDev> {
+        &mut self.0
+    }
+}
 
 /// One open pool.
 pub struct OpenPool {
@@ -86,7 +138,7 @@ pub fn open_pool(cfg: &PoolConfig, key: &str) -> io::Result<OpenPool> {
 /// Makes the volume exist: created from its source on first start; an
 /// existing one is kept (grown if the config asks for more).
 pub fn ensure_volume(pool: &SharedPool, pool_name: &str, v: &VolumeConfig) -> io::Result<u32> {
-    let mut p = pool.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = lock_pool(pool);
     if let Ok(info) = p.volume(&v.name) {
         if let VolumeSource::New { size, .. } = v.source {
             if size > info.size {
@@ -146,13 +198,12 @@ pub fn serve_export(
     volume: &str,
     e: &ExportConfig,
     id: u32,
+    serve: &ServeOptions,
 ) -> io::Result<ServedExport> {
-    if let Some(dir) = e.socket.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    check_socket_free(&e.socket).map_err(|x| err(&format!("export of {volume}"), x))?;
+    let what = format!("export of {volume}: socket");
+    sockets::prepare(&e.socket, &what)?;
     let read_only = {
-        let p = pool.lock().unwrap_or_else(|x| x.into_inner());
+        let p = lock_pool(pool);
         let vol = p
             .volume(volume)
             .map_err(|x| err(&format!("export of {volume}"), x))?;
@@ -170,7 +221,14 @@ pub fn serve_export(
         },
         pool.clone(),
     );
-    let handle = export.spawn()?;
+    // BlkExport::spawn with this daemon's socket options.
+    let handle = {
+        let export = export.clone();
+        SocketServer::spawn_with(&format!("export {volume}"), &e.socket, serve, move |mem| {
+            BlkBackend::new(export.clone(), mem)
+        })
+        .map_err(|x| sockets::named(&what, x))?
+    };
     log::info!(
         "pool {pool_name}: volume {volume} exported{} on {}; attach a QEMU guest with: {}",
         if read_only { " read-only" } else { "" },
@@ -178,4 +236,33 @@ pub fn serve_export(
         qemu_blk_args(volume, e)
     );
     Ok(ServedExport { export, handle })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The count behind the lock-order check follows the guards.
+    #[test]
+    fn pool_guards_are_counted_per_thread() {
+        let dir = std::env::var_os("VBLOCK_TEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/var/tmp".into())
+            .join(format!("storage-guard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dev = FileDev::create(dir.join("p.img"), 8 << 20).unwrap();
+        let pool: SharedPool = Arc::new(Mutex::new(
+            Pool::create(dev, &PoolOptions::default()).unwrap(),
+        ));
+        assert!(!holds_pool());
+        {
+            let _a = lock_pool(&pool);
+            assert!(holds_pool());
+            let other = std::thread::spawn(holds_pool).join().unwrap();
+            assert!(!other, "another thread holds nothing");
+        }
+        assert!(!holds_pool());
+        drop(pool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -90,6 +90,13 @@ impl Vswitchd {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
     }
 
+    /// Waits until `port list` shows each of `ports` with its link up.
+    fn wait_links_up(&self, ports: &[&str]) {
+        support::fabric::wait_for("links up", || {
+            support::fabric::links_up(&self.json(&["port", "list"]), ports)
+        });
+    }
+
     /// Runs a subcommand that must fail with `code`.
     fn fails(&self, code: i32, args: &[&str]) -> String {
         let (c, out, err) = self.ctl(args);
@@ -158,16 +165,10 @@ fn every_subcommand_against_a_running_daemon() {
     assert_eq!(ports.as_array().unwrap().len(), 2);
     let mut a = GuestNic::connect(&dir.join("run/a.sock"), NicOptions::default()).unwrap();
     let mut b = GuestNic::connect(&dir.join("run/b.sock"), NicOptions::default()).unwrap();
+    d.wait_links_up(&["a", "b"]);
     let frame = eth(mac(2), mac(1), 0x0800, b"through a port added by fabricctl");
-    let mut got = None;
-    for _ in 0..50 {
-        a.send(&frame);
-        got = b.recv(Duration::from_millis(100));
-        if got.is_some() {
-            break;
-        }
-    }
-    assert_eq!(got.as_deref(), Some(&frame[..]));
+    assert!(a.send(&frame));
+    assert_eq!(b.recv(Duration::from_secs(5)).as_deref(), Some(&frame[..]));
     assert!(d.ok(&["port", "list"]).contains("b"));
 
     // fdb show / add / flush

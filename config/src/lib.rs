@@ -29,6 +29,10 @@ pub const DEFAULT_RUN_DIR: &str = "run";
 /// Default `[daemon] datapath_threads`: one core polls, as OVS-DPDK's default
 /// of one PMD thread; raise it to spread busy ports over more cores.
 pub const DEFAULT_DATAPATH_THREADS: u32 = 1;
+/// Default `[daemon] socket_mode`: only the daemon's user may connect.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
+/// Default `[daemon] handshake_timeout_ms`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u32 = 5000;
 /// Default `[[switch]] mac_aging_secs`.
 pub const DEFAULT_MAC_AGING_SECS: u32 = 300;
 /// Default `[[switch]] fdb_capacity`.
@@ -141,6 +145,39 @@ pub struct DaemonConfig {
     /// `metrics_listen`: `"127.0.0.1:9100"` serves Prometheus metrics over
     /// HTTP at `/metrics`. Default: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `socket_mode`: permission bits of every vhost-user socket (ports and
+    /// exports), e.g. `0o660` or `"0660"`; the owner keeps read and write.
+    /// Applied exactly, whatever the daemon's umask. Default `0o600`.
+    pub socket_mode: u32,
+    /// `socket_owner`: user that owns the vhost-user sockets, by name or
+    /// numeric id (changing it needs root or CAP_CHOWN). Default: the
+    /// daemon's user.
+    pub socket_owner: Option<Principal>,
+    /// `socket_group`: group of the vhost-user sockets, by name or numeric
+    /// id, e.g. `"kvm"` with `socket_mode = 0o660` for a QEMU running as
+    /// another user of that group. Default: the daemon's group.
+    pub socket_group: Option<Principal>,
+    /// `handshake_timeout_ms`: a frontend that connects and sends no
+    /// vhost-user message within this time is dropped, and the socket
+    /// serves the next one. Default 5000, range `100..=600000`.
+    pub handshake_timeout_ms: u32,
+}
+
+/// A user or group as `fabric.toml` names it; a name is looked up when the
+/// daemon starts (and by `vswitchd --check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Id(u32),
+    Name(String),
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::Id(id) => write!(f, "{id}"),
+            Principal::Name(n) => f.write_str(n),
+        }
+    }
 }
 
 /// `[[switch]]`: one learning L2 switch (a bridge) and its ports.

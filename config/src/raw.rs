@@ -38,6 +38,10 @@ struct RawDaemon {
     datapath_threads: Option<Spanned<i64>>,
     control_socket: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
+    socket_mode: Option<Spanned<RawIntOrText>>,
+    socket_owner: Option<Spanned<RawIntOrText>>,
+    socket_group: Option<Spanned<RawIntOrText>>,
+    handshake_timeout_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +130,16 @@ fn int_or_text<'de, D: Deserializer<'de>>(d: D, what: &'static str) -> Result<In
         }
     }
     d.deserialize_any(V(what))
+}
+
+/// `socket_mode` (`0o660` or `"0660"`) and `socket_owner`/`socket_group`
+/// (a numeric id or a name).
+struct RawIntOrText(IntOrText);
+
+impl<'de> Deserialize<'de> for RawIntOrText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        int_or_text(d, "an integer or a string").map(RawIntOrText)
+    }
 }
 
 /// One entry of `allowed`: `10` or `"100-199"`.
@@ -261,6 +275,12 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<FabricConfig,
         })?),
         None => None,
     };
+    let sockets_access = raw
+        .daemon
+        .as_ref()
+        .map(|d| socket_access(&ctx, d))
+        .transpose()?
+        .unwrap_or_default();
     let run_dir = match &raw.daemon.and_then(|d| d.run_dir) {
         Some(dir) if dir.get_ref().is_empty() => {
             return Err(ctx.invalid(&dir.span(), "daemon.run_dir", "must not be empty"));
@@ -364,6 +384,10 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<FabricConfig,
             datapath_threads,
             control_socket,
             metrics_listen,
+            socket_mode: sockets_access.mode,
+            socket_owner: sockets_access.owner,
+            socket_group: sockets_access.group,
+            handshake_timeout_ms: sockets_access.handshake_timeout_ms,
         },
         switches,
         pools,
@@ -777,6 +801,97 @@ fn vlan_item(ctx: &Ctx, item: &Spanned<RawVlanItem>, key: &str) -> Result<(u16, 
     }
 }
 
+/// The `[daemon]` keys that say who may connect to the vhost-user sockets.
+struct SocketAccess {
+    mode: u32,
+    owner: Option<Principal>,
+    group: Option<Principal>,
+    handshake_timeout_ms: u32,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        SocketAccess {
+            mode: DEFAULT_SOCKET_MODE,
+            owner: None,
+            group: None,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+        }
+    }
+}
+
+fn socket_access(ctx: &Ctx, d: &RawDaemon) -> Result<SocketAccess, ConfigError> {
+    let mut access = SocketAccess::default();
+    if let Some(v) = &d.socket_mode {
+        let key = "daemon.socket_mode";
+        let mode = match &v.get_ref().0 {
+            IntOrText::Int(m) => u32::try_from(*m).ok(),
+            IntOrText::Text(t) => u32::from_str_radix(t, 8).ok(),
+        };
+        access.mode = mode.filter(|m| *m <= 0o777).ok_or_else(|| {
+            ctx.invalid(
+                &v.span(),
+                key,
+                "not permission bits: give an octal number up to 0o777, like 0o660 or \"0660\"",
+            )
+        })?;
+        // The daemon must be able to remove and rebind its own sockets, and
+        // nobody is helped by a socket its owner cannot connect to.
+        if access.mode & 0o600 != 0o600 {
+            return Err(ctx.invalid(
+                &v.span(),
+                key,
+                format!("mode {:#o} denies the owner read and write", access.mode),
+            ));
+        }
+    }
+    access.owner = principal(ctx, d.socket_owner.as_ref(), "daemon.socket_owner")?;
+    access.group = principal(ctx, d.socket_group.as_ref(), "daemon.socket_group")?;
+    if let Some(v) = &d.handshake_timeout_ms {
+        access.handshake_timeout_ms =
+            ctx.int(v, "daemon.handshake_timeout_ms", "timeout", 100, 600_000)?;
+    }
+    Ok(access)
+}
+
+/// A user or group: a numeric id (an integer or a string of digits) or a name.
+fn principal(
+    ctx: &Ctx,
+    v: Option<&Spanned<RawIntOrText>>,
+    key: &str,
+) -> Result<Option<Principal>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    let bad = |m: &str| ctx.invalid(&v.span(), key, m);
+    let p = match &v.get_ref().0 {
+        IntOrText::Int(id) => Principal::Id(
+            u32::try_from(*id)
+                .ok()
+                .filter(|id| *id != u32::MAX)
+                .ok_or_else(|| bad("an id is 0..=4294967294"))?,
+        ),
+        IntOrText::Text(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+            Principal::Id(
+                t.parse()
+                    .ok()
+                    .filter(|id| *id != u32::MAX)
+                    .ok_or_else(|| bad("an id is 0..=4294967294"))?,
+            )
+        }
+        IntOrText::Text(t) => {
+            let ok = !t.is_empty()
+                && t.len() <= 32
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                && !t.starts_with('-');
+            if !ok {
+                return Err(bad("not a user or group name (or numeric id)"));
+            }
+            Principal::Name(t.clone())
+        }
+    };
+    Ok(Some(p))
+}
+
 /// A socket path fits in `sun_path` and no other port or export uses it.
 fn check_socket(
     ctx: &Ctx,
@@ -804,6 +919,19 @@ fn check_socket(
             key,
             format!(
                 "duplicate socket path {} (first used at line {first})",
+                socket.display()
+            ),
+        ));
+    }
+    // The daemon replaces a stale socket at start-up; anything else there
+    // (a pool image, say) must never be deleted to make room.
+    let exists_as = std::fs::symlink_metadata(socket).map(|m| m.file_type());
+    if exists_as.is_ok_and(|t| !std::os::unix::fs::FileTypeExt::is_socket(&t)) {
+        return Err(ctx.invalid(
+            span,
+            key,
+            format!(
+                "{} exists and is not a socket; the daemon only replaces a stale socket",
                 socket.display()
             ),
         ));

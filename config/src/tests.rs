@@ -392,7 +392,7 @@ fn unknown_keys_at_top_levels() {
     );
     assert_eq!(
         parse_err("[daemon]\nrundir = \"x\"\n"),
-        "fabric.toml:2: daemon.rundir: unknown field `rundir`, expected one of `run_dir`, `datapath_threads`, `control_socket`, `metrics_listen`"
+        "fabric.toml:2: daemon.rundir: unknown field `rundir`, expected one of `run_dir`, `datapath_threads`, `control_socket`, `metrics_listen`, `socket_mode`, `socket_owner`, `socket_group`, `handshake_timeout_ms`"
     );
     assert_eq!(
         parse_err("\n[storage]\nx = 1\n"),
@@ -621,6 +621,103 @@ fn control_socket_and_metrics() {
         "{}",
         parse_err(&clash)
     );
+}
+
+#[test]
+fn socket_access_keys() {
+    let d = parse_ok("").daemon;
+    assert_eq!(
+        (d.socket_mode, &d.socket_owner, &d.socket_group),
+        (0o600, &None, &None)
+    );
+    assert_eq!(d.handshake_timeout_ms, 5000);
+    let d = parse_ok(
+        "[daemon]\nsocket_mode = 0o660\nsocket_owner = 65534\nsocket_group = \"kvm\"\nhandshake_timeout_ms = 300\n",
+    )
+    .daemon;
+    assert_eq!(d.socket_mode, 0o660);
+    assert_eq!(d.socket_owner, Some(Principal::Id(65534)));
+    assert_eq!(d.socket_group, Some(Principal::Name("kvm".into())));
+    assert_eq!(d.handshake_timeout_ms, 300);
+    let d = parse_ok("[daemon]\nsocket_mode = \"0640\"\nsocket_group = \"100\"\n").daemon;
+    assert_eq!(d.socket_mode, 0o640);
+    assert_eq!(d.socket_group, Some(Principal::Id(100)));
+    // What `config save` writes reads back the same.
+    let d2 = parse_ok(&to_toml(&parse_ok(
+        "[daemon]\nsocket_mode = 0o666\nsocket_owner = \"nobody\"\nsocket_group = 7\n",
+    )))
+    .daemon;
+    assert_eq!(
+        (d2.socket_mode, d2.socket_owner, d2.socket_group),
+        (
+            0o666,
+            Some(Principal::Name("nobody".into())),
+            Some(Principal::Id(7))
+        )
+    );
+    for (text, want) in [
+        (
+            "socket_mode = 0o1777",
+            "fabric.toml:2: daemon.socket_mode: not permission bits",
+        ),
+        (
+            "socket_mode = \"rw\"",
+            "fabric.toml:2: daemon.socket_mode: not permission bits",
+        ),
+        (
+            "socket_mode = 0o060",
+            "fabric.toml:2: daemon.socket_mode: mode 0o60 denies the owner",
+        ),
+        (
+            "socket_owner = -1",
+            "fabric.toml:2: daemon.socket_owner: an id is",
+        ),
+        (
+            "socket_group = \"a b\"",
+            "fabric.toml:2: daemon.socket_group: not a user or group name",
+        ),
+        (
+            "handshake_timeout_ms = 0",
+            "fabric.toml:2: daemon.handshake_timeout_ms: timeout 0 is outside 100..=600000",
+        ),
+    ] {
+        let err = parse_err(&format!("[daemon]\n{text}\n"));
+        assert!(err.starts_with(want), "{text}: {err}");
+    }
+}
+
+/// A socket configured where something else lives (a pool image, say) is
+/// refused by name, and the file is left alone.
+#[test]
+fn socket_paths_on_existing_files_are_refused() {
+    let dir = std::env::temp_dir().join(format!("cfg-sock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pool.img");
+    std::fs::write(&file, b"pool bytes").unwrap();
+    let f = file.display();
+    for (text, key) in [
+        (one_port(&format!("socket = \"{f}\"")), "switch[0].port[0].socket"),
+        (
+            format!("[daemon]\ncontrol_socket = \"{f}\"\n"),
+            "daemon.control_socket",
+        ),
+        (
+            format!("{POOL}[[pool.volume]]\nname = \"v\"\nsize = \"1M\"\nexport = {{ socket = \"{f}\" }}\n"),
+            "pool[0].volume[0].export.socket",
+        ),
+    ] {
+        let err = parse_err(&text);
+        assert!(
+            err.contains(&format!(
+                "{key}: {f} exists and is not a socket"
+            )),
+            "{err}"
+        );
+    }
+    let dir_err = parse_err(&one_port(&format!("socket = \"{}\"", dir.display())));
+    assert!(dir_err.contains("exists and is not a socket"), "{dir_err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"pool bytes");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

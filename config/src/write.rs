@@ -59,6 +59,22 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
     if let Some(m) = d.metrics_listen {
         let _ = writeln!(out, "metrics_listen = {}", q(&m.to_string()));
     }
+    let _ = writeln!(out, "socket_mode = {:#o}", d.socket_mode);
+    for (key, p) in [
+        ("socket_owner", &d.socket_owner),
+        ("socket_group", &d.socket_group),
+    ] {
+        match p {
+            Some(Principal::Id(id)) => {
+                let _ = writeln!(out, "{key} = {id}");
+            }
+            Some(Principal::Name(n)) => {
+                let _ = writeln!(out, "{key} = {}", q(n));
+            }
+            None => {}
+        }
+    }
+    let _ = writeln!(out, "handshake_timeout_ms = {}", d.handshake_timeout_ms);
     for sw in &cfg.switches {
         let _ = writeln!(out, "\n[[switch]]");
         let _ = writeln!(out, "name = {}", q(&sw.name));

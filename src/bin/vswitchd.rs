@@ -58,6 +58,11 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        // User and group names are looked up now too, as start-up would.
+        if let Err(e) = fabric::sockets::serve_options(&config.daemon) {
+            eprintln!("vswitchd: {}: {e}", args.config.display());
+            return ExitCode::from(1);
+        }
         let ports: usize = config.switches.iter().map(|s| s.ports.len()).sum();
         let volumes: usize = config.pools.iter().map(|p| p.volumes.len()).sum();
         println!(

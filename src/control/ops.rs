@@ -439,7 +439,7 @@ fn pool_list(rt: &Runtime) -> Vec<PoolInfo> {
     rt.pools()
         .iter()
         .map(|p| {
-            let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let pool = crate::storage::lock_pool(&p.pool);
             let s = pool.space();
             let cs = u64::from(s.cluster_size);
             PoolInfo {
@@ -462,7 +462,7 @@ fn volume_list(rt: &Runtime, only: Option<&str>) -> Vec<VolumeInfo> {
         if only.is_some_and(|o| o != p.name) {
             continue;
         }
-        let vols = p.pool.lock().unwrap_or_else(|e| e.into_inner()).volumes();
+        let vols = crate::storage::lock_pool(&p.pool).volumes();
         for v in vols {
             out.push(VolumeInfo {
                 pool: p.name.clone(),

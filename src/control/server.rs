@@ -12,13 +12,13 @@ use super::ops;
 use super::protocol::{self, ErrorCode, ErrorInfo, Request, Response, MAX_LINE, VERSION};
 use crate::daemon::Runtime;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use vhost_backends::listen::{self, SocketAccess};
 
 /// Connections served at once.
 pub const MAX_CLIENTS: usize = 16;
@@ -33,18 +33,14 @@ pub struct ControlServer {
 }
 
 impl ControlServer {
-    /// Binds `path` (mode 0600; a stale socket of a dead daemon is replaced,
-    /// a live one refused) and serves on a thread of its own.
+    /// Binds `path` (mode 0600, whatever the umask; a stale socket of a
+    /// dead daemon is replaced, a live one or anything that is not a socket
+    /// refused) and serves on a thread of its own.
     pub fn spawn(path: &Path, rt: Arc<Runtime>) -> io::Result<ControlServer> {
-        vhost_backends::session::check_socket_free(path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).map_err(|e| {
-            io::Error::new(e.kind(), format!("control socket {}: {e}", path.display()))
-        })?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        const KEY: &str = "daemon.control_socket";
+        crate::sockets::prepare(path, KEY)?;
+        let listener = listen::bind(path, &SocketAccess::default())
+            .map_err(|e| crate::sockets::named(KEY, e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
@@ -65,7 +61,8 @@ impl ControlServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        // Only a socket is removed (see `listen::claim`).
+        let _ = listen::claim(&self.path);
     }
 }
 

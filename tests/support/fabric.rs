@@ -63,17 +63,7 @@ impl Fabric {
     }
 
     pub fn wait_link(&self, port: &str, up: bool) {
-        let sw = self.daemon().switch("br0").unwrap();
-        let id = sw.port_id(port).unwrap();
-        let deadline = std::time::Instant::now() + WAIT;
-        while sw.topology().port(id).unwrap().state.is_up() != up {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "port {port} never went {}",
-                if up { "up" } else { "down" }
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_link(self.daemon(), port, up);
     }
 
     pub fn counters(&self, port: &str) -> PortCountersSnapshot {
@@ -87,6 +77,40 @@ impl Fabric {
         let id = sw.fdb().lookup(vlan, MacAddr(m), sw.now())?;
         Some(sw.topology().port(id)?.name.clone())
     }
+}
+
+/// Waits until `port` of br0 is up (or down).
+pub fn wait_link(daemon: &Daemon, port: &str, up: bool) {
+    let sw = daemon.switch("br0").unwrap();
+    let id = sw.port_id(port).unwrap();
+    let what = format!("port {port} going {}", if up { "up" } else { "down" });
+    wait_for(&what, || {
+        sw.topology().port(id).unwrap().state.is_up() == up
+    });
+}
+
+/// Polls `cond` every 10 ms until it holds; fails the test after [`WAIT`],
+/// saying what never happened.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a `port.list` answer (control protocol JSON, or `fabricctl
+/// --json port list`) shows each of `ports` with its link up: its frontend's
+/// receive queue is then published.
+pub fn links_up(list: &serde_json::Value, ports: &[&str]) -> bool {
+    let up = |n: &str| {
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|p| p["name"] == n && p["link"] == true))
+    };
+    ports.iter().all(|n| up(n))
 }
 
 impl Drop for Fabric {

@@ -8,6 +8,7 @@
 
 pub mod blk;
 pub mod datapath;
+pub mod listen;
 pub mod net;
 pub mod port_table;
 pub mod relay;

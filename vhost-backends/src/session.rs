@@ -4,18 +4,21 @@
 //!
 //! Each connection gets a fresh backend (nothing negotiated by a previous
 //! frontend leaks into the next) and a fresh `VhostUserDaemon`, reached
-//! through the [`relay`](crate::relay).
+//! through the [`relay`]. A frontend must send its first
+//! message within [`ServeOptions::handshake_timeout`]; a silent one is
+//! dropped so it cannot hold the socket.
 
+use crate::listen::{self, SocketAccess};
 use crate::relay::{self, InflightHandler};
 use crate::{GuestMem, GuestMemAtomic};
 use std::io;
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringMutex};
 
@@ -39,19 +42,23 @@ pub trait SessionBackend:
     }
 }
 
-/// Refuses to take over a socket another live process is serving (a second
-/// daemon on the same config would silently steal its guests).
-pub fn check_socket_free(path: &Path) -> io::Result<()> {
-    if UnixStream::connect(path).is_ok() {
-        return Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!(
-                "{} is in use by another process (is vswitchd already running?)",
-                path.display()
-            ),
-        ));
+/// How a socket is served.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeOptions {
+    /// Who may connect.
+    pub access: SocketAccess,
+    /// A frontend that sends no complete message header within this time is
+    /// dropped, so a silent client cannot hold the socket.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            access: SocketAccess::default(),
+            handshake_timeout: Duration::from_secs(5),
+        }
     }
-    Ok(())
 }
 
 /// The running accept loop of one socket; [`SocketServer::stop`] ends it.
@@ -64,23 +71,31 @@ pub struct SocketServer {
 }
 
 impl SocketServer {
-    /// Binds `socket` now (so a bad path fails at start-up) and serves
-    /// frontends on a thread named after `name`; `make` builds the backend
-    /// of each connection over its guest memory.
+    /// [`spawn_with`](Self::spawn_with) the default options.
     pub fn spawn<B, F>(name: &str, socket: &Path, make: F) -> io::Result<SocketServer>
     where
         B: SessionBackend,
         F: Fn(GuestMemAtomic) -> io::Result<B> + Send + 'static,
     {
-        // A stale socket file from a crashed daemon would make bind fail; the
-        // caller has checked no live process is listening on it.
-        let _ = std::fs::remove_file(socket);
-        let listener = UnixListener::bind(socket).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot listen on {}: {e}", socket.display()),
-            )
-        })?;
+        Self::spawn_with(name, socket, &ServeOptions::default(), make)
+    }
+
+    /// Binds `socket` now (so a bad path fails at start-up; only a stale
+    /// socket is replaced, see [`listen::claim`]) and serves frontends on a
+    /// thread named after `name`; `make` builds the backend of each
+    /// connection over its guest memory.
+    pub fn spawn_with<B, F>(
+        name: &str,
+        socket: &Path,
+        options: &ServeOptions,
+        make: F,
+    ) -> io::Result<SocketServer>
+    where
+        B: SessionBackend,
+        F: Fn(GuestMemAtomic) -> io::Result<B> + Send + 'static,
+    {
+        let listener = listen::bind(socket, &options.access)?;
+        let timeout = options.handshake_timeout;
         let stop = Arc::new(AtomicBool::new(false));
         let current = Arc::new(Mutex::new(None));
         let sessions = Arc::new(AtomicU64::new(0));
@@ -88,7 +103,15 @@ impl SocketServer {
         let owned_name = name.to_owned();
         let thread = std::thread::Builder::new()
             .name(format!("vu-{name}"))
-            .spawn(move || serve(&owned_name, listener, &make, &stop2, &current2, &sessions2))?;
+            .spawn(move || {
+                let server = Server {
+                    name: &owned_name,
+                    stop: &stop2,
+                    current: &current2,
+                    handshake_timeout: timeout,
+                };
+                server.serve(listener, &make, &sessions2)
+            })?;
         Ok(SocketServer {
             socket: socket.to_owned(),
             stop,
@@ -124,39 +147,147 @@ impl SocketServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.socket);
+        // Only our socket: whatever else may have been put there stays.
+        if listen::claim(&self.socket).is_err() {
+            log::warn!(
+                "{} is no longer our socket; left alone",
+                self.socket.display()
+            );
+        }
     }
 }
 
-fn serve<B, F>(
-    name: &str,
-    listener: UnixListener,
-    make: &F,
-    stop: &AtomicBool,
-    current: &Mutex<Option<ShutdownHandle>>,
-    sessions: &AtomicU64,
-) where
-    B: SessionBackend,
-    F: Fn(GuestMemAtomic) -> io::Result<B>,
-{
-    while !stop.load(Ordering::Acquire) {
-        let frontend = match listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                log::warn!("{name}: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
+/// What the accept loop of one socket shares with [`SocketServer`].
+struct Server<'a> {
+    name: &'a str,
+    stop: &'a AtomicBool,
+    current: &'a Mutex<Option<ShutdownHandle>>,
+    handshake_timeout: Duration,
+}
+
+impl Server<'_> {
+    fn serve<B, F>(&self, listener: UnixListener, make: &F, sessions: &AtomicU64)
+    where
+        B: SessionBackend,
+        F: Fn(GuestMemAtomic) -> io::Result<B>,
+    {
+        let name = self.name;
+        while !self.stop.load(Ordering::Acquire) {
+            let frontend = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    log::warn!("{name}: accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if self.stop.load(Ordering::Acquire) {
+                break; // woken by SocketServer::stop
             }
-        };
-        if stop.load(Ordering::Acquire) {
-            break; // woken by SocketServer::stop
+            let peer = peer_of(&frontend);
+            match self.await_hello(&frontend) {
+                Hello::Sent => {}
+                Hello::Stopped => break,
+                Hello::Silent => {
+                    log::warn!(
+                        "{name}: frontend {peer} sent nothing for {:?}; dropped",
+                        self.handshake_timeout
+                    );
+                    continue;
+                }
+                Hello::Gone => {
+                    log::info!("{name}: frontend {peer} left before its first message");
+                    continue;
+                }
+            }
+            let session = sessions.fetch_add(1, Ordering::Relaxed) + 1;
+            log::info!("{name}: frontend {peer} connected (session {session})");
+            if let Err(e) = serve_session(name, make, frontend, self.current) {
+                log::warn!("{name}: session failed: {e}");
+            }
+            log::info!("{name}: frontend disconnected");
         }
-        let session = sessions.fetch_add(1, Ordering::Relaxed) + 1;
-        log::info!("{name}: frontend connected");
-        if let Err(e) = serve_session(name, make, frontend, session, current) {
-            log::warn!("{name}: session failed: {e}");
+    }
+
+    /// Waits until `frontend` has sent a whole message header (12 bytes),
+    /// at most the handshake timeout, looking in every 100 ms for a stop.
+    fn await_hello(&self, frontend: &UnixStream) -> Hello {
+        const HEADER_LEN: usize = 12;
+        let deadline = Instant::now() + self.handshake_timeout;
+        loop {
+            let mut buf = [0u8; HEADER_LEN];
+            // SAFETY: recv into our own buffer; MSG_PEEK leaves the bytes
+            // (and any fds) for the relay.
+            let n = unsafe {
+                libc::recv(
+                    frontend.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    HEADER_LEN,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            let err = (n < 0).then(io::Error::last_os_error);
+            match (n, err) {
+                (_, Some(e)) if e.kind() != io::ErrorKind::WouldBlock => return Hello::Gone,
+                (0, None) => return Hello::Gone,
+                (n, None) if n as usize >= HEADER_LEN => return Hello::Sent,
+                _ => {}
+            }
+            if self.stop.load(Ordering::Acquire) {
+                return Hello::Stopped;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Hello::Silent;
+            }
+            // Part of a header is readable at once; sleep then, instead of
+            // spinning on poll.
+            let slice = left.min(Duration::from_millis(100));
+            if n > 0 {
+                std::thread::sleep(slice.min(Duration::from_millis(10)));
+            } else {
+                let mut pfd = libc::pollfd {
+                    fd: frontend.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, slice.as_millis().max(1) as i32) };
+            }
         }
-        log::info!("{name}: frontend disconnected");
+    }
+}
+
+/// How a new connection's first message went.
+enum Hello {
+    Sent,
+    Silent,
+    Gone,
+    Stopped,
+}
+
+/// `pid P uid U` of a connected peer, for the log.
+fn peer_of(stream: &UnixStream) -> String {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of `len` bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        format!("(pid {} uid {})", cred.pid, cred.uid)
+    } else {
+        "(peer unknown)".to_owned()
     }
 }
 
@@ -165,7 +296,6 @@ fn serve_session<B, F>(
     name: &str,
     make: &F,
     frontend: UnixStream,
-    session: u64,
     current: &Mutex<Option<ShutdownHandle>>,
 ) -> io::Result<()>
 where
@@ -177,15 +307,11 @@ where
     let mut daemon = VhostUserDaemon::new(name.to_owned(), backend.clone(), mem)
         .map_err(|e| io::Error::other(e.to_string()))?;
     backend.attach(&daemon)?;
-    // The handler side of the relay: a private abstract socket, no file,
-    // named uniquely in the process (two servers may share a name, e.g. two
-    // daemons in one test process, or exports of two pools).
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let unique = NEXT.fetch_add(1, Ordering::Relaxed);
-    let addr_name = format!("fabric-{}-{unique}-{session}", std::process::id());
-    let addr = SocketAddr::from_abstract_name(addr_name.as_bytes())?;
-    let mut inner = Listener::from(UnixListener::bind_addr(&addr)?);
-    let handler_side = UnixStream::connect_addr(&addr)?;
+    // The handler side of the relay: `VhostUserDaemon::start` only accepts
+    // from a listener, so one is made that nobody else can reach (see
+    // `listen::private_pair`); it is already connected to when it accepts.
+    let (inner, handler_side) = listen::private_pair()?;
+    let mut inner = Listener::from(inner);
     daemon
         .start(&mut inner)
         .map_err(|e| io::Error::other(e.to_string()))?;
