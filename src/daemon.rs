@@ -149,7 +149,11 @@ fn tunnel_config(
     let mut statics = Vec::new();
     let mut vteps = VtepSet::new(v.learn_vteps);
     let senders = v.senders.iter().map(|(a, len)| Subnet::new(*a, *len));
-    vteps.set_senders(senders.collect::<Result<_, _>>().map_err(|e| e.to_string())?);
+    vteps.set_senders(
+        senders
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?,
+    );
     for m in &v.vnis {
         let vni = Vni::new(m.vni).map_err(|e| format!("VNI {}: {e:?}", m.vni))?;
         vnis.insert(m.vlan, vni).map_err(|e| format!("{e:?}"))?;

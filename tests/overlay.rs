@@ -329,15 +329,7 @@ fn two_hosts(tag: &str) -> (TwoHosts, String) {
         attach(&u[i], &dev, &g[i], &format!("10.78.0.{}/24", i + 1), 1450);
         devs.push(dev);
     }
-    (
-        TwoHosts {
-            u,
-            g,
-            d,
-            dev: devs,
-        },
-        va,
-    )
+    (TwoHosts { u, g, d, dev: devs }, va)
 }
 
 #[test]
@@ -701,7 +693,8 @@ fn taken_in(line: &str) -> u64 {
         .filter_map(|kv| kv.split_once('='))
         .filter(|(k, _)| {
             *k == "rx_packets"
-                || (k.starts_with("drop_") && !["drop_too_big", "drop_tx_busy", "drop_tx_error"].contains(k))
+                || (k.starts_with("drop_")
+                    && !["drop_too_big", "drop_tx_busy", "drop_tx_error"].contains(k))
         })
         .map(|(_, v)| v.parse::<u64>().unwrap())
         .sum()
@@ -772,7 +765,9 @@ fn group_vnis_take_senders_only_from_the_subnet_and_vteps_are_limited() {
     );
     assert_eq!(counter(&t, "remote_entries"), 0, "{t}");
     // A sender inside it (.2) with five source MACs: taken, three learned.
-    let five = (1..=5).map(|i| vxlan_from(5010, [2, 0, 0, 0, 0x0a, i])).collect();
+    let five = (1..=5)
+        .map(|i| vxlan_from(5010, [2, 0, 0, 0, 0x0a, i]))
+        .collect();
     send_udp(&u[1], Ipv4Addr::new(192, 168, 230, 2), local, five);
     let t = tunnel_after(&d, 6);
     assert_eq!(counter(&t, "rx_packets"), 5, "{t}");
@@ -813,4 +808,46 @@ fn a_spoofed_local_mac_from_the_tunnel_does_not_move_the_guest() {
     let fdb = h.d[0].counters("fdb switch=br0 ");
     assert_eq!(counter(&fdb, "refused_move"), 1, "{fdb}");
     assert_eq!(counter(&fdb, "moved"), 0, "{fdb}");
+}
+
+/// The underlay drains far slower than the guest sends (a token bucket of
+/// 8 kbit/s on host 0's underlay link): the tunnel's socket buffer fills and
+/// the copies it cannot take are dropped and counted at once, never waited
+/// for on the datapath thread. Every frame the switch hands the tunnel is
+/// either sent or counted as dropped.
+#[test]
+fn a_full_underlay_drops_and_counts_instead_of_blocking() {
+    let (h, va) = two_hosts("tb");
+    assert_eq!(h.g[0].ping("10.78.0.2", 2), (2, 2));
+    sh(&format!(
+        "tc -n {} qdisc add dev {va} root tbf rate 8kbit burst 1600 limit 10000000",
+        h.u[0].0
+    ));
+    // 300 echo requests of 1428-byte frames in about 0.6 s.
+    let started = Instant::now();
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &h.g[0].0, "ping", "-q", "-c", "300", "-i", "0.002",
+        ])
+        .args(["-s", "1400", "-w", "3", "10.78.0.2"])
+        .output()
+        .expect("ping (iputils-ping)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("packets transmitted"), "{text}");
+    // The daemon answers while the underlay is still congested.
+    let t = h.d[0].counters("tunnel switch=br0 port=vx ");
+    let port = h.d[0].counters("counters switch=br0 port=vx ");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let busy = counter(&t, "drop_tx_busy");
+    assert!(busy > 0, "the socket buffer never filled: {t}\n{text}");
+    assert_eq!(counter(&t, "drop_tx_error"), 0, "{t}");
+    assert_eq!(
+        counter(&t, "tx_packets") + busy,
+        counter(&port, "tx_packets"),
+        "sent + dropped == handed to the tunnel: {t} / {port}"
+    );
 }

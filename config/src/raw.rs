@@ -534,7 +534,9 @@ fn parse_subnet(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
     }
     let host = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
     if u32::from(addr) & host != 0 {
-        return Err(format!("{text:?} has host bits set beyond the /{len} prefix"));
+        return Err(format!(
+            "{text:?} has host bits set beyond the /{len} prefix"
+        ));
     }
     Ok((addr, len))
 }
@@ -590,12 +592,11 @@ fn vxlan_kind(
             .collect::<Result<Vec<_>, _>>()?,
         None => Vec::new(),
     };
-    let num = |v: &Option<Spanned<i64>>, k: &str, what: &str, min: i64, max: i64, default: u32| {
-        match v {
+    let num =
+        |v: &Option<Spanned<i64>>, k: &str, what: &str, min: i64, max: i64, default: u32| match v {
             Some(v) => ctx.int(v, &format!("{key}.{k}"), what, min, max),
             None => Ok(default),
-        }
-    };
+        };
     let local_hold_secs = num(
         &port.local_hold_secs,
         "local_hold_secs",

@@ -743,7 +743,10 @@ fn vxlan_ports() {
     let PortKind::Vxlan(v) = &only_port(&small).kind else {
         panic!()
     };
-    assert_eq!(v.vtep_mac_limit, 5, "the default limit follows a small capacity");
+    assert_eq!(
+        v.vtep_mac_limit, 5,
+        "the default limit follows a small capacity"
+    );
     for (extra, msg) in [
         (
             "senders = [\"192.0.2.1/24\"]",

@@ -276,7 +276,10 @@ fn set_ip_option<T>(fd: &impl AsRawFd, name: libc::c_int, value: &T, what: &str)
     };
     if r != 0 {
         let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("VXLAN socket {what}: {e}")));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("VXLAN socket {what}: {e}"),
+        ));
     }
     Ok(())
 }
@@ -307,7 +310,12 @@ fn receive_sockets(config: &TunnelConfig) -> io::Result<Vec<UdpSocket>> {
         udp.join_multicast_v4(&g, &config.local)
             .map_err(|e| io::Error::new(e.kind(), format!("joining {g}: {e}")))?;
         // Only the group bound here, not every group some socket joined.
-        set_ip_option(&udp, libc::IP_MULTICAST_ALL, &0 as &libc::c_int, "IP_MULTICAST_ALL")?;
+        set_ip_option(
+            &udp,
+            libc::IP_MULTICAST_ALL,
+            &0 as &libc::c_int,
+            "IP_MULTICAST_ALL",
+        )?;
         sockets.push(udp);
     }
     Ok(sockets)
@@ -357,7 +365,9 @@ pub fn spawn(
             now: switch.clone(),
         }),
     );
-    switch.fdb().set_move_hold(id, tunnel.config.local_hold_secs);
+    switch
+        .fdb()
+        .set_move_hold(id, tunnel.config.local_hold_secs);
     switch.set_link(id, true);
     let stop = Arc::new(AtomicBool::new(false));
     let (t2, s2, sw2, tb2) = (tunnel.clone(), stop.clone(), switch.clone(), table.clone());
@@ -429,7 +439,8 @@ fn read_loop(
                 let std::net::SocketAddr::V4(from) = from else {
                     continue;
                 };
-                let Some(len) = decapsulate(t, &buf[..n], *from.ip(), id, switch, &mut frame) else {
+                let Some(len) = decapsulate(t, &buf[..n], *from.ip(), id, switch, &mut frame)
+                else {
                     continue;
                 };
                 let seg = [VolatileSlice::from(&mut frame[..len])];

@@ -506,10 +506,19 @@ mod tests {
         assert_eq!(fdb.lookup(1, mac(1), 104), Some(1));
         assert_eq!((fdb.stats().refused_move, fdb.stats().moved), (2, 0));
         // silent on port 1 for the hold time: it moves
-        assert_eq!(fdb.learn(1, mac(1), 9, 105), LearnOutcome::Moved { from: 1 });
+        assert_eq!(
+            fdb.learn(1, mac(1), 9, 105),
+            LearnOutcome::Moved { from: 1 }
+        );
         // the hold is per destination port: moving back is immediate
-        assert_eq!(fdb.learn(1, mac(1), 1, 105), LearnOutcome::Moved { from: 9 });
-        assert_eq!(fdb.learn(1, mac(1), 2, 105), LearnOutcome::Moved { from: 1 });
+        assert_eq!(
+            fdb.learn(1, mac(1), 1, 105),
+            LearnOutcome::Moved { from: 9 }
+        );
+        assert_eq!(
+            fdb.learn(1, mac(1), 2, 105),
+            LearnOutcome::Moved { from: 1 }
+        );
         assert_eq!((fdb.stats().refused_move, fdb.stats().moved), (2, 3));
         // a new station is learned on the held port at once
         assert_eq!(fdb.learn(1, mac(2), 9, 105), LearnOutcome::Learned);
@@ -523,7 +532,10 @@ mod tests {
         // purging the port (removed; its id may be reused) clears the hold
         fdb.purge_port(9);
         fdb.learn(1, mac(3), 1, 200);
-        assert_eq!(fdb.learn(1, mac(3), 9, 200), LearnOutcome::Moved { from: 1 });
+        assert_eq!(
+            fdb.learn(1, mac(3), 9, 200),
+            LearnOutcome::Moved { from: 1 }
+        );
         assert_eq!(fdb.stats().refused_move, 3);
     }
 

@@ -540,7 +540,10 @@ mod tests {
         assert_eq!(f.learn(vni(1), mac(3), V1, 0), RemoteLearn::VtepLimit);
         assert_eq!(f.learn(vni(2), mac(4), V1, 0), RemoteLearn::VtepLimit);
         assert_eq!(f.lookup(vni(1), mac(3), 0), None);
-        assert_eq!((f.len(), f.vtep_len(V1), f.stats().refused_vtep_limit), (3, 3, 2));
+        assert_eq!(
+            (f.len(), f.vtep_len(V1), f.stats().refused_vtep_limit),
+            (3, 3, 2)
+        );
         // refreshes at the limit still work; other VTEPs still learn
         assert_eq!(f.learn(vni(1), mac(0), V1, 1), RemoteLearn::Refreshed);
         assert_eq!(f.learn(vni(1), mac(10), V2, 1), RemoteLearn::Learned);

@@ -37,7 +37,10 @@ impl fmt::Display for VtepError {
             VtepError::NotUnicast(ip) => write!(f, "remote VTEP {ip} is not a unicast address"),
             VtepError::NotMulticast(ip) => write!(f, "group {ip} is not a multicast address"),
             VtepError::BadSubnet(ip, len) => {
-                write!(f, "{ip}/{len} is not a subnet (prefix 0..=32, no host bits)")
+                write!(
+                    f,
+                    "{ip}/{len} is not a subnet (prefix 0..=32, no host bits)"
+                )
             }
         }
     }
@@ -229,9 +232,8 @@ impl VtepSet {
     /// tenant's segment. A VNI with a group also takes senders in the
     /// `senders` subnets.
     pub fn accepts_on(&self, vni: Vni, src: Ipv4Addr) -> bool {
-        let member = || {
-            self.group(vni).is_some() && self.senders.iter().any(|net| net.contains(src))
-        };
+        let member =
+            || self.group(vni).is_some() && self.senders.iter().any(|net| net.contains(src));
         is_unicast(src) && (self.learn_vteps || self.remotes(vni).contains(&src) || member())
     }
 
@@ -342,10 +344,7 @@ mod tests {
             Subnet::new(Ipv4Addr::new(192, 0, 2, 1), 24),
             Err(VtepError::BadSubnet(Ipv4Addr::new(192, 0, 2, 1), 24))
         );
-        assert_eq!(
-            Subnet::new(A, 33),
-            Err(VtepError::BadSubnet(A, 33))
-        );
+        assert_eq!(Subnet::new(A, 33), Err(VtepError::BadSubnet(A, 33)));
         assert!(Subnet::new(A, 32).unwrap().contains(A));
         assert!(!Subnet::new(A, 32).unwrap().contains(B));
     }
