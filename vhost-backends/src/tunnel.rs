@@ -502,3 +502,27 @@ impl TunnelHandle {
         self.port.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_socket_option_is_an_error_naming_it() {
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        // No interface has this address: the kernel refuses it.
+        let nowhere = libc::in_addr {
+            s_addr: u32::from(Ipv4Addr::new(192, 0, 2, 254)).to_be(),
+        };
+        let e =
+            set_ip_option(&udp, libc::IP_MULTICAST_IF, &nowhere, "IP_MULTICAST_IF").unwrap_err();
+        assert!(
+            e.to_string().starts_with("VXLAN socket IP_MULTICAST_IF: "),
+            "{e}"
+        );
+        let lo = libc::in_addr {
+            s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+        };
+        set_ip_option(&udp, libc::IP_MULTICAST_IF, &lo, "IP_MULTICAST_IF").unwrap();
+    }
+}
