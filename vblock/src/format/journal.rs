@@ -240,7 +240,8 @@ impl Record {
 
     /// Parses the payload of a record of type `ty`. Fixed-size payloads must
     /// have exactly their length; names must be UTF-8 of at most 64 bytes;
-    /// an unknown type is refused (never skipped: it may change the metadata).
+    /// new volume ids at most [`MAX_VOLUME_ID`]; an unknown type is refused
+    /// (never skipped: it may change the metadata).
     pub fn decode(ty: u16, p: &[u8]) -> Result<Record, FormatError> {
         use record_type::*;
         let exact = |n: usize| {
@@ -349,6 +350,8 @@ impl Record {
                 ))
             }
         };
+        // The field rules a writer obeys (volume ids, ...) hold for what is read too.
+        r.validate()?;
         Ok(r)
     }
 }

@@ -352,10 +352,7 @@ impl Superblock {
         if self.generation > MAX_GENERATION {
             return Err(FormatError::invalid(
                 "generation",
-                format!(
-                    "{} is above the highest, {MAX_GENERATION}",
-                    self.generation
-                ),
+                format!("{} is above the highest, {MAX_GENERATION}", self.generation),
             ));
         }
         self.layout()?;
