@@ -447,7 +447,9 @@ fn open_crashed(
         disk: disk.clone(),
         log: Mutex::default(),
     });
-    let at = 1 + Rng::new(seed).below(3);
+    // Not `seed` itself: the crash's fates are drawn from it, and the first
+    // draw would then decide both where it crashes and what survives.
+    let at = 1 + Rng::new(!seed).below(3);
     disk.capture_after_writes(at, seed);
     let pool = Pool::open(logged.clone()).unwrap_or_else(|e| panic!("open after crash: {e}"));
     if let Some(captured) = disk.take_capture() {
