@@ -423,6 +423,8 @@ impl BlockDev for LoggedDisk {
     }
 }
 
+type LoggedPool = Pool<Arc<LoggedDisk>>;
+
 /// Where the crash points fell.
 #[derive(Default)]
 struct Counts {
@@ -440,8 +442,8 @@ fn open_crashed(
     disk: SimDisk,
     seed: u64,
     counts: &mut Counts,
-    accept: &dyn Fn(&Pool<Arc<LoggedDisk>>) -> Result<(), String>,
-) -> (Arc<SimDisk>, Pool<Arc<LoggedDisk>>) {
+    accept: &dyn Fn(&LoggedPool) -> Result<(), String>,
+) -> (Arc<SimDisk>, LoggedPool) {
     let disk = Arc::new(disk);
     let logged = Arc::new(LoggedDisk {
         disk: disk.clone(),
@@ -471,7 +473,7 @@ fn open_crashed(
 /// again (unflushed state random), and must still match.
 fn second_life(
     disk: Arc<SimDisk>,
-    mut pool: Pool<Arc<LoggedDisk>>,
+    mut pool: LoggedPool,
     mut model: Model,
     w: &mut Workload,
     seed: u64,
@@ -538,7 +540,7 @@ fn run_seed(seed: u64, ops: usize, counts: &mut Counts) {
         if let Some(captured) = disk.take_capture() {
             let (offset, head) = logged.write(mark + at as usize - 1);
             counts.inside[WriteKind::of(pool.layout(), offset, head) as usize] += 1;
-            let either = |p: &Pool<Arc<LoggedDisk>>| {
+            let either = |p: &LoggedPool| {
                 verify(p, &during).or_else(|e1| {
                     verify(p, &before).map_err(|e2| {
                         format!("neither outcome: after-op model: {e1}; before-op model: {e2}")
