@@ -22,16 +22,22 @@ struct Map {
     cluster_size: usize,
 }
 
-/// A pool with volumes, a snapshot, a clone, a checkpoint and records in
-/// the journal after it.
-fn base_image() -> (Vec<u8>, Map) {
+/// A new 2 MiB pool (4 KiB clusters, 16 journal blocks) on a SimDisk.
+fn new_pool(uuid: u8) -> (Arc<SimDisk>, Pool<Arc<SimDisk>>) {
     let disk = Arc::new(SimDisk::new(2 << 20));
     let opts = PoolOptions {
         cluster_size: 4096,
         journal_len: Some(64 * 1024),
-        uuid: Some([3; 16]),
+        uuid: Some([uuid; 16]),
     };
-    let mut p = Pool::create(disk.clone(), &opts).unwrap();
+    let p = Pool::create(disk.clone(), &opts).unwrap();
+    (disk, p)
+}
+
+/// A pool with volumes, a snapshot, a clone, a checkpoint and records in
+/// the journal after it.
+fn base_image() -> (Vec<u8>, Map) {
+    let (disk, mut p) = new_pool(3);
     let a = p.create_volume("alpha", 256 * 1024, 512).unwrap();
     for i in 0..20u64 {
         p.write(a, i * 8192, &[i as u8 + 1; 4096]).unwrap();
@@ -449,13 +455,7 @@ fn volume_id_u32_max_is_refused_and_the_highest_id_leaves_the_pool_usable() {
 /// older one (generation 3, an earlier checkpoint); block 0 of volume "a"
 /// reads 2s and block 1 reads 3s (journaled after the last checkpoint).
 fn two_generations() -> Vec<u8> {
-    let disk = Arc::new(SimDisk::new(2 << 20));
-    let opts = PoolOptions {
-        cluster_size: 4096,
-        journal_len: Some(64 * 1024),
-        uuid: Some([4; 16]),
-    };
-    let mut p = Pool::create(disk.clone(), &opts).unwrap();
+    let (disk, mut p) = new_pool(4);
     let a = p.create_volume("a", 64 * 1024, 512).unwrap();
     p.write(a, 0, &[1; 4096]).unwrap();
     p.checkpoint().unwrap();

@@ -310,49 +310,57 @@ fn acknowledged_pool() -> (Arc<SimDisk>, Pool<Arc<SimDisk>>, u32) {
     (disk, p, a)
 }
 
-#[test]
-fn a_failed_flush_fails_the_flush_and_stops_changes_until_reopen() {
+/// Injects a fault into the pool of [`acknowledged_pool`], runs `op`,
+/// which must fail with an I/O error whose `what` starts with `what`, then
+/// [`failed_then_recovered`].
+fn fault_stops_the_pool(
+    inject: impl FnOnce(&SimDisk, &Layout),
+    op: fn(&mut Pool<Arc<SimDisk>>) -> Result<(), PoolError>,
+    what: &str,
+) {
     let (disk, mut p, a) = acknowledged_pool();
-    disk.fail_flushes(true);
-    let e = p.flush().unwrap_err();
+    inject(&disk, p.layout());
+    let e = op(&mut p).unwrap_err();
     assert!(
-        matches!(&e, PoolError::Io { what, .. } if what == "flushing data before a commit"),
+        matches!(&e, PoolError::Io { what: w, .. } if w.starts_with(what)),
         "{e}"
     );
     failed_then_recovered(&disk, p, a);
+}
+
+#[test]
+fn a_failed_flush_fails_the_flush_and_stops_changes_until_reopen() {
+    fault_stops_the_pool(
+        |d, _| d.fail_flushes(true),
+        Pool::flush,
+        "flushing data before a commit",
+    );
 }
 
 #[test]
 fn a_failed_journal_write_fails_the_commit_and_stops_changes_until_reopen() {
-    let (disk, mut p, a) = acknowledged_pool();
-    let l = *p.layout();
-    disk.fail_writes(l.journal_off..l.journal_off + l.journal_len);
-    let e = p.flush().unwrap_err();
-    assert!(
-        matches!(&e, PoolError::Io { what, .. } if what.starts_with("writing journal block")),
-        "{e}"
+    fault_stops_the_pool(
+        |d, l| d.fail_writes(l.journal_off..l.journal_off + l.journal_len),
+        Pool::flush,
+        "writing journal block",
     );
-    failed_then_recovered(&disk, p, a);
 }
 
 #[test]
 fn a_failed_superblock_write_fails_the_checkpoint_and_stops_changes_until_reopen() {
-    let (disk, mut p, a) = acknowledged_pool();
-    disk.fail_writes(0..8192);
-    let e = p.checkpoint().unwrap_err();
-    assert!(
-        matches!(&e, PoolError::Io { what, .. } if what == "writing the superblock"),
-        "{e}"
+    fault_stops_the_pool(
+        |d, _| d.fail_writes(0..8192),
+        Pool::checkpoint,
+        "writing the superblock",
     );
-    failed_then_recovered(&disk, p, a);
 }
 
 #[test]
 fn a_device_dying_inside_a_checkpoint_stops_changes_until_reopen() {
-    let (disk, mut p, a) = acknowledged_pool();
     // The first checkpoint cluster is written, then the device dies.
-    disk.fail_after_writes(1);
-    let e = p.checkpoint().unwrap_err();
-    assert!(matches!(&e, PoolError::Io { .. }), "{e}");
-    failed_then_recovered(&disk, p, a);
+    fault_stops_the_pool(
+        |d, _| d.fail_after_writes(1),
+        Pool::checkpoint,
+        "flushing the checkpoint",
+    );
 }
