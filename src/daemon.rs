@@ -146,10 +146,16 @@ impl PortHandle {
 fn tunnel_config(
     v: &fabric_config::VxlanConfig,
 ) -> Result<vhost_backends::tunnel::TunnelConfig, String> {
-    use vswitch::vxlan::{Vni, VniMap, VtepSet};
+    use vswitch::vxlan::{Subnet, Vni, VniMap, VtepSet};
     let mut vnis = VniMap::new();
     let mut statics = Vec::new();
     let mut vteps = VtepSet::new(v.learn_vteps);
+    let senders = v.senders.iter().map(|(a, len)| Subnet::new(*a, *len));
+    vteps.set_senders(
+        senders
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?,
+    );
     for m in &v.vnis {
         let vni = Vni::new(m.vni).map_err(|e| format!("VNI {}: {e:?}", m.vni))?;
         vnis.insert(m.vlan, vni).map_err(|e| format!("{e:?}"))?;
@@ -170,8 +176,10 @@ fn tunnel_config(
         learn_vteps: v.learn_vteps,
         vnis,
         vteps,
-        capacity: 65_536,
-        aging_secs: 300,
+        capacity: v.remote_fdb_capacity,
+        vtep_mac_limit: v.vtep_mac_limit,
+        aging_secs: v.remote_mac_aging_secs,
+        local_hold_secs: v.local_hold_secs,
         statics,
     })
 }
@@ -992,8 +1000,8 @@ impl Runtime {
             }
             let f = sw.fdb().stats();
             lines.push(format!(
-                "fdb switch={} entries={} learned={} moved={} aged={} refused_full={} refused_port_limit={}",
-                sw.name, f.entries, f.learned, f.moved, f.aged, f.refused_full, f.refused_port_limit
+                "fdb switch={} entries={} learned={} moved={} aged={} refused_full={} refused_port_limit={} refused_move={}",
+                sw.name, f.entries, f.learned, f.moved, f.aged, f.refused_full, f.refused_port_limit, f.refused_move
             ));
         }
         let st = self.lock();
@@ -1002,9 +1010,9 @@ impl Runtime {
                 let c = t.tunnel.counters.snapshot();
                 let f = t.tunnel.remote_fdb.stats();
                 let mut line = format!(
-                    "tunnel switch={} port={} rx_packets={} rx_bytes={} tx_packets={} tx_bytes={} remote_entries={} remote_learned={} remote_moved={}",
+                    "tunnel switch={} port={} rx_packets={} rx_bytes={} tx_packets={} tx_bytes={} remote_entries={} remote_learned={} remote_moved={} remote_refused_full={} remote_refused_vtep_limit={}",
                     p.switch, p.config.name, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes,
-                    f.entries, f.learned, f.moved
+                    f.entries, f.learned, f.moved, f.refused_full, f.refused_vtep_limit
                 );
                 for r in vswitch::vxlan::TunnelDrop::ALL {
                     line.push_str(&format!(" drop_{}={}", r.name(), c.dropped(r)));

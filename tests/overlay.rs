@@ -284,6 +284,8 @@ struct TwoHosts {
     u: [Ns; 2],
     g: [Ns; 2],
     d: Vec<Daemon>,
+    /// The guests' TAP devices (inside `g`).
+    dev: Vec<String>,
 }
 
 /// VLAN 10 <-> VNI 5010 and VLAN 20 <-> VNI 5020 to the other host.
@@ -310,6 +312,7 @@ fn two_hosts(tag: &str) -> (TwoHosts, String) {
     let g = [Ns::new("g"), Ns::new("g")];
     let (va, _vb) = underlay(&u);
     let mut d = Vec::new();
+    let mut devs = Vec::new();
     for i in 0..2 {
         let dev = unique("t");
         let local = format!("192.168.230.{}", i + 1);
@@ -324,8 +327,9 @@ fn two_hosts(tag: &str) -> (TwoHosts, String) {
             ),
         ));
         attach(&u[i], &dev, &g[i], &format!("10.78.0.{}/24", i + 1), 1450);
+        devs.push(dev);
     }
-    (TwoHosts { u, g, d }, va)
+    (TwoHosts { u, g, d, dev: devs }, va)
 }
 
 #[test]
@@ -646,7 +650,8 @@ fn a_multicast_group_carries_the_floods() {
             ""
         };
         let port = format!(
-            "[[switch.port]]\nname = \"vx\"\ntype = \"vxlan\"\nlocal = \"{local}\"\nvni = [ {{ vlan = 10, vni = 5010, group = \"239.1.1.10\"{statics} }} ]\n"
+            "[[switch.port]]\nname = \"vx\"\ntype = \"vxlan\"\nlocal = \"{local}\"\nsenders = [\"192.168.230.0/24\"]\n\
+             vni = [ {{ vlan = 10, vni = 5010, group = \"239.1.1.10\"{statics} }} ]\n"
         );
         d.push(Daemon::start(
             &u[i],
@@ -659,4 +664,190 @@ fn a_multicast_group_carries_the_floods() {
     assert_eq!(g[1].ping("10.81.0.1", 5), (5, 5));
     let t = d[0].counters("tunnel switch=br0 port=vx ");
     assert!(counter(&t, "remote_entries") >= 2, "learned + static: {t}");
+}
+
+/// A VXLAN packet of `vni` carrying a broadcast frame from `src`.
+fn vxlan_from(vni: u32, src: [u8; 6]) -> Vec<u8> {
+    let mut p = vswitch::vxlan::header(vswitch::vxlan::Vni::new(vni).unwrap()).to_vec();
+    let mut inner = vec![0u8; 60];
+    inner[..6].copy_from_slice(&[0xff; 6]);
+    inner[6..12].copy_from_slice(&src);
+    inner[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    p.extend_from_slice(&inner);
+    p
+}
+
+/// Sends `packets` from `from` (an address of `ns`) to `to`:4789.
+fn send_udp(ns: &Ns, from: Ipv4Addr, to: Ipv4Addr, packets: Vec<Vec<u8>>) {
+    ns.enter(move || {
+        let s = std::net::UdpSocket::bind((from, 0)).unwrap();
+        for p in &packets {
+            assert_eq!(s.send_to(p, (to, 4789)).unwrap(), p.len());
+        }
+    });
+}
+
+/// Packets the tunnel has taken in: decapsulated, or dropped on receive.
+fn taken_in(line: &str) -> u64 {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| {
+            *k == "rx_packets"
+                || (k.starts_with("drop_")
+                    && !["drop_too_big", "drop_tx_busy", "drop_tx_error"].contains(k))
+        })
+        .map(|(_, v)| v.parse::<u64>().unwrap())
+        .sum()
+}
+
+/// `d`'s tunnel line once it has taken in `n` packets in all (a packet sent
+/// over a veth arrives; the deadline only bounds a broken run).
+fn tunnel_after(d: &Daemon, n: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let t = d.counters("tunnel switch=br0 port=vx ");
+        if taken_in(&t) >= n {
+            assert_eq!(taken_in(&t), n, "{t}");
+            return t;
+        }
+        assert!(Instant::now() < deadline, "{t}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A VNI with a multicast group takes unlisted unicast senders only from the
+/// `senders` subnets; the sockets are bound to `local` and the group, never
+/// the wildcard; a VTEP learns at most `vtep_mac_limit` MACs.
+#[test]
+fn group_vnis_take_senders_only_from_the_subnet_and_vteps_are_limited() {
+    let u = [Ns::new("u"), Ns::new("u")];
+    let (_va, vb) = underlay(&u);
+    let d = Daemon::start(
+        &u[0],
+        &test_dir("sn"),
+        &format!(
+            "{TAP}[[switch.port]]\nname = \"vx\"\ntype = \"vxlan\"\nlocal = \"192.168.230.1\"\n\
+             senders = [\"192.168.230.0/30\"]\nvtep_mac_limit = 3\n\
+             vni = [ {{ vlan = 10, vni = 5010, group = \"239.1.1.10\" }} ]\n"
+        ),
+    );
+    // Bound to the local address and the group's, nothing else.
+    let ss = Command::new("ip")
+        .args(["netns", "exec", &u[0].0, "ss", "-Hnul"])
+        .output()
+        .expect("ss (iproute2)");
+    assert!(ss.status.success());
+    let text = String::from_utf8_lossy(&ss.stdout);
+    let mut bound: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter(|a| a.ends_with(":4789"))
+        .collect();
+    bound.sort();
+    assert_eq!(bound, ["192.168.230.1:4789", "239.1.1.10:4789"], "{text}");
+    // A sender outside 192.168.230.0/30 (.9): dropped and counted.
+    sh(&format!(
+        "ip -n {} addr add 192.168.230.9/24 dev {vb}",
+        u[1].0
+    ));
+    let local = Ipv4Addr::new(192, 168, 230, 1);
+    send_udp(
+        &u[1],
+        Ipv4Addr::new(192, 168, 230, 9),
+        local,
+        vec![vxlan_from(5010, [2, 0, 0, 0, 0, 0x09])],
+    );
+    let t = tunnel_after(&d, 1);
+    assert_eq!(
+        (counter(&t, "drop_unknown_vtep"), counter(&t, "rx_packets")),
+        (1, 0),
+        "{t}"
+    );
+    assert_eq!(counter(&t, "remote_entries"), 0, "{t}");
+    // A sender inside it (.2) with five source MACs: taken, three learned.
+    let five = (1..=5)
+        .map(|i| vxlan_from(5010, [2, 0, 0, 0, 0x0a, i]))
+        .collect();
+    send_udp(&u[1], Ipv4Addr::new(192, 168, 230, 2), local, five);
+    let t = tunnel_after(&d, 6);
+    assert_eq!(counter(&t, "rx_packets"), 5, "{t}");
+    assert_eq!(counter(&t, "remote_entries"), 3, "{t}");
+    assert_eq!(counter(&t, "remote_refused_vtep_limit"), 2, "{t}");
+    assert_eq!(counter(&t, "drop_unknown_vtep"), 1, "{t}");
+}
+
+/// A remote VTEP sends a frame whose inner source is host 0's guest's MAC:
+/// the guest, seen locally within the hold time, stays on its port (the
+/// packet is dropped, the refused move counted once) and still receives
+/// its traffic from across the overlay.
+#[test]
+fn a_spoofed_local_mac_from_the_tunnel_does_not_move_the_guest() {
+    let (h, _va) = two_hosts("sp");
+    let mac = [0x02, 0, 0, 0, 0x01, 0x01];
+    sh(&format!(
+        "ip -n {} link set {} address 02:00:00:00:01:01",
+        h.g[0].0, h.dev[0]
+    ));
+    assert_eq!(h.g[1].ping("10.78.0.1", 2), (2, 2));
+    let before = h.d[0].counters("tunnel switch=br0 port=vx ");
+    // From host 1's VTEP address: a configured remote, so only the hold stops it.
+    send_udp(
+        &h.u[1],
+        Ipv4Addr::new(192, 168, 230, 2),
+        Ipv4Addr::new(192, 168, 230, 1),
+        vec![vxlan_from(5010, mac)],
+    );
+    tunnel_after(&h.d[0], taken_in(&before) + 1);
+    assert_eq!(
+        h.g[1].ping("10.78.0.1", 3),
+        (3, 3),
+        "host 0's guest still receives its traffic"
+    );
+    let t = h.d[0].counters("tunnel switch=br0 port=vx ");
+    assert_eq!(counter(&t, "drop_held_station"), 1, "{t}");
+    let fdb = h.d[0].counters("fdb switch=br0 ");
+    assert_eq!(counter(&fdb, "refused_move"), 1, "{fdb}");
+    assert_eq!(counter(&fdb, "moved"), 0, "{fdb}");
+}
+
+/// The underlay drains far slower than the guest sends (a token bucket of
+/// 8 kbit/s on host 0's underlay link): the tunnel's socket buffer fills and
+/// the copies it cannot take are dropped and counted at once, never waited
+/// for on the datapath thread. Every frame the switch hands the tunnel is
+/// either sent or counted as dropped.
+#[test]
+fn a_full_underlay_drops_and_counts_instead_of_blocking() {
+    let (h, va) = two_hosts("tb");
+    assert_eq!(h.g[0].ping("10.78.0.2", 2), (2, 2));
+    sh(&format!(
+        "tc -n {} qdisc add dev {va} root tbf rate 8kbit burst 1600 limit 10000000",
+        h.u[0].0
+    ));
+    // 300 echo requests of 1428-byte frames in about 0.6 s.
+    let started = Instant::now();
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", &h.g[0].0, "ping", "-q", "-c", "300", "-i", "0.002",
+        ])
+        .args(["-s", "1400", "-w", "3", "10.78.0.2"])
+        .output()
+        .expect("ping (iputils-ping)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("packets transmitted"), "{text}");
+    // The daemon answers while the underlay is still congested.
+    let t = h.d[0].counters("tunnel switch=br0 port=vx ");
+    let port = h.d[0].counters("counters switch=br0 port=vx ");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let busy = counter(&t, "drop_tx_busy");
+    assert!(busy > 0, "the socket buffer never filled: {t}\n{text}");
+    assert_eq!(counter(&t, "drop_tx_error"), 0, "{t}");
+    assert_eq!(
+        counter(&t, "tx_packets") + busy,
+        counter(&port, "tx_packets"),
+        "sent + dropped == handed to the tunnel: {t} / {port}"
+    );
 }

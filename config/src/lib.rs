@@ -39,6 +39,15 @@ pub const DEFAULT_MAC_AGING_SECS: u32 = 300;
 pub const DEFAULT_FDB_CAPACITY: u32 = 65536;
 /// Default `[[switch]] port_mac_limit` (lowered to `fdb_capacity` if that is smaller).
 pub const DEFAULT_PORT_MAC_LIMIT: u32 = 1024;
+/// Default `local_hold_secs` of a vxlan port: how long a station seen on a
+/// local port cannot be taken over through the tunnel.
+pub const DEFAULT_LOCAL_HOLD_SECS: u32 = 10;
+/// Default `vtep_mac_limit` of a vxlan port (lowered to `remote_fdb_capacity`).
+pub const DEFAULT_VTEP_MAC_LIMIT: u32 = 1024;
+/// Default `remote_fdb_capacity` of a vxlan port.
+pub const DEFAULT_REMOTE_FDB_CAPACITY: u32 = 65536;
+/// Default `remote_mac_aging_secs` of a vxlan port.
+pub const DEFAULT_REMOTE_MAC_AGING_SECS: u32 = 300;
 /// Default `[[switch.port]] queue_size`.
 pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
 /// Default `[[switch.port]] mtu`.
@@ -263,6 +272,22 @@ pub struct VxlanConfig {
     pub underlay_mtu: u16,
     /// `learn_vteps`: accept packets from VTEPs not listed. Default false.
     pub learn_vteps: bool,
+    /// `senders`: `["192.0.2.0/24"]`, the subnets a VNI with a `group` takes
+    /// unlisted senders from (address, prefix length). Default none: only
+    /// the VNI's `remotes`.
+    pub senders: Vec<(std::net::Ipv4Addr, u8)>,
+    /// `local_hold_secs`: a station seen on a local port within this many
+    /// seconds does not move to the tunnel (a packet claiming it is dropped
+    /// and counted). 0..=3600, default 10.
+    pub local_hold_secs: u32,
+    /// `vtep_mac_limit`: MACs learned behind one remote VTEP. Default
+    /// min(1024, remote_fdb_capacity).
+    pub vtep_mac_limit: u32,
+    /// `remote_fdb_capacity`: remote (VNI, MAC) entries in all. Default 65536.
+    pub remote_fdb_capacity: u32,
+    /// `remote_mac_aging_secs`: forget a remote MAC silent this long.
+    /// 10..=1000000, default 300.
+    pub remote_mac_aging_secs: u32,
     /// `vni`: `[{ vlan = 10, vni = 5010, remotes = ["192.0.2.2"], group = "239.1.1.1" }]`.
     pub vnis: Vec<VniConfig>,
 }

@@ -71,6 +71,11 @@ struct RawPort {
     udp_port: Option<Spanned<i64>>,
     underlay_mtu: Option<Spanned<i64>>,
     learn_vteps: Option<Spanned<bool>>,
+    senders: Option<Spanned<Vec<Spanned<String>>>>,
+    local_hold_secs: Option<Spanned<i64>>,
+    vtep_mac_limit: Option<Spanned<i64>>,
+    remote_fdb_capacity: Option<Spanned<i64>>,
+    remote_mac_aging_secs: Option<Spanned<i64>>,
     vni: Option<Spanned<Vec<RawVni>>>,
 }
 
@@ -435,6 +440,19 @@ fn convert_port(
             .as_ref()
             .map(|v| (v.span(), "underlay_mtu")),
         port.learn_vteps.as_ref().map(|v| (v.span(), "learn_vteps")),
+        port.senders.as_ref().map(|v| (v.span(), "senders")),
+        port.local_hold_secs
+            .as_ref()
+            .map(|v| (v.span(), "local_hold_secs")),
+        port.vtep_mac_limit
+            .as_ref()
+            .map(|v| (v.span(), "vtep_mac_limit")),
+        port.remote_fdb_capacity
+            .as_ref()
+            .map(|v| (v.span(), "remote_fdb_capacity")),
+        port.remote_mac_aging_secs
+            .as_ref()
+            .map(|v| (v.span(), "remote_mac_aging_secs")),
         port.vni.as_ref().map(|v| (v.span(), "vni")),
     ];
     if port.kind.get_ref() != "vxlan" {
@@ -529,6 +547,24 @@ fn convert_port(
     })
 }
 
+/// `"a.b.c.d/len"`: an IPv4 subnet with no host bits set.
+fn parse_subnet(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let bad = || format!("{text:?} is not an IPv4 subnet like \"192.0.2.0/24\"");
+    let (addr, len) = text.split_once('/').ok_or_else(bad)?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if len > 32 {
+        return Err(bad());
+    }
+    let host = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+    if u32::from(addr) & host != 0 {
+        return Err(format!(
+            "{text:?} has host bits set beyond the /{len} prefix"
+        ));
+    }
+    Ok((addr, len))
+}
+
 /// The keys of a `vxlan` port, and the trunk it is.
 fn vxlan_kind(
     ctx: &Ctx,
@@ -568,6 +604,55 @@ fn vxlan_kind(
         )?,
         None => 1500,
     };
+    let senders = match &port.senders {
+        Some(list) => list
+            .get_ref()
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                parse_subnet(v.get_ref())
+                    .map_err(|m| ctx.invalid(&v.span(), &format!("{key}.senders[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    let num =
+        |v: &Option<Spanned<i64>>, k: &str, what: &str, min: i64, max: i64, default: u32| match v {
+            Some(v) => ctx.int(v, &format!("{key}.{k}"), what, min, max),
+            None => Ok(default),
+        };
+    let local_hold_secs = num(
+        &port.local_hold_secs,
+        "local_hold_secs",
+        "hold time",
+        0,
+        3600,
+        DEFAULT_LOCAL_HOLD_SECS,
+    )?;
+    let remote_fdb_capacity = num(
+        &port.remote_fdb_capacity,
+        "remote_fdb_capacity",
+        "remote FDB capacity",
+        1,
+        16_777_216,
+        DEFAULT_REMOTE_FDB_CAPACITY,
+    )?;
+    let vtep_mac_limit = num(
+        &port.vtep_mac_limit,
+        "vtep_mac_limit",
+        "VTEP MAC limit",
+        1,
+        i64::from(remote_fdb_capacity),
+        DEFAULT_VTEP_MAC_LIMIT.min(remote_fdb_capacity),
+    )?;
+    let remote_mac_aging_secs = num(
+        &port.remote_mac_aging_secs,
+        "remote_mac_aging_secs",
+        "aging time",
+        10,
+        1_000_000,
+        DEFAULT_REMOTE_MAC_AGING_SECS,
+    )?;
     let mut allowed = VlanSet::new();
     let mut vnis = Vec::new();
     let mut seen_vni = HashMap::new();
@@ -654,6 +739,11 @@ fn vxlan_kind(
             udp_port,
             underlay_mtu,
             learn_vteps: port.learn_vteps.as_ref().is_some_and(|v| *v.get_ref()),
+            senders,
+            local_hold_secs,
+            vtep_mac_limit,
+            remote_fdb_capacity,
+            remote_mac_aging_secs,
             vnis,
         },
         VlanConfig::Trunk {

@@ -212,7 +212,8 @@ fn port_rejections() {
             "agin = 1",
             "fabric.toml:6: switch[0].port[0].agin: unknown field `agin`, expected one of \
              `name`, `type`, `socket`, `vlan`, `queue_size`, `mtu`, `mac`, `device`, `local`, \
-             `udp_port`, `underlay_mtu`, `learn_vteps`, `vni`",
+             `udp_port`, `underlay_mtu`, `learn_vteps`, `senders`, `local_hold_secs`, \
+             `vtep_mac_limit`, `remote_fdb_capacity`, `remote_mac_aging_secs`, `vni`",
         ),
         (
             "vlan = { mode = \"access\", tga = 3 }",
@@ -775,6 +776,17 @@ fn vxlan_ports() {
         (4789, 1500, false)
     );
     assert_eq!(
+        (
+            v.senders.len(),
+            v.local_hold_secs,
+            v.vtep_mac_limit,
+            v.remote_fdb_capacity,
+            v.remote_mac_aging_secs
+        ),
+        (0, 10, 1024, 65536, 300),
+        "no senders subnet unless configured"
+    );
+    assert_eq!(
         p.mtu, 1450,
         "default MTU leaves room for the 50-byte overhead"
     );
@@ -798,6 +810,66 @@ fn vxlan_ports() {
     );
     assert_eq!(parse_ok(&to_toml(&cfg)), cfg);
     let e = |extra: &str| parse_err(&vx(extra));
+    // The anti-spoofing keys: set, round-tripped, and each bad value named.
+    let one = "local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 1, group = \"239.1.1.1\" } ]";
+    let cfg = parse_ok(&vx(&format!(
+        "{one}\nsenders = [\"192.0.2.0/24\", \"10.1.2.3/32\"]\nlocal_hold_secs = 0\n\
+         vtep_mac_limit = 16\nremote_fdb_capacity = 100\nremote_mac_aging_secs = 60"
+    )));
+    let PortKind::Vxlan(v) = &only_port(&cfg).kind else {
+        panic!()
+    };
+    assert_eq!(
+        v.senders,
+        [
+            ("192.0.2.0".parse().unwrap(), 24),
+            ("10.1.2.3".parse().unwrap(), 32)
+        ]
+    );
+    assert_eq!(
+        (
+            v.local_hold_secs,
+            v.vtep_mac_limit,
+            v.remote_fdb_capacity,
+            v.remote_mac_aging_secs
+        ),
+        (0, 16, 100, 60)
+    );
+    assert_eq!(parse_ok(&to_toml(&cfg)), cfg);
+    let small = parse_ok(&vx(&format!("{one}\nremote_fdb_capacity = 5")));
+    let PortKind::Vxlan(v) = &only_port(&small).kind else {
+        panic!()
+    };
+    assert_eq!(
+        v.vtep_mac_limit, 5,
+        "the default limit follows a small capacity"
+    );
+    for (extra, msg) in [
+        (
+            "senders = [\"192.0.2.1/24\"]",
+            "switch[0].port[0].senders[0]: \"192.0.2.1/24\" has host bits set beyond the /24 prefix",
+        ),
+        (
+            "senders = [\"192.0.2.0/33\"]",
+            "switch[0].port[0].senders[0]: \"192.0.2.0/33\" is not an IPv4 subnet",
+        ),
+        (
+            "senders = [\"192.0.2.0\"]",
+            "switch[0].port[0].senders[0]: \"192.0.2.0\" is not an IPv4 subnet",
+        ),
+        ("local_hold_secs = 3601", "switch[0].port[0].local_hold_secs:"),
+        ("remote_fdb_capacity = 0", "switch[0].port[0].remote_fdb_capacity:"),
+        (
+            "remote_fdb_capacity = 10\nvtep_mac_limit = 11",
+            "switch[0].port[0].vtep_mac_limit:",
+        ),
+        ("remote_mac_aging_secs = 9", "switch[0].port[0].remote_mac_aging_secs:"),
+    ] {
+        let err = e(&format!("{one}\n{extra}"));
+        assert!(err.contains(msg), "{extra}: {err}");
+    }
+    assert!(parse_err(&one_port("vtep_mac_limit = 5"))
+        .contains("`vtep_mac_limit` is not valid for a port of type \"vhost-user\""));
     assert!(e("local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 1, static = [ { mac = \"02:00:00:00:00:07\", vtep = \"239.0.0.1\" } ] } ]").contains("static[0].vtep"));
     assert!(e("vni = [ { vlan = 10, vni = 1 } ]").contains("needs `local`"));
     assert!(e("local = \"x\"\nvni = [ { vlan = 10, vni = 1 } ]")

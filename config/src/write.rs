@@ -111,6 +111,16 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
                     let _ = writeln!(out, "udp_port = {}", v.udp_port);
                     let _ = writeln!(out, "underlay_mtu = {}", v.underlay_mtu);
                     let _ = writeln!(out, "learn_vteps = {}", v.learn_vteps);
+                    let senders: Vec<String> = v
+                        .senders
+                        .iter()
+                        .map(|(a, len)| q(&format!("{a}/{len}")))
+                        .collect();
+                    let _ = writeln!(out, "senders = [{}]", senders.join(", "));
+                    let _ = writeln!(out, "local_hold_secs = {}", v.local_hold_secs);
+                    let _ = writeln!(out, "vtep_mac_limit = {}", v.vtep_mac_limit);
+                    let _ = writeln!(out, "remote_fdb_capacity = {}", v.remote_fdb_capacity);
+                    let _ = writeln!(out, "remote_mac_aging_secs = {}", v.remote_mac_aging_secs);
                     let _ = writeln!(out, "mtu = {}", p.mtu);
                     let items: Vec<String> = v
                         .vnis

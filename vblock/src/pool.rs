@@ -765,6 +765,20 @@ impl<D: BlockDev> Pool<D> {
     /// published by a superblock write (flushed); only then is the old
     /// checkpoint released. Pending journal records are folded in, not written.
     fn write_checkpoint(&mut self, jump: bool) -> Result<(), PoolError> {
+        // Refused before anything is written: a generation past the highest
+        // would be rejected by the next open (FORMAT.md "Superblock").
+        let generation = self
+            .sb
+            .generation
+            .checked_add(1)
+            .filter(|&g| g <= crate::format::superblock::MAX_GENERATION)
+            .ok_or_else(|| PoolError::Corrupt {
+                what: "superblock".into(),
+                reason: format!(
+                    "generation {} cannot be incremented: no superblock can be written",
+                    self.sb.generation
+                ),
+            })?;
         self.dev
             .flush()
             .map_err(io_err("flushing data before a checkpoint"))?;
@@ -815,7 +829,7 @@ impl<D: BlockDev> Pool<D> {
             .flush()
             .map_err(io_err("flushing the checkpoint"))?;
         let mut sb = self.sb;
-        sb.generation += 1;
+        sb.generation = generation;
         sb.checkpoint = u64::from(chain[0]);
         sb.ckpt_seq = seq;
         sb.journal_head = self.next_block;

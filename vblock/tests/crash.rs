@@ -7,7 +7,11 @@
 //!   failure right then (unflushed writes dropped, kept or torn per sector);
 //! - *inside* operations: a capture armed at a random write of the next
 //!   operation (in the middle of a data write, a commit, a checkpoint, a
-//!   superblock update...), while the workload goes on.
+//!   superblock update...), while the workload goes on. Every write is
+//!   logged, so the test knows which kind of write each crash interrupted
+//!   and asserts that crashes inside each kind happened;
+//! - *inside `Pool::open`*: after the journal replay, while opening writes
+//!   its checkpoint and superblock (a crash during recovery).
 //!
 //! After every crash the pool must open, `check` must pass, and every volume
 //! must read exactly as the model allows: each sector holds the value of its
@@ -19,10 +23,12 @@
 //! (a stale journal block must never be replayed after recovery).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vblock::dev::SplitMix64 as Rng;
 use vblock::dev::{BlockDev, SimDisk};
+use vblock::format::checkpoint::CHECKPOINT_MAGIC;
+use vblock::format::Layout;
 use vblock::meta::VolumeKind;
 use vblock::pool::{Pool, PoolError, PoolOptions};
 
@@ -350,9 +356,116 @@ impl Workload {
     }
 }
 
-fn open_crashed(disk: SimDisk) -> (Arc<SimDisk>, Pool<Arc<SimDisk>>) {
+/// What a write was, from where it went and what it starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteKind {
+    Data,
+    Journal,
+    Checkpoint,
+    Superblock,
+}
+
+impl WriteKind {
+    const ALL: [WriteKind; 4] = [
+        WriteKind::Data,
+        WriteKind::Journal,
+        WriteKind::Checkpoint,
+        WriteKind::Superblock,
+    ];
+
+    fn of(layout: &Layout, offset: u64, head: u32) -> WriteKind {
+        if offset < layout.journal_off {
+            WriteKind::Superblock
+        } else if offset < layout.journal_off + layout.journal_len {
+            WriteKind::Journal
+        } else if head == CHECKPOINT_MAGIC {
+            // Data sectors carry tags whose low half counts up from 1: never
+            // the magic.
+            WriteKind::Checkpoint
+        } else {
+            WriteKind::Data
+        }
+    }
+}
+
+/// A SimDisk whose completed writes are logged (offset, first 4 bytes).
+struct LoggedDisk {
+    disk: Arc<SimDisk>,
+    log: Mutex<Vec<(u64, u32)>>,
+}
+
+impl LoggedDisk {
+    fn writes(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// The `n`-th write (0-based) since the start.
+    fn write(&self, n: usize) -> (u64, u32) {
+        self.log.lock().unwrap()[n]
+    }
+}
+
+impl BlockDev for LoggedDisk {
+    fn len(&self) -> u64 {
+        self.disk.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.disk.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.disk.write_at(buf, offset)?;
+        let head = u32::from_le_bytes(buf[..4].try_into().unwrap_or_default());
+        self.log.lock().unwrap().push((offset, head));
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.disk.flush()
+    }
+}
+
+type LoggedPool = Pool<Arc<LoggedDisk>>;
+
+/// Where the crash points fell.
+#[derive(Default)]
+struct Counts {
+    between: u64,
+    /// Crashes inside an operation, by the kind of write they interrupted.
+    inside: [u64; 4],
+    /// Crashes inside `Pool::open` (after replay), by kind.
+    in_open: [u64; 4],
+}
+
+/// Opens a crashed disk. On the way, a crash inside this very open (at one
+/// of its first writes, `seed` decides which) is captured: that disk must
+/// open too and pass `accept`, as the one that finished.
+fn open_crashed(
+    disk: SimDisk,
+    seed: u64,
+    counts: &mut Counts,
+    accept: &dyn Fn(&LoggedPool) -> Result<(), String>,
+) -> (Arc<SimDisk>, LoggedPool) {
     let disk = Arc::new(disk);
-    let pool = Pool::open(disk.clone()).unwrap_or_else(|e| panic!("open after crash: {e}"));
+    let logged = Arc::new(LoggedDisk {
+        disk: disk.clone(),
+        log: Mutex::default(),
+    });
+    // Not `seed` itself: the crash's fates are drawn from it, and the first
+    // draw would then decide both where it crashes and what survives.
+    let at = 1 + Rng::new(!seed).below(3);
+    disk.capture_after_writes(at, seed);
+    let pool = Pool::open(logged.clone()).unwrap_or_else(|e| panic!("open after crash: {e}"));
+    if let Some(captured) = disk.take_capture() {
+        let (offset, head) = logged.write(at as usize - 1);
+        counts.in_open[WriteKind::of(pool.layout(), offset, head) as usize] += 1;
+        let again = Arc::new(LoggedDisk {
+            disk: Arc::new(captured),
+            log: Mutex::default(),
+        });
+        let p = Pool::open(again).unwrap_or_else(|e| panic!("open after a crash inside open: {e}"));
+        if let Err(e) = accept(&p) {
+            panic!("crash inside open (seed {seed}, write {at}): {e}");
+        }
+    }
     (disk, pool)
 }
 
@@ -360,10 +473,11 @@ fn open_crashed(disk: SimDisk) -> (Arc<SimDisk>, Pool<Arc<SimDisk>>) {
 /// again (unflushed state random), and must still match.
 fn second_life(
     disk: Arc<SimDisk>,
-    mut pool: Pool<Arc<SimDisk>>,
+    mut pool: LoggedPool,
     mut model: Model,
     w: &mut Workload,
     seed: u64,
+    counts: &mut Counts,
 ) {
     // Whatever the first crash left is now the durable truth: re-anchor the
     // model on what the pool reads.
@@ -384,25 +498,24 @@ fn second_life(
         w.run(&mut pool, &mut model, &op);
     }
     let crashed = disk.crash(seed);
-    let (_d, pool) = open_crashed(crashed);
+    let (_d, pool) = open_crashed(crashed, seed ^ 4, counts, &|p| verify(p, &model));
     if let Err(e) = verify(&pool, &model) {
         panic!("after a second crash (seed {seed}): {e}");
     }
 }
 
-struct Counts {
-    between: u64,
-    inside: u64,
-}
-
 fn run_seed(seed: u64, ops: usize, counts: &mut Counts) {
     let disk = Arc::new(SimDisk::new(POOL_LEN));
+    let logged = Arc::new(LoggedDisk {
+        disk: disk.clone(),
+        log: Mutex::default(),
+    });
     let opts = PoolOptions {
         cluster_size: CLUSTER,
         journal_len: Some(JOURNAL_LEN),
         uuid: Some([seed as u8; 16]),
     };
-    let mut pool = Pool::create(disk.clone(), &opts).expect("create");
+    let mut pool = Pool::create(logged.clone(), &opts).expect("create");
     let mut model = Model::default();
     let mut w = Workload {
         rng: Rng::new(seed),
@@ -421,17 +534,21 @@ fn run_seed(seed: u64, ops: usize, counts: &mut Counts) {
         } else {
             1 + w.rng.below(2)
         };
+        let mark = logged.writes();
         disk.capture_after_writes(at, crash_seed);
         let during = w.run(&mut pool, &mut model, &op);
         if let Some(captured) = disk.take_capture() {
-            counts.inside += 1;
-            let (cd, cpool) = open_crashed(captured);
-            let ok = verify(&cpool, &during).or_else(|e1| {
-                verify(&cpool, &before).map_err(|e2| {
-                    format!("neither outcome: after-op model: {e1}; before-op model: {e2}")
+            let (offset, head) = logged.write(mark + at as usize - 1);
+            counts.inside[WriteKind::of(pool.layout(), offset, head) as usize] += 1;
+            let either = |p: &LoggedPool| {
+                verify(p, &during).or_else(|e1| {
+                    verify(p, &before).map_err(|e2| {
+                        format!("neither outcome: after-op model: {e1}; before-op model: {e2}")
+                    })
                 })
-            });
-            if let Err(e) = ok {
+            };
+            let (cd, cpool) = open_crashed(captured, crash_seed ^ 5, counts, &either);
+            if let Err(e) = either(&cpool) {
                 panic!("seed {seed} step {step}: crash inside {op:?}: {e}");
             }
             if step % 4 == 0 {
@@ -441,17 +558,19 @@ fn run_seed(seed: u64, ops: usize, counts: &mut Counts) {
                 } else {
                     before
                 };
-                second_life(cd, cpool, m, &mut w, crash_seed ^ 1);
+                second_life(cd, cpool, m, &mut w, crash_seed ^ 1, counts);
             }
         }
         // A crash point right after the op.
         counts.between += 1;
-        let (cd, cpool) = open_crashed(disk.crash(crash_seed ^ 2));
+        let (cd, cpool) = open_crashed(disk.crash(crash_seed ^ 2), crash_seed ^ 6, counts, &|p| {
+            verify(p, &model)
+        });
         if let Err(e) = verify(&cpool, &model) {
             panic!("seed {seed} step {step}: crash after {op:?}: {e}");
         }
         if step % 10 == 0 {
-            second_life(cd, cpool, model.clone(), &mut w, crash_seed ^ 3);
+            second_life(cd, cpool, model.clone(), &mut w, crash_seed ^ 3, counts);
         }
         // The live pool keeps reading its latest data.
         for name in model.volumes.keys() {
@@ -481,16 +600,32 @@ fn crash_anywhere_keeps_the_durability_contract() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(24);
-    let mut counts = Counts {
-        between: 0,
-        inside: 0,
-    };
+    let mut counts = Counts::default();
     for seed in 1..=seeds {
         run_seed(seed, 150, &mut counts);
     }
     eprintln!(
-        "{seeds} seeds: {} crash points between operations, {} inside",
-        counts.between, counts.inside
+        "{seeds} seeds: {} crash points between operations; inside an operation, \
+         by the write interrupted: {:?} {:?}; inside Pool::open: {:?}",
+        counts.between,
+        WriteKind::ALL,
+        counts.inside,
+        counts.in_open
     );
-    assert!(counts.between + counts.inside >= 2000 * seeds / 24);
+    // The workload must really have crashed inside each kind of write, and
+    // inside recovery (its checkpoint and its superblock update).
+    for kind in WriteKind::ALL {
+        assert!(
+            counts.inside[kind as usize] > 0,
+            "no crash inside a {kind:?} write: {:?}",
+            counts.inside
+        );
+    }
+    for kind in [WriteKind::Checkpoint, WriteKind::Superblock] {
+        assert!(
+            counts.in_open[kind as usize] > 0,
+            "no crash inside Pool::open's {kind:?} write: {:?}",
+            counts.in_open
+        );
+    }
 }

@@ -6,18 +6,26 @@
 //! and sends the frame to the VTEP that the remote FDB knows for the
 //! destination MAC, or to every remote VTEP of the VNI (head-end
 //! replication) for broadcast, multicast and unknown unicast. Packets are
-//! sent through a raw IPv4 socket so the UDP source port can follow a hash
-//! of the inner flow (ECMP-friendly, RFC 7348 §5); they are received on a
-//! UDP socket bound to the local address and port.
+//! sent through a non-blocking raw IPv4 socket so the UDP source port can
+//! follow a hash of the inner flow (ECMP-friendly, RFC 7348 §5); a copy the
+//! socket cannot take at once is dropped and counted, never waited for (the
+//! sender is a datapath thread). They are received on a UDP socket bound to
+//! the local address and port, never the wildcard, and on one socket bound
+//! to each multicast group's address.
 //!
 //! Received packets are checked in this order, each failure dropped and
 //! counted: VXLAN header (I flag, inner frame), VNI mapped to a VLAN, sender
-//! a configured VTEP of that VNI (or any unicast sender when learning VTEPs
-//! is allowed). The inner source MAC is then learned as (VNI, MAC) -> VTEP
-//! (a MAC seen from another VTEP is a move), the VLAN tag is inserted, and
-//! the frame is forwarded like any received frame, which also teaches the
+//! a configured VTEP of that VNI (or, for a VNI with a group, a sender in the
+//! `senders` subnets; or any unicast sender when learning VTEPs is allowed),
+//! inner source not a station seen on a local port within the move hold (a
+//! spoofed copy of a local guest's MAC cannot pull its traffic into the
+//! tunnel; counted as a refused move too). The inner source MAC is then
+//! learned as (VNI, MAC) -> VTEP (a MAC seen from another VTEP is a move;
+//! each VTEP learns at most its MAC limit), the VLAN tag is inserted, and the
+//! frame is forwarded like any received frame, which also teaches the
 //! switch's FDB that the MAC is behind this port (a guest that migrated to
-//! or from this host is found at its first frame).
+//! this host is found at its first frame; one that left it, once the hold
+//! time has passed since its last frame here).
 
 use crate::net::frame_source::FrameSource;
 use crate::net::tx::{forward, Ingress};
@@ -27,7 +35,6 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use vm_memory::VolatileSlice;
 use vswitch::vxlan::{
     fits_underlay, flow_src_port, Ipv4Encap, RemoteFdb, SrcPortRange, TunnelCounters, TunnelDrop,
@@ -41,6 +48,8 @@ const TAG_LEN: usize = 4;
 const TPID_8021Q: u16 = 0x8100;
 /// Largest UDP datagram read.
 const MAX_DATAGRAM: usize = 65_535;
+/// How often the reader wakes without traffic, to see `stop` and age entries.
+const POLL_MS: libc::c_int = 200;
 
 /// How a tunnel is set up.
 #[derive(Clone, Debug)]
@@ -50,10 +59,14 @@ pub struct TunnelConfig {
     pub underlay_mtu: u16,
     pub learn_vteps: bool,
     pub vnis: VniMap,
+    /// Flood lists, groups and the sender filter (with the `senders` subnets).
     pub vteps: VtepSet,
-    /// Remote FDB capacity and aging.
+    /// Remote FDB capacity, per-VTEP MAC limit and aging.
     pub capacity: u32,
+    pub vtep_mac_limit: u32,
     pub aging_secs: u32,
+    /// Seconds a station seen on a local port cannot move to the tunnel.
+    pub local_hold_secs: u32,
     /// Remote MACs configured statically: (VNI, MAC, VTEP).
     pub statics: Vec<(Vni, MacAddr, Ipv4Addr)>,
 }
@@ -69,7 +82,14 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    fn send(&self, inner: &[u8], vni: Vni, to: Ipv4Addr, packet: &mut Vec<u8>) -> bool {
+    /// Sends one copy of `inner` to `to`; never blocks.
+    fn send(
+        &self,
+        inner: &[u8],
+        vni: Vni,
+        to: Ipv4Addr,
+        packet: &mut Vec<u8>,
+    ) -> Result<(), TunnelDrop> {
         let src_port = flow_src_port(inner, SrcPortRange::DEFAULT);
         let mut encap = Ipv4Encap::new(
             vni,
@@ -81,7 +101,7 @@ impl Tunnel {
         );
         encap.dst_port = self.config.udp_port;
         if encap.encapsulate_vec(inner, packet).is_err() {
-            return false;
+            return Err(TunnelDrop::TooBig);
         }
         // The kernel routes the IP packet; the outer Ethernet header is its job.
         let ip = &packet[ETH_HLEN..];
@@ -99,12 +119,28 @@ impl Tunnel {
                 self.raw.as_raw_fd(),
                 ip.as_ptr().cast(),
                 ip.len(),
-                0,
+                libc::MSG_DONTWAIT,
                 (&addr as *const libc::sockaddr_in).cast(),
                 std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
             )
         };
-        n == ip.len() as isize
+        send_result(n, ip.len())
+    }
+}
+
+/// What a `sendto` return value means for one copy: a full socket buffer
+/// (the kernel's queue or the qdisc behind it) is `TxBusy`, anything else
+/// that did not send the whole packet `TxError`.
+fn send_result(n: isize, len: usize) -> Result<(), TunnelDrop> {
+    if n == len as isize {
+        return Ok(());
+    }
+    if n >= 0 {
+        return Err(TunnelDrop::TxError);
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN | libc::ENOBUFS) => Err(TunnelDrop::TxBusy),
+        _ => Err(TunnelDrop::TxError),
     }
 }
 
@@ -185,17 +221,14 @@ impl TunnelSink {
         } else {
             None
         };
-        let mut sent = false;
+        // Each copy is counted: sent, or dropped under its reason.
+        let mut copy = |vtep| match t.send(frame, vni, vtep, packet) {
+            Ok(()) => t.counters.add_tx(1, frame.len() as u64),
+            Err(drop) => t.counters.add_drop(drop),
+        };
         match known {
-            Some(vtep) => sent |= t.send(frame, vni, vtep, packet),
-            None => {
-                for vtep in t.config.vteps.flood_targets(vni) {
-                    sent |= t.send(frame, vni, vtep, packet);
-                }
-            }
-        }
-        if sent {
-            t.counters.add_tx(1, frame.len() as u64);
+            Some(vtep) => copy(vtep),
+            None => t.config.vteps.flood_targets(vni).for_each(copy),
         }
         Ok(())
     }
@@ -208,11 +241,12 @@ pub struct TunnelHandle {
 }
 
 fn raw_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); IPPROTO_RAW implies IP_HDRINCL.
+    // SAFETY: plain socket(2); IPPROTO_RAW implies IP_HDRINCL. Non-blocking:
+    // the datapath thread that sends must never wait for buffer space.
     let fd = unsafe {
         libc::socket(
             libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
             libc::IPPROTO_RAW,
         )
     };
@@ -227,6 +261,66 @@ fn raw_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// setsockopt(2) at the IPPROTO_IP level; a refusal is the port's error,
+/// named by `what`.
+fn set_ip_option<T>(fd: &impl AsRawFd, name: libc::c_int, value: &T, what: &str) -> io::Result<()> {
+    // SAFETY: `value` is a live T of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("VXLAN socket {what}: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A non-blocking UDP socket bound to `ip:port`.
+fn bind_udp(ip: Ipv4Addr, port: u16) -> io::Result<UdpSocket> {
+    let udp = UdpSocket::bind(SocketAddrV4::new(ip, port))
+        .map_err(|e| io::Error::new(e.kind(), format!("VXLAN socket {ip}:{port}: {e}")))?;
+    udp.set_nonblocking(true)?;
+    Ok(udp)
+}
+
+/// The receive sockets: `local:port` for unicast, and per multicast group
+/// `group:port` joined on the interface of `local`. Binding the group's
+/// address (never 0.0.0.0) keeps packets to other local addresses out.
+fn receive_sockets(config: &TunnelConfig) -> io::Result<Vec<UdpSocket>> {
+    let mut groups: Vec<Ipv4Addr> = config
+        .vteps
+        .vnis()
+        .into_iter()
+        .filter_map(|v| config.vteps.group(v))
+        .collect();
+    groups.sort();
+    groups.dedup();
+    let mut sockets = vec![bind_udp(config.local, config.udp_port)?];
+    for g in groups {
+        let udp = bind_udp(g, config.udp_port)?;
+        udp.join_multicast_v4(&g, &config.local)
+            .map_err(|e| io::Error::new(e.kind(), format!("joining {g}: {e}")))?;
+        // Only the group bound here, not every group some socket joined.
+        set_ip_option(
+            &udp,
+            libc::IP_MULTICAST_ALL,
+            &0 as &libc::c_int,
+            "IP_MULTICAST_ALL",
+        )?;
+        sockets.push(udp);
+    }
+    Ok(sockets)
+}
+
 /// Serves switch port `id` as a VXLAN tunnel.
 pub fn spawn(
     config: TunnelConfig,
@@ -234,32 +328,8 @@ pub fn spawn(
     switch: Arc<Switch>,
     table: Arc<PortTable>,
 ) -> io::Result<TunnelHandle> {
-    // With multicast groups the socket must also take packets addressed to
-    // them: bind the port on every address and join each group on the
-    // underlay interface of `local`.
-    let groups: Vec<Ipv4Addr> = config
-        .vteps
-        .vnis()
-        .into_iter()
-        .filter_map(|v| config.vteps.group(v))
-        .collect();
-    let bind_ip = if groups.is_empty() {
-        config.local
-    } else {
-        Ipv4Addr::UNSPECIFIED
-    };
-    let udp = UdpSocket::bind(SocketAddrV4::new(bind_ip, config.udp_port)).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("VXLAN socket {}:{}: {e}", bind_ip, config.udp_port),
-        )
-    })?;
-    for g in &groups {
-        udp.join_multicast_v4(g, &config.local)
-            .map_err(|e| io::Error::new(e.kind(), format!("joining {g}: {e}")))?;
-    }
-    udp.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let remote_fdb = RemoteFdb::new(config.capacity, config.aging_secs);
+    let sockets = receive_sockets(&config)?;
+    let remote_fdb = RemoteFdb::new(config.capacity, config.vtep_mac_limit, config.aging_secs);
     for (vni, mac, vtep) in &config.statics {
         remote_fdb.add_static(*vni, *mac, *vtep).map_err(|e| {
             io::Error::new(
@@ -269,29 +339,14 @@ pub fn spawn(
         })?;
     }
     let raw = raw_socket()?;
-    if !groups.is_empty() {
-        // Multicast leaves through the interface of `local`.
+    if sockets.len() > 1 {
+        // Multicast leaves through the interface of `local`, and not back to us.
         let ifaddr = libc::in_addr {
             s_addr: u32::from(config.local).to_be(),
         };
+        set_ip_option(&raw, libc::IP_MULTICAST_IF, &ifaddr, "IP_MULTICAST_IF")?;
         let no_loop: libc::c_int = 0;
-        // SAFETY: setsockopt on our socket with valid option values.
-        unsafe {
-            libc::setsockopt(
-                raw.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MULTICAST_IF,
-                (&ifaddr as *const libc::in_addr).cast(),
-                std::mem::size_of::<libc::in_addr>() as libc::socklen_t,
-            );
-            libc::setsockopt(
-                raw.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MULTICAST_LOOP,
-                (&no_loop as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        set_ip_option(&raw, libc::IP_MULTICAST_LOOP, &no_loop, "IP_MULTICAST_LOOP")?;
     }
     let tunnel = Arc::new(Tunnel {
         remote_fdb,
@@ -310,12 +365,15 @@ pub fn spawn(
             now: switch.clone(),
         }),
     );
+    switch
+        .fdb()
+        .set_move_hold(id, tunnel.config.local_hold_secs);
     switch.set_link(id, true);
     let stop = Arc::new(AtomicBool::new(false));
     let (t2, s2, sw2, tb2) = (tunnel.clone(), stop.clone(), switch.clone(), table.clone());
     let thread = std::thread::Builder::new()
         .name("vxlan".into())
-        .spawn(move || read_loop(&t2, &udp, id, &sw2, &tb2, &s2))?;
+        .spawn(move || read_loop(&t2, &sockets, id, &sw2, &tb2, &s2))?;
     Ok(TunnelHandle {
         tunnel,
         port: ReaderPort {
@@ -328,10 +386,27 @@ pub fn spawn(
     })
 }
 
+/// Waits up to [`POLL_MS`] for any of `sockets` to be readable; fills
+/// `ready` with their indexes.
+fn wait_readable(sockets: &[UdpSocket], fds: &mut [libc::pollfd], ready: &mut Vec<usize>) {
+    for (p, s) in fds.iter_mut().zip(sockets) {
+        *p = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+    }
+    ready.clear();
+    // SAFETY: `fds` is a valid array of pollfd of the length given.
+    if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) } > 0 {
+        ready.extend((0..fds.len()).filter(|&i| fds[i].revents != 0));
+    }
+}
+
 /// Receives, checks, learns and forwards, until `stop`.
 fn read_loop(
     t: &Tunnel,
-    udp: &UdpSocket,
+    sockets: &[UdpSocket],
     id: PortId,
     switch: &Switch,
     table: &PortTable,
@@ -342,61 +417,112 @@ fn read_loop(
     let mut deliveries = Vec::new();
     let ingress = Ingress { id, switch, table };
     let mut last_age = switch.now();
+    let mut fds = vec![
+        libc::pollfd {
+            fd: -1,
+            events: 0,
+            revents: 0
+        };
+        sockets.len()
+    ];
+    let mut ready = Vec::with_capacity(sockets.len());
     while !stop.load(Ordering::Acquire) {
         let now = switch.now();
         if now != last_age {
             t.remote_fdb.age(now);
             last_age = now;
         }
-        let (n, from) = match udp.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(_) => continue, // timeout: check `stop`
-        };
-        let std::net::SocketAddr::V4(from) = from else {
-            continue;
-        };
-        let vtep = *from.ip();
-        let packet = match VxlanPacket::parse(&buf[..n]) {
-            Ok(p) => p,
-            Err(e) => {
-                t.counters.add_drop(TunnelDrop::from(e));
-                continue;
+        wait_readable(sockets, &mut fds, &mut ready);
+        for &i in &ready {
+            // Drain the socket; WouldBlock (or any error) ends this round.
+            while let Ok((n, from)) = sockets[i].recv_from(&mut buf) {
+                let std::net::SocketAddr::V4(from) = from else {
+                    continue;
+                };
+                let Some(len) = decapsulate(t, &buf[..n], *from.ip(), id, switch, &mut frame)
+                else {
+                    continue;
+                };
+                let seg = [VolatileSlice::from(&mut frame[..len])];
+                let frames = [FrameSource::new(&seg, 0)];
+                forward(&ingress, &frames, 0, &mut deliveries);
             }
-        };
-        let vni = packet.vni();
-        let Some(vlan) = t.config.vnis.vlan(vni) else {
-            t.counters.add_drop(TunnelDrop::UnknownVni);
-            continue;
-        };
-        // Our own packets (multicast loopback) never count as a remote.
-        // With a group the members are not known in advance: any unicast
-        // sender is a VTEP of that VNI.
-        let by_group = t.config.vteps.group(vni).is_some()
-            && !(vtep.is_multicast() || vtep.is_unspecified() || vtep.is_broadcast());
-        if vtep == t.config.local || !(t.config.vteps.accepts_on(vni, vtep) || by_group) {
-            t.counters.add_drop(TunnelDrop::UnknownVtep);
-            continue;
         }
-        let inner = packet.inner();
-        let mut src = [0u8; 6];
-        src.copy_from_slice(&inner[6..12]);
-        t.remote_fdb.learn(vni, MacAddr(src), vtep, now);
-        t.counters.add_rx(1, inner.len() as u64);
-        // Insert the VLAN tag: the port is a trunk of the mapped VLANs.
-        let len = inner.len() + TAG_LEN;
-        frame[..12].copy_from_slice(&inner[..12]);
-        frame[12..14].copy_from_slice(&TPID_8021Q.to_be_bytes());
-        frame[14..16].copy_from_slice(&vlan.to_be_bytes());
-        frame[16..len].copy_from_slice(&inner[12..]);
-        let seg = [VolatileSlice::from(&mut frame[..len])];
-        let frames = [FrameSource::new(&seg, 0)];
-        forward(&ingress, &frames, 0, &mut deliveries);
     }
+}
+
+/// Checks one received packet from `vtep` and writes its tagged inner frame
+/// to `frame`; returns the frame's length, or counts the drop.
+fn decapsulate(
+    t: &Tunnel,
+    datagram: &[u8],
+    vtep: Ipv4Addr,
+    id: PortId,
+    switch: &Switch,
+    frame: &mut [u8],
+) -> Option<usize> {
+    let now = switch.now();
+    let drop = |reason| {
+        t.counters.add_drop(reason);
+        None
+    };
+    let packet = match VxlanPacket::parse(datagram) {
+        Ok(p) => p,
+        Err(e) => return drop(TunnelDrop::from(e)),
+    };
+    let vni = packet.vni();
+    let Some(vlan) = t.config.vnis.vlan(vni) else {
+        return drop(TunnelDrop::UnknownVni);
+    };
+    // Our own packets (multicast loopback) never count as a remote.
+    if vtep == t.config.local || !t.config.vteps.accepts_on(vni, vtep) {
+        return drop(TunnelDrop::UnknownVtep);
+    }
+    let inner = packet.inner();
+    let mut src = [0u8; 6];
+    src.copy_from_slice(&inner[6..12]);
+    // A station active on a local port is not taken over from the underlay.
+    if switch.fdb().refuse_held_move(vlan, MacAddr(src), id, now) {
+        return drop(TunnelDrop::HeldStation);
+    }
+    t.remote_fdb.learn(vni, MacAddr(src), vtep, now);
+    t.counters.add_rx(1, inner.len() as u64);
+    // Insert the VLAN tag: the port is a trunk of the mapped VLANs.
+    let len = inner.len() + TAG_LEN;
+    frame[..12].copy_from_slice(&inner[..12]);
+    frame[12..14].copy_from_slice(&TPID_8021Q.to_be_bytes());
+    frame[14..16].copy_from_slice(&vlan.to_be_bytes());
+    frame[16..len].copy_from_slice(&inner[12..]);
+    Some(len)
 }
 
 impl TunnelHandle {
     /// Stops receiving, withdraws the sink, takes the link down.
     pub fn stop(self) {
         self.port.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_socket_option_is_an_error_naming_it() {
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        // No interface has this address: the kernel refuses it.
+        let nowhere = libc::in_addr {
+            s_addr: u32::from(Ipv4Addr::new(192, 0, 2, 254)).to_be(),
+        };
+        let e =
+            set_ip_option(&udp, libc::IP_MULTICAST_IF, &nowhere, "IP_MULTICAST_IF").unwrap_err();
+        assert!(
+            e.to_string().starts_with("VXLAN socket IP_MULTICAST_IF: "),
+            "{e}"
+        );
+        let lo = libc::in_addr {
+            s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+        };
+        set_ip_option(&udp, libc::IP_MULTICAST_IF, &lo, "IP_MULTICAST_IF").unwrap();
     }
 }

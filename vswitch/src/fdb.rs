@@ -9,6 +9,11 @@
 //! floods random source MACs fills only its own share and never evicts another
 //! port's stations. When a limit is hit the station is simply not learned: its
 //! frames are still forwarded, and frames to it are flooded.
+//!
+//! A port can also hold stations back: with a move hold of `n` seconds set on
+//! it ([`Fdb::set_move_hold`], used for tunnel ports), a station seen on another
+//! port within the last `n` seconds does not move to it. A remote peer that
+//! spoofs a local guest's source MAC then cannot steal its traffic.
 
 use crate::frame::MacAddr;
 use crate::switch::PortId;
@@ -65,6 +70,9 @@ pub enum LearnOutcome {
     PortLimit,
     /// A static entry pins the MAC to another port; not moved.
     Static,
+    /// The station was seen on its port within the ingress port's move hold;
+    /// not moved (counted).
+    Held,
 }
 
 /// Event counters, for metrics.
@@ -76,6 +84,8 @@ pub struct FdbStats {
     pub aged: u64,
     pub refused_full: u64,
     pub refused_port_limit: u64,
+    /// Moves refused by a port's move hold.
+    pub refused_move: u64,
 }
 
 pub struct Fdb {
@@ -86,11 +96,14 @@ pub struct Fdb {
     aging_secs: u32,
     len: AtomicU32,
     per_port: Box<[AtomicU32]>,
+    /// Per port: seconds a station must be silent elsewhere before it may move here.
+    move_hold: Box<[AtomicU32]>,
     learned: AtomicU64,
     moved: AtomicU64,
     aged: AtomicU64,
     refused_full: AtomicU64,
     refused_port_limit: AtomicU64,
+    refused_move: AtomicU64,
 }
 
 impl Fdb {
@@ -105,16 +118,31 @@ impl Fdb {
             aging_secs,
             len: AtomicU32::new(0),
             per_port: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
+            move_hold: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
             learned: AtomicU64::new(0),
             moved: AtomicU64::new(0),
             aged: AtomicU64::new(0),
             refused_full: AtomicU64::new(0),
             refused_port_limit: AtomicU64::new(0),
+            refused_move: AtomicU64::new(0),
         }
     }
 
     pub fn aging_secs(&self) -> u32 {
         self.aging_secs
+    }
+
+    /// A station seen on another port within the last `secs` seconds does not
+    /// move to `port` (0, the default, allows every move). Reset when the port
+    /// is purged, so a reused port id starts without one.
+    pub fn set_move_hold(&self, port: PortId, secs: u32) {
+        self.move_hold[port as usize].store(secs, Relaxed);
+    }
+
+    /// Whether `e` may not move to `port` at `now` (seen on its port too recently).
+    fn held(&self, e: &Entry, port: PortId, now: u32) -> bool {
+        let hold = self.move_hold[port as usize].load(Relaxed);
+        hold != 0 && now.wrapping_sub(e.last_seen.load(Relaxed)) < hold
     }
 
     fn locate(&self, key: Key) -> (u64, &RwLock<HashTable<Entry>>) {
@@ -136,6 +164,22 @@ impl Fdb {
         self.is_live(e, now).then_some(e.port)
     }
 
+    /// Whether learning `mac` on `port` now would be refused by `port`'s move
+    /// hold; a refusal is counted. Lets a driver drop such a frame before it
+    /// is forwarded (read lock only). [`Fdb::learn`] applies the same rule.
+    pub fn refuse_held_move(&self, vlan: VlanId, mac: MacAddr, port: PortId, now: u32) -> bool {
+        let key = key(vlan, mac);
+        let (hash, shard) = self.locate(key);
+        let table = shard.read().unwrap_or_else(|e| e.into_inner());
+        let held = table
+            .find(hash, |e| e.key == key)
+            .is_some_and(|e| e.port != port && !e.is_static && self.held(e, port, now));
+        if held {
+            self.refused_move.fetch_add(1, Relaxed);
+        }
+        held
+    }
+
     /// Learns that `mac` in `vlan` sits behind `port`.
     pub fn learn(&self, vlan: VlanId, mac: MacAddr, port: PortId, now: u32) -> LearnOutcome {
         let key = key(vlan, mac);
@@ -154,6 +198,10 @@ impl Fdb {
                 if e.is_static {
                     return LearnOutcome::Static;
                 }
+                if self.held(e, port, now) {
+                    self.refused_move.fetch_add(1, Relaxed);
+                    return LearnOutcome::Held;
+                }
             }
         }
         let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
@@ -164,6 +212,10 @@ impl Fdb {
             }
             if e.is_static {
                 return LearnOutcome::Static;
+            }
+            if self.held(e, port, now) {
+                self.refused_move.fetch_add(1, Relaxed);
+                return LearnOutcome::Held;
             }
             let from = e.port;
             // A move is a new station for the port it lands on: it counts against
@@ -293,6 +345,7 @@ impl Fdb {
 
     /// Forgets every entry of a port, static ones too (port removed).
     pub fn purge_port(&self, port: PortId) -> usize {
+        self.move_hold[port as usize].store(0, Relaxed);
         self.remove_where(|e| e.port == port)
     }
 
@@ -348,6 +401,7 @@ impl Fdb {
             aged: self.aged.load(Relaxed),
             refused_full: self.refused_full.load(Relaxed),
             refused_port_limit: self.refused_port_limit.load(Relaxed),
+            refused_move: self.refused_move.load(Relaxed),
         }
     }
 
@@ -439,6 +493,50 @@ mod tests {
         assert_eq!(fdb.learn(1, mac(1), 2, 1), LearnOutcome::PortLimit);
         assert_eq!(fdb.lookup(1, mac(1), 1), None);
         assert_eq!((fdb.len(), fdb.port_len(1), fdb.port_len(2)), (1, 0, 1));
+    }
+
+    #[test]
+    fn move_hold_keeps_a_recent_station_on_its_port() {
+        let fdb = Fdb::new(100, 10, 300);
+        fdb.set_move_hold(9, 5);
+        fdb.learn(1, mac(1), 1, 100);
+        // seen on port 1 at 100: no move to port 9 before 105
+        assert_eq!(fdb.learn(1, mac(1), 9, 100), LearnOutcome::Held);
+        assert_eq!(fdb.learn(1, mac(1), 9, 104), LearnOutcome::Held);
+        assert_eq!(fdb.lookup(1, mac(1), 104), Some(1));
+        assert_eq!((fdb.stats().refused_move, fdb.stats().moved), (2, 0));
+        // silent on port 1 for the hold time: it moves
+        assert_eq!(
+            fdb.learn(1, mac(1), 9, 105),
+            LearnOutcome::Moved { from: 1 }
+        );
+        // the hold is per destination port: moving back is immediate
+        assert_eq!(
+            fdb.learn(1, mac(1), 1, 105),
+            LearnOutcome::Moved { from: 9 }
+        );
+        assert_eq!(
+            fdb.learn(1, mac(1), 2, 105),
+            LearnOutcome::Moved { from: 1 }
+        );
+        assert_eq!((fdb.stats().refused_move, fdb.stats().moved), (2, 3));
+        // a new station is learned on the held port at once
+        assert_eq!(fdb.learn(1, mac(2), 9, 105), LearnOutcome::Learned);
+        // the query a driver asks first: refused (and counted) only while held
+        fdb.learn(1, mac(4), 1, 150);
+        assert!(fdb.refuse_held_move(1, mac(4), 9, 154));
+        assert!(!fdb.refuse_held_move(1, mac(4), 9, 155));
+        assert!(!fdb.refuse_held_move(1, mac(4), 1, 150), "not a move");
+        assert!(!fdb.refuse_held_move(1, mac(5), 9, 150), "unknown station");
+        assert_eq!(fdb.stats().refused_move, 3);
+        // purging the port (removed; its id may be reused) clears the hold
+        fdb.purge_port(9);
+        fdb.learn(1, mac(3), 1, 200);
+        assert_eq!(
+            fdb.learn(1, mac(3), 9, 200),
+            LearnOutcome::Moved { from: 1 }
+        );
+        assert_eq!(fdb.stats().refused_move, 3);
     }
 
     #[test]

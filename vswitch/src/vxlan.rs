@@ -42,4 +42,4 @@ pub use header::{
 };
 pub use remote_fdb::{RemoteFdb, RemoteFdbEntry, RemoteFdbStats, RemoteLearn};
 pub use vni_map::{VniMap, VniMapError};
-pub use vtep_set::{VtepError, VtepSet};
+pub use vtep_set::{Subnet, VtepError, VtepSet};

@@ -126,6 +126,7 @@ impl Image {
         let mut volumes = Vec::with_capacity((count as usize).min(b.len() / VOLUME_FIXED_LEN));
         for _ in 0..count {
             let id = le_u32(b, pos).ok_or_else(short)?;
+            super::journal::check_volume_id(id, "checkpoint.id")?;
             let kind = match b.get(pos + 4).ok_or_else(short)? {
                 0 => VolumeKindCode::Volume,
                 1 => VolumeKindCode::Snapshot,

@@ -96,6 +96,21 @@ pub enum Record {
     Clone { source: u32, id: u32, name: String },
 }
 
+/// Highest volume id: ids are given out as one more than the highest in
+/// use, so `u32::MAX` itself would leave no next id.
+pub const MAX_VOLUME_ID: u32 = u32::MAX - 1;
+
+/// A new volume's id (in `field`): at most [`MAX_VOLUME_ID`].
+pub(crate) fn check_volume_id(id: u32, field: &'static str) -> Result<(), FormatError> {
+    if id > MAX_VOLUME_ID {
+        return Err(FormatError::invalid(
+            field,
+            format!("volume id {id} is above the highest, {MAX_VOLUME_ID}"),
+        ));
+    }
+    Ok(())
+}
+
 /// FORMAT.md "Journal": names are UTF-8 (guaranteed by `String`), at most 64 bytes.
 fn check_name(name: &str) -> Result<(), FormatError> {
     if name.len() > MAX_NAME_LEN {
@@ -155,14 +170,20 @@ impl Record {
     pub fn validate(&self) -> Result<(), FormatError> {
         match self {
             Record::CreateVolume {
-                name, block_size, ..
+                id,
+                name,
+                block_size,
+                ..
             } => {
+                check_volume_id(*id, "id")?;
                 check_name(name)?;
                 check_block_size(*block_size)
             }
-            Record::Rename { name, .. }
-            | Record::Snapshot { name, .. }
-            | Record::Clone { name, .. } => check_name(name),
+            Record::Rename { name, .. } => check_name(name),
+            Record::Snapshot { id, name, .. } | Record::Clone { id, name, .. } => {
+                check_volume_id(*id, "id")?;
+                check_name(name)
+            }
             _ => Ok(()),
         }
     }
@@ -219,7 +240,8 @@ impl Record {
 
     /// Parses the payload of a record of type `ty`. Fixed-size payloads must
     /// have exactly their length; names must be UTF-8 of at most 64 bytes;
-    /// an unknown type is refused (never skipped: it may change the metadata).
+    /// new volume ids at most [`MAX_VOLUME_ID`]; an unknown type is refused
+    /// (never skipped: it may change the metadata).
     pub fn decode(ty: u16, p: &[u8]) -> Result<Record, FormatError> {
         use record_type::*;
         let exact = |n: usize| {
@@ -328,6 +350,8 @@ impl Record {
                 ))
             }
         };
+        // The field rules a writer obeys (volume ids, ...) hold for what is read too.
+        r.validate()?;
         Ok(r)
     }
 }

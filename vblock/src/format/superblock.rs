@@ -36,6 +36,10 @@ pub const JOURNAL_OFFSET: u64 = 64 * 1024;
 pub const MIN_CLUSTER_SIZE: u32 = 4096;
 /// Largest cluster size (FORMAT.md: 2 MiB).
 pub const MAX_CLUSTER_SIZE: u32 = 2 * 1024 * 1024;
+/// Highest generation a superblock may carry. Far beyond any real count of
+/// superblock writes; the headroom keeps `generation + 1` from wrapping to
+/// a value [`pick`] would rank below the stale copy.
+pub const MAX_GENERATION: u64 = (1 << 63) - 1;
 /// Most clusters a pool may have: journal `Map` records address a pool
 /// cluster with a `u32` (FORMAT.md "Journal").
 pub const MAX_CLUSTERS: u64 = 1 << 32;
@@ -327,7 +331,8 @@ impl Superblock {
     /// - journal_len: a non-zero multiple of 4 KiB (a ring of 4 KiB blocks);
     /// - the cluster area (journal end rounded up to `C`, plus `clusters * C`) ends below 2^64;
     /// - checkpoint: 0 (none) or a cluster index below `clusters`;
-    /// - journal_head: a block index inside the journal ring.
+    /// - journal_head: a block index inside the journal ring;
+    /// - generation: at most [`MAX_GENERATION`].
     pub fn validate(&self) -> Result<(), FormatError> {
         if self.version > FORMAT_VERSION {
             return Err(FormatError::FutureVersion {
@@ -342,6 +347,12 @@ impl Superblock {
             return Err(FormatError::invalid(
                 "flags",
                 format!("unknown flags {:#x}", self.flags),
+            ));
+        }
+        if self.generation > MAX_GENERATION {
+            return Err(FormatError::invalid(
+                "generation",
+                format!("{} is above the highest, {MAX_GENERATION}", self.generation),
             ));
         }
         self.layout()?;

@@ -148,6 +148,13 @@ pub fn load(dev: &dyn BlockDev) -> Result<Loaded, PoolError> {
     })
 }
 
+/// Reads the checkpoint chain from `sb.checkpoint` and restores its image.
+///
+/// A crafted chain is bounded: each link is a distinct cluster of the pool
+/// (a loop is found in constant time per link, so a chain through every
+/// cluster is read once, in time linear in its length), and the payload
+/// can never exceed what those clusters hold; its memory is reserved
+/// fallibly, so a claim the host cannot hold is an error, not an abort.
 fn load_checkpoint(
     dev: &dyn BlockDev,
     sb: &Superblock,
@@ -156,8 +163,9 @@ fn load_checkpoint(
 ) -> Result<Vec<u32>, PoolError> {
     let cs = layout.cluster_size as usize;
     let mut buf = AlignedBuf::new(cs);
-    let mut payload = Vec::new();
+    let mut payload: Vec<u8> = Vec::new();
     let mut chain: Vec<u32> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut cluster = sb.checkpoint;
     loop {
         let corrupt = |reason: String| PoolError::Corrupt {
@@ -168,7 +176,7 @@ fn load_checkpoint(
             .ok()
             .filter(|&c| c != 0 && u64::from(c) < layout.clusters)
             .ok_or_else(|| corrupt("outside the data area".into()))?;
-        if chain.contains(&pc) {
+        if !seen.insert(pc) {
             return Err(corrupt("the chain loops".into()));
         }
         let off = layout.cluster_offset(cluster).unwrap_or(0);
@@ -179,6 +187,12 @@ fn load_checkpoint(
                 "checkpoint link {} (cluster {cluster})",
                 chain.len()
             )))?;
+        payload.try_reserve(bytes.len()).map_err(|_| {
+            corrupt(format!(
+                "a payload of {} bytes does not fit in memory",
+                payload.len() + bytes.len()
+            ))
+        })?;
         payload.extend_from_slice(bytes);
         chain.push(pc);
         if header.next == 0 {

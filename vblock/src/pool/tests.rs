@@ -311,3 +311,102 @@ fn staged_writes_survive_process_death_and_a_power_loss_keeps_the_flushed() {
     checked(&q);
     assert_eq!(read(&q, a, c, C as usize), fill(2, C as usize));
 }
+
+/// After an injected device failure: the pool refuses every change, and
+/// the disk, reopened as it is or as a power loss would leave it, passes
+/// check and still holds everything acknowledged before (volume "a":
+/// cluster 0 = 1s, made durable by a successful flush).
+fn failed_then_recovered(disk: &Arc<SimDisk>, mut p: Pool<Arc<SimDisk>>, a: u32) {
+    assert!(matches!(
+        p.write(a, 2 * u64::from(C), &fill(9, 512)),
+        Err(PoolError::Failed)
+    ));
+    assert!(matches!(
+        p.create_volume("b", MIB, 512),
+        Err(PoolError::Failed)
+    ));
+    assert!(matches!(p.flush(), Err(PoolError::Failed)));
+    assert!(matches!(p.checkpoint(), Err(PoolError::Failed)));
+    assert!(
+        p.flush()
+            .unwrap_err()
+            .to_string()
+            .contains("reopen the pool"),
+        "the error says what to do"
+    );
+    drop(p);
+    disk.clear_faults();
+    let after_power_loss = (0..8).map(|seed| Arc::new(disk.crash(seed)));
+    for d in std::iter::once(disk.clone()).chain(after_power_loss) {
+        let p = Pool::open(d).expect("reopens");
+        checked(&p);
+        assert_eq!(p.volumes().len(), 1);
+        assert_eq!(read(&p, a, 0, C as usize), fill(1, C as usize));
+    }
+}
+
+/// A pool with volume "a" whose cluster 0 holds 1s, flushed (acknowledged),
+/// and cluster 1 written with 2s but not flushed.
+fn acknowledged_pool() -> (Arc<SimDisk>, Pool<Arc<SimDisk>>, u32) {
+    let (disk, mut p) = small_pool(4 * MIB, 64 * 1024);
+    let a = p.create_volume("a", MIB, 512).unwrap();
+    p.write(a, 0, &fill(1, C as usize)).unwrap();
+    p.flush().unwrap();
+    p.write(a, u64::from(C), &fill(2, C as usize)).unwrap();
+    (disk, p, a)
+}
+
+/// Injects a fault into the pool of [`acknowledged_pool`], runs `op`,
+/// which must fail with an I/O error whose `what` starts with `what`, then
+/// [`failed_then_recovered`].
+fn fault_stops_the_pool(
+    inject: impl FnOnce(&SimDisk, &Layout),
+    op: fn(&mut Pool<Arc<SimDisk>>) -> Result<(), PoolError>,
+    what: &str,
+) {
+    let (disk, mut p, a) = acknowledged_pool();
+    inject(&disk, p.layout());
+    let e = op(&mut p).unwrap_err();
+    assert!(
+        matches!(&e, PoolError::Io { what: w, .. } if w.starts_with(what)),
+        "{e}"
+    );
+    failed_then_recovered(&disk, p, a);
+}
+
+#[test]
+fn a_failed_flush_fails_the_flush_and_stops_changes_until_reopen() {
+    fault_stops_the_pool(
+        |d, _| d.fail_flushes(true),
+        Pool::flush,
+        "flushing data before a commit",
+    );
+}
+
+#[test]
+fn a_failed_journal_write_fails_the_commit_and_stops_changes_until_reopen() {
+    fault_stops_the_pool(
+        |d, l| d.fail_writes(l.journal_off..l.journal_off + l.journal_len),
+        Pool::flush,
+        "writing journal block",
+    );
+}
+
+#[test]
+fn a_failed_superblock_write_fails_the_checkpoint_and_stops_changes_until_reopen() {
+    fault_stops_the_pool(
+        |d, _| d.fail_writes(0..8192),
+        Pool::checkpoint,
+        "writing the superblock",
+    );
+}
+
+#[test]
+fn a_device_dying_inside_a_checkpoint_stops_changes_until_reopen() {
+    // The first checkpoint cluster is written, then the device dies.
+    fault_stops_the_pool(
+        |d, _| d.fail_after_writes(1),
+        Pool::checkpoint,
+        "flushing the checkpoint",
+    );
+}

@@ -20,16 +20,27 @@ pub enum TunnelDrop {
     InnerRunt,
     /// Received: the inner frame carries a VLAN tag (RFC 7348 §6).
     InnerTagged,
+    /// Transmit: the send socket's buffer is full (EAGAIN/ENOBUFS); the copy is
+    /// dropped rather than stalling the datapath thread.
+    TxBusy,
+    /// Transmit: the kernel refused the packet (e.g. no route to the VTEP).
+    TxError,
+    /// Received: the inner source MAC is a station seen on a local port within
+    /// the move hold; the packet is dropped and the station stays local.
+    HeldStation,
 }
 
 impl TunnelDrop {
-    pub const ALL: [TunnelDrop; 6] = [
+    pub const ALL: [TunnelDrop; 9] = [
         TunnelDrop::BadHeader,
         TunnelDrop::UnknownVni,
         TunnelDrop::UnknownVtep,
         TunnelDrop::TooBig,
         TunnelDrop::InnerRunt,
         TunnelDrop::InnerTagged,
+        TunnelDrop::TxBusy,
+        TunnelDrop::TxError,
+        TunnelDrop::HeldStation,
     ];
 
     /// Stable snake_case name, used by metrics and the control socket.
@@ -41,6 +52,9 @@ impl TunnelDrop {
             TunnelDrop::TooBig => "too_big",
             TunnelDrop::InnerRunt => "inner_runt",
             TunnelDrop::InnerTagged => "inner_tagged",
+            TunnelDrop::TxBusy => "tx_busy",
+            TunnelDrop::TxError => "tx_error",
+            TunnelDrop::HeldStation => "held_station",
         }
     }
 }

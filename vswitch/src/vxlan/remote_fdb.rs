@@ -8,8 +8,11 @@
 //! Concurrency, clock and aging follow [`crate::Fdb`]: shards behind `RwLock`s,
 //! a refresh takes only a read lock, time is the switch clock in seconds
 //! (`now: u32`, wrapping), dynamic entries expire `aging_secs` after last seen,
-//! static entries never age and never move. A global capacity bounds memory; at
-//! the limit a station is simply not learned and frames to it are flooded.
+//! static entries never age and never move. Memory is bounded twice, as in the
+//! switch's FDB: a global capacity, and a per-VTEP limit on learned entries so
+//! one remote host (or a sender spoofing many source MACs) fills only its own
+//! share. At a limit a station is simply not learned and frames to it are
+//! flooded.
 
 use super::header::Vni;
 use crate::frame::MacAddr;
@@ -17,7 +20,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
 const SHARDS: usize = 16;
 
@@ -59,6 +62,9 @@ pub enum RemoteLearn {
     },
     /// The capacity is reached; not learned.
     TableFull,
+    /// The sending VTEP has reached its limit of learned MACs; not learned (a
+    /// move to it forgets the old entry).
+    VtepLimit,
     /// A static entry pins the MAC to another VTEP; not moved.
     Static,
     /// A group (multicast/broadcast) or all-zero MAC is never a station.
@@ -73,34 +79,44 @@ pub struct RemoteFdbStats {
     pub moved: u64,
     pub aged: u64,
     pub refused_full: u64,
+    pub refused_vtep_limit: u64,
 }
 
 pub struct RemoteFdb {
     shards: Box<[RwLock<HashTable<Entry>>]>,
     hasher: DefaultHashBuilder,
     capacity: u32,
+    vtep_limit: u32,
     aging_secs: u32,
     len: AtomicU32,
+    /// Learned (dynamic) entries per VTEP; touched only when an entry is
+    /// added, moved or removed, never on a lookup or refresh.
+    per_vtep: Mutex<hashbrown::HashMap<Ipv4Addr, u32>>,
     learned: AtomicU64,
     moved: AtomicU64,
     aged: AtomicU64,
     refused_full: AtomicU64,
+    refused_vtep_limit: AtomicU64,
 }
 
 impl RemoteFdb {
-    /// At most `capacity` entries (static included); dynamic entries expire
-    /// `aging_secs` after their station was last seen.
-    pub fn new(capacity: u32, aging_secs: u32) -> RemoteFdb {
+    /// At most `capacity` entries (static included), at most `vtep_limit`
+    /// learned behind any one VTEP (static entries do not count); dynamic
+    /// entries expire `aging_secs` after their station was last seen.
+    pub fn new(capacity: u32, vtep_limit: u32, aging_secs: u32) -> RemoteFdb {
         RemoteFdb {
             shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
             hasher: DefaultHashBuilder::default(),
             capacity,
+            vtep_limit,
             aging_secs,
             len: AtomicU32::new(0),
+            per_vtep: Mutex::new(hashbrown::HashMap::new()),
             learned: AtomicU64::new(0),
             moved: AtomicU64::new(0),
             aged: AtomicU64::new(0),
             refused_full: AtomicU64::new(0),
+            refused_vtep_limit: AtomicU64::new(0),
         }
     }
 
@@ -110,6 +126,49 @@ impl RemoteFdb {
 
     pub fn capacity(&self) -> u32 {
         self.capacity
+    }
+
+    pub fn vtep_limit(&self) -> u32 {
+        self.vtep_limit
+    }
+
+    /// Learned entries behind `vtep`.
+    pub fn vtep_len(&self, vtep: Ipv4Addr) -> u32 {
+        let per = self.per_vtep.lock().unwrap_or_else(|e| e.into_inner());
+        per.get(&vtep).copied().unwrap_or(0)
+    }
+
+    /// Takes one of `vtep`'s learned-entry slots, if free.
+    fn reserve_vtep(&self, vtep: Ipv4Addr) -> bool {
+        let mut per = self.per_vtep.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per.entry(vtep).or_insert(0);
+        if *n >= self.vtep_limit {
+            if *n == 0 {
+                per.remove(&vtep);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives back the slots of `n` learned entries behind `vtep`.
+    fn release_vtep(&self, vtep: Ipv4Addr, n: u32) {
+        let mut per = self.per_vtep.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(have) = per.get_mut(&vtep) {
+            *have = have.saturating_sub(n);
+            if *have == 0 {
+                per.remove(&vtep);
+            }
+        }
+    }
+
+    /// Releases what removed entry `e` held.
+    fn release(&self, e: &Entry) {
+        self.len.fetch_sub(1, Relaxed);
+        if !e.is_static {
+            self.release_vtep(e.vtep, 1);
+        }
     }
 
     fn locate(&self, key: Key) -> (u64, &RwLock<HashTable<Entry>>) {
@@ -163,14 +222,30 @@ impl RemoteFdb {
                 return RemoteLearn::Static;
             }
             let from = e.vtep;
-            e.vtep = vtep;
-            e.last_seen.store(now, Relaxed);
-            self.moved.fetch_add(1, Relaxed);
-            return RemoteLearn::Moved { from };
+            // A move is a new station for the VTEP it lands on; if that VTEP
+            // is full, the stale entry still goes.
+            self.release_vtep(from, 1);
+            if self.reserve_vtep(vtep) {
+                e.vtep = vtep;
+                e.last_seen.store(now, Relaxed);
+                self.moved.fetch_add(1, Relaxed);
+                return RemoteLearn::Moved { from };
+            }
+            if let Ok(o) = table.find_entry(hash, |e| e.key == key) {
+                o.remove();
+                self.len.fetch_sub(1, Relaxed);
+            }
+            self.refused_vtep_limit.fetch_add(1, Relaxed);
+            return RemoteLearn::VtepLimit;
         }
         if !self.reserve() {
             self.refused_full.fetch_add(1, Relaxed);
             return RemoteLearn::TableFull;
+        }
+        if !self.reserve_vtep(vtep) {
+            self.len.fetch_sub(1, Relaxed);
+            self.refused_vtep_limit.fetch_add(1, Relaxed);
+            return RemoteLearn::VtepLimit;
         }
         table.insert_unique(
             hash,
@@ -205,6 +280,9 @@ impl RemoteFdb {
         let (hash, shard) = self.locate(key);
         let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = table.find_mut(hash, |e| e.key == key) {
+            if !e.is_static {
+                self.release_vtep(e.vtep, 1);
+            }
             e.vtep = vtep;
             e.is_static = true;
             return Ok(());
@@ -232,8 +310,8 @@ impl RemoteFdb {
         let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
         match table.find_entry(hash, |e| e.key == key) {
             Ok(e) => {
-                e.remove();
-                self.len.fetch_sub(1, Relaxed);
+                let (e, _) = e.remove();
+                self.release(&e);
                 true
             }
             Err(_) => false,
@@ -246,11 +324,13 @@ impl RemoteFdb {
             let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
             table.retain(|e| {
                 let gone = doomed(e);
-                removed += gone as usize;
+                if gone {
+                    self.release(e);
+                    removed += 1;
+                }
                 !gone
             });
         }
-        self.len.fetch_sub(removed as u32, Relaxed);
         removed
     }
 
@@ -323,6 +403,7 @@ impl RemoteFdb {
             moved: self.moved.load(Relaxed),
             aged: self.aged.load(Relaxed),
             refused_full: self.refused_full.load(Relaxed),
+            refused_vtep_limit: self.refused_vtep_limit.load(Relaxed),
         }
     }
 }
@@ -347,7 +428,7 @@ mod tests {
 
     #[test]
     fn learn_lookup_refresh_age() {
-        let f = RemoteFdb::new(100, 300);
+        let f = RemoteFdb::new(100, 100, 300);
         assert_eq!(f.learn(vni(100), mac(1), V1, 0), RemoteLearn::Learned);
         assert_eq!(f.learn(vni(100), mac(1), V1, 200), RemoteLearn::Refreshed);
         assert_eq!(f.lookup(vni(100), mac(1), 200), Some(V1));
@@ -370,7 +451,7 @@ mod tests {
 
     #[test]
     fn aging_across_clock_wrap() {
-        let f = RemoteFdb::new(10, 300);
+        let f = RemoteFdb::new(10, 10, 300);
         f.learn(vni(1), mac(1), V1, u32::MAX - 10);
         assert_eq!(f.lookup(vni(1), mac(1), 100), Some(V1));
         assert_eq!(f.age(288), 0);
@@ -379,7 +460,7 @@ mod tests {
 
     #[test]
     fn moves_are_detected_and_counted() {
-        let f = RemoteFdb::new(100, 300);
+        let f = RemoteFdb::new(100, 100, 300);
         f.learn(vni(7), mac(1), V1, 0);
         assert_eq!(
             f.learn(vni(7), mac(1), V2, 5),
@@ -400,7 +481,7 @@ mod tests {
 
     #[test]
     fn static_entries_pin_and_survive() {
-        let f = RemoteFdb::new(100, 10);
+        let f = RemoteFdb::new(100, 100, 10);
         f.add_static(vni(1), mac(7), V1).unwrap();
         assert_eq!(f.learn(vni(1), mac(7), V2, 0), RemoteLearn::Static);
         assert_eq!(f.learn(vni(1), mac(7), V1, 0), RemoteLearn::Refreshed);
@@ -426,7 +507,7 @@ mod tests {
 
     #[test]
     fn capacity_limit() {
-        let f = RemoteFdb::new(5, 300);
+        let f = RemoteFdb::new(5, 5, 300);
         for i in 0..4 {
             assert_eq!(f.learn(vni(1), mac(i), V1, 0), RemoteLearn::Learned);
         }
@@ -450,8 +531,52 @@ mod tests {
     }
 
     #[test]
+    fn vtep_limit_protects_other_vteps() {
+        let f = RemoteFdb::new(100, 3, 300);
+        for i in 0..3 {
+            assert_eq!(f.learn(vni(1), mac(i), V1, 0), RemoteLearn::Learned);
+        }
+        // V1 sends a fourth and fifth source: refused, counted, not stored
+        assert_eq!(f.learn(vni(1), mac(3), V1, 0), RemoteLearn::VtepLimit);
+        assert_eq!(f.learn(vni(2), mac(4), V1, 0), RemoteLearn::VtepLimit);
+        assert_eq!(f.lookup(vni(1), mac(3), 0), None);
+        assert_eq!(
+            (f.len(), f.vtep_len(V1), f.stats().refused_vtep_limit),
+            (3, 3, 2)
+        );
+        // refreshes at the limit still work; other VTEPs still learn
+        assert_eq!(f.learn(vni(1), mac(0), V1, 1), RemoteLearn::Refreshed);
+        assert_eq!(f.learn(vni(1), mac(10), V2, 1), RemoteLearn::Learned);
+        // static entries do not count against a VTEP's limit
+        f.add_static(vni(1), mac(20), V1).unwrap();
+        assert_eq!(f.vtep_len(V1), 3);
+        // a move into a full VTEP forgets the stale entry
+        assert_eq!(f.learn(vni(1), mac(10), V1, 2), RemoteLearn::VtepLimit);
+        assert_eq!(f.lookup(vni(1), mac(10), 2), None);
+        assert_eq!((f.len(), f.vtep_len(V2)), (4, 0));
+        // a move out of it frees a slot
+        assert_eq!(
+            f.learn(vni(1), mac(0), V2, 3),
+            RemoteLearn::Moved { from: V1 }
+        );
+        assert_eq!(f.learn(vni(1), mac(3), V1, 3), RemoteLearn::Learned);
+        // removal, flushes and aging give the slots back
+        assert!(f.remove(vni(1), mac(3)));
+        assert_eq!(f.vtep_len(V1), 2);
+        assert_eq!(f.flush_vtep(V1), 2);
+        assert_eq!((f.vtep_len(V1), f.vtep_len(V2)), (0, 1));
+        assert_eq!(f.age(1_000), 1);
+        assert_eq!((f.len(), f.vtep_len(V2)), (1, 0), "the static entry stays");
+        // a learned entry turned static frees its slot
+        f.learn(vni(3), mac(30), V3, 0);
+        f.add_static(vni(3), mac(30), V3).unwrap();
+        assert_eq!(f.vtep_len(V3), 0);
+        assert_eq!(f.stats().refused_vtep_limit, 3);
+    }
+
+    #[test]
     fn flush_per_vtep_and_vni() {
-        let f = RemoteFdb::new(100, 300);
+        let f = RemoteFdb::new(100, 100, 300);
         for i in 0..10 {
             f.learn(vni(1 + i % 2), mac(i), if i < 6 { V1 } else { V2 }, 0);
         }
@@ -472,7 +597,7 @@ mod tests {
         let mut pkt = vec![FLAG_I, 0, 0, 0, 0, 0, 0, 0];
         pkt.extend_from_slice(&[0; 14]);
         let zero = VxlanPacket::parse(&pkt).unwrap().vni();
-        let f = RemoteFdb::new(10, 300);
+        let f = RemoteFdb::new(10, 10, 300);
         assert_eq!(f.learn(zero, mac(1), V1, 0), RemoteLearn::Learned);
         assert_eq!(f.entries(0)[0].vni.get(), 0);
         assert_eq!(f.lookup(vni(1), mac(1), 0), None);
@@ -480,7 +605,7 @@ mod tests {
 
     #[test]
     fn refuses_group_and_zero_sources() {
-        let f = RemoteFdb::new(100, 300);
+        let f = RemoteFdb::new(100, 100, 300);
         for m in [
             MacAddr::BROADCAST,
             MacAddr::ZERO,
@@ -493,7 +618,7 @@ mod tests {
 
     #[test]
     fn entries_report() {
-        let f = RemoteFdb::new(100, 300);
+        let f = RemoteFdb::new(100, 100, 300);
         f.learn(vni(20), mac(2), V1, 10);
         f.learn(vni(10), mac(1), V2, 10);
         f.add_static(vni(10), mac(0), V3).unwrap();
@@ -524,7 +649,7 @@ mod tests {
 
     #[test]
     fn concurrent_learning_keeps_count() {
-        let f = Arc::new(RemoteFdb::new(1000, 1_000_000));
+        let f = Arc::new(RemoteFdb::new(1000, 1000, 1_000_000));
         let threads: Vec<_> = (0..4u8)
             .map(|t| {
                 let f = f.clone();

@@ -5,9 +5,12 @@
 //! each) and, if one is configured, once to the VNI's IPv4 multicast group, which
 //! the underlay replicates (RFC 7348 §4.2).
 //!
-//! On receive, a packet is accepted only from a configured remote VTEP, unless
-//! learning VTEPs is allowed; that is needed with a multicast group, whose members
-//! are discovered from the traffic rather than configured. A learned VTEP gets
+//! On receive, a packet is accepted only from a configured remote VTEP of its
+//! VNI, unless learning VTEPs is allowed. A VNI with a multicast group also
+//! takes senders from the configured `senders` subnets (its members are
+//! discovered from the traffic rather than listed); with no subnet configured
+//! (the default) it takes none beyond its remotes, so an arbitrary host cannot
+//! inject frames just because the segment uses a group. A learned VTEP gets
 //! known unicast traffic through the [`super::RemoteFdb`] but is never added to a
 //! flood list.
 
@@ -24,6 +27,8 @@ pub enum VtepError {
     NotUnicast(Ipv4Addr),
     /// A flood group must be an IPv4 multicast address (224.0.0.0/4).
     NotMulticast(Ipv4Addr),
+    /// A subnet's prefix length is above 32, or its address has host bits set.
+    BadSubnet(Ipv4Addr, u8),
 }
 
 impl fmt::Display for VtepError {
@@ -31,6 +36,12 @@ impl fmt::Display for VtepError {
         match self {
             VtepError::NotUnicast(ip) => write!(f, "remote VTEP {ip} is not a unicast address"),
             VtepError::NotMulticast(ip) => write!(f, "group {ip} is not a multicast address"),
+            VtepError::BadSubnet(ip, len) => {
+                write!(
+                    f,
+                    "{ip}/{len} is not a subnet (prefix 0..=32, no host bits)"
+                )
+            }
         }
     }
 }
@@ -39,6 +50,35 @@ impl std::error::Error for VtepError {}
 
 fn is_unicast(ip: Ipv4Addr) -> bool {
     !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast())
+}
+
+/// An IPv4 subnet, `addr/len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subnet {
+    addr: u32,
+    mask: u32,
+}
+
+impl Subnet {
+    /// `addr/len`; the address must have no bits set beyond the prefix.
+    pub fn new(addr: Ipv4Addr, len: u8) -> Result<Subnet, VtepError> {
+        let mask = match len {
+            0 => 0,
+            1..=32 => u32::MAX << (32 - u32::from(len)),
+            _ => return Err(VtepError::BadSubnet(addr, len)),
+        };
+        if u32::from(addr) & !mask != 0 {
+            return Err(VtepError::BadSubnet(addr, len));
+        }
+        Ok(Subnet {
+            addr: u32::from(addr),
+            mask,
+        })
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask == self.addr
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -55,6 +95,8 @@ pub struct VtepSet {
     /// Each configured remote and in how many VNIs' lists it appears.
     known: HashMap<Ipv4Addr, u32>,
     learn_vteps: bool,
+    /// Where unlisted members of a group VNI may send from.
+    senders: Vec<Subnet>,
 }
 
 impl VtepSet {
@@ -73,6 +115,11 @@ impl VtepSet {
 
     pub fn set_learn_vteps(&mut self, allow: bool) {
         self.learn_vteps = allow;
+    }
+
+    /// The subnets a VNI with a multicast group takes unlisted senders from.
+    pub fn set_senders(&mut self, senders: Vec<Subnet>) {
+        self.senders = senders;
     }
 
     /// Adds `vtep` to `vni`'s head-end replication list. Returns `false` if it was
@@ -182,9 +229,12 @@ impl VtepSet {
     /// The sender filter once the VNI is known, stricter than [`Self::accepts`]:
     /// a configured VTEP may only send into the VNIs it is configured for (unless
     /// learning VTEPs is allowed), so it cannot inject frames into another
-    /// tenant's segment.
+    /// tenant's segment. A VNI with a group also takes senders in the
+    /// `senders` subnets.
     pub fn accepts_on(&self, vni: Vni, src: Ipv4Addr) -> bool {
-        is_unicast(src) && (self.learn_vteps || self.remotes(vni).contains(&src))
+        let member =
+            || self.group(vni).is_some() && self.senders.iter().any(|net| net.contains(src));
+        is_unicast(src) && (self.learn_vteps || self.remotes(vni).contains(&src) || member())
     }
 
     /// The VNIs with any configuration, ascending.
@@ -267,6 +317,36 @@ mod tests {
             assert!(!s.accepts(bad));
             assert!(!s.accepts_on(vni(10), bad));
         }
+    }
+
+    #[test]
+    fn group_vnis_take_unlisted_senders_only_from_the_subnets() {
+        let mut s = VtepSet::new(false);
+        s.set_group(vni(10), Some(G)).unwrap();
+        s.add_remote(vni(10), C).unwrap();
+        s.add_remote(vni(20), C).unwrap();
+        // default: no subnet, so only the listed remote
+        assert!(!s.accepts_on(vni(10), A));
+        assert!(s.accepts_on(vni(10), C));
+        s.set_senders(vec![Subnet::new(Ipv4Addr::new(192, 0, 2, 0), 31).unwrap()]);
+        // 192.0.2.0/31 holds .0 and .1 (A), not .2 (B)
+        assert!(s.accepts_on(vni(10), A));
+        assert!(!s.accepts_on(vni(10), B));
+        // only a VNI with a group takes members from the subnet
+        assert!(!s.accepts_on(vni(20), A));
+        // a non-unicast source never, even inside a subnet
+        s.set_senders(vec![Subnet::new(Ipv4Addr::UNSPECIFIED, 0).unwrap()]);
+        assert!(s.accepts_on(vni(10), B));
+        for bad in [Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, G] {
+            assert!(!s.accepts_on(vni(10), bad));
+        }
+        assert_eq!(
+            Subnet::new(Ipv4Addr::new(192, 0, 2, 1), 24),
+            Err(VtepError::BadSubnet(Ipv4Addr::new(192, 0, 2, 1), 24))
+        );
+        assert_eq!(Subnet::new(A, 33), Err(VtepError::BadSubnet(A, 33)));
+        assert!(Subnet::new(A, 32).unwrap().contains(A));
+        assert!(!Subnet::new(A, 32).unwrap().contains(B));
     }
 
     #[test]
