@@ -14,7 +14,7 @@
 //! sleeps. A kick lands on the port's vhost-user worker, which only wakes the
 //! datapath thread ([`Datapath::wake`]).
 
-use crate::net::device::Connection;
+use crate::net::device::{Connection, TX_QUEUE};
 use crate::net::tx::{self, TxScratch};
 use crate::net::Vring;
 use arc_swap::ArcSwap;
@@ -118,7 +118,7 @@ fn round(queues: &[Arc<TxQueue>]) -> usize {
     for q in queues {
         // Busy means stop_vring holds it: the queue is being stopped, skip it.
         if let Ok(mut scratch) = q.scratch.try_lock() {
-            work += tx::process_batch(&q.conn, &q.vring, &mut scratch).unwrap_or(0);
+            work += tx::process_batch(q, &mut scratch);
         }
     }
     work
@@ -141,7 +141,11 @@ fn run(t: &Shared) {
         // will never come.
         let mut pending = false;
         for q in queues.iter() {
-            pending |= q.vring.enable_notification().unwrap_or(false);
+            // A broken queue always looks pending (that is how it broke):
+            // counting it would keep this thread from ever sleeping.
+            if !q.conn.is_broken(TX_QUEUE) {
+                pending |= q.vring.enable_notification().unwrap_or(false);
+            }
         }
         if !pending {
             let mut woken = t.woken.lock().unwrap_or_else(|e| e.into_inner());
