@@ -131,6 +131,18 @@ impl SplitRing {
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
+    /// Writes `avail.idx` as-is, whatever the entries say (hostile-driver
+    /// tests: an index further ahead than the ring holds). The driver's own
+    /// shadow is left alone.
+    pub fn publish_raw_idx(&self, ram: &GuestRam, idx: u16) {
+        ram.set_ring_u16(self.avail + 2, idx, Ordering::Release);
+    }
+
+    /// The driver's avail index: every entry pushed so far.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
     /// Entries pushed since the last [`SplitRing::publish`].
     pub fn unpublished(&self) -> u16 {
         self.avail_idx.wrapping_sub(self.notified_idx)

@@ -70,7 +70,11 @@ impl Connection {
         if let Some(p) = self.port.switch.topology().port(self.port.id) {
             p.state.counters.add_broken_queue();
         }
-        let name = if queue == RX_QUEUE { "receive" } else { "transmit" };
+        let name = if queue == RX_QUEUE {
+            "receive"
+        } else {
+            "transmit"
+        };
         log::error!(
             "port {}: {name} queue broken ({why}); stopped until the frontend resets it",
             self.port.name

@@ -1,0 +1,195 @@
+//! The network datapath against hostile guests, in process: the test plays a
+//! guest driver that breaks the rules on purpose (ring indices, descriptor
+//! chains, racing writes into its own buffers) against the real daemon, and
+//! checks the daemon, the other ports and the guest itself stay whole.
+//!
+//! The tests of this file run one at a time ([`serial`]): some measure the CPU
+//! time of the datapath threads, which must all belong to the test's daemon.
+
+mod support;
+
+use std::sync::{mpsc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use support::fabric::{Fabric, WAIT};
+use support::frames::{payload, ETHERTYPE_TEST};
+use support::{eth, mac, GuestNic, BROADCAST};
+use vhost::VhostBackend;
+use vswitch::DropReason;
+
+const ACCESS10: &str = "{ mode = \"access\", tag = 10 }";
+const RX: usize = 0;
+const TX: usize = 1;
+/// How long "nothing more arrives" is watched for.
+const QUIET: Duration = Duration::from_millis(200);
+/// The harness's default queue size (`NicOptions`).
+const QUEUE_SIZE: u16 = 256;
+
+/// Serialises the tests of this file (see the module comment).
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn frame(dst: [u8; 6], src: [u8; 6], seq: u32) -> Vec<u8> {
+    eth(dst, src, ETHERTYPE_TEST, &payload(seq, 100))
+}
+
+/// CPU time (user + system) the daemon's datapath threads have used so far,
+/// from /proc/self/task/*/stat, in clock ticks (1/100 s on Linux).
+fn datapath_cpu_ticks() -> u64 {
+    let mut ticks = 0;
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // "tid (comm) state ppid ...": comm may hold spaces, so split at the last ')'.
+        let (head, rest) = stat.rsplit_once(')').expect("stat format");
+        if !head.contains("(datapath-") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After comm: state is field 3 of stat(5), utime 14, stime 15.
+        let utime: u64 = fields[11].parse().unwrap();
+        let stime: u64 = fields[12].parse().unwrap();
+        ticks += utime + stime;
+    }
+    ticks
+}
+
+/// Datapath CPU time over one idle second, in ticks.
+fn idle_datapath_ticks() -> u64 {
+    let before = datapath_cpu_ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    datapath_cpu_ticks() - before
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `from` sends `n` unicast frames to `to`; every one arrives, byte for byte.
+fn unicast_crosses(from: &mut GuestNic, to: &mut GuestNic, src: u32, dst: u32, n: u32) {
+    for i in 0..n {
+        let fr = frame(mac(dst), mac(src), i);
+        assert!(from.send(&fr));
+        assert_eq!(to.recv(WAIT).as_deref(), Some(&fr[..]), "frame {i}");
+    }
+}
+
+/// Each of `nics` (station `mac(i + 1)`) broadcasts once and the others take
+/// the frame: every station is known, later unicast goes to one port only.
+fn introduce(nics: &mut [&mut GuestNic]) {
+    for i in 0..nics.len() {
+        let fr = frame(BROADCAST, mac(i as u32 + 1), 0);
+        assert!(nics[i].send(&fr));
+        for (j, nic) in nics.iter_mut().enumerate() {
+            if j != i {
+                assert_eq!(nic.recv(WAIT).as_deref(), Some(&fr[..]));
+            }
+        }
+    }
+}
+
+/// A GET_VRING_BASE sent from another thread; panics unless answered within 1 s.
+fn get_vring_base_within_1s(nic: &GuestNic, queue: usize) -> u32 {
+    let frontend = nic.frontend();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(frontend.get_vring_base(queue));
+    });
+    rx.recv_timeout(Duration::from_secs(1))
+        .expect("GET_VRING_BASE answered within 1 s")
+        .expect("GET_VRING_BASE succeeds")
+}
+
+#[test]
+fn tx_avail_index_too_far_ahead_stops_that_queue_only() {
+    let _serial = serial();
+    let f = Fabric::start("", &[("bad", ACCESS10), ("p1", ACCESS10), ("p2", ACCESS10)]);
+    let (mut bad, mut p1, mut p2) = (f.connect("bad"), f.connect("p1"), f.connect("p2"));
+    // Stations 1 (bad), 2 (p1), 3 (p2); some honest traffic, so the
+    // device's last_avail is not 0.
+    introduce(&mut [&mut bad, &mut p1, &mut p2]);
+    unicast_crosses(&mut bad, &mut p1, 1, 2, 3);
+    assert!(bad.wait_tx_completed(WAIT));
+    let consumed = bad.tx_avail_idx();
+
+    bad.publish_raw_avail_idx(TX, consumed.wrapping_add(QUEUE_SIZE + 5));
+    wait_until("the queue is counted as broken", || {
+        f.counters("bad").broken_queues == 1
+    });
+
+    let ticks = idle_datapath_ticks();
+    assert!(
+        ticks <= 20,
+        "datapath threads used {ticks}/100 s of CPU in an idle second: spinning"
+    );
+    // The other ports forward, and the bad port still receives.
+    unicast_crosses(&mut p1, &mut p2, 2, 3, 20);
+    unicast_crosses(&mut p2, &mut bad, 3, 1, 5);
+    let base = get_vring_base_within_1s(&bad, TX);
+    assert_eq!(
+        base,
+        u32::from(consumed),
+        "nothing past the bad index was taken"
+    );
+    let c = f.counters("bad");
+    assert_eq!(c.broken_queues, 1, "{c:?}");
+    assert_eq!(c.rx_packets, 4, "{c:?}");
+    assert!(p1.recv_all(QUIET).is_empty() && p2.recv_all(QUIET).is_empty());
+}
+
+#[test]
+fn rx_avail_index_too_far_ahead_stops_that_queue_only() {
+    let _serial = serial();
+    let f = Fabric::start("", &[("bad", ACCESS10), ("p1", ACCESS10), ("p2", ACCESS10)]);
+    let (mut bad, mut p1, mut p2) = (f.connect("bad"), f.connect("p1"), f.connect("p2"));
+    introduce(&mut [&mut bad, &mut p1, &mut p2]);
+    // The driver claims far more RX buffers than its ring holds.
+    bad.publish_raw_avail_idx(RX, QUEUE_SIZE * 3 + 5);
+    let n = 20;
+    for i in 0..n {
+        let fr = frame(BROADCAST, mac(2), i);
+        assert!(p1.send(&fr));
+        assert_eq!(p2.recv(WAIT).as_deref(), Some(&fr[..]), "frame {i}");
+    }
+    let c = f.counters("bad");
+    assert_eq!(c.broken_queues, 1, "{c:?}");
+    assert_eq!(c.tx_packets, 2, "only what came before: {c:?}");
+    assert_eq!(c.dropped(DropReason::NoBuffer), u64::from(n), "{c:?}");
+    // Its transmit side is not affected.
+    unicast_crosses(&mut bad, &mut p2, 1, 3, 5);
+    get_vring_base_within_1s(&bad, RX);
+}
+
+#[test]
+fn pause_and_resume_under_load_return_every_tx_descriptor() {
+    let _serial = serial();
+    let f = Fabric::start("", &[("p1", ACCESS10), ("p2", ACCESS10)]);
+    let (mut p1, mut p2) = (f.connect("p1"), f.connect("p2"));
+    unicast_crosses(&mut p2, &mut p1, 2, 1, 1);
+    let frames: Vec<Vec<u8>> = (0..48).map(|i| frame(mac(2), mac(1), i)).collect();
+    let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+    for round in 0..100 {
+        assert!(
+            p1.send_batch(&refs) > 0,
+            "round {round}: the TX ring is full: chains were never returned"
+        );
+        // Stop while the datapath is (likely) in the middle of the batch.
+        let bases = p1.stop().unwrap_or_else(|e| panic!("round {round}: {e}"));
+        p1.resume(bases)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        while p2.try_recv().is_some() {}
+    }
+    assert!(
+        p1.wait_tx_completed(WAIT),
+        "{} of {} TX chains came back",
+        p1.tx_completed(),
+        p1.tx_posted()
+    );
+    assert_eq!(p1.tx_completed(), p1.tx_posted());
+}
