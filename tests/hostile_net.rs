@@ -8,11 +8,13 @@
 
 mod support;
 
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use support::fabric::{Fabric, WAIT};
 use support::frames::{payload, ETHERTYPE_TEST};
-use support::{eth, mac, GuestNic, BROADCAST};
+use support::virtio_net::VNET_HDR_LEN;
+use support::{eth, mac, GuestNic, RawDesc, BROADCAST};
 use vhost::VhostBackend;
 use vswitch::DropReason;
 
@@ -192,4 +194,113 @@ fn pause_and_resume_under_load_return_every_tx_descriptor() {
         p1.tx_posted()
     );
     assert_eq!(p1.tx_completed(), p1.tx_posted());
+}
+
+/// A thread flipping guest bytes (see [`flip_until`]); stopped and joined on
+/// drop, also when the test fails, so it never writes into unmapped RAM.
+/// Declare it after the NIC whose memory it writes.
+struct Flipper {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flipper {
+    fn start(addrs: Vec<usize>, calm: u32) -> Flipper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || flip_until(&s, &addrs, calm));
+        Flipper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Flipper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Flips bytes 12..16 of each frame at `addrs` (host addresses) between the
+/// frame's own (`calm`) and an 802.1Q tag for VLAN 20, until `stop`: a second
+/// vCPU rewriting a frame it already handed to the device.
+fn flip_until(stop: &AtomicBool, addrs: &[usize], calm: u32) {
+    let hop = u32::from_ne_bytes([0x81, 0x00, 0x00, 0x14]);
+    while !stop.load(Ordering::Relaxed) {
+        for value in [hop, calm] {
+            for &a in addrs {
+                // SAFETY: 4-aligned addresses inside the guest RAM mapping,
+                // which outlives this thread (joined before the NIC drops).
+                let word = unsafe { &*(a as *const AtomicU32) };
+                word.store(value, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_racing_guest_cannot_tag_its_frames_after_the_decision() {
+    let _serial = serial();
+    const TRUNK_NATIVE10: &str = "{ mode = \"trunk\", allowed = [10, 20], native = 10 }";
+    let f = Fabric::start(
+        "",
+        &[("a", ACCESS10), ("t", TRUNK_NATIVE10), ("p", ACCESS10)],
+    );
+    let (mut a, mut t, mut p) = (f.connect("a"), f.connect("t"), f.connect("p"));
+    // Untagged IPv4-typed broadcasts; bytes 14..16 are payload the racer also flips.
+    let fr = eth(BROADCAST, mac(1), 0x0800, &payload(7, 100));
+    let mut buffer = vec![0u8; VNET_HDR_LEN];
+    buffer.extend_from_slice(&fr);
+    let gpas: Vec<u64> = (0..16).map(|_| a.guest_alloc(&buffer)).collect();
+    let addrs: Vec<usize> = gpas
+        .iter()
+        .map(|&g| a.ram().host_addr(g + VNET_HDR_LEN as u64 + 12).unwrap() as usize)
+        .collect();
+    assert!(addrs.iter().all(|h| h % 4 == 0));
+    let calm = u32::from_ne_bytes(fr[12..16].try_into().unwrap());
+
+    let flipper = Flipper::start(addrs, calm);
+    let check = |who: &str, got: &[u8]| {
+        assert_eq!(got.len(), fr.len(), "{who}: length");
+        assert_eq!(&got[..14], &fr[..14], "{who}: untagged, EtherType 0x0800");
+        let b1415 = [got[14], got[15]];
+        assert!(
+            b1415 == [fr[14], fr[15]] || b1415 == [0x00, 0x14],
+            "{who}: bytes 14..16 are either value the guest wrote"
+        );
+        assert_eq!(&got[16..], &fr[16..], "{who}: the rest");
+    };
+    let (rounds, per_round) = (40, 50);
+    let mut delivered = 0u64;
+    for round in 0..rounds {
+        for i in 0..per_round {
+            let chain = [RawDesc {
+                addr: gpas[i % gpas.len()],
+                len: buffer.len() as u32,
+                flags: 0,
+                next: 0,
+            }];
+            assert!(a.send_raw_chain(&chain), "round {round}: TX ring full");
+        }
+        assert!(a.wait_tx_completed(WAIT), "round {round}");
+        // Deliveries happen before the chains are returned: all there now.
+        while let Some(got) = t.try_recv() {
+            check("trunk", &got);
+            delivered += 1;
+        }
+        while let Some(got) = p.try_recv() {
+            check("access", &got);
+        }
+    }
+    drop(flipper);
+    let posted = (rounds * per_round) as u64;
+    let c = f.counters("a");
+    let tagged = c.dropped(DropReason::TaggedOnAccess);
+    assert_eq!(delivered + tagged, posted, "{c:?}");
+    assert_eq!(f.counters("p").tx_packets, delivered);
+    assert!(delivered > 0 && tagged > 0, "the race ran both ways: {c:?}");
 }
