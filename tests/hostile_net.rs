@@ -23,6 +23,8 @@ const RX: usize = 0;
 const TX: usize = 1;
 /// How long "nothing more arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(200);
+const NEXT: u16 = 1;
+const INDIRECT: u16 = 4;
 /// The harness's default queue size (`NicOptions`).
 const QUEUE_SIZE: u16 = 256;
 
@@ -303,4 +305,95 @@ fn a_racing_guest_cannot_tag_its_frames_after_the_decision() {
     assert_eq!(delivered + tagged, posted, "{c:?}");
     assert_eq!(f.counters("p").tx_packets, delivered);
     assert!(delivered > 0 && tagged > 0, "the race ran both ways: {c:?}");
+}
+
+/// `from` (station 2) sends `n` frames to `to` (station 3), at most 64 in
+/// flight; each arrives in order, byte for byte. Returns the time taken;
+/// panics if that exceeds `limit`.
+fn exchange(from: &mut GuestNic, to: &mut GuestNic, n: u32, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let (mut sent, mut got) = (0u32, 0u32);
+    while got < n {
+        while sent < n && sent - got < 64 && from.send(&frame(mac(3), mac(2), sent)) {
+            sent += 1;
+        }
+        let left = limit.saturating_sub(start.elapsed());
+        let fr = to
+            .recv(left)
+            .unwrap_or_else(|| panic!("the neighbours moved {got} of {n} frames in {limit:?}"));
+        assert_eq!(fr, frame(mac(3), mac(2), got), "frame {got}");
+        got += 1;
+    }
+    assert!(from.wait_tx_completed(WAIT));
+    start.elapsed()
+}
+
+/// A driver's indirect table of `entries` zero-length descriptors, each
+/// chained to the next: no frame at all, as much walking as the table allows.
+fn zero_length_table(nic: &mut GuestNic, entries: usize) -> RawDesc {
+    let scratch = nic.guest_alloc(&[0u8; 16]);
+    let mut table = Vec::with_capacity(16 * entries);
+    for i in 0..entries {
+        let last = i + 1 == entries;
+        table.extend_from_slice(&scratch.to_le_bytes());
+        table.extend_from_slice(&0u32.to_le_bytes());
+        table.extend_from_slice(&(if last { 0 } else { NEXT }).to_le_bytes());
+        table.extend_from_slice(&(if last { 0 } else { i as u16 + 1 }).to_le_bytes());
+    }
+    RawDesc {
+        addr: nic.guest_alloc(&table),
+        len: (16 * entries) as u32,
+        flags: INDIRECT,
+        next: 0,
+    }
+}
+
+#[test]
+fn zero_length_indirect_chains_cost_their_neighbours_little() {
+    let _serial = serial();
+    let f = Fabric::start(
+        "",
+        &[("evil", ACCESS10), ("p1", ACCESS10), ("p2", ACCESS10)],
+    );
+    let (mut evil, mut p1, mut p2) = (f.connect("evil"), f.connect("p1"), f.connect("p2"));
+    introduce(&mut [&mut evil, &mut p1, &mut p2]);
+    let n = 2000;
+    let calm = exchange(&mut p1, &mut p2, n, Duration::from_secs(60));
+    let limit = 10 * calm + Duration::from_secs(2);
+    // The longest table a descriptor's length can describe (what the old walk
+    // accepted), then one of the queue size (the most a chain may have).
+    let mut posted = 0;
+    for entries in [65_535, usize::from(QUEUE_SIZE)] {
+        let chain = [zero_length_table(&mut evil, entries)];
+        let stop = Arc::new(AtomicBool::new(false));
+        let attacker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut posted = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if evil.send_raw_chain(&chain) {
+                        posted += 1;
+                    } else {
+                        evil.wait_tx_completed(Duration::from_millis(10));
+                    }
+                }
+                assert!(
+                    evil.wait_tx_completed(WAIT),
+                    "every attacker chain returned"
+                );
+                assert_eq!(evil.tx_completed(), evil.tx_posted());
+                (evil, posted)
+            })
+        };
+        let attacked = exchange(&mut p1, &mut p2, n, limit);
+        stop.store(true, Ordering::Relaxed);
+        let (nic, count) = attacker.join().unwrap();
+        evil = nic;
+        posted += count;
+        eprintln!("{entries} entries: {n} frames in {attacked:?}, {calm:?} calm; {count} chains");
+        assert!(count > 0);
+    }
+    let c = f.counters("evil");
+    assert_eq!(c.dropped(DropReason::BadDescriptor), posted, "{c:?}");
+    assert_eq!((c.rx_packets, c.total_drops()), (1, posted), "{c:?}");
 }
