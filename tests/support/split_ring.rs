@@ -138,6 +138,17 @@ impl SplitRing {
         ram.set_ring_u16(self.avail + 2, idx, Ordering::Release);
     }
 
+    /// Guest address of the descriptor table.
+    pub fn desc_table(&self) -> u64 {
+        self.desc
+    }
+
+    /// The head most recently pushed to the available ring.
+    pub fn last_pushed_head(&self, ram: &GuestRam) -> u16 {
+        let slot = self.avail_idx.wrapping_sub(1) % self.size;
+        ram.ring_u16(self.avail + 4 + 2 * u64::from(slot), Ordering::Relaxed)
+    }
+
     /// The driver's avail index: every entry pushed so far.
     pub fn avail_idx(&self) -> u16 {
         self.avail_idx

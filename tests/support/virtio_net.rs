@@ -653,6 +653,17 @@ impl GuestNic {
         self.frontend.clone()
     }
 
+    /// Where the TX descriptor table is (guest address) and its size, for
+    /// tests that model what the device reads.
+    pub fn tx_desc_table(&self) -> (u64, u16) {
+        (self.tx.desc_table(), self.tx.size())
+    }
+
+    /// The head of the TX chain posted last.
+    pub fn tx_last_head(&self) -> u16 {
+        self.tx.last_pushed_head(&self.ram)
+    }
+
     /// The TX avail index this driver has published (every chain posted).
     pub fn tx_avail_idx(&self) -> u16 {
         self.tx.avail_idx()
