@@ -397,3 +397,49 @@ fn zero_length_indirect_chains_cost_their_neighbours_little() {
     assert_eq!(c.dropped(DropReason::BadDescriptor), posted, "{c:?}");
     assert_eq!((c.rx_packets, c.total_drops()), (1, posted), "{c:?}");
 }
+
+/// CPU ticks used so far by the threads whose name is exactly `comm`.
+fn thread_cpu_ticks(comm: &str) -> u64 {
+    let mut ticks = 0;
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue;
+        };
+        let (head, rest) = stat.rsplit_once(')').expect("stat format");
+        if !head.ends_with(&format!("({comm}")) {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    }
+    ticks
+}
+
+#[test]
+fn a_tap_device_deleted_under_the_daemon_goes_link_down_quietly() {
+    let _serial = serial();
+    let device = format!("hn{}", std::process::id() % 100_000);
+    let tap = format!(
+        "[[switch.port]]\nname = \"tap\"\ntype = \"tap\"\ndevice = \"{device}\"\nvlan = {ACCESS10}\n"
+    );
+    let f = Fabric::start(&tap, &[("p1", ACCESS10), ("p2", ACCESS10)]);
+    let (mut p1, mut p2) = (f.connect("p1"), f.connect("p2"));
+    f.wait_link("tap", true);
+    let status = std::process::Command::new("ip")
+        .args(["link", "del", &device])
+        .status()
+        .expect("ip(8) runs");
+    assert!(status.success(), "ip link del {device}: {status}");
+    f.wait_link("tap", false);
+
+    let reader = format!("tap-{device}");
+    let before = thread_cpu_ticks(&reader);
+    std::thread::sleep(Duration::from_secs(1));
+    let ticks = thread_cpu_ticks(&reader) - before;
+    assert!(
+        ticks <= 20,
+        "the TAP reader used {ticks}/100 s of CPU in a second: spinning"
+    );
+    introduce(&mut [&mut p1, &mut p2]);
+    unicast_crosses(&mut p1, &mut p2, 1, 2, 20);
+}
