@@ -11,7 +11,7 @@
 //! (`arc-swap`): the datapath loads it once per batch without a lock.
 
 use crate::counters::{DropReason, PortCounters};
-use crate::fdb::{Fdb, MAX_PORTS};
+use crate::fdb::{Fdb, LearnOutcome, MAX_PORTS};
 use crate::frame::{EthernetHead, MacAddr, ETH_HLEN, HEAD_LEN, TPID_8021Q, VLAN_TAG_LEN};
 use crate::vlan::{Classified, EgressTag, VlanId, VlanMode};
 use arc_swap::{ArcSwap, Guard};
@@ -311,6 +311,16 @@ impl Switch {
             .map(|p| p.id)
     }
 
+    /// Whether `port` (from some topology snapshot) is still the port of its
+    /// id: not removed, and its id not reused by a port added since. Each
+    /// added port has a state of its own, so the state's identity is its
+    /// generation.
+    pub fn is_current(&self, port: &PortInfo) -> bool {
+        self.topology()
+            .port(port.id)
+            .is_some_and(|p| Arc::ptr_eq(&p.state, &port.state))
+    }
+
     /// Link state follows the port's peer (guest connected and driver ready).
     /// Going down forgets the port's learned stations so traffic to them floods
     /// until they show up again, possibly elsewhere.
@@ -368,7 +378,15 @@ impl Switch {
         } = info.mode.classify(&frame)?;
         // A MAC pinned elsewhere by a static entry is not moved; the frame is still
         // forwarded, as a Linux bridge does.
-        self.fdb.learn(vlan, src, info.id, now);
+        let learned = self.fdb.learn(vlan, src, info.id, now);
+        if matches!(learned, LearnOutcome::Learned | LearnOutcome::Moved { .. })
+            && !self.is_current(info)
+        {
+            // The port was removed while this frame was in flight (its entries
+            // purged after the topology changed), its id maybe reused: the
+            // entry would send the station's traffic to another port.
+            self.fdb.forget(vlan, src, info.id);
+        }
         let dst = frame.dst();
         // Parsing checked the length: 14 bytes untagged, 18 tagged.
         let at = if tagged {
@@ -516,6 +534,31 @@ mod tests {
             out.sort();
             Ok(out)
         }
+    }
+
+    /// A frame decided on a snapshot taken before its port was removed and
+    /// its id reused must not teach the FDB that its source is behind the
+    /// new port; the old port is no longer current.
+    #[test]
+    fn a_frame_in_flight_from_a_removed_port_is_not_learned_on_its_successor() {
+        let b = Bench::new(&[("a1", VlanMode::Access(10)), ("a2", VlanMode::Access(10))]);
+        let old_id = b.id("a1");
+        let topo = b.sw.topology();
+        let old = topo.port(old_id).unwrap().clone();
+        b.sw.remove_port("a1").unwrap();
+        let new_id = b.sw.add_port("n1", VlanMode::Access(10), 1500).unwrap();
+        assert_eq!(new_id, old_id, "the id is reused");
+        assert!(!b.sw.is_current(&old));
+        assert!(b.sw.is_current(b.sw.topology().port(new_id).unwrap()));
+        let f = frame([0xff; 6], mac(7), None);
+        b.sw.receive(&topo, old_id, &f[..HEAD_LEN], f.len(), 0)
+            .unwrap();
+        assert_eq!(b.sw.fdb().lookup(10, MacAddr(mac(7)), 0), None);
+        // From the current topology the same frame is learned as usual.
+        let now = b.sw.topology();
+        b.sw.receive(&now, new_id, &f[..HEAD_LEN], f.len(), 0)
+            .unwrap();
+        assert_eq!(b.sw.fdb().lookup(10, MacAddr(mac(7)), 0), Some(new_id));
     }
 
     /// The egress head is the whole header as decided on: a buffer rewritten

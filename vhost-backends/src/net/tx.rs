@@ -292,13 +292,129 @@ fn deliver(from: &Ingress, topo: &Topology, group: &[Delivery], frames: &[FrameS
         }
         Err(reason) => counters.add_drop(reason),
     };
-    let published = from
-        .table
-        .with(out.id, |sink| sink.deliver(group, frames, &mut count));
-    if published.is_none() {
+    let published = from.table.with(out.id, |sink| {
+        // The sink must be the port decided on. A port added under a reused
+        // id publishes only once it is in the topology, and the sink was
+        // loaded before this check, so a successor's sink cannot pass it.
+        from.switch
+            .is_current(out)
+            .then(|| sink.deliver(group, frames, &mut count))
+    });
+    if published.flatten().is_none() {
         for _ in group {
             counters.add_drop(DropReason::NoBuffer);
         }
     }
     counters.add_tx(packets, bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::port_table::FrameSink;
+    use std::sync::{Arc, Mutex};
+    use vswitch::VlanMode;
+
+    /// Records what it is given; may run `hook` first (a race played out).
+    struct Recorder {
+        got: Arc<Mutex<Vec<Vec<u8>>>>,
+        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Recorder {
+        fn new(hook: Option<Box<dyn FnOnce() + Send>>) -> (Recorder, Arc<Mutex<Vec<Vec<u8>>>>) {
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let sink = Recorder {
+                got: got.clone(),
+                hook: Mutex::new(hook),
+            };
+            (sink, got)
+        }
+    }
+
+    impl FrameSink for Recorder {
+        fn deliver(
+            &self,
+            batch: &[Delivery],
+            frames: &[FrameSource],
+            done: &mut dyn FnMut(&Delivery, Result<(), DropReason>),
+        ) {
+            if let Some(hook) = self.hook.lock().unwrap().take() {
+                hook();
+            }
+            for d in batch {
+                let mut out = d.egress.head().to_vec();
+                frames[d.frame].for_each_slice(d.egress.skip(), |s| {
+                    let mut b = vec![0u8; s.len()];
+                    s.copy_to(&mut b[..]);
+                    out.extend_from_slice(&b);
+                    true
+                });
+                self.got.lock().unwrap().push(out);
+                done(d, Ok(()));
+            }
+        }
+    }
+
+    /// A port removed and its id reused by a port of another VLAN while a
+    /// batch is being delivered: the batch's frames for the old port do not
+    /// reach the new one.
+    #[test]
+    fn a_reused_port_id_gets_nothing_decided_for_its_predecessor() {
+        let switch = Arc::new(Switch::new("br0", 100, 100, 300));
+        let table = Arc::new(PortTable::default());
+        let add = |name: &str, vlan: u16| {
+            let id = switch.add_port(name, VlanMode::Access(vlan), 1500).unwrap();
+            switch.set_link(id, true);
+            id
+        };
+        let (src, first, doomed) = (add("src", 10), add("first", 10), add("doomed", 10));
+        let (successor, successor_got) = Recorder::new(None);
+        let successor = Mutex::new(Some(successor));
+        let race = {
+            let (switch, table) = (switch.clone(), table.clone());
+            Box::new(move || {
+                table.withdraw(doomed);
+                switch.remove_port("doomed").unwrap();
+                let id = switch
+                    .add_port("vlan20", VlanMode::Access(20), 1500)
+                    .unwrap();
+                assert_eq!(id, doomed);
+                switch.set_link(id, true);
+                let sink = successor.lock().unwrap().take().unwrap();
+                table.publish(id, Box::new(sink));
+            }) as Box<dyn FnOnce() + Send>
+        };
+        // `first` sorts before `doomed`: its delivery plays the race.
+        let (first_sink, first_got) = Recorder::new(Some(race));
+        table.publish(first, Box::new(first_sink));
+        let (doomed_sink, _) = Recorder::new(None);
+        table.publish(doomed, Box::new(doomed_sink));
+
+        let mut frame = vec![0u8; HDR_LEN];
+        frame.extend_from_slice(&[0xff; 6]);
+        frame.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        frame.resize(HDR_LEN + 60, 0xab);
+        let segments = [VolatileSlice::from(&mut frame[..])];
+        let frames = [FrameSource::new(&segments, HDR_LEN)];
+        let ingress = Ingress {
+            id: src,
+            switch: &switch,
+            table: &table,
+        };
+        forward(&ingress, &frames, 0, &mut Vec::new());
+        assert_eq!(first_got.lock().unwrap().len(), 1);
+        assert!(
+            successor_got.lock().unwrap().is_empty(),
+            "a VLAN 10 frame reached the VLAN 20 port that took the id"
+        );
+        let counters = switch
+            .topology()
+            .port(doomed)
+            .unwrap()
+            .state
+            .counters
+            .snapshot();
+        assert_eq!(counters.tx_packets, 0);
+    }
 }
