@@ -381,16 +381,11 @@ mod tests {
             let flags = if last { 0 } else { VIRTQ_DESC_F_NEXT };
             put_desc(&mem, INDIRECT_TABLE, i, BUF, 0, flags, i + 1);
         }
-        let table_len = 16 * u32::from(SIZE);
-        put_desc(
-            &mem,
-            DESC,
-            0,
-            INDIRECT_TABLE,
-            table_len,
-            VIRTQ_DESC_F_INDIRECT,
-            0,
-        );
+        let indirect = |entries: u32| {
+            let len = 16 * entries;
+            put_desc(&mem, DESC, 0, INDIRECT_TABLE, len, VIRTQ_DESC_F_INDIRECT, 0);
+        };
+        indirect(u32::from(SIZE));
         let mut budget = 100;
         let mut seen = 0;
         let walked = ring.walk_budgeted(0, &mut budget, |_, _| {
@@ -407,16 +402,7 @@ mod tests {
         );
         assert_eq!(budget, 0);
         // A table longer than the queue size is refused before it is read.
-        let table_len = 16 * (u32::from(SIZE) + 1);
-        put_desc(
-            &mem,
-            DESC,
-            0,
-            INDIRECT_TABLE,
-            table_len,
-            VIRTQ_DESC_F_INDIRECT,
-            0,
-        );
+        indirect(u32::from(SIZE) + 1);
         let mut budget = 100;
         assert_eq!(
             ring.walk_budgeted(0, &mut budget, |_, _| true),
