@@ -8,6 +8,8 @@
 
 mod support;
 
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -237,6 +239,112 @@ impl Drop for Flipper {
     }
 }
 
+/// A TAP device name of this test process (the tests run one at a time).
+fn tap_device_name() -> String {
+    format!("hn{}", std::process::id() % 100_000)
+}
+
+/// A `[[switch.port]]` of type "tap" on `device`, for `Fabric::start`'s
+/// switch section.
+fn tap_port(name: &str, device: &str, vlan: &str) -> String {
+    format!("[[switch.port]]\nname = \"{name}\"\ntype = \"tap\"\ndevice = \"{device}\"\nvlan = {vlan}\n")
+}
+
+/// An AF_PACKET socket on one interface: the frames it receives, i.e. what
+/// the daemon writes into its TAP device (not what the kernel sends out).
+struct PacketSocket(OwnedFd);
+
+fn check_os(r: libc::c_int, what: &str) {
+    assert!(r >= 0, "{what}: {}", std::io::Error::last_os_error());
+}
+
+impl PacketSocket {
+    fn open(ifname: &str) -> PacketSocket {
+        let name = CString::new(ifname).unwrap();
+        // SAFETY: a NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(index != 0, "no interface {ifname}");
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); the descriptor is owned right below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::c_int::from(all),
+            )
+        };
+        check_os(raw, "socket(AF_PACKET)");
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let rcvbuf: libc::c_int = 8 << 20;
+        // SAFETY: an int option on our socket (FORCE: we run as root).
+        check_os(
+            unsafe {
+                libc::setsockopt(
+                    raw,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    (&rcvbuf as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            },
+            "SO_RCVBUFFORCE",
+        );
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = all;
+        addr.sll_ifindex = index as i32;
+        // SAFETY: bind with a sockaddr_ll we own and its size.
+        check_os(
+            unsafe {
+                libc::bind(
+                    raw,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            },
+            "bind(AF_PACKET)",
+        );
+        PacketSocket(fd)
+    }
+
+    /// Frames received until `quiet` passes without one.
+    fn received(&self, quiet: Duration) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: self.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, quiet.as_millis() as libc::c_int) } <= 0 {
+                return frames;
+            }
+            // SAFETY: all-zero is a valid sockaddr_ll.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: our buffer and address, with their sizes.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut len,
+                )
+            };
+            check_os(n as libc::c_int, "recvfrom(AF_PACKET)");
+            if from.sll_pkttype != libc::PACKET_OUTGOING {
+                frames.push(buf[..n as usize].to_vec());
+            }
+        }
+    }
+}
+
 /// Flips bytes 12..16 of each frame at `addrs` (host addresses) between the
 /// frame's own (`calm`) and an 802.1Q tag for VLAN 20, until `stop`: a second
 /// vCPU rewriting a frame it already handed to the device.
@@ -258,11 +366,15 @@ fn flip_until(stop: &AtomicBool, addrs: &[usize], calm: u32) {
 fn a_racing_guest_cannot_tag_its_frames_after_the_decision() {
     let _serial = serial();
     const TRUNK_NATIVE10: &str = "{ mode = \"trunk\", allowed = [10, 20], native = 10 }";
+    // A guest trunk and a TAP trunk, both native 10.
+    let device = tap_device_name();
     let f = Fabric::start(
-        "",
+        &tap_port("tap", &device, TRUNK_NATIVE10),
         &[("a", ACCESS10), ("t", TRUNK_NATIVE10), ("p", ACCESS10)],
     );
     let (mut a, mut t, mut p) = (f.connect("a"), f.connect("t"), f.connect("p"));
+    f.wait_link("tap", true);
+    let capture = PacketSocket::open(&device);
     // Untagged IPv4-typed broadcasts; bytes 14..16 are payload the racer also flips.
     let fr = eth(BROADCAST, mac(1), 0x0800, &payload(7, 100));
     let mut buffer = vec![0u8; VNET_HDR_LEN];
@@ -276,7 +388,11 @@ fn a_racing_guest_cannot_tag_its_frames_after_the_decision() {
     let calm = u32::from_ne_bytes(fr[12..16].try_into().unwrap());
 
     let flipper = Flipper::start(addrs, calm);
+    // Checks a frame from the racer (false for others).
     let check = |who: &str, got: &[u8]| {
+        if got.get(6..12) != Some(&mac(1)[..]) {
+            return false;
+        }
         assert_eq!(got.len(), fr.len(), "{who}: length");
         assert_eq!(&got[..14], &fr[..14], "{who}: untagged, EtherType 0x0800");
         let b1415 = [got[14], got[15]];
@@ -285,9 +401,10 @@ fn a_racing_guest_cannot_tag_its_frames_after_the_decision() {
             "{who}: bytes 14..16 are either value the guest wrote"
         );
         assert_eq!(&got[16..], &fr[16..], "{who}: the rest");
+        true
     };
     let (rounds, per_round) = (40, 50);
-    let mut delivered = 0u64;
+    let (mut delivered, mut on_access, mut on_tap) = (0u64, 0u64, 0u64);
     for round in 0..rounds {
         for i in 0..per_round {
             let chain = [RawDesc {
@@ -300,20 +417,27 @@ fn a_racing_guest_cannot_tag_its_frames_after_the_decision() {
         }
         assert!(a.wait_tx_completed(WAIT), "round {round}");
         // Deliveries happen before the chains are returned: all there now.
+        // (The TAP device's kernel sends traffic of its own: other sources.)
         while let Some(got) = t.try_recv() {
-            check("trunk", &got);
-            delivered += 1;
+            delivered += u64::from(check("trunk", &got));
         }
         while let Some(got) = p.try_recv() {
-            check("access", &got);
+            on_access += u64::from(check("access", &got));
+        }
+        for got in capture.received(Duration::from_millis(20)) {
+            on_tap += u64::from(check("tap", &got));
         }
     }
     drop(flipper);
+    for got in capture.received(QUIET) {
+        on_tap += u64::from(check("tap", &got));
+    }
     let posted = (rounds * per_round) as u64;
     let c = f.counters("a");
     let tagged = c.dropped(DropReason::TaggedOnAccess);
     assert_eq!(delivered + tagged, posted, "{c:?}");
-    assert_eq!(f.counters("p").tx_packets, delivered);
+    assert_eq!(on_access, delivered);
+    assert_eq!(on_tap, delivered, "every frame the TAP took was checked");
     assert!(delivered > 0 && tagged > 0, "the race ran both ways: {c:?}");
 }
 
@@ -406,11 +530,11 @@ fn zero_length_indirect_chains_cost_their_neighbours_little() {
 #[test]
 fn a_tap_device_deleted_under_the_daemon_goes_link_down_quietly() {
     let _serial = serial();
-    let device = format!("hn{}", std::process::id() % 100_000);
-    let tap = format!(
-        "[[switch.port]]\nname = \"tap\"\ntype = \"tap\"\ndevice = \"{device}\"\nvlan = {ACCESS10}\n"
+    let device = tap_device_name();
+    let f = Fabric::start(
+        &tap_port("tap", &device, ACCESS10),
+        &[("p1", ACCESS10), ("p2", ACCESS10)],
     );
-    let f = Fabric::start(&tap, &[("p1", ACCESS10), ("p2", ACCESS10)]);
     let (mut p1, mut p2) = (f.connect("p1"), f.connect("p2"));
     f.wait_link("tap", true);
     let status = std::process::Command::new("ip")
