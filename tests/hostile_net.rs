@@ -557,3 +557,28 @@ fn a_tap_device_deleted_under_the_daemon_goes_link_down_quietly() {
     introduce(&mut [&mut p1, &mut p2]);
     unicast_crosses(&mut p1, &mut p2, 1, 2, 20);
 }
+
+#[test]
+fn a_stopped_queue_with_chains_waiting_costs_no_cpu() {
+    let _serial = serial();
+    let (_f, [mut p1, mut p2, mut p3]) = three_ports(["p1", "p2", "p3"]);
+    // A paused VM: its rings stopped (GET_VRING_BASE) while its driver had
+    // posted chains the device has not taken yet.
+    let bases = p1.stop().expect("GET_VRING_BASE");
+    for i in 0..8 {
+        assert!(p1.send(&frame(mac(2), mac(1), i)));
+    }
+    // Another port's traffic wakes the shared datapath thread.
+    unicast_crosses(&mut p2, &mut p3, 2, 3, 3);
+    let ticks = ticks_over_a_second(|comm| comm.starts_with("datapath-"));
+    assert!(
+        ticks <= 20,
+        "datapath threads used {ticks}/100 s of CPU in an idle second: spinning"
+    );
+    // Resumed, the chains go out.
+    p1.resume(bases).expect("resume");
+    for i in 0..8 {
+        assert_eq!(p2.recv(WAIT), Some(frame(mac(2), mac(1), i)), "frame {i}");
+    }
+    assert!(p1.wait_tx_completed(WAIT));
+}
