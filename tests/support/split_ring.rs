@@ -131,6 +131,29 @@ impl SplitRing {
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
+    /// Writes `avail.idx` as-is, whatever the entries say (hostile-driver
+    /// tests: an index further ahead than the ring holds). The driver's own
+    /// shadow is left alone.
+    pub fn publish_raw_idx(&self, ram: &GuestRam, idx: u16) {
+        ram.set_ring_u16(self.avail + 2, idx, Ordering::Release);
+    }
+
+    /// Guest address of the descriptor table.
+    pub fn desc_table(&self) -> u64 {
+        self.desc
+    }
+
+    /// The head most recently pushed to the available ring.
+    pub fn last_pushed_head(&self, ram: &GuestRam) -> u16 {
+        let slot = self.avail_idx.wrapping_sub(1) % self.size;
+        ram.ring_u16(self.avail + 4 + 2 * u64::from(slot), Ordering::Relaxed)
+    }
+
+    /// The driver's avail index: every entry pushed so far.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
     /// Entries pushed since the last [`SplitRing::publish`].
     pub fn unpublished(&self) -> u16 {
         self.avail_idx.wrapping_sub(self.notified_idx)

@@ -624,6 +624,63 @@ impl GuestNic {
         Ok((rx, tx))
     }
 
+    /// Starts both rings again after [`GuestNic::stop`], the way QEMU resumes a
+    /// VM: SET_VRING_NUM, _ADDR, _BASE (the bases `stop` returned), _CALL,
+    /// _KICK; then kicks TX so frames posted meanwhile go out.
+    pub fn resume(&mut self, (rx_base, tx_base): (u32, u32)) -> io::Result<()> {
+        for (q, ring, base, kick, call) in [
+            (RX_QUEUE, &self.rx, rx_base, &self.rx_kick, &self.rx_call),
+            (TX_QUEUE, &self.tx, tx_base, &self.tx_kick, &self.tx_call),
+        ] {
+            setup_queue(
+                &mut self.frontend,
+                q,
+                ring,
+                &self.ram,
+                base as u16,
+                kick,
+                call,
+            )?;
+        }
+        self.kick(TX_QUEUE);
+        Ok(())
+    }
+
+    /// A second handle on the vhost-user connection, for requests sent from
+    /// another thread while the test goes on (e.g. a GET_VRING_BASE that must
+    /// be answered in time).
+    pub fn frontend(&self) -> Frontend {
+        self.frontend.clone()
+    }
+
+    /// Where the TX descriptor table is (guest address) and its size, for
+    /// tests that model what the device reads.
+    pub fn tx_desc_table(&self) -> (u64, u16) {
+        (self.tx.desc_table(), self.tx.size())
+    }
+
+    /// The head of the TX chain posted last.
+    pub fn tx_last_head(&self) -> u16 {
+        self.tx.last_pushed_head(&self.ram)
+    }
+
+    /// The TX avail index this driver has published (every chain posted).
+    pub fn tx_avail_idx(&self) -> u16 {
+        self.tx.avail_idx()
+    }
+
+    /// Writes the TX (`queue` 1) or RX (0) avail index as-is and kicks: a
+    /// hostile driver's index, e.g. further ahead than the ring holds.
+    pub fn publish_raw_avail_idx(&mut self, queue: usize, idx: u16) {
+        let ring = if queue == RX_QUEUE {
+            &self.rx
+        } else {
+            &self.tx
+        };
+        ring.publish_raw_idx(&self.ram, idx);
+        self.kick(queue);
+    }
+
     /// Drops the vhost-user connection without any goodbye, like a VMM that died.
     pub fn disconnect(self) {
         drop(self);

@@ -14,7 +14,7 @@
 //! sleeps. A kick lands on the port's vhost-user worker, which only wakes the
 //! datapath thread ([`Datapath::wake`]).
 
-use crate::net::device::Connection;
+use crate::net::device::{Connection, TX_QUEUE};
 use crate::net::tx::{self, TxScratch};
 use crate::net::Vring;
 use arc_swap::ArcSwap;
@@ -23,6 +23,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vhost_user_backend::VringT;
+use virtio_queue::QueueT;
 
 /// How long a thread keeps polling after its last frame before it sleeps.
 pub const POLL_FOR: Duration = Duration::from_micros(50);
@@ -33,6 +34,21 @@ pub struct TxQueue {
     pub(crate) vring: Vring,
     /// Held for a whole batch: `stop_vring` takes it to wait for the batch in flight.
     pub(crate) scratch: Mutex<TxScratch>,
+}
+
+impl TxQueue {
+    /// Whether a batch could run now. Only then may the queue's waiting
+    /// chains keep the thread awake: a stopped (GET_VRING_BASE, a paused VM)
+    /// or disabled queue waits for the kick that starts it again, and a
+    /// broken one always looks pending (that is how it broke). Counting them
+    /// would keep the thread from ever sleeping.
+    fn serviceable(&self) -> bool {
+        if self.conn.is_broken(TX_QUEUE) {
+            return false;
+        }
+        let state = self.vring.get_ref();
+        state.is_enabled() && state.get_queue().ready()
+    }
 }
 
 struct Shared {
@@ -118,7 +134,7 @@ fn round(queues: &[Arc<TxQueue>]) -> usize {
     for q in queues {
         // Busy means stop_vring holds it: the queue is being stopped, skip it.
         if let Ok(mut scratch) = q.scratch.try_lock() {
-            work += tx::process_batch(&q.conn, &q.vring, &mut scratch).unwrap_or(0);
+            work += tx::process_batch(q, &mut scratch);
         }
     }
     work
@@ -141,7 +157,9 @@ fn run(t: &Shared) {
         // will never come.
         let mut pending = false;
         for q in queues.iter() {
-            pending |= q.vring.enable_notification().unwrap_or(false);
+            if q.serviceable() {
+                pending |= q.vring.enable_notification().unwrap_or(false);
+            }
         }
         if !pending {
             let mut woken = t.woken.lock().unwrap_or_else(|e| e.into_inner());
@@ -150,7 +168,9 @@ fn run(t: &Shared) {
             }
             *woken = false;
         }
-        for q in t.queues.load().iter() {
+        // A stopped ring is not ours to write (its notification settings
+        // live in guest memory).
+        for q in t.queues.load().iter().filter(|q| q.serviceable()) {
             let _ = q.vring.disable_notification();
         }
         dry_since = None;

@@ -37,8 +37,9 @@ const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 pub enum ChainError {
     /// A descriptor index outside its table.
     BadIndex,
-    /// More descriptors than the table holds: a loop.
-    Loop,
+    /// More descriptors than the chain may have (the queue size, indirect
+    /// tables included, or the caller's budget): a loop or a costly chain.
+    TooLong,
     /// Indirect table misaligned in length, nested, combined with NEXT, or empty.
     BadIndirect,
     /// A buffer outside guest memory.
@@ -144,10 +145,29 @@ impl<'m> RingView<'m> {
     }
 
     /// Walks the chain starting at `head`, calling `f(buffer, device_writable)`
-    /// for each buffer in order; `f` returns false to reject the chain.
+    /// for each buffer in order; `f` returns false to reject the chain. The
+    /// chain may have at most queue-size buffers, indirect tables included.
     pub fn walk(
         &self,
         head: u16,
+        f: impl FnMut(VolatileSlice<'m>, bool) -> bool,
+    ) -> Result<(), ChainError> {
+        // Enough for any chain the queue-size limit allows, plus its
+        // indirect descriptor.
+        let mut budget = u32::from(self.size) + 1;
+        self.walk_budgeted(head, &mut budget, f)
+    }
+
+    /// Like [`walk`](Self::walk), but every descriptor read, zero-length and
+    /// indirect ones included, also takes one from `budget` (left with what
+    /// remains, also on error): the caller bounds the work a guest can cause,
+    /// whatever its chains look like. Running out rejects the chain as
+    /// [`ChainError::TooLong`]; so do more buffers than the queue size
+    /// (§2.7.5.3.1: a chain never exceeds it, indirect tables included).
+    pub fn walk_budgeted(
+        &self,
+        head: u16,
+        budget: &mut u32,
         mut f: impl FnMut(VolatileSlice<'m>, bool) -> bool,
     ) -> Result<(), ChainError> {
         if head >= self.size {
@@ -156,13 +176,15 @@ impl<'m> RingView<'m> {
         let mut table = self.desc;
         let mut table_len = self.size;
         let mut index = head;
-        let mut budget = self.size;
         let mut indirect = false;
+        // Buffers the chain may still have; the indirect descriptor itself is
+        // no buffer, so a full-size indirect table is legal.
+        let mut buffers_left = u32::from(self.size);
         loop {
-            if budget == 0 {
-                return Err(ChainError::Loop);
+            if *budget == 0 || buffers_left == 0 {
+                return Err(ChainError::TooLong);
             }
-            budget -= 1;
+            *budget -= 1;
             let d = read_desc(&table, index).ok_or(ChainError::BadIndex)?;
             if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
                 // §2.7.5.3: one level, whole descriptors, not chained onward.
@@ -173,20 +195,21 @@ impl<'m> RingView<'m> {
                 {
                     return Err(ChainError::BadIndirect);
                 }
+                // A table longer than the chain may be is refused unread.
                 let entries = d.len as usize / DESC_SIZE;
-                if entries > u16::MAX as usize {
-                    return Err(ChainError::BadIndirect);
+                if entries > buffers_left as usize {
+                    return Err(ChainError::TooLong);
                 }
                 table = self
                     .mem
                     .get_slice(GuestAddress(d.addr), d.len as usize)
                     .map_err(|_| ChainError::BadIndirect)?;
                 table_len = entries as u16;
-                budget = table_len;
                 index = 0;
                 indirect = true;
                 continue;
             }
+            buffers_left -= 1;
             let buffer = self
                 .mem
                 .get_slice(GuestAddress(d.addr), d.len as usize)
@@ -306,7 +329,7 @@ mod tests {
         assert_eq!(walk(&mem, &q, SIZE), Err(ChainError::BadIndex));
         put_desc(&mem, DESC, 0, BUF, 12, VIRTQ_DESC_F_NEXT, 1);
         put_desc(&mem, DESC, 1, BUF, 12, VIRTQ_DESC_F_NEXT, 0);
-        assert_eq!(walk(&mem, &q, 0), Err(ChainError::Loop));
+        assert_eq!(walk(&mem, &q, 0), Err(ChainError::TooLong));
         put_desc(&mem, DESC, 1, BUF, 12, VIRTQ_DESC_F_NEXT, SIZE);
         assert_eq!(walk(&mem, &q, 0), Err(ChainError::BadIndex));
         put_desc(&mem, DESC, 1, MEM as u64 - 4, 12, 0, 0);
@@ -352,7 +375,48 @@ mod tests {
         put_desc(&mem, INDIRECT_TABLE, 0, BUF, 12, VIRTQ_DESC_F_NEXT, 1);
         put_desc(&mem, INDIRECT_TABLE, 1, BUF, 12, VIRTQ_DESC_F_NEXT, 0);
         put_desc(&mem, DESC, 0, INDIRECT_TABLE, 32, VIRTQ_DESC_F_INDIRECT, 0);
-        assert_eq!(walk(&mem, &q, 0), Err(ChainError::Loop));
+        assert_eq!(walk(&mem, &q, 0), Err(ChainError::TooLong));
+    }
+
+    #[test]
+    fn every_descriptor_costs_budget() {
+        let (mem, q) = setup();
+        let ring = RingView::new(&q, &mem).unwrap();
+        // A full-size indirect table of zero-length descriptors: legal, and
+        // each of them is paid for, plus the indirect descriptor.
+        for i in 0..SIZE {
+            let last = i + 1 == SIZE;
+            let flags = if last { 0 } else { VIRTQ_DESC_F_NEXT };
+            put_desc(&mem, INDIRECT_TABLE, i, BUF, 0, flags, i + 1);
+        }
+        let indirect = |entries: u32| {
+            let len = 16 * entries;
+            put_desc(&mem, DESC, 0, INDIRECT_TABLE, len, VIRTQ_DESC_F_INDIRECT, 0);
+        };
+        indirect(u32::from(SIZE));
+        let mut budget = 100;
+        let mut seen = 0;
+        let walked = ring.walk_budgeted(0, &mut budget, |_, _| {
+            seen += 1;
+            true
+        });
+        assert_eq!(walked, Ok(()));
+        assert_eq!((seen, budget), (SIZE, 100 - 1 - u32::from(SIZE)));
+        // Out of budget in the middle: rejected, the budget is spent, not more.
+        let mut budget = 5;
+        assert_eq!(
+            ring.walk_budgeted(0, &mut budget, |_, _| true),
+            Err(ChainError::TooLong)
+        );
+        assert_eq!(budget, 0);
+        // A table longer than the queue size is refused before it is read.
+        indirect(u32::from(SIZE) + 1);
+        let mut budget = 100;
+        assert_eq!(
+            ring.walk_budgeted(0, &mut budget, |_, _| true),
+            Err(ChainError::TooLong)
+        );
+        assert_eq!(budget, 99, "only the indirect descriptor was read");
     }
 
     #[test]

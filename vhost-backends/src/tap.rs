@@ -228,7 +228,10 @@ pub fn spawn(
     }))
 }
 
-/// Reads frames in batches and forwards them, until `stop`.
+/// Reads frames in batches and forwards them, until `stop` or until the
+/// device goes away under us (`ip link del`): then the port goes link down
+/// and the thread ends, logged once, rather than poll a dead descriptor that
+/// is always "ready".
 fn read_loop(dev: &TapDevice, id: PortId, switch: &Switch, table: &PortTable, stop: &AtomicBool) {
     let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; HDR_LEN + MAX_FRAME]).collect();
     let mut lens = [0usize; BATCH];
@@ -246,14 +249,21 @@ fn read_loop(dev: &TapDevice, id: PortId, switch: &Switch, table: &PortTable, st
         if ready <= 0 {
             continue;
         }
+        let mut gone = (pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0)
+            .then(|| io::Error::other("poll reports an error"));
         let mut count = 0;
         let mut short = 0u64;
-        while count < BATCH {
+        while count < BATCH && gone.is_none() {
             let buf = &mut bufs[count];
             // SAFETY: reading into our own buffer of buf.len() bytes.
             let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
             if n < 0 {
-                break; // EAGAIN: drained (or the device is gone)
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => break,
+                    _ => gone = Some(e), // EBADFD: the device was deleted
+                }
+                break;
             }
             let n = n as usize;
             if n < HDR_LEN {
@@ -272,6 +282,15 @@ fn read_loop(dev: &TapDevice, id: PortId, switch: &Switch, table: &PortTable, st
             .map(|i| FrameSource::new(&segments[i..=i], HDR_LEN))
             .collect();
         forward(&ingress, &frames, short, &mut deliveries);
+        if let Some(e) = gone {
+            table.withdraw(id);
+            switch.set_link(id, false);
+            log::error!(
+                "TAP device {}: {e}; the device is gone: port link down, no longer read",
+                dev.name
+            );
+            return;
+        }
     }
 }
 

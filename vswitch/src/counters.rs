@@ -73,6 +73,7 @@ pub struct PortCounters {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     drops: [AtomicU64; N_REASONS],
+    broken_queues: AtomicU64,
 }
 
 /// A point-in-time copy of [`PortCounters`].
@@ -83,6 +84,10 @@ pub struct PortCountersSnapshot {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: [u64; N_REASONS],
+    /// Times a queue of the port was stopped as broken (a driver that put its
+    /// avail index further ahead than the ring holds, or its rings outside
+    /// guest memory). The queue stays stopped until the frontend resets it.
+    pub broken_queues: u64,
 }
 
 impl PortCountersSnapshot {
@@ -110,6 +115,10 @@ impl PortCounters {
         self.drops[reason as usize].fetch_add(1, Relaxed);
     }
 
+    pub fn add_broken_queue(&self) {
+        self.broken_queues.fetch_add(1, Relaxed);
+    }
+
     pub fn snapshot(&self) -> PortCountersSnapshot {
         PortCountersSnapshot {
             rx_packets: self.rx_packets.load(Relaxed),
@@ -117,6 +126,7 @@ impl PortCounters {
             tx_packets: self.tx_packets.load(Relaxed),
             tx_bytes: self.tx_bytes.load(Relaxed),
             drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
+            broken_queues: self.broken_queues.load(Relaxed),
         }
     }
 }

@@ -338,6 +338,22 @@ impl Fdb {
         n
     }
 
+    /// Forgets one station's dynamic entry if it points at `port`: a learn
+    /// that lost the race with that port's removal. Returns whether it did.
+    pub fn forget(&self, vlan: VlanId, mac: MacAddr, port: PortId) -> bool {
+        let key = key(vlan, mac);
+        let (hash, shard) = self.locate(key);
+        let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
+        match table.find_entry(hash, |e| e.key == key && e.port == port && !e.is_static) {
+            Ok(entry) => {
+                let (old, _) = entry.remove();
+                self.release(&old);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Forgets the dynamic entries of a port (link down, port removed).
     pub fn flush_port(&self, port: PortId) -> usize {
         self.remove_where(|e| e.port == port && !e.is_static)

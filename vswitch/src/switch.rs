@@ -11,8 +11,8 @@
 //! (`arc-swap`): the datapath loads it once per batch without a lock.
 
 use crate::counters::{DropReason, PortCounters};
-use crate::fdb::{Fdb, MAX_PORTS};
-use crate::frame::{EthernetHead, MacAddr, ETH_HLEN, TPID_8021Q};
+use crate::fdb::{Fdb, LearnOutcome, MAX_PORTS};
+use crate::frame::{EthernetHead, MacAddr, ETH_HLEN, HEAD_LEN, TPID_8021Q, VLAN_TAG_LEN};
 use crate::vlan::{Classified, EgressTag, VlanId, VlanMode};
 use arc_swap::{ArcSwap, Guard};
 use std::fmt;
@@ -115,6 +115,8 @@ pub struct Ingress {
     pub dest: Dest,
     dst: MacAddr,
     src: MacAddr,
+    /// The EtherType after the MACs and any tag, as decided on.
+    ethertype: [u8; 2],
     tagged: bool,
     pcp_dei: u16,
     len: usize,
@@ -123,10 +125,15 @@ pub struct Ingress {
 
 /// How one egress port emits a frame: write `head()`, then the received frame
 /// from byte `skip()` on. Covers all three rewrites: keep, strip or add a tag.
+///
+/// The head is the whole Ethernet header (MACs, tag, EtherType) built from
+/// the copy the switch decided on, and `skip` passes over all of it in the
+/// received frame: a guest rewriting its buffer after the decision (a second
+/// vCPU) cannot turn an untagged frame into a tagged one on the way out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Egress {
     pub port: PortId,
-    head: [u8; 16],
+    head: [u8; HEAD_LEN],
     head_len: u8,
     skip: u8,
     len: u32,
@@ -134,10 +141,10 @@ pub struct Egress {
 
 impl Egress {
     fn new(port: PortId, ing: &Ingress, tag: EgressTag) -> Egress {
-        let mut head = [0u8; 16];
+        let mut head = [0u8; HEAD_LEN];
         head[0..6].copy_from_slice(&ing.dst.0);
         head[6..12].copy_from_slice(&ing.src.0);
-        let head_len = match tag {
+        let macs_and_tag = match tag {
             EgressTag::Untagged => 12,
             EgressTag::Tagged(vlan) => {
                 head[12..14].copy_from_slice(&TPID_8021Q.to_be_bytes());
@@ -145,7 +152,13 @@ impl Egress {
                 16
             }
         };
-        let skip = if ing.tagged { 16 } else { 12 };
+        head[macs_and_tag..macs_and_tag + 2].copy_from_slice(&ing.ethertype);
+        let head_len = macs_and_tag + 2;
+        let skip = if ing.tagged {
+            ETH_HLEN + VLAN_TAG_LEN
+        } else {
+            ETH_HLEN
+        };
         let len = (ing.len - skip + head_len) as u32;
         Egress {
             port,
@@ -298,6 +311,16 @@ impl Switch {
             .map(|p| p.id)
     }
 
+    /// Whether `port` (from some topology snapshot) is still the port of its
+    /// id: not removed, and its id not reused by a port added since. Each
+    /// added port has a state of its own, so the state's identity is its
+    /// generation.
+    pub fn is_current(&self, port: &PortInfo) -> bool {
+        self.topology()
+            .port(port.id)
+            .is_some_and(|p| Arc::ptr_eq(&p.state, &port.state))
+    }
+
     /// Link state follows the port's peer (guest connected and driver ready).
     /// Going down forgets the port's learned stations so traffic to them floods
     /// until they show up again, possibly elsewhere.
@@ -355,8 +378,23 @@ impl Switch {
         } = info.mode.classify(&frame)?;
         // A MAC pinned elsewhere by a static entry is not moved; the frame is still
         // forwarded, as a Linux bridge does.
-        self.fdb.learn(vlan, src, info.id, now);
+        let learned = self.fdb.learn(vlan, src, info.id, now);
+        if matches!(learned, LearnOutcome::Learned | LearnOutcome::Moved { .. })
+            && !self.is_current(info)
+        {
+            // The port was removed while this frame was in flight (its entries
+            // purged after the topology changed), its id maybe reused: the
+            // entry would send the station's traffic to another port.
+            self.fdb.forget(vlan, src, info.id);
+        }
         let dst = frame.dst();
+        // Parsing checked the length: 14 bytes untagged, 18 tagged.
+        let at = if tagged {
+            ETH_HLEN + VLAN_TAG_LEN
+        } else {
+            ETH_HLEN
+        } - 2;
+        let ethertype = [head[at], head[at + 1]];
         let dest = if dst.is_multicast() {
             Dest::Flood
         } else {
@@ -372,6 +410,7 @@ impl Switch {
             dest,
             dst,
             src,
+            ethertype,
             tagged,
             pcp_dei,
             len,
@@ -495,6 +534,71 @@ mod tests {
             out.sort();
             Ok(out)
         }
+    }
+
+    /// A frame decided on a snapshot taken before its port was removed and
+    /// its id reused must not teach the FDB that its source is behind the
+    /// new port; the old port is no longer current.
+    #[test]
+    fn a_frame_in_flight_from_a_removed_port_is_not_learned_on_its_successor() {
+        let b = Bench::new(&[("a1", VlanMode::Access(10)), ("a2", VlanMode::Access(10))]);
+        let old_id = b.id("a1");
+        let topo = b.sw.topology();
+        let old = topo.port(old_id).unwrap().clone();
+        b.sw.remove_port("a1").unwrap();
+        let new_id = b.sw.add_port("n1", VlanMode::Access(10), 1500).unwrap();
+        assert_eq!(new_id, old_id, "the id is reused");
+        assert!(!b.sw.is_current(&old));
+        assert!(b.sw.is_current(b.sw.topology().port(new_id).unwrap()));
+        let f = frame([0xff; 6], mac(7), None);
+        b.sw.receive(&topo, old_id, &f[..HEAD_LEN], f.len(), 0)
+            .unwrap();
+        assert_eq!(b.sw.fdb().lookup(10, MacAddr(mac(7)), 0), None);
+        // From the current topology the same frame is learned as usual.
+        let now = b.sw.topology();
+        b.sw.receive(&now, new_id, &f[..HEAD_LEN], f.len(), 0)
+            .unwrap();
+        assert_eq!(b.sw.fdb().lookup(10, MacAddr(mac(7)), 0), Some(new_id));
+    }
+
+    /// The egress head is the whole header as decided on: a buffer rewritten
+    /// after the decision (untagged 0x0800 turned into a tag for VLAN 20)
+    /// still leaves untagged on the native VLAN, and tagged 10 on a trunk.
+    #[test]
+    fn egress_never_rereads_the_decided_header() {
+        let b = Bench::new(&[
+            ("a1", VlanMode::Access(10)),
+            ("t1", trunk(&[10, 20], Some(10))),
+            ("t2", trunk(&[10, 20], None)),
+        ]);
+        let f = frame([0xff; 6], mac(1), None);
+        let topo = b.sw.topology();
+        let ingress = b.sw.receive(&topo, b.id("a1"), &f[..HEAD_LEN], f.len(), 0);
+        let ingress = ingress.unwrap();
+        let mut raced = f.clone();
+        raced[12..16].copy_from_slice(&[0x81, 0x00, 0x00, 0x14]);
+        let mut out = Vec::new();
+        let native = topo.egress(b.id("t1"), &ingress).unwrap();
+        assert_eq!((native.head().len(), native.skip()), (14, 14));
+        native.write_into(&raced, &mut out);
+        assert_eq!(&out[..14], &f[..14], "untagged, EtherType as decided");
+        assert_eq!(&out[14..], &raced[14..], "payload bytes as they are");
+        let tagged = topo.egress(b.id("t2"), &ingress).unwrap();
+        assert_eq!((tagged.head().len(), tagged.skip()), (18, 14));
+        tagged.write_into(&raced, &mut out);
+        assert_eq!(&out[12..18], &[0x81, 0x00, 0x00, 10, 0x08, 0x00]);
+        assert_eq!(out.len(), tagged.len());
+
+        // Tagged in, untagged out: the inner EtherType comes from the copy too.
+        let f = frame([0xff; 6], mac(2), Some(10));
+        let ingress = b.sw.receive(&topo, b.id("t2"), &f[..HEAD_LEN], f.len(), 0);
+        let access = topo.egress(b.id("a1"), &ingress.unwrap()).unwrap();
+        assert_eq!((access.head().len(), access.skip()), (14, 18));
+        let mut raced = f.clone();
+        raced[16..18].copy_from_slice(&[0x81, 0x00]);
+        access.write_into(&raced, &mut out);
+        assert_eq!(&out[12..14], &[0x08, 0x00]);
+        assert_eq!(out.len(), access.len());
     }
 
     /// The VLAN truth table: for each ingress port mode and frame tag, the exact

@@ -46,11 +46,39 @@ pub struct Connection {
     published: AtomicBool,
     /// The TX queue while a datapath thread serves it.
     tx: Mutex<Option<Arc<TxQueue>>>,
+    /// Per queue: stopped as broken until the frontend stops it (GET_VRING_BASE)
+    /// and sets it up again, or reconnects.
+    broken: [AtomicBool; NUM_QUEUES],
 }
 
 impl Connection {
     pub fn has_feature(&self, bit: u32) -> bool {
         self.acked_features.load(Ordering::Relaxed) & (1 << bit) != 0
+    }
+
+    pub(crate) fn is_broken(&self, queue: u16) -> bool {
+        self.broken[queue as usize].load(Ordering::Acquire)
+    }
+
+    /// Stops serving `queue`: its driver broke the ring (`why`). Counted and
+    /// logged once; there is no way to set DEVICE_NEEDS_RESET through
+    /// vhost-user, so the guest learns of it only by its queue not moving.
+    pub(crate) fn mark_broken(&self, queue: u16, why: &str) {
+        if self.broken[queue as usize].swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(p) = self.port.switch.topology().port(self.port.id) {
+            p.state.counters.add_broken_queue();
+        }
+        let name = if queue == RX_QUEUE {
+            "receive"
+        } else {
+            "transmit"
+        };
+        log::error!(
+            "port {}: {name} queue broken ({why}); stopped until the frontend resets it",
+            self.port.name
+        );
     }
 
     /// Makes the guest's RX queue reachable by senders, hands its TX queue to a
@@ -97,6 +125,7 @@ impl NetBackend {
             acked_features: AtomicU64::new(0),
             published: AtomicBool::new(false),
             tx: Mutex::new(None),
+            broken: Default::default(),
         }))
     }
 
@@ -165,11 +194,17 @@ impl VhostUserBackend for NetBackend {
         // are marked used, so taking the lock waits for it; the ring is already
         // marked not ready, so no new batch starts. RX deliveries hold the RX
         // vring lock, which marking it not ready already waited for.
+        // The batch publishes its chains even though the ring is stopped
+        // (`RingView::stopping`), so none is lost to the guest.
         if queue_index == TX_QUEUE as u32 {
             let queue = self.0.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(queue) = queue {
                 drop(queue.scratch.lock().unwrap_or_else(|e| e.into_inner()));
             }
+        }
+        // A broken queue gets another chance once the frontend sets it up anew.
+        if let Some(broken) = self.0.broken.get(queue_index as usize) {
+            broken.store(false, Ordering::Release);
         }
         Ok(())
     }

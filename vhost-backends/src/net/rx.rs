@@ -5,7 +5,7 @@
 //! header's `num_buffers` says how many; without it the packet must fit in one
 //! chain and `num_buffers` is 1.
 
-use super::device::Connection;
+use super::device::{Connection, RX_QUEUE};
 use super::frame_source::FrameSource;
 use super::{Vring, HDR_LEN};
 use crate::port_table::{Delivery, FrameSink};
@@ -108,13 +108,27 @@ impl FrameSink for GuestRx {
         let enabled = vring.is_enabled();
         let queue = vring.get_queue_mut();
         let ring = match RingView::new(queue, &mem) {
-            Some(ring) if enabled => ring,
-            _ => {
-                for d in batch {
-                    done(d, Err(DropReason::NoBuffer));
+            _ if self.conn.is_broken(RX_QUEUE) => None,
+            Some(ring) if enabled => match ring.pending(queue.next_avail()) {
+                Some(_) => Some(ring),
+                None => {
+                    let why = "avail index further ahead than the queue size";
+                    self.conn.mark_broken(RX_QUEUE, why);
+                    None
                 }
-                return;
+            },
+            None if queue.ready() => {
+                let why = "rings outside guest memory or misaligned";
+                self.conn.mark_broken(RX_QUEUE, why);
+                None
             }
+            _ => None,
+        };
+        let Some(ring) = ring else {
+            for d in batch {
+                done(d, Err(DropReason::NoBuffer));
+            }
+            return;
         };
         let first_used = queue.next_used();
         let mut next_used = first_used;

@@ -8,11 +8,13 @@
 //! written once) and notify it once, if it wants that.
 //! No two queue locks are ever held at once.
 
-use super::device::Connection;
+use super::device::TX_QUEUE;
 use super::frame_source::{FrameSource, MAX_SEGMENTS};
-use super::{Vring, HDR_LEN};
+use super::HDR_LEN;
+use crate::datapath::TxQueue;
 use crate::port_table::{Delivery, PortTable};
 use crate::split_ring::RingView;
+use crate::GuestMem;
 use arrayvec::ArrayVec;
 use std::ops::Range;
 use vhost_user_backend::VringT;
@@ -30,6 +32,17 @@ const MAX_CHAIN_BYTES: usize = HDR_LEN + 65_535;
 /// Buffers of all chains of one batch, translated once. On the stack, bounded:
 /// a batch stops taking chains when fewer than [`MAX_SEGMENTS`] places are left.
 const MAX_BATCH_SEGMENTS: usize = 8 * MAX_SEGMENTS;
+
+/// Descriptor reads one batch may cost, zero-length and indirect descriptors
+/// included. Ports share a datapath thread, so this bounds what one guest's
+/// chains, whatever they look like, cost its neighbours per round. Real chains
+/// have 1 to 3 descriptors (Linux at most 19): 64 of them need far less.
+const BATCH_DESCRIPTORS: u32 = 1024;
+
+/// The most reads one acceptable chain costs: [`MAX_SEGMENTS`] buffers and an
+/// indirect descriptor. A chain starts only while this much budget is left,
+/// so a good chain is never cut short by the batch budget.
+const CHAIN_DESCRIPTORS: u32 = MAX_SEGMENTS as u32 + 1;
 
 struct TxChain {
     head: u16,
@@ -53,18 +66,21 @@ impl Default for TxScratch {
 }
 
 /// Appends the buffers of a TX chain to `segs`: all device-readable, at most
-/// [`MAX_SEGMENTS`], at most [`MAX_CHAIN_BYTES`] in all, at least a header.
-/// `None` (nothing appended) if the chain breaks any rule.
+/// [`MAX_SEGMENTS`] descriptors (zero-length ones count too), at most
+/// [`MAX_CHAIN_BYTES`] in all, at least a header. Every descriptor read is
+/// taken from `budget`. `None` (nothing appended) if the chain breaks any rule.
 fn gather<'m>(
     ring: &RingView<'m>,
     head: u16,
+    budget: &mut u32,
     segs: &mut ArrayVec<VolatileSlice<'m>, MAX_BATCH_SEGMENTS>,
 ) -> Option<Range<usize>> {
     let start = segs.len();
-    let mut total = 0usize;
-    let walked = ring.walk(head, |buf, writable| {
+    let (mut total, mut descriptors) = (0usize, 0usize);
+    let walked = ring.walk_budgeted(head, budget, |buf, writable| {
         total += buf.len();
-        if writable || segs.len() - start >= MAX_SEGMENTS || total > MAX_CHAIN_BYTES {
+        descriptors += 1;
+        if writable || descriptors > MAX_SEGMENTS || total > MAX_CHAIN_BYTES {
             return false;
         }
         if !buf.is_empty() {
@@ -79,42 +95,67 @@ fn gather<'m>(
     Some(start..segs.len())
 }
 
-/// One batch; returns how many chains it consumed, or `None` if the ring is
-/// stopped.
-pub(crate) fn process_batch(
-    conn: &Connection,
-    vring: &Vring,
+/// Pops up to a batch of chains into `scratch.chains`, their buffers into
+/// `segments`. A ring the driver broke (avail index further ahead than the
+/// ring holds, rings outside guest memory) stops the queue: polling it again
+/// would only spin on the same garbage.
+fn pop_batch<'m>(
+    q: &TxQueue,
+    mem: &'m GuestMem,
     scratch: &mut TxScratch,
-) -> Option<usize> {
+    segments: &mut ArrayVec<VolatileSlice<'m>, MAX_BATCH_SEGMENTS>,
+) {
+    let conn = &q.conn;
+    let mut state = q.vring.get_mut();
+    let enabled = state.is_enabled();
+    let queue = state.get_queue_mut();
+    // Not ready: stopped by GET_VRING_BASE, or not set up yet.
+    if !enabled || !queue.ready() {
+        return;
+    }
+    let Some(ring) = RingView::new(queue, mem) else {
+        conn.mark_broken(TX_QUEUE, "rings outside guest memory or misaligned");
+        return;
+    };
+    let mut next = queue.next_avail();
+    let Some(pending) = ring.pending(next) else {
+        conn.mark_broken(TX_QUEUE, "avail index further ahead than the queue size");
+        return;
+    };
+    let mut budget = BATCH_DESCRIPTORS;
+    for _ in 0..pending {
+        if scratch.chains.len() == BATCH
+            || segments.remaining_capacity() < MAX_SEGMENTS
+            || budget < CHAIN_DESCRIPTORS
+        {
+            break;
+        }
+        let Some(head) = ring.avail_head(next) else {
+            break;
+        };
+        next = next.wrapping_add(1);
+        let range = gather(&ring, head, &mut budget, segments);
+        scratch.chains.push(TxChain {
+            head,
+            segments: range,
+        });
+    }
+    queue.set_next_avail(next);
+}
+
+/// One batch of `q`; returns how many chains it consumed (0 for a queue
+/// stopped, disabled or broken).
+pub(crate) fn process_batch(q: &TxQueue, scratch: &mut TxScratch) -> usize {
+    let conn = &q.conn;
+    if conn.is_broken(TX_QUEUE) {
+        return 0;
+    }
     let mem = conn.mem.memory();
     let mut segments = ArrayVec::<VolatileSlice<'_>, MAX_BATCH_SEGMENTS>::new();
     scratch.chains.clear();
-    {
-        let mut state = vring.get_mut();
-        if !state.is_enabled() {
-            return None;
-        }
-        let queue = state.get_queue_mut();
-        // Not ready (stopped by GET_VRING_BASE) or rings outside memory: stopped.
-        let ring = RingView::new(queue, &mem)?;
-        let mut next = queue.next_avail();
-        let pending = ring.pending(next)?;
-        for _ in 0..pending {
-            if scratch.chains.len() == BATCH || segments.remaining_capacity() < MAX_SEGMENTS {
-                break;
-            }
-            let head = ring.avail_head(next)?;
-            next = next.wrapping_add(1);
-            let range = gather(&ring, head, &mut segments);
-            scratch.chains.push(TxChain {
-                head,
-                segments: range,
-            });
-        }
-        queue.set_next_avail(next);
-    }
+    pop_batch(q, &mem, scratch, &mut segments);
     if scratch.chains.is_empty() {
-        return Some(0);
+        return 0;
     }
 
     let port = &conn.port;
@@ -138,10 +179,12 @@ pub(crate) fn process_batch(
     );
 
     // The device writes nothing into TX buffers: used length 0. A head outside
-    // the table is no descriptor of the driver's: nothing to give back.
-    let mut state = vring.get_mut();
+    // the table is no descriptor of the driver's: nothing to give back. The
+    // ring may have been stopped by GET_VRING_BASE meanwhile (which waits for
+    // us): the chains are still returned, or the guest would lose them.
+    let mut state = q.vring.get_mut();
     let queue = state.get_queue_mut();
-    if let Some(ring) = RingView::new(queue, &mem) {
+    if let Some(ring) = RingView::stopping(queue, &mem) {
         let size = queue.size();
         let used: ArrayVec<(u16, u32), BATCH> = scratch
             .chains
@@ -157,7 +200,7 @@ pub(crate) fn process_batch(
             }
         }
     }
-    Some(scratch.chains.len())
+    scratch.chains.len()
 }
 
 /// Where a batch of frames comes from: the ingress port, its switch, and the
@@ -249,13 +292,129 @@ fn deliver(from: &Ingress, topo: &Topology, group: &[Delivery], frames: &[FrameS
         }
         Err(reason) => counters.add_drop(reason),
     };
-    let published = from
-        .table
-        .with(out.id, |sink| sink.deliver(group, frames, &mut count));
-    if published.is_none() {
+    let published = from.table.with(out.id, |sink| {
+        // The sink must be the port decided on. A port added under a reused
+        // id publishes only once it is in the topology, and the sink was
+        // loaded before this check, so a successor's sink cannot pass it.
+        from.switch
+            .is_current(out)
+            .then(|| sink.deliver(group, frames, &mut count))
+    });
+    if published.flatten().is_none() {
         for _ in group {
             counters.add_drop(DropReason::NoBuffer);
         }
     }
     counters.add_tx(packets, bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::port_table::FrameSink;
+    use std::sync::{Arc, Mutex};
+    use vswitch::VlanMode;
+
+    /// Records what it is given; may run `hook` first (a race played out).
+    struct Recorder {
+        got: Arc<Mutex<Vec<Vec<u8>>>>,
+        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Recorder {
+        fn new(hook: Option<Box<dyn FnOnce() + Send>>) -> (Recorder, Arc<Mutex<Vec<Vec<u8>>>>) {
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let sink = Recorder {
+                got: got.clone(),
+                hook: Mutex::new(hook),
+            };
+            (sink, got)
+        }
+    }
+
+    impl FrameSink for Recorder {
+        fn deliver(
+            &self,
+            batch: &[Delivery],
+            frames: &[FrameSource],
+            done: &mut dyn FnMut(&Delivery, Result<(), DropReason>),
+        ) {
+            if let Some(hook) = self.hook.lock().unwrap().take() {
+                hook();
+            }
+            for d in batch {
+                let mut out = d.egress.head().to_vec();
+                frames[d.frame].for_each_slice(d.egress.skip(), |s| {
+                    let mut b = vec![0u8; s.len()];
+                    s.copy_to(&mut b[..]);
+                    out.extend_from_slice(&b);
+                    true
+                });
+                self.got.lock().unwrap().push(out);
+                done(d, Ok(()));
+            }
+        }
+    }
+
+    /// A port removed and its id reused by a port of another VLAN while a
+    /// batch is being delivered: the batch's frames for the old port do not
+    /// reach the new one.
+    #[test]
+    fn a_reused_port_id_gets_nothing_decided_for_its_predecessor() {
+        let switch = Arc::new(Switch::new("br0", 100, 100, 300));
+        let table = Arc::new(PortTable::default());
+        let add = |name: &str, vlan: u16| {
+            let id = switch.add_port(name, VlanMode::Access(vlan), 1500).unwrap();
+            switch.set_link(id, true);
+            id
+        };
+        let (src, first, doomed) = (add("src", 10), add("first", 10), add("doomed", 10));
+        let (successor, successor_got) = Recorder::new(None);
+        let successor = Mutex::new(Some(successor));
+        let race = {
+            let (switch, table) = (switch.clone(), table.clone());
+            Box::new(move || {
+                table.withdraw(doomed);
+                switch.remove_port("doomed").unwrap();
+                let id = switch
+                    .add_port("vlan20", VlanMode::Access(20), 1500)
+                    .unwrap();
+                assert_eq!(id, doomed);
+                switch.set_link(id, true);
+                let sink = successor.lock().unwrap().take().unwrap();
+                table.publish(id, Box::new(sink));
+            }) as Box<dyn FnOnce() + Send>
+        };
+        // `first` sorts before `doomed`: its delivery plays the race.
+        let (first_sink, first_got) = Recorder::new(Some(race));
+        table.publish(first, Box::new(first_sink));
+        let (doomed_sink, _) = Recorder::new(None);
+        table.publish(doomed, Box::new(doomed_sink));
+
+        let mut frame = vec![0u8; HDR_LEN];
+        frame.extend_from_slice(&[0xff; 6]);
+        frame.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x00]);
+        frame.resize(HDR_LEN + 60, 0xab);
+        let segments = [VolatileSlice::from(&mut frame[..])];
+        let frames = [FrameSource::new(&segments, HDR_LEN)];
+        let ingress = Ingress {
+            id: src,
+            switch: &switch,
+            table: &table,
+        };
+        forward(&ingress, &frames, 0, &mut Vec::new());
+        assert_eq!(first_got.lock().unwrap().len(), 1);
+        assert!(
+            successor_got.lock().unwrap().is_empty(),
+            "a VLAN 10 frame reached the VLAN 20 port that took the id"
+        );
+        let counters = switch
+            .topology()
+            .port(doomed)
+            .unwrap()
+            .state
+            .counters
+            .snapshot();
+        assert_eq!(counters.tx_packets, 0);
+    }
 }
