@@ -18,10 +18,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vhost_backends::blk::SharedPool;
 use vhost_backends::datapath::Datapath;
-use vhost_backends::net::device::NetBackend;
 use vhost_backends::net::{NetPort, NetPortConfig, NetPortHandle};
 use vhost_backends::port_table::PortTable;
-use vhost_backends::session::{ServeOptions, SocketServer};
+use vhost_backends::session::ServeOptions;
 use vswitch::{Switch, VlanMode};
 
 use crate::control::protocol::ErrorCode;
@@ -605,14 +604,7 @@ impl Runtime {
                 queue_size: *queue_size,
             },
         });
-        // NetPort::spawn with this daemon's socket options.
-        let served = port.clone();
-        let handle = match SocketServer::spawn_with(
-            &format!("port {}", pc.name),
-            socket,
-            &self.serve,
-            move |mem| Ok(NetBackend::new(served.clone(), mem)),
-        ) {
+        let handle = match port.spawn(&self.serve) {
             Ok(h) => h,
             Err(e) => {
                 let _ = sw.remove_port(&pc.name);

@@ -17,9 +17,8 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use vblock::dev::FileDev;
 use vblock::pool::{Pool, PoolOptions};
-use vhost_backends::blk::device::BlkBackend;
 use vhost_backends::blk::{BlkExport, BlkExportConfig, BlkExportHandle, SharedPool};
-use vhost_backends::session::{ServeOptions, SocketServer};
+use vhost_backends::session::ServeOptions;
 
 thread_local! {
     /// Pool locks this thread holds (through [`lock_pool`]).
@@ -221,14 +220,7 @@ pub fn serve_export(
         },
         pool.clone(),
     );
-    // BlkExport::spawn with this daemon's socket options.
-    let handle = {
-        let export = export.clone();
-        SocketServer::spawn_with(&format!("export {volume}"), &e.socket, serve, move |mem| {
-            BlkBackend::new(export.clone(), mem)
-        })
-        .map_err(|x| sockets::named(&what, x))?
-    };
+    let handle = export.spawn(serve).map_err(|x| sockets::named(&what, x))?;
     log::info!(
         "pool {pool_name}: volume {volume} exported{} on {}; attach a QEMU guest with: {}",
         if read_only { " read-only" } else { "" },
