@@ -196,17 +196,18 @@ pub fn serve_export(
     pool_name: &str,
     volume: &str,
     e: &ExportConfig,
-    id: u32,
     serve: &ServeOptions,
 ) -> io::Result<ServedExport> {
     let what = format!("export of {volume}: socket");
     sockets::prepare(&e.socket, &what)?;
-    let read_only = {
+    // The id is looked up here, under the caller's state lock, so it is the
+    // volume of that name now (not one deleted or renamed since).
+    let (id, read_only) = {
         let p = lock_pool(pool);
         let vol = p
             .volume(volume)
             .map_err(|x| err(&format!("export of {volume}"), x))?;
-        e.read_only || vol.read_only
+        (vol.id, e.read_only || vol.read_only)
     };
     let export = BlkExport::new(
         BlkExportConfig {
