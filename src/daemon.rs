@@ -423,6 +423,7 @@ impl Drop for Daemon {
 impl Runtime {
     /// The state lock; see the lock order on [`Runtime`].
     fn lock(&self) -> MutexGuard<'_, State> {
+        // Test builds only: lets a race test see this thread wait here.
         #[cfg(test)]
         if matches!(
             self.state.try_lock(),
