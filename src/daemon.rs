@@ -18,10 +18,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vhost_backends::blk::SharedPool;
 use vhost_backends::datapath::Datapath;
-use vhost_backends::net::device::NetBackend;
 use vhost_backends::net::{NetPort, NetPortConfig, NetPortHandle};
 use vhost_backends::port_table::PortTable;
-use vhost_backends::session::{ServeOptions, SocketServer};
+use vhost_backends::session::ServeOptions;
 use vswitch::{Switch, VlanMode};
 
 use crate::control::protocol::ErrorCode;
@@ -432,6 +431,14 @@ impl Drop for Daemon {
 impl Runtime {
     /// The state lock; see the lock order on [`Runtime`].
     fn lock(&self) -> MutexGuard<'_, State> {
+        // Test builds only: lets a race test see this thread wait here.
+        #[cfg(test)]
+        if matches!(
+            self.state.try_lock(),
+            Err(std::sync::TryLockError::WouldBlock)
+        ) {
+            tests::state_busy();
+        }
         if storage::holds_pool() {
             // A bug in the daemon, not something a client can cause: make it
             // loud in tests, and visible in the log of a release build.
@@ -613,14 +620,7 @@ impl Runtime {
                 queue_size: *queue_size,
             },
         });
-        // NetPort::spawn with this daemon's socket options.
-        let served = port.clone();
-        let handle = match SocketServer::spawn_with(
-            &format!("port {}", pc.name),
-            socket,
-            &self.serve,
-            move |mem| Ok(NetBackend::new(served.clone(), mem)),
-        ) {
+        let handle = match port.spawn(&self.serve) {
             Ok(h) => h,
             Err(e) => {
                 let _ = sw.remove_port(&pc.name);
@@ -663,20 +663,23 @@ impl Runtime {
     /// Makes a configured volume exist and serves its export (start-up).
     fn declare_volume(&self, pool_name: &str, v: &VolumeConfig) -> OpResult<()> {
         let pool = self.pool_entry(pool_name)?.pool.clone();
-        let id = storage::ensure_volume(&pool, pool_name, v)
+        storage::ensure_volume(&pool, pool_name, v)
             .map_err(|e| OpError::new(ErrorCode::Internal, e.to_string()))?;
         let mut declared = v.clone();
         declared.export = None;
         self.remember_volume(pool_name, declared);
         if let Some(e) = &v.export {
-            self.start_export(pool_name, &v.name, e.clone(), id)?;
+            self.start_export(&mut self.lock(), pool_name, &v.name, e.clone())?;
         }
         Ok(())
     }
 
     fn remember_volume(&self, pool: &str, v: VolumeConfig) {
-        let mut st = self.lock();
-        if let Some(p) = st.config.pools.iter_mut().find(|p| p.name == pool) {
+        Self::remember(&mut self.lock(), pool, v);
+    }
+
+    fn remember(st: &mut State, pool: &str, v: VolumeConfig) {
+        if let Some(p) = Self::pool_config(st, pool) {
             p.volumes.retain(|x| x.name != v.name);
             p.volumes.push(v);
         }
@@ -688,22 +691,26 @@ impl Runtime {
 
     /// The export of `volume`, if any.
     pub fn export_of(&self, pool: &str, volume: &str) -> Option<PathBuf> {
-        self.lock()
-            .exports
+        Self::export_in(&self.lock(), pool, volume)
+    }
+
+    fn export_in(st: &State, pool: &str, volume: &str) -> Option<PathBuf> {
+        st.exports
             .iter()
             .find(|e| e.pool == pool && e.volume == volume)
             .map(|e| e.config.socket.clone())
     }
 
+    /// Serves `volume`'s export. `st` is the caller's, held from its checks
+    /// to the new entry, so a volume operation cannot come in between.
     fn start_export(
         &self,
+        st: &mut State,
         pool_name: &str,
         volume: &str,
         e: ExportConfig,
-        id: u32,
     ) -> OpResult<()> {
         let pool = self.pool_entry(pool_name)?.pool.clone();
-        let mut st = self.lock();
         if st
             .exports
             .iter()
@@ -714,15 +721,15 @@ impl Runtime {
                 format!("volume {volume:?} is already exported"),
             ));
         }
-        if Self::socket_in_use(&st, &e.socket) {
+        if Self::socket_in_use(st, &e.socket) {
             return Err(OpError::new(
                 ErrorCode::Conflict,
                 format!("socket {} is already used", e.socket.display()),
             ));
         }
-        let served = storage::serve_export(&pool, pool_name, volume, &e, id, &self.serve)
+        let served = storage::serve_export(&pool, pool_name, volume, &e, &self.serve)
             .map_err(|x| OpError::new(ErrorCode::Conflict, x.to_string()))?;
-        if let Some(p) = Self::pool_config(&mut st, pool_name) {
+        if let Some(p) = Self::pool_config(st, pool_name) {
             if let Some(v) = p.volumes.iter_mut().find(|v| v.name == volume) {
                 v.export = Some(e.clone());
             }
@@ -739,9 +746,11 @@ impl Runtime {
     /// Exports a volume at run time.
     pub fn add_export(&self, pool_name: &str, volume: &str, e: ExportConfig) -> OpResult<()> {
         let pool = self.pool_entry(pool_name)?.pool.clone();
+        // One state lock from the lookup to the served export: a delete,
+        // rename or resize (which check "not exported" under it) waits.
+        let mut st = self.lock();
         let info = lock_pool(&pool).volume(volume)?;
-        let exists_in_config = self
-            .lock()
+        let exists_in_config = st
             .config
             .pools
             .iter()
@@ -749,7 +758,8 @@ impl Runtime {
         if !exists_in_config {
             // A volume made outside this daemon (vblock tool): declare it by size.
             let size = info.size;
-            self.remember_volume(
+            Self::remember(
+                &mut st,
                 pool_name,
                 VolumeConfig {
                     name: volume.to_owned(),
@@ -762,7 +772,7 @@ impl Runtime {
                 },
             );
         }
-        self.start_export(pool_name, volume, e, info.id)
+        self.start_export(&mut st, pool_name, volume, e)
     }
 
     /// Stops serving a volume's export (its client is disconnected).
@@ -784,15 +794,21 @@ impl Runtime {
                 v.export = None;
             }
         }
-        drop(st);
+        #[cfg(test)]
+        tests::between();
+        // Stopped with the state held: until its frontend is gone the volume
+        // is in use, so a delete, rename or resize waits (the session takes
+        // only the pool's lock, so this cannot deadlock).
         entry.served.handle.stop();
+        drop(st);
         log::info!("pool {pool_name}: volume {volume} no longer exported");
         Ok(())
     }
 
-    /// Refuses a change to a volume that is exported.
-    fn not_exported(&self, pool: &str, volume: &str, what: &str) -> OpResult<()> {
-        if let Some(socket) = self.export_of(pool, volume) {
+    /// Refuses a change to a volume that is exported. The caller keeps `st`
+    /// until the change is made, so an `export.add` cannot slip in between.
+    fn not_exported(st: &State, pool: &str, volume: &str, what: &str) -> OpResult<()> {
+        if let Some(socket) = Self::export_in(st, pool, volume) {
             return Err(OpError::new(
                 ErrorCode::Conflict,
                 format!(
@@ -885,11 +901,13 @@ impl Runtime {
         size: u64,
         force: bool,
     ) -> OpResult<()> {
-        // The guest would not learn the new size (no config-change event yet).
-        self.not_exported(pool_name, name, "resize")?;
         let pool = self.pool_entry(pool_name)?.pool.clone();
-        lock_pool(&pool).resize(name, size, force)?;
         let mut st = self.lock();
+        // The guest would not learn the new size (no config-change event yet).
+        Self::not_exported(&st, pool_name, name, "resize")?;
+        #[cfg(test)]
+        tests::between();
+        lock_pool(&pool).resize(name, size, force)?;
         if let Some(p) = Self::pool_config(&mut st, pool_name) {
             if let Some(v) = p.volumes.iter_mut().find(|v| v.name == name) {
                 if let VolumeSource::New { size: s, .. } = &mut v.source {
@@ -901,10 +919,12 @@ impl Runtime {
     }
 
     pub fn rename_volume(&self, pool_name: &str, name: &str, new_name: &str) -> OpResult<()> {
-        self.not_exported(pool_name, name, "rename")?;
         let pool = self.pool_entry(pool_name)?.pool.clone();
-        lock_pool(&pool).rename(name, new_name)?;
         let mut st = self.lock();
+        Self::not_exported(&st, pool_name, name, "rename")?;
+        #[cfg(test)]
+        tests::between();
+        lock_pool(&pool).rename(name, new_name)?;
         if let Some(p) = Self::pool_config(&mut st, pool_name) {
             for v in &mut p.volumes {
                 if v.name == name {
@@ -922,10 +942,12 @@ impl Runtime {
     }
 
     pub fn delete_volume(&self, pool_name: &str, name: &str) -> OpResult<()> {
-        self.not_exported(pool_name, name, "delete")?;
         let pool = self.pool_entry(pool_name)?.pool.clone();
-        lock_pool(&pool).delete_volume(name)?;
         let mut st = self.lock();
+        Self::not_exported(&st, pool_name, name, "delete")?;
+        #[cfg(test)]
+        tests::between();
+        lock_pool(&pool).delete_volume(name)?;
         if let Some(p) = Self::pool_config(&mut st, pool_name) {
             p.volumes.retain(|v| v.name != name);
         }
@@ -1072,3 +1094,6 @@ impl Runtime {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,9 +17,8 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use vblock::dev::FileDev;
 use vblock::pool::{Pool, PoolOptions};
-use vhost_backends::blk::device::BlkBackend;
 use vhost_backends::blk::{BlkExport, BlkExportConfig, BlkExportHandle, SharedPool};
-use vhost_backends::session::{ServeOptions, SocketServer};
+use vhost_backends::session::ServeOptions;
 
 thread_local! {
     /// Pool locks this thread holds (through [`lock_pool`]).
@@ -197,17 +196,18 @@ pub fn serve_export(
     pool_name: &str,
     volume: &str,
     e: &ExportConfig,
-    id: u32,
     serve: &ServeOptions,
 ) -> io::Result<ServedExport> {
     let what = format!("export of {volume}: socket");
     sockets::prepare(&e.socket, &what)?;
-    let read_only = {
+    // The id is looked up here, under the caller's state lock, so it is the
+    // volume of that name now (not one deleted or renamed since).
+    let (id, read_only) = {
         let p = lock_pool(pool);
         let vol = p
             .volume(volume)
             .map_err(|x| err(&format!("export of {volume}"), x))?;
-        e.read_only || vol.read_only
+        (vol.id, e.read_only || vol.read_only)
     };
     let export = BlkExport::new(
         BlkExportConfig {
@@ -221,14 +221,7 @@ pub fn serve_export(
         },
         pool.clone(),
     );
-    // BlkExport::spawn with this daemon's socket options.
-    let handle = {
-        let export = export.clone();
-        SocketServer::spawn_with(&format!("export {volume}"), &e.socket, serve, move |mem| {
-            BlkBackend::new(export.clone(), mem)
-        })
-        .map_err(|x| sockets::named(&what, x))?
-    };
+    let handle = export.spawn(serve).map_err(|x| sockets::named(&what, x))?;
     log::info!(
         "pool {pool_name}: volume {volume} exported{} on {}; attach a QEMU guest with: {}",
         if read_only { " read-only" } else { "" },

@@ -9,7 +9,7 @@ pub mod device;
 pub mod inflight;
 pub mod request;
 
-use crate::session::SocketServer;
+use crate::session::{ServeOptions, SocketServer};
 use crate::GuestMemAtomic;
 use device::BlkBackend;
 use std::io;
@@ -210,11 +210,12 @@ impl BlkExport {
         })
     }
 
-    /// Binds the socket now and serves frontends on a thread of its own.
-    pub fn spawn(self: &Arc<Self>) -> io::Result<BlkExportHandle> {
+    /// Binds the socket now and serves frontends on a thread of its own, as
+    /// `options` say.
+    pub fn spawn(self: &Arc<Self>, options: &ServeOptions) -> io::Result<BlkExportHandle> {
         let export = self.clone();
         let name = format!("export {}", self.config.name);
-        SocketServer::spawn(&name, &self.config.socket, move |mem| {
+        SocketServer::spawn_with(&name, &self.config.socket, options, move |mem| {
             BlkBackend::new(export.clone(), mem)
         })
     }

@@ -4,7 +4,7 @@
 use super::device::NetBackend;
 use crate::datapath::Datapath;
 use crate::port_table::PortTable;
-use crate::session::{SessionBackend, SocketServer};
+use crate::session::{ServeOptions, SessionBackend, SocketServer};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,11 +36,11 @@ pub type NetPortHandle = SocketServer;
 
 impl NetPort {
     /// Binds the socket now (so a bad path fails at start-up) and serves
-    /// frontends on a thread of its own.
-    pub fn spawn(self: Arc<Self>) -> io::Result<NetPortHandle> {
+    /// frontends on a thread of its own, as `options` say.
+    pub fn spawn(self: Arc<Self>, options: &ServeOptions) -> io::Result<NetPortHandle> {
         let socket = self.config.socket.clone();
         let name = format!("port {}", self.name);
-        SocketServer::spawn(&name, &socket, move |mem| {
+        SocketServer::spawn_with(&name, &socket, options, move |mem| {
             Ok(NetBackend::new(self.clone(), mem))
         })
     }
