@@ -71,15 +71,6 @@ pub struct SocketServer {
 }
 
 impl SocketServer {
-    /// [`spawn_with`](Self::spawn_with) the default options.
-    pub fn spawn<B, F>(name: &str, socket: &Path, make: F) -> io::Result<SocketServer>
-    where
-        B: SessionBackend,
-        F: Fn(GuestMemAtomic) -> io::Result<B> + Send + 'static,
-    {
-        Self::spawn_with(name, socket, &ServeOptions::default(), make)
-    }
-
     /// Binds `socket` now (so a bad path fails at start-up; only a stale
     /// socket is replaced, see [`listen::claim`]) and serves frontends on a
     /// thread named after `name`; `make` builds the backend of each
