@@ -20,19 +20,25 @@ pub struct Delivery {
     pub egress: Egress,
 }
 
-/// Something that takes frames for one switch port: a guest's RX queue, later a
-/// TAP device or a VXLAN tunnel.
+/// Something that takes frames for one switch port: a guest's RX queue, a TAP
+/// device or a VXLAN tunnel.
 pub trait FrameSink: Send + Sync {
     /// Delivers every item of `batch` (all for this port) in order: writes
     /// `egress.head()` followed by `frames[frame]` from `egress.skip()` on.
-    /// Reports each outcome through `done`, and notifies the peer once at the
+    /// Reports each outcome to `report`, and notifies the peer once at the
     /// end, not per frame.
-    fn deliver(
-        &self,
-        batch: &[Delivery],
-        frames: &[FrameSource],
-        done: &mut dyn FnMut(&Delivery, Result<(), DropReason>),
-    );
+    fn deliver(&self, batch: &[Delivery], frames: &[FrameSource], report: &mut dyn DeliveryReport);
+}
+
+/// What a sink tells the sender about a batch it delivers.
+pub trait DeliveryReport {
+    /// The outcome of one item, in batch order.
+    fn outcome(&mut self, item: &Delivery, result: Result<(), DropReason>);
+    /// The items reported so far are about to become visible to the peer (a
+    /// guest's used index): the sender's counters must not lag behind what the
+    /// peer can see. Sinks whose every write is visible at once (a socket, a
+    /// TAP device) need not call it.
+    fn publishing(&mut self) {}
 }
 
 /// `Box` because arc-swap holds sized types only.

@@ -16,7 +16,7 @@
 use crate::net::frame_source::FrameSource;
 use crate::net::tx::{forward, Ingress, BATCH};
 use crate::net::HDR_LEN;
-use crate::port_table::{Delivery, FrameSink, PortTable, ReaderPort};
+use crate::port_table::{Delivery, DeliveryReport, FrameSink, PortTable, ReaderPort};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -141,12 +141,7 @@ pub struct TapSink {
 }
 
 impl FrameSink for TapSink {
-    fn deliver(
-        &self,
-        batch: &[Delivery],
-        frames: &[FrameSource],
-        done: &mut dyn FnMut(&Delivery, Result<(), DropReason>),
-    ) {
+    fn deliver(&self, batch: &[Delivery], frames: &[FrameSource], report: &mut dyn DeliveryReport) {
         // All-zero header: no checksum offload, no segmentation.
         let hdr = [0u8; HDR_LEN];
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
@@ -177,7 +172,7 @@ impl FrameSink for TapSink {
                     iov.len() as libc::c_int,
                 )
             };
-            done(
+            report.outcome(
                 d,
                 if n < 0 {
                     Err(DropReason::NoBuffer)

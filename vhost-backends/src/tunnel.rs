@@ -29,7 +29,7 @@
 
 use crate::net::frame_source::FrameSource;
 use crate::net::tx::{forward, Ingress};
-use crate::port_table::{Delivery, FrameSink, PortTable, ReaderPort};
+use crate::port_table::{Delivery, DeliveryReport, FrameSink, PortTable, ReaderPort};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -151,12 +151,7 @@ pub struct TunnelSink {
 }
 
 impl FrameSink for TunnelSink {
-    fn deliver(
-        &self,
-        batch: &[Delivery],
-        frames: &[FrameSource],
-        done: &mut dyn FnMut(&Delivery, Result<(), DropReason>),
-    ) {
+    fn deliver(&self, batch: &[Delivery], frames: &[FrameSource], report: &mut dyn DeliveryReport) {
         let t = &self.tunnel;
         let mut guard = t.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let (frame, packet) = &mut *guard;
@@ -181,7 +176,7 @@ impl FrameSink for TunnelSink {
             if let Err(drop) = &result {
                 t.counters.add_drop(*drop);
             }
-            done(
+            report.outcome(
                 d,
                 result.map_err(|drop| match drop {
                     TunnelDrop::TooBig => DropReason::MtuExceeded,

@@ -8,7 +8,7 @@
 use super::device::{Connection, RX_QUEUE};
 use super::frame_source::FrameSource;
 use super::{Vring, HDR_LEN};
-use crate::port_table::{Delivery, FrameSink};
+use crate::port_table::{Delivery, DeliveryReport, FrameSink};
 use crate::split_ring::RingView;
 use arrayvec::ArrayVec;
 use std::sync::Arc;
@@ -96,12 +96,7 @@ impl<'m> SegmentWriter<'_, 'm> {
 type Pending = ArrayVec<(u16, u32), 256>;
 
 impl FrameSink for GuestRx {
-    fn deliver(
-        &self,
-        batch: &[Delivery],
-        frames: &[FrameSource],
-        done: &mut dyn FnMut(&Delivery, Result<(), DropReason>),
-    ) {
+    fn deliver(&self, batch: &[Delivery], frames: &[FrameSource], report: &mut dyn DeliveryReport) {
         let mem = self.conn.mem.memory();
         let mrg_rxbuf = self.conn.has_feature(VIRTIO_NET_F_MRG_RXBUF);
         let mut vring = self.vring.get_mut();
@@ -126,7 +121,7 @@ impl FrameSink for GuestRx {
         };
         let Some(ring) = ring else {
             for d in batch {
-                done(d, Err(DropReason::NoBuffer));
+                report.outcome(d, Err(DropReason::NoBuffer));
             }
             return;
         };
@@ -135,6 +130,7 @@ impl FrameSink for GuestRx {
         let mut used = Pending::new();
         for d in batch {
             if used.remaining_capacity() <= MAX_CHAINS {
+                report.publishing();
                 next_used = ring.publish_used(next_used, &used).unwrap_or(next_used);
                 used.clear();
             }
@@ -146,8 +142,9 @@ impl FrameSink for GuestRx {
                 &frames[d.frame],
                 &mut used,
             );
-            done(d, result);
+            report.outcome(d, result);
         }
+        report.publishing();
         next_used = ring.publish_used(next_used, &used).unwrap_or(next_used);
         queue.set_next_used(next_used);
         if next_used != first_used && ring.needs_interrupt(first_used, next_used) {

@@ -12,7 +12,7 @@ use super::device::TX_QUEUE;
 use super::frame_source::{FrameSource, MAX_SEGMENTS};
 use super::HDR_LEN;
 use crate::datapath::TxQueue;
-use crate::port_table::{Delivery, PortTable};
+use crate::port_table::{Delivery, DeliveryReport, PortTable};
 use crate::split_ring::RingView;
 use crate::GuestMem;
 use arrayvec::ArrayVec;
@@ -20,7 +20,7 @@ use std::ops::Range;
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, VolatileSlice};
-use vswitch::{Dest, DropReason, PortId, Switch, Topology, HEAD_LEN};
+use vswitch::{Dest, DropReason, PortCounters, PortId, Switch, Topology, HEAD_LEN};
 
 /// Chains popped per batch (DESIGN.md: up to 64).
 pub const BATCH: usize = 64;
@@ -283,14 +283,10 @@ fn deliver(from: &Ingress, topo: &Topology, group: &[Delivery], frames: &[FrameS
         return;
     };
     let counters = &out.state.counters;
-    // Sums first: one atomic add per destination per batch, not per frame.
-    let (mut packets, mut bytes) = (0u64, 0u64);
-    let mut count = |d: &Delivery, result: Result<(), DropReason>| match result {
-        Ok(()) => {
-            packets += 1;
-            bytes += d.egress.len() as u64;
-        }
-        Err(reason) => counters.add_drop(reason),
+    let mut count = TxCount {
+        counters,
+        packets: 0,
+        bytes: 0,
     };
     let published = from.table.with(out.id, |sink| {
         // The sink must be the port decided on. A port added under a reused
@@ -305,7 +301,34 @@ fn deliver(from: &Ingress, topo: &Topology, group: &[Delivery], frames: &[FrameS
             counters.add_drop(DropReason::NoBuffer);
         }
     }
-    counters.add_tx(packets, bytes);
+    count.publishing();
+}
+
+/// A destination's delivered frames, summed: one atomic add per destination
+/// per batch (or per publication), not per frame.
+struct TxCount<'c> {
+    counters: &'c PortCounters,
+    packets: u64,
+    bytes: u64,
+}
+
+impl DeliveryReport for TxCount<'_> {
+    fn outcome(&mut self, item: &Delivery, result: Result<(), DropReason>) {
+        match result {
+            Ok(()) => {
+                self.packets += 1;
+                self.bytes += item.egress.len() as u64;
+            }
+            Err(reason) => self.counters.add_drop(reason),
+        }
+    }
+
+    fn publishing(&mut self) {
+        if self.packets > 0 {
+            self.counters.add_tx(self.packets, self.bytes);
+            (self.packets, self.bytes) = (0, 0);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -337,7 +360,7 @@ mod tests {
             &self,
             batch: &[Delivery],
             frames: &[FrameSource],
-            done: &mut dyn FnMut(&Delivery, Result<(), DropReason>),
+            report: &mut dyn DeliveryReport,
         ) {
             if let Some(hook) = self.hook.lock().unwrap().take() {
                 hook();
@@ -351,7 +374,7 @@ mod tests {
                     true
                 });
                 self.got.lock().unwrap().push(out);
-                done(d, Ok(()));
+                report.outcome(d, Ok(()));
             }
         }
     }
