@@ -103,6 +103,26 @@ fn sector_tag(b: &[u8]) -> Option<u64> {
     (b == sector_data(tag)).then_some(tag)
 }
 
+/// Every volume reads its latest data, sector for sector.
+fn verify_latest<D: BlockDev>(pool: &Pool<D>, model: &Model) -> Result<(), String> {
+    for name in model.volumes.keys() {
+        let id = pool.id(name).map_err(|e| e.to_string())?;
+        let want = model.latest(name);
+        let mut buf = vec![0u8; want.len() * SECTOR];
+        pool.read(id, 0, &mut buf).map_err(|e| e.to_string())?;
+        for (i, b) in buf.chunks_exact(SECTOR).enumerate() {
+            if sector_tag(b) != Some(want[i]) {
+                return Err(format!(
+                    "{name} sector {i}: read {:?}, latest {}",
+                    sector_tag(b),
+                    want[i]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks a pool against the model: same volumes, check passes, every
 /// sector acceptable.
 fn verify<D: BlockDev>(pool: &Pool<D>, model: &Model) -> Result<(), String> {
@@ -146,16 +166,46 @@ fn verify<D: BlockDev>(pool: &Pool<D>, model: &Model) -> Result<(), String> {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { vol: String, first: usize, n: usize },
-    Discard { vol: String, first: usize, n: usize },
+    Write {
+        vol: String,
+        first: usize,
+        n: usize,
+    },
+    Discard {
+        vol: String,
+        first: usize,
+        n: usize,
+    },
     Flush,
-    Create { name: String, sectors: usize },
-    Delete { vol: String },
-    Snapshot { src: String, name: String },
-    Clone { src: String, name: String },
-    Grow { vol: String, sectors: usize },
-    Shrink { vol: String, sectors: usize },
-    Rename { vol: String, name: String },
+    /// `Pool::stage`: what a write-back export does before completing writes.
+    Stage,
+    Create {
+        name: String,
+        sectors: usize,
+    },
+    Delete {
+        vol: String,
+    },
+    Snapshot {
+        src: String,
+        name: String,
+    },
+    Clone {
+        src: String,
+        name: String,
+    },
+    Grow {
+        vol: String,
+        sectors: usize,
+    },
+    Shrink {
+        vol: String,
+        sectors: usize,
+    },
+    Rename {
+        vol: String,
+        name: String,
+    },
 }
 
 struct Workload {
@@ -196,7 +246,8 @@ impl Workload {
                 first,
                 n: (n * 4).min(len - first),
             },
-            58..=72 => Op::Flush,
+            58..=66 => Op::Flush,
+            67..=72 => Op::Stage,
             73..=76 if model.volumes.len() < 8 => Op::Snapshot {
                 src: all[self.rng.below(all.len() as u64) as usize].clone(),
                 name: name(self),
@@ -262,6 +313,8 @@ impl Workload {
                 }
             }
             Op::Flush => pool.flush().map(|()| true),
+            // Not a flush: a power loss may still drop what it wrote.
+            Op::Stage => pool.stage().map(|()| false),
             Op::Create { name, sectors } => match pool.create_volume(name, bytes(*sectors), 512) {
                 Ok(_) => {
                     model.volumes.insert(
@@ -429,6 +482,8 @@ type LoggedPool = Pool<Arc<LoggedDisk>>;
 #[derive(Default)]
 struct Counts {
     between: u64,
+    /// Process deaths right after a stage (all writes kept, none flushed).
+    process_deaths: u64,
     /// Crashes inside an operation, by the kind of write they interrupted.
     inside: [u64; 4],
     /// Crashes inside `Pool::open` (after replay), by kind.
@@ -492,7 +547,7 @@ fn second_life(
     }
     for _ in 0..6 {
         let op = match w.pick_op(&model) {
-            op @ (Op::Write { .. } | Op::Discard { .. } | Op::Flush) => op,
+            op @ (Op::Write { .. } | Op::Discard { .. } | Op::Flush | Op::Stage) => op,
             _ => Op::Flush,
         };
         w.run(&mut pool, &mut model, &op);
@@ -573,17 +628,18 @@ fn run_seed(seed: u64, ops: usize, counts: &mut Counts) {
             second_life(cd, cpool, model.clone(), &mut w, crash_seed ^ 3, counts);
         }
         // The live pool keeps reading its latest data.
-        for name in model.volumes.keys() {
-            let id = pool.id(name).expect("id");
-            let want = model.latest(name);
-            let mut buf = vec![0u8; want.len() * SECTOR];
-            pool.read(id, 0, &mut buf).expect("read");
-            for (i, b) in buf.chunks_exact(SECTOR).enumerate() {
-                assert_eq!(
-                    sector_tag(b),
-                    Some(want[i]),
-                    "seed {seed} step {step}: live {name} sector {i}"
-                );
+        if let Err(e) = verify_latest(&pool, &model) {
+            panic!("seed {seed} step {step}: live pool: {e}");
+        }
+        // After a stage, the death of the process (everything written kept,
+        // nothing flushed) loses nothing: the pool opens with the latest data.
+        if matches!(op, Op::Stage) {
+            counts.process_deaths += 1;
+            let image = SimDisk::from_image(disk.snapshot_current()).expect("image");
+            let p = Pool::open(Arc::new(image))
+                .unwrap_or_else(|e| panic!("seed {seed} step {step}: open after a stage: {e}"));
+            if let Err(e) = verify(&p, &model).and_then(|()| verify_latest(&p, &model)) {
+                panic!("seed {seed} step {step}: the process died after a stage: {e}");
             }
         }
     }
@@ -605,13 +661,16 @@ fn crash_anywhere_keeps_the_durability_contract() {
         run_seed(seed, 150, &mut counts);
     }
     eprintln!(
-        "{seeds} seeds: {} crash points between operations; inside an operation, \
-         by the write interrupted: {:?} {:?}; inside Pool::open: {:?}",
+        "{seeds} seeds: {} crash points between operations, {} process deaths after a \
+         stage; inside an operation, by the write interrupted: {:?} {:?}; inside \
+         Pool::open: {:?}",
         counts.between,
+        counts.process_deaths,
         WriteKind::ALL,
         counts.inside,
         counts.in_open
     );
+    assert!(counts.process_deaths > 0, "no stage in the workload");
     // The workload must really have crashed inside each kind of write, and
     // inside recovery (its checkpoint and its superblock update).
     for kind in WriteKind::ALL {
