@@ -119,6 +119,8 @@ pub enum PoolError {
     Unaligned { offset: u64, len: u64 },
     /// The range ends beyond the volume.
     OutOfRange { offset: u64, len: u64, size: u64 },
+    /// A data request larger than the engine takes in one go.
+    TooLarge { len: u64, max: u64 },
     /// Writes to a snapshot.
     ReadOnly(String),
     /// Shrinking loses data: needs `force`.
@@ -152,6 +154,10 @@ impl fmt::Display for PoolError {
             Self::OutOfRange { offset, len, size } => write!(
                 f,
                 "request of {len} bytes at {offset} ends beyond the volume ({size} bytes)"
+            ),
+            Self::TooLarge { len, max } => write!(
+                f,
+                "request of {len} bytes is larger than the {max} bytes one request may move"
             ),
             Self::ReadOnly(n) => write!(f, "volume {n:?} is a read-only snapshot"),
             Self::ShrinkNeedsForce {
@@ -270,6 +276,10 @@ pub struct Pool<D: BlockDev> {
     /// writes to it wait, or the later `Map` would drop the earlier data.
     allocating: HashSet<(u32, u64)>,
     faults: std::sync::Arc<IoFaults>,
+    /// `Map` records queued so far: an engine's flush reads it before its
+    /// fsync ([`data_mark`](Self::data_mark)) to know whether that fsync
+    /// covers the data of every `Map` it is about to commit.
+    maps_recorded: u64,
 }
 
 /// Injected I/O errors for the asynchronous engine (tests and fault drills):
@@ -280,6 +290,8 @@ pub struct Pool<D: BlockDev> {
 pub struct IoFaults {
     armed: std::sync::atomic::AtomicBool,
     ranges: std::sync::Mutex<Vec<std::ops::Range<u64>>>,
+    /// Extra time every device flush takes, in microseconds (a slow disk).
+    sync_delay_us: std::sync::atomic::AtomicU64,
 }
 
 impl IoFaults {
@@ -300,6 +312,22 @@ impl IoFaults {
             .clear();
         self.armed
             .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Every device flush (the engine's fsync and the pool's own) takes
+    /// `delay` longer from now on, as on a disk slow to empty its cache.
+    pub fn slow_sync(&self, delay: std::time::Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.sync_delay_us
+            .store(us, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The injected flush delay, if any.
+    pub fn sync_delay(&self) -> Option<std::time::Duration> {
+        match self.sync_delay_us.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
     }
 
     /// True if `[offset, offset + len)` touches a failing range.
@@ -396,6 +424,7 @@ impl<D: BlockDev> Pool<D> {
             pins: HashMap::new(),
             allocating: HashSet::new(),
             faults: std::sync::Arc::default(),
+            maps_recorded: 0,
         }
     }
 
@@ -626,6 +655,9 @@ impl<D: BlockDev> Pool<D> {
             source: e,
         })?;
         apply(&mut self.meta, &record)?;
+        if matches!(record, Record::Map { .. }) {
+            self.maps_recorded += 1;
+        }
         self.queue(record)
     }
 
@@ -657,7 +689,29 @@ impl<D: BlockDev> Pool<D> {
         self.commit()
     }
 
+    /// Where the data of queued `Map` records stands, for
+    /// [`commit_flushed`](Self::commit_flushed): read it, then flush the
+    /// device without the lock (an engine's fsync), then commit.
+    pub fn data_mark(&self) -> u64 {
+        self.maps_recorded
+    }
+
+    /// The [`flush`](Self::flush) after the caller flushed the device itself
+    /// (off this pool's lock), having read `mark` from
+    /// [`data_mark`](Self::data_mark) before: the journal is written and
+    /// flushed without a second data flush, unless `Map` records were queued
+    /// since `mark` (their data may have completed after the caller's flush
+    /// began, so the device is flushed again first, under the lock).
+    pub fn commit_flushed(&mut self, mark: u64) -> Result<(), PoolError> {
+        self.commit_with(self.maps_recorded == mark)
+    }
+
     fn commit(&mut self) -> Result<(), PoolError> {
+        self.commit_with(false)
+    }
+
+    /// `data_flushed`: every write whose `Map` is queued is already durable.
+    fn commit_with(&mut self, data_flushed: bool) -> Result<(), PoolError> {
         self.usable()?;
         if let Some(b) = self.journal.flush_block() {
             self.sealed.push(b);
@@ -666,17 +720,25 @@ impl<D: BlockDev> Pool<D> {
         if self.used_blocks + self.sealed.len() as u64 > blocks {
             return self.checkpoint_with_jump(false);
         }
-        let r = self.write_journal();
+        let r = self.write_journal(data_flushed);
         if r.is_err() {
             self.failed = true;
         }
         r
     }
 
-    fn write_journal(&mut self) -> Result<(), PoolError> {
-        self.dev
-            .flush()
-            .map_err(io_err("flushing data before a commit"))?;
+    /// The device's durability barrier (slowed by [`IoFaults::slow_sync`]).
+    fn sync(&self, what: &str) -> Result<(), PoolError> {
+        if let Some(d) = self.faults.sync_delay() {
+            std::thread::sleep(d);
+        }
+        self.dev.flush().map_err(io_err(what))
+    }
+
+    fn write_journal(&mut self, data_flushed: bool) -> Result<(), PoolError> {
+        if !data_flushed {
+            self.sync("flushing data before a commit")?;
+        }
         if !self.sealed.is_empty() {
             let blocks = self.layout.journal_blocks();
             let mut buf = AlignedBuf::new(crate::format::BLOCK_SIZE);
@@ -697,7 +759,7 @@ impl<D: BlockDev> Pool<D> {
                 self.used_blocks += 1;
                 self.stats.journal_blocks_written += 1;
             }
-            self.dev.flush().map_err(io_err("flushing the journal"))?;
+            self.sync("flushing the journal")?;
         }
         self.stats.commits += 1;
         self.release_committed();
@@ -729,9 +791,7 @@ impl<D: BlockDev> Pool<D> {
     /// published by a superblock write (flushed); only then is the old
     /// checkpoint released. Pending journal records are folded in, not written.
     fn write_checkpoint(&mut self, jump: bool) -> Result<(), PoolError> {
-        self.dev
-            .flush()
-            .map_err(io_err("flushing data before a checkpoint"))?;
+        self.sync("flushing data before a checkpoint")?;
         let payload = self.image().encode();
         let cs = self.meta.cluster_size();
         let n = clusters_needed(payload.len(), cs);
@@ -775,9 +835,7 @@ impl<D: BlockDev> Pool<D> {
                 });
             }
         }
-        self.dev
-            .flush()
-            .map_err(io_err("flushing the checkpoint"))?;
+        self.sync("flushing the checkpoint")?;
         let mut sb = self.sb;
         sb.generation += 1;
         sb.checkpoint = u64::from(chain[0]);
@@ -786,9 +844,7 @@ impl<D: BlockDev> Pool<D> {
         self.dev
             .write_at(&AlignedBuf::from_slice(&sb.encode()), sb.slot())
             .map_err(io_err("writing the superblock"))?;
-        self.dev
-            .flush()
-            .map_err(io_err("flushing the superblock"))?;
+        self.sync("flushing the superblock")?;
         // Published: everything up to `seq` is durable in the checkpoint.
         self.sb = sb;
         self.journal = JournalWriter::new(seq);

@@ -122,6 +122,7 @@ fn engine_matches_model_under_concurrency() {
                 offset: off,
                 len: if kind == IoKind::Flush { 0 } else { len as u64 },
                 iov,
+                durable: false,
             };
             // SAFETY: `buf` lives in `inflight` until the completion.
             unsafe { engine.submit(req) };
@@ -227,6 +228,7 @@ fn engine_refuses_bad_requests_and_reports_out_of_space() {
             offset,
             len: len as u64,
             iov: vec![buf.iovec(0, len)],
+            durable: false,
         };
         // SAFETY: `buf` outlives the request (waited for below).
         unsafe { engine.submit(req) };
