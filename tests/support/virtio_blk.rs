@@ -321,6 +321,7 @@ impl GuestBlk {
         }
         let mut frontend = connect_frontend(socket, u64::from(opts.queues))?;
         let mut wanted = features::VERSION_1
+            | features::SIZE_MAX
             | features::SEG_MAX
             | features::BLK_SIZE
             | features::TOPOLOGY

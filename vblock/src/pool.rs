@@ -324,7 +324,10 @@ impl IoFaults {
 
     /// The injected flush delay, if any.
     pub fn sync_delay(&self) -> Option<std::time::Duration> {
-        match self.sync_delay_us.load(std::sync::atomic::Ordering::Relaxed) {
+        match self
+            .sync_delay_us
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             0 => None,
             us => Some(std::time::Duration::from_micros(us)),
         }

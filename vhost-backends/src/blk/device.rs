@@ -27,8 +27,8 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringT};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
-    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_TOPOLOGY,
-    VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -41,6 +41,7 @@ use vmm_sys_util::event::{
 
 /// Features offered (virtio 1.x §5.2.3); RO is added for read-only exports.
 pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
+    | 1 << VIRTIO_BLK_F_SIZE_MAX
     | 1 << VIRTIO_BLK_F_SEG_MAX
     | 1 << VIRTIO_BLK_F_BLK_SIZE
     | 1 << VIRTIO_BLK_F_TOPOLOGY
@@ -64,8 +65,6 @@ struct InFlight {
     head: u16,
     status: *mut u8,
     used_len: u32,
-    /// Completed writes must be made durable first in write-through mode.
-    changes_data: bool,
     /// The latency histogram the request counts in, if any.
     timed: Option<TimedOp>,
     started: Instant,
@@ -86,6 +85,8 @@ struct QueueState {
     /// Used elements to publish: (head, length).
     done: Vec<(u16, u32)>,
     completions: Vec<IoCompletion>,
+    /// Stopped as broken (see `pop`) until GET_VRING_BASE resets it.
+    broken: bool,
 }
 
 /// State of one frontend connection.
@@ -140,6 +141,7 @@ impl BlkBackend {
                     vring: None,
                     done: Vec::new(),
                     completions: Vec::new(),
+                    broken: false,
                 }))
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -148,6 +150,7 @@ impl BlkBackend {
                 capacity,
                 read_only: export.config.read_only,
                 max_zero_sectors: MAX_ZERO_SECTORS,
+                max_request: request::MAX_REQUEST_BYTES,
             },
             export,
             mem,
@@ -174,9 +177,9 @@ impl BlkBackend {
             0,
             &(c.limits.capacity / request::SECTOR).to_le_bytes(),
         ); // capacity
-        let seg_max = u32::from(c.export.config.queue_size)
-            .saturating_sub(2)
-            .max(1);
+           // Together they keep a conforming driver within MAX_REQUEST_BYTES.
+        let (seg_max, size_max) = request::segment_limits(c.export.config.queue_size);
+        put(&mut s, 8, &size_max.to_le_bytes()); // size_max
         put(&mut s, 12, &seg_max.to_le_bytes()); // seg_max
         put(&mut s, 20, &c.block_size.to_le_bytes()); // blk_size
                                                       // topology: physical_block_exp 0, alignment 0, min_io_size 1 block,
@@ -208,11 +211,15 @@ impl BlkBackend {
             st.vring = Some(vring.clone());
         }
         loop {
-            let popped = self.pop(&mut st, vring);
+            let popped = !st.broken && self.pop(&mut st, vring);
             self.reap(&mut st);
             let published = self.publish(&mut st, vring, false);
             if popped || published {
                 continue;
+            }
+            if st.broken {
+                // Its avail index says "more" forever: asking again would spin.
+                break;
             }
             // Tell the driver where we are (EVENT_IDX: avail_event) and look
             // once more: a request made available meanwhile has no kick coming.
@@ -230,13 +237,22 @@ impl BlkBackend {
         {
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
-            let Some(ring) = RingView::new(queue, &mem) else {
+            if !queue.ready() {
+                return false; // being stopped (GET_VRING_BASE)
+            }
+            let mut next = queue.next_avail();
+            // Rings outside guest memory, or an index further ahead than the
+            // ring holds: a broken driver. Stop serving the queue rather than
+            // read garbage, or spin on an index that always says "more".
+            let ring = RingView::new(queue, &mem);
+            let Some((ring, pending)) = ring.and_then(|r| r.pending(next).map(|n| (r, n))) else {
+                drop(state);
+                self.mark_broken(
+                    st,
+                    "rings outside guest memory or avail index too far ahead",
+                );
                 return false;
             };
-            let mut next = queue.next_avail();
-            // A driver whose index is further ahead than the ring holds is
-            // broken: stop serving the queue rather than read garbage.
-            let pending = ring.pending(next).unwrap_or(0);
             for _ in 0..pending {
                 let Some(head) = ring.avail_head(next) else {
                     break;
@@ -257,6 +273,12 @@ impl BlkBackend {
                     unsafe { status.write_volatile(code) };
                     st.done.push((head, 1));
                 }
+                Err(Rejected::TooLarge { status }) => {
+                    counters.too_large.fetch_add(1, Ordering::Relaxed);
+                    // SAFETY: a byte of guest memory, validated by the walk.
+                    unsafe { status.write_volatile(VIRTIO_BLK_S_IOERR) };
+                    st.done.push((head, 1));
+                }
                 Err(Rejected::Drop(_)) => {
                     counters.bad_chains.fetch_add(1, Ordering::Relaxed);
                     st.done.push((head, 0));
@@ -266,27 +288,43 @@ impl BlkBackend {
         any
     }
 
+    /// Stops serving a queue the driver broke: counted and logged once per
+    /// stop. vhost-user gives the backend no way to set DEVICE_NEEDS_RESET;
+    /// the frontend's GET_VRING_BASE (a VM stop or reset) clears it.
+    fn mark_broken(&self, st: &mut QueueState, why: &str) {
+        if st.broken {
+            return;
+        }
+        st.broken = true;
+        self.0
+            .export
+            .counters
+            .broken_queues
+            .fetch_add(1, Ordering::Relaxed);
+        log::warn!("export {}: queue stopped: {why}", self.0.export.config.name);
+    }
+
     fn start(&self, st: &mut QueueState, head: u16, req: Request, mem: &Arc<GuestMem>) {
         let c = &self.0.export.counters;
         let volume = self.0.export.config.volume;
-        let (kind, offset, len, changes_data) = match req.op {
+        let (kind, offset, len) = match req.op {
             Op::Read { offset, len } => {
                 c.reads.fetch_add(1, Ordering::Relaxed);
                 c.read_bytes.fetch_add(len, Ordering::Relaxed);
-                (IoKind::Read, offset, len, false)
+                (IoKind::Read, offset, len)
             }
             Op::Write { offset, len } => {
                 c.writes.fetch_add(1, Ordering::Relaxed);
                 c.write_bytes.fetch_add(len, Ordering::Relaxed);
-                (IoKind::Write, offset, len, true)
+                (IoKind::Write, offset, len)
             }
             Op::Flush => {
                 c.flushes.fetch_add(1, Ordering::Relaxed);
-                (IoKind::Flush, 0, 0, false)
+                (IoKind::Flush, 0, 0)
             }
             Op::Zero { offset, len, .. } => {
                 c.discards.fetch_add(1, Ordering::Relaxed);
-                (IoKind::Discard, offset, len, true)
+                (IoKind::Discard, offset, len)
             }
             Op::GetId { len } => {
                 let serial = self.0.export.config.serial.as_bytes();
@@ -322,7 +360,6 @@ impl BlkBackend {
                 head,
                 status: req.status,
                 used_len: req.used_len,
-                changes_data,
                 timed,
                 started: Instant::now(),
                 _mem: mem.clone(),
@@ -335,6 +372,9 @@ impl BlkBackend {
             offset,
             len,
             iov: req.data,
+            // Write-through: the engine completes changes once durable (one
+            // fsync round for all that finished meanwhile, off the pool lock).
+            durable: !self.0.writeback.load(Ordering::Relaxed),
         };
         // SAFETY: the buffers are guest memory validated by the walk and kept
         // mapped by the `Arc<GuestMem>` in `inflight` until the completion;
@@ -352,27 +392,11 @@ impl BlkBackend {
         st.completions = completions;
     }
 
-    /// Writes the status of each completed request (write-through: after
-    /// making the completed writes durable) and queues it for publishing.
+    /// Writes the status of each completed request and queues it for
+    /// publishing.
     fn complete(&self, st: &mut QueueState, completions: &mut Vec<IoCompletion>) {
         if completions.is_empty() {
             return;
-        }
-        let write_through = !self.0.writeback.load(Ordering::Relaxed);
-        let mut flush_failed = false;
-        if write_through {
-            let wrote = completions.iter().any(|c| {
-                c.result.is_ok() && st.inflight.get(&c.tag).is_some_and(|f| f.changes_data)
-            });
-            if wrote {
-                if let Err(e) = lock(&self.0.export.pool).flush() {
-                    log::warn!(
-                        "export {}: write-through flush: {e}",
-                        self.0.export.config.name
-                    );
-                    flush_failed = true;
-                }
-            }
         }
         let c = &self.0.export.counters;
         // One clock read per batch: every status below is written now.
@@ -381,15 +405,13 @@ impl BlkBackend {
             let Some(f) = st.inflight.remove(&done.tag) else {
                 continue;
             };
-            let ok = done.result.is_ok() && !(flush_failed && f.changes_data);
+            let ok = done.result.is_ok();
             if let Err(e) = &done.result {
                 match e {
                     PoolError::OutOfSpace { .. } => c.out_of_space.fetch_add(1, Ordering::Relaxed),
                     _ => c.io_errors.fetch_add(1, Ordering::Relaxed),
                 };
                 log::debug!("export {}: request failed: {e}", self.0.export.config.name);
-            } else if !ok {
-                c.io_errors.fetch_add(1, Ordering::Relaxed);
             }
             let (code, len) = if ok {
                 (VIRTIO_BLK_S_OK, f.used_len)
@@ -528,6 +550,8 @@ impl VhostUserBackend for BlkBackend {
             return Ok(());
         };
         let mut st = lock(state);
+        // The frontend restarts the queue from scratch after this.
+        st.broken = false;
         let Some(vring) = st.vring.clone() else {
             return Ok(());
         };
