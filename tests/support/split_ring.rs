@@ -131,6 +131,19 @@ impl SplitRing {
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
+    /// Writes `idx` as the available index as-is (a broken or hostile driver: it
+    /// may claim more entries than the ring holds). Later pushes continue from it.
+    pub fn force_avail_idx(&mut self, ram: &GuestRam, idx: u16) {
+        self.avail_idx = idx;
+        self.notified_idx = idx;
+        ram.set_ring_u16(self.avail + 2, idx, Ordering::Release);
+    }
+
+    /// The driver's available index (pushed entries included).
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
     /// Entries pushed since the last [`SplitRing::publish`].
     pub fn unpublished(&self) -> u16 {
         self.avail_idx.wrapping_sub(self.notified_idx)
