@@ -7,6 +7,7 @@
 //! export and the session number, so two daemons in one process serving an export of
 //! the same name would collide.
 
+pub use super::counters::counter_in;
 use super::virtio_blk::{BlkOptions, GuestBlk};
 use fabric::Daemon;
 use std::path::PathBuf;
@@ -78,17 +79,6 @@ impl BlkDaemon {
             panic!("pool metadata: {v:?}");
         }
     }
-}
-
-/// The number after the word `name` in a counters line (whole words only: `writes`
-/// does not match `write_bytes`).
-pub fn counter_in(line: &str, name: &str) -> u64 {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    words
-        .windows(2)
-        .find(|w| w[0] == name)
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
 }
 
 impl Drop for BlkDaemon {

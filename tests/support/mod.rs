@@ -20,6 +20,7 @@
 #![allow(dead_code)]
 
 pub mod blk_daemon;
+pub mod counters;
 pub mod fabric;
 pub mod frames;
 pub mod guest_memory;
