@@ -108,7 +108,7 @@ fn odd_segments(len: u64) -> Vec<(u64, u32)> {
     let mut at = 0;
     let mut k = 0u64;
     while at < len {
-        let want = if k % 2 == 0 { 65_537 } else { 65_533 };
+        let want = if k.is_multiple_of(2) { 65_537 } else { 65_533 };
         let n = want.min(len - at);
         out.push((at, n as u32));
         at += n;
@@ -256,7 +256,7 @@ fn huge_misaligned_requests_stay_bounded() {
                 ));
             }
             for k in 0..u64::from(QS) - writes {
-                let sector = if k % 2 == 0 {
+                let sector = if k.is_multiple_of(2) {
                     wsector(k) + 2
                 } else {
                     (127 * MIB + k * LIMIT) / SECTOR + 1
