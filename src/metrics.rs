@@ -35,8 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use vblock::dev::FileDev;
-use vblock::pool::Pool;
+use vblock::pool::PoolGauges;
 use vhost_backends::blk::{BlkExport, LatencySnapshot, TimedOp, LATENCY_BOUNDS_US};
 use vswitch::{PortInfo, Switch};
 
@@ -206,9 +205,10 @@ impl ExportSample {
     }
 }
 
-/// The space of pool `name` and its volumes.
-pub fn pool_samples(name: &str, pool: &Pool<FileDev>) -> (PoolSample, Vec<VolumeSample>) {
-    let s = pool.space();
+/// The space of pool `name` and its volumes, from the figures the pool
+/// maintains as it changes (no pool lock, no walk of its maps).
+pub fn pool_samples(name: &str, gauges: &PoolGauges) -> (PoolSample, Vec<VolumeSample>) {
+    let s = gauges.space();
     let cs = u64::from(s.cluster_size);
     let space = PoolSample {
         pool: name.to_owned(),
@@ -218,7 +218,7 @@ pub fn pool_samples(name: &str, pool: &Pool<FileDev>) -> (PoolSample, Vec<Volume
         releasing_bytes: s.releasing_clusters * cs,
         provisioned_bytes: s.provisioned,
     };
-    let volumes = pool
+    let volumes = gauges
         .volumes()
         .into_iter()
         .map(|v| VolumeSample {
@@ -233,9 +233,8 @@ pub fn pool_samples(name: &str, pool: &Pool<FileDev>) -> (PoolSample, Vec<Volume
 }
 
 /// The daemon's snapshot: what `counters_report` reads, as samples.
-/// `exports` are (pool name, export) pairs. Each pool's lock is taken once,
-/// briefly, after the exports are read: collect the exports first rather than
-/// call this with another lock held.
+/// `exports` are (pool name, export) pairs. No pool lock is taken: a scrape
+/// never waits for (or delays) a pool's I/O or commits.
 pub fn snapshot_from<'a>(
     switches: impl IntoIterator<Item = &'a Switch>,
     pools: &[OpenPool],
@@ -252,8 +251,7 @@ pub fn snapshot_from<'a>(
         snap.exports.push(ExportSample::new(pool, export));
     }
     for p in pools {
-        let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
-        let (space, volumes) = pool_samples(&p.name, &pool);
+        let (space, volumes) = pool_samples(&p.name, &p.gauges);
         snap.pools.push(space);
         snap.volumes.extend(volumes);
     }
@@ -1403,9 +1401,39 @@ mod tests {
     }
 
     #[test]
+    fn a_scrape_does_not_wait_for_the_pool_lock() {
+        use vblock::dev::FileDev;
+        use vblock::pool::{Pool, PoolOptions};
+
+        let dir = std::env::temp_dir().join(format!("fabric-metrics-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pool.img");
+        let _ = std::fs::remove_file(&path);
+        let dev = FileDev::create(&path, 64 << 20).unwrap();
+        let mut pool = Pool::create(dev, &PoolOptions::default()).unwrap();
+        let vid = pool.create_volume("full", 48 << 20, 512).unwrap();
+        // Many mapped clusters: 32 MiB of 64 KiB clusters.
+        pool.write(vid, 0, &vec![7u8; 32 << 20]).unwrap();
+        let pools = Arc::new([OpenPool::new("p", &path, pool)]);
+        let held = pools[0].pool.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = pools.clone();
+        std::thread::spawn(move || {
+            let snap = snapshot_from([], &p[..], []);
+            let _ = tx.send((snap.volumes[0].allocated_bytes, render(&snap).len()));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(1));
+        drop(held);
+        let _ = std::fs::remove_dir_all(&dir);
+        let (allocated, text) = got.expect("a scrape waited for the pool lock");
+        assert_eq!(allocated, 32 << 20);
+        assert!(text > 0);
+    }
+
+    #[test]
     fn snapshot_from_reads_switches_pools_and_exports() {
-        use std::sync::Mutex;
-        use vblock::pool::PoolOptions;
+        use vblock::dev::FileDev;
+        use vblock::pool::{Pool, PoolOptions};
         use vhost_backends::blk::BlkExportConfig;
 
         let sw = Arc::new(Switch::new("br0", 1024, 64, 300));
@@ -1427,12 +1455,8 @@ mod tests {
         let mut pool = Pool::create(dev, &PoolOptions::default()).unwrap();
         let vid = pool.create_volume("disk1", 16 << 20, 512).unwrap();
         pool.create_volume("disk2", 8 << 20, 512).unwrap();
-        let shared = Arc::new(Mutex::new(pool));
-        let pools = [OpenPool {
-            name: "fast".into(),
-            path: path.clone(),
-            pool: shared.clone(),
-        }];
+        let pools = [OpenPool::new("fast", &path, pool)];
+        let shared = pools[0].pool.clone();
         let export = BlkExport::new(
             BlkExportConfig {
                 name: "disk1".into(),

@@ -31,11 +31,13 @@ use crate::format::{FormatError, JournalBlock, JournalWriter, Layout, Record, Su
 use crate::meta::{MetaError, Metadata, VolumeKind};
 
 mod data;
+mod gauges;
 mod load;
 #[cfg(test)]
 mod tests;
 
 pub use data::{pieces, Piece, WritePlan};
+pub use gauges::PoolGauges;
 pub use load::Loaded;
 
 /// Default cluster size: 16 KiB (README "Cluster size": the smallest that
@@ -280,6 +282,8 @@ pub struct Pool<D: BlockDev> {
     /// fsync ([`data_mark`](Self::data_mark)) to know whether that fsync
     /// covers the data of every `Map` it is about to commit.
     maps_recorded: u64,
+    /// Space figures for readers that do not take this pool's lock.
+    gauges: std::sync::Arc<PoolGauges>,
 }
 
 /// Injected I/O errors for the asynchronous engine (tests and fault drills):
@@ -410,7 +414,8 @@ impl<D: BlockDev> Pool<D> {
     fn from_loaded(dev: D, l: Loaded, writable: bool) -> Pool<D> {
         let blocks = l.layout.journal_blocks();
         let next_id = l.meta.volumes().map(|v| v.id()).max().unwrap_or(0) + 1;
-        Pool {
+        let gauges = std::sync::Arc::new(PoolGauges::new(space_of(&l.meta, 0), &l.meta));
+        let pool = Pool {
             dev,
             next_block: (l.sb.journal_head + l.replayed_blocks) % blocks,
             used_blocks: l.replayed_blocks,
@@ -428,7 +433,10 @@ impl<D: BlockDev> Pool<D> {
             allocating: HashSet::new(),
             faults: std::sync::Arc::default(),
             maps_recorded: 0,
-        }
+            gauges,
+        };
+        pool.publish_space();
+        pool
     }
 
     /// The device.
@@ -469,18 +477,17 @@ impl<D: BlockDev> Pool<D> {
 
     /// Pool-wide space figures.
     pub fn space(&self) -> PoolSpace {
-        let a = self.meta.allocator();
-        let cs = self.meta.cluster_size();
-        PoolSpace {
-            cluster_size: cs,
-            clusters: u64::from(a.total()),
-            used_clusters: u64::from(a.used()),
-            free_clusters: u64::from(a.free()),
-            releasing_clusters: u64::from(a.releasing()),
-            metadata_clusters: self.checkpoint.len() as u64,
-            provisioned: self.meta.volumes().map(|v| v.size()).sum(),
-            capacity: u64::from(a.total()) * u64::from(cs),
-        }
+        space_of(&self.meta, self.checkpoint.len() as u64)
+    }
+
+    /// The space figures kept for readers that must not take this pool's
+    /// lock (metrics); they follow every change.
+    pub fn gauges(&self) -> &std::sync::Arc<PoolGauges> {
+        &self.gauges
+    }
+
+    fn publish_space(&self) {
+        self.gauges.set_space(self.space());
     }
 
     /// Every volume, by id.
@@ -657,11 +664,64 @@ impl<D: BlockDev> Pool<D> {
             what: "record".into(),
             source: e,
         })?;
+        let touched = self.touched(&record);
+        let cs = self.meta.cluster_size();
+        let owners = |meta: &Metadata| {
+            touched
+                .iter()
+                .filter_map(|&(c, vc)| gauges::exclusive_owner(meta, c, vc))
+                .collect::<Vec<u32>>()
+        };
+        let before = owners(&self.meta);
         apply(&mut self.meta, &record)?;
+        for v in before {
+            self.gauges.add_exclusive(v, -1, cs);
+        }
+        for v in owners(&self.meta) {
+            self.gauges.add_exclusive(v, 1, cs);
+        }
+        for id in record_volumes(&record) {
+            self.gauges.refresh(&self.meta, id);
+        }
+        self.publish_space();
         if matches!(record, Record::Map { .. }) {
             self.maps_recorded += 1;
         }
         self.queue(record)
+    }
+
+    /// (cluster, virtual cluster) pairs whose exclusivity `record` may change.
+    fn touched(&self, record: &Record) -> Vec<(u32, u64)> {
+        let mapped = |id: u32, vc: u64| {
+            self.meta
+                .lookup(id, vc)
+                .ok()
+                .flatten()
+                .map(|m| (m.pcluster, vc))
+        };
+        let from = |id: u32, start: u64| -> Vec<(u32, u64)> {
+            self.meta.volume(id).map_or_else(Vec::new, |v| {
+                v.map()
+                    .iter_from(start)
+                    .map(|(vc, pc)| (pc.get(), vc))
+                    .collect()
+            })
+        };
+        match *record {
+            Record::Map {
+                volume,
+                vcluster,
+                pcluster,
+            } => std::iter::once((pcluster, vcluster))
+                .chain(mapped(volume, vcluster))
+                .collect(),
+            Record::Unmap { volume, vcluster } => mapped(volume, vcluster).into_iter().collect(),
+            Record::DeleteVolume { id }
+            | Record::Snapshot { source: id, .. }
+            | Record::Clone { source: id, .. } => from(id, 0),
+            Record::Resize { id, size } => from(id, self.meta.clusters_for(size)),
+            Record::CreateVolume { .. } | Record::Rename { .. } => Vec::new(),
+        }
     }
 
     /// Queues a record already applied to the metadata.
@@ -774,6 +834,7 @@ impl<D: BlockDev> Pool<D> {
     fn release_committed(&mut self) {
         let pins = &self.pins;
         self.meta.commit_except(|c| pins.contains_key(&c));
+        self.publish_space();
     }
 
     /// Writes a checkpoint of the whole metadata and empties the journal.
@@ -859,6 +920,7 @@ impl<D: BlockDev> Pool<D> {
         }
         self.stats.checkpoints += 1;
         self.stats.commits += 1;
+        self.publish_space();
         Ok(())
     }
 
@@ -940,6 +1002,35 @@ impl<D: BlockDev> Pool<D> {
             needed: clusters,
             free: free.saturating_sub(need - clusters),
         })
+    }
+}
+
+/// Space figures of `meta` (`metadata_clusters`: the checkpoint's).
+fn space_of(meta: &Metadata, metadata_clusters: u64) -> PoolSpace {
+    let a = meta.allocator();
+    let cs = meta.cluster_size();
+    PoolSpace {
+        cluster_size: cs,
+        clusters: u64::from(a.total()),
+        used_clusters: u64::from(a.used()),
+        free_clusters: u64::from(a.free()),
+        releasing_clusters: u64::from(a.releasing()),
+        metadata_clusters,
+        provisioned: meta.volumes().map(|v| v.size()).sum(),
+        capacity: u64::from(a.total()) * u64::from(cs),
+    }
+}
+
+/// Volumes whose listed figures `record` changes.
+fn record_volumes(record: &Record) -> Vec<u32> {
+    match *record {
+        Record::Map { volume, .. } | Record::Unmap { volume, .. } => vec![volume],
+        Record::CreateVolume { id, .. }
+        | Record::DeleteVolume { id }
+        | Record::Resize { id, .. }
+        | Record::Rename { id, .. }
+        | Record::Snapshot { id, .. }
+        | Record::Clone { id, .. } => vec![id],
     }
 }
 

@@ -265,3 +265,57 @@ fn small_journal_wraps_through_checkpoints() {
     checked(&p);
     assert_eq!(read(&p, a, 0, 4 * MIB as usize), image);
 }
+
+/// The gauges (maintained per record) equal what a walk of the maps finds.
+fn gauges_match<D: BlockDev>(p: &Pool<D>, step: &str) {
+    assert_eq!(p.gauges().space(), p.space(), "{step}: space");
+    assert_eq!(p.gauges().volumes(), p.volumes(), "{step}: volumes");
+}
+
+#[test]
+fn gauges_follow_writes_snapshots_clones_discards_and_deletes() {
+    let (_disk, mut p) = small_pool(16 * MIB, 256 * 1024);
+    let c = u64::from(C);
+    gauges_match(&p, "empty");
+    let a = p.create_volume("a", MIB, 512).unwrap();
+    p.write(a, 0, &fill(1, 8 * C as usize)).unwrap();
+    gauges_match(&p, "first writes");
+    p.snapshot("a", "s1").unwrap();
+    gauges_match(&p, "snapshot");
+    // Copy-on-write of two clusters: a owns them again, s1 its old ones.
+    p.write(a, c, &fill(2, 2 * C as usize)).unwrap();
+    gauges_match(&p, "copy-on-write");
+    let b = p.clone_volume("s1", "b").unwrap();
+    gauges_match(&p, "clone");
+    p.write(b, 5 * c + 512, &fill(3, 512)).unwrap();
+    p.discard(a, 0, 2 * c).unwrap();
+    gauges_match(&p, "discard");
+    p.flush().unwrap();
+    gauges_match(&p, "flush");
+    // Deleting the snapshot leaves clusters shared by a and b only...
+    p.delete_volume("s1").unwrap();
+    gauges_match(&p, "delete s1");
+    // ...and deleting b makes a's remaining shared ones exclusive.
+    p.delete_volume("b").unwrap();
+    gauges_match(&p, "delete b");
+    assert_eq!(
+        p.gauges().volumes()[0].exclusive,
+        p.gauges().volumes()[0].allocated,
+        "a alone"
+    );
+    p.resize("a", 4 * c, true).unwrap();
+    gauges_match(&p, "shrink");
+    p.discard(a, 2 * c, c).unwrap();
+    assert_eq!(
+        p.gauges().space().releasing_clusters,
+        1,
+        "released by the discard"
+    );
+    p.flush().unwrap();
+    assert_eq!(
+        p.gauges().space().releasing_clusters,
+        0,
+        "free at the commit"
+    );
+    gauges_match(&p, "commit");
+}
