@@ -16,7 +16,7 @@
 //! | `vswitchd_fdb_refused` | counter | `switch`, `reason` (`full`, `port_limit`) |
 //! | `vswitchd_blk_reads`, `_writes`, `_flushes`, `_discards` | counter | `pool`, `volume` |
 //! | `vswitchd_blk_read_bytes`, `vswitchd_blk_write_bytes` | counter | `pool`, `volume` |
-//! | `vswitchd_blk_io_errors`, `_out_of_space`, `_invalid_requests`, `_bad_chains` | counter | `pool`, `volume` |
+//! | `vswitchd_blk_io_errors`, `_out_of_space`, `_invalid_requests`, `_bad_chains`, `_too_large`, `_broken_queues` | counter | `pool`, `volume` |
 //! | `vswitchd_blk_request_duration_seconds` | histogram | `pool`, `volume`, `op` (`read`, `write`, `flush`) |
 //! | `vswitchd_pool_{capacity,used,free,releasing,provisioned}_bytes` | gauge | `pool` |
 //! | `vswitchd_volume_{size,allocated,exclusive}_bytes` | gauge | `pool`, `volume` |
@@ -94,6 +94,8 @@ pub struct ExportSample {
     pub out_of_space: u64,
     pub invalid: u64,
     pub bad_chains: u64,
+    pub too_large: u64,
+    pub broken_queues: u64,
     /// Request latency, one histogram per operation.
     pub latency: Vec<LatencySample>,
 }
@@ -197,6 +199,8 @@ impl ExportSample {
             out_of_space: g(&c.out_of_space),
             invalid: g(&c.invalid),
             bad_chains: g(&c.bad_chains),
+            too_large: g(&c.too_large),
+            broken_queues: g(&c.broken_queues),
             latency: TimedOp::ALL
                 .iter()
                 .map(|&op| LatencySample::new(op, &c.latency(op).snapshot()))
@@ -443,7 +447,7 @@ impl Collector for SnapshotCollector {
         // Exports.
         let volume = |e: &ExportSample| [("pool", e.pool.clone()), ("volume", e.volume.clone())];
         type Count = fn(&ExportSample) -> u64;
-        let export_counters: [(&str, &str, Option<Unit>, Count); 10] = [
+        let export_counters: [(&str, &str, Option<Unit>, Count); 12] = [
             ("vswitchd_blk_reads", "Read requests.", None, |e| e.reads),
             ("vswitchd_blk_writes", "Write requests.", None, |e| e.writes),
             ("vswitchd_blk_read", "Bytes read.", bytes(), |e| {
@@ -484,6 +488,18 @@ impl Collector for SnapshotCollector {
                 "Descriptor chains dropped without a status.",
                 None,
                 |e| e.bad_chains,
+            ),
+            (
+                "vswitchd_blk_too_large",
+                "Reads and writes refused for moving more than the per-request limit.",
+                None,
+                |e| e.too_large,
+            ),
+            (
+                "vswitchd_blk_broken_queues",
+                "Queues stopped because the driver broke them (avail index, ring addresses).",
+                None,
+                |e| e.broken_queues,
             ),
         ];
         for (name, help, unit, value) in export_counters {
@@ -1234,6 +1250,8 @@ mod tests {
                 out_of_space: 16,
                 invalid: 17,
                 bad_chains: 18,
+                too_large: 19,
+                broken_queues: 20,
                 latency: vec![
                     LatencySample::new(TimedOp::Read, &hist.snapshot()),
                     LatencySample::new(TimedOp::Write, &LatencySnapshot::default()),
@@ -1313,6 +1331,8 @@ mod tests {
             ("vswitchd_blk_out_of_space_total", 16.0),
             ("vswitchd_blk_invalid_requests_total", 17.0),
             ("vswitchd_blk_bad_chains_total", 18.0),
+            ("vswitchd_blk_too_large_total", 19.0),
+            ("vswitchd_blk_broken_queues_total", 20.0),
             ("vswitchd_volume_size_bytes", 2.0 * (1u64 << 30) as f64),
             ("vswitchd_volume_allocated_bytes", (1u64 << 20) as f64),
             ("vswitchd_volume_exclusive_bytes", 65536.0),
