@@ -46,9 +46,9 @@ use crate::uring::{Completion, Op, PushError, UringEngine};
 /// Alignment of caller buffers that can go to O_DIRECT I/O without a bounce.
 pub const IO_ALIGN: usize = 512;
 
-/// Most bytes one read or write may move. 4 MiB: the size of the largest
-/// requests Linux builds by default, so guests are not made to split their
-/// streaming I/O further; what the engine holds per request is bounded by
+/// Most bytes one read or write may move. 4 MiB: at or above the request size
+/// Linux guests build by default (`max_sectors_kb`), so their streaming I/O is
+/// not split further; what the engine holds per request is bounded by
 /// [`BOUNCE_BYTES`] and the ring depth, not by this.
 pub const MAX_REQUEST_BYTES: u64 = 4 << 20;
 
