@@ -157,7 +157,11 @@ impl BouncePool {
     }
 
     fn give(&mut self, b: AlignedBuf) {
-        self.free.push(b);
+        // Never keep more than the pool's share (a buffer made outside it
+        // is simply dropped).
+        if self.free.len() < self.max {
+            self.free.push(b);
+        }
     }
 }
 

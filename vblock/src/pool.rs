@@ -665,11 +665,15 @@ impl<D: BlockDev> Pool<D> {
             source: e,
         })?;
         let touched = self.touched(&record);
+        let hint = match record {
+            Record::Map { volume, .. } | Record::Unmap { volume, .. } => Some(volume),
+            _ => None,
+        };
         let cs = self.meta.cluster_size();
         let owners = |meta: &Metadata| {
             touched
                 .iter()
-                .filter_map(|&(c, vc)| gauges::exclusive_owner(meta, c, vc))
+                .filter_map(|&(c, vc)| gauges::exclusive_owner(meta, c, vc, hint))
                 .collect::<Vec<u32>>()
         };
         let before = owners(&self.meta);
@@ -680,8 +684,14 @@ impl<D: BlockDev> Pool<D> {
         for v in owners(&self.meta) {
             self.gauges.add_exclusive(v, 1, cs);
         }
-        for id in record_volumes(&record) {
-            self.gauges.refresh(&self.meta, id);
+        match (hint, hint.and_then(|id| self.meta.volume(id))) {
+            // The data path: one count moves, no copy of the volume's entry.
+            (Some(id), Some(v)) => self.gauges.set_allocated(id, v.map().len() * u64::from(cs)),
+            _ => {
+                for id in record_volumes(&record) {
+                    self.gauges.refresh(&self.meta, id);
+                }
+            }
         }
         self.publish_space();
         if matches!(record, Record::Map { .. }) {

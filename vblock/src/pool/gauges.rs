@@ -76,6 +76,13 @@ impl PoolGauges {
         };
     }
 
+    /// Volume `id`'s allocated bytes (after a `Map` or `Unmap`).
+    pub(super) fn set_allocated(&self, id: u32, bytes: u64) {
+        if let Some(v) = self.lock().volumes.get_mut(&id) {
+            v.allocated = bytes;
+        }
+    }
+
     /// Moves volume `id`'s exclusive count by `clusters` (of `cluster_size`).
     pub(super) fn add_exclusive(&self, id: u32, clusters: i64, cluster_size: u32) {
         let mut g = self.lock();
@@ -106,12 +113,20 @@ fn info_of(meta: &Metadata, id: u32, exclusive: u64) -> Option<VolumeInfo> {
 }
 
 /// The volume `cluster` is exclusive to, if any: mapped at `vcluster` by one
-/// volume and referenced once.
-pub(super) fn exclusive_owner(meta: &Metadata, cluster: u32, vcluster: u64) -> Option<u32> {
+/// volume and referenced once. `hint` is looked at first (the record's own
+/// volume: the common case costs one lookup, not one per volume).
+pub(super) fn exclusive_owner(
+    meta: &Metadata,
+    cluster: u32,
+    vcluster: u64,
+    hint: Option<u32>,
+) -> Option<u32> {
     if meta.allocator().refcounts().get(cluster) != Some(1) {
         return None;
     }
-    meta.volumes()
-        .find(|v| v.map().get(vcluster).map(|p| p.get()) == Some(cluster))
-        .map(|v| v.id())
+    let maps = |v: &crate::meta::Volume| v.map().get(vcluster).map(|p| p.get()) == Some(cluster);
+    if let Some(v) = hint.and_then(|id| meta.volume(id)).filter(|v| maps(v)) {
+        return Some(v.id());
+    }
+    meta.volumes().find(|v| maps(v)).map(|v| v.id())
 }
