@@ -319,3 +319,47 @@ fn gauges_follow_writes_snapshots_clones_discards_and_deletes() {
     );
     gauges_match(&p, "commit");
 }
+
+#[test]
+fn commit_flushed_flushes_data_again_only_for_maps_queued_since_the_mark() {
+    let (disk, mut p) = small_pool(16 * MIB, 256 * 1024);
+    let a = p.create_volume("a", MIB, 512).unwrap();
+    p.write(a, 0, &fill(1, C as usize)).unwrap();
+    p.flush().unwrap();
+    // The caller flushed after reading the mark and nothing was mapped or
+    // recorded since: nothing to commit, no flush at all.
+    p.write(a, 0, &fill(2, 512)).unwrap(); // in place: no record
+    let mark = p.data_mark();
+    disk.flush().unwrap(); // the engine's fsync
+    let before = disk.stats().flushes;
+    p.discard(a, 4 * u64::from(C), u64::from(C)).unwrap(); // nothing mapped there
+    p.commit_flushed(mark).unwrap();
+    assert_eq!(
+        disk.stats().flushes - before,
+        0,
+        "nothing to commit, no flush"
+    );
+    // A Map queued after the mark: its data may not be covered by the
+    // caller's flush, so the data is flushed before the journal.
+    let mark = p.data_mark();
+    disk.flush().unwrap();
+    p.write(a, 2 * u64::from(C), &fill(3, C as usize)).unwrap();
+    let before = disk.stats().flushes;
+    p.commit_flushed(mark).unwrap();
+    assert_eq!(disk.stats().flushes - before, 2, "data, then journal");
+    // Every dropped unflushed write still leaves the mapped data in place.
+    let crashed = Arc::new(disk.crash(1));
+    let p2 = Pool::open(crashed).unwrap();
+    assert_eq!(
+        read(&p2, a, 2 * u64::from(C), C as usize),
+        fill(3, C as usize)
+    );
+    // With no Map since the mark, only the journal is flushed.
+    let mut p = p;
+    p.write(a, 3 * u64::from(C), &fill(4, C as usize)).unwrap();
+    let mark = p.data_mark();
+    disk.flush().unwrap();
+    let before = disk.stats().flushes;
+    p.commit_flushed(mark).unwrap();
+    assert_eq!(disk.stats().flushes - before, 1, "journal only");
+}
