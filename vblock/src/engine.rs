@@ -105,6 +105,9 @@ pub struct EngineStats {
     pub bounced: u64,
     /// Times a request waited for an allocating write to the same cluster.
     pub deferred: u64,
+    /// Bounce buffers allocated so far: never more than
+    /// `max(2, BOUNCE_BYTES / cluster size)`, reused after that.
+    pub bounce_buffers: u64,
 }
 
 struct Request {
@@ -330,7 +333,10 @@ impl<D: BlockDev> VolumeEngine<D> {
 
     /// Counters.
     pub fn stats(&self) -> EngineStats {
-        self.stats
+        EngineStats {
+            bounce_buffers: self.bounce.live as u64,
+            ..self.stats
+        }
     }
 
     /// Requests accepted and not yet returned by [`poll`](Self::poll).
