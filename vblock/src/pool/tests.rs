@@ -355,7 +355,6 @@ fn commit_flushed_flushes_data_again_only_for_maps_queued_since_the_mark() {
         fill(3, C as usize)
     );
     // With no Map since the mark, only the journal is flushed.
-    let mut p = p;
     p.write(a, 3 * u64::from(C), &fill(4, C as usize)).unwrap();
     let mark = p.data_mark();
     disk.flush().unwrap();
