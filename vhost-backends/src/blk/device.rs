@@ -177,9 +177,8 @@ impl BlkBackend {
             0,
             &(c.limits.capacity / request::SECTOR).to_le_bytes(),
         ); // capacity
-           // Together they keep a conforming driver within MAX_REQUEST_BYTES.
         let (seg_max, size_max) = request::segment_limits(c.export.config.queue_size);
-        put(&mut s, 8, &size_max.to_le_bytes()); // size_max
+        put(&mut s, 8, &size_max.to_le_bytes()); // size_max: see segment_limits
         put(&mut s, 12, &seg_max.to_le_bytes()); // seg_max
         put(&mut s, 20, &c.block_size.to_le_bytes()); // blk_size
                                                       // topology: physical_block_exp 0, alignment 0, min_io_size 1 block,
