@@ -473,7 +473,7 @@ impl<D: BlockDev> VolumeEngine<D> {
         let mut pool = lock(&pool);
         let cs = pool.metadata().cluster_size();
         let result = match kind {
-            IoKind::Flush => Ok(Vec::new()),
+            IoKind::Flush => Ok(Vec::new()), // taken above: no lock needed
             IoKind::Discard | IoKind::WriteZeroes => {
                 if pool.is_allocating(volume, offset, len) {
                     self.stats.deferred += 1;
