@@ -398,7 +398,7 @@ fn avail_index_too_far_ahead_stops_the_queue() {
 #[test]
 fn flushes_on_a_slow_device_do_not_stall_another_export() {
     let _serial = serial();
-    const SYNC: Duration = Duration::from_millis(600);
+    const SYNC: Duration = Duration::from_secs(1);
     let f = BlkDaemon::start(
         "64M",
         "[[pool.volume]]\nname = \"hf-flusher\"\nsize = \"16M\"\nexport = {}\n\
@@ -455,7 +455,7 @@ fn flushes_on_a_slow_device_do_not_stall_another_export() {
     assert!(flushes >= 3, "only {flushes} flushes in 3 s");
     assert!(reads > 0);
     assert!(
-        worst < SYNC / 3,
+        worst < SYNC * 2 / 5,
         "a read of another export took {worst:?} while flushes waited {SYNC:?} for the device"
     );
 }
