@@ -1050,14 +1050,14 @@ impl Runtime {
             ));
         }
         drop(st);
+        // The pools' maintained figures: a report never waits for a pool lock.
         for p in &self.pools {
-            let pool = lock_pool(&p.pool);
-            let s = pool.space();
+            let s = p.gauges.space();
             lines.push(format!(
                 "pool {} clusters={} used={} free={} releasing={} provisioned_bytes={} capacity_bytes={}",
                 p.name, s.clusters, s.used_clusters, s.free_clusters, s.releasing_clusters, s.provisioned, s.capacity
             ));
-            for v in pool.volumes() {
+            for v in p.gauges.volumes() {
                 lines.push(format!(
                     "volume pool={} name={} kind={:?} size={} allocated={} exclusive={}",
                     p.name, v.name, v.kind, v.size, v.allocated, v.exclusive

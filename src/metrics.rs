@@ -16,7 +16,7 @@
 //! | `vswitchd_fdb_refused` | counter | `switch`, `reason` (`full`, `port_limit`) |
 //! | `vswitchd_blk_reads`, `_writes`, `_flushes`, `_discards` | counter | `pool`, `volume` |
 //! | `vswitchd_blk_read_bytes`, `vswitchd_blk_write_bytes` | counter | `pool`, `volume` |
-//! | `vswitchd_blk_io_errors`, `_out_of_space`, `_invalid_requests`, `_bad_chains` | counter | `pool`, `volume` |
+//! | `vswitchd_blk_io_errors`, `_out_of_space`, `_invalid_requests`, `_bad_chains`, `_too_large`, `_broken_queues` | counter | `pool`, `volume` |
 //! | `vswitchd_blk_request_duration_seconds` | histogram | `pool`, `volume`, `op` (`read`, `write`, `flush`) |
 //! | `vswitchd_pool_{capacity,used,free,releasing,provisioned}_bytes` | gauge | `pool` |
 //! | `vswitchd_volume_{size,allocated,exclusive}_bytes` | gauge | `pool`, `volume` |
@@ -35,8 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use vblock::dev::FileDev;
-use vblock::pool::Pool;
+use vblock::pool::PoolGauges;
 use vhost_backends::blk::{BlkExport, LatencySnapshot, TimedOp, LATENCY_BOUNDS_US};
 use vswitch::{PortInfo, Switch};
 
@@ -95,6 +94,8 @@ pub struct ExportSample {
     pub out_of_space: u64,
     pub invalid: u64,
     pub bad_chains: u64,
+    pub too_large: u64,
+    pub broken_queues: u64,
     /// Request latency, one histogram per operation.
     pub latency: Vec<LatencySample>,
 }
@@ -198,6 +199,8 @@ impl ExportSample {
             out_of_space: g(&c.out_of_space),
             invalid: g(&c.invalid),
             bad_chains: g(&c.bad_chains),
+            too_large: g(&c.too_large),
+            broken_queues: g(&c.broken_queues),
             latency: TimedOp::ALL
                 .iter()
                 .map(|&op| LatencySample::new(op, &c.latency(op).snapshot()))
@@ -206,9 +209,10 @@ impl ExportSample {
     }
 }
 
-/// The space of pool `name` and its volumes.
-pub fn pool_samples(name: &str, pool: &Pool<FileDev>) -> (PoolSample, Vec<VolumeSample>) {
-    let s = pool.space();
+/// The space of pool `name` and its volumes, from the figures the pool
+/// maintains as it changes (no pool lock, no walk of its maps).
+pub fn pool_samples(name: &str, gauges: &PoolGauges) -> (PoolSample, Vec<VolumeSample>) {
+    let s = gauges.space();
     let cs = u64::from(s.cluster_size);
     let space = PoolSample {
         pool: name.to_owned(),
@@ -218,7 +222,7 @@ pub fn pool_samples(name: &str, pool: &Pool<FileDev>) -> (PoolSample, Vec<Volume
         releasing_bytes: s.releasing_clusters * cs,
         provisioned_bytes: s.provisioned,
     };
-    let volumes = pool
+    let volumes = gauges
         .volumes()
         .into_iter()
         .map(|v| VolumeSample {
@@ -233,9 +237,8 @@ pub fn pool_samples(name: &str, pool: &Pool<FileDev>) -> (PoolSample, Vec<Volume
 }
 
 /// The daemon's snapshot: what `counters_report` reads, as samples.
-/// `exports` are (pool name, export) pairs. Each pool's lock is taken once,
-/// briefly, after the exports are read: collect the exports first rather than
-/// call this with another lock held.
+/// `exports` are (pool name, export) pairs. No pool lock is taken: a scrape
+/// never waits for (or delays) a pool's I/O or commits.
 pub fn snapshot_from<'a>(
     switches: impl IntoIterator<Item = &'a Switch>,
     pools: &[OpenPool],
@@ -252,8 +255,7 @@ pub fn snapshot_from<'a>(
         snap.exports.push(ExportSample::new(pool, export));
     }
     for p in pools {
-        let pool = p.pool.lock().unwrap_or_else(|e| e.into_inner());
-        let (space, volumes) = pool_samples(&p.name, &pool);
+        let (space, volumes) = pool_samples(&p.name, &p.gauges);
         snap.pools.push(space);
         snap.volumes.extend(volumes);
     }
@@ -445,7 +447,7 @@ impl Collector for SnapshotCollector {
         // Exports.
         let volume = |e: &ExportSample| [("pool", e.pool.clone()), ("volume", e.volume.clone())];
         type Count = fn(&ExportSample) -> u64;
-        let export_counters: [(&str, &str, Option<Unit>, Count); 10] = [
+        let export_counters: [(&str, &str, Option<Unit>, Count); 12] = [
             ("vswitchd_blk_reads", "Read requests.", None, |e| e.reads),
             ("vswitchd_blk_writes", "Write requests.", None, |e| e.writes),
             ("vswitchd_blk_read", "Bytes read.", bytes(), |e| {
@@ -486,6 +488,18 @@ impl Collector for SnapshotCollector {
                 "Descriptor chains dropped without a status.",
                 None,
                 |e| e.bad_chains,
+            ),
+            (
+                "vswitchd_blk_too_large",
+                "Reads and writes refused for moving more than the per-request limit.",
+                None,
+                |e| e.too_large,
+            ),
+            (
+                "vswitchd_blk_broken_queues",
+                "Queues stopped because the driver broke them (avail index, ring addresses).",
+                None,
+                |e| e.broken_queues,
             ),
         ];
         for (name, help, unit, value) in export_counters {
@@ -1236,6 +1250,8 @@ mod tests {
                 out_of_space: 16,
                 invalid: 17,
                 bad_chains: 18,
+                too_large: 19,
+                broken_queues: 20,
                 latency: vec![
                     LatencySample::new(TimedOp::Read, &hist.snapshot()),
                     LatencySample::new(TimedOp::Write, &LatencySnapshot::default()),
@@ -1315,6 +1331,8 @@ mod tests {
             ("vswitchd_blk_out_of_space_total", 16.0),
             ("vswitchd_blk_invalid_requests_total", 17.0),
             ("vswitchd_blk_bad_chains_total", 18.0),
+            ("vswitchd_blk_too_large_total", 19.0),
+            ("vswitchd_blk_broken_queues_total", 20.0),
             ("vswitchd_volume_size_bytes", 2.0 * (1u64 << 30) as f64),
             ("vswitchd_volume_allocated_bytes", (1u64 << 20) as f64),
             ("vswitchd_volume_exclusive_bytes", 65536.0),
@@ -1403,9 +1421,39 @@ mod tests {
     }
 
     #[test]
+    fn a_scrape_does_not_wait_for_the_pool_lock() {
+        use vblock::dev::FileDev;
+        use vblock::pool::{Pool, PoolOptions};
+
+        let dir = std::env::temp_dir().join(format!("fabric-metrics-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pool.img");
+        let _ = std::fs::remove_file(&path);
+        let dev = FileDev::create(&path, 64 << 20).unwrap();
+        let mut pool = Pool::create(dev, &PoolOptions::default()).unwrap();
+        let vid = pool.create_volume("full", 48 << 20, 512).unwrap();
+        // Many mapped clusters: 32 MiB of 64 KiB clusters.
+        pool.write(vid, 0, &vec![7u8; 32 << 20]).unwrap();
+        let pools = Arc::new([OpenPool::new("p", &path, pool)]);
+        let held = pools[0].pool.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = pools.clone();
+        std::thread::spawn(move || {
+            let snap = snapshot_from([], &p[..], []);
+            let _ = tx.send((snap.volumes[0].allocated_bytes, render(&snap).len()));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(1));
+        drop(held);
+        let _ = std::fs::remove_dir_all(&dir);
+        let (allocated, text) = got.expect("a scrape waited for the pool lock");
+        assert_eq!(allocated, 32 << 20);
+        assert!(text > 0);
+    }
+
+    #[test]
     fn snapshot_from_reads_switches_pools_and_exports() {
-        use std::sync::Mutex;
-        use vblock::pool::PoolOptions;
+        use vblock::dev::FileDev;
+        use vblock::pool::{Pool, PoolOptions};
         use vhost_backends::blk::BlkExportConfig;
 
         let sw = Arc::new(Switch::new("br0", 1024, 64, 300));
@@ -1427,12 +1475,8 @@ mod tests {
         let mut pool = Pool::create(dev, &PoolOptions::default()).unwrap();
         let vid = pool.create_volume("disk1", 16 << 20, 512).unwrap();
         pool.create_volume("disk2", 8 << 20, 512).unwrap();
-        let shared = Arc::new(Mutex::new(pool));
-        let pools = [OpenPool {
-            name: "fast".into(),
-            path: path.clone(),
-            pool: shared.clone(),
-        }];
+        let pools = [OpenPool::new("fast", &path, pool)];
+        let shared = pools[0].pool.clone();
         let export = BlkExport::new(
             BlkExportConfig {
                 name: "disk1".into(),

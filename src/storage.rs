@@ -16,7 +16,7 @@ use std::io;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use vblock::dev::FileDev;
-use vblock::pool::{Pool, PoolOptions};
+use vblock::pool::{Pool, PoolGauges, PoolOptions};
 use vhost_backends::blk::{BlkExport, BlkExportConfig, BlkExportHandle, SharedPool};
 use vhost_backends::session::ServeOptions;
 
@@ -65,6 +65,19 @@ pub struct OpenPool {
     pub name: String,
     pub path: std::path::PathBuf,
     pub pool: SharedPool,
+    /// The pool's space figures, readable without its lock (metrics).
+    pub gauges: Arc<PoolGauges>,
+}
+
+impl OpenPool {
+    pub fn new(name: &str, path: &std::path::Path, pool: Pool<FileDev>) -> OpenPool {
+        OpenPool {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            gauges: pool.gauges().clone(),
+            pool: Arc::new(Mutex::new(pool)),
+        }
+    }
 }
 
 /// One served export.
@@ -127,11 +140,7 @@ pub fn open_pool(cfg: &PoolConfig, key: &str) -> io::Result<OpenPool> {
         );
         pool
     };
-    Ok(OpenPool {
-        name: cfg.name.clone(),
-        path: cfg.path.clone(),
-        pool: Arc::new(Mutex::new(pool)),
-    })
+    Ok(OpenPool::new(&cfg.name, &cfg.path, pool))
 }
 
 /// Makes the volume exist: created from its source on first start; an

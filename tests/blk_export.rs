@@ -10,6 +10,7 @@ mod blk_support;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use blk_support::counters;
 use blk_support::*;
 use fabric::Daemon;
 
@@ -63,14 +64,19 @@ impl BlkFabric {
         self
     }
 
-    /// The daemon's counter lines for exports.
-    fn connect_counters(&self) -> String {
+    /// The counters line of export `volume`.
+    fn counter_line(&self, volume: &str) -> String {
+        let prefix = format!("counters export={volume} ");
         self.daemon()
             .counters_report()
             .into_iter()
-            .filter(|l| l.starts_with("counters export="))
-            .collect::<Vec<_>>()
-            .join("\n")
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no counters for export {volume}"))
+    }
+
+    /// One counter of export `volume`, exactly.
+    fn counter(&self, volume: &str, name: &str) -> u64 {
+        counters::counter_in(&self.counter_line(volume), name)
     }
 
     fn socket(&self, volume: &str) -> PathBuf {
@@ -208,6 +214,9 @@ fn several_queues_at_once() {
     );
     let mut c = f.connect("d", 4);
     assert_eq!(c.num_queues(), 4);
+    // write_pattern splits 1 MiB into requests of the device's largest chunk.
+    let chunk = c.queue(0).max_chunk() as u64;
+    let per_mib = MIB.div_ceil(chunk);
     // Each queue writes and verifies its own 8 MiB region, in parallel.
     std::thread::scope(|s| {
         for (i, q) in c.queues_mut().iter_mut().enumerate() {
@@ -225,40 +234,84 @@ fn several_queues_at_once() {
             });
         }
     });
-    let c0 = f.connect_counters();
-    assert!(c0.contains("writes 32"), "{c0}");
+    assert_eq!(
+        f.counter("d", "writes"),
+        32 * per_mib,
+        "{}",
+        f.counter_line("d")
+    );
 }
 
 #[test]
 fn a_client_leaving_mid_io_and_the_next_one() {
+    const WRITES: u64 = 32;
+    // Old content: seed 4 over the whole range, flushed; new: seed 7.
+    const OLD: u64 = 4;
+    const NEW: u64 = 7;
     let f = BlkFabric::start(
         "",
         "[[pool.volume]]\nname = \"d\"\nsize = \"32M\"\nexport = { queues = 2 }\n",
     );
+    let region = 8 * MIB;
+    let len;
     {
         let mut c = f.connect("d", 2);
         let q = c.queue(0);
         q.write_pattern(5, 0, 2 * MIB as usize).unwrap();
-        q.flush().unwrap();
-        // Many writes in flight, then the client goes away without waiting.
         let q = c.queue(1);
-        let len = q.buffer_len().min(64 * 1024);
-        for i in 0..32u64 {
+        len = (q.buffer_len() / WRITES as usize)
+            .min(q.max_chunk())
+            .min(64 * 1024)
+            / 512
+            * 512;
+        q.write_pattern(OLD, region, WRITES as usize * len).unwrap();
+        q.flush().unwrap();
+        let writes_before = f.counter("d", "writes");
+        // 32 writes in flight, each from its own part of the buffer.
+        for i in 0..WRITES as usize {
+            let offset = region + (i * len) as u64;
+            let part = &mut q.buffer_mut()[i * len..(i + 1) * len];
+            blk_support::fill_pattern(NEW, offset, part);
             q.submit(
                 blk_support::client::Req::Write {
-                    offset: 8 * MIB + i * len as u64,
-                    buf_off: 0,
+                    offset,
+                    buf_off: i * len,
                     len,
                     fua: false,
                 },
-                i as usize,
+                i,
             );
         }
+        // Send them (a wait for none), see the device take every one, then go
+        // away without waiting for a completion.
+        let mut none = Vec::new();
+        q.wait(0, &mut none).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while f.counter("d", "writes") < writes_before + WRITES {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the device did not take the 32 writes: {}",
+                f.counter_line("d")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(f.counter("d", "writes"), writes_before + WRITES);
     }
     // The next client connects, finds the flushed data, and works.
     let mut c = f.connect("d", 2);
     let q = c.queue(0);
     q.verify_pattern(5, 0, 2 * MIB as usize).unwrap();
+    // Each sector of the abandoned writes holds the old data or the new, nothing else.
+    let total = WRITES as usize * len;
+    let back = q.read_vec(region, total).unwrap();
+    let kinds = blk_support::pattern::classify_sectors(&[OLD, NEW], region, &back);
+    let odd: Vec<usize> = kinds
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| !matches!(k, blk_support::pattern::SectorIs::Seed(_)))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(odd.is_empty(), "sectors neither old nor new: {odd:?}");
     q.write_pattern(6, 16 * MIB, MIB as usize).unwrap();
     q.verify_pattern(6, 16 * MIB, MIB as usize).unwrap();
     f.daemon()
@@ -281,7 +334,8 @@ fn a_full_pool_fails_only_the_writes_that_need_space() {
     );
     let mut c = f.connect("d", 1);
     let q = c.queue(0);
-    let chunk = 256 * 1024u64;
+    // One request per write: the one that finds the pool full is the only failure.
+    let chunk = q.max_chunk() as u64;
     let mut written = 0;
     let err = loop {
         match q.write_pattern(9, written, chunk as usize) {
@@ -297,11 +351,7 @@ fn a_full_pool_fails_only_the_writes_that_need_space() {
     q.write_pattern(10, 0, chunk as usize).unwrap();
     q.flush().unwrap();
     q.verify_pattern(10, 0, chunk as usize).unwrap();
-    assert!(
-        f.connect_counters().contains("out_of_space 1"),
-        "{}",
-        f.connect_counters()
-    );
+    assert_eq!(f.counter("d", "out_of_space"), 1, "{}", f.counter_line("d"));
     // Freeing space lets writes continue.
     q.discard(0, 2 * MIB).unwrap();
     q.flush().unwrap();
@@ -357,11 +407,7 @@ fn a_backing_device_error_fails_that_request_only() {
     assert!(e.is_ioerr(), "{e}");
     // The rest of the disk, and the daemon, carry on.
     q.verify_pattern(31, MIB, MIB as usize).unwrap();
-    assert!(
-        f.connect_counters().contains("io_errors 1"),
-        "{}",
-        f.connect_counters()
-    );
+    assert_eq!(f.counter("d", "io_errors"), 1, "{}", f.counter_line("d"));
     faults.clear();
     q.verify_pattern(31, 0, 4096).unwrap();
 }

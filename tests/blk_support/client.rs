@@ -538,8 +538,9 @@ impl BlkQueue {
         }
     }
 
-    /// Largest data chunk of one request.
-    fn max_chunk(&self) -> usize {
+    /// Largest data chunk of one request (what the synchronous helpers split
+    /// their requests into).
+    pub fn max_chunk(&self) -> usize {
         let mut c = self.buf_len as u64;
         if self.info.max_transfer > 0 {
             c = c.min(self.info.max_transfer);

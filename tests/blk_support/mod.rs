@@ -14,6 +14,7 @@
 //!   [`TestDir`] and image creation; [`BackendProcess`] runs any export
 //!   daemon (ours too) and reaps it on drop.
 //! - [`pattern`]: deterministic data patterns and their verification.
+//! - [`counters`]: the daemon's counter lines, read by whole words.
 //!
 //! Everything here fails loudly: a missing `qemu-storage-daemon`, a refused
 //! connection or a wrong byte is a panic or an `Err` naming what is wrong,
@@ -23,6 +24,10 @@
 #![allow(dead_code)]
 
 pub mod client;
+// The same file as `support::counters`: a test using both libraries loads it twice.
+#[allow(clippy::duplicate_mod)]
+#[path = "../support/counters.rs"]
+pub mod counters;
 pub mod driver;
 pub mod pattern;
 pub mod qsd;

@@ -11,6 +11,7 @@
 //! - [`virtio_blk`]: `GuestBlk`, a virtio-blk device driver over vhost-user (N queues,
 //!   well-formed requests and raw chains for hostile input).
 //! - [`smol`]: `SmolNic` (smoltcp `Device` on a `GuestNic`), ping and TCP helpers.
+//! - [`blk_daemon`]: the real daemon in process serving a pool's volumes (`BlkDaemon`).
 //! - [`fabric`]: the real daemon in process, on a config of the test's own.
 //! - [`frames`]: Ethernet frame builders.
 //! - [`testpmd`]: runs DPDK `dpdk-testpmd` as a third-party peer.
@@ -18,6 +19,8 @@
 // Each integration test uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod blk_daemon;
+pub mod counters;
 pub mod fabric;
 pub mod frames;
 pub mod guest_memory;

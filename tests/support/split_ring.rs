@@ -149,7 +149,15 @@ impl SplitRing {
         ram.ring_u16(self.avail + 4 + 2 * u64::from(slot), Ordering::Relaxed)
     }
 
-    /// The driver's avail index: every entry pushed so far.
+    /// Writes `idx` as the available index as-is (a broken or hostile driver: it
+    /// may claim more entries than the ring holds). Later pushes continue from it.
+    pub fn force_avail_idx(&mut self, ram: &GuestRam, idx: u16) {
+        self.avail_idx = idx;
+        self.notified_idx = idx;
+        ram.set_ring_u16(self.avail + 2, idx, Ordering::Release);
+    }
+
+    /// The driver's available index (pushed entries included).
     pub fn avail_idx(&self) -> u16 {
         self.avail_idx
     }

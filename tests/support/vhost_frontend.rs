@@ -40,6 +40,42 @@ pub struct RawDesc {
     pub next: u16,
 }
 
+/// A linear chain of `(addr, len, flags)`: NEXT on every descriptor but the last,
+/// each to the following one.
+pub fn linear_chain(parts: &[(u64, u32, u16)]) -> Vec<RawDesc> {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, len, flags))| RawDesc {
+            addr,
+            len,
+            flags: flags
+                | if i + 1 < parts.len() {
+                    super::split_ring::VIRTQ_DESC_F_NEXT
+                } else {
+                    0
+                },
+            next: (i + 1) as u16,
+        })
+        .collect()
+}
+
+/// An indirect table's bytes (`next` as given: indexes into the table itself).
+pub fn indirect_table(descs: &[RawDesc]) -> Vec<u8> {
+    descs
+        .iter()
+        .flat_map(|d| {
+            Desc {
+                addr: d.addr,
+                len: d.len,
+                flags: d.flags,
+                next: d.next,
+            }
+            .to_bytes()
+        })
+        .collect()
+}
+
 /// Writes the chain `descs` into the descriptor table slots `slots` (one per
 /// descriptor, same order), translating each relative `next` into its slot.
 pub fn write_raw_chain(ring: &SplitRing, ram: &GuestRam, descs: &[RawDesc], slots: &[u16]) {

@@ -323,6 +323,7 @@ impl GuestBlk {
         }
         let mut frontend = connect_frontend(socket, u64::from(opts.queues))?;
         let mut wanted = features::VERSION_1
+            | features::SIZE_MAX
             | features::SEG_MAX
             | features::BLK_SIZE
             | features::TOPOLOGY
@@ -880,6 +881,20 @@ impl GuestBlk {
         queue.raw_heads.push(head);
         queue.ring.publish(&self.ram);
         let _ = queue.kick.write(1);
+    }
+
+    /// Moves the available index of `q` `ahead` entries past what the driver made
+    /// available (more than the queue holds: a broken driver) and kicks.
+    pub fn post_avail_ahead(&mut self, q: usize, ahead: u16) {
+        let queue = &mut self.queues[q];
+        let idx = queue.ring.avail_idx().wrapping_add(ahead);
+        queue.ring.force_avail_idx(&self.ram, idx);
+        let _ = queue.kick.write(1);
+    }
+
+    /// Kicks queue `q` without making anything available.
+    pub fn kick(&self, q: usize) {
+        let _ = self.queues[q].kick.write(1);
     }
 
     /// Forgets a raw head the device will never return (the test proved it).

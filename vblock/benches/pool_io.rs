@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use vblock::dev::SplitMix64 as Rng;
 use vblock::dev::{AlignedBuf, BlockDev, FileDev};
-use vblock::engine::{IoKind, IoRequest, VolumeEngine};
+use vblock::engine::{Durability, IoKind, IoRequest, VolumeEngine};
 use vblock::pool::{Pool, PoolOptions};
 
 const QD: usize = 32;
@@ -97,6 +97,7 @@ fn engine_phase(
                 offset,
                 len: BS as u64,
                 iov: vec![bufs[slot].iovec(0, BS)],
+                durable: Durability::Io,
             };
             // SAFETY: bufs[slot] is not reused before its completion.
             unsafe { engine.submit(req) };
@@ -242,6 +243,7 @@ fn fill_rest(engine: &mut VolumeEngine<FileDev>, vol: u32, size: u64, cluster: u
                 offset: c * u64::from(cluster),
                 len: u64::from(cluster),
                 iov: vec![buf.iovec(0, cluster as usize)],
+                durable: Durability::Io,
             };
             // SAFETY: `buf` is only read by these writes and outlives them.
             unsafe { engine.submit(req) };

@@ -18,6 +18,23 @@
 //! buffer. Clusters with I/O in flight are pinned in the pool so a discard
 //! plus flush elsewhere cannot hand them to another volume under the I/O.
 //! Completions are signalled on [`VolumeEngine::eventfd`].
+//!
+//! Bounded by construction, whatever the caller sends: a read or write moves
+//! at most [`MAX_REQUEST_BYTES`] (larger ones fail with
+//! [`PoolError::TooLarge`]); a request's pieces are planned at once (metadata
+//! only, a few dozen bytes each) but run in a window of at most the ring's
+//! depth of operations, and every bounce buffer comes from the engine's pool
+//! of [`BOUNCE_BYTES`] (a piece waits for one rather than allocating). The
+//! pool lock is never held while caller memory or a bounce buffer is touched
+//! (zero-fill of unmapped ranges included).
+//!
+//! Flushes (and changes with an [`IoRequest::durable`] other than
+//! [`Durability::Io`]) share one fsync round at a time: `IORING_OP_FSYNC`
+//! (datasync) on the ring, off the pool lock, then the journal under the
+//! lock, which writes (and for a flush or write-through, flushes) only the
+//! journal blocks unless new `Map` records were queued during the fsync
+//! ([`Pool::commit_flushed`], [`Pool::stage_flushed`]). Order: data durable,
+//! then the records naming it.
 
 use std::collections::VecDeque;
 use std::io;
@@ -30,6 +47,20 @@ use crate::uring::{Completion, Op, PushError, UringEngine};
 
 /// Alignment of caller buffers that can go to O_DIRECT I/O without a bounce.
 pub const IO_ALIGN: usize = 512;
+
+/// Most bytes one read or write may move. 4 MiB: at or above the request size
+/// Linux guests build by default (`max_sectors_kb`), so their streaming I/O is
+/// not split further; what the engine holds per request is bounded by
+/// [`BOUNCE_BYTES`] and the ring depth, not by this.
+pub const MAX_REQUEST_BYTES: u64 = 4 << 20;
+
+/// Bounce buffer memory of one engine (one queue): misaligned pieces beyond
+/// it wait for a buffer to come back.
+pub const BOUNCE_BYTES: usize = 4 << 20;
+
+/// Ring tags above every op slot: the flush round's fsync and its delay.
+const FSYNC_TAG: u64 = u64::MAX;
+const SYNC_DELAY_TAG: u64 = u64::MAX - 1;
 
 /// What a request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +86,25 @@ pub struct IoRequest {
     pub offset: u64,
     pub len: u64,
     pub iov: Vec<libc::iovec>,
+    /// What a write, discard or write-zeroes must survive before it
+    /// completes (ignored for reads and flushes).
+    pub durable: Durability,
+}
+
+/// What a change must survive before it completes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Nothing beyond its own I/O: the caller flushes the pool itself.
+    #[default]
+    Io,
+    /// The death of this process: the metadata it created is written to the
+    /// journal, not flushed, at the next fsync round ([`Pool::stage_flushed`];
+    /// at once when nothing is pending). A write-back cache that a restarted
+    /// daemon must still have.
+    ProcessDeath,
+    /// A power loss (write-through): it waits for the next fsync round and
+    /// journal commit, like a flush.
+    PowerLoss,
 }
 
 /// A finished request.
@@ -73,6 +123,9 @@ pub struct EngineStats {
     pub bounced: u64,
     /// Times a request waited for an allocating write to the same cluster.
     pub deferred: u64,
+    /// Bounce buffers allocated so far: never more than
+    /// `max(2, BOUNCE_BYTES / cluster size)`, reused after that.
+    pub bounce_buffers: u64,
 }
 
 struct Request {
@@ -82,8 +135,68 @@ struct Request {
     offset: u64,
     len: u64,
     iov: Vec<libc::iovec>,
+    durable: Durability,
     pending: usize,
     error: Option<PoolError>,
+}
+
+/// A planned piece not yet running (see the module docs: the window).
+struct Planned {
+    req: usize,
+    piece: Piece,
+    stage: Stage,
+    cluster_off: u64,
+}
+
+/// The engine's bounce buffers (one cluster each), at most `max` of them.
+struct BouncePool {
+    free: Vec<AlignedBuf>,
+    live: usize,
+    max: usize,
+    size: usize,
+}
+
+impl BouncePool {
+    fn new(cluster_size: usize) -> Self {
+        BouncePool {
+            free: Vec::new(),
+            live: 0,
+            max: (BOUNCE_BYTES / cluster_size).max(2),
+            size: cluster_size,
+        }
+    }
+
+    fn take(&mut self) -> Option<AlignedBuf> {
+        if let Some(b) = self.free.pop() {
+            return Some(b);
+        }
+        if self.live == self.max {
+            return None;
+        }
+        self.live += 1;
+        Some(AlignedBuf::new(self.size))
+    }
+
+    fn give(&mut self, b: AlignedBuf) {
+        // Never keep more than the pool's share (a buffer made outside it
+        // is simply dropped).
+        if self.free.len() < self.max {
+            self.free.push(b);
+        }
+    }
+}
+
+/// The fsync round in flight: what it covers.
+struct FlushRound {
+    /// [`Pool::data_mark`] read before the fsync was pushed.
+    mark: u64,
+    /// Requests completed by this round.
+    waiters: Vec<usize>,
+    /// Some waiter needs a power loss survived (a flush, write-through), not
+    /// only the death of this process.
+    power_loss: bool,
+    /// The fsync itself is pushed (not just its injected delay).
+    synced: bool,
 }
 
 enum Stage {
@@ -119,6 +232,12 @@ pub struct VolumeEngine<D: BlockDev> {
     waiting: VecDeque<usize>,
     /// Ops built but not yet accepted by the ring.
     backlog: VecDeque<usize>,
+    /// Pieces planned, waiting for room in the window or a bounce buffer.
+    planned: VecDeque<Planned>,
+    bounce: BouncePool,
+    /// Requests waiting for the next fsync round.
+    flush_waiting: Vec<(usize, Durability)>,
+    flush_round: Option<FlushRound>,
     done: Vec<IoCompletion>,
     zeros: AlignedBuf,
     cqes: Vec<Completion>,
@@ -211,6 +330,10 @@ impl<D: BlockDev> VolumeEngine<D> {
             free_ops: Vec::new(),
             waiting: VecDeque::new(),
             backlog: VecDeque::new(),
+            planned: VecDeque::new(),
+            bounce: BouncePool::new(cs),
+            flush_waiting: Vec::new(),
+            flush_round: None,
             done: Vec::new(),
             zeros: AlignedBuf::new(cs),
             cqes: Vec::new(),
@@ -231,7 +354,10 @@ impl<D: BlockDev> VolumeEngine<D> {
 
     /// Counters.
     pub fn stats(&self) -> EngineStats {
-        self.stats
+        EngineStats {
+            bounce_buffers: self.bounce.live as u64,
+            ..self.stats
+        }
     }
 
     /// Requests accepted and not yet returned by [`poll`](Self::poll).
@@ -256,6 +382,10 @@ impl<D: BlockDev> VolumeEngine<D> {
             let pool = lock(&self.pool);
             match req.kind {
                 IoKind::Flush => Ok(()),
+                _ if data && req.len > MAX_REQUEST_BYTES => Err(PoolError::TooLarge {
+                    len: req.len,
+                    max: MAX_REQUEST_BYTES,
+                }),
                 _ if data && (covered as u64) < req.len => Err(PoolError::Unaligned {
                     offset: req.offset,
                     len: req.len,
@@ -270,6 +400,7 @@ impl<D: BlockDev> VolumeEngine<D> {
             offset: req.offset,
             len: req.len,
             iov: req.iov,
+            durable: req.durable,
             pending: 0,
             error: None,
         };
@@ -306,7 +437,9 @@ impl<D: BlockDev> VolumeEngine<D> {
         self.ring.clear_event();
         self.reap();
         self.start_waiting();
+        self.fill_window();
         self.push_backlog();
+        self.start_flush_round();
         loop {
             match self.ring.submit() {
                 Ok(_) => break,
@@ -351,11 +484,17 @@ impl<D: BlockDev> VolumeEngine<D> {
             return true;
         };
         let (volume, kind, offset, len) = (r.volume, r.kind, r.offset, r.len);
+        if kind == IoKind::Flush {
+            self.flush_waiting.push((index, Durability::PowerLoss));
+            return true;
+        }
+        // Unmapped read pieces, zero-filled once the lock is dropped.
+        let mut zero = Vec::new();
         let pool = Arc::clone(&self.pool);
         let mut pool = lock(&pool);
         let cs = pool.metadata().cluster_size();
         let result = match kind {
-            IoKind::Flush => pool.flush().map(|()| Vec::new()),
+            IoKind::Flush => Ok(Vec::new()), // taken above: no lock needed
             IoKind::Discard | IoKind::WriteZeroes => {
                 if pool.is_allocating(volume, offset, len) {
                     self.stats.deferred += 1;
@@ -369,11 +508,7 @@ impl<D: BlockDev> VolumeEngine<D> {
                 for p in crate::pool::pieces(cs, offset, len) {
                     match pool.plan_read(volume, p.vcluster) {
                         Ok(Some(pc)) => ops.push((p, Stage::Read { pcluster: pc })),
-                        Ok(None) => {
-                            let iov = slice_iov(&self.req(index).iov, p.at, p.len);
-                            // SAFETY: caller memory per the submit contract.
-                            unsafe { zero_iov(&iov) };
-                        }
+                        Ok(None) => zero.push(p),
                         Err(e) => {
                             err = Some(e);
                             break;
@@ -429,43 +564,173 @@ impl<D: BlockDev> VolumeEngine<D> {
                 Err(e) => Err(e),
             },
         };
-        let offsets: Vec<(Piece, Stage, u64)> = match result {
+        let planned: Vec<Planned> = match result {
             Ok(ops) => ops
                 .into_iter()
-                .map(|(p, s)| {
-                    let pc = match &s {
+                .map(|(piece, stage)| {
+                    let pc = match &stage {
                         Stage::Read { pcluster } | Stage::Write { pcluster } => *pcluster,
                         Stage::CowRead { source, .. } => *source,
                         Stage::Fill { pcluster, .. } => *pcluster,
                     };
-                    let off = pool.cluster_offset(pc);
-                    (p, s, off)
+                    Planned {
+                        req: index,
+                        piece,
+                        stage,
+                        cluster_off: pool.cluster_offset(pc),
+                    }
                 })
                 .collect(),
             Err(e) => {
                 drop(pool);
-                if let Some(r) = self.requests[index].take() {
-                    self.free_requests.push(index);
-                    self.finish(r, Some(e));
-                }
+                self.request_done(index, Some(e));
                 return true;
             }
         };
         drop(pool);
-        if offsets.is_empty() {
-            if let Some(r) = self.requests[index].take() {
-                self.free_requests.push(index);
-                self.finish(r, None);
-            }
+        for p in zero {
+            let iov = slice_iov(&self.req(index).iov, p.at, p.len);
+            // SAFETY: caller memory per the submit contract.
+            unsafe { zero_iov(&iov) };
+        }
+        if planned.is_empty() {
+            self.request_done(index, None);
             return true;
         }
-        self.req_mut(index).pending = offsets.len();
-        for (piece, stage, cluster_off) in offsets {
-            let op = self.build(index, piece, stage, cluster_off);
+        self.req_mut(index).pending = planned.len();
+        self.planned.extend(planned);
+        true
+    }
+
+    /// Request `index` has no I/O left: it completes now, or (a flush or a
+    /// durable change that succeeded) at the end of the next fsync round.
+    fn request_done(&mut self, index: usize, error: Option<PoolError>) {
+        let Some(r) = self.requests[index].as_mut() else {
+            return;
+        };
+        let changed = matches!(
+            r.kind,
+            IoKind::Write | IoKind::Discard | IoKind::WriteZeroes
+        );
+        if error.is_none() && changed && r.durable != Durability::Io {
+            // Once: the round completes it.
+            let wait = std::mem::take(&mut r.durable);
+            // Nothing to stage: its data already sits in the host kernel.
+            let nothing_to_stage =
+                wait == Durability::ProcessDeath && !lock(&self.pool).has_pending_records();
+            if !nothing_to_stage {
+                self.flush_waiting.push((index, wait));
+                return;
+            }
+        }
+        if let Some(r) = self.requests[index].take() {
+            self.free_requests.push(index);
+            self.finish(r, error);
+        }
+    }
+
+    /// Moves planned pieces into running ops while the window has room and
+    /// each finds the bounce buffer it needs (in order: a piece waiting for a
+    /// buffer holds back the ones behind it, so none starves).
+    fn fill_window(&mut self) {
+        let window = self.ring.capacity();
+        while let Some(p) = self.planned.front() {
+            if self.ops.len() - self.free_ops.len() >= window {
+                break;
+            }
+            let user_aligned = aligned(&slice_iov(&self.req(p.req).iov, p.piece.at, p.piece.len));
+            let needs_bounce = match p.stage {
+                Stage::CowRead { .. } => true,
+                _ => !user_aligned,
+            };
+            let bounce = if needs_bounce {
+                match self.bounce.take() {
+                    Some(b) => Some(b),
+                    None => break,
+                }
+            } else {
+                None
+            };
+            let Some(p) = self.planned.pop_front() else {
+                break;
+            };
+            let op = self.build(p, bounce);
             let slot = self.alloc_op(op);
             self.backlog.push_back(slot);
         }
-        true
+    }
+
+    /// Starts an fsync round for the requests waiting for one, unless one is
+    /// running (they wait for the next: the running fsync may have begun
+    /// before their writes completed).
+    fn start_flush_round(&mut self) {
+        if self.flush_round.is_some() || self.flush_waiting.is_empty() {
+            return;
+        }
+        let mark = lock(&self.pool).data_mark();
+        let delay = self.faults.sync_delay();
+        let (op, tag) = match delay {
+            Some(d) => (Op::Timeout(d), SYNC_DELAY_TAG),
+            None => (Op::Fsync, FSYNC_TAG),
+        };
+        // SAFETY: neither operation names memory.
+        if unsafe { self.ring.push(op, tag) }.is_err() {
+            return; // ring full: the next poll tries again
+        }
+        let waiting = std::mem::take(&mut self.flush_waiting);
+        self.flush_round = Some(FlushRound {
+            mark,
+            power_loss: waiting.iter().any(|&(_, d)| d == Durability::PowerLoss),
+            waiters: waiting.into_iter().map(|(index, _)| index).collect(),
+            synced: delay.is_none(),
+        });
+    }
+
+    /// The round's injected delay or its fsync completed with `result`.
+    fn flush_step(&mut self, result: i32) {
+        let Some(round) = self.flush_round.as_mut() else {
+            return;
+        };
+        if !round.synced {
+            // SAFETY: an fsync names no memory.
+            if unsafe { self.ring.push(Op::Fsync, FSYNC_TAG) }.is_ok() {
+                round.synced = true;
+                return;
+            }
+            // Cannot happen (the delay's slot just came back); fall back
+            // to the pool's own flush below.
+        }
+        let Some(round) = self.flush_round.take() else {
+            return;
+        };
+        let r = if result < 0 && round.synced {
+            Err(PoolError::Io {
+                what: "flushing the pool device".into(),
+                source: io::Error::from_raw_os_error(-result),
+            })
+        } else if round.synced {
+            // Short hold: journal blocks only, the data is already durable.
+            let mut pool = lock(&self.pool);
+            if round.power_loss {
+                pool.commit_flushed(round.mark)
+            } else {
+                pool.stage_flushed(round.mark)
+            }
+        } else if round.power_loss {
+            lock(&self.pool).flush()
+        } else {
+            lock(&self.pool).stage()
+        };
+        for index in round.waiters {
+            let e = r.as_ref().err().map(|e| PoolError::Io {
+                what: "flushing".into(),
+                source: io::Error::other(e.to_string()),
+            });
+            if let Some(req) = self.requests[index].take() {
+                self.free_requests.push(index);
+                self.finish(req, e);
+            }
+        }
     }
 
     fn req(&self, index: usize) -> &Request {
@@ -489,62 +754,61 @@ impl<D: BlockDev> VolumeEngine<D> {
         }
     }
 
-    /// The I/O of one piece at `stage`.
-    fn build(&mut self, req: usize, piece: Piece, stage: Stage, cluster_off: u64) -> PieceOp {
+    /// The I/O of one planned piece; `bounce` is the buffer it needs
+    /// (misaligned caller memory, copy-on-write), from the engine's pool.
+    fn build(&mut self, p: Planned, bounce: Option<AlignedBuf>) -> PieceOp {
         let cs = self.zeros.len();
-        let user = slice_iov(&self.req(req).iov, piece.at, piece.len);
+        let piece = p.piece;
+        let user = slice_iov(&self.req(p.req).iov, piece.at, piece.len);
         let mut op = PieceOp {
-            req,
+            req: p.req,
             piece,
-            dev_off: cluster_off + piece.within as u64,
+            dev_off: p.cluster_off + piece.within as u64,
             iov: Vec::new(),
             bounce: None,
-            stage,
+            stage: p.stage,
         };
-        match op.stage {
-            Stage::Read { .. } | Stage::Write { .. } => {
-                if aligned(&user) {
-                    op.iov = user;
-                } else {
-                    self.stats.bounced += 1;
-                    let mut b = AlignedBuf::new(piece.len);
-                    if matches!(op.stage, Stage::Write { .. }) {
-                        // SAFETY: caller memory per the submit contract.
-                        unsafe { copy_iov(&user, &mut b, false) };
-                    }
-                    op.iov = vec![b.iovec(0, piece.len)];
-                    op.bounce = Some(b);
+        match (&op.stage, bounce) {
+            (Stage::Read { .. } | Stage::Write { .. }, None) => op.iov = user,
+            (Stage::Read { .. } | Stage::Write { .. }, Some(mut b)) => {
+                self.stats.bounced += 1;
+                if matches!(op.stage, Stage::Write { .. }) {
+                    // SAFETY: caller memory per the submit contract.
+                    unsafe { copy_iov(&user, &mut b[..piece.len], false) };
                 }
+                op.iov = vec![b.iovec(0, piece.len)];
+                op.bounce = Some(b);
             }
-            Stage::CowRead { .. } => {
-                let b = AlignedBuf::new(cs);
-                op.dev_off = cluster_off;
+            (Stage::CowRead { .. }, b) => {
+                let b = b.unwrap_or_else(|| AlignedBuf::new(cs));
+                op.dev_off = p.cluster_off;
                 op.iov = vec![b.iovec(0, cs)];
                 op.bounce = Some(b);
             }
-            Stage::Fill { .. } => {
-                op.dev_off = cluster_off;
+            (Stage::Fill { .. }, None) => {
+                op.dev_off = p.cluster_off;
                 let tail = cs - piece.within - piece.len;
-                if aligned(&user) {
-                    let mut iov = Vec::with_capacity(user.len() + 2);
-                    if piece.within > 0 {
-                        iov.push(self.zeros.iovec(0, piece.within));
-                    }
-                    iov.extend(user);
-                    if tail > 0 {
-                        iov.push(self.zeros.iovec(0, tail));
-                    }
-                    op.iov = iov;
-                } else {
-                    self.stats.bounced += 1;
-                    let mut b = AlignedBuf::new(cs);
-                    // SAFETY: caller memory per the submit contract.
-                    unsafe {
-                        copy_iov(&user, &mut b[piece.within..piece.within + piece.len], false)
-                    };
-                    op.iov = vec![b.iovec(0, cs)];
-                    op.bounce = Some(b);
+                let mut iov = Vec::with_capacity(user.len() + 2);
+                if piece.within > 0 {
+                    iov.push(self.zeros.iovec(0, piece.within));
                 }
+                iov.extend(user);
+                if tail > 0 {
+                    iov.push(self.zeros.iovec(0, tail));
+                }
+                op.iov = iov;
+            }
+            (Stage::Fill { .. }, Some(mut b)) => {
+                op.dev_off = p.cluster_off;
+                self.stats.bounced += 1;
+                // A reused buffer holds another piece's data: zeros around.
+                let end = piece.within + piece.len;
+                b[..piece.within].fill(0);
+                b[end..].fill(0);
+                // SAFETY: caller memory per the submit contract.
+                unsafe { copy_iov(&user, &mut b[piece.within..end], false) };
+                op.iov = vec![b.iovec(0, cs)];
+                op.bounce = Some(b);
             }
         }
         op
@@ -592,7 +856,10 @@ impl<D: BlockDev> VolumeEngine<D> {
         let mut cqes = std::mem::take(&mut self.cqes);
         self.ring.reap(&mut cqes);
         for c in cqes.drain(..) {
-            self.complete_op(c.tag as usize, c.result);
+            match c.tag {
+                FSYNC_TAG | SYNC_DELAY_TAG => self.flush_step(c.result),
+                tag => self.complete_op(tag as usize, c.result),
+            }
         }
         self.cqes = cqes;
     }
@@ -667,24 +934,17 @@ impl<D: BlockDev> VolumeEngine<D> {
             }
         }
         self.free_ops.push(slot);
+        if let Some(b) = op.bounce.take() {
+            self.bounce.give(b);
+        }
         let r = self.req_mut(op.req);
         r.pending -= 1;
         if r.error.is_none() {
             r.error = error;
         }
         if r.pending == 0 {
-            let index = op.req;
-            if let Some(r) = self.requests[index].take() {
-                self.free_requests.push(index);
-                let e = r.error;
-                self.done.push(IoCompletion {
-                    tag: r.tag,
-                    result: e.map_or(Ok(()), Err),
-                });
-                if self.done.last().is_some_and(|c| c.result.is_err()) {
-                    self.stats.errors += 1;
-                }
-            }
+            let e = r.error.take();
+            self.request_done(op.req, e);
         }
     }
 }

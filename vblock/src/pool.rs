@@ -31,11 +31,13 @@ use crate::format::{FormatError, JournalBlock, JournalWriter, Layout, Record, Su
 use crate::meta::{MetaError, Metadata, VolumeKind};
 
 mod data;
+mod gauges;
 mod load;
 #[cfg(test)]
 mod tests;
 
 pub use data::{pieces, Piece, WritePlan};
+pub use gauges::PoolGauges;
 pub use load::Loaded;
 
 /// Default cluster size: 16 KiB (README "Cluster size": the smallest that
@@ -119,6 +121,8 @@ pub enum PoolError {
     Unaligned { offset: u64, len: u64 },
     /// The range ends beyond the volume.
     OutOfRange { offset: u64, len: u64, size: u64 },
+    /// A data request larger than the engine takes in one go.
+    TooLarge { len: u64, max: u64 },
     /// Writes to a snapshot.
     ReadOnly(String),
     /// Shrinking loses data: needs `force`.
@@ -152,6 +156,10 @@ impl fmt::Display for PoolError {
             Self::OutOfRange { offset, len, size } => write!(
                 f,
                 "request of {len} bytes at {offset} ends beyond the volume ({size} bytes)"
+            ),
+            Self::TooLarge { len, max } => write!(
+                f,
+                "request of {len} bytes is larger than the {max} bytes one request may move"
             ),
             Self::ReadOnly(n) => write!(f, "volume {n:?} is a read-only snapshot"),
             Self::ShrinkNeedsForce {
@@ -270,6 +278,12 @@ pub struct Pool<D: BlockDev> {
     /// writes to it wait, or the later `Map` would drop the earlier data.
     allocating: HashSet<(u32, u64)>,
     faults: std::sync::Arc<IoFaults>,
+    /// `Map` records queued so far: an engine's flush reads it before its
+    /// fsync ([`data_mark`](Self::data_mark)) to know whether that fsync
+    /// covers the data of every `Map` it is about to commit.
+    maps_recorded: u64,
+    /// Space figures for readers that do not take this pool's lock.
+    gauges: std::sync::Arc<PoolGauges>,
 }
 
 /// Injected I/O errors for the asynchronous engine (tests and fault drills):
@@ -280,6 +294,8 @@ pub struct Pool<D: BlockDev> {
 pub struct IoFaults {
     armed: std::sync::atomic::AtomicBool,
     ranges: std::sync::Mutex<Vec<std::ops::Range<u64>>>,
+    /// Extra time every device flush takes, in microseconds (a slow disk).
+    sync_delay_us: std::sync::atomic::AtomicU64,
 }
 
 impl IoFaults {
@@ -300,6 +316,25 @@ impl IoFaults {
             .clear();
         self.armed
             .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Every device flush (the engine's fsync and the pool's own) takes
+    /// `delay` longer from now on, as on a disk slow to empty its cache.
+    pub fn slow_sync(&self, delay: std::time::Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.sync_delay_us
+            .store(us, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The injected flush delay, if any.
+    pub fn sync_delay(&self) -> Option<std::time::Duration> {
+        match self
+            .sync_delay_us
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
     }
 
     /// True if `[offset, offset + len)` touches a failing range.
@@ -390,7 +425,8 @@ impl<D: BlockDev> Pool<D> {
     fn from_loaded(dev: D, l: Loaded, writable: bool) -> Pool<D> {
         let blocks = l.layout.journal_blocks();
         let next_id = l.meta.volumes().map(|v| v.id()).max().unwrap_or(0) + 1;
-        Pool {
+        let gauges = std::sync::Arc::new(PoolGauges::new(space_of(&l.meta, 0), &l.meta));
+        let pool = Pool {
             dev,
             next_block: (l.sb.journal_head + l.replayed_blocks) % blocks,
             used_blocks: l.replayed_blocks,
@@ -407,7 +443,11 @@ impl<D: BlockDev> Pool<D> {
             pins: HashMap::new(),
             allocating: HashSet::new(),
             faults: std::sync::Arc::default(),
-        }
+            maps_recorded: 0,
+            gauges,
+        };
+        pool.publish_space();
+        pool
     }
 
     /// The device.
@@ -448,18 +488,17 @@ impl<D: BlockDev> Pool<D> {
 
     /// Pool-wide space figures.
     pub fn space(&self) -> PoolSpace {
-        let a = self.meta.allocator();
-        let cs = self.meta.cluster_size();
-        PoolSpace {
-            cluster_size: cs,
-            clusters: u64::from(a.total()),
-            used_clusters: u64::from(a.used()),
-            free_clusters: u64::from(a.free()),
-            releasing_clusters: u64::from(a.releasing()),
-            metadata_clusters: self.checkpoint.len() as u64,
-            provisioned: self.meta.volumes().map(|v| v.size()).sum(),
-            capacity: u64::from(a.total()) * u64::from(cs),
-        }
+        space_of(&self.meta, self.checkpoint.len() as u64)
+    }
+
+    /// The space figures kept for readers that must not take this pool's
+    /// lock (metrics); they follow every change.
+    pub fn gauges(&self) -> &std::sync::Arc<PoolGauges> {
+        &self.gauges
+    }
+
+    fn publish_space(&self) {
+        self.gauges.set_space(self.space());
     }
 
     /// Every volume, by id.
@@ -636,8 +675,74 @@ impl<D: BlockDev> Pool<D> {
             what: "record".into(),
             source: e,
         })?;
+        let touched = self.touched(&record);
+        let hint = match record {
+            Record::Map { volume, .. } | Record::Unmap { volume, .. } => Some(volume),
+            _ => None,
+        };
+        let cs = self.meta.cluster_size();
+        let owners = |meta: &Metadata| {
+            touched
+                .iter()
+                .filter_map(|&(c, vc)| gauges::exclusive_owner(meta, c, vc, hint))
+                .collect::<Vec<u32>>()
+        };
+        let before = owners(&self.meta);
         apply(&mut self.meta, &record)?;
+        for v in before {
+            self.gauges.add_exclusive(v, -1, cs);
+        }
+        for v in owners(&self.meta) {
+            self.gauges.add_exclusive(v, 1, cs);
+        }
+        match (hint, hint.and_then(|id| self.meta.volume(id))) {
+            // The data path: one count moves, no copy of the volume's entry.
+            (Some(id), Some(v)) => self.gauges.set_allocated(id, v.map().len() * u64::from(cs)),
+            _ => {
+                for id in record_volumes(&record) {
+                    self.gauges.refresh(&self.meta, id);
+                }
+            }
+        }
+        self.publish_space();
+        if matches!(record, Record::Map { .. }) {
+            self.maps_recorded += 1;
+        }
         self.queue(record)
+    }
+
+    /// (cluster, virtual cluster) pairs whose exclusivity `record` may change.
+    fn touched(&self, record: &Record) -> Vec<(u32, u64)> {
+        let mapped = |id: u32, vc: u64| {
+            self.meta
+                .lookup(id, vc)
+                .ok()
+                .flatten()
+                .map(|m| (m.pcluster, vc))
+        };
+        let from = |id: u32, start: u64| -> Vec<(u32, u64)> {
+            self.meta.volume(id).map_or_else(Vec::new, |v| {
+                v.map()
+                    .iter_from(start)
+                    .map(|(vc, pc)| (pc.get(), vc))
+                    .collect()
+            })
+        };
+        match *record {
+            Record::Map {
+                volume,
+                vcluster,
+                pcluster,
+            } => std::iter::once((pcluster, vcluster))
+                .chain(mapped(volume, vcluster))
+                .collect(),
+            Record::Unmap { volume, vcluster } => mapped(volume, vcluster).into_iter().collect(),
+            Record::DeleteVolume { id }
+            | Record::Snapshot { source: id, .. }
+            | Record::Clone { source: id, .. } => from(id, 0),
+            Record::Resize { id, size } => from(id, self.meta.clusters_for(size)),
+            Record::CreateVolume { .. } | Record::Rename { .. } => Vec::new(),
+        }
     }
 
     /// Queues a record already applied to the metadata.
@@ -668,6 +773,23 @@ impl<D: BlockDev> Pool<D> {
         self.commit()
     }
 
+    /// Where the data of queued `Map` records stands, for
+    /// [`commit_flushed`](Self::commit_flushed): read it, then flush the
+    /// device without the lock (an engine's fsync), then commit.
+    pub fn data_mark(&self) -> u64 {
+        self.maps_recorded
+    }
+
+    /// The [`flush`](Self::flush) after the caller flushed the device itself
+    /// (off this pool's lock), having read `mark` from
+    /// [`data_mark`](Self::data_mark) before: the journal is written and
+    /// flushed without a second data flush, unless `Map` records were queued
+    /// since `mark` (their data may have completed after the caller's flush
+    /// began, so the device is flushed again first, under the lock).
+    pub fn commit_flushed(&mut self, mark: u64) -> Result<(), PoolError> {
+        self.commit_with(Durability::PowerLoss, self.maps_recorded == mark)
+    }
+
     /// Makes every completed write and every record so far survive the
     /// death of this process, though not yet a power loss: flush the device,
     /// write the pending journal blocks, but do not flush them. A restarted
@@ -679,17 +801,30 @@ impl<D: BlockDev> Pool<D> {
     /// Does nothing, not even the data flush, when no record is pending:
     /// writes into mapped clusters already sit in the host kernel.
     pub fn stage(&mut self) -> Result<(), PoolError> {
-        if self.sealed.is_empty() && self.journal.pending() == 0 {
+        self.stage_flushed(u64::MAX)
+    }
+
+    /// [`stage`](Self::stage) after the caller flushed the device itself, as
+    /// for [`commit_flushed`](Self::commit_flushed).
+    pub fn stage_flushed(&mut self, mark: u64) -> Result<(), PoolError> {
+        if !self.has_pending_records() {
             return Ok(());
         }
-        self.commit_with(Durability::ProcessDeath)
+        self.commit_with(Durability::ProcessDeath, self.maps_recorded == mark)
+    }
+
+    /// Whether records wait for a [`stage`](Self::stage) or a
+    /// [`flush`](Self::flush).
+    pub fn has_pending_records(&self) -> bool {
+        !self.sealed.is_empty() || self.journal.pending() > 0
     }
 
     fn commit(&mut self) -> Result<(), PoolError> {
-        self.commit_with(Durability::PowerLoss)
+        self.commit_with(Durability::PowerLoss, false)
     }
 
-    fn commit_with(&mut self, durability: Durability) -> Result<(), PoolError> {
+    /// `data_flushed`: every write whose `Map` is queued is already durable.
+    fn commit_with(&mut self, durability: Durability, data_flushed: bool) -> Result<(), PoolError> {
         self.usable()?;
         if let Some(b) = self.journal.flush_block() {
             self.sealed.push(b);
@@ -698,17 +833,29 @@ impl<D: BlockDev> Pool<D> {
         if self.used_blocks + self.sealed.len() as u64 > blocks {
             return self.checkpoint_with_jump(false);
         }
-        let r = self.write_journal(durability);
+        let r = self.write_journal(durability, data_flushed);
         if r.is_err() {
             self.failed = true;
         }
         r
     }
 
-    fn write_journal(&mut self, durability: Durability) -> Result<(), PoolError> {
-        self.dev
-            .flush()
-            .map_err(io_err("flushing data before a commit"))?;
+    /// The device's durability barrier (slowed by [`IoFaults::slow_sync`]).
+    fn sync(&self, what: &str) -> Result<(), PoolError> {
+        if let Some(d) = self.faults.sync_delay() {
+            std::thread::sleep(d);
+        }
+        self.dev.flush().map_err(io_err(what))
+    }
+
+    fn write_journal(
+        &mut self,
+        durability: Durability,
+        data_flushed: bool,
+    ) -> Result<(), PoolError> {
+        if !data_flushed {
+            self.sync("flushing data before a commit")?;
+        }
         if !self.sealed.is_empty() {
             let blocks = self.layout.journal_blocks();
             let mut buf = AlignedBuf::new(crate::format::BLOCK_SIZE);
@@ -733,7 +880,7 @@ impl<D: BlockDev> Pool<D> {
                 self.stats.stages += 1;
                 return Ok(());
             }
-            self.dev.flush().map_err(io_err("flushing the journal"))?;
+            self.sync("flushing the journal")?;
         }
         self.stats.commits += 1;
         self.release_committed();
@@ -745,6 +892,7 @@ impl<D: BlockDev> Pool<D> {
     fn release_committed(&mut self) {
         let pins = &self.pins;
         self.meta.commit_except(|c| pins.contains_key(&c));
+        self.publish_space();
     }
 
     /// Writes a checkpoint of the whole metadata and empties the journal.
@@ -779,9 +927,7 @@ impl<D: BlockDev> Pool<D> {
                     self.sb.generation
                 ),
             })?;
-        self.dev
-            .flush()
-            .map_err(io_err("flushing data before a checkpoint"))?;
+        self.sync("flushing data before a checkpoint")?;
         let payload = self.image().encode();
         let cs = self.meta.cluster_size();
         let n = clusters_needed(payload.len(), cs);
@@ -825,9 +971,7 @@ impl<D: BlockDev> Pool<D> {
                 });
             }
         }
-        self.dev
-            .flush()
-            .map_err(io_err("flushing the checkpoint"))?;
+        self.sync("flushing the checkpoint")?;
         let mut sb = self.sb;
         sb.generation = generation;
         sb.checkpoint = u64::from(chain[0]);
@@ -836,9 +980,7 @@ impl<D: BlockDev> Pool<D> {
         self.dev
             .write_at(&AlignedBuf::from_slice(&sb.encode()), sb.slot())
             .map_err(io_err("writing the superblock"))?;
-        self.dev
-            .flush()
-            .map_err(io_err("flushing the superblock"))?;
+        self.sync("flushing the superblock")?;
         // Published: everything up to `seq` is durable in the checkpoint.
         self.sb = sb;
         self.journal = JournalWriter::new(seq);
@@ -850,6 +992,7 @@ impl<D: BlockDev> Pool<D> {
         }
         self.stats.checkpoints += 1;
         self.stats.commits += 1;
+        self.publish_space();
         Ok(())
     }
 
@@ -931,6 +1074,35 @@ impl<D: BlockDev> Pool<D> {
             needed: clusters,
             free: free.saturating_sub(need - clusters),
         })
+    }
+}
+
+/// Space figures of `meta` (`metadata_clusters`: the checkpoint's).
+fn space_of(meta: &Metadata, metadata_clusters: u64) -> PoolSpace {
+    let a = meta.allocator();
+    let cs = meta.cluster_size();
+    PoolSpace {
+        cluster_size: cs,
+        clusters: u64::from(a.total()),
+        used_clusters: u64::from(a.used()),
+        free_clusters: u64::from(a.free()),
+        releasing_clusters: u64::from(a.releasing()),
+        metadata_clusters,
+        provisioned: meta.volumes().map(|v| v.size()).sum(),
+        capacity: u64::from(a.total()) * u64::from(cs),
+    }
+}
+
+/// Volumes whose listed figures `record` changes.
+fn record_volumes(record: &Record) -> Vec<u32> {
+    match *record {
+        Record::Map { volume, .. } | Record::Unmap { volume, .. } => vec![volume],
+        Record::CreateVolume { id, .. }
+        | Record::DeleteVolume { id }
+        | Record::Resize { id, .. }
+        | Record::Rename { id, .. }
+        | Record::Snapshot { id, .. }
+        | Record::Clone { id, .. } => vec![id],
     }
 }
 

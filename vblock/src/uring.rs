@@ -68,6 +68,9 @@ pub enum Op<'a> {
     /// ordered against other operations in flight: to flush a set of writes,
     /// push the fsync after their completions were reaped.
     Fsync,
+    /// Completes (with `-ETIME`) after the duration: a fault drill's slow
+    /// device ([`crate::pool::IoFaults::slow_sync`]).
+    Timeout(std::time::Duration),
 }
 
 /// Why an operation was not queued. Nothing was queued in either case.
@@ -127,6 +130,8 @@ struct Slot {
     tag: u64,
     /// The engine's copy of a readv/writev iovec array (empty otherwise).
     iov: Vec<libc::iovec>,
+    /// A timeout's duration (the kernel reads it at submission).
+    ts: types::Timespec,
 }
 
 /// An io_uring on one file, with an eventfd signalled on completions.
@@ -218,7 +223,7 @@ impl UringEngine {
     pub unsafe fn push(&mut self, op: Op<'_>, tag: u64) -> Result<(), PushError> {
         let iov_len = match op {
             Op::Read { iov, .. } | Op::Write { iov, .. } => iov.len(),
-            Op::Fsync => 0,
+            Op::Fsync | Op::Timeout(_) => 0,
         };
         if iov_len > MAX_IOVECS {
             return Err(PushError::TooManyIovecs);
@@ -252,6 +257,10 @@ impl UringEngine {
             Op::Fsync => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
+            Op::Timeout(d) => {
+                slot.ts = types::Timespec::from(d);
+                opcode::Timeout::new(&slot.ts).build()
+            }
         };
         let entry: squeue::Entry = entry.user_data(u64::from(index));
         // SAFETY: the data buffers are the caller's contract; the iovec array

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use vblock::dev::SplitMix64 as Rng;
 use vblock::dev::{AlignedBuf, FileDev};
-use vblock::engine::{IoCompletion, IoKind, IoRequest, VolumeEngine};
+use vblock::engine::{Durability, IoCompletion, IoKind, IoRequest, VolumeEngine};
 use vblock::pool::{Pool, PoolError, PoolOptions};
 
 struct TempFile(PathBuf);
@@ -122,6 +122,7 @@ fn engine_matches_model_under_concurrency() {
                 offset: off,
                 len: if kind == IoKind::Flush { 0 } else { len as u64 },
                 iov,
+                durable: Durability::Io,
             };
             // SAFETY: `buf` lives in `inflight` until the completion.
             unsafe { engine.submit(req) };
@@ -227,6 +228,7 @@ fn engine_refuses_bad_requests_and_reports_out_of_space() {
             offset,
             len: len as u64,
             iov: vec![buf.iovec(0, len)],
+            durable: Durability::Io,
         };
         // SAFETY: `buf` outlives the request (waited for below).
         unsafe { engine.submit(req) };
@@ -266,4 +268,82 @@ fn engine_refuses_bad_requests_and_reports_out_of_space() {
     drop(engine);
     pool.lock().unwrap().metadata().check().unwrap();
     let _ = &mut buf;
+}
+
+#[test]
+fn engine_bounds_requests_and_bounce_memory() {
+    use vblock::engine::{BOUNCE_BYTES, MAX_REQUEST_BYTES};
+    const CLUSTER: usize = 64 * 1024;
+    let file = TempFile::new("bounds");
+    let dev = FileDev::create(&file.0, 96 << 20).expect("pool file");
+    let fd = dev.file().try_clone().unwrap();
+    let opts = PoolOptions {
+        cluster_size: CLUSTER as u32,
+        journal_len: Some(256 * 1024),
+        uuid: None,
+    };
+    let pool = Arc::new(Mutex::new(Pool::create(dev, &opts).unwrap()));
+    let vol = pool
+        .lock()
+        .unwrap()
+        .create_volume("v", 64 << 20, 512)
+        .unwrap();
+    let mut engine = VolumeEngine::new(pool.clone(), &fd, 64).unwrap();
+    let max = MAX_REQUEST_BYTES as usize;
+    // One byte off alignment: every piece bounces.
+    let mut buf = AlignedBuf::new(max + 4096);
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    let req = |tag: u64, kind, offset: u64, len: usize, buf: &AlignedBuf| IoRequest {
+        tag,
+        volume: vol,
+        kind,
+        offset,
+        len: len as u64,
+        iov: vec![buf.iovec(1, len)],
+        durable: Durability::Io,
+    };
+    let wait_all = |engine: &mut VolumeEngine<FileDev>, n: usize| {
+        let mut out = Vec::new();
+        while out.len() < n {
+            engine.wait(&mut out).unwrap();
+        }
+        out
+    };
+    // Over the limit: refused before anything is touched.
+    // SAFETY: `buf` outlives every request (all waited for).
+    unsafe { engine.submit(req(1, IoKind::Write, 0, max + 512, &buf)) };
+    unsafe { engine.submit(req(2, IoKind::Read, 0, max + 512, &buf)) };
+    for c in wait_all(&mut engine, 2) {
+        assert!(
+            matches!(c.result, Err(PoolError::TooLarge { .. })),
+            "{:?}",
+            c.result
+        );
+    }
+    // Eight maximal misaligned writes at cluster-misaligned offsets, at once.
+    for k in 0..8u64 {
+        let off = k * (8 << 20) + 3 * 512;
+        unsafe { engine.submit(req(10 + k, IoKind::Write, off, max, &buf)) };
+    }
+    for c in wait_all(&mut engine, 8) {
+        c.result.unwrap();
+    }
+    let cap = (BOUNCE_BYTES / CLUSTER).max(2) as u64;
+    let s = engine.stats();
+    assert!(s.bounced >= 8 * (max / CLUSTER) as u64, "{s:?}");
+    assert_eq!(s.bounce_buffers, cap, "{s:?}");
+    // Read them back misaligned too: the same buffers serve.
+    let mut back = AlignedBuf::new(max + 4096);
+    for k in 0..8u64 {
+        let off = k * (8 << 20) + 3 * 512;
+        unsafe { engine.submit(req(20, IoKind::Read, off, max, &back)) };
+        wait_all(&mut engine, 1).pop().unwrap().result.unwrap();
+        assert!(back[1..1 + max] == buf[1..1 + max], "write {k} reads back");
+    }
+    assert_eq!(engine.stats().bounce_buffers, cap);
+    drop(engine);
+    pool.lock().unwrap().metadata().check().unwrap();
+    let _ = &mut back;
 }

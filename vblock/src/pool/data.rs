@@ -309,6 +309,9 @@ impl<D: BlockDev> Pool<D> {
             };
             plans.push((p, plan));
         }
+        if needed > 0 {
+            self.publish_space();
+        }
         Ok(Some(plans))
     }
 
@@ -332,6 +335,7 @@ impl<D: BlockDev> Pool<D> {
         self.allocating.remove(&(id, vcluster));
         if !written {
             self.meta.abandon(pcluster)?;
+            self.publish_space();
             return Ok(());
         }
         self.stats.allocations += 1;

@@ -410,3 +410,100 @@ fn a_device_dying_inside_a_checkpoint_stops_changes_until_reopen() {
         "flushing the checkpoint",
     );
 }
+
+/// The gauges (maintained per record) equal what a walk of the maps finds.
+fn gauges_match<D: BlockDev>(p: &Pool<D>, step: &str) {
+    assert_eq!(p.gauges().space(), p.space(), "{step}: space");
+    assert_eq!(p.gauges().volumes(), p.volumes(), "{step}: volumes");
+}
+
+#[test]
+fn gauges_follow_writes_snapshots_clones_discards_and_deletes() {
+    let (_disk, mut p) = small_pool(16 * MIB, 256 * 1024);
+    let c = u64::from(C);
+    gauges_match(&p, "empty");
+    let a = p.create_volume("a", MIB, 512).unwrap();
+    p.write(a, 0, &fill(1, 8 * C as usize)).unwrap();
+    gauges_match(&p, "first writes");
+    p.snapshot("a", "s1").unwrap();
+    gauges_match(&p, "snapshot");
+    // Copy-on-write of two clusters: a owns them again, s1 its old ones.
+    p.write(a, c, &fill(2, 2 * C as usize)).unwrap();
+    gauges_match(&p, "copy-on-write");
+    let b = p.clone_volume("s1", "b").unwrap();
+    gauges_match(&p, "clone");
+    p.write(b, 5 * c + 512, &fill(3, 512)).unwrap();
+    p.discard(a, 0, 2 * c).unwrap();
+    gauges_match(&p, "discard");
+    p.flush().unwrap();
+    gauges_match(&p, "flush");
+    // Deleting the snapshot leaves clusters shared by a and b only...
+    p.delete_volume("s1").unwrap();
+    gauges_match(&p, "delete s1");
+    // ...and deleting b makes a's remaining shared ones exclusive.
+    p.delete_volume("b").unwrap();
+    gauges_match(&p, "delete b");
+    assert_eq!(
+        p.gauges().volumes()[0].exclusive,
+        p.gauges().volumes()[0].allocated,
+        "a alone"
+    );
+    p.resize("a", 4 * c, true).unwrap();
+    gauges_match(&p, "shrink");
+    p.discard(a, 2 * c, c).unwrap();
+    assert_eq!(
+        p.gauges().space().releasing_clusters,
+        1,
+        "released by the discard"
+    );
+    p.flush().unwrap();
+    assert_eq!(
+        p.gauges().space().releasing_clusters,
+        0,
+        "free at the commit"
+    );
+    gauges_match(&p, "commit");
+}
+
+#[test]
+fn commit_flushed_flushes_data_again_only_for_maps_queued_since_the_mark() {
+    let (disk, mut p) = small_pool(16 * MIB, 256 * 1024);
+    let a = p.create_volume("a", MIB, 512).unwrap();
+    p.write(a, 0, &fill(1, C as usize)).unwrap();
+    p.flush().unwrap();
+    // The caller flushed after reading the mark and nothing was mapped or
+    // recorded since: nothing to commit, no flush at all.
+    p.write(a, 0, &fill(2, 512)).unwrap(); // in place: no record
+    let mark = p.data_mark();
+    disk.flush().unwrap(); // the engine's fsync
+    let before = disk.stats().flushes;
+    p.discard(a, 4 * u64::from(C), u64::from(C)).unwrap(); // nothing mapped there
+    p.commit_flushed(mark).unwrap();
+    assert_eq!(
+        disk.stats().flushes - before,
+        0,
+        "nothing to commit, no flush"
+    );
+    // A Map queued after the mark: its data may not be covered by the
+    // caller's flush, so the data is flushed before the journal.
+    let mark = p.data_mark();
+    disk.flush().unwrap();
+    p.write(a, 2 * u64::from(C), &fill(3, C as usize)).unwrap();
+    let before = disk.stats().flushes;
+    p.commit_flushed(mark).unwrap();
+    assert_eq!(disk.stats().flushes - before, 2, "data, then journal");
+    // Every dropped unflushed write still leaves the mapped data in place.
+    let crashed = Arc::new(disk.crash(1));
+    let p2 = Pool::open(crashed).unwrap();
+    assert_eq!(
+        read(&p2, a, 2 * u64::from(C), C as usize),
+        fill(3, C as usize)
+    );
+    // With no Map since the mark, only the journal is flushed.
+    p.write(a, 3 * u64::from(C), &fill(4, C as usize)).unwrap();
+    let mark = p.data_mark();
+    disk.flush().unwrap();
+    let before = disk.stats().flushes;
+    p.commit_flushed(mark).unwrap();
+    assert_eq!(disk.stats().flushes - before, 1, "journal only");
+}

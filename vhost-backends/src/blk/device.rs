@@ -24,14 +24,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use vblock::dev::FileDev;
-use vblock::engine::{IoCompletion, IoKind, IoRequest, VolumeEngine};
+use vblock::engine::{Durability, IoCompletion, IoKind, IoRequest, VolumeEngine};
 use vblock::pool::PoolError;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringT};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
-    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_TOPOLOGY,
-    VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -44,6 +44,7 @@ use vmm_sys_util::event::{
 
 /// Features offered (virtio 1.x §5.2.3); RO is added for read-only exports.
 pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
+    | 1 << VIRTIO_BLK_F_SIZE_MAX
     | 1 << VIRTIO_BLK_F_SEG_MAX
     | 1 << VIRTIO_BLK_F_BLK_SIZE
     | 1 << VIRTIO_BLK_F_TOPOLOGY
@@ -67,8 +68,6 @@ struct InFlight {
     head: u16,
     status: *mut u8,
     used_len: u32,
-    /// Completed writes must be made durable first in write-through mode.
-    changes_data: bool,
     /// The latency histogram the request counts in, if any.
     timed: Option<TimedOp>,
     started: Instant,
@@ -90,6 +89,8 @@ struct QueueState {
     /// Used elements to publish: (head, length).
     done: Vec<(u16, u32)>,
     completions: Vec<IoCompletion>,
+    /// Stopped as broken (see `pop`) until GET_VRING_BASE resets it.
+    broken: bool,
     /// The ring was started (first event after it was enabled) and resumed
     /// from the inflight region; cleared when GET_VRING_BASE stops it.
     started: bool,
@@ -156,6 +157,7 @@ impl BlkBackend {
                     vring: None,
                     done: Vec::new(),
                     completions: Vec::new(),
+                    broken: false,
                     started: false,
                     tracking: None,
                     counter: 0,
@@ -167,6 +169,7 @@ impl BlkBackend {
                 capacity,
                 read_only: export.config.read_only,
                 max_zero_sectors: MAX_ZERO_SECTORS,
+                max_request: request::MAX_REQUEST_BYTES,
             },
             export,
             mem,
@@ -212,9 +215,8 @@ impl BlkBackend {
             0,
             &(c.limits.capacity / request::SECTOR).to_le_bytes(),
         ); // capacity
-        let seg_max = u32::from(c.export.config.queue_size)
-            .saturating_sub(2)
-            .max(1);
+        let (seg_max, size_max) = request::segment_limits(c.export.config.queue_size);
+        put(&mut s, 8, &size_max.to_le_bytes()); // size_max: see segment_limits
         put(&mut s, 12, &seg_max.to_le_bytes()); // seg_max
         put(&mut s, 20, &c.block_size.to_le_bytes()); // blk_size
                                                       // topology: physical_block_exp 0, alignment 0, min_io_size 1 block,
@@ -250,11 +252,15 @@ impl BlkBackend {
             self.resume(&mut st, vring);
         }
         loop {
-            let popped = self.pop(&mut st, vring);
+            let popped = !st.broken && self.pop(&mut st, vring);
             self.reap(&mut st);
             let published = self.publish(&mut st, vring, false);
             if popped || published {
                 continue;
+            }
+            if st.broken {
+                // Its avail index says "more" forever: asking again would spin.
+                break;
             }
             // Tell the driver where we are (EVENT_IDX: avail_event) and look
             // once more: a request made available meanwhile has no kick coming.
@@ -272,13 +278,22 @@ impl BlkBackend {
         {
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
-            let Some(ring) = RingView::new(queue, &mem) else {
+            if !queue.ready() {
+                return false; // being stopped (GET_VRING_BASE)
+            }
+            let mut next = queue.next_avail();
+            // Rings outside guest memory, or an index further ahead than the
+            // ring holds: a broken driver. Stop serving the queue rather than
+            // read garbage, or spin on an index that always says "more".
+            let ring = RingView::new(queue, &mem);
+            let Some((ring, pending)) = ring.and_then(|r| r.pending(next).map(|n| (r, n))) else {
+                drop(state);
+                self.mark_broken(
+                    st,
+                    "rings outside guest memory or avail index too far ahead",
+                );
                 return false;
             };
-            let mut next = queue.next_avail();
-            // A driver whose index is further ahead than the ring holds is
-            // broken: stop serving the queue rather than read garbage.
-            let pending = ring.pending(next).unwrap_or(0);
             for _ in 0..pending {
                 let Some(head) = ring.avail_head(next) else {
                     break;
@@ -373,6 +388,12 @@ impl BlkBackend {
                     unsafe { status.write_volatile(code) };
                     st.done.push((head, 1));
                 }
+                Err(Rejected::TooLarge { status }) => {
+                    counters.too_large.fetch_add(1, Ordering::Relaxed);
+                    // SAFETY: a byte of guest memory, validated by the walk.
+                    unsafe { status.write_volatile(VIRTIO_BLK_S_IOERR) };
+                    st.done.push((head, 1));
+                }
                 Err(Rejected::Drop(_)) => {
                     counters.bad_chains.fetch_add(1, Ordering::Relaxed);
                     st.done.push((head, 0));
@@ -381,27 +402,43 @@ impl BlkBackend {
         }
     }
 
+    /// Stops serving a queue the driver broke: counted and logged once per
+    /// stop. vhost-user gives the backend no way to set DEVICE_NEEDS_RESET;
+    /// the frontend's GET_VRING_BASE (a VM stop or reset) clears it.
+    fn mark_broken(&self, st: &mut QueueState, why: &str) {
+        if st.broken {
+            return;
+        }
+        st.broken = true;
+        self.0
+            .export
+            .counters
+            .broken_queues
+            .fetch_add(1, Ordering::Relaxed);
+        log::warn!("export {}: queue stopped: {why}", self.0.export.config.name);
+    }
+
     fn start(&self, st: &mut QueueState, head: u16, req: Request, mem: &Arc<GuestMem>) {
         let c = &self.0.export.counters;
         let volume = self.0.export.config.volume;
-        let (kind, offset, len, changes_data) = match req.op {
+        let (kind, offset, len) = match req.op {
             Op::Read { offset, len } => {
                 c.reads.fetch_add(1, Ordering::Relaxed);
                 c.read_bytes.fetch_add(len, Ordering::Relaxed);
-                (IoKind::Read, offset, len, false)
+                (IoKind::Read, offset, len)
             }
             Op::Write { offset, len } => {
                 c.writes.fetch_add(1, Ordering::Relaxed);
                 c.write_bytes.fetch_add(len, Ordering::Relaxed);
-                (IoKind::Write, offset, len, true)
+                (IoKind::Write, offset, len)
             }
             Op::Flush => {
                 c.flushes.fetch_add(1, Ordering::Relaxed);
-                (IoKind::Flush, 0, 0, false)
+                (IoKind::Flush, 0, 0)
             }
             Op::Zero { offset, len, .. } => {
                 c.discards.fetch_add(1, Ordering::Relaxed);
-                (IoKind::Discard, offset, len, true)
+                (IoKind::Discard, offset, len)
             }
             Op::GetId { len } => {
                 let serial = self.0.export.config.serial.as_bytes();
@@ -437,7 +474,6 @@ impl BlkBackend {
                 head,
                 status: req.status,
                 used_len: req.used_len,
-                changes_data,
                 timed,
                 started: Instant::now(),
                 _mem: mem.clone(),
@@ -450,6 +486,16 @@ impl BlkBackend {
             offset,
             len,
             iov: req.data,
+            // What a change survives before it completes: a power loss
+            // (write-through: one fsync round off the pool lock, then the
+            // journal), or the death of this daemon (write-back: a restarted
+            // daemon must still have every write the guest saw complete, as a
+            // guest outlives us and never re-sends one).
+            durable: if self.write_back() {
+                Durability::ProcessDeath
+            } else {
+                Durability::PowerLoss
+            },
         };
         // SAFETY: the buffers are guest memory validated by the walk and kept
         // mapped by the `Arc<GuestMem>` in `inflight` until the completion;
@@ -467,31 +513,11 @@ impl BlkBackend {
         st.completions = completions;
     }
 
-    /// Writes the status of each completed request (write-through: after
-    /// making the completed writes durable) and queues it for publishing.
+    /// Writes the status of each completed request and queues it for
+    /// publishing.
     fn complete(&self, st: &mut QueueState, completions: &mut Vec<IoCompletion>) {
         if completions.is_empty() {
             return;
-        }
-        let mut flush_failed = false;
-        let wrote = completions
-            .iter()
-            .any(|c| c.result.is_ok() && st.inflight.get(&c.tag).is_some_and(|f| f.changes_data));
-        if wrote {
-            // Write-through: durable before completion. Write-back: the
-            // allocations of completed writes are staged, so that a daemon
-            // restarted under a running guest still finds every write the
-            // guest saw complete (a guest survives our death, unlike a power
-            // loss, and never re-sends what completed).
-            let (result, what) = if self.write_back() {
-                (lock(&self.0.export.pool).stage(), "staging the pool")
-            } else {
-                (lock(&self.0.export.pool).flush(), "write-through flush")
-            };
-            if let Err(e) = result {
-                log::warn!("export {}: {what}: {e}", self.0.export.config.name);
-                flush_failed = true;
-            }
         }
         let c = &self.0.export.counters;
         // One clock read per batch: every status below is written now.
@@ -500,15 +526,13 @@ impl BlkBackend {
             let Some(f) = st.inflight.remove(&done.tag) else {
                 continue;
             };
-            let ok = done.result.is_ok() && !(flush_failed && f.changes_data);
+            let ok = done.result.is_ok();
             if let Err(e) = &done.result {
                 match e {
                     PoolError::OutOfSpace { .. } => c.out_of_space.fetch_add(1, Ordering::Relaxed),
                     _ => c.io_errors.fetch_add(1, Ordering::Relaxed),
                 };
                 log::debug!("export {}: request failed: {e}", self.0.export.config.name);
-            } else if !ok {
-                c.io_errors.fetch_add(1, Ordering::Relaxed);
             }
             let (code, len) = if ok {
                 (VIRTIO_BLK_S_OK, f.used_len)
@@ -662,6 +686,8 @@ impl VhostUserBackend for BlkBackend {
             return Ok(());
         };
         let mut st = lock(state);
+        // The frontend restarts the queue from scratch after this.
+        st.broken = false;
         let Some(vring) = st.vring.clone() else {
             return Ok(());
         };

@@ -61,6 +61,12 @@ pub struct BlkCounters {
     pub invalid: AtomicU64,
     /// Chains dropped without a status (no status byte, broken chain).
     pub bad_chains: AtomicU64,
+    /// Reads and writes refused with IOERR for moving more than
+    /// [`request::MAX_REQUEST_BYTES`] (a driver ignoring SIZE_MAX/SEG_MAX).
+    pub too_large: AtomicU64,
+    /// Queues stopped as broken: an available index further ahead than the
+    /// queue holds, or rings outside guest memory.
+    pub broken_queues: AtomicU64,
     /// Requests a previous daemon left in flight, run again after a restart
     /// (inflight region).
     pub resubmitted: AtomicU64,
@@ -73,7 +79,7 @@ impl BlkCounters {
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "reads {} ({} B) writes {} ({} B) flushes {} discards {} io_errors {} out_of_space {} invalid {} bad_chains {} resubmitted {}",
+            "reads {} ({} B) writes {} ({} B) flushes {} discards {} io_errors {} out_of_space {} invalid {} bad_chains {} too_large {} broken_queues {} resubmitted {}",
             g(&self.reads),
             g(&self.read_bytes),
             g(&self.writes),
@@ -84,6 +90,8 @@ impl BlkCounters {
             g(&self.out_of_space),
             g(&self.invalid),
             g(&self.bad_chains),
+            g(&self.too_large),
+            g(&self.broken_queues),
             g(&self.resubmitted)
         )
     }

@@ -34,6 +34,22 @@ pub const SECTOR: u64 = 512;
 /// Most buffers one request may have (a chain longer than the queue is a
 /// loop and is refused by the ring walk anyway).
 pub const MAX_BUFFERS: usize = 1024;
+/// Most data bytes of one read or write (the engine's limit; why 4 MiB: see
+/// [`vblock::engine::MAX_REQUEST_BYTES`]).
+pub const MAX_REQUEST_BYTES: u64 = vblock::engine::MAX_REQUEST_BYTES;
+
+/// `(seg_max, size_max)` to advertise for a queue of `queue_size`: a
+/// conforming driver sends at most `seg_max` data segments of at most
+/// `size_max` bytes each, so never more than [`MAX_REQUEST_BYTES`].
+/// `size_max` is a power of two, at least 4 KiB (one page per segment).
+pub fn segment_limits(queue_size: u16) -> (u32, u32) {
+    // Header and status take a descriptor each.
+    let seg_max = u32::from(queue_size).saturating_sub(2).clamp(1, 1024);
+    let per_seg = (MAX_REQUEST_BYTES / u64::from(seg_max)).max(4096);
+    let size_max = 1u64 << (u64::BITS - 1 - per_seg.leading_zeros());
+    let seg_max = seg_max.min((MAX_REQUEST_BYTES / size_max) as u32);
+    (seg_max, size_max as u32)
+}
 
 /// What a valid request asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +101,9 @@ pub enum Rejected {
     /// No usable status byte (or the chain itself is broken): return the
     /// chain with used length 0 and count it.
     Drop(ChainError),
+    /// A read or write of more than [`Limits::max_request`] bytes: IOERR,
+    /// counted apart (a driver ignoring SIZE_MAX/SEG_MAX).
+    TooLarge { status: *mut u8 },
 }
 
 /// Limits of the device the request is checked against.
@@ -95,6 +114,8 @@ pub struct Limits {
     pub read_only: bool,
     /// Largest discard / write-zeroes, in sectors.
     pub max_zero_sectors: u32,
+    /// Largest read or write, in bytes.
+    pub max_request: u64,
 }
 
 struct Buffer<'m> {
@@ -229,6 +250,9 @@ pub fn parse(ring: &RingView<'_>, head: u16, limits: &Limits) -> Result<Request,
             if write && limits.read_only {
                 return fail(VIRTIO_BLK_S_IOERR);
             }
+            if len > limits.max_request {
+                return Err(Rejected::TooLarge { status });
+            }
             if write {
                 let data = range(read_part, HEADER_LEN, readable);
                 request(Op::Write { offset, len }, data, 0)
@@ -294,6 +318,7 @@ mod tests {
         capacity: 1 << 20,
         read_only: false,
         max_zero_sectors: 1 << 16,
+        max_request: 64 * 1024,
     };
 
     fn header(kind: u32, sector: u64) -> Vec<u8> {
@@ -308,6 +333,7 @@ mod tests {
             Ok(_) => VIRTIO_BLK_S_OK,
             Err(Rejected::Status { code, .. }) => code,
             Err(Rejected::Drop(_)) => 0xff,
+            Err(Rejected::TooLarge { .. }) => 0xfe,
         }
     }
 
@@ -401,6 +427,46 @@ mod tests {
         };
         let head = t.chain(&[Chain::read(&out(0, 512)), Chain::write(1)]);
         assert_eq!(status_of(parse(&t.view(), head, &ro)), VIRTIO_BLK_S_IOERR);
+    }
+
+    #[test]
+    fn requests_above_the_limit_are_too_large() {
+        let t = TestRing::new();
+        let at_limit = LIMITS.max_request as usize;
+        let mut out = header(VIRTIO_BLK_T_OUT, 0);
+        out.extend(std::iter::repeat_n(3u8, at_limit));
+        let head = t.chain(&[Chain::read(&out), Chain::write(1)]);
+        assert!(parse(&t.view(), head, &LIMITS).is_ok());
+        out.extend_from_slice(&[3u8; 512]);
+        let head = t.chain(&[Chain::read(&out), Chain::write(1)]);
+        assert!(matches!(
+            parse(&t.view(), head, &LIMITS),
+            Err(Rejected::TooLarge { .. })
+        ));
+        let head = t.chain(&[
+            Chain::read(&header(VIRTIO_BLK_T_IN, 0)),
+            Chain::write(at_limit + 512 + 1),
+        ]);
+        assert!(matches!(
+            parse(&t.view(), head, &LIMITS),
+            Err(Rejected::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn advertised_segments_never_exceed_the_limit() {
+        for qs in [1u16, 2, 3, 4, 64, 128, 130, 256, 1024, 32768] {
+            let (seg_max, size_max) = segment_limits(qs);
+            assert!(seg_max >= 1 && size_max >= 4096, "queue {qs}");
+            assert!(size_max.is_power_of_two(), "queue {qs}");
+            assert!(
+                u64::from(seg_max) * u64::from(size_max) <= MAX_REQUEST_BYTES,
+                "queue {qs}: {seg_max} x {size_max}"
+            );
+            assert!(seg_max <= u32::from(qs.max(3)) - 2, "queue {qs}");
+        }
+        // A queue of 256 allows 254 segments of 16 KiB (3.97 MiB).
+        assert_eq!(segment_limits(256), (254, 16384));
     }
 
     #[test]
