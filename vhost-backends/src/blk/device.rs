@@ -448,10 +448,13 @@ impl BlkBackend {
                 let mut pos = 0;
                 for v in &req.data {
                     let n = v.iov_len.min(len - pos);
-                    // SAFETY: guest memory validated by the walk, kept mapped by `mem`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(id[pos..].as_ptr(), v.iov_base.cast(), n)
-                    };
+                    let to: *mut u8 = v.iov_base.cast();
+                    for (i, &b) in id[pos..pos + n].iter().enumerate() {
+                        // Volatile: guest memory another vCPU may touch meanwhile.
+                        // SAFETY: inside a buffer validated by the walk, kept
+                        // mapped by `mem`.
+                        unsafe { to.add(i).write_volatile(b) };
+                    }
                     pos += n;
                 }
                 // SAFETY: as above.
