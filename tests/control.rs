@@ -10,61 +10,29 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fabric::Daemon;
 use serde_json::{json, Value};
+use support::daemon_host::DaemonHost;
 use support::{eth, mac, GuestNic, NicOptions};
 
 const MIB: u64 = 1 << 20;
 
 /// A daemon on a config of its own in a fresh directory under
 /// `$VBLOCK_TEST_DIR` or /var/tmp (pools are opened O_DIRECT).
-struct Host {
-    daemon: Option<Daemon>,
-    dir: PathBuf,
-}
+struct Host(DaemonHost);
 
 impl Host {
     fn start(toml: &str) -> Host {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::var_os("VBLOCK_TEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-        let dir = base.join(format!(
-            "ctl-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("fabric.toml"), toml).unwrap();
-        let mut h = Host { daemon: None, dir };
-        h.launch();
-        h
+        Host(DaemonHost::start("ctl", toml))
     }
 
-    fn launch(&mut self) {
-        let path = self.dir.join("fabric.toml");
-        let config = fabric_config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        self.daemon = Some(Daemon::start_from(&config, Some(&path)).expect("daemon starts"));
-    }
-
+    /// Stops the daemon and starts it on its config file as it is now.
     fn restart(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.shutdown();
-        }
-        self.launch();
-    }
-
-    fn daemon(&self) -> &Daemon {
-        self.daemon.as_ref().unwrap()
-    }
-
-    fn socket(&self, name: &str) -> PathBuf {
-        self.dir.join("run").join(format!("{name}.sock"))
+        self.0.restart(None);
     }
 
     fn ctl(&self) -> Ctl {
@@ -72,12 +40,11 @@ impl Host {
     }
 }
 
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.shutdown();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// The host's daemon, sockets and pool check.
+impl std::ops::Deref for Host {
+    type Target = DaemonHost;
+    fn deref(&self) -> &DaemonHost {
+        &self.0
     }
 }
 
@@ -676,15 +643,8 @@ fn concurrent_operations_on_one_pool_never_deadlock() {
 
     drop(c);
     // The pool checks clean; stop completes.
-    h.daemon()
-        .pool("p0")
-        .unwrap()
-        .lock()
-        .unwrap()
-        .metadata()
-        .check()
-        .unwrap();
-    let daemon = h.daemon.take().unwrap();
+    h.check_pool();
+    let daemon = h.0.take();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         daemon.shutdown();
