@@ -196,5 +196,7 @@ fn a_restarted_device_resubmits_what_was_in_flight_and_never_reruns_a_completed_
     }
     assert!(tracked, "the device must offer INFLIGHT_SHMFD");
     assert_eq!(f.counter("v", "resubmitted"), 2, "{}", f.counter_line("v"));
+    let key = "vswitchd_blk_resubmitted_total{pool=\"p0\",volume=\"v\"}";
+    assert_eq!(f.metrics().get(key), Some(&2.0), "{key}");
     drop(fe);
 }

@@ -140,6 +140,7 @@ fn status_and_a_port_added_at_run_time_forwards() {
         .unwrap();
     // Counted before b could see it: exactly the one frame.
     assert_eq!(b_info["tx_packets"].as_u64(), Some(1), "{b_info}");
+    assert_eq!(b_info["broken_queues"].as_u64(), Some(0), "{b_info}");
     assert_eq!(b_info["link"], true);
     // The FDB learned a's MAC; a static entry can be added and flushed.
     let fdb = c.ok("fdb.show", json!({"switch": "br0"}));
@@ -480,19 +481,7 @@ fn metrics_are_scraped_and_parse() {
     assert!(head.to_lowercase().contains("openmetrics-text"), "{head}");
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
     // name{labels} value: every sample line parses.
-    let mut samples = std::collections::HashMap::new();
-    for line in body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (key, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("bad line {line:?}"));
-        let v: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        samples.insert(key.to_owned(), v);
-    }
+    let samples = support::counters::metric_samples(body);
     let get = |k: &str| {
         *samples
             .get(k)
@@ -517,6 +506,23 @@ fn metrics_are_scraped_and_parse() {
     assert!(get("vswitchd_pool_capacity_bytes{pool=\"p0\"}") > 0.0);
     assert_eq!(get("vswitchd_port_link_up{switch=\"br0\",port=\"a\"}"), 0.0);
     assert!(samples.contains_key("vswitchd_fdb_entries{switch=\"br0\"}"));
+    // Nothing broke, moved against a hold or ran again here.
+    assert_eq!(
+        get("vswitchd_port_broken_queues_total{switch=\"br0\",port=\"a\"}"),
+        0.0
+    );
+    assert_eq!(
+        get("vswitchd_fdb_refused_total{switch=\"br0\",reason=\"move\"}"),
+        0.0
+    );
+    for name in ["too_large", "broken_queues", "resubmitted"] {
+        assert_eq!(
+            get(&format!(
+                "vswitchd_blk_{name}_total{{pool=\"p0\",volume=\"d\"}}"
+            )),
+            0.0
+        );
+    }
 }
 
 /// Lock order: export add/remove, snapshots and volume create/delete from 8

@@ -4,8 +4,9 @@
 //! builds on; shared by both test libraries (`support` and, through `#[path]`,
 //! `blk_support`).
 
-use super::counters::counter_in;
+use super::counters::{counter_in, metric_samples};
 use fabric::Daemon;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -94,17 +95,42 @@ impl DaemonHost {
 
     /// The `counters export=VOLUME ...` line of the daemon's report.
     pub fn counter_line(&self, volume: &str) -> String {
-        let prefix = format!("counters export={volume} ");
-        self.daemon()
-            .counters_report()
-            .into_iter()
-            .find(|l| l.starts_with(&prefix))
-            .unwrap_or_else(|| panic!("no counters for export {volume}"))
+        self.report_line(&format!("counters export={volume} "))
     }
 
     /// One counter of export `volume`: the number after the word `name`.
     pub fn counter(&self, volume: &str, name: &str) -> u64 {
         counter_in(&self.counter_line(volume), name)
+    }
+
+    /// The report's line that starts with `prefix` (e.g. `"counters switch=br0
+    /// port=vm1 "`, `"fdb switch=br0 "`).
+    pub fn report_line(&self, prefix: &str) -> String {
+        let report = self.daemon().counters_report();
+        report
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {prefix:?} line in {report:#?}"))
+    }
+
+    /// Port `name`'s entry in the control socket's `port.list` answer.
+    pub fn port_listed(&self, name: &str) -> serde_json::Value {
+        let rt = self.daemon().runtime();
+        let list = fabric::control::ops::dispatch(rt, "port.list", &serde_json::json!({}))
+            .unwrap_or_else(|e| panic!("port.list: {e:?}"));
+        let found = list
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["name"] == name));
+        found
+            .cloned()
+            .unwrap_or_else(|| panic!("no port {name} in {list}"))
+    }
+
+    /// The daemon's metrics as `/metrics` renders them, by sample.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        let snapshot = self.daemon().runtime().metrics_snapshot();
+        metric_samples(&fabric::metrics::render(&snapshot))
     }
 
     /// Panics unless the metadata of pool "p0" passes its own check.

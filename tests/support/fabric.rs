@@ -4,7 +4,6 @@
 use super::daemon_host::DaemonHost;
 use super::{GuestNic, NicOptions};
 use fabric::Daemon;
-use std::path::PathBuf;
 use std::time::Duration;
 use vswitch::{MacAddr, PortCountersSnapshot};
 
@@ -25,14 +24,6 @@ impl Fabric {
             );
         }
         Fabric(DaemonHost::start("fh", &toml))
-    }
-
-    pub fn daemon(&self) -> &Daemon {
-        self.0.daemon()
-    }
-
-    pub fn socket(&self, port: &str) -> PathBuf {
-        self.0.socket(port)
     }
 
     pub fn connect(&self, port: &str) -> GuestNic {
@@ -59,6 +50,14 @@ impl Fabric {
         let sw = self.daemon().switch("br0").unwrap();
         let id = sw.fdb().lookup(vlan, MacAddr(m), sw.now())?;
         Some(sw.topology().port(id)?.name.clone())
+    }
+}
+
+/// The host's daemon, sockets, report, port list and metrics.
+impl std::ops::Deref for Fabric {
+    type Target = DaemonHost;
+    fn deref(&self) -> &DaemonHost {
+        &self.0
     }
 }
 
