@@ -1018,6 +1018,7 @@ impl Runtime {
                 for reason in vswitch::DropReason::ALL {
                     line.push_str(&format!(" drop_{}={}", reason.name(), c.dropped(reason)));
                 }
+                line.push_str(&format!(" broken_queues={}", c.broken_queues));
                 lines.push(line);
             }
             let f = sw.fdb().stats();

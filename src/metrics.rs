@@ -10,13 +10,14 @@
 //! | `vswitchd_port_rx_packets`, `vswitchd_port_tx_packets` | counter | `switch`, `port` |
 //! | `vswitchd_port_rx_bytes`, `vswitchd_port_tx_bytes` | counter | `switch`, `port` |
 //! | `vswitchd_port_drops` | counter | `switch`, `port`, `reason` |
+//! | `vswitchd_port_broken_queues` | counter | `switch`, `port` |
 //! | `vswitchd_port_link_up` | gauge (0/1) | `switch`, `port` |
 //! | `vswitchd_fdb_entries` | gauge | `switch` |
 //! | `vswitchd_fdb_learned`, `vswitchd_fdb_moved`, `vswitchd_fdb_aged` | counter | `switch` |
-//! | `vswitchd_fdb_refused` | counter | `switch`, `reason` (`full`, `port_limit`) |
+//! | `vswitchd_fdb_refused` | counter | `switch`, `reason` (`full`, `port_limit`, `move`) |
 //! | `vswitchd_blk_reads`, `_writes`, `_flushes`, `_discards` | counter | `pool`, `volume` |
 //! | `vswitchd_blk_read_bytes`, `vswitchd_blk_write_bytes` | counter | `pool`, `volume` |
-//! | `vswitchd_blk_io_errors`, `_out_of_space`, `_invalid_requests`, `_bad_chains`, `_too_large`, `_broken_queues` | counter | `pool`, `volume` |
+//! | `vswitchd_blk_io_errors`, `_out_of_space`, `_invalid_requests`, `_bad_chains`, `_too_large`, `_broken_queues`, `_resubmitted` | counter | `pool`, `volume` |
 //! | `vswitchd_blk_request_duration_seconds` | histogram | `pool`, `volume`, `op` (`read`, `write`, `flush`) |
 //! | `vswitchd_pool_{capacity,used,free,releasing,provisioned}_bytes` | gauge | `pool` |
 //! | `vswitchd_volume_{size,allocated,exclusive}_bytes` | gauge | `pool`, `volume` |
@@ -65,6 +66,7 @@ pub struct PortSample {
     pub tx_bytes: u64,
     /// Drops by reason (`vswitch::DropReason::name`).
     pub drops: Vec<(String, u64)>,
+    pub broken_queues: u64,
 }
 
 /// One switch's forwarding database.
@@ -77,6 +79,7 @@ pub struct SwitchSample {
     pub aged: u64,
     pub refused_full: u64,
     pub refused_port_limit: u64,
+    pub refused_move: u64,
 }
 
 /// One vhost-user-blk export (a volume of a pool).
@@ -96,6 +99,7 @@ pub struct ExportSample {
     pub bad_chains: u64,
     pub too_large: u64,
     pub broken_queues: u64,
+    pub resubmitted: u64,
     /// Request latency, one histogram per operation.
     pub latency: Vec<LatencySample>,
 }
@@ -148,6 +152,7 @@ impl PortSample {
                 .iter()
                 .map(|&r| (r.name().to_owned(), c.dropped(r)))
                 .collect(),
+            broken_queues: c.broken_queues,
         }
     }
 }
@@ -163,6 +168,7 @@ impl SwitchSample {
             aged: f.aged,
             refused_full: f.refused_full,
             refused_port_limit: f.refused_port_limit,
+            refused_move: f.refused_move,
         }
     }
 }
@@ -201,6 +207,7 @@ impl ExportSample {
             bad_chains: g(&c.bad_chains),
             too_large: g(&c.too_large),
             broken_queues: g(&c.broken_queues),
+            resubmitted: g(&c.resubmitted),
             latency: TimedOp::ALL
                 .iter()
                 .map(|&op| LatencySample::new(op, &c.latency(op).snapshot()))
@@ -385,6 +392,13 @@ impl Collector for SnapshotCollector {
                 ([sw, port, ("reason", reason.to_owned())], n)
             },
         )?;
+        f.counter(
+            "vswitchd_port_broken_queues",
+            "Queues stopped because the driver broke them (avail index, ring addresses).",
+            None,
+            &s.ports,
+            |p| (port(p), p.broken_queues),
+        )?;
         f.gauge(
             "vswitchd_port_link_up",
             "1 if the port's link is up (a guest is attached and running).",
@@ -430,12 +444,13 @@ impl Collector for SnapshotCollector {
                 [
                     (w, "full", w.refused_full),
                     (w, "port_limit", w.refused_port_limit),
+                    (w, "move", w.refused_move),
                 ]
             })
             .collect();
         f.counter(
             "vswitchd_fdb_refused",
-            "MAC addresses not learned, by reason (table full, port limit).",
+            "MAC addresses not learned or not moved, by reason (table full, port limit, the destination port's move hold).",
             None,
             &refused,
             |&(w, reason, n)| {
@@ -447,7 +462,7 @@ impl Collector for SnapshotCollector {
         // Exports.
         let volume = |e: &ExportSample| [("pool", e.pool.clone()), ("volume", e.volume.clone())];
         type Count = fn(&ExportSample) -> u64;
-        let export_counters: [(&str, &str, Option<Unit>, Count); 12] = [
+        let export_counters: [(&str, &str, Option<Unit>, Count); 13] = [
             ("vswitchd_blk_reads", "Read requests.", None, |e| e.reads),
             ("vswitchd_blk_writes", "Write requests.", None, |e| e.writes),
             ("vswitchd_blk_read", "Bytes read.", bytes(), |e| {
@@ -500,6 +515,12 @@ impl Collector for SnapshotCollector {
                 "Queues stopped because the driver broke them (avail index, ring addresses).",
                 None,
                 |e| e.broken_queues,
+            ),
+            (
+                "vswitchd_blk_resubmitted",
+                "Requests a previous daemon left in flight, run again after a reconnect.",
+                None,
+                |e| e.resubmitted,
             ),
         ];
         for (name, help, unit, value) in export_counters {
@@ -1221,6 +1242,7 @@ mod tests {
                     tx_packets: 20,
                     tx_bytes: 2000,
                     drops: vec![("runt".into(), 3), ("no_buffer".into(), 4)],
+                    broken_queues: 6,
                 },
                 PortSample {
                     switch: "br0".into(),
@@ -1236,6 +1258,7 @@ mod tests {
                 aged: 3,
                 refused_full: 7,
                 refused_port_limit: 8,
+                refused_move: 9,
             }],
             exports: vec![ExportSample {
                 pool: "fast".into(),
@@ -1252,6 +1275,7 @@ mod tests {
                 bad_chains: 18,
                 too_large: 19,
                 broken_queues: 20,
+                resubmitted: 21,
                 latency: vec![
                     LatencySample::new(TimedOp::Read, &hist.snapshot()),
                     LatencySample::new(TimedOp::Write, &LatencySnapshot::default()),
@@ -1301,6 +1325,15 @@ mod tests {
         );
         let drops = [("switch", "br0"), ("port", "vm1"), ("reason", "no_buffer")];
         assert_eq!(value(&exp, "vswitchd_port_drops_total", &drops), 4.0);
+        assert_eq!(value(&exp, "vswitchd_port_broken_queues_total", &port), 6.0);
+        assert_eq!(
+            value(
+                &exp,
+                "vswitchd_port_broken_queues_total",
+                &[("switch", "br0"), ("port", "vm2")]
+            ),
+            0.0
+        );
         assert_eq!(
             exp.families["vswitchd_port_rx_bytes"].unit.as_deref(),
             Some("bytes")
@@ -1317,6 +1350,8 @@ mod tests {
         let limit = [("switch", "br0"), ("reason", "port_limit")];
         assert_eq!(value(&exp, "vswitchd_fdb_refused_total", &full), 7.0);
         assert_eq!(value(&exp, "vswitchd_fdb_refused_total", &limit), 8.0);
+        let moves = [("switch", "br0"), ("reason", "move")];
+        assert_eq!(value(&exp, "vswitchd_fdb_refused_total", &moves), 9.0);
 
         // The odd volume name survives escaping.
         let vol = [("pool", "fast"), ("volume", "we\"ird\\vol\nname")];
@@ -1333,6 +1368,7 @@ mod tests {
             ("vswitchd_blk_bad_chains_total", 18.0),
             ("vswitchd_blk_too_large_total", 19.0),
             ("vswitchd_blk_broken_queues_total", 20.0),
+            ("vswitchd_blk_resubmitted_total", 21.0),
             ("vswitchd_volume_size_bytes", 2.0 * (1u64 << 30) as f64),
             ("vswitchd_volume_allocated_bytes", (1u64 << 20) as f64),
             ("vswitchd_volume_exclusive_bytes", 65536.0),
@@ -1466,6 +1502,13 @@ mod tests {
         let p = topo.port(id).unwrap();
         p.state.counters.add_rx(3, 300);
         p.state.counters.add_drop(vswitch::DropReason::Runt);
+        p.state.counters.add_broken_queue();
+        // A station on vm2 that may not move to vm1 yet: one refused move.
+        let station = vswitch::MacAddr([2, 0, 0, 0, 0, 1]);
+        let vm2 = sw.port_id("vm2").unwrap();
+        sw.fdb().set_move_hold(id, 60);
+        sw.fdb().learn(1, station, vm2, sw.now());
+        sw.fdb().learn(1, station, id, sw.now());
 
         let dir = std::env::temp_dir().join(format!("fabric-metrics-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1490,6 +1533,12 @@ mod tests {
             shared,
         );
         export.counters.reads.fetch_add(2, Ordering::Relaxed);
+        export.counters.too_large.fetch_add(3, Ordering::Relaxed);
+        export
+            .counters
+            .broken_queues
+            .fetch_add(1, Ordering::Relaxed);
+        export.counters.resubmitted.fetch_add(4, Ordering::Relaxed);
         export
             .counters
             .latency(TimedOp::Read)
@@ -1507,11 +1556,23 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(snap.ports.len(), 2);
         assert_eq!(snap.ports[0].rx_packets, 3);
+        assert_eq!(snap.ports[0].broken_queues, 1);
+        assert_eq!(snap.ports[1].broken_queues, 0);
+        assert_eq!(snap.switches[0].refused_move, 1);
+        assert_eq!(snap.switches[0].moved, 0);
         assert_eq!(snap.ports[0].drops.len(), vswitch::DropReason::ALL.len());
         assert!(snap.ports[0].drops.contains(&("runt".to_owned(), 1)));
         assert_eq!(snap.switches[0].switch, "br0");
         assert_eq!(snap.exports[0].pool, "fast");
         assert_eq!(snap.exports[0].reads, 2);
+        assert_eq!(
+            (
+                snap.exports[0].too_large,
+                snap.exports[0].broken_queues,
+                snap.exports[0].resubmitted
+            ),
+            (3, 1, 4)
+        );
         assert_eq!(snap.exports[0].latency.len(), 3);
         assert_eq!(snap.pools[0].provisioned_bytes, 24 << 20);
         assert!(snap.pools[0].capacity_bytes > 0);
@@ -1526,6 +1587,14 @@ mod tests {
         );
         let runt = [("port", "vm1"), ("reason", "runt"), ("switch", "br0")];
         assert_eq!(value(&exp, "vswitchd_port_drops_total", &runt), 1.0);
+        let vm1 = [("port", "vm1"), ("switch", "br0")];
+        assert_eq!(value(&exp, "vswitchd_port_broken_queues_total", &vm1), 1.0);
+        let moves = [("reason", "move"), ("switch", "br0")];
+        assert_eq!(value(&exp, "vswitchd_fdb_refused_total", &moves), 1.0);
+        let disk1 = [("pool", "fast"), ("volume", "disk1")];
+        assert_eq!(value(&exp, "vswitchd_blk_resubmitted_total", &disk1), 4.0);
+        assert_eq!(value(&exp, "vswitchd_blk_too_large_total", &disk1), 3.0);
+        assert_eq!(value(&exp, "vswitchd_blk_broken_queues_total", &disk1), 1.0);
     }
 
     // -- HTTP -------------------------------------------------------------

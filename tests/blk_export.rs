@@ -7,21 +7,14 @@
 
 mod blk_support;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use blk_support::counters;
+use blk_support::daemon_host::{pool_toml, DaemonHost};
 use blk_support::*;
-use fabric::Daemon;
 
 const MIB: u64 = 1 << 20;
 
 /// A daemon serving the volumes of one pool, everything in a fresh directory
 /// under `$VBLOCK_TEST_DIR` or /var/tmp (the pool is opened O_DIRECT).
-struct BlkFabric {
-    daemon: Option<Daemon>,
-    dir: PathBuf,
-}
+struct BlkFabric(DaemonHost);
 
 impl BlkFabric {
     /// `volumes`: the `[[pool.volume]]` tables (TOML text).
@@ -30,66 +23,19 @@ impl BlkFabric {
     }
 
     fn start_sized(pool_size: &str, pool_extra: &str, volumes: &str) -> BlkFabric {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::var_os("VBLOCK_TEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-        let dir = base.join(format!(
-            "blkx-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut f = BlkFabric { daemon: None, dir };
-        f.launch(pool_size, pool_extra, volumes);
-        f
-    }
-
-    fn launch(&mut self, pool_size: &str, pool_extra: &str, volumes: &str) {
-        let toml = format!(
-            "[daemon]\nrun_dir = \"run\"\n[[pool]]\nname = \"p0\"\npath = \"pool.img\"\nsize = \"{pool_size}\"\n{pool_extra}\n{volumes}\n"
-        );
-        let path = self.dir.join("fabric.toml");
-        std::fs::write(&path, toml).unwrap();
-        let config = fabric_config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        self.daemon = Some(Daemon::start(&config).unwrap_or_else(|e| panic!("daemon: {e}")));
+        let toml = pool_toml(pool_size, pool_extra, volumes);
+        BlkFabric(DaemonHost::start("blkx", &toml))
     }
 
     /// Stops the daemon and starts it again on a new volume list (same pool).
     fn restart(mut self, volumes: &str) -> BlkFabric {
-        if let Some(d) = self.daemon.take() {
-            d.shutdown();
-        }
-        self.launch("64M", "", volumes);
+        self.0.restart(Some(&pool_toml("64M", "", volumes)));
         self
-    }
-
-    /// The counters line of export `volume`.
-    fn counter_line(&self, volume: &str) -> String {
-        let prefix = format!("counters export={volume} ");
-        self.daemon()
-            .counters_report()
-            .into_iter()
-            .find(|l| l.starts_with(&prefix))
-            .unwrap_or_else(|| panic!("no counters for export {volume}"))
-    }
-
-    /// One counter of export `volume`, exactly.
-    fn counter(&self, volume: &str, name: &str) -> u64 {
-        counters::counter_in(&self.counter_line(volume), name)
-    }
-
-    fn socket(&self, volume: &str) -> PathBuf {
-        self.dir.join("run").join(format!("{volume}.sock"))
     }
 
     fn connect(&self, volume: &str, queues: usize) -> BlkClient {
         BlkClient::connect(&self.socket(volume), queues)
             .unwrap_or_else(|e| panic!("client connects to {volume}: {e}"))
-    }
-
-    fn daemon(&self) -> &Daemon {
-        self.daemon.as_ref().unwrap()
     }
 
     fn allocated(&self, volume: &str) -> u64 {
@@ -99,12 +45,11 @@ impl BlkFabric {
     }
 }
 
-impl Drop for BlkFabric {
-    fn drop(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.shutdown();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// The host's daemon, sockets, counters and pool check.
+impl std::ops::Deref for BlkFabric {
+    type Target = DaemonHost;
+    fn deref(&self) -> &DaemonHost {
+        &self.0
     }
 }
 
@@ -314,14 +259,7 @@ fn a_client_leaving_mid_io_and_the_next_one() {
     assert!(odd.is_empty(), "sectors neither old nor new: {odd:?}");
     q.write_pattern(6, 16 * MIB, MIB as usize).unwrap();
     q.verify_pattern(6, 16 * MIB, MIB as usize).unwrap();
-    f.daemon()
-        .pool("p0")
-        .unwrap()
-        .lock()
-        .unwrap()
-        .metadata()
-        .check()
-        .unwrap();
+    f.check_pool();
 }
 
 #[test]
@@ -363,7 +301,7 @@ fn a_full_pool_fails_only_the_writes_that_need_space() {
 fn restart_keeps_data_and_a_snapshot_shows_it_as_of_then() {
     let base = "[[pool.volume]]\nname = \"d\"\nsize = \"16M\"\nexport = {}\n";
     let f = BlkFabric::start("", base);
-    let dir = f.dir.clone();
+    let dir = f.dir().to_path_buf();
     {
         let mut c = f.connect("d", 1);
         c.queue(0).write_pattern(21, 0, 4 * MIB as usize).unwrap();
@@ -372,7 +310,7 @@ fn restart_keeps_data_and_a_snapshot_shows_it_as_of_then() {
     let f = f.restart(&format!(
         "{base}[[pool.volume]]\nname = \"snap\"\nsnapshot_of = \"d\"\nexport = {{}}\n"
     ));
-    assert_eq!(f.dir, dir);
+    assert_eq!(f.dir(), dir);
     let mut c = f.connect("d", 1);
     c.queue(0).verify_pattern(21, 0, 4 * MIB as usize).unwrap();
     c.queue(0).write_pattern(22, 0, 2 * MIB as usize).unwrap();

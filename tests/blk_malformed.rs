@@ -28,7 +28,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use support::blk_daemon::{counter_in, BlkDaemon};
+use support::blk_daemon::BlkDaemon;
+use support::counters::counter_in;
 use support::guest_memory::GuestRam;
 use support::vhost_frontend::{indirect_table as table, linear_chain as linear};
 use support::virtio_blk::*;

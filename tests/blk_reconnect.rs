@@ -17,10 +17,10 @@
 mod support;
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use fabric::Daemon;
+use support::blk_daemon::BlkDaemon;
 use support::guest_memory::GuestRam;
 use support::split_ring::{Desc, SplitRing};
 use support::vhost_frontend::{
@@ -88,22 +88,10 @@ fn lay_out_inflight(region: &mut [u8], in_flight: &[(u16, u64)], last_batch_head
 
 #[test]
 fn a_restarted_device_resubmits_what_was_in_flight_and_never_reruns_a_completed_chain() {
-    let _ = env_logger::builder().is_test(true).try_init();
-    let base = std::env::var_os("VBLOCK_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    let dir = base.join(format!("blkreconnect-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("fabric.toml");
-    std::fs::write(
-        &config_path,
-        "[daemon]\nrun_dir = \"run\"\n[[pool]]\nname = \"p0\"\npath = \"pool.img\"\n\
-         size = \"64M\"\n[[pool.volume]]\nname = \"v\"\nsize = \"8M\"\n\
-         export = { queue_size = 16 }\n",
-    )
-    .unwrap();
-    let config = fabric_config::load(&config_path).unwrap_or_else(|e| panic!("{e}"));
-    let daemon = Daemon::start(&config).unwrap_or_else(|e| panic!("daemon: {e}"));
+    let f = BlkDaemon::start(
+        "64M",
+        "[[pool.volume]]\nname = \"v\"\nsize = \"8M\"\nexport = { queue_size = 16 }\n",
+    );
 
     // The guest's memory and ring, as the crash left them.
     let mut ram = GuestRam::new(16 << 20).unwrap();
@@ -121,8 +109,7 @@ fn a_restarted_device_resubmits_what_was_in_flight_and_never_reruns_a_completed_
 
     // QEMU's reconnect: features, the inflight region, memory, the ring at the used
     // index (its fallback when GET_VRING_BASE failed), kick.
-    let socket = dir.join("run").join("v.sock");
-    let mut fe = connect_frontend(&socket, 1).unwrap();
+    let mut fe = connect_frontend(&f.socket("v"), 1).unwrap();
     let n = negotiate(
         &mut fe,
         F_VERSION_1,
@@ -141,28 +128,17 @@ fn a_restarted_device_resubmits_what_was_in_flight_and_never_reruns_a_completed_
         let (got, file) = vu("GET_INFLIGHT_FD", fe.get_inflight_fd(&asked)).unwrap();
         let len = got.mmap_size as usize;
         assert!(len >= 16 + 16 * usize::from(QS), "region of {len} bytes");
-        // SAFETY: a shared mapping of the file the backend just gave us.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        // SAFETY: `len` bytes just mapped; unmapped below.
-        let region = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+        // The file is shared memory: what is written to it here, the backend
+        // sees through its mapping.
+        let mut region = vec![0u8; len];
+        file.read_exact_at(&mut region, got.mmap_offset).unwrap();
         lay_out_inflight(
-            region,
+            &mut region,
             &[(r0.head, 10), (r2.head, 12)],
             reused.head,
             used_before,
         );
-        // SAFETY: the mapping made above.
-        unsafe { libc::munmap(p, len) };
+        file.write_all_at(&region, got.mmap_offset).unwrap();
         vu(
             "SET_INFLIGHT_FD",
             fe.set_inflight_fd(&got, file.as_raw_fd()),
@@ -191,7 +167,7 @@ fn a_restarted_device_resubmits_what_was_in_flight_and_never_reruns_a_completed_
     }
     completed.sort_unstable();
 
-    let pool = daemon.pool("p0").unwrap();
+    let pool = f.daemon().pool("p0").unwrap();
     // The 4 KiB at `sector`, as the byte it is filled with (None if not uniform).
     let read = |sector: u64| {
         let p = pool.lock().unwrap();
@@ -219,18 +195,8 @@ fn a_restarted_device_resubmits_what_was_in_flight_and_never_reruns_a_completed_
         assert_eq!(read(r.sector), Some(r.fill), "sector {}", r.sector);
     }
     assert!(tracked, "the device must offer INFLIGHT_SHMFD");
-    let line = daemon
-        .counters_report()
-        .into_iter()
-        .find(|l| l.starts_with("counters export=v "))
-        .expect("counters of export v");
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let resubmitted = words
-        .windows(2)
-        .find(|w| w[0] == "resubmitted")
-        .map(|w| w[1]);
-    assert_eq!(resubmitted, Some("2"), "{line}");
+    assert_eq!(f.counter("v", "resubmitted"), 2, "{}", f.counter_line("v"));
+    let key = "vswitchd_blk_resubmitted_total{pool=\"p0\",volume=\"v\"}";
+    assert_eq!(f.metrics().get(key), Some(&2.0), "{key}");
     drop(fe);
-    drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
 }

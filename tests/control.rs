@@ -10,61 +10,29 @@ mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fabric::Daemon;
 use serde_json::{json, Value};
+use support::daemon_host::DaemonHost;
 use support::{eth, mac, GuestNic, NicOptions};
 
 const MIB: u64 = 1 << 20;
 
 /// A daemon on a config of its own in a fresh directory under
 /// `$VBLOCK_TEST_DIR` or /var/tmp (pools are opened O_DIRECT).
-struct Host {
-    daemon: Option<Daemon>,
-    dir: PathBuf,
-}
+struct Host(DaemonHost);
 
 impl Host {
     fn start(toml: &str) -> Host {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::var_os("VBLOCK_TEST_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-        let dir = base.join(format!(
-            "ctl-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("fabric.toml"), toml).unwrap();
-        let mut h = Host { daemon: None, dir };
-        h.launch();
-        h
+        Host(DaemonHost::start("ctl", toml))
     }
 
-    fn launch(&mut self) {
-        let path = self.dir.join("fabric.toml");
-        let config = fabric_config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        self.daemon = Some(Daemon::start_from(&config, Some(&path)).expect("daemon starts"));
-    }
-
+    /// Stops the daemon and starts it on its config file as it is now.
     fn restart(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.shutdown();
-        }
-        self.launch();
-    }
-
-    fn daemon(&self) -> &Daemon {
-        self.daemon.as_ref().unwrap()
-    }
-
-    fn socket(&self, name: &str) -> PathBuf {
-        self.dir.join("run").join(format!("{name}.sock"))
+        self.0.restart(None);
     }
 
     fn ctl(&self) -> Ctl {
@@ -72,12 +40,11 @@ impl Host {
     }
 }
 
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.shutdown();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// The host's daemon, sockets and pool check.
+impl std::ops::Deref for Host {
+    type Target = DaemonHost;
+    fn deref(&self) -> &DaemonHost {
+        &self.0
     }
 }
 
@@ -173,6 +140,7 @@ fn status_and_a_port_added_at_run_time_forwards() {
         .unwrap();
     // Counted before b could see it: exactly the one frame.
     assert_eq!(b_info["tx_packets"].as_u64(), Some(1), "{b_info}");
+    assert_eq!(b_info["broken_queues"].as_u64(), Some(0), "{b_info}");
     assert_eq!(b_info["link"], true);
     // The FDB learned a's MAC; a static entry can be added and flushed.
     let fdb = c.ok("fdb.show", json!({"switch": "br0"}));
@@ -513,19 +481,7 @@ fn metrics_are_scraped_and_parse() {
     assert!(head.to_lowercase().contains("openmetrics-text"), "{head}");
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
     // name{labels} value: every sample line parses.
-    let mut samples = std::collections::HashMap::new();
-    for line in body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (key, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("bad line {line:?}"));
-        let v: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        samples.insert(key.to_owned(), v);
-    }
+    let samples = support::counters::metric_samples(body);
     let get = |k: &str| {
         *samples
             .get(k)
@@ -550,6 +506,23 @@ fn metrics_are_scraped_and_parse() {
     assert!(get("vswitchd_pool_capacity_bytes{pool=\"p0\"}") > 0.0);
     assert_eq!(get("vswitchd_port_link_up{switch=\"br0\",port=\"a\"}"), 0.0);
     assert!(samples.contains_key("vswitchd_fdb_entries{switch=\"br0\"}"));
+    // Nothing broke, moved against a hold or ran again here.
+    assert_eq!(
+        get("vswitchd_port_broken_queues_total{switch=\"br0\",port=\"a\"}"),
+        0.0
+    );
+    assert_eq!(
+        get("vswitchd_fdb_refused_total{switch=\"br0\",reason=\"move\"}"),
+        0.0
+    );
+    for name in ["too_large", "broken_queues", "resubmitted"] {
+        assert_eq!(
+            get(&format!(
+                "vswitchd_blk_{name}_total{{pool=\"p0\",volume=\"d\"}}"
+            )),
+            0.0
+        );
+    }
 }
 
 /// Lock order: export add/remove, snapshots and volume create/delete from 8
@@ -676,15 +649,8 @@ fn concurrent_operations_on_one_pool_never_deadlock() {
 
     drop(c);
     // The pool checks clean; stop completes.
-    h.daemon()
-        .pool("p0")
-        .unwrap()
-        .lock()
-        .unwrap()
-        .metadata()
-        .check()
-        .unwrap();
-    let daemon = h.daemon.take().unwrap();
+    h.check_pool();
+    let daemon = h.0.take();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         daemon.shutdown();

@@ -318,12 +318,15 @@ fn huge_misaligned_requests_stay_bounded() {
             "over-limit {i}"
         );
     }
+    let too_large = f.counter("hb-big", "too_large");
     assert_eq!(
-        f.counter("hb-big", "too_large") - before_too_large,
+        too_large - before_too_large,
         OVER,
         "{}",
         f.counter_line("hb-big")
     );
+    let key = "vswitchd_blk_too_large_total{pool=\"p0\",volume=\"hb-big\"}";
+    assert_eq!(f.metrics().get(key), Some(&(too_large as f64)), "{key}");
 
     // Every write landed exactly, read back through well-formed 64 KiB reads.
     for k in 0..writes {
@@ -398,6 +401,8 @@ fn avail_index_too_far_ahead_stops_the_queue() {
         .expect("GET_VRING_BASE");
     eprintln!("GET_VRING_BASE answered in {:?}: {bases:?}", t.elapsed());
     assert_eq!(f.counter("ha-bad", "broken_queues"), 1);
+    let key = "vswitchd_blk_broken_queues_total{pool=\"p0\",volume=\"ha-bad\"}";
+    assert_eq!(f.metrics().get(key), Some(&1.0), "{key}");
     drop(other);
     drop(_blk);
     drop(std::mem::ManuallyDrop::into_inner(f));

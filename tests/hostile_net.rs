@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use support::counters::field_in;
 use support::fabric::{Fabric, WAIT};
 use support::frames::{payload, ETHERTYPE_TEST};
 use support::virtio_net::VNET_HDR_LEN;
@@ -153,6 +154,16 @@ fn tx_avail_index_too_far_ahead_stops_that_queue_only() {
     assert_eq!(c.broken_queues, 1, "{c:?}");
     assert_eq!(c.rx_packets, 4, "{c:?}");
     assert!(p1.recv_all(QUIET).is_empty() && p2.recv_all(QUIET).is_empty());
+    // Each rendering shows it: the report, port.list and the metrics.
+    let metrics = f.metrics();
+    for (port, broken) in [("bad", 1), ("p1", 0)] {
+        let line = f.report_line(&format!("counters switch=br0 port={port} "));
+        assert_eq!(field_in(&line, "broken_queues"), broken, "{line}");
+        let listed = f.port_listed(port);
+        assert_eq!(listed["broken_queues"].as_u64(), Some(broken), "{listed}");
+        let key = format!("vswitchd_port_broken_queues_total{{switch=\"br0\",port=\"{port}\"}}");
+        assert_eq!(metrics.get(&key), Some(&(broken as f64)), "{key}");
+    }
 }
 
 #[test]

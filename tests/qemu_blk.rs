@@ -111,18 +111,43 @@ fn context<B: BlkBackend>(backend: &B) -> String {
     format!("--- {} log ---\n{}", B::NAME, backend.log_text())
 }
 
+/// A writable disk of `size` bytes with `num_queues` request queues.
+fn writable(size: u64, num_queues: u16) -> ExportSpec {
+    ExportSpec {
+        size,
+        writable: true,
+        num_queues,
+    }
+}
+
+/// fio writes `size` bytes in a pattern that a later guest can verify on its own.
+fn pattern_job(steps: &[BlkStep], size: u64, seed: u64) -> BlkJob {
+    BlkJob::new(steps, size)
+        .seed(seed)
+        .verify(VerifyKind::Pattern)
+}
+
+/// A one-queue vswitchd disk `d0` of `size` in `dir` on which guest A (one
+/// vCPU) wrote and verified `job`: where the vswitchd-only scenarios start.
+fn vswitchd_written_by_a(
+    env: &Env,
+    dir: &Path,
+    size: u64,
+    job: &BlkJob,
+) -> (VswitchdBlk, BlkReport) {
+    let backend = VswitchdBlk::create(dir, "d0", &writable(size, 1));
+    let a = env.run(dir, "A", &backend, &BlkGuestOpts::default(), job);
+    a.assert_pass(&context(&backend));
+    (backend, a)
+}
+
 /// (1) Guest A writes 64 MiB with fio `--verify=crc32c --do_verify=1` from 2 vCPUs over
 /// 2 virtqueues and passes; (2) guest B then boots on the same, unchanged disk (same
 /// backend, a new frontend connection) and verifies A's data with `--verify_only`.
 fn write_then_verify_in_next_guest<B: BlkBackend>() {
     let env = Env::new();
     let dir = blk_test_dir("qemu-blk-wv");
-    let spec = ExportSpec {
-        size: 128 * MIB,
-        writable: true,
-        num_queues: 2,
-    };
-    let backend = B::create(dir.path(), "d0", &spec);
+    let backend = B::create(dir.path(), "d0", &writable(128 * MIB, 2));
     let opts = BlkGuestOpts {
         smp: 2,
         num_queues: 2,
@@ -176,11 +201,7 @@ fn write_then_verify_in_next_guest<B: BlkBackend>() {
 fn read_only_export_refuses_writes<B: BlkBackend>() {
     let env = Env::new();
     let dir = blk_test_dir("qemu-blk-ro");
-    let mut spec = ExportSpec {
-        size: 64 * MIB,
-        writable: true,
-        num_queues: 1,
-    };
+    let mut spec = writable(64 * MIB, 1);
     let backend = B::create(dir.path(), "d0", &spec);
     let opts = BlkGuestOpts::default();
     let job = BlkJob::new(&[BlkStep::Write], 16 * MIB)
@@ -218,15 +239,7 @@ fn read_only_export_refuses_writes<B: BlkBackend>() {
 fn device_queues_beyond_backend_are_refused<B: BlkBackend>() {
     let env = Env::new();
     let dir = blk_test_dir("qemu-blk-nq");
-    let backend = B::create(
-        dir.path(),
-        "d0",
-        &ExportSpec {
-            size: 16 * MIB,
-            writable: true,
-            num_queues: 1,
-        },
-    );
+    let backend = B::create(dir.path(), "d0", &writable(16 * MIB, 1));
     let opts = BlkGuestOpts {
         num_queues: 2,
         ..BlkGuestOpts::default()
@@ -340,19 +353,9 @@ fn vswitchd_device_queues_beyond_backend_are_refused() {
 fn vswitchd_thin_allocation_and_a_snapshot_as_of_then() {
     let env = Env::new();
     let dir = blk_test_dir("qemu-blk-snap");
-    let spec = ExportSpec {
-        size: 128 * MIB,
-        writable: true,
-        num_queues: 1,
-    };
-    let backend = VswitchdBlk::create(dir.path(), "d0", &spec);
     let opts = BlkGuestOpts::default();
-    let first = BlkJob::new(&[BlkStep::Write], 32 * MIB)
-        .offset(16 * MIB)
-        .seed(1)
-        .verify(VerifyKind::Pattern);
-    env.run(dir.path(), "A", &backend, &opts, &first)
-        .assert_pass(&context(&backend));
+    let first = pattern_job(&[BlkStep::Write], 32 * MIB, 1).offset(16 * MIB);
+    let (backend, _) = vswitchd_written_by_a(&env, dir.path(), 128 * MIB, &first);
 
     let backend = backend.with_snapshot("snap");
     let allocated = backend.allocated("d0").expect("allocation in the counters");
@@ -417,26 +420,15 @@ impl BlkBackend for SnapshotView<'_> {
 fn vswitchd_completed_writes_survive_sigkill() {
     let env = Env::new();
     let dir = blk_test_dir("qemu-blk-kill");
-    let spec = ExportSpec {
-        size: 64 * MIB,
-        writable: true,
-        num_queues: 1,
-    };
-    let backend = VswitchdBlk::create(dir.path(), "d0", &spec);
-    let opts = BlkGuestOpts::default();
-    let job = BlkJob::new(&[BlkStep::Write], 32 * MIB)
-        .offset(8 * MIB)
-        .seed(0x6b11)
-        .verify(VerifyKind::Pattern);
-    let a = env.run(dir.path(), "A", &backend, &opts, &job);
-    a.assert_pass(&context(&backend));
+    let job = pattern_job(&[BlkStep::Write], 32 * MIB, 0x6b11).offset(8 * MIB);
+    let (backend, a) = vswitchd_written_by_a(&env, dir.path(), 64 * MIB, &job);
 
     let backend = backend.kill_and_restart();
     let b = env.run(
         dir.path(),
         "B",
         &backend,
-        &opts,
+        &BlkGuestOpts::default(),
         &job.with_steps(&[BlkStep::Verify]),
     );
     b.assert_pass(&format!(
@@ -472,12 +464,8 @@ type = "vhost-user"
 fn vswitchd_restarts_under_a_writing_guest_without_errors() {
     let env = Env::new();
     let dir = blk_test_dir("qemu-blk-restart");
-    let spec = ExportSpec {
-        size: 256 * MIB,
-        writable: true,
-        num_queues: 2,
-    };
-    let mut backend = VswitchdBlk::create_with(dir.path(), "d0", &spec, RESTART_SWITCH);
+    let mut backend =
+        VswitchdBlk::create_with(dir.path(), "d0", &writable(256 * MIB, 2), RESTART_SWITCH);
     let neighbour_devices = net_device_args(&dir.path().join("n.sock"), "52:54:00:00:00:0b", true);
     let neighbour_params = "ipv6.disable=1 fabric.ip=10.0.0.2/24 fabric.role=serve";
     let mut neighbour = Guest::boot_with(
@@ -507,10 +495,7 @@ fn vswitchd_restarts_under_a_writing_guest_without_errors() {
         }),
         ..BlkGuestOpts::default()
     };
-    let mut job = BlkJob::new(&[BlkStep::Write, BlkStep::Verify], 192 * MIB)
-        .jobs(2)
-        .seed(0x7e57)
-        .verify(VerifyKind::Pattern);
+    let mut job = pattern_job(&[BlkStep::Write, BlkStep::Verify], 192 * MIB, 0x7e57).jobs(2);
     job.qd = 16;
     let mut g = BlkGuest::boot(
         &env.qemu,

@@ -9,29 +9,13 @@ mod support;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use fabric::Daemon;
+use support::daemon_host::fresh_dir;
 use support::{eth, mac, GuestNic, NicOptions};
-
-/// A fresh directory for one test's config, pool and sockets.
-fn test_dir(tag: &str) -> PathBuf {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let base = std::env::var_os("VBLOCK_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    let dir = base.join(format!(
-        "sock-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Starts the daemon in process on `toml` written to `dir/fabric.toml`.
 fn start(dir: &Path, toml: &str) -> std::io::Result<Daemon> {
@@ -83,7 +67,7 @@ fn a_socket_path_on_an_existing_file_is_refused_and_the_file_kept() {
             "daemon.control_socket",
         ),
     ] {
-        let dir = test_dir("file");
+        let dir = fresh_dir("sock-file");
         // A pool image made by a first start.
         std::fs::write(dir.join("fabric.toml"), pool).unwrap();
         let image = dir.join("pool.img");
@@ -109,7 +93,7 @@ fn a_socket_path_on_an_existing_file_is_refused_and_the_file_kept() {
 /// nothing; a port added at run time onto a file is refused too.
 #[test]
 fn a_file_that_appears_after_the_config_was_read_is_kept() {
-    let dir = test_dir("late");
+    let dir = fresh_dir("sock-late");
     let path = dir.join("fabric.toml");
     std::fs::write(
         &path,
@@ -193,7 +177,7 @@ fn my_abstract_sockets() -> Vec<String> {
 #[test]
 fn squatters_on_abstract_names_cannot_block_or_reach_the_relay() {
     use std::os::linux::net::SocketAddrExt;
-    let dir = test_dir("squat");
+    let dir = fresh_dir("sock-squat");
     let daemon = start(&dir, TWO_PORTS).unwrap();
     let pid = std::process::id();
     let squatters: Vec<UnixListener> = (0..200u64)
@@ -228,7 +212,7 @@ fn wait_links(daemon: &Daemon, ports: &[&str]) {
 /// whatever the umask; the control socket stays 0600 and the daemon's.
 #[test]
 fn sockets_get_the_configured_mode_owner_and_group() {
-    let dir = test_dir("mode");
+    let dir = fresh_dir("sock-mode");
     let daemon = start(
         &dir,
         &format!("[daemon]\nsocket_mode = 0o660\nsocket_owner = 65534\nsocket_group = \"65533\"\n{TWO_PORTS}[[pool]]\nname = \"p0\"\npath = \"pool.img\"\nsize = \"8M\"\n[[pool.volume]]\nname = \"v\"\nsize = \"1M\"\nexport = {{}}\n"),
@@ -280,7 +264,7 @@ fn closed_within(s: &mut UnixStream, limit: Duration) -> bool {
 #[test]
 fn a_silent_client_is_dropped_and_the_next_frontend_is_served() {
     const TIMEOUT: Duration = Duration::from_millis(300);
-    let dir = test_dir("silent");
+    let dir = fresh_dir("sock-silent");
     let daemon = start(
         &dir,
         &format!("[daemon]\nhandshake_timeout_ms = 300\n{TWO_PORTS}[[pool]]\nname = \"p0\"\npath = \"pool.img\"\nsize = \"8M\"\n[[pool.volume]]\nname = \"v\"\nsize = \"1M\"\nexport = {{}}\n"),

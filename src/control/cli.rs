@@ -891,6 +891,7 @@ fn port_table(ports: &[PortInfo]) -> String {
         ("RX BYTES", Right),
         ("TX PKTS", Right),
         ("TX BYTES", Right),
+        ("BROKEN Q", Right),
         ("SOCKET", Left),
         ("DROPS", Left),
     ]);
@@ -916,6 +917,7 @@ fn port_table(ports: &[PortInfo]) -> String {
             human_size(p.rx_bytes),
             p.tx_packets.to_string(),
             human_size(p.tx_bytes),
+            p.broken_queues.to_string(),
             clean(&p.socket),
             drops,
         ]);

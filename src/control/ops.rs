@@ -410,6 +410,7 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                         .iter()
                         .map(|r| (r.name().to_owned(), c.map_or(0, |c| c.dropped(*r))))
                         .collect(),
+                    broken_queues: c.map_or(0, |c| c.broken_queues),
                 }
             })
             .collect()

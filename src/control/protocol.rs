@@ -161,6 +161,10 @@ pub struct PortInfo {
     pub tx_bytes: u64,
     /// Drops by reason (`runt`, `vlan_not_allowed`, ...).
     pub drops: std::collections::BTreeMap<String, u64>,
+    /// Queues stopped as broken by their driver (until it resets them).
+    /// Absent from an older daemon's answer: read as 0.
+    #[serde(default)]
+    pub broken_queues: u64,
 }
 
 /// One FDB entry.

@@ -15,6 +15,8 @@
 //!   daemon (ours too) and reaps it on drop.
 //! - [`pattern`]: deterministic data patterns and their verification.
 //! - [`counters`]: the daemon's counter lines, read by whole words.
+//! - [`daemon_host`]: `DaemonHost`, the daemon in process on a config of the
+//!   test's own, in a fresh directory.
 //!
 //! Everything here fails loudly: a missing `qemu-storage-daemon`, a refused
 //! connection or a wrong byte is a panic or an `Err` naming what is wrong,
@@ -28,6 +30,10 @@ pub mod client;
 #[allow(clippy::duplicate_mod)]
 #[path = "../support/counters.rs"]
 pub mod counters;
+// The same file as `support::daemon_host`, for the same reason.
+#[allow(clippy::duplicate_mod)]
+#[path = "../support/daemon_host.rs"]
+pub mod daemon_host;
 pub mod driver;
 pub mod pattern;
 pub mod qsd;

@@ -1,10 +1,9 @@
 //! A `fabric::Daemon` on a config of its own, with sockets in a fresh
 //! directory, for tests that play the VMM against the real daemon code.
 
+use super::daemon_host::DaemonHost;
 use super::{GuestNic, NicOptions};
 use fabric::Daemon;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use vswitch::{MacAddr, PortCountersSnapshot};
 
@@ -12,21 +11,11 @@ use vswitch::{MacAddr, PortCountersSnapshot};
 pub const WAIT: Duration = Duration::from_secs(5);
 
 /// A daemon on a config of its own, sockets in a fresh directory.
-pub struct Fabric {
-    daemon: Option<Daemon>,
-    dir: PathBuf,
-}
+pub struct Fabric(DaemonHost);
 
 impl Fabric {
     /// `ports`: (name, vlan inline table) on switch br0.
     pub fn start(switch_extra: &str, ports: &[(&str, &str)]) -> Fabric {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "fh-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
         let mut toml =
             format!("[daemon]\nrun_dir = \"run\"\n[[switch]]\nname = \"br0\"\n{switch_extra}\n");
         for (name, vlan) in ports {
@@ -34,22 +23,7 @@ impl Fabric {
                 "[[switch.port]]\nname = \"{name}\"\ntype = \"vhost-user\"\nvlan = {vlan}\n"
             );
         }
-        let path = dir.join("fabric.toml");
-        std::fs::write(&path, toml).unwrap();
-        let config = fabric_config::load(&path).unwrap();
-        let daemon = Daemon::start(&config).expect("daemon starts");
-        Fabric {
-            daemon: Some(daemon),
-            dir,
-        }
-    }
-
-    pub fn daemon(&self) -> &Daemon {
-        self.daemon.as_ref().unwrap()
-    }
-
-    pub fn socket(&self, port: &str) -> PathBuf {
-        self.dir.join("run").join(format!("{port}.sock"))
+        Fabric(DaemonHost::start("fh", &toml))
     }
 
     pub fn connect(&self, port: &str) -> GuestNic {
@@ -76,6 +50,14 @@ impl Fabric {
         let sw = self.daemon().switch("br0").unwrap();
         let id = sw.fdb().lookup(vlan, MacAddr(m), sw.now())?;
         Some(sw.topology().port(id)?.name.clone())
+    }
+}
+
+/// The host's daemon, sockets, report, port list and metrics.
+impl std::ops::Deref for Fabric {
+    type Target = DaemonHost;
+    fn deref(&self) -> &DaemonHost {
+        &self.0
     }
 }
 
@@ -111,13 +93,4 @@ pub fn links_up(list: &serde_json::Value, ports: &[&str]) -> bool {
             .is_some_and(|l| l.iter().any(|p| p["name"] == n && p["link"] == true))
     };
     ports.iter().all(|n| up(n))
-}
-
-impl Drop for Fabric {
-    fn drop(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.shutdown();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }

@@ -11,6 +11,8 @@
 //! - [`virtio_blk`]: `GuestBlk`, a virtio-blk device driver over vhost-user (N queues,
 //!   well-formed requests and raw chains for hostile input).
 //! - [`smol`]: `SmolNic` (smoltcp `Device` on a `GuestNic`), ping and TCP helpers.
+//! - [`daemon_host`]: `DaemonHost`, the real daemon in process on a config of the
+//!   test's own, in a fresh directory (what the fixtures below build on).
 //! - [`blk_daemon`]: the real daemon in process serving a pool's volumes (`BlkDaemon`).
 //! - [`fabric`]: the real daemon in process, on a config of the test's own.
 //! - [`frames`]: Ethernet frame builders.
@@ -21,6 +23,7 @@
 
 pub mod blk_daemon;
 pub mod counters;
+pub mod daemon_host;
 pub mod fabric;
 pub mod frames;
 pub mod guest_memory;

@@ -131,13 +131,6 @@ impl SplitRing {
         self.avail_idx = self.avail_idx.wrapping_add(1);
     }
 
-    /// Writes `avail.idx` as-is, whatever the entries say (hostile-driver
-    /// tests: an index further ahead than the ring holds). The driver's own
-    /// shadow is left alone.
-    pub fn publish_raw_idx(&self, ram: &GuestRam, idx: u16) {
-        ram.set_ring_u16(self.avail + 2, idx, Ordering::Release);
-    }
-
     /// Guest address of the descriptor table.
     pub fn desc_table(&self) -> u64 {
         self.desc

@@ -673,11 +673,11 @@ impl GuestNic {
     /// hostile driver's index, e.g. further ahead than the ring holds.
     pub fn publish_raw_avail_idx(&mut self, queue: usize, idx: u16) {
         let ring = if queue == RX_QUEUE {
-            &self.rx
+            &mut self.rx
         } else {
-            &self.tx
+            &mut self.tx
         };
-        ring.publish_raw_idx(&self.ram, idx);
+        ring.force_avail_idx(&self.ram, idx);
         self.kick(queue);
     }
 

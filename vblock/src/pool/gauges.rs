@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{PoolSpace, VolumeInfo};
+use super::{volume_info, PoolSpace, VolumeInfo};
 use crate::meta::Metadata;
 
 /// The published figures (see the module docs).
@@ -37,9 +37,7 @@ impl PoolGauges {
             .volumes()
             .filter_map(|v| {
                 let u = meta.usage(v.id()).ok()?;
-                let mut info = info_of(meta, v.id(), 0)?;
-                info.exclusive = u.exclusive * cs;
-                Some((v.id(), info))
+                Some((v.id(), volume_info(meta, v.id(), u.exclusive * cs)?))
             })
             .collect();
         PoolGauges {
@@ -70,7 +68,7 @@ impl PoolGauges {
     pub(super) fn refresh(&self, meta: &Metadata, id: u32) {
         let mut g = self.lock();
         let exclusive = g.volumes.get(&id).map_or(0, |v| v.exclusive);
-        match info_of(meta, id, exclusive) {
+        match volume_info(meta, id, exclusive) {
             Some(info) => g.volumes.insert(id, info),
             None => g.volumes.remove(&id),
         };
@@ -95,21 +93,6 @@ impl PoolGauges {
             };
         }
     }
-}
-
-/// `id`'s entry with the given exclusive bytes; O(1) apart from the name.
-fn info_of(meta: &Metadata, id: u32, exclusive: u64) -> Option<VolumeInfo> {
-    let v = meta.volume(id)?;
-    Some(VolumeInfo {
-        id,
-        name: v.name().to_owned(),
-        kind: v.kind(),
-        size: v.size(),
-        block_size: v.block_size(),
-        read_only: v.read_only(),
-        allocated: v.map().len() * u64::from(meta.cluster_size()),
-        exclusive,
-    })
 }
 
 /// The volume `cluster` is exclusive to, if any: mapped at `vcluster` by one
