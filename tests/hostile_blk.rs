@@ -504,3 +504,77 @@ fn durable_writes_on_a_slow_device(tag: &str, write_through: bool) {
         "a read of another export took {worst:?} while writes waited {SYNC:?} for the device"
     );
 }
+
+/// Rings that leave guest memory: the descriptor table starts inside it (so
+/// SET_VRING_ADDR translates) but runs past its end. The device stops that queue as
+/// broken, counted once, never reads past guest memory, and answers GET_VRING_BASE
+/// at once; another export keeps serving.
+#[test]
+fn rings_running_past_guest_memory_stop_the_queue() {
+    use support::guest_memory::GuestRam;
+    use support::split_ring::SplitRing;
+    use support::vhost_frontend::{
+        connect_frontend, enable_queue, negotiate, set_mem_table, vu, F_VERSION_1,
+    };
+    use vhost::vhost_user::message::VhostUserProtocolFeatures;
+    use vhost::VhostBackend;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    let _serial = serial();
+    const QS: u16 = 256;
+    let f = BlkDaemon::start(
+        "64M",
+        "[[pool.volume]]\nname = \"hr-bad\"\nsize = \"8M\"\nexport = {}\n\
+         [[pool.volume]]\nname = \"hr-other\"\nsize = \"8M\"\nexport = {}\n",
+    );
+    let mut other = f.connect_with("hr-other", BlkOptions::default());
+
+    let mut ram = GuestRam::new(16 << 20).unwrap();
+    let mut ring = SplitRing::new(&mut ram, QS, false).unwrap();
+    let mut rings = ring.config(&ram).unwrap();
+    // 16 bytes of guest memory left where the table needs 16 * QS.
+    rings.desc_table_addr = ram.host_addr(ram.size() - 16).unwrap();
+    let mut fe = connect_frontend(&f.socket("hr-bad"), 1).unwrap();
+    let n = negotiate(
+        &mut fe,
+        F_VERSION_1,
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK,
+    )
+    .unwrap();
+    set_mem_table(&mut fe, &ram).unwrap();
+    let (kick, call) = (
+        EventFd::new(EFD_NONBLOCK).unwrap(),
+        EventFd::new(EFD_NONBLOCK).unwrap(),
+    );
+    vu("SET_VRING_NUM", fe.set_vring_num(0, QS)).unwrap();
+    vu("SET_VRING_ADDR", fe.set_vring_addr(0, &rings)).unwrap();
+    vu("SET_VRING_BASE", fe.set_vring_base(0, 0)).unwrap();
+    vu("SET_VRING_CALL", fe.set_vring_call(0, &call)).unwrap();
+    vu("SET_VRING_KICK", fe.set_vring_kick(0, &kick)).unwrap();
+    enable_queue(&mut fe, 0, n.features).unwrap();
+    ring.push_avail(&ram, 0);
+    ring.publish(&ram);
+    kick.write(1).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.counter("hr-bad", "broken_queues") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(f.counter("hr-bad", "broken_queues"), 1);
+    kick.write(1).unwrap(); // looked at again: still counted once
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(f.counter("hr-bad", "broken_queues"), 1);
+    assert!(
+        other.write(0, 0, &pattern(3, 4096)).ok(),
+        "another export serves"
+    );
+
+    let t = Instant::now();
+    let base = vu("GET_VRING_BASE", fe.get_vring_base(0)).unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "GET_VRING_BASE took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(base, 0, "nothing was taken from the broken ring");
+}
