@@ -552,8 +552,9 @@ impl BlkBackend {
         }
     }
 
-    /// Publishes finished requests: one used-index write, at most one
-    /// interrupt. `stopping`: the queue was just stopped (GET_VRING_BASE).
+    /// Publishes finished requests: one used-index write (one per element
+    /// while an inflight region is tracked), at most one interrupt.
+    /// `stopping`: the queue was just stopped (GET_VRING_BASE).
     fn publish(&self, st: &mut QueueState, vring: &Vring, stopping: bool) -> bool {
         if st.done.is_empty() {
             return false;
