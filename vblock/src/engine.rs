@@ -275,7 +275,8 @@ fn slice_iov(iov: &[libc::iovec], mut at: usize, mut len: usize) -> Vec<libc::io
         }
         let n = (v.iov_len - at).min(len);
         out.push(libc::iovec {
-            // SAFETY (pointer arithmetic only): at < iov_len.
+            // SAFETY: pointer arithmetic only, nothing is read: `at < iov_len`,
+            // so the result stays inside the region this iovec describes.
             iov_base: unsafe { (v.iov_base as *mut u8).add(at) }.cast(),
             iov_len: n,
         });
@@ -294,10 +295,17 @@ unsafe fn copy_iov(iov: &[libc::iovec], buf: &mut [u8], to_iov: bool) {
     for v in iov {
         let n = v.iov_len.min(buf.len() - pos);
         let p = v.iov_base as *mut u8;
-        if to_iov {
-            std::ptr::copy_nonoverlapping(buf[pos..].as_ptr(), p, n);
-        } else {
-            std::ptr::copy_nonoverlapping(p, buf[pos..].as_mut_ptr(), n);
+        // SAFETY: `n` is at most `iov_len`, and the caller guarantees the
+        // iovec's memory is valid (writable when `to_iov`) and touched by no one
+        // else while the request is in flight; `n <= buf.len() - pos` keeps the
+        // other side inside `buf`. `buf` is the engine's own bounce buffer, a
+        // separate allocation from caller memory, so the two never overlap.
+        unsafe {
+            if to_iov {
+                std::ptr::copy_nonoverlapping(buf[pos..].as_ptr(), p, n);
+            } else {
+                std::ptr::copy_nonoverlapping(p, buf[pos..].as_mut_ptr(), n);
+            }
         }
         pos += n;
     }
@@ -309,7 +317,9 @@ unsafe fn copy_iov(iov: &[libc::iovec], buf: &mut [u8], to_iov: bool) {
 /// As [`copy_iov`].
 unsafe fn zero_iov(iov: &[libc::iovec]) {
     for v in iov {
-        std::ptr::write_bytes(v.iov_base as *mut u8, 0, v.iov_len);
+        // SAFETY: the caller guarantees each iovec describes `iov_len` bytes of
+        // writable memory that nothing else accesses until the request completes.
+        unsafe { std::ptr::write_bytes(v.iov_base as *mut u8, 0, v.iov_len) };
     }
 }
 

@@ -75,15 +75,15 @@ impl TapDevice {
             .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e}")))?;
         let mut req = ifreq(name)?;
         req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
-        // SAFETY: TUNSETIFF reads and writes the ifreq we own.
         check(
+            // SAFETY: TUNSETIFF reads and writes the ifreq we own.
             unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) },
             "TUNSETIFF",
             name,
         )?;
         let hdr: libc::c_int = HDR_LEN as libc::c_int;
-        // SAFETY: TUNSETVNETHDRSZ reads an int we own.
         check(
+            // SAFETY: TUNSETVNETHDRSZ reads an int we own.
             unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr) },
             "TUNSETVNETHDRSZ",
             name,
@@ -107,23 +107,23 @@ impl TapDevice {
         let result = (|| {
             let mut req = ifreq(&self.name)?;
             req.ifr_ifru.ifru_mtu = libc::c_int::from(mtu);
-            // SAFETY: SIOCSIFMTU reads the ifreq we own.
             check(
+                // SAFETY: SIOCSIFMTU reads the ifreq we own.
                 unsafe { libc::ioctl(sock, libc::SIOCSIFMTU, &req) },
                 "SIOCSIFMTU",
                 &self.name,
             )?;
             let mut req = ifreq(&self.name)?;
-            // SAFETY: SIOCGIFFLAGS writes the ifreq we own.
             check(
+                // SAFETY: SIOCGIFFLAGS writes the ifreq we own.
                 unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) },
                 "SIOCGIFFLAGS",
                 &self.name,
             )?;
             // SAFETY: the flags member was just filled by the kernel.
             unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as i16 };
-            // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
             check(
+                // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
                 unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) },
                 "SIOCSIFFLAGS",
                 &self.name,

@@ -141,8 +141,10 @@ impl InflightRegion {
             .filter(|o| (*o as u64).is_multiple_of(4096))
             .ok_or_else(|| invalid(format!("inflight mmap_offset {}", g.mmap_offset)))?;
         // The file must be as long as we map, or touching the tail would SIGBUS.
-        // SAFETY: fstat into a zeroed struct on a valid fd.
+        // SAFETY: `libc::stat` is plain integers, for which all-zero bytes are valid.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is borrowed, so open for the call; fstat writes only into
+        // `st`, a local we own exclusively.
         if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
             return Err(io::Error::last_os_error());
         }
