@@ -489,6 +489,8 @@ mod tests {
                 offset: (b * ALIGN) as u64,
                 iov,
             };
+            // SAFETY: the kernel reads `src`, which is left untouched and outlives the
+            // drain below; push copies `iov`.
             unsafe { e.push(op, b as u64) }.unwrap();
         }
         assert_eq!(e.queued(), N);
@@ -498,6 +500,7 @@ mod tests {
         assert_eq!(done.len(), N);
         assert!(done.iter().all(|c| c.result == ALIGN as i32), "{done:?}");
 
+        // SAFETY: an fsync names no memory.
         unsafe { e.push(Op::Fsync, 999) }.unwrap();
         done.clear();
         drain(&mut e, &mut done);
@@ -512,6 +515,8 @@ mod tests {
         let dst = Buf::new(N * ALIGN);
         for b in 0..N {
             let iov = [dst.iovec(b * ALIGN, ALIGN)];
+            // SAFETY: the kernel writes `dst`, which the test reads only after the drain
+            // below; push copies `iov`.
             unsafe {
                 e.push(
                     Op::Read {
@@ -578,6 +583,8 @@ mod tests {
                     iov: &[buf.iovec(slot * ALIGN, ALIGN)],
                 };
                 // Tags are arbitrary u64s, not small indices.
+                // SAFETY: the kernel writes into `buf`, which outlives every op (the loop
+                // reaps them all) and whose contents the test never reads.
                 match unsafe { e.push(op, next.wrapping_mul(0x9E37_79B9_7F4A_7C15)) } {
                     Ok(()) => next += 1,
                     Err(PushError::Full) => break,
@@ -621,6 +628,8 @@ mod tests {
         ];
         let mut done = Vec::new();
         for (i, (offset, iov, _)) in cases.iter().enumerate() {
+            // SAFETY: the kernel writes `buf`, which outlives the drain right after and
+            // is not read meanwhile; push copies `iov`.
             unsafe {
                 e.push(
                     Op::Read {
@@ -654,8 +663,11 @@ mod tests {
         };
         // Reads into the same buffer: fine for this test, contents unused.
         for t in 0..4 {
+            // SAFETY: reads into `buf`, which the test never reads and which outlives the
+            // drains below.
             unsafe { e.push(op, t) }.unwrap();
         }
+        // SAFETY: as above; this push is refused and queues nothing.
         assert_eq!(unsafe { e.push(op, 4) }, Err(PushError::Full));
         let err: io::Error = PushError::Full.into();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
@@ -664,10 +676,12 @@ mod tests {
         e.submit().unwrap();
         while !poll_readable(e.eventfd(), 5000) {}
         std::thread::sleep(std::time::Duration::from_millis(20));
+        // SAFETY: as above; this push is refused and queues nothing.
         assert_eq!(unsafe { e.push(op, 4) }, Err(PushError::Full));
         let mut done = Vec::new();
         drain(&mut e, &mut done);
         assert_eq!(done.len(), 4);
+        // SAFETY: as above: `buf` outlives the drain below.
         unsafe { e.push(op, 4) }.unwrap();
         drain(&mut e, &mut done);
         assert_eq!(done.len(), 5);
@@ -677,6 +691,7 @@ mod tests {
             offset: 0,
             iov: &many,
         };
+        // SAFETY: refused before anything is queued; no memory is touched.
         assert_eq!(unsafe { e.push(op, 0) }, Err(PushError::TooManyIovecs));
         assert_eq!(e.in_flight(), 0);
     }
@@ -691,6 +706,7 @@ mod tests {
         let buf = Buf::new(ALIGN);
         push_one(&mut e, true, &buf, 0, 1);
         let two = [buf.iovec(0, 2048), buf.iovec(2048, 2048)];
+        // SAFETY: the kernel only reads `buf`, which outlives the drain below.
         unsafe {
             e.push(
                 Op::Write {
@@ -767,6 +783,8 @@ mod tests {
             let mut e = UringEngine::new(&f, 16).unwrap();
             for b in 0..16 {
                 let iov = [buf.iovec(b * ALIGN, ALIGN)];
+                // SAFETY: the kernel reads `buf`, which outlives the engine; dropping the
+                // engine waits for these writes.
                 unsafe {
                     e.push(
                         Op::Write {
@@ -782,6 +800,7 @@ mod tests {
         } // dropped with 16 in flight, and one more never submitted below
         {
             let mut e = UringEngine::new(&f, 16).unwrap();
+            // SAFETY: an fsync names no memory.
             unsafe { e.push(Op::Fsync, 0) }.unwrap();
         }
         assert_eq!(f.metadata().unwrap().len(), 16 * ALIGN as u64);
@@ -831,6 +850,9 @@ mod tests {
                 } else {
                     Op::Read { offset, iov: &iov }
                 };
+                // SAFETY: `bufs[b]` came off `free_bufs`, so no other op uses it and the test
+                // does not touch it until this tag is reaped; `bufs` is never resized and
+                // outlives the loop, which runs until nothing is in flight.
                 unsafe { e.push(op, b as u64) }.unwrap();
                 busy[block as usize] = true;
                 ops[b] = Some((block, b, is_write, gen));
@@ -891,6 +913,8 @@ mod bench {
             } else {
                 Op::Read { offset, iov: &iov }
             };
+            // SAFETY: `bufs[b]` serves only tag `b`, which is pushed again only after its
+            // completion was reaped; `bufs` outlives the drain at the end of `run`.
             unsafe { e.push(op, b as u64) }.expect("push");
         };
         for b in 0..QD {
@@ -954,6 +978,8 @@ mod bench {
         let mut done = Vec::new();
         for i in 0..(FILE_SIZE >> 20) {
             let iov = [chunk.iovec(0, 1 << 20)];
+            // SAFETY: the kernel reads `chunk`, untouched from here and outliving the
+            // drain below; push copies `iov`.
             while unsafe {
                 e.push(
                     Op::Write {
@@ -970,6 +996,7 @@ mod bench {
             }
         }
         super::tests::drain(&mut e, &mut done);
+        // SAFETY: an fsync names no memory.
         unsafe { e.push(Op::Fsync, 0) }.unwrap();
         super::tests::drain(&mut e, &mut done);
         assert!(done.iter().all(|c| c.result >= 0));

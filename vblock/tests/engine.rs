@@ -104,7 +104,8 @@ fn engine_matches_model_under_concurrency() {
                             iov_len: first,
                         },
                         libc::iovec {
-                            // SAFETY: inside the buffer.
+                            // SAFETY: pointer arithmetic only: `first < len`
+                            // and `base` covers `len` bytes of `buf`.
                             iov_base: unsafe { p.add(first) }.cast(),
                             iov_len: len - first,
                         },
@@ -312,8 +313,10 @@ fn engine_bounds_requests_and_bounce_memory() {
         out
     };
     // Over the limit: refused before anything is touched.
-    // SAFETY: `buf` outlives every request (all waited for).
+    // SAFETY: over the limit, refused before the engine touches `buf`, which
+    // in any case outlives the request (waited for below).
     unsafe { engine.submit(req(1, IoKind::Write, 0, max + 512, &buf)) };
+    // SAFETY: as for the write just above.
     unsafe { engine.submit(req(2, IoKind::Read, 0, max + 512, &buf)) };
     for c in wait_all(&mut engine, 2) {
         assert!(
@@ -325,6 +328,8 @@ fn engine_bounds_requests_and_bounce_memory() {
     // Eight maximal misaligned writes at cluster-misaligned offsets, at once.
     for k in 0..8u64 {
         let off = k * (8 << 20) + 3 * 512;
+        // SAFETY: the eight writes only read `buf`, which is not written meanwhile
+        // and outlives them (all waited for below).
         unsafe { engine.submit(req(10 + k, IoKind::Write, off, max, &buf)) };
     }
     for c in wait_all(&mut engine, 8) {
@@ -338,6 +343,8 @@ fn engine_bounds_requests_and_bounce_memory() {
     let mut back = AlignedBuf::new(max + 4096);
     for k in 0..8u64 {
         let off = k * (8 << 20) + 3 * 512;
+        // SAFETY: `back` is written only by this read, which is waited for before the
+        // test looks at `back`; it outlives the engine.
         unsafe { engine.submit(req(20, IoKind::Read, off, max, &back)) };
         wait_all(&mut engine, 1).pop().unwrap().result.unwrap();
         assert!(back[1..1 + max] == buf[1..1 + max], "write {k} reads back");

@@ -65,8 +65,6 @@ impl AlignedBuf {
         buf
     }
 
-    /// Whether `ptr` meets the [`DIRECT_ALIGN`] requirement (true for every
-    /// `AlignedBuf`, sometimes for other buffers).
     /// An iovec for `len` bytes from `offset`, for I/O the kernel performs into
     /// or out of this buffer (io_uring). Built from the owning pointer, not from
     /// a reference, so the kernel writing into it does not alias a `&[u8]`; the
@@ -83,6 +81,8 @@ impl AlignedBuf {
         }
     }
 
+    /// Whether `ptr` meets the [`DIRECT_ALIGN`] requirement (true for every
+    /// `AlignedBuf`, sometimes for other buffers).
     pub fn is_aligned(ptr: *const u8) -> bool {
         (ptr as usize).is_multiple_of(DIRECT_ALIGN)
     }
