@@ -48,8 +48,9 @@ fn private_rss() -> u64 {
 
 /// User plus system CPU time of the whole process.
 fn process_cpu() -> Duration {
-    // SAFETY: getrusage writes into the struct we pass.
+    // SAFETY: `libc::rusage` is plain integers; all-zero bytes are a valid value.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes only into `u`, a local nothing else references.
     assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) }, 0);
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(u.ru_utime) + tv(u.ru_stime)

@@ -364,8 +364,11 @@ fn two_hosts_share_a_segment_over_vxlan() {
 /// VNI 5010 (AF_PACKET socket opened inside the namespace).
 fn capture_vxlan(netns: &str, dev: &str, for_: Duration) -> usize {
     let fd = std::fs::File::open(netns).unwrap();
-    // SAFETY: this thread only.
     assert_eq!(
+        // SAFETY: setns takes an fd (open: `fd` lives to the end of this
+        // function) and no memory. It moves only the calling thread, a
+        // thread spawned just for this capture, so no other test code ends
+        // up in the namespace.
         unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
         0
     );

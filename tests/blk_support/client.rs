@@ -499,13 +499,14 @@ impl BlkQueue {
             let result = if c.ret == 0 {
                 Ok(())
             } else {
-                let msg = (!c.error_msg.is_null())
-                    // SAFETY: blkio's error messages are static NUL-terminated strings.
-                    .then(|| {
-                        unsafe { CStr::from_ptr(c.error_msg) }
-                            .to_string_lossy()
-                            .into_owned()
-                    });
+                let msg = (!c.error_msg.is_null()).then(|| {
+                    // SAFETY: non-null (checked above), and blkio 0.5 only ever
+                    // stores a `&'static CStr` there (`Completion::for_failed_req`),
+                    // so the string is NUL-terminated and lives forever.
+                    unsafe { CStr::from_ptr(c.error_msg) }
+                        .to_string_lossy()
+                        .into_owned()
+                });
                 let (offset, len) = req.extent();
                 Err(BlkError::from_ret(req.op(), offset, len, c.ret, msg))
             };

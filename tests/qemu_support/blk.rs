@@ -52,8 +52,10 @@ pub fn host_fio() -> PathBuf {
 fn is_tmpfs(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path without NUL");
-    // SAFETY: statfs(2) on a valid C string into a zeroed struct we own.
+    // SAFETY: `libc::statfs` is plain integers; all-zero bytes are a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path alive for the call; statfs writes
+    // only into `st`, a local nothing else references.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
     rc == 0 && st.f_type == libc::TMPFS_MAGIC
 }
