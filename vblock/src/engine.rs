@@ -600,7 +600,9 @@ impl<D: BlockDev> VolumeEngine<D> {
         drop(pool);
         for p in zero {
             let iov = slice_iov(&self.req(index).iov, p.at, p.len);
-            // SAFETY: caller memory per the submit contract.
+            // SAFETY: `iov` is part of this request's iovecs, which the caller
+            // of `submit` keeps valid, writable and untouched until the
+            // request's completion is returned, and it has not been yet.
             unsafe { zero_iov(&iov) };
         }
         if planned.is_empty() {
@@ -783,7 +785,10 @@ impl<D: BlockDev> VolumeEngine<D> {
             (Stage::Read { .. } | Stage::Write { .. }, Some(mut b)) => {
                 self.stats.bounced += 1;
                 if matches!(op.stage, Stage::Write { .. }) {
-                    // SAFETY: caller memory per the submit contract.
+                    // SAFETY: `user` is part of the live request's iovecs (valid
+                    // and untouched by the caller until its completion, per
+                    // `submit`); the copy only reads it, into `b`, the op's own
+                    // bounce buffer that no I/O uses yet.
                     unsafe { copy_iov(&user, &mut b[..piece.len], false) };
                 }
                 op.iov = vec![b.iovec(0, piece.len)];
@@ -815,7 +820,8 @@ impl<D: BlockDev> VolumeEngine<D> {
                 let end = piece.within + piece.len;
                 b[..piece.within].fill(0);
                 b[end..].fill(0);
-                // SAFETY: caller memory per the submit contract.
+                // SAFETY: as for the bounced write above: `user` is the live
+                // request's memory, only read; `b` is not yet given to the kernel.
                 unsafe { copy_iov(&user, &mut b[piece.within..end], false) };
                 op.iov = vec![b.iovec(0, cs)];
                 op.bounce = Some(b);
@@ -901,7 +907,10 @@ impl<D: BlockDev> VolumeEngine<D> {
                 lock(&pool).unpin(pcluster);
                 if let (None, Some(b)) = (&error, &mut op.bounce) {
                     let user = slice_iov(&self.req(op.req).iov, op.piece.at, op.piece.len);
-                    // SAFETY: caller memory per the submit contract.
+                    // SAFETY: the request is still live (its completion comes
+                    // after all its pieces), so `user` is valid, writable and
+                    // untouched by the caller (`submit` contract); the kernel is
+                    // done with `b`, whose read has just completed.
                     unsafe { copy_iov(&user, b, true) };
                 }
             }
@@ -911,7 +920,9 @@ impl<D: BlockDev> VolumeEngine<D> {
                 let user = slice_iov(&self.req(op.req).iov, op.piece.at, op.piece.len);
                 if let Some(b) = op.bounce.as_mut() {
                     let p = op.piece;
-                    // SAFETY: caller memory per the submit contract.
+                    // SAFETY: `user` is the live request's memory (`submit`
+                    // contract), only read; the kernel is done with `b`, whose
+                    // copy-on-write read has just completed.
                     unsafe { copy_iov(&user, &mut b[p.within..p.within + p.len], false) };
                 }
                 op.stage = Stage::Fill {

@@ -764,7 +764,10 @@ mod tests {
             let f = tf.open(false);
             f.as_raw_fd()
         };
-        // SAFETY: only used to exercise the dup failure; never used for I/O.
+        // SAFETY: `borrow_raw` wants an open fd and this number is closed on
+        // purpose; `new` only dups it (EBADF expected) and no memory is
+        // involved. Should a parallel test reuse the number, `new` would dup
+        // that file and the assertion below fail; nothing unsound happens.
         let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(closed) };
         let err = UringEngine::new(borrowed, 8).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));

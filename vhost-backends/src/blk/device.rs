@@ -384,13 +384,16 @@ impl BlkBackend {
                 Ok(req) => self.start(st, head, req, mem),
                 Err(Rejected::Status { status, code }) => {
                     counters.invalid.fetch_add(1, Ordering::Relaxed);
-                    // SAFETY: a byte of guest memory, validated by the walk.
+                    // SAFETY: `status` is the last byte of the chain's last,
+                    // device-writable buffer, which the parse found inside the
+                    // guest memory map that `mem` holds mapped for this call.
+                    // Volatile: the guest may touch it too, harming only itself.
                     unsafe { status.write_volatile(code) };
                     st.done.push((head, 1));
                 }
                 Err(Rejected::TooLarge { status }) => {
                     counters.too_large.fetch_add(1, Ordering::Relaxed);
-                    // SAFETY: a byte of guest memory, validated by the walk.
+                    // SAFETY: as for `Rejected::Status` just above.
                     unsafe { status.write_volatile(VIRTIO_BLK_S_IOERR) };
                     st.done.push((head, 1));
                 }
@@ -451,13 +454,15 @@ impl BlkBackend {
                     let to: *mut u8 = v.iov_base.cast();
                     for (i, &b) in id[pos..pos + n].iter().enumerate() {
                         // Volatile: guest memory another vCPU may touch meanwhile.
-                        // SAFETY: inside a buffer validated by the walk, kept
-                        // mapped by `mem`.
+                        // SAFETY: `i < n <= iov_len`, so the byte lies in a
+                        // device-writable buffer the parse found inside guest
+                        // memory, which `mem` keeps mapped for this call.
                         unsafe { to.add(i).write_volatile(b) };
                     }
                     pos += n;
                 }
-                // SAFETY: as above.
+                // SAFETY: the chain's status byte, found by the parse inside
+                // guest memory that `mem` keeps mapped for this call.
                 unsafe { req.status.write_volatile(VIRTIO_BLK_S_OK) };
                 st.done.push((head, req.used_len));
                 return;
@@ -542,7 +547,9 @@ impl BlkBackend {
             } else {
                 (VIRTIO_BLK_S_IOERR, 1)
             };
-            // SAFETY: a byte of guest memory kept mapped by `f._mem`.
+            // SAFETY: the chain's status byte, found by the parse inside the
+            // guest memory map that `f._mem` has kept mapped since `start`; the
+            // chain is not yet used, so the driver has not reclaimed it.
             unsafe { f.status.write_volatile(code) };
             if let Some(op) = f.timed {
                 c.latency(op)
