@@ -759,15 +759,22 @@ mod tests {
         assert_eq!(done.len(), 1);
         assert!(done[0].result == -libc::EINVAL || done[0].result == ALIGN as i32 - 1);
 
-        // A closed fd: clear error at construction.
-        let closed = {
-            let f = tf.open(false);
-            f.as_raw_fd()
+        // A closed fd: clear error at construction. The number is the
+        // process's open-file limit, which no descriptor can have (fds are
+        // below it), so no test running in parallel can own it.
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
         };
-        // SAFETY: `borrow_raw` wants an open fd and this number is closed on
-        // purpose; `new` only dups it (EBADF expected) and no memory is
-        // involved. Should a parallel test reuse the number, `new` would dup
-        // that file and the assertion below fail; nothing unsound happens.
+        // SAFETY: getrlimit writes only into `limit`, a local we own.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        let closed = RawFd::try_from(limit.rlim_cur).unwrap_or(RawFd::MAX);
+        // SAFETY: `borrow_raw` wants an open fd and this number is never one,
+        // on purpose; `new` only dups it (EBADF expected) and no memory is
+        // involved.
         let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(closed) };
         let err = UringEngine::new(borrowed, 8).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
