@@ -767,10 +767,8 @@ mod tests {
             rlim_max: 0,
         };
         // SAFETY: getrlimit writes only into `limit`, a local we own.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
+        let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        assert_eq!(got, 0);
         let closed = RawFd::try_from(limit.rlim_cur).unwrap_or(RawFd::MAX);
         // SAFETY: `borrow_raw` wants an open fd and this number is never one,
         // on purpose; `new` only dups it (EBADF expected) and no memory is
