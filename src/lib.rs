@@ -1,5 +1,7 @@
-//! Daemon assembly: turns a validated `fabric.toml` into running switches and
-//! ports. The binaries (`vswitchd`) are thin wrappers around [`Daemon`].
+//! Daemon assembly: turns a validated `fabric.toml` into running switches,
+//! ports, pools and exports, with the control socket and metrics. The
+//! binaries (`vswitchd`, `fabricctl`) are thin wrappers around [`Daemon`] and
+//! [`control::cli`]. See ARCHITECTURE.md at the repository root.
 
 pub mod control;
 pub mod daemon;

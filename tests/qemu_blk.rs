@@ -1,4 +1,4 @@
-//! Real QEMU guests on a vhost-user-blk disk (testing tier 4 of DESIGN.md): a TCG guest
+//! Real QEMU guests on a vhost-user-blk disk (test tier 4 in ARCHITECTURE.md): a TCG guest
 //! with `-device vhost-user-blk-pci` runs fio with `--verify=crc32c` on /dev/vda and
 //! reports PASS/FAIL on its serial console (the `fabric.blk` mode of the guest image,
 //! see scripts/build-guest-image.sh).

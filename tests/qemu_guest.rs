@@ -1,4 +1,4 @@
-//! Real QEMU guests through vswitchd (testing tier 4 of DESIGN.md).
+//! Real QEMU guests through vswitchd (test tier 4 in ARCHITECTURE.md).
 //!
 //! Three TCG guests (a Debian cloud kernel + busybox initramfs) attach to one switch:
 //!

@@ -226,8 +226,8 @@ pub struct PortConfig {
     pub mtu: u16,
 }
 
-/// `type`: what is behind the port: `"vhost-user"` (a guest NIC) or `"tap"`
-/// (a kernel TAP device); VXLAN tunnels come as a further variant.
+/// `type`: what is behind the port: `"vhost-user"` (a guest NIC), `"tap"`
+/// (a kernel TAP device) or `"vxlan"` (a VXLAN tunnel to other hosts).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortKind {
     /// `type = "vhost-user"`: a guest NIC; the daemon listens on a

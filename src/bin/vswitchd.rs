@@ -1,6 +1,8 @@
-//! `vswitchd --config fabric.toml`: serves the configured switches and ports
-//! until SIGINT or SIGTERM, then prints per-port counters, removes its sockets
-//! and exits 0. SIGUSR1 prints the counters without stopping.
+//! `vswitchd --config fabric.toml`: serves the configured switches, ports,
+//! pools and exports until SIGINT or SIGTERM, then prints the counters (one
+//! line per port, FDB, tunnel, export, pool and volume), closes the pools,
+//! removes its sockets and exits 0. SIGUSR1 prints the counters without
+//! stopping.
 //! `vswitchd --check --config fabric.toml` validates the file and exits.
 //! `--log-json` writes logs as JSON lines (filter with `RUST_LOG`).
 
@@ -92,7 +94,7 @@ fn main() -> ExitCode {
     };
     log::info!("vswitchd running; SIGUSR1 prints counters, SIGINT or SIGTERM stops it");
     for sig in signals.forever() {
-        // Counters go to stdout, one line per port, for scripts and tests.
+        // Counters go to stdout, one line per item, for scripts and tests.
         for line in daemon.counters_report() {
             println!("{line}");
         }

@@ -1,10 +1,18 @@
 //! vhost-user devices that connect guests to the engines.
 //!
-//! - [`net`]: vhost-user-net ports of a [`vswitch::Switch`]. A guest's TX kick runs
-//!   to completion on the port's worker thread: pop a batch, let the switch decide,
-//!   copy each frame straight into the destination port's RX buffers.
+//! - [`net`]: vhost-user-net ports of a [`vswitch::Switch`]. A guest's TX batch runs
+//!   to completion on a [`datapath`] thread: pop, let the switch decide, copy each
+//!   frame straight into the destination's receive side.
+//! - [`datapath`]: the threads that poll the ports' transmit queues.
 //! - [`port_table`]: where each switch port's receive side is published while its
 //!   peer is connected, so senders reach it without channels or extra threads.
+//! - [`tap`], [`tunnel`]: TAP and VXLAN ports, feeding the same forwarding.
+//! - [`blk`]: vhost-user-blk exports of a vblock volume.
+//! - [`split_ring`]: the device side of a split virtqueue; every value the
+//!   driver controls is validated there, once.
+//! - [`session`], [`relay`], [`listen`]: one socket serving one frontend after
+//!   another, the message relay in front of the `vhost` crate, and the
+//!   listening sockets with their permissions.
 
 pub mod blk;
 pub mod datapath;

@@ -4,8 +4,9 @@
 //! [`frame`] (typed view of the Ethernet header) -> [`vlan`] (classify the frame
 //! into a VLAN by the ingress port's rule) -> [`fdb`] (learn the source, look up
 //! the destination) -> [`switch`] (pick egress ports and the tag each one emits).
-//! Port drivers (vhost-user, TAP, VXLAN) live elsewhere and copy the frame; this
-//! crate only decides.
+//! [`vxlan`] holds the tunnel's decisions (VLAN <-> VNI, remote FDB, which VTEPs,
+//! the outer headers). Port drivers (vhost-user, TAP, VXLAN) live elsewhere and
+//! copy the frame; this crate only decides.
 
 pub mod counters;
 pub mod fdb;

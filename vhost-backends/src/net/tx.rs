@@ -22,7 +22,7 @@ use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, VolatileSlice};
 use vswitch::{Dest, DropReason, PortCounters, PortId, Switch, Topology, HEAD_LEN};
 
-/// Chains popped per batch (DESIGN.md: up to 64).
+/// Chains popped per batch: up to 64, a batch runs to completion on one thread.
 pub const BATCH: usize = 64;
 
 /// Largest chain we accept: header plus a 64 KiB frame. Anything longer is
