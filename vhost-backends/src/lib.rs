@@ -19,9 +19,9 @@ pub mod datapath;
 pub mod listen;
 pub mod net;
 pub mod port_table;
-pub mod relay;
+pub(crate) mod relay;
 pub mod session;
-pub mod split_ring;
+pub(crate) mod split_ring;
 pub mod tap;
 pub mod tunnel;
 
