@@ -107,14 +107,10 @@ pub fn qemu_args(port: &PortConfig) -> String {
 pub fn vlan_summary(vlan: &VlanConfig) -> String {
     match vlan {
         VlanConfig::Access { tag } => format!("access {tag}"),
-        VlanConfig::Trunk { allowed, native } => {
-            let list = format!("{allowed:?}");
-            let list = list.trim_start_matches("VlanSet{").trim_end_matches('}');
-            match native {
-                Some(n) => format!("trunk {list} native {n}"),
-                None => format!("trunk {list}"),
-            }
-        }
+        VlanConfig::Trunk { allowed, native } => match native {
+            Some(n) => format!("trunk {allowed} native {n}"),
+            None => format!("trunk {allowed}"),
+        },
     }
 }
 
@@ -156,14 +152,12 @@ fn tunnel_config(
             .map_err(|e| e.to_string())?,
     );
     for m in &v.vnis {
-        let vni = Vni::new(m.vni).map_err(|e| format!("VNI {}: {e:?}", m.vni))?;
-        vnis.insert(m.vlan, vni).map_err(|e| format!("{e:?}"))?;
+        let vni = Vni::new(m.vni).map_err(|e| format!("VNI {}: {e}", m.vni))?;
+        vnis.insert(m.vlan, vni).map_err(|e| format!("{e}"))?;
         for r in &m.remotes {
-            vteps.add_remote(vni, *r).map_err(|e| format!("{e:?}"))?;
+            vteps.add_remote(vni, *r).map_err(|e| format!("{e}"))?;
         }
-        vteps
-            .set_group(vni, m.group)
-            .map_err(|e| format!("{e:?}"))?;
+        vteps.set_group(vni, m.group).map_err(|e| format!("{e}"))?;
         for (mac, vtep) in &m.statics {
             statics.push((vni, vswitch::MacAddr(*mac), *vtep));
         }

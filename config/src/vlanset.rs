@@ -95,11 +95,10 @@ impl Extend<u16> for VlanSet {
     }
 }
 
-/// Shows ranges, e.g. `VlanSet{1, 10, 100-199}`, because printing 4094
-/// separate ids for an "all VLANs" trunk is useless in logs and test output.
-impl fmt::Debug for VlanSet {
+/// The ids as ranges, e.g. `1, 10, 100-199`: printing 4094 separate ids for
+/// an "all VLANs" trunk is useless in logs, reports and test output.
+impl fmt::Display for VlanSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("VlanSet{")?;
         for (i, (first, last)) in self.ranges().into_iter().enumerate() {
             if i > 0 {
                 f.write_str(", ")?;
@@ -110,13 +109,29 @@ impl fmt::Debug for VlanSet {
                 write!(f, "{first}-{last}")?;
             }
         }
-        f.write_str("}")
+        Ok(())
+    }
+}
+
+/// `VlanSet{1, 10, 100-199}`: the ranges of [`Display`](fmt::Display).
+impl fmt::Debug for VlanSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VlanSet{{{self}}}")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shows_ranges() {
+        let set: VlanSet = [1, 10].into_iter().chain(100..=199).collect();
+        assert_eq!(set.to_string(), "1, 10, 100-199");
+        assert_eq!(format!("{set:?}"), "VlanSet{1, 10, 100-199}");
+        assert_eq!(VlanSet::all().to_string(), "1-4094");
+        assert_eq!(VlanSet::new().to_string(), "");
+    }
 
     #[test]
     fn all_covers_usable_ids_only() {
