@@ -37,7 +37,7 @@ impl Size {
         match self {
             Size::Bytes(b) => Ok(*b),
             Size::Text(t) => fabric_config::parse_size(t)
-                .ok_or_else(|| invalid(format!("invalid size {t:?} (bytes, or e.g. \"16G\")"))),
+                .map_err(|e| invalid(format!("invalid size {t:?}: {e}"))),
         }
     }
 }
