@@ -256,6 +256,9 @@ impl Args {
 /// ([`fabric_syntax::valid_name`]), so whatever is made here can be named
 /// there. Existing names are looked up as given.
 fn new_name(name: &str) -> Result<&str, CliError> {
+    // The pool format holds longer names (old pools keep theirs); every name
+    // the rule allows must fit it.
+    const _: () = assert!(fabric_syntax::NAME_MAX <= crate::meta::NAME_MAX);
     fabric_syntax::valid_name(name).map_err(usage)?;
     Ok(name)
 }
