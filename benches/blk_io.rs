@@ -68,16 +68,9 @@ struct Row {
     write: Option<f64>,
 }
 
+/// `BLK_BENCH_SIZE` etc. in the grammar of `fabric.toml`, `fabricctl` and `vblock`.
 fn parse_size(s: &str) -> Option<u64> {
-    let t = s.trim();
-    let (digits, shift) = match t.char_indices().last()? {
-        (i, 'K' | 'k') => (&t[..i], 10),
-        (i, 'M' | 'm') => (&t[..i], 20),
-        (i, 'G' | 'g') => (&t[..i], 30),
-        (i, 'T' | 't') => (&t[..i], 40),
-        _ => (t, 0),
-    };
-    digits.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+    fabric_config::parse_size(s).ok()
 }
 
 fn env_or<T>(name: &str, default: T, parse: impl Fn(&str) -> Option<T>) -> T {

@@ -232,6 +232,14 @@ fn snapshot_while_a_client_writes_holds_exactly_the_writes_before_it() {
     }
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
+    // As in fabric.toml, a snapshot is never exported writable.
+    assert_eq!(
+        c.err(
+            "export.add",
+            json!({"pool": "p0", "volume": "snap", "read_only": false})
+        ),
+        "invalid_argument"
+    );
     c.ok("export.add", json!({"pool": "p0", "volume": "snap"}));
     let mut s = blk_support::BlkClient::connect(&h.socket("snap"), 1).unwrap();
     assert!(s.read_only());

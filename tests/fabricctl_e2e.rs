@@ -118,11 +118,11 @@ impl Drop for Vswitchd {
     }
 }
 
-fn test_dir() -> PathBuf {
+fn test_dir(tag: &str) -> PathBuf {
     let base = std::env::var_os("VBLOCK_TEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));
-    let dir = base.join(format!("fctl-{}", std::process::id()));
+    let dir = base.join(format!("fctl-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -130,7 +130,7 @@ fn test_dir() -> PathBuf {
 
 #[test]
 fn every_subcommand_against_a_running_daemon() {
-    let dir = test_dir();
+    let dir = test_dir("all");
     std::fs::write(
         dir.join("fabric.toml"),
         "[daemon]\nrun_dir = \"run\"\n[[switch]]\nname = \"br0\"\n\
@@ -273,5 +273,64 @@ fn every_subcommand_against_a_running_daemon() {
     // The daemon gone: exit 7 with a hint.
     let err = d.fails(7, &["status"]);
     assert!(err.contains("is vswitchd running?"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The README's `fabricctl volume snapshot` and `volume clone` lines, as
+/// written there, against a daemon with the volume they name; then the
+/// snapshot's `@` name is exported and survives `config save` and a restart.
+#[test]
+fn readme_snapshot_example() {
+    let readme = include_str!("../README.md");
+    let line = |prefix: &str| -> Vec<&str> {
+        let l = readme
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("README has no line starting {prefix:?}"));
+        l.split_whitespace().skip(1).collect()
+    };
+    let snapshot = line("fabricctl volume snapshot ");
+    let clone = line("fabricctl volume clone ");
+    assert_eq!(
+        snapshot,
+        ["volume", "snapshot", "pool0", "vm1-disk", "vm1-disk@monday"]
+    );
+
+    let dir = test_dir("readme");
+    std::fs::write(
+        dir.join("fabric.toml"),
+        "[daemon]\nrun_dir = \"run\"\n\
+         [[pool]]\nname = \"pool0\"\npath = \"pool.img\"\nsize = \"64M\"\n\
+         [[pool.volume]]\nname = \"vm1-disk\"\nsize = \"8M\"\n",
+    )
+    .unwrap();
+    let mut d = Vswitchd::start(&dir);
+    d.ok(&snapshot);
+    d.ok(&clone);
+    d.ok(&["export", "add", "pool0", "vm1-disk@monday"]);
+    assert!(dir.join("run/vm1-disk@monday.sock").exists());
+    d.ok(&["config", "save"]);
+    d.stop();
+
+    let mut d = Vswitchd::start(&dir);
+    let vols = d.json(&["volume", "list", "--pool", "pool0"]);
+    let mut names: Vec<(&str, &str)> = vols
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v["kind"].as_str().unwrap()))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ("vm1-disk", "volume"),
+            ("vm1-disk@monday", "snapshot"),
+            ("vm3-disk", "clone")
+        ],
+        "{vols}"
+    );
+    assert!(dir.join("run/vm1-disk@monday.sock").exists());
+    d.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

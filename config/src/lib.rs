@@ -71,7 +71,11 @@ pub const DEFAULT_EXPORT_QUEUES: u16 = 1;
 /// Default `export.queue_size`.
 pub const DEFAULT_EXPORT_QUEUE_SIZE: u16 = 256;
 
-pub use raw::{parse_mac, parse_size, valid_name};
+pub use raw::parse_mac;
+// One rule for names and sizes wherever they are typed (fabricctl, vblock).
+#[doc(hidden)]
+pub use fabric_syntax::SIZE_TABLE;
+pub use fabric_syntax::{parse_size, valid_name, SizeError};
 
 mod write;
 pub use write::to_toml;

@@ -19,7 +19,6 @@ use toml::Spanned;
 use crate::*;
 
 mod storage;
-pub use storage::parse_size;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1029,28 +1028,11 @@ fn check_socket(
     Ok(())
 }
 
-/// `[A-Za-z0-9_.-]{1,32}`: safe in a file name (default socket), a log line
-/// and a shell argument to `fabricctl`.
+/// A name under [`valid_name`]'s rule, shared with `fabricctl` and `vblock`.
 fn check_name(ctx: &Ctx, name: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
     let s = name.get_ref();
     valid_name(s).map_err(|m| ctx.invalid(&name.span(), key, m))?;
     Ok(s.clone())
-}
-
-/// The name rule of switches, ports, pools and volumes (also for names
-/// given at run time): `Err` says what is wrong.
-pub fn valid_name(s: &str) -> Result<(), String> {
-    let ok = (1..=32).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    // "." and ".." pass the character rule but would make a default socket
-    // path like "run/...sock"; harmless, but also certainly a typo.
-    if !ok || s == "." || s == ".." {
-        return Err(format!(
-            "invalid name {s:?} (expected 1 to 32 of A-Z a-z 0-9 _ . -)"
-        ));
-    }
-    Ok(())
 }
 
 /// `"52:54:00:12:34:56"` -> bytes; the guest must get a usable unicast address.

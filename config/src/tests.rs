@@ -374,13 +374,13 @@ fn invalid_names() {
             parse_err(&text),
             format!(
                 "fabric.toml:4: switch[0].port[0].name: invalid name {bad:?} \
-                 (expected 1 to 32 of A-Z a-z 0-9 _ . -)"
+                 (expected 1 to 32 of A-Z a-z 0-9 _ . - @)"
             )
         );
     }
     assert_eq!(
         parse_err("[[switch]]\nname = \"br 0\"\n"),
-        "fabric.toml:2: switch[0].name: invalid name \"br 0\" (expected 1 to 32 of A-Z a-z 0-9 _ . -)"
+        "fabric.toml:2: switch[0].name: invalid name \"br 0\" (expected 1 to 32 of A-Z a-z 0-9 _ . - @)"
     );
 }
 
@@ -589,12 +589,49 @@ fn pool_errors_name_the_key() {
 
 #[test]
 fn sizes() {
-    assert_eq!(parse_size("4096"), Some(4096));
-    assert_eq!(parse_size("16K"), Some(16384));
-    assert_eq!(parse_size("2GiB"), Some(2 << 30));
-    assert_eq!(parse_size("1T"), Some(1 << 40));
-    assert_eq!(parse_size("x"), None);
-    assert_eq!(parse_size("99999999999T"), None);
+    // The shared grammar's table, through the config's own entry point.
+    for (input, want) in fabric_syntax::SIZE_TABLE {
+        let text =
+            format!("{POOL}overcommit = true\n[[pool.volume]]\nname = \"v\"\nsize = \"{input}\"\n");
+        match want {
+            Ok(bytes) if (4096..=1 << 60).contains(bytes) => {
+                let cfg = parse_ok(&text);
+                let VolumeSource::New { size, .. } = cfg.pools[0].volumes[0].source else {
+                    panic!("{input:?}: not a new volume");
+                };
+                assert_eq!(size, *bytes, "{input:?}");
+            }
+            Ok(bytes) => assert_eq!(
+                parse_err(&text),
+                format!(
+                    "fabric.toml:8: pool[0].volume[0].size: size {bytes} is outside \
+                     4096..=1152921504606846976"
+                ),
+            ),
+            Err(_) => assert_eq!(
+                parse_err(&text),
+                "fabric.toml:8: pool[0].volume[0].size: invalid size \
+                 (expected bytes, or e.g. \"512K\", \"16G\")",
+                "{input:?}"
+            ),
+        }
+    }
+}
+
+/// The README's snapshot name (`vm1-disk@monday`), made with `vblock snapshot`
+/// offline or `fabricctl volume snapshot`, can be named here.
+#[test]
+fn volume_name_with_at() {
+    let cfg = parse_ok(&format!(
+        "{POOL}[[pool.volume]]\nname = \"x\"\nsize = \"1M\"\n\
+         [[pool.volume]]\nname = \"x@y\"\nsnapshot_of = \"x\"\nexport = {{}}\n"
+    ));
+    let v = &cfg.pools[0].volumes[1];
+    assert_eq!(v.name, "x@y");
+    assert_eq!(
+        v.export.as_ref().unwrap().socket,
+        PathBuf::from("run/x@y.sock")
+    );
 }
 
 #[test]

@@ -384,12 +384,10 @@ fn build_export_add(p: &Parsed) -> Result<Call, String> {
 
 // ---- value parsing ----
 
-/// A size: bytes, or a whole number with a K, M, G or T suffix (powers of
-/// 1024; `KiB`, `GB`... accepted), as in `fabric.toml`.
+/// A size in the grammar of `fabric.toml` and `vblock`
+/// ([`fabric_config::parse_size`]).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    fabric_config::parse_size(s).ok_or_else(|| {
-        format!("bad size {s:?}: expected bytes or a whole number with K, M, G or T (e.g. 10G)")
-    })
+    fabric_config::parse_size(s).map_err(|e| format!("bad size {s:?}: {e}"))
 }
 
 fn parse_block_size(s: &str) -> Result<u32, String> {
@@ -1212,21 +1210,31 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("10G"), Ok(10 << 30));
-        assert_eq!(parse_size("512k"), Ok(512 << 10));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("1T"), Ok(1 << 40));
-        for bad in [
-            "",
-            "G",
-            "1.5G",
-            "-1",
-            "10X",
-            "99999999999999999999",
-            "16777216T",
-        ] {
-            assert!(parse_size(bad).is_err(), "{bad}");
+        // The shared grammar's table, through `volume create --size`.
+        for (input, want) in fabric_config::SIZE_TABLE {
+            let args: Vec<String> = ["volume", "create", "p", "v", "--size", input]
+                .map(str::to_owned)
+                .into();
+            match (want, parse_args(&args)) {
+                (
+                    Ok(bytes),
+                    Ok(Invocation {
+                        action: Action::Call(c),
+                        ..
+                    }),
+                ) => assert_eq!(
+                    c,
+                    call("volume.create", json!({"pool":"p","name":"v","size":bytes})),
+                    "{input:?}"
+                ),
+                (Err(e), Err(got)) => {
+                    assert_eq!(
+                        got.message,
+                        format!("volume create: bad size {input:?}: {e}")
+                    )
+                }
+                (want, got) => panic!("{input:?}: want {want:?}, got {got:?}"),
+            }
         }
         assert_eq!(parse_block_size("4K"), Ok(4096));
         assert_eq!(parse_block_size("512"), Ok(512));

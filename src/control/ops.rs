@@ -37,7 +37,7 @@ impl Size {
         match self {
             Size::Bytes(b) => Ok(*b),
             Size::Text(t) => fabric_config::parse_size(t)
-                .ok_or_else(|| invalid(format!("invalid size {t:?} (bytes, or e.g. \"16G\")"))),
+                .map_err(|e| invalid(format!("invalid size {t:?}: {e}"))),
         }
     }
 }
@@ -342,7 +342,18 @@ fn port_config(rt: &Runtime, p: &PortAdd) -> OpResult<(String, PortConfig)> {
 }
 
 fn export_config(rt: &Runtime, e: &ExportAdd) -> OpResult<ExportConfig> {
-    rt.pool_entry(&e.pool)?;
+    let pool = rt.pool_entry(&e.pool)?;
+    // As in fabric.toml: a snapshot's export is read-only, so `config save`
+    // writes what the config accepts back.
+    let snapshot = crate::storage::lock_pool(&pool.pool)
+        .volume(&e.volume)
+        .is_ok_and(|v| v.kind == vblock::meta::VolumeKind::Snapshot);
+    let read_only = match e.read_only {
+        Some(false) if snapshot => {
+            return Err(invalid("snapshots are always exported read-only"));
+        }
+        r => r.unwrap_or(false) || snapshot,
+    };
     let run_dir = rt.with_state(|st| st.config.daemon.run_dir.clone());
     let socket = match &e.socket {
         Some(s) if s.is_empty() => return Err(invalid("socket must not be empty")),
@@ -371,7 +382,7 @@ fn export_config(rt: &Runtime, e: &ExportAdd) -> OpResult<ExportConfig> {
         socket,
         queues,
         queue_size,
-        read_only: e.read_only.unwrap_or(false),
+        read_only,
     })
 }
 

@@ -221,6 +221,7 @@ pub struct ExportAdd {
     pub queues: Option<u16>,
     #[serde(default)]
     pub queue_size: Option<u16>,
+    /// Default false; a snapshot's export is read-only and `false` is refused.
     #[serde(default)]
     pub read_only: Option<bool>,
 }

@@ -11,6 +11,8 @@ use std::fmt;
 use std::io::{self, Write};
 use std::os::unix::fs::FileTypeExt;
 
+use fabric_syntax::parse_size;
+
 use crate::dev::{BlockDev, FileDev};
 use crate::format::ReplayStop;
 use crate::meta::{Metadata, VolumeKind};
@@ -56,9 +58,11 @@ usage:
   vblock dump <pool>
       superblock, checkpoint chain, every volume's cluster map, space
 
-Sizes are bytes, or a whole number with a K, M, G or T suffix (powers of
-1024; KiB, MiB... are accepted too). Use -- before a volume name that starts
-with '-'. Exit status: 0 ok, 1 failure, 2 bad command line.
+Sizes are a whole number of bytes with an optional unit: B, or K, M, G, T
+(powers of 1024), alone or as KiB, MiB...; any case; no KB or GB. New names
+are 1 to 32 of A-Z a-z 0-9 _ . - @ (as in fabric.toml and fabricctl). Use --
+before a volume name that starts with '-'. Exit status: 0 ok, 1 failure, 2
+bad command line.
 ";
 
 /// Why a command failed. [`exit_code`](CliError::exit_code) is the process
@@ -248,27 +252,15 @@ impl Args {
     }
 }
 
-/// Parses a size: decimal digits, then optionally K, M, G or T (powers of
-/// 1024, either case, optionally followed by "iB"), or "B".
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, suffix) = s.split_at(digits);
-    let bad =
-        || "not a size: expected a whole number with an optional K, M, G or T suffix".to_owned();
-    if number.is_empty() {
-        return Err(bad());
-    }
-    let shift = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kib" => 10,
-        "m" | "mib" => 20,
-        "g" | "gib" => 30,
-        "t" | "tib" => 40,
-        _ => return Err(bad()),
-    };
-    let too_large = || "too large (more than 2^64 bytes)".to_owned();
-    let n: u64 = number.parse().map_err(|_| too_large())?;
-    n.checked_mul(1u64 << shift).ok_or_else(too_large)
+/// A name for a new volume: the shared rule of `fabric.toml` and `fabricctl`
+/// ([`fabric_syntax::valid_name`]), so whatever is made here can be named
+/// there. Existing names are looked up as given.
+fn new_name(name: &str) -> Result<&str, CliError> {
+    // The pool format holds longer names (old pools keep theirs); every name
+    // the rule allows must fit it.
+    const _: () = assert!(fabric_syntax::NAME_MAX <= crate::meta::NAME_MAX);
+    fabric_syntax::valid_name(name).map_err(usage)?;
+    Ok(name)
 }
 
 /// Bytes for humans: "512 B", "64 KiB", "1.5 GiB".
@@ -504,6 +496,7 @@ fn kind(k: VolumeKind) -> &'static str {
 fn volume_create(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
     let a = Args::parse(args, &["--size", "--block-size"], &[])?;
     let [path, name] = a.positionals(VOLUME_CREATE)?;
+    let name = new_name(name)?;
     let size = a.required_size("--size", VOLUME_CREATE)?;
     let block_size = match a.value("--block-size") {
         None | Some("512") => 512,
@@ -550,7 +543,8 @@ fn volume_resize(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
 
 fn volume_rename(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
     let a = Args::parse(args, &[], &[])?;
-    let [path, name, new_name] = a.positionals(VOLUME_RENAME)?;
+    let [path, name, new] = a.positionals(VOLUME_RENAME)?;
+    let new_name = new_name(new)?;
     let mut pool = open_read_write(path)?;
     pool.rename(name, new_name).map_err(op_failed)?;
     writeln!(out, "renamed {name:?} to {new_name:?}")?;
@@ -607,6 +601,7 @@ fn copy(args: &[String], out: &mut dyn Write, snapshot: bool) -> Result<(), CliE
     let a = Args::parse(args, &[], &[])?;
     let synopsis = if snapshot { SNAPSHOT } else { CLONE };
     let [path, source, name] = a.positionals(synopsis)?;
+    let name = new_name(name)?;
     let mut pool = open_read_write(path)?;
     let id = if snapshot {
         pool.snapshot(source, name)
@@ -875,31 +870,17 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("0"), Ok(0));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("64k"), Ok(64 << 10));
-        assert_eq!(parse_size("8M"), Ok(8 << 20));
-        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
-        assert_eq!(parse_size("2G"), Ok(2 << 30));
-        assert_eq!(parse_size("3T"), Ok(3 << 40));
-        assert_eq!(parse_size("512B"), Ok(512));
-        assert_eq!(parse_size("16777215T"), Ok(16777215 << 40));
-        for bad in [
-            "",
-            "K",
-            "-1",
-            "1.5G",
-            "12X",
-            "1KB",
-            " 1",
-            "1 ",
-            "16777216T",
-            "99999999999999999999",
-            "1e3",
-            "+5",
-        ] {
-            assert!(parse_size(bad).is_err(), "{bad:?}");
+        // The shared grammar's table, through `--size` as the commands read it.
+        for (input, want) in fabric_syntax::SIZE_TABLE {
+            let args = ["--size".to_owned(), (*input).to_owned()];
+            let got = Args::parse(&args, &["--size"], &[]).unwrap().size("--size");
+            match (want, got) {
+                (Ok(bytes), Ok(Some(got))) => assert_eq!(got, *bytes, "{input:?}"),
+                (Err(e), Err(CliError::Usage(m))) => {
+                    assert_eq!(m, format!("--size {input:?}: {e}"))
+                }
+                (want, got) => panic!("{input:?}: want {want:?}, got {got:?}"),
+            }
         }
     }
 
@@ -969,6 +950,11 @@ mod tests {
             ],
             &["volume", "rename", "p", "v"],
             &["snapshot", "p", "v"],
+            // New names follow the shared rule (checked before the pool is opened).
+            &["volume", "create", "p", "a b", "--size", "1M"],
+            &["volume", "rename", "p", "v", "v/1"],
+            &["snapshot", "p", "v", ".."],
+            &["clone", "p", "v", "é"],
             &["check"],
         ] {
             let (r, _) = run_args(args);

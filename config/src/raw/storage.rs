@@ -51,25 +51,6 @@ impl<'de> Deserialize<'de> for RawSize {
     }
 }
 
-/// `"16G"`, `"512K"`, `"1T"`, `"4096"` (powers of 1024; an optional `B`,
-/// `iB`) -> bytes.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (digits, shift) = match t.char_indices().last()? {
-        (i, 'K' | 'k') => (&t[..i], 10),
-        (i, 'M' | 'm') => (&t[..i], 20),
-        (i, 'G' | 'g') => (&t[..i], 30),
-        (i, 'T' | 't') => (&t[..i], 40),
-        _ => (t, 0),
-    };
-    let n: u64 = digits.trim().parse().ok()?;
-    n.checked_mul(1u64 << shift)
-}
-
 impl Ctx<'_> {
     /// A size in bytes in `lo..=hi` that is a multiple of `multiple`.
     fn size(
@@ -83,7 +64,7 @@ impl Ctx<'_> {
         let span = value.span();
         let bytes = match value.get_ref() {
             RawSize(IntOrText::Int(b)) => u64::try_from(*b).ok(),
-            RawSize(IntOrText::Text(t)) => parse_size(t),
+            RawSize(IntOrText::Text(t)) => parse_size(t).ok(),
         }
         .ok_or_else(|| {
             self.invalid(
