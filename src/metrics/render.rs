@@ -37,14 +37,22 @@ pub(super) fn render_owned(snapshot: MetricsSnapshot) -> String {
 #[derive(Debug)]
 struct SnapshotCollector(MetricsSnapshot);
 
+/// The two kinds of single-value families (histograms are encoded apart).
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
 /// One metric family: a descriptor and one sample per item.
 struct Family<'e, 'w> {
     enc: &'e mut DescriptorEncoder<'w>,
 }
 
 impl Family<'_, '_> {
-    fn counter<T, L: EncodeLabelSet>(
+    fn metric<T, L: EncodeLabelSet>(
         &mut self,
+        kind: Kind,
         name: &str,
         help: &str,
         unit: Option<Unit>,
@@ -54,34 +62,20 @@ impl Family<'_, '_> {
         if items.is_empty() {
             return Ok(());
         }
+        let metric_type = match kind {
+            Kind::Counter => MetricType::Counter,
+            Kind::Gauge => MetricType::Gauge,
+        };
         let mut m = self
             .enc
-            .encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?;
+            .encode_descriptor(name, help, unit.as_ref(), metric_type)?;
         for item in items {
             let (labels, value) = sample(item);
-            m.encode_family(&labels)?
-                .encode_counter::<NoLabelSet, u64, u64>(&value, None)?;
-        }
-        Ok(())
-    }
-
-    fn gauge<T, L: EncodeLabelSet>(
-        &mut self,
-        name: &str,
-        help: &str,
-        unit: Option<Unit>,
-        items: &[T],
-        sample: impl Fn(&T) -> (L, u64),
-    ) -> fmt::Result {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let mut m = self
-            .enc
-            .encode_descriptor(name, help, unit.as_ref(), MetricType::Gauge)?;
-        for item in items {
-            let (labels, value) = sample(item);
-            m.encode_family(&labels)?.encode_gauge(&value)?;
+            let mut e = m.encode_family(&labels)?;
+            match kind {
+                Kind::Counter => e.encode_counter::<NoLabelSet, u64, u64>(&value, None)?,
+                Kind::Gauge => e.encode_gauge(&value)?,
+            }
         }
         Ok(())
     }
@@ -95,28 +89,32 @@ impl Collector for SnapshotCollector {
 
         // Ports.
         let port = |p: &PortSample| [("switch", p.switch.clone()), ("port", p.port.clone())];
-        f.counter(
+        f.metric(
+            Kind::Counter,
             "vswitchd_port_rx_packets",
             "Frames received from the port's peer.",
             None,
             &s.ports,
             |p| (port(p), p.rx_packets),
         )?;
-        f.counter(
+        f.metric(
+            Kind::Counter,
             "vswitchd_port_rx",
             "Bytes received from the port's peer.",
             bytes(),
             &s.ports,
             |p| (port(p), p.rx_bytes),
         )?;
-        f.counter(
+        f.metric(
+            Kind::Counter,
             "vswitchd_port_tx_packets",
             "Frames delivered to the port's peer.",
             None,
             &s.ports,
             |p| (port(p), p.tx_packets),
         )?;
-        f.counter(
+        f.metric(
+            Kind::Counter,
             "vswitchd_port_tx",
             "Bytes delivered to the port's peer.",
             bytes(),
@@ -128,7 +126,8 @@ impl Collector for SnapshotCollector {
             .iter()
             .flat_map(|p| p.drops.iter().map(move |(r, n)| (p, r.as_str(), *n)))
             .collect();
-        f.counter(
+        f.metric(
+            Kind::Counter,
             "vswitchd_port_drops",
             "Frames dropped, by reason.",
             None,
@@ -138,14 +137,16 @@ impl Collector for SnapshotCollector {
                 ([sw, port, ("reason", reason.to_owned())], n)
             },
         )?;
-        f.counter(
+        f.metric(
+            Kind::Counter,
             "vswitchd_port_broken_queues",
             "Queues stopped because the driver broke them (avail index, ring addresses).",
             None,
             &s.ports,
             |p| (port(p), p.broken_queues),
         )?;
-        f.gauge(
+        f.metric(
+            Kind::Gauge,
             "vswitchd_port_link_up",
             "1 if the port's link is up (a guest is attached and running).",
             None,
@@ -155,28 +156,32 @@ impl Collector for SnapshotCollector {
 
         // Switches.
         let switch = |w: &SwitchSample| [("switch", w.switch.clone())];
-        f.gauge(
+        f.metric(
+            Kind::Gauge,
             "vswitchd_fdb_entries",
             "MAC addresses in the forwarding database.",
             None,
             &s.switches,
             |w| (switch(w), w.fdb_entries),
         )?;
-        f.counter(
+        f.metric(
+            Kind::Counter,
             "vswitchd_fdb_learned",
             "MAC addresses learned.",
             None,
             &s.switches,
             |w| (switch(w), w.learned),
         )?;
-        f.counter(
+        f.metric(
+            Kind::Counter,
             "vswitchd_fdb_moved",
             "Learned MAC addresses that moved to another port.",
             None,
             &s.switches,
             |w| (switch(w), w.moved),
         )?;
-        f.counter(
+        f.metric(
+            Kind::Counter,
             "vswitchd_fdb_aged",
             "MAC addresses aged out.",
             None,
@@ -194,7 +199,8 @@ impl Collector for SnapshotCollector {
                 ]
             })
             .collect();
-        f.counter(
+        f.metric(
+            Kind::Counter,
             "vswitchd_fdb_refused",
             "MAC addresses not learned or not moved, by reason (table full, port limit, the destination port's move hold).",
             None,
@@ -270,7 +276,9 @@ impl Collector for SnapshotCollector {
             ),
         ];
         for (name, help, unit, value) in export_counters {
-            f.counter(name, help, unit, &s.exports, |e| (volume(e), value(e)))?;
+            f.metric(Kind::Counter, name, help, unit, &s.exports, |e| {
+                (volume(e), value(e))
+            })?;
         }
         let histograms: Vec<(&ExportSample, &LatencySample)> = s
             .exports
@@ -329,7 +337,9 @@ impl Collector for SnapshotCollector {
             ),
         ];
         for (name, help, value) in pool_gauges {
-            f.gauge(name, help, bytes(), &s.pools, |p| (pool(p), value(p)))?;
+            f.metric(Kind::Gauge, name, help, bytes(), &s.pools, |p| {
+                (pool(p), value(p))
+            })?;
         }
         let vol = |v: &VolumeSample| [("pool", v.pool.clone()), ("volume", v.volume.clone())];
         type Usage = fn(&VolumeSample) -> u64;
@@ -349,7 +359,9 @@ impl Collector for SnapshotCollector {
             ),
         ];
         for (name, help, value) in volume_gauges {
-            f.gauge(name, help, bytes(), &s.volumes, |v| (vol(v), value(v)))?;
+            f.metric(Kind::Gauge, name, help, bytes(), &s.volumes, |v| {
+                (vol(v), value(v))
+            })?;
         }
         Ok(())
     }
