@@ -1,0 +1,364 @@
+//! The command table: which commands exist, their positional arguments and
+//! options, how each becomes a [`Call`], and the help text built from it.
+
+use super::args::Parsed;
+use super::values::{parse_block_size, parse_vlan_id, parse_vlan_spec};
+use super::Call;
+use crate::control::protocol::{ExportAdd, PortAdd};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// One command: its words, synopsis, positional arguments and options, and
+/// how to turn them into a [`Call`].
+pub(super) struct Spec {
+    pub(super) words: &'static [&'static str],
+    /// After `fabricctl `.
+    pub(super) synopsis: &'static str,
+    summary: &'static str,
+    pub(super) positionals: &'static [&'static str],
+    /// Options taking a value.
+    pub(super) options: &'static [&'static str],
+    /// Options without a value.
+    pub(super) flags: &'static [&'static str],
+    pub(super) build: fn(&Parsed) -> Result<Call, String>,
+}
+
+pub(super) const SPECS: &[Spec] = &[
+    Spec {
+        words: &["status"],
+        synopsis: "status",
+        summary: "daemon version, pid, uptime and configuration file",
+        positionals: &[],
+        options: &[],
+        flags: &[],
+        build: |_| Ok(call("daemon.status", json!({}))),
+    },
+    Spec {
+        words: &["port", "list"],
+        synopsis: "port list",
+        summary: "ports of every switch, with link state and counters",
+        positionals: &[],
+        options: &[],
+        flags: &[],
+        build: |_| Ok(call("port.list", json!({}))),
+    },
+    Spec {
+        words: &["port", "add"],
+        synopsis: "port add SWITCH NAME [--type vhost-user|tap] [--socket P] [--device IFNAME] [--vlan access:TAG | --vlan trunk[:LIST][:native=N]] [--mtu N] [--mac MAC] [--queue-size N]",
+        summary: "add a port to SWITCH: vhost-user (default socket <run_dir>/NAME.sock) or\n\
+                  a TAP device (--type tap, --device defaults to NAME); default VLAN\n\
+                  access:1; e.g. --vlan trunk:10,20,100-199:native=1",
+        positionals: &["SWITCH", "NAME"],
+        options: &["--socket", "--vlan", "--mtu", "--mac", "--queue-size", "--type", "--device"],
+        flags: &[],
+        build: build_port_add,
+    },
+    Spec {
+        words: &["port", "remove"],
+        synopsis: "port remove NAME",
+        summary: "remove a port (its guest loses the link)",
+        positionals: &["NAME"],
+        options: &[],
+        flags: &[],
+        build: |p| Ok(call("port.remove", json!({ "name": p.pos[0] }))),
+    },
+    Spec {
+        words: &["fdb", "show"],
+        synopsis: "fdb show SWITCH",
+        summary: "the switch's forwarding database (learned and static MACs)",
+        positionals: &["SWITCH"],
+        options: &[],
+        flags: &[],
+        build: |p| Ok(call("fdb.show", json!({ "switch": p.pos[0] }))),
+    },
+    Spec {
+        words: &["fdb", "flush"],
+        synopsis: "fdb flush SWITCH [--port P]",
+        summary: "forget the learned MACs (only those behind port P with --port)",
+        positionals: &["SWITCH"],
+        options: &["--port"],
+        flags: &[],
+        build: |p| {
+            let mut args = json!({ "switch": p.pos[0] });
+            if let Some(port) = p.opt("--port") {
+                args["port"] = json!(port);
+            }
+            Ok(call("fdb.flush", args))
+        },
+    },
+    Spec {
+        words: &["fdb", "add"],
+        synopsis: "fdb add SWITCH VLAN MAC PORT",
+        summary: "add a static entry: MAC in VLAN is behind PORT",
+        positionals: &["SWITCH", "VLAN", "MAC", "PORT"],
+        options: &[],
+        flags: &[],
+        build: |p| {
+            let vlan = parse_vlan_id(&p.pos[1])?;
+            Ok(call(
+                "fdb.add",
+                json!({ "switch": p.pos[0], "vlan": vlan, "mac": p.pos[2], "port": p.pos[3] }),
+            ))
+        },
+    },
+    Spec {
+        words: &["pool", "list"],
+        synopsis: "pool list",
+        summary: "thin pools: capacity, space use, provisioned size",
+        positionals: &[],
+        options: &[],
+        flags: &[],
+        build: |_| Ok(call("pool.list", json!({}))),
+    },
+    Spec {
+        words: &["volume", "list"],
+        synopsis: "volume list [--pool P]",
+        summary: "volumes (of pool P only with --pool)",
+        positionals: &[],
+        options: &["--pool"],
+        flags: &[],
+        build: |p| {
+            let mut args = json!({});
+            if let Some(pool) = p.opt("--pool") {
+                args["pool"] = json!(pool);
+            }
+            Ok(call("volume.list", args))
+        },
+    },
+    Spec {
+        words: &["volume", "create"],
+        synopsis: "volume create POOL NAME --size S [--block-size 512|4096]",
+        summary: "create a thin volume (no space is used until written)",
+        positionals: &["POOL", "NAME"],
+        options: &["--size", "--block-size"],
+        flags: &[],
+        build: |p| {
+            let mut args = json!({ "pool": p.pos[0], "name": p.pos[1], "size": p.size()? });
+            if let Some(bs) = p.opt("--block-size") {
+                args["block_size"] = json!(parse_block_size(bs)?);
+            }
+            Ok(call("volume.create", args))
+        },
+    },
+    Spec {
+        words: &["volume", "resize"],
+        synopsis: "volume resize POOL NAME --size S [--force]",
+        summary: "change a volume's size; shrinking discards the data beyond\n\
+                  the new end and needs --force",
+        positionals: &["POOL", "NAME"],
+        options: &["--size"],
+        flags: &["--force"],
+        build: |p| {
+            let mut args = json!({ "pool": p.pos[0], "name": p.pos[1], "size": p.size()? });
+            if p.flag("--force") {
+                args["force"] = json!(true);
+            }
+            Ok(call("volume.resize", args))
+        },
+    },
+    Spec {
+        words: &["volume", "snapshot"],
+        synopsis: "volume snapshot POOL SOURCE NAME",
+        summary: "read-only snapshot of SOURCE (copies no data)",
+        positionals: &["POOL", "SOURCE", "NAME"],
+        options: &[],
+        flags: &[],
+        build: |p| {
+            Ok(call(
+                "volume.snapshot",
+                json!({ "pool": p.pos[0], "source": p.pos[1], "name": p.pos[2] }),
+            ))
+        },
+    },
+    Spec {
+        words: &["volume", "clone"],
+        synopsis: "volume clone POOL SOURCE NAME",
+        summary: "writable clone of SOURCE (copies no data)",
+        positionals: &["POOL", "SOURCE", "NAME"],
+        options: &[],
+        flags: &[],
+        build: |p| {
+            Ok(call(
+                "volume.clone",
+                json!({ "pool": p.pos[0], "source": p.pos[1], "name": p.pos[2] }),
+            ))
+        },
+    },
+    Spec {
+        words: &["volume", "rename"],
+        synopsis: "volume rename POOL NAME NEW-NAME",
+        summary: "rename a volume",
+        positionals: &["POOL", "NAME", "NEW-NAME"],
+        options: &[],
+        flags: &[],
+        build: |p| {
+            Ok(call(
+                "volume.rename",
+                json!({ "pool": p.pos[0], "name": p.pos[1], "new_name": p.pos[2] }),
+            ))
+        },
+    },
+    Spec {
+        words: &["volume", "delete"],
+        synopsis: "volume delete POOL NAME",
+        summary: "delete a volume and free its space (refused while exported)",
+        positionals: &["POOL", "NAME"],
+        options: &[],
+        flags: &[],
+        build: |p| {
+            Ok(call(
+                "volume.delete",
+                json!({ "pool": p.pos[0], "name": p.pos[1] }),
+            ))
+        },
+    },
+    Spec {
+        words: &["export", "add"],
+        synopsis: "export add POOL VOLUME [--socket P] [--queues N] [--queue-size N] [--read-only]",
+        summary: "export a volume over vhost-user-blk (default socket <run_dir>/VOLUME.sock)",
+        positionals: &["POOL", "VOLUME"],
+        options: &["--socket", "--queues", "--queue-size"],
+        flags: &["--read-only"],
+        build: build_export_add,
+    },
+    Spec {
+        words: &["export", "remove"],
+        synopsis: "export remove POOL VOLUME",
+        summary: "stop exporting a volume (its guest loses the disk)",
+        positionals: &["POOL", "VOLUME"],
+        options: &[],
+        flags: &[],
+        build: |p| {
+            Ok(call(
+                "export.remove",
+                json!({ "pool": p.pos[0], "volume": p.pos[1] }),
+            ))
+        },
+    },
+    Spec {
+        words: &["config", "save"],
+        synopsis: "config save [--path P]",
+        summary: "write the running configuration as TOML (to P; by default to the\n\
+                  daemon's --config file)",
+        positionals: &[],
+        options: &["--path"],
+        flags: &[],
+        build: |p| {
+            let mut args = json!({});
+            if let Some(path) = p.opt("--path") {
+                args["path"] = json!(absolute(path));
+            }
+            Ok(call("config.save", args))
+        },
+    },
+];
+
+pub(super) fn call(op: &'static str, args: Value) -> Call {
+    Call { op, args }
+}
+
+/// A path as the daemon should see it: relative paths are relative to this
+/// process's directory, not the daemon's.
+fn absolute(path: &str) -> String {
+    let p = Path::new(path);
+    if p.is_absolute() || path.is_empty() {
+        return path.to_owned();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => match cwd.join(p).to_str() {
+            Some(s) => s.to_owned(),
+            None => path.to_owned(),
+        },
+        Err(_) => path.to_owned(),
+    }
+}
+
+/// A protocol argument struct as an `args` object, without its unset fields.
+fn args_object<T: serde::Serialize>(value: &T) -> Result<Value, String> {
+    let mut value = serde_json::to_value(value).map_err(|e| e.to_string())?;
+    if let Value::Object(map) = &mut value {
+        map.retain(|_, v| !v.is_null());
+    }
+    Ok(value)
+}
+
+fn build_port_add(p: &Parsed) -> Result<Call, String> {
+    let add = PortAdd {
+        switch: p.pos[0].clone(),
+        name: p.pos[1].clone(),
+        kind: p.opt("--type").unwrap_or("vhost-user").to_owned(),
+        socket: p.opt("--socket").map(absolute),
+        vlan: p.opt("--vlan").map(parse_vlan_spec).transpose()?,
+        queue_size: p.num("--queue-size")?,
+        mtu: p.num("--mtu")?,
+        mac: p.opt("--mac").map(str::to_owned),
+        device: p.opt("--device").map(str::to_owned),
+    };
+    Ok(call("port.add", args_object(&add)?))
+}
+
+fn build_export_add(p: &Parsed) -> Result<Call, String> {
+    let add = ExportAdd {
+        pool: p.pos[0].clone(),
+        volume: p.pos[1].clone(),
+        socket: p.opt("--socket").map(absolute),
+        queues: p.num("--queues")?,
+        queue_size: p.num("--queue-size")?,
+        read_only: p.flag("--read-only").then_some(true),
+    };
+    Ok(call("export.add", args_object(&add)?))
+}
+
+/// The usage text; with a topic (`volume`, `volume create`), only the
+/// matching commands.
+pub fn help_text(topic: Option<&str>) -> String {
+    let matching: Vec<&Spec> = match topic {
+        Some(t) => SPECS
+            .iter()
+            .filter(|s| s.words.join(" ").starts_with(t) || s.words[0] == t)
+            .collect(),
+        None => Vec::new(),
+    };
+    let specs: Vec<&Spec> = if matching.is_empty() {
+        SPECS.iter().collect()
+    } else {
+        matching
+    };
+    let mut text = String::from(
+        "fabricctl: operate a running vswitchd over its control socket\n\n\
+         usage: fabricctl [--socket PATH] [--json] [--timeout SECS] COMMAND [ARGS...]\n\n\
+         commands:\n",
+    );
+    for spec in specs {
+        let _ = writeln!(text, "  fabricctl {}", spec.synopsis);
+        for line in spec.summary.lines() {
+            let _ = writeln!(text, "      {}", line.trim_start());
+        }
+    }
+    text.push_str(
+        "
+options (anywhere on the line):
+  --socket PATH     the control socket (default: $FABRIC_CONTROL_SOCKET, else
+                    ./run/control.sock). After \"port add\" and \"export add\",
+                    --socket is the port's / export's own vhost-user socket: give
+                    the control socket before the command, or as --control-socket
+  --control-socket PATH
+                    the control socket, anywhere
+  --json            print the daemon's result as JSON (for scripts)
+  --timeout SECS    wait at most SECS for the daemon (default 30; 0: forever)
+  -h, --help        this text (\"fabricctl help volume\": the volume commands)
+  --version         fabricctl's version
+
+Sizes are bytes, or a whole number with a K, M, G or T suffix (powers of 1024).
+VLAN lists are ids and ranges in 1..=4094 (10,20,100-199); \"trunk\" alone carries
+every VLAN. Relative paths are relative to the current directory. Use -- before
+a name that starts with '-'.
+
+exit status: 0 ok, 2 usage error or bad request, 3 not found, 4 already exists
+or conflict, 5 no space, 6 internal error in the daemon (or a malformed answer),
+7 the daemon is not reachable.
+",
+    );
+    text
+}
