@@ -6,10 +6,11 @@
 //!
 //! - [`FileDev`]: a regular file or block device opened `O_DIRECT`, so the
 //!   page cache never hides what is (not) on the device.
-//! - [`SimDisk`]: an in-memory disk with a *volatile write cache*, for crash
-//!   tests: [`SimDisk::crash`] turns unflushed writes into any outcome a real
-//!   disk may produce (dropped, kept, torn at sector granularity, reordered),
-//!   deterministically from a seed. It also injects I/O errors.
+//! - `SimDisk` (feature `sim`, and this crate's unit tests): an in-memory disk
+//!   with a *volatile write cache*, for crash tests: `SimDisk::crash` turns
+//!   unflushed writes into any outcome a real disk may produce (dropped, kept,
+//!   torn at sector granularity, reordered), deterministically from a seed. It
+//!   also injects I/O errors. The seeded PRNG `SplitMix64` comes with it.
 //!
 //! [`AlignedBuf`] is the 4096-aligned heap buffer `O_DIRECT` needs; the io_uring
 //! engine and the pool reuse it.
@@ -19,10 +20,13 @@ use std::sync::Arc;
 
 mod aligned;
 mod file;
+// Test, fuzz and bench code only: the daemon is built without it.
+#[cfg(any(test, feature = "sim"))]
 mod sim;
 
 pub use aligned::AlignedBuf;
 pub use file::FileDev;
+#[cfg(any(test, feature = "sim"))]
 pub use sim::{SimDisk, SimStats, SplitMix64};
 
 /// Logical sector size of every device: 512 bytes. All offsets/lengths the pool uses are multiples of it.

@@ -2,7 +2,8 @@
 //!
 //! The layers, bottom up:
 //! - [`dev`]: the block device seam: a real file or device opened O_DIRECT, and
-//!   a simulated disk with a volatile write cache for crash tests.
+//!   a simulated disk with a volatile write cache for crash tests (feature
+//!   `sim`, off by default: test, fuzz and bench code only).
 //! - [`format`](mod@format): the on-disk codecs of FORMAT.md: superblock (two copies),
 //!   layout, journal blocks and records, checkpoints, replay.
 //! - [`meta`]: the in-memory metadata: volumes, cluster maps (two-level

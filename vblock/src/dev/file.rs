@@ -20,7 +20,7 @@ const ALIGN: u64 = DIRECT_ALIGN as u64;
 ///
 /// `O_DIRECT` keeps the page cache out of the way, so a completed write is on
 /// the device (or in its own volatile cache, which [`flush`](BlockDev::flush)
-/// = `fdatasync` drains) and the crash model of [`SimDisk`](super::SimDisk)
+/// = `fdatasync` drains) and the crash model of `SimDisk` (feature `sim`)
 /// matches what the pool sees here.
 ///
 /// Requests whose buffer, offset and length are all 4096-aligned go straight
