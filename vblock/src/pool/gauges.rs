@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{volume_info, PoolSpace, VolumeInfo};
+use super::info::{volume_info, PoolSpace, VolumeInfo};
 use crate::meta::Metadata;
 
 /// The published figures (see the module docs).

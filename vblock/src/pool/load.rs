@@ -2,12 +2,13 @@
 //! Shared by [`Pool::open`](super::Pool::open) and the read-only inspection
 //! of `vblock check` / `dump`. Nothing here writes.
 
-use super::{apply, PoolError};
+use super::error::io_err;
+use super::PoolError;
 use crate::dev::{AlignedBuf, BlockDev};
 use crate::format::checkpoint::{decode_link, Image, VolumeKindCode};
 use crate::format::superblock::SLOT_B;
-use crate::format::{replay, FormatError, Layout, ReplayStop, Superblock, BLOCK_SIZE};
-use crate::meta::{Metadata, VolumeKind};
+use crate::format::{replay, FormatError, Layout, Record, ReplayStop, Superblock, BLOCK_SIZE};
+use crate::meta::{MetaError, Metadata, VolumeKind};
 
 /// What loading found, besides the metadata.
 #[derive(Debug, Clone)]
@@ -33,11 +34,6 @@ pub struct Loaded {
 fn format_err(what: impl Into<String>) -> impl FnOnce(FormatError) -> PoolError {
     let what = what.into();
     move |source| PoolError::Format { what, source }
-}
-
-fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PoolError {
-    let what = what.into();
-    move |source| PoolError::Io { what, source }
 }
 
 /// Reads both superblock copies and picks the valid one with the higher
@@ -224,4 +220,27 @@ fn load_checkpoint(
         })?;
     }
     Ok(chain)
+}
+
+/// Applies one journal record to the metadata (replay and the live path).
+pub(crate) fn apply(meta: &mut Metadata, record: &Record) -> Result<(), MetaError> {
+    match record {
+        Record::Map {
+            volume,
+            vcluster,
+            pcluster,
+        } => meta.map(*volume, *vcluster, *pcluster).map(drop),
+        Record::Unmap { volume, vcluster } => meta.unmap(*volume, *vcluster).map(drop),
+        Record::CreateVolume {
+            id,
+            name,
+            size,
+            block_size,
+        } => meta.create_volume(*id, name, *size, *block_size),
+        Record::DeleteVolume { id } => meta.delete_volume(*id),
+        Record::Resize { id, size } => meta.resize(*id, *size),
+        Record::Rename { id, name } => meta.rename(*id, name),
+        Record::Snapshot { source, id, name } => meta.snapshot(*source, *id, name),
+        Record::Clone { source, id, name } => meta.clone_volume(*source, *id, name),
+    }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::dev::SimDisk;
+use crate::meta::MetaError;
 
 const C: u32 = 4096;
 const MIB: u64 = 1 << 20;
