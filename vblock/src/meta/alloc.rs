@@ -2,10 +2,9 @@
 //! releasing.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::ops::Range;
 
-use super::Violation;
+use super::error::{AllocError, Violation};
 
 /// Per pool cluster of the data area, a reference count: how many maps point
 /// at it, plus one while something outside the maps holds it (an in-flight
@@ -63,35 +62,6 @@ pub enum ClusterState {
     /// Count dropped to 0 in a journal record not yet durable (rule 3).
     Releasing,
 }
-
-/// Why an allocator operation was refused (nothing changed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AllocError {
-    /// Not a data cluster of this pool.
-    OutOfRange(u32),
-    /// `take` of a cluster that is used or releasing.
-    NotFree(u32),
-    /// `add_ref`/`release` of a cluster with count 0.
-    NotReferenced(u32),
-    /// `unallocate` of a cluster whose count is not exactly 1.
-    Shared(u32),
-    /// `add_ref` at `u32::MAX`.
-    Overflow(u32),
-}
-
-impl fmt::Display for AllocError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::OutOfRange(c) => write!(f, "cluster {c} is outside the data area"),
-            Self::NotFree(c) => write!(f, "cluster {c} is not free"),
-            Self::NotReferenced(c) => write!(f, "cluster {c} has no reference"),
-            Self::Shared(c) => write!(f, "cluster {c} has more than one reference"),
-            Self::Overflow(c) => write!(f, "reference count of cluster {c} would overflow"),
-        }
-    }
-}
-
-impl std::error::Error for AllocError {}
 
 /// Reference counts plus the free and releasing sets.
 ///

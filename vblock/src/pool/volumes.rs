@@ -45,7 +45,7 @@ impl<D: BlockDev> Pool<D> {
     // ---- control operations: record, apply, commit before returning ----
 
     /// Creates an empty volume (reads as zeros). Over-commit is allowed:
-    /// [`PoolSpace::provisioned`] reports it.
+    /// [`PoolSpace::provisioned`](super::PoolSpace::provisioned) reports it.
     pub fn create_volume(
         &mut self,
         name: &str,
