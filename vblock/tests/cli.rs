@@ -716,3 +716,103 @@ fn fuzzed_metadata_never_panics() {
     // in a never-read field are harmless).
     assert!(outcomes[1] > 0, "{outcomes:?}");
 }
+
+/// The `vblock` command lines of the root README's code blocks, as words
+/// (shell comments dropped). A line is one when its first word is `vblock`,
+/// or when it is `cargo run ... -- ARGS` for this package's `vblock` binary
+/// (the prefix must name them, so a renamed package or binary fails too).
+fn readme_commands(readme: &str) -> Vec<Vec<String>> {
+    let mut commands = Vec::new();
+    let mut in_code = false;
+    for line in readme.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if !in_code {
+            continue;
+        }
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .take_while(|w| !w.starts_with('#'))
+            .collect();
+        let args = match words.as_slice() {
+            ["vblock", args @ ..] => args,
+            ["cargo", "run", rest @ ..] if rest.contains(&"--bin") => {
+                let (opts, args) = rest
+                    .iter()
+                    .position(|w| *w == "--")
+                    .map(|i| (&rest[..i], &rest[i + 1..]))
+                    .unwrap_or_else(|| panic!("README: no `--` in {line:?}"));
+                let after = |flag: &str| {
+                    opts.iter()
+                        .position(|w| *w == flag)
+                        .and_then(|i| opts.get(i + 1))
+                        .copied()
+                };
+                if after("--bin") != Some("vblock") {
+                    continue;
+                }
+                assert_eq!(
+                    after("-p"),
+                    Some(env!("CARGO_PKG_NAME")),
+                    "README: {line:?}"
+                );
+                args
+            }
+            _ => continue,
+        };
+        commands.push(args.iter().map(|w| (*w).to_owned()).collect());
+    }
+    commands
+}
+
+/// Every `vblock` command the README shows works exactly as written, in the
+/// order shown, on a fresh pool (the README's pool path replaced by a
+/// scratch file; the 20G pool is a sparse file).
+#[test]
+fn readme_commands_work_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("read the root README.md");
+    let commands = readme_commands(&readme);
+    // The pool the README creates first; every later mention of its path
+    // means the same pool.
+    let readme_pool = commands
+        .first()
+        .and_then(|c| match c.as_slice() {
+            [pool, create, path, ..] if pool == "pool" && create == "create" => Some(path.clone()),
+            _ => None,
+        })
+        .expect("the README's first vblock command creates a pool");
+    let dir = Scratch::new();
+    let pool = dir.path("pool");
+    let mut shown = Vec::new();
+    for command in &commands {
+        let args: Vec<&str> = command
+            .iter()
+            .map(|a| if *a == readme_pool { pool.as_str() } else { a })
+            .collect();
+        ok(&args);
+        let words = if matches!(args[0], "pool" | "volume") {
+            2
+        } else {
+            1
+        };
+        shown.push(args[..words].join(" "));
+    }
+    // The extraction found what the README shows, each once: a broken
+    // extractor must not pass by running nothing.
+    assert_eq!(
+        shown,
+        [
+            "pool create",
+            "volume create",
+            "snapshot",
+            "clone",
+            "volume list",
+            "pool info",
+            "check",
+            "dump"
+        ]
+    );
+}
