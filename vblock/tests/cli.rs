@@ -360,6 +360,56 @@ fn volume_lifecycle() {
     assert!(ok(&["check", &p]).contains("ok: no problems found"));
 }
 
+/// `--block-size` reads the size grammar of every other size (and of
+/// `fabricctl volume create --block-size`), so `4KiB` is 4096 as `4K` is.
+#[test]
+fn block_size_takes_the_size_grammar() {
+    let dir = Scratch::new();
+    let p = pool_with_volume(&dir);
+    for (name, given, want) in [
+        ("k", "4K", "4096"),
+        ("kib", "4KiB", "4096"),
+        ("b", "512B", "512"),
+    ] {
+        ok(&[
+            "volume",
+            "create",
+            &p,
+            name,
+            "--size",
+            "1M",
+            "--block-size",
+            given,
+        ]);
+        let list = ok(&["volume", "list", &p]);
+        let words: Vec<&str> = row(&list, name)
+            .expect("listed")
+            .split_whitespace()
+            .collect();
+        // ... BLOCK RO: the block size is the next-to-last column.
+        assert_eq!(words[words.len() - 2], want, "{given}: {list}");
+    }
+    let r = fails(
+        2,
+        &[
+            "volume",
+            "create",
+            &p,
+            "x",
+            "--size",
+            "1M",
+            "--block-size",
+            "4KB",
+        ],
+    );
+    assert!(
+        r.stderr
+            .starts_with("vblock: --block-size \"4KB\": not a size"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn snapshots_and_clones_are_listed_with_their_kind() {
     let dir = Scratch::new();

@@ -98,6 +98,19 @@ impl Args {
             .transpose()
     }
 
+    /// `--block-size`, 512 (the default) or 4096, in the size grammar like
+    /// every size (`4K`, `4KiB`, `4096`), as `fabricctl` reads it.
+    pub(super) fn block_size(&self) -> Result<u32, CliError> {
+        match self.size("--block-size")? {
+            None | Some(512) => Ok(512),
+            Some(4096) => Ok(4096),
+            Some(_) => Err(usage(format!(
+                "--block-size {:?}: must be 512 or 4096",
+                self.value("--block-size").unwrap_or_default()
+            ))),
+        }
+    }
+
     /// The size given with `flag`; a usage error quoting `synopsis` if absent.
     pub(super) fn required_size(&self, flag: &str, synopsis: &str) -> Result<u64, CliError> {
         self.size(flag)?
@@ -132,6 +145,47 @@ mod tests {
                     assert_eq!(m, format!("--size {input:?}: {e}"))
                 }
                 (want, got) => panic!("{input:?}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn block_sizes_use_the_size_grammar() {
+        let block_size = |v: &str| {
+            let args = ["--block-size".to_owned(), v.to_owned()];
+            Args::parse(&args, &["--block-size"], &[])
+                .unwrap()
+                .block_size()
+        };
+        for (input, want) in [("512", 512), ("512B", 512), ("4096", 4096), ("4K", 4096)] {
+            assert_eq!(block_size(input).unwrap(), want, "{input:?}");
+        }
+        assert_eq!(block_size("4KiB").unwrap(), 4096);
+        assert_eq!(block_size("4k").unwrap(), 4096);
+        assert_eq!(
+            Args::parse(&[], &["--block-size"], &[])
+                .unwrap()
+                .block_size()
+                .unwrap(),
+            512
+        );
+        for (input, want) in [
+            (
+                "1024",
+                "--block-size \"1024\": must be 512 or 4096".to_owned(),
+            ),
+            ("1K", "--block-size \"1K\": must be 512 or 4096".to_owned()),
+            (
+                "4KB",
+                format!(
+                    "--block-size \"4KB\": {}",
+                    fabric_syntax::SizeError::Malformed
+                ),
+            ),
+        ] {
+            match block_size(input) {
+                Err(CliError::Usage(m)) => assert_eq!(m, want),
+                other => panic!("{input:?}: {other:?}"),
             }
         }
     }

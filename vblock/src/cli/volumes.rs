@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use super::args::{new_name, Args};
-use super::error::{usage, CliError};
+use super::error::CliError;
 use super::open::{op_failed, open_read_only, open_read_write};
 use super::spec::{
     CLONE, SNAPSHOT, VOLUME_CREATE, VOLUME_DELETE, VOLUME_LIST, VOLUME_RENAME, VOLUME_RESIZE,
@@ -15,11 +15,7 @@ pub(super) fn volume_create(args: &[String], out: &mut dyn Write) -> Result<(), 
     let [path, name] = a.positionals(VOLUME_CREATE)?;
     let name = new_name(name)?;
     let size = a.required_size("--size", VOLUME_CREATE)?;
-    let block_size = match a.value("--block-size") {
-        None | Some("512") => 512,
-        Some("4096") | Some("4K") | Some("4k") => 4096,
-        Some(v) => return Err(usage(format!("--block-size {v:?}: must be 512 or 4096"))),
-    };
+    let block_size = a.block_size()?;
     let mut pool = open_read_write(path)?;
     let id = pool
         .create_volume(name, size, block_size)
