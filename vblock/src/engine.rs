@@ -45,6 +45,14 @@ use crate::dev::{AlignedBuf, BlockDev};
 use crate::pool::{IoFaults, Piece, Pool, PoolError, WritePlan};
 use crate::uring::{Completion, Op, PushError, UringEngine};
 
+pub mod device;
+#[cfg(any(test, feature = "sim"))]
+mod sim;
+
+pub use device::AsyncDev;
+#[cfg(any(test, feature = "sim"))]
+pub use sim::SimRing;
+
 /// Alignment of caller buffers that can go to O_DIRECT I/O without a bounce.
 pub const IO_ALIGN: usize = 512;
 
@@ -221,9 +229,12 @@ struct PieceOp {
 }
 
 /// An io_uring datapath for volumes of one pool. See the module docs.
-pub struct VolumeEngine<D: BlockDev> {
+///
+/// `R` is the device under it: the io_uring itself, or a simulated one for
+/// crash tests ([`AsyncDev`]).
+pub struct VolumeEngine<D: BlockDev, R: AsyncDev = UringEngine> {
     pool: Arc<Mutex<Pool<D>>>,
-    ring: UringEngine,
+    ring: R,
     requests: Vec<Option<Request>>,
     free_requests: Vec<usize>,
     ops: Vec<Option<PieceOp>>,
@@ -248,7 +259,7 @@ pub struct VolumeEngine<D: BlockDev> {
 // SAFETY: the raw pointers in the iovecs describe caller memory handed over
 // through `unsafe fn submit`, whose contract keeps it valid from any thread
 // until the completion is returned; the engine is used by one thread at a time.
-unsafe impl<D: BlockDev> Send for VolumeEngine<D> {}
+unsafe impl<D: BlockDev, R: AsyncDev + Send> Send for VolumeEngine<D, R> {}
 
 fn lock<D: BlockDev>(pool: &Mutex<Pool<D>>) -> MutexGuard<'_, Pool<D>> {
     // A panic elsewhere cannot leave the pool half-changed: every pool
@@ -327,12 +338,19 @@ impl<D: BlockDev> VolumeEngine<D> {
     /// An engine with an io_uring of `depth` on `file` (the pool's device,
     /// opened O_DIRECT).
     pub fn new(pool: Arc<Mutex<Pool<D>>>, file: impl AsFd, depth: u32) -> io::Result<Self> {
+        Ok(Self::with_device(pool, UringEngine::new(file, depth)?))
+    }
+}
+
+impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
+    /// An engine on `ring`, a device over the pool's (see [`AsyncDev`]).
+    pub fn with_device(pool: Arc<Mutex<Pool<D>>>, ring: R) -> Self {
         let (cs, faults) = {
             let p = lock(&pool);
             (p.metadata().cluster_size() as usize, p.io_faults().clone())
         };
-        Ok(Self {
-            ring: UringEngine::new(file, depth)?,
+        Self {
+            ring,
             pool,
             requests: Vec::new(),
             free_requests: Vec::new(),
@@ -349,7 +367,12 @@ impl<D: BlockDev> VolumeEngine<D> {
             cqes: Vec::new(),
             stats: EngineStats::default(),
             faults,
-        })
+        }
+    }
+
+    /// The device under the engine (a test crashes a simulated one).
+    pub fn device(&self) -> &R {
+        &self.ring
     }
 
     /// The pool.
@@ -970,7 +993,7 @@ impl<D: BlockDev> VolumeEngine<D> {
     }
 }
 
-impl<D: BlockDev> Drop for VolumeEngine<D> {
+impl<D: BlockDev, R: AsyncDev> Drop for VolumeEngine<D, R> {
     fn drop(&mut self) {
         // Wait for in-flight I/O so no kernel write lands in freed memory
         // (the ring's own drop waits too; this also unpins and releases).

@@ -147,7 +147,23 @@ impl SimDisk {
     /// disk is unchanged (even if dead) and keeps working. Same seed and same
     /// history give the same image.
     pub fn crash(&self, seed: u64) -> SimDisk {
-        Self::from_durable(self.state().crash_image(seed))
+        self.crash_with_unfinished(seed, &[])
+    }
+
+    /// [`crash`](Self::crash) while the writes `unfinished` (offset, data)
+    /// were still in flight: issued, not completed. Each is one more pending
+    /// write, after those that completed, under the same rules (dropped,
+    /// kept or torn): an asynchronous device's crash (`SimRing::crash`).
+    /// Writes the device would refuse (misaligned, past the end) are left
+    /// out: they could not have reached the media.
+    pub fn crash_with_unfinished(&self, seed: u64, unfinished: &[(u64, Vec<u8>)]) -> SimDisk {
+        let len = self.len();
+        let valid: Vec<(u64, Vec<u8>)> = unfinished
+            .iter()
+            .filter(|(offset, data)| check_request(len, *offset, data.len(), "write").is_ok())
+            .cloned()
+            .collect();
+        Self::from_durable(self.state().crash_image(seed, &valid))
     }
 
     /// Arms a crash point *inside* whatever the caller does next: right
@@ -171,24 +187,25 @@ impl SimDisk {
 }
 
 impl State {
-    fn crash_image(&self, seed: u64) -> Vec<u8> {
+    fn crash_image(&self, seed: u64, unfinished: &[(u64, Vec<u8>)]) -> Vec<u8> {
         let st = self;
         let mut image = st.durable.clone();
         let mut rng = SplitMix64::new(seed);
-        for w in &st.pending {
+        let pending = st.pending.iter().map(|w| (w.offset, &w.data));
+        for (offset, data) in pending.chain(unfinished.iter().map(|(o, d)| (*o, d))) {
             let fate = match rng.below(3) {
                 0 => Fate::Dropped,
                 1 => Fate::Kept,
                 _ => Fate::Torn,
             };
-            for (i, sector) in w.data.chunks(SECTOR as usize).enumerate() {
+            for (i, sector) in data.chunks(SECTOR as usize).enumerate() {
                 let keep = match fate {
                     Fate::Dropped => false,
                     Fate::Kept => true,
                     Fate::Torn => rng.below(2) == 1,
                 };
                 if keep {
-                    let at = (w.offset + i as u64 * SECTOR) as usize;
+                    let at = (offset + i as u64 * SECTOR) as usize;
                     image[at..at + sector.len()].copy_from_slice(sector);
                 }
             }
@@ -322,7 +339,7 @@ impl BlockDev for SimDisk {
         if let Some((left, seed)) = st.capture {
             if left <= 1 {
                 st.capture = None;
-                st.captured = Some(st.crash_image(seed));
+                st.captured = Some(st.crash_image(seed, &[]));
             } else {
                 st.capture = Some((left - 1, seed));
             }
