@@ -69,6 +69,8 @@ struct State {
 struct PendingWrite {
     offset: u64,
     data: Vec<u8>,
+    /// Its place among all writes (see [`SimDisk::write_mark`]).
+    seq: u64,
 }
 
 /// What a crash does to one pending write (before sector-level tearing).
@@ -324,9 +326,11 @@ impl BlockDev for SimDisk {
         }
         st.current[offset as usize..end as usize].copy_from_slice(buf);
         if !buf.is_empty() {
+            let seq = st.stats.writes;
             st.pending.push(PendingWrite {
                 offset,
                 data: buf.to_vec(),
+                seq,
             });
         }
         st.stats.writes += 1;
@@ -348,19 +352,34 @@ impl BlockDev for SimDisk {
     }
 
     fn flush(&self) -> io::Result<()> {
+        self.flush_before(u64::MAX)
+    }
+}
+
+impl SimDisk {
+    /// Where the writes stand: the number of writes completed so far. A
+    /// later [`flush_before`](Self::flush_before) with it covers exactly them.
+    pub fn write_mark(&self) -> u64 {
+        self.state().stats.writes
+    }
+
+    /// A flush that covers only the writes completed before `mark` (from
+    /// [`write_mark`](Self::write_mark)); later ones stay pending. An
+    /// asynchronous fsync: the writes that complete while it runs may or
+    /// may not be covered, and this models "not".
+    pub fn flush_before(&self, mark: u64) -> io::Result<()> {
         let mut st = self.state();
-        if st.dead {
-            return Err(st.eio());
-        }
-        if st.failing_flushes {
+        if st.dead || st.failing_flushes {
             return Err(st.eio());
         }
         // Apply pending writes rather than copying `current`: cost follows
-        // what was written, not the disk size.
+        // what was written, not the disk size. Pending writes are in
+        // completion order, so those before `mark` come first.
         let State {
             durable, pending, ..
         } = &mut *st;
-        for w in pending.drain(..) {
+        let n = pending.iter().take_while(|w| w.seq < mark).count();
+        for w in pending.drain(..n) {
             let at = w.offset as usize;
             durable[at..at + w.data.len()].copy_from_slice(&w.data);
         }
@@ -474,6 +493,22 @@ mod tests {
         assert!(d.take_capture().is_none());
         d.read_at(&mut b, 0).unwrap();
         assert_eq!(b[1536..], [4; 512]);
+    }
+
+    #[test]
+    fn flush_before_a_mark_leaves_later_writes_pending() {
+        let d = SimDisk::new(8 * SECTOR);
+        d.write_at(&[1; 512], 0).unwrap();
+        let mark = d.write_mark();
+        d.write_at(&[2; 512], 512).unwrap();
+        d.flush_before(mark).unwrap();
+        assert_eq!(d.stats().pending_writes, 1);
+        assert_eq!(
+            d.snapshot_durable()[..1024],
+            [[1u8; 512], [0; 512]].concat()
+        );
+        d.flush_before(d.write_mark()).unwrap();
+        assert_eq!(d.snapshot_durable(), d.snapshot_current());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -28,14 +29,17 @@ struct SimOp {
     offset: u64,
     /// A copy of the caller's iovecs (the memory stays the caller's).
     iov: Vec<libc::iovec>,
+    /// An fsync: the disk's [`SimDisk::write_mark`] when it was submitted.
+    mark: u64,
 }
 
 /// A simulated asynchronous device on `D`.
 ///
 /// An operation does its I/O on `D` only when it *completes*, so a write
-/// reaches the disk's volatile cache then, and an fsync flushes only the
-/// writes completed before it (io_uring does not order an fsync against
-/// operations in flight either). Each [`reap`](AsyncDev::reap) completes a
+/// reaches the disk's volatile cache then. An fsync makes durable only the
+/// writes that completed before it was *submitted*: io_uring does not order
+/// an fsync against operations in flight, and one that completes while the
+/// fsync runs may not be covered. Each [`reap`](AsyncDev::reap) completes a
 /// random number of the submitted operations, in random order, drawn from
 /// the seed: operations stay in flight across several polls, and later
 /// ones overtake earlier ones. [`submit_and_wait`](AsyncDev::submit_and_wait)
@@ -45,6 +49,8 @@ struct SimOp {
 /// in flight are lost, kept or torn like the unflushed ones.
 pub struct SimRing<D: BlockDev> {
     dev: D,
+    /// The simulated disk under `dev`: its fsyncs and crashes.
+    disk: Arc<SimDisk>,
     rng: SplitMix64,
     capacity: usize,
     /// Pushed, not submitted.
@@ -57,11 +63,13 @@ pub struct SimRing<D: BlockDev> {
 }
 
 impl<D: BlockDev> SimRing<D> {
-    /// A device on `dev` taking at most `depth` operations in flight (at
-    /// least 1), completing them in an order drawn from `seed`.
-    pub fn new(dev: D, depth: u32, seed: u64) -> io::Result<Self> {
+    /// A device on `dev` (`disk`, or a wrapper of it) taking at most
+    /// `depth` operations in flight (at least 1), completing them in an
+    /// order drawn from `seed`.
+    pub fn new(dev: D, disk: Arc<SimDisk>, depth: u32, seed: u64) -> io::Result<Self> {
         Ok(SimRing {
             dev,
+            disk,
             rng: SplitMix64::new(seed),
             capacity: depth.max(1) as usize,
             queued: Vec::new(),
@@ -76,10 +84,10 @@ impl<D: BlockDev> SimRing<D> {
         &self.dev
     }
 
-    /// `disk` (the [`SimDisk`] under this ring's device) as it comes back
-    /// after a power loss now: [`SimDisk::crash_with_unfinished`] with the
-    /// writes submitted and not completed.
-    pub fn crash(&self, disk: &SimDisk, seed: u64) -> SimDisk {
+    /// The disk as it comes back after a power loss now:
+    /// [`SimDisk::crash_with_unfinished`] with the writes submitted and not
+    /// completed.
+    pub fn crash(&self, seed: u64) -> SimDisk {
         let unfinished: Vec<(u64, Vec<u8>)> = self
             .running
             .iter()
@@ -88,7 +96,7 @@ impl<D: BlockDev> SimRing<D> {
             // memory valid; it is only read.
             .map(|op| (op.offset, unsafe { gather(&op.iov) }))
             .collect();
-        disk.crash_with_unfinished(seed, &unfinished)
+        self.disk.crash_with_unfinished(seed, &unfinished)
     }
 
     /// Completes the running operation at `index`: its I/O happens now.
@@ -106,7 +114,7 @@ impl<D: BlockDev> SimRing<D> {
             }
             // SAFETY: as above; a write only reads the op's memory.
             Kind::Write => self.dev.write_at(&unsafe { gather(&op.iov) }, op.offset),
-            Kind::Fsync => self.dev.flush(),
+            Kind::Fsync => self.disk.flush_before(op.mark),
             Kind::Timeout => Err(io::Error::from_raw_os_error(libc::ETIME)),
         };
         let result = match r {
@@ -191,12 +199,17 @@ impl<D: BlockDev> AsyncDev for SimRing<D> {
             kind,
             offset,
             iov: iov.to_vec(),
+            mark: 0,
         });
         Ok(())
     }
 
     fn submit(&mut self) -> io::Result<usize> {
         let n = self.queued.len();
+        let mark = self.disk.write_mark();
+        for op in &mut self.queued {
+            op.mark = mark;
+        }
         self.running.append(&mut self.queued);
         self.signal();
         Ok(n)
@@ -242,25 +255,29 @@ impl<D: BlockDev> AsyncDev for SimRing<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+
+    /// Queues a write of `data` at `offset` with `tag`.
+    ///
+    /// # Safety
+    /// `data` must stay valid until the write is reaped or the ring dropped.
+    unsafe fn push_write(ring: &mut SimRing<Arc<SimDisk>>, data: &[u8], offset: u64, tag: u64) {
+        let iov = [libc::iovec {
+            iov_base: data.as_ptr() as *mut _,
+            iov_len: data.len(),
+        }];
+        // SAFETY: the caller's contract is `push`'s.
+        unsafe { ring.push(Op::Write { offset, iov: &iov }, tag) }.unwrap();
+    }
 
     /// Pushes 16 one-sector writes (sector `i` filled with `i + 1`), submits
     /// them, and reaps until all are back; returns the tags per reap call.
     fn run(seed: u64) -> Vec<Vec<u64>> {
         let disk = Arc::new(SimDisk::new(16 * 512));
-        let mut ring = SimRing::new(disk.clone(), 16, seed).unwrap();
+        let mut ring = SimRing::new(disk.clone(), disk.clone(), 16, seed).unwrap();
         let bufs: Vec<Vec<u8>> = (0..16u8).map(|i| vec![i + 1; 512]).collect();
         for (i, b) in bufs.iter().enumerate() {
-            let iov = [libc::iovec {
-                iov_base: b.as_ptr() as *mut _,
-                iov_len: b.len(),
-            }];
-            let op = Op::Write {
-                offset: i as u64 * 512,
-                iov: &iov,
-            };
             // SAFETY: `bufs` outlives the ring's operations (all reaped below).
-            unsafe { ring.push(op, i as u64) }.unwrap();
+            unsafe { push_write(&mut ring, b, i as u64 * 512, i as u64) };
         }
         let extra = [libc::iovec {
             iov_base: bufs[0].as_ptr() as *mut _,
@@ -299,29 +316,16 @@ mod tests {
     #[test]
     fn a_crash_loses_keeps_or_tears_writes_in_flight() {
         let disk = Arc::new(SimDisk::new(8 * 512));
-        let mut ring = SimRing::new(disk.clone(), 4, 1).unwrap();
+        let mut ring = SimRing::new(disk.clone(), disk.clone(), 4, 1).unwrap();
         let data = vec![9u8; 8 * 512];
-        let iov = [libc::iovec {
-            iov_base: data.as_ptr() as *mut _,
-            iov_len: data.len(),
-        }];
         // SAFETY: `data` outlives the ring.
-        unsafe {
-            ring.push(
-                Op::Write {
-                    offset: 0,
-                    iov: &iov,
-                },
-                1,
-            )
-        }
-        .unwrap();
+        unsafe { push_write(&mut ring, &data, 0, 1) };
         // Queued only: it cannot have reached the disk.
-        assert!((0..20).all(|s| ring.crash(&disk, s).snapshot_durable() == vec![0; 8 * 512]));
+        assert!((0..20).all(|s| ring.crash(s).snapshot_durable() == vec![0; 8 * 512]));
         ring.submit().unwrap();
         let mut kept = [false; 3];
         for seed in 0..60 {
-            let img = ring.crash(&disk, seed).snapshot_durable();
+            let img = ring.crash(seed).snapshot_durable();
             let nines = img.chunks(512).filter(|s| s[0] == 9).count();
             kept[match nines {
                 0 => 0,
@@ -340,6 +344,35 @@ mod tests {
                 tag: 1,
                 result: 4096
             }]
+        );
+    }
+
+    #[test]
+    fn an_fsync_covers_only_writes_completed_before_it_was_submitted() {
+        let disk = Arc::new(SimDisk::new(8 * 512));
+        let mut ring = SimRing::new(disk.clone(), disk.clone(), 4, 3).unwrap();
+        let data = vec![5u8; 512];
+        let mut out = Vec::new();
+        // SAFETY: `data` outlives the ring.
+        unsafe { push_write(&mut ring, &data, 0, 1) };
+        ring.submit_and_wait(1).unwrap();
+        ring.reap(&mut out);
+        // The fsync and a second write go in together: whatever the order
+        // they complete in, the fsync does not cover the second write.
+        // SAFETY: as above; an fsync names no memory.
+        unsafe {
+            push_write(&mut ring, &data, 512, 2);
+            ring.push(Op::Fsync, 3).unwrap();
+        }
+        ring.submit_and_wait(2).unwrap();
+        ring.reap(&mut out);
+        out.sort_by_key(|c| c.tag);
+        let results: Vec<i32> = out.iter().map(|c| c.result).collect();
+        assert_eq!(results, [512, 512, 0]);
+        assert_eq!(disk.stats().pending_writes, 1);
+        assert_eq!(
+            disk.snapshot_durable()[..1024],
+            [[5u8; 512], [0; 512]].concat()
         );
     }
 }

@@ -370,7 +370,7 @@ fn run_engine_seed(seed: u64, steps: usize, counts: &mut EngineCounts) {
         vols.insert(name.to_string(), v);
     }
     let pool = Arc::new(Mutex::new(pool));
-    let ring = SimRing::new(logged.clone(), DEPTH, seed).expect("ring");
+    let ring = SimRing::new(logged.clone(), disk.clone(), DEPTH, seed).expect("ring");
     let mut engine = VolumeEngine::with_device(pool.clone(), ring);
     let mut run = Run {
         seed,
@@ -420,7 +420,7 @@ fn run_engine_seed(seed: u64, steps: usize, counts: &mut EngineCounts) {
             0 | 1 => {
                 c.between += 1;
                 let model = run.model(false);
-                let crashed = engine.device().crash(&disk, crash_seed ^ 2);
+                let crashed = engine.device().crash(crash_seed ^ 2);
                 let accept = |p: &LoggedPool| verify(p, &model);
                 let (_, p) = open_crashed(crashed, crash_seed ^ 3, c, &accept);
                 if let Err(e) = accept(&p) {
