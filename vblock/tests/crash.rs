@@ -25,6 +25,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+// The same contract checked through the io_uring engine's path. (A crate
+// root looks for `mod` files beside it; this one lives in `crash/`, where
+// Cargo does not take it for a test binary of its own.)
+#[path = "crash/engine.rs"]
+mod engine;
+
 use vblock::dev::SplitMix64 as Rng;
 use vblock::dev::{BlockDev, SimDisk};
 use vblock::format::checkpoint::CHECKPOINT_MAGIC;

@@ -69,6 +69,8 @@ struct State {
 struct PendingWrite {
     offset: u64,
     data: Vec<u8>,
+    /// Its place among all writes (see [`SimDisk::write_mark`]).
+    seq: u64,
 }
 
 /// What a crash does to one pending write (before sector-level tearing).
@@ -147,7 +149,23 @@ impl SimDisk {
     /// disk is unchanged (even if dead) and keeps working. Same seed and same
     /// history give the same image.
     pub fn crash(&self, seed: u64) -> SimDisk {
-        Self::from_durable(self.state().crash_image(seed))
+        self.crash_with_unfinished(seed, &[])
+    }
+
+    /// [`crash`](Self::crash) while the writes `unfinished` (offset, data)
+    /// were still in flight: issued, not completed. Each is one more pending
+    /// write, after those that completed, under the same rules (dropped,
+    /// kept or torn): an asynchronous device's crash (`SimRing::crash`).
+    /// Writes the device would refuse (misaligned, past the end) are left
+    /// out: they could not have reached the media.
+    pub fn crash_with_unfinished(&self, seed: u64, unfinished: &[(u64, Vec<u8>)]) -> SimDisk {
+        let len = self.len();
+        let valid: Vec<(u64, Vec<u8>)> = unfinished
+            .iter()
+            .filter(|(offset, data)| check_request(len, *offset, data.len(), "write").is_ok())
+            .cloned()
+            .collect();
+        Self::from_durable(self.state().crash_image(seed, &valid))
     }
 
     /// Arms a crash point *inside* whatever the caller does next: right
@@ -171,24 +189,25 @@ impl SimDisk {
 }
 
 impl State {
-    fn crash_image(&self, seed: u64) -> Vec<u8> {
+    fn crash_image(&self, seed: u64, unfinished: &[(u64, Vec<u8>)]) -> Vec<u8> {
         let st = self;
         let mut image = st.durable.clone();
         let mut rng = SplitMix64::new(seed);
-        for w in &st.pending {
+        let pending = st.pending.iter().map(|w| (w.offset, &w.data));
+        for (offset, data) in pending.chain(unfinished.iter().map(|(o, d)| (*o, d))) {
             let fate = match rng.below(3) {
                 0 => Fate::Dropped,
                 1 => Fate::Kept,
                 _ => Fate::Torn,
             };
-            for (i, sector) in w.data.chunks(SECTOR as usize).enumerate() {
+            for (i, sector) in data.chunks(SECTOR as usize).enumerate() {
                 let keep = match fate {
                     Fate::Dropped => false,
                     Fate::Kept => true,
                     Fate::Torn => rng.below(2) == 1,
                 };
                 if keep {
-                    let at = (w.offset + i as u64 * SECTOR) as usize;
+                    let at = (offset + i as u64 * SECTOR) as usize;
                     image[at..at + sector.len()].copy_from_slice(sector);
                 }
             }
@@ -307,9 +326,11 @@ impl BlockDev for SimDisk {
         }
         st.current[offset as usize..end as usize].copy_from_slice(buf);
         if !buf.is_empty() {
+            let seq = st.stats.writes;
             st.pending.push(PendingWrite {
                 offset,
                 data: buf.to_vec(),
+                seq,
             });
         }
         st.stats.writes += 1;
@@ -322,7 +343,7 @@ impl BlockDev for SimDisk {
         if let Some((left, seed)) = st.capture {
             if left <= 1 {
                 st.capture = None;
-                st.captured = Some(st.crash_image(seed));
+                st.captured = Some(st.crash_image(seed, &[]));
             } else {
                 st.capture = Some((left - 1, seed));
             }
@@ -331,19 +352,34 @@ impl BlockDev for SimDisk {
     }
 
     fn flush(&self) -> io::Result<()> {
+        self.flush_before(u64::MAX)
+    }
+}
+
+impl SimDisk {
+    /// Where the writes stand: the number of writes completed so far. A
+    /// later [`flush_before`](Self::flush_before) with it covers exactly them.
+    pub fn write_mark(&self) -> u64 {
+        self.state().stats.writes
+    }
+
+    /// A flush that covers only the writes completed before `mark` (from
+    /// [`write_mark`](Self::write_mark)); later ones stay pending. An
+    /// asynchronous fsync: the writes that complete while it runs may or
+    /// may not be covered, and this models "not".
+    pub fn flush_before(&self, mark: u64) -> io::Result<()> {
         let mut st = self.state();
-        if st.dead {
-            return Err(st.eio());
-        }
-        if st.failing_flushes {
+        if st.dead || st.failing_flushes {
             return Err(st.eio());
         }
         // Apply pending writes rather than copying `current`: cost follows
-        // what was written, not the disk size.
+        // what was written, not the disk size. Pending writes are in
+        // completion order, so those before `mark` come first.
         let State {
             durable, pending, ..
         } = &mut *st;
-        for w in pending.drain(..) {
+        let n = pending.iter().take_while(|w| w.seq < mark).count();
+        for w in pending.drain(..n) {
             let at = w.offset as usize;
             durable[at..at + w.data.len()].copy_from_slice(&w.data);
         }
@@ -457,6 +493,22 @@ mod tests {
         assert!(d.take_capture().is_none());
         d.read_at(&mut b, 0).unwrap();
         assert_eq!(b[1536..], [4; 512]);
+    }
+
+    #[test]
+    fn flush_before_a_mark_leaves_later_writes_pending() {
+        let d = SimDisk::new(8 * SECTOR);
+        d.write_at(&[1; 512], 0).unwrap();
+        let mark = d.write_mark();
+        d.write_at(&[2; 512], 512).unwrap();
+        d.flush_before(mark).unwrap();
+        assert_eq!(d.stats().pending_writes, 1);
+        assert_eq!(
+            d.snapshot_durable()[..1024],
+            [[1u8; 512], [0; 512]].concat()
+        );
+        d.flush_before(d.write_mark()).unwrap();
+        assert_eq!(d.snapshot_durable(), d.snapshot_current());
     }
 
     #[test]
