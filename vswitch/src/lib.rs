@@ -15,7 +15,9 @@ pub mod switch;
 pub mod vlan;
 pub mod vxlan;
 
-pub use counters::{DropReason, PortCounters, PortCountersSnapshot};
+pub use counters::{
+    Counters, CountersSnapshot, DropReason, PortCounters, PortCountersSnapshot, Reason,
+};
 pub use fdb::{Fdb, FdbEntry, FdbStats, LearnOutcome};
 pub use frame::{EthernetHead, MacAddr, HEAD_LEN};
 pub use switch::{
