@@ -25,7 +25,6 @@ mod vlan;
 mod vxlan;
 
 use daemon::{socket_access, RawDaemon};
-pub use port::parse_mac;
 use port::{convert_port, RawSwitch};
 
 #[derive(Deserialize)]
@@ -140,8 +139,19 @@ impl Ctx<'_> {
         Ok(size)
     }
 
-    fn vlan_id(&self, value: &Spanned<i64>, key: &str) -> Result<u16, ConfigError> {
-        self.int(value, key, "VLAN id", 1, 4094)
+    /// A value of an L2 type (VLAN id, VNI), under that type's own rule.
+    fn l2<T>(&self, value: &Spanned<i64>, key: &str) -> Result<T, ConfigError>
+    where
+        T: TryFrom<i64>,
+        T::Error: fmt::Display,
+    {
+        T::try_from(*value.get_ref()).map_err(|e| self.invalid(&value.span(), key, e.to_string()))
+    }
+
+    /// A station's MAC address (unicast, not all-zero).
+    fn mac(&self, value: &Spanned<String>, key: &str) -> Result<MacAddr, ConfigError> {
+        MacAddr::parse_station(value.get_ref())
+            .map_err(|e| self.invalid(&value.span(), key, e.to_string()))
     }
 
     /// `base/path`, with `.` and `..` folded lexically so that two spellings

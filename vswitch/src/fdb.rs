@@ -19,7 +19,7 @@ use crate::frame::MacAddr;
 use crate::switch::PortId;
 use crate::vlan::VlanId;
 use hashbrown::{DefaultHashBuilder, HashTable};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::RwLock;
 
@@ -28,11 +28,22 @@ const SHARDS: usize = 64;
 /// Ports the FDB can count entries for; port ids must be below this.
 pub const MAX_PORTS: usize = 4096;
 
-/// (VLAN << 48) | MAC: one word per key.
-type Key = u64;
+/// A station: the same MAC in two VLANs is two stations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
+    vlan: VlanId,
+    mac: MacAddr,
+}
+
+/// Hashed as one word, (VLAN << 48) | MAC: one hasher round per lookup.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(u64::from(self.vlan.get()) << 48 | self.mac.to_u64());
+    }
+}
 
 fn key(vlan: VlanId, mac: MacAddr) -> Key {
-    (vlan as u64) << 48 | mac.to_u64()
+    Key { vlan, mac }
 }
 
 struct Entry {
@@ -393,8 +404,8 @@ impl Fdb {
                     .iter()
                     .filter(|e| self.is_live(e, now))
                     .map(|e| FdbEntry {
-                        vlan: (e.key >> 48) as VlanId,
-                        mac: MacAddr::from_u64(e.key),
+                        vlan: e.key.vlan,
+                        mac: e.key.mac,
                         port: e.port,
                         is_static: e.is_static,
                         age: if e.is_static {
@@ -437,6 +448,7 @@ impl Fdb {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vlan::vid;
 
     fn mac(n: u32) -> MacAddr {
         let b = n.to_be_bytes();
@@ -446,16 +458,19 @@ mod tests {
     #[test]
     fn learn_lookup_move_age() {
         let fdb = Fdb::new(100, 10, 300);
-        assert_eq!(fdb.learn(10, mac(1), 1, 0), LearnOutcome::Learned);
-        assert_eq!(fdb.learn(10, mac(1), 1, 5), LearnOutcome::Refreshed);
-        assert_eq!(fdb.lookup(10, mac(1), 5), Some(1));
+        assert_eq!(fdb.learn(vid(10), mac(1), 1, 0), LearnOutcome::Learned);
+        assert_eq!(fdb.learn(vid(10), mac(1), 1, 5), LearnOutcome::Refreshed);
+        assert_eq!(fdb.lookup(vid(10), mac(1), 5), Some(1));
         // same MAC in another VLAN is another station
-        assert_eq!(fdb.lookup(20, mac(1), 5), None);
-        assert_eq!(fdb.learn(10, mac(1), 2, 6), LearnOutcome::Moved { from: 1 });
-        assert_eq!(fdb.lookup(10, mac(1), 6), Some(2));
+        assert_eq!(fdb.lookup(vid(20), mac(1), 5), None);
+        assert_eq!(
+            fdb.learn(vid(10), mac(1), 2, 6),
+            LearnOutcome::Moved { from: 1 }
+        );
+        assert_eq!(fdb.lookup(vid(10), mac(1), 6), Some(2));
         assert_eq!((fdb.port_len(1), fdb.port_len(2)), (0, 1));
         // expired entries miss before the sweep and vanish with it
-        assert_eq!(fdb.lookup(10, mac(1), 6 + 300), None);
+        assert_eq!(fdb.lookup(vid(10), mac(1), 6 + 300), None);
         assert_eq!(fdb.age(6 + 299), 0);
         assert_eq!(fdb.age(6 + 300), 1);
         assert!(fdb.is_empty());
@@ -468,17 +483,17 @@ mod tests {
     fn port_limit_protects_other_ports() {
         let fdb = Fdb::new(1000, 8, 300);
         for i in 0..4 {
-            assert_eq!(fdb.learn(1, mac(i), 1, 0), LearnOutcome::Learned);
+            assert_eq!(fdb.learn(vid(1), mac(i), 1, 0), LearnOutcome::Learned);
         }
         // port 2 floods random sources
         for i in 100..10_000 {
-            fdb.learn(1, mac(i), 2, 0);
+            fdb.learn(vid(1), mac(i), 2, 0);
         }
         assert_eq!(fdb.port_len(2), 8);
         assert_eq!(fdb.len(), 12);
         for i in 0..4 {
             assert_eq!(
-                fdb.lookup(1, mac(i), 0),
+                fdb.lookup(vid(1), mac(i), 0),
                 Some(1),
                 "port 1's stations survive"
             );
@@ -491,23 +506,23 @@ mod tests {
         let fdb = Fdb::new(5, 5, 300);
         for i in 0..5 {
             assert_eq!(
-                fdb.learn(1, mac(i), (i % 3) as u16, 0),
+                fdb.learn(vid(1), mac(i), (i % 3) as u16, 0),
                 LearnOutcome::Learned
             );
         }
-        assert_eq!(fdb.learn(1, mac(99), 3, 0), LearnOutcome::TableFull);
+        assert_eq!(fdb.learn(vid(1), mac(99), 3, 0), LearnOutcome::TableFull);
         assert_eq!(fdb.len(), 5);
         assert_eq!(fdb.flush_port(0), 2);
-        assert_eq!(fdb.learn(1, mac(99), 3, 0), LearnOutcome::Learned);
+        assert_eq!(fdb.learn(vid(1), mac(99), 3, 0), LearnOutcome::Learned);
     }
 
     #[test]
     fn move_into_full_port_forgets_stale_entry() {
         let fdb = Fdb::new(100, 1, 300);
-        fdb.learn(1, mac(1), 1, 0);
-        fdb.learn(1, mac(2), 2, 0);
-        assert_eq!(fdb.learn(1, mac(1), 2, 1), LearnOutcome::PortLimit);
-        assert_eq!(fdb.lookup(1, mac(1), 1), None);
+        fdb.learn(vid(1), mac(1), 1, 0);
+        fdb.learn(vid(1), mac(2), 2, 0);
+        assert_eq!(fdb.learn(vid(1), mac(1), 2, 1), LearnOutcome::PortLimit);
+        assert_eq!(fdb.lookup(vid(1), mac(1), 1), None);
         assert_eq!((fdb.len(), fdb.port_len(1), fdb.port_len(2)), (1, 0, 1));
     }
 
@@ -515,41 +530,44 @@ mod tests {
     fn move_hold_keeps_a_recent_station_on_its_port() {
         let fdb = Fdb::new(100, 10, 300);
         fdb.set_move_hold(9, 5);
-        fdb.learn(1, mac(1), 1, 100);
+        fdb.learn(vid(1), mac(1), 1, 100);
         // seen on port 1 at 100: no move to port 9 before 105
-        assert_eq!(fdb.learn(1, mac(1), 9, 100), LearnOutcome::Held);
-        assert_eq!(fdb.learn(1, mac(1), 9, 104), LearnOutcome::Held);
-        assert_eq!(fdb.lookup(1, mac(1), 104), Some(1));
+        assert_eq!(fdb.learn(vid(1), mac(1), 9, 100), LearnOutcome::Held);
+        assert_eq!(fdb.learn(vid(1), mac(1), 9, 104), LearnOutcome::Held);
+        assert_eq!(fdb.lookup(vid(1), mac(1), 104), Some(1));
         assert_eq!((fdb.stats().refused_move, fdb.stats().moved), (2, 0));
         // silent on port 1 for the hold time: it moves
         assert_eq!(
-            fdb.learn(1, mac(1), 9, 105),
+            fdb.learn(vid(1), mac(1), 9, 105),
             LearnOutcome::Moved { from: 1 }
         );
         // the hold is per destination port: moving back is immediate
         assert_eq!(
-            fdb.learn(1, mac(1), 1, 105),
+            fdb.learn(vid(1), mac(1), 1, 105),
             LearnOutcome::Moved { from: 9 }
         );
         assert_eq!(
-            fdb.learn(1, mac(1), 2, 105),
+            fdb.learn(vid(1), mac(1), 2, 105),
             LearnOutcome::Moved { from: 1 }
         );
         assert_eq!((fdb.stats().refused_move, fdb.stats().moved), (2, 3));
         // a new station is learned on the held port at once
-        assert_eq!(fdb.learn(1, mac(2), 9, 105), LearnOutcome::Learned);
+        assert_eq!(fdb.learn(vid(1), mac(2), 9, 105), LearnOutcome::Learned);
         // the query a driver asks first: refused (and counted) only while held
-        fdb.learn(1, mac(4), 1, 150);
-        assert!(fdb.refuse_held_move(1, mac(4), 9, 154));
-        assert!(!fdb.refuse_held_move(1, mac(4), 9, 155));
-        assert!(!fdb.refuse_held_move(1, mac(4), 1, 150), "not a move");
-        assert!(!fdb.refuse_held_move(1, mac(5), 9, 150), "unknown station");
+        fdb.learn(vid(1), mac(4), 1, 150);
+        assert!(fdb.refuse_held_move(vid(1), mac(4), 9, 154));
+        assert!(!fdb.refuse_held_move(vid(1), mac(4), 9, 155));
+        assert!(!fdb.refuse_held_move(vid(1), mac(4), 1, 150), "not a move");
+        assert!(
+            !fdb.refuse_held_move(vid(1), mac(5), 9, 150),
+            "unknown station"
+        );
         assert_eq!(fdb.stats().refused_move, 3);
         // purging the port (removed; its id may be reused) clears the hold
         fdb.purge_port(9);
-        fdb.learn(1, mac(3), 1, 200);
+        fdb.learn(vid(1), mac(3), 1, 200);
         assert_eq!(
-            fdb.learn(1, mac(3), 9, 200),
+            fdb.learn(vid(1), mac(3), 9, 200),
             LearnOutcome::Moved { from: 1 }
         );
         assert_eq!(fdb.stats().refused_move, 3);
@@ -558,11 +576,11 @@ mod tests {
     #[test]
     fn static_entries_pin_and_survive() {
         let fdb = Fdb::new(100, 10, 10);
-        fdb.add_static(1, mac(7), 3).unwrap();
-        assert_eq!(fdb.learn(1, mac(7), 4, 0), LearnOutcome::Static);
+        fdb.add_static(vid(1), mac(7), 3).unwrap();
+        assert_eq!(fdb.learn(vid(1), mac(7), 4, 0), LearnOutcome::Static);
         assert_eq!(fdb.age(1_000_000), 0);
         assert_eq!(fdb.flush_port(3), 0);
-        assert_eq!(fdb.lookup(1, mac(7), 1_000_000), Some(3));
+        assert_eq!(fdb.lookup(vid(1), mac(7), 1_000_000), Some(3));
         assert_eq!(fdb.purge_port(3), 1);
         assert!(fdb.is_empty());
     }
@@ -570,13 +588,13 @@ mod tests {
     #[test]
     fn entries_report() {
         let fdb = Fdb::new(100, 10, 300);
-        fdb.learn(20, mac(2), 1, 10);
-        fdb.learn(10, mac(1), 2, 10);
+        fdb.learn(vid(20), mac(2), 1, 10);
+        fdb.learn(vid(10), mac(1), 2, 10);
         let e = fdb.entries(15);
         assert_eq!(e.len(), 2);
         assert_eq!(
             (e[0].vlan, e[0].mac, e[0].port, e[0].age),
-            (10, mac(1), 2, 5)
+            (vid(10), mac(1), 2, 5)
         );
         assert!(fdb.heap_bytes() > 0);
     }

@@ -18,8 +18,9 @@ pub mod vxlan;
 pub use counters::{
     Counters, CountersSnapshot, DropReason, PortCounters, PortCountersSnapshot, Reason,
 };
+pub use fabric_l2::{MacAddr, MacError, VlanIdError};
 pub use fdb::{Fdb, FdbEntry, FdbStats, LearnOutcome};
-pub use frame::{EthernetHead, MacAddr, HEAD_LEN};
+pub use frame::{EthernetHead, HEAD_LEN};
 pub use switch::{
     Dest, Egress, Ingress, PortId, PortInfo, PortState, Switch, SwitchError, Topology,
 };

@@ -224,10 +224,7 @@ pub(super) fn vhost_user_kind(
     };
 
     let mac = match &port.mac {
-        Some(v) => Some(
-            parse_mac(v.get_ref())
-                .map_err(|message| ctx.invalid(&v.span(), &format!("{key}.mac"), message))?,
-        ),
+        Some(v) => Some(ctx.mac(v, &format!("{key}.mac"))?),
         None => None,
     };
     Ok(PortKind::VhostUser {
@@ -235,31 +232,4 @@ pub(super) fn vhost_user_kind(
         queue_size,
         mac,
     })
-}
-
-/// `"52:54:00:12:34:56"` -> bytes; the guest must get a usable unicast address.
-pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let bad =
-        || format!("invalid MAC address {s:?} (expected six hex bytes like \"52:54:00:12:34:56\")");
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for byte in &mut mac {
-        let part = parts.next().ok_or_else(bad)?;
-        if part.len() != 2 {
-            return Err(bad());
-        }
-        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    if mac[0] & 1 != 0 {
-        return Err(format!(
-            "MAC address {s} is multicast; a NIC needs a unicast address"
-        ));
-    }
-    if mac == [0; 6] {
-        return Err("MAC address must not be all-zero".to_owned());
-    }
-    Ok(mac)
 }

@@ -51,8 +51,8 @@ pub(super) fn convert_vlan(
                 return reject(n.span(), "native", "access");
             }
             let tag = match &raw.tag {
-                Some(t) => ctx.vlan_id(t, &format!("{key}.tag"))?,
-                None => 1,
+                Some(t) => ctx.l2(t, &format!("{key}.tag"))?,
+                None => VlanId::DEFAULT,
             };
             Ok(VlanConfig::Access { tag })
         }
@@ -61,7 +61,7 @@ pub(super) fn convert_vlan(
                 return reject(t.span(), "tag", "trunk");
             }
             let native = match &raw.native {
-                Some(n) => Some(ctx.vlan_id(n, &format!("{key}.native"))?),
+                Some(n) => Some(ctx.l2(n, &format!("{key}.native"))?),
                 None => None,
             };
             let mut allowed = match &raw.allowed {
@@ -70,7 +70,7 @@ pub(super) fn convert_vlan(
                     for (i, item) in list.get_ref().iter().enumerate() {
                         let k = format!("{key}.allowed[{i}]");
                         let (first, last) = vlan_item(ctx, item, &k)?;
-                        set.extend(first..=last);
+                        set.insert_range(first, last);
                     }
                     if set.is_empty() && native.is_none() {
                         return Err(ctx.invalid(
@@ -100,9 +100,9 @@ pub(super) fn vlan_item(
     ctx: &Ctx,
     item: &Spanned<RawVlanItem>,
     key: &str,
-) -> Result<(u16, u16), ConfigError> {
+) -> Result<(VlanId, VlanId), ConfigError> {
     let span = item.span();
-    let id = |v: i64| ctx.vlan_id(&Spanned::new(span.clone(), v), key);
+    let id = |v: i64| ctx.l2::<VlanId>(&Spanned::new(span.clone(), v), key);
     match item.get_ref() {
         RawVlanItem(IntOrText::Int(v)) => id(*v).map(|v| (v, v)),
         RawVlanItem(IntOrText::Text(s)) => {

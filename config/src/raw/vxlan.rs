@@ -145,7 +145,7 @@ pub(super) fn vxlan_kind(
     })?;
     for (i, v) in list.get_ref().iter().enumerate() {
         let k = format!("{key}.vni[{i}]");
-        let vlan = ctx.vlan_id(&v.vlan, &format!("{k}.vlan"))?;
+        let vlan: VlanId = ctx.l2(&v.vlan, &format!("{k}.vlan"))?;
         if allowed.contains(vlan) {
             return Err(ctx.invalid(
                 &v.vlan.span(),
@@ -153,7 +153,7 @@ pub(super) fn vxlan_kind(
                 format!("VLAN {vlan} is mapped twice"),
             ));
         }
-        let vni: u32 = ctx.int(&v.vni, &format!("{k}.vni"), "VNI", 1, 16_777_215)?;
+        let vni: Vni = ctx.l2(&v.vni, &format!("{k}.vni"))?;
         if seen_vni.insert(vni, vlan).is_some() {
             return Err(ctx.invalid(
                 &v.vni.span(),
@@ -161,7 +161,7 @@ pub(super) fn vxlan_kind(
                 format!("VNI {vni} is mapped twice"),
             ));
         }
-        allowed.extend([vlan]);
+        allowed.insert(vlan);
         let mut remotes = Vec::new();
         for (j, r) in v.remotes.iter().enumerate() {
             let a = ip(r, &format!("{k}.remotes[{j}]"))?;
@@ -190,8 +190,7 @@ pub(super) fn vxlan_kind(
         };
         let mut statics = Vec::new();
         for (j, st) in v.statics.iter().enumerate() {
-            let mac = parse_mac(st.mac.get_ref())
-                .map_err(|m| ctx.invalid(&st.mac.span(), &format!("{k}.static[{j}].mac"), m))?;
+            let mac = ctx.mac(&st.mac, &format!("{k}.static[{j}].mac"))?;
             let vtep = ip(&st.vtep, &format!("{k}.static[{j}].vtep"))?;
             if vtep.is_multicast() || vtep.is_unspecified() || vtep.is_broadcast() {
                 return Err(ctx.invalid(

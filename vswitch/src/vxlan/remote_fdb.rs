@@ -17,18 +17,29 @@
 use super::header::Vni;
 use crate::frame::MacAddr;
 use hashbrown::{DefaultHashBuilder, HashTable};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, RwLock};
 
 const SHARDS: usize = 16;
 
-/// (VNI << 48) | MAC.
-type Key = u128;
+/// A remote station: the same MAC in two segments is two stations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
+    vni: Vni,
+    mac: MacAddr,
+}
+
+/// Hashed as one 72-bit value, (VNI << 48) | MAC.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u128(u128::from(self.vni.get()) << 48 | u128::from(self.mac.to_u64()));
+    }
+}
 
 fn key(vni: Vni, mac: MacAddr) -> Key {
-    (vni.get() as u128) << 48 | mac.to_u64() as u128
+    Key { vni, mac }
 }
 
 struct Entry {
@@ -354,7 +365,7 @@ impl RemoteFdb {
 
     /// Forgets the dynamic entries of one VNI (its mapping was removed).
     pub fn flush_vni(&self, vni: Vni) -> usize {
-        self.remove_where(|e| (e.key >> 48) as u32 == vni.get() && !e.is_static)
+        self.remove_where(|e| e.key.vni == vni && !e.is_static)
     }
 
     /// Forgets every dynamic entry.
@@ -380,8 +391,8 @@ impl RemoteFdb {
                     .iter()
                     .filter(|e| self.is_live(e, now))
                     .map(|e| RemoteFdbEntry {
-                        vni: Vni::from_bits((e.key >> 48) as u32),
-                        mac: MacAddr::from_u64(e.key as u64 & 0xffff_ffff_ffff),
+                        vni: e.key.vni,
+                        mac: e.key.mac,
                         vtep: e.vtep,
                         is_static: e.is_static,
                         age: if e.is_static {
