@@ -8,6 +8,7 @@
 //! the outer headers). Port drivers (vhost-user, TAP, VXLAN) live elsewhere and
 //! copy the frame; this crate only decides.
 
+pub mod aging;
 pub mod counters;
 pub mod fdb;
 pub mod frame;
