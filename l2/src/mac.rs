@@ -44,16 +44,19 @@ impl MacAddr {
 
     /// The I/G bit (least significant bit of the first octet) marks group
     /// addresses: multicast and broadcast.
+    #[inline]
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 == 1
     }
 
+    #[inline]
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 6]
     }
 
     /// Whether this can be one station's address: unicast and not all-zero.
     /// A frame's source must be one; a switch never learns any other.
+    #[inline]
     pub fn is_station(&self) -> bool {
         !self.is_multicast() && !self.is_zero()
     }
@@ -73,12 +76,14 @@ impl MacAddr {
     }
 
     /// Packs the address into the low 48 bits of a u64 (table keys).
+    #[inline]
     pub fn to_u64(self) -> u64 {
         let b = self.0;
         u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
     }
 
     /// The address in the low 48 bits of `v` (the high 16 are ignored).
+    #[inline]
     pub fn from_u64(v: u64) -> MacAddr {
         let b = v.to_be_bytes();
         MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])

@@ -34,6 +34,7 @@ impl VlanId {
     pub const DEFAULT: VlanId = VlanId(1);
 
     /// `vid` if it is a usable VLAN id (1..=4094).
+    #[inline]
     pub const fn new(vid: u16) -> Result<VlanId, VlanIdError> {
         if vid < VlanId::MIN.0 || vid > VlanId::MAX.0 {
             Err(VlanIdError(vid as i64))
@@ -42,11 +43,13 @@ impl VlanId {
         }
     }
 
+    #[inline]
     pub const fn get(self) -> u16 {
         self.0
     }
 
     /// The id as an index into per-VID tables of 4096 entries.
+    #[inline]
     pub const fn index(self) -> usize {
         self.0 as usize
     }

@@ -21,6 +21,7 @@ pub struct VlanSet([u64; WORDS]);
 
 impl VlanSet {
     /// An empty set.
+    #[inline]
     pub const fn new() -> Self {
         VlanSet([0; WORDS])
     }
@@ -30,6 +31,7 @@ impl VlanSet {
         VlanId::all().collect()
     }
 
+    #[inline]
     pub fn insert(&mut self, vid: VlanId) {
         self.0[vid.index() / 64] |= 1 << (vid.index() % 64);
     }
@@ -39,6 +41,7 @@ impl VlanSet {
         self.extend(VlanId::all().filter(|v| (first..=last).contains(v)));
     }
 
+    #[inline]
     pub fn contains(&self, vid: VlanId) -> bool {
         self.0[vid.index() / 64] & (1 << (vid.index() % 64)) != 0
     }

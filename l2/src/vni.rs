@@ -28,6 +28,7 @@ impl Vni {
     pub const MAX: u32 = 0x00ff_ffff;
 
     /// A configurable VNI: 1..=[`Vni::MAX`].
+    #[inline]
     pub const fn new(vni: u32) -> Result<Vni, VniError> {
         if vni == 0 || vni > Vni::MAX {
             Err(VniError(vni as i64))
@@ -38,16 +39,19 @@ impl Vni {
 
     /// The VNI field of a received header (three bytes, big-endian): any
     /// 24-bit value, 0 included.
+    #[inline]
     pub const fn from_wire(b: [u8; 3]) -> Vni {
         Vni(u32::from_be_bytes([0, b[0], b[1], b[2]]))
     }
 
     /// The three bytes of the header's VNI field.
+    #[inline]
     pub const fn to_wire(self) -> [u8; 3] {
         let b = self.0.to_be_bytes();
         [b[1], b[2], b[3]]
     }
 
+    #[inline]
     pub const fn get(self) -> u32 {
         self.0
     }

@@ -111,11 +111,11 @@ pub struct AgingTable<K, O, Q> {
 }
 
 impl<K: Copy + Eq + Hash, O: Copy + Eq, Q: Owners<O>> AgingTable<K, O, Q> {
-    /// `shards` (a power of two, at most 2^16) behind their own locks,
+    /// `shards` (rounded to a power of two in 2..=2^16) behind their own locks,
     /// `capacity` entries in all, dynamic entries expire `aging_secs` after
     /// last seen.
     pub fn new(shards: usize, capacity: u32, aging_secs: u32, owners: Q) -> Self {
-        let shards = shards.clamp(1, 1 << 16).next_power_of_two();
+        let shards = shards.clamp(2, 1 << 16).next_power_of_two();
         AgingTable {
             shards: (0..shards).map(|_| RwLock::new(HashTable::new())).collect(),
             shard_shift: 64 - shards.trailing_zeros(),
@@ -147,9 +147,8 @@ impl<K: Copy + Eq + Hash, O: Copy + Eq, Q: Owners<O>> AgingTable<K, O, Q> {
 
     fn locate(&self, key: &K) -> (u64, &Shard<K, O>) {
         let hash = self.hasher.hash_one(key);
-        // checked_shr: one shard means a shift by 64.
-        let shard = hash.checked_shr(self.shard_shift).unwrap_or(0) as usize;
-        (hash, &self.shards[shard % self.shards.len()])
+        // At least two shards: the shift is below 64 and the index in range.
+        (hash, &self.shards[(hash >> self.shard_shift) as usize])
     }
 
     fn is_live(&self, e: &Entry<K, O>, now: u32) -> bool {
@@ -448,7 +447,7 @@ mod tests {
 
     #[test]
     fn learn_refresh_move_age() {
-        for shards in [1, 16, 64] {
+        for shards in [2, 16, 64] {
             let t = table(shards, 10, 10);
             assert_eq!(t.learn(7, 0, 0), Learn::Learned);
             assert_eq!(t.learn(7, 0, 50), Learn::Refreshed);

@@ -33,6 +33,7 @@ struct Key {
 
 /// Hashed as one word, (VLAN << 48) | MAC: one hasher round per lookup.
 impl Hash for Key {
+    #[inline]
     fn hash<H: Hasher>(&self, h: &mut H) {
         h.write_u64(u64::from(self.vlan.get()) << 48 | self.mac.to_u64());
     }

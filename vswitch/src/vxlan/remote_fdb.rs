@@ -29,6 +29,7 @@ struct Key {
 
 /// Hashed as one 72-bit value, (VNI << 48) | MAC.
 impl Hash for Key {
+    #[inline]
     fn hash<H: Hasher>(&self, h: &mut H) {
         h.write_u128(u128::from(self.vni.get()) << 48 | u128::from(self.mac.to_u64()));
     }
