@@ -5,8 +5,10 @@
 //! into a VLAN by the ingress port's rule) -> [`fdb`] (learn the source, look up
 //! the destination) -> [`switch`] (pick egress ports and the tag each one emits).
 //! [`vxlan`] holds the tunnel's decisions (VLAN <-> VNI, remote FDB, which VTEPs,
-//! the outer headers). Port drivers (vhost-user, TAP, VXLAN) live elsewhere and
-//! copy the frame; this crate only decides.
+//! the outer headers); the FDB and the remote FDB are both an [`aging`] table.
+//! The L2 value types come from `fabric-l2` and are re-exported here. Port
+//! drivers (vhost-user, TAP, VXLAN) live elsewhere and copy the frame; this
+//! crate only decides.
 
 pub mod aging;
 pub mod counters;

@@ -338,7 +338,7 @@ impl Switch {
     /// `head` is the start of the frame (at least [`crate::HEAD_LEN`] bytes when the
     /// frame is that long), `len` the whole frame's length. Counts the drop reason
     /// if the frame is dropped; the caller counts received packets and bytes with
-    /// [`PortCounters::add_rx`], once per batch (an atomic add per frame costs
+    /// [`Counters::add_rx`](crate::counters::Counters::add_rx), once per batch (an atomic add per frame costs
     /// about a tenth of the forwarding time at 64 bytes).
     pub fn receive(
         &self,
