@@ -339,6 +339,12 @@ fn port_rejections() {
             "fabric.toml:6: switch[0].port[0].mac: invalid MAC address \"52:54:00:12:34\" \
              (expected six hex bytes like \"52:54:00:12:34:56\")",
         ),
+        // a sign is not a hex digit (u8::from_str_radix alone takes "+5")
+        (
+            "mac = \"52:54:00:12:34:+5\"",
+            "fabric.toml:6: switch[0].port[0].mac: invalid MAC address \"52:54:00:12:34:+5\" \
+             (expected six hex bytes like \"52:54:00:12:34:56\")",
+        ),
         // socket
         (
             "socket = \"\"",
