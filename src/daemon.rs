@@ -74,7 +74,7 @@ pub fn vlan_mode(vlan: &VlanConfig) -> VlanMode {
     match vlan {
         VlanConfig::Access { tag } => VlanMode::Access(*tag),
         VlanConfig::Trunk { allowed, native } => VlanMode::Trunk {
-            allowed: allowed.iter().collect(),
+            allowed: allowed.clone(),
             native: *native,
         },
     }
@@ -87,9 +87,7 @@ pub fn qemu_args(port: &PortConfig) -> String {
     };
     // QEMU's virtio-net takes MAC and MTU from its own -device options, not from
     // the backend's config space, so the port's settings are repeated there.
-    let mac = mac
-        .map(|m| format!(",mac={}", vswitch::MacAddr(m)))
-        .unwrap_or_default();
+    let mac = mac.map(|m| format!(",mac={m}")).unwrap_or_default();
     let mtu = match port.mtu {
         1500 => String::new(),
         mtu => format!(",host_mtu={mtu}"),
@@ -141,7 +139,7 @@ impl PortHandle {
 fn tunnel_config(
     v: &fabric_config::VxlanConfig,
 ) -> Result<vhost_backends::tunnel::TunnelConfig, String> {
-    use vswitch::vxlan::{Subnet, Vni, VniMap, VtepSet};
+    use vswitch::vxlan::{Subnet, VniMap, VtepSet};
     let mut vnis = VniMap::new();
     let mut statics = Vec::new();
     let mut vteps = VtepSet::new(v.learn_vteps);
@@ -152,14 +150,15 @@ fn tunnel_config(
             .map_err(|e| e.to_string())?,
     );
     for m in &v.vnis {
-        let vni = Vni::new(m.vni).map_err(|e| format!("VNI {}: {e}", m.vni))?;
-        vnis.insert(m.vlan, vni).map_err(|e| format!("{e}"))?;
+        // Config checked the ids and that each VLAN and VNI is mapped once.
+        let vni = m.vni;
+        vnis.insert(m.vlan, vni).map_err(|e| e.to_string())?;
         for r in &m.remotes {
             vteps.add_remote(vni, *r).map_err(|e| format!("{e}"))?;
         }
         vteps.set_group(vni, m.group).map_err(|e| format!("{e}"))?;
         for (mac, vtep) in &m.statics {
-            statics.push((vni, vswitch::MacAddr(*mac), *vtep));
+            statics.push((vni, *mac, *vtep));
         }
     }
     Ok(vhost_backends::tunnel::TunnelConfig {
@@ -609,7 +608,7 @@ impl Runtime {
             datapath: self.datapath.clone(),
             config: NetPortConfig {
                 socket: socket.clone(),
-                mac: *mac,
+                mac: mac.map(|m| m.0),
                 mtu: pc.mtu,
                 queue_size: *queue_size,
             },

@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 
 mod error;
 mod raw;
-mod vlanset;
 
 pub use error::ConfigError;
-pub use vlanset::VlanSet;
+// The L2 values the file names, typed by their protocol rules.
+pub use fabric_l2::{MacAddr, VlanId, VlanSet, Vni};
 
 /// The example `fabric.toml` from the repository root, with comments.
 pub const EXAMPLE: &str = include_str!("../../fabric.toml");
@@ -71,7 +71,6 @@ pub const DEFAULT_EXPORT_QUEUES: u16 = 1;
 /// Default `export.queue_size`.
 pub const DEFAULT_EXPORT_QUEUE_SIZE: u16 = 256;
 
-pub use raw::parse_mac;
 // One rule for names and sizes wherever they are typed (fabricctl, vblock).
 #[doc(hidden)]
 pub use fabric_syntax::SIZE_TABLE;
@@ -248,7 +247,7 @@ pub enum PortKind {
         /// `mac`: guest MAC address advertised in virtio-net config space,
         /// `"52:54:00:12:34:56"` form. Optional (the guest then picks its
         /// own); must be unicast and not all-zero.
-        mac: Option<[u8; 6]>,
+        mac: Option<MacAddr>,
     },
     /// `type = "tap"`: a kernel TAP device (virtio-net header on), so the
     /// host or a network namespace joins the port's VLAN. The daemon creates
@@ -299,9 +298,9 @@ pub struct VxlanConfig {
 /// One VLAN bridged over the tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VniConfig {
-    pub vlan: u16,
+    pub vlan: VlanId,
     /// 1..=16777215.
-    pub vni: u32,
+    pub vni: Vni,
     /// Remote VTEPs (head-end replication of broadcast and unknown unicast).
     pub remotes: Vec<std::net::Ipv4Addr>,
     /// Optional multicast group (broadcast and unknown unicast also go
@@ -309,7 +308,7 @@ pub struct VniConfig {
     pub group: Option<std::net::Ipv4Addr>,
     /// `static`: `[{ mac = "02:..", vtep = "192.0.2.2" }]`, remote MACs that
     /// never age or move.
-    pub statics: Vec<([u8; 6], std::net::Ipv4Addr)>,
+    pub statics: Vec<(MacAddr, std::net::Ipv4Addr)>,
 }
 
 /// `vlan`: how a port maps frames to VLANs. Written as an inline table:
@@ -325,7 +324,7 @@ pub struct VniConfig {
 pub enum VlanConfig {
     /// `mode = "access"`: the guest sends and receives untagged frames, all
     /// in VLAN `tag` (default 1). Tagged frames from the guest are dropped.
-    Access { tag: u16 },
+    Access { tag: VlanId },
     /// `mode = "trunk"`: the guest sends and receives 802.1Q-tagged frames.
     Trunk {
         /// `allowed`: VLANs carried tagged; a list of ids and `"first-last"`
@@ -335,13 +334,15 @@ pub enum VlanConfig {
         allowed: VlanSet,
         /// `native`: VLAN for untagged frames on the trunk (sent untagged to
         /// the guest). Optional; without it untagged frames are dropped.
-        native: Option<u16>,
+        native: Option<VlanId>,
     },
 }
 
 impl Default for VlanConfig {
     fn default() -> Self {
-        VlanConfig::Access { tag: 1 }
+        VlanConfig::Access {
+            tag: VlanId::DEFAULT,
+        }
     }
 }
 

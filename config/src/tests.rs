@@ -1,5 +1,14 @@
 use super::*;
 
+/// A `VlanId` from a literal.
+fn vid(n: u16) -> VlanId {
+    VlanId::new(n).unwrap()
+}
+
+fn vids(v: &[u16]) -> Vec<VlanId> {
+    v.iter().map(|&n| vid(n)).collect()
+}
+
 /// A switch with one port; `extra` lines are appended to the port table and
 /// so start at line 6.
 fn one_port(extra: &str) -> String {
@@ -45,7 +54,7 @@ fn defaults_applied() {
                 queue_size: 1024,
                 mac: None,
             },
-            vlan: VlanConfig::Access { tag: 1 },
+            vlan: VlanConfig::Access { tag: vid(1) },
             mtu: 1500,
         }
     );
@@ -58,7 +67,7 @@ fn explicit_values_kept() {
     ));
     let port = only_port(&cfg);
     assert_eq!(port.mtu, 9000);
-    assert_eq!(port.vlan, VlanConfig::Access { tag: 1 });
+    assert_eq!(port.vlan, VlanConfig::Access { tag: vid(1) });
     let PortKind::VhostUser {
         queue_size, mac, ..
     } = &port.kind
@@ -66,7 +75,7 @@ fn explicit_values_kept() {
         panic!("not vhost-user: {:?}", port.kind)
     };
     assert_eq!(*queue_size, 256);
-    assert_eq!(*mac, Some([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]));
+    assert_eq!(*mac, Some(MacAddr([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef])));
 }
 
 #[test]
@@ -82,13 +91,13 @@ fn example_parses() {
     let ports = &cfg.switches[0].ports;
     let names: Vec<_> = ports.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["vm1", "vm2", "vm3", "trunk1"]);
-    assert_eq!(ports[0].vlan, VlanConfig::Access { tag: 10 });
-    assert_eq!(ports[1].vlan, VlanConfig::Access { tag: 10 });
-    assert_eq!(ports[2].vlan, VlanConfig::Access { tag: 20 });
+    assert_eq!(ports[0].vlan, VlanConfig::Access { tag: vid(10) });
+    assert_eq!(ports[1].vlan, VlanConfig::Access { tag: vid(10) });
+    assert_eq!(ports[2].vlan, VlanConfig::Access { tag: vid(20) });
     let VlanConfig::Trunk { allowed, native } = &ports[3].vlan else {
         panic!("trunk1 is not a trunk: {:?}", ports[3].vlan);
     };
-    assert_eq!(*native, Some(1));
+    assert_eq!(*native, Some(vid(1)));
     assert_eq!(format!("{allowed:?}"), "VlanSet{1, 10, 20, 100-199}");
     let PortKind::VhostUser { socket, .. } = &ports[3].kind else {
         panic!("not vhost-user")
@@ -117,8 +126,8 @@ fn trunk_allowed_defaults_to_all() {
     let VlanConfig::Trunk { allowed, native } = &only_port(&cfg).vlan else {
         panic!("not a trunk");
     };
-    assert!(allowed.contains(1) && allowed.contains(4094));
-    assert!(!allowed.contains(0) && !allowed.contains(4095));
+    assert_eq!(*allowed, VlanSet::all());
+    assert!(allowed.contains(vid(1)) && allowed.contains(vid(4094)));
     assert_eq!(*native, None);
 }
 
@@ -132,9 +141,9 @@ fn trunk_ranges_parse_and_native_is_implicitly_allowed() {
     };
     assert_eq!(
         allowed.iter().collect::<Vec<_>>(),
-        [5, 7, 100, 101, 102, 300]
+        vids(&[5, 7, 100, 101, 102, 300])
     );
-    assert_eq!(*native, Some(300));
+    assert_eq!(*native, Some(vid(300)));
 }
 
 #[test]
@@ -145,7 +154,7 @@ fn trunk_with_only_native_is_valid() {
     let VlanConfig::Trunk { allowed, .. } = &only_port(&cfg).vlan else {
         panic!("not a trunk");
     };
-    assert_eq!(allowed.iter().collect::<Vec<_>>(), [7]);
+    assert_eq!(allowed.iter().collect::<Vec<_>>(), vids(&[7]));
 }
 
 #[test]
@@ -328,6 +337,12 @@ fn port_rejections() {
         (
             "mac = \"52:54:00:12:34\"",
             "fabric.toml:6: switch[0].port[0].mac: invalid MAC address \"52:54:00:12:34\" \
+             (expected six hex bytes like \"52:54:00:12:34:56\")",
+        ),
+        // a sign is not a hex digit (u8::from_str_radix alone takes "+5")
+        (
+            "mac = \"52:54:00:12:34:+5\"",
+            "fabric.toml:6: switch[0].port[0].mac: invalid MAC address \"52:54:00:12:34:+5\" \
              (expected six hex bytes like \"52:54:00:12:34:56\")",
         ),
         // socket
@@ -843,7 +858,7 @@ fn vxlan_ports() {
     };
     assert_eq!(
         v.vnis[0].statics,
-        [([2, 0, 0, 0, 0, 7], "192.0.2.7".parse().unwrap())]
+        [(MacAddr([2, 0, 0, 0, 0, 7]), "192.0.2.7".parse().unwrap())]
     );
     assert_eq!(parse_ok(&to_toml(&cfg)), cfg);
     let e = |extra: &str| parse_err(&vx(extra));

@@ -21,21 +21,17 @@ fn vlan(v: &VlanConfig) -> String {
     match v {
         VlanConfig::Access { tag } => format!("{{ mode = \"access\", tag = {tag} }}"),
         VlanConfig::Trunk { allowed, native } => {
-            let mut items = Vec::new();
-            let ids: Vec<u16> = allowed.iter().collect();
-            let mut i = 0;
-            while i < ids.len() {
-                let mut j = i;
-                while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
-                    j += 1;
-                }
-                items.push(if i == j {
-                    ids[i].to_string()
-                } else {
-                    format!("\"{}-{}\"", ids[i], ids[j])
-                });
-                i = j + 1;
-            }
+            let items: Vec<String> = allowed
+                .ranges()
+                .into_iter()
+                .map(|(first, last)| {
+                    if first == last {
+                        first.to_string()
+                    } else {
+                        format!("\"{first}-{last}\"")
+                    }
+                })
+                .collect();
             let native = native
                 .map(|n| format!(", native = {n}"))
                 .unwrap_or_default();
@@ -94,11 +90,7 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
                     let _ = writeln!(out, "socket = {}", path(socket));
                     let _ = writeln!(out, "queue_size = {queue_size}");
                     if let Some(m) = mac {
-                        let _ = writeln!(
-                            out,
-                            "mac = \"{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\"",
-                            m[0], m[1], m[2], m[3], m[4], m[5]
-                        );
+                        let _ = writeln!(out, "mac = \"{m}\"");
                     }
                 }
                 PortKind::Tap { device } => {
@@ -137,8 +129,7 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
                                 .iter()
                                 .map(|(mac, vtep)| {
                                     format!(
-                                        "{{ mac = \"{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\", vtep = {} }}",
-                                        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
+                                        "{{ mac = \"{mac}\", vtep = {} }}",
                                         q(&vtep.to_string())
                                     )
                                 })

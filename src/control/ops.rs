@@ -183,9 +183,7 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
         "fdb.add" => {
             let f: FdbAdd = args(op, a)?;
             let sw = switch(rt, &f.switch)?;
-            if !(1..=4094).contains(&f.vlan) {
-                return Err(invalid(format!("VLAN id {} is outside 1..=4094", f.vlan)));
-            }
+            let vlan = vswitch::VlanId::try_from(f.vlan).map_err(|e| invalid(e.to_string()))?;
             let mac = parse_mac(&f.mac)?;
             let id = sw.port_id(&f.port).ok_or_else(|| {
                 OpError::new(
@@ -194,7 +192,7 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
                 )
             })?;
             sw.fdb()
-                .add_static(f.vlan, vswitch::MacAddr(mac), id)
+                .add_static(vlan, mac, id)
                 .map_err(|o| OpError::new(ErrorCode::Conflict, format!("not added: {o:?}")))?;
             Ok(Value::Null)
         }
@@ -269,8 +267,8 @@ fn check_name(name: &str) -> OpResult<()> {
     fabric_config::valid_name(name).map_err(invalid)
 }
 
-fn parse_mac(s: &str) -> OpResult<[u8; 6]> {
-    fabric_config::parse_mac(s).map_err(invalid)
+fn parse_mac(s: &str) -> OpResult<vswitch::MacAddr> {
+    vswitch::MacAddr::parse_station(s).map_err(|e| invalid(e.to_string()))
 }
 
 /// Where relative paths of run-time additions are resolved: like the
@@ -436,7 +434,7 @@ fn fdb_show(rt: &Runtime, name: &str) -> OpResult<Vec<FdbEntryInfo>> {
         .entries(sw.now())
         .into_iter()
         .map(|e| FdbEntryInfo {
-            vlan: e.vlan,
+            vlan: e.vlan.get(),
             mac: e.mac.to_string(),
             port: topo
                 .port(e.port)

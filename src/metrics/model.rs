@@ -280,10 +280,18 @@ mod tests {
 
         let sw = Arc::new(Switch::new("br0", 1024, 64, 300));
         let id = sw
-            .add_port("vm1", vswitch::VlanMode::Access(1), 1500)
+            .add_port(
+                "vm1",
+                vswitch::VlanMode::Access(vswitch::VlanId::DEFAULT),
+                1500,
+            )
             .unwrap();
-        sw.add_port("vm2", vswitch::VlanMode::Access(1), 1500)
-            .unwrap();
+        sw.add_port(
+            "vm2",
+            vswitch::VlanMode::Access(vswitch::VlanId::DEFAULT),
+            1500,
+        )
+        .unwrap();
         let topo = sw.topology();
         let p = topo.port(id).unwrap();
         p.state.counters.add_rx(3, 300);
@@ -293,8 +301,10 @@ mod tests {
         let station = vswitch::MacAddr([2, 0, 0, 0, 0, 1]);
         let vm2 = sw.port_id("vm2").unwrap();
         sw.fdb().set_move_hold(id, 60);
-        sw.fdb().learn(1, station, vm2, sw.now());
-        sw.fdb().learn(1, station, id, sw.now());
+        sw.fdb()
+            .learn(vswitch::VlanId::DEFAULT, station, vm2, sw.now());
+        sw.fdb()
+            .learn(vswitch::VlanId::DEFAULT, station, id, sw.now());
 
         let dir = std::env::temp_dir().join(format!("fabric-metrics-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -48,6 +48,7 @@ impl Fabric {
 
     pub fn fdb_port_of(&self, vlan: u16, m: [u8; 6]) -> Option<String> {
         let sw = self.daemon().switch("br0").unwrap();
+        let vlan = vswitch::VlanId::new(vlan).expect("a usable VLAN id");
         let id = sw.fdb().lookup(vlan, MacAddr(m), sw.now())?;
         Some(sw.topology().port(id)?.name.clone())
     }

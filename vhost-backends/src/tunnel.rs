@@ -40,7 +40,7 @@ use vswitch::vxlan::{
     fits_underlay, flow_src_port, Ipv4Encap, RemoteFdb, SrcPortRange, TunnelCounters, TunnelDrop,
     Vni, VniMap, VtepSet, VxlanPacket, OVERHEAD,
 };
-use vswitch::{DropReason, MacAddr, PortId, Switch};
+use vswitch::{DropReason, MacAddr, PortId, Switch, VlanId};
 
 /// Ethernet header without and with an 802.1Q tag.
 const ETH_HLEN: usize = 14;
@@ -202,7 +202,8 @@ impl TunnelSink {
         {
             return Err(TunnelDrop::InnerTagged);
         }
-        let vlan = u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff;
+        let vid = u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff;
+        let vlan = VlanId::new(vid).map_err(|_| TunnelDrop::UnknownVni)?;
         let vni = t.config.vnis.vni(vlan).ok_or(TunnelDrop::UnknownVni)?;
         frame.drain(12..16);
         if !fits_underlay(frame.len(), t.config.underlay_mtu) {
@@ -486,7 +487,7 @@ fn decapsulate(
     let len = inner.len() + TAG_LEN;
     frame[..12].copy_from_slice(&inner[..12]);
     frame[12..14].copy_from_slice(&TPID_8021Q.to_be_bytes());
-    frame[14..16].copy_from_slice(&vlan.to_be_bytes());
+    frame[14..16].copy_from_slice(&vlan.get().to_be_bytes());
     frame[16..len].copy_from_slice(&inner[12..]);
     Some(len)
 }

@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
-use vswitch::{MacAddr, Switch, VlanMode};
+use vswitch::{MacAddr, Switch, VlanId, VlanMode};
 
 fn mac(n: u32) -> [u8; 6] {
     let b = n.to_be_bytes();
@@ -25,12 +25,15 @@ fn frame(dst: u32, src: u32) -> [u8; 64] {
 fn populated(stations: u32) -> Switch {
     let sw = Switch::new("bench", 4 * stations, 2 * stations, 300);
     for name in ["a", "b"] {
-        let id = sw.add_port(name, VlanMode::Access(1), 1500).unwrap();
+        let id = sw
+            .add_port(name, VlanMode::Access(VlanId::DEFAULT), 1500)
+            .unwrap();
         sw.set_link(id, true);
     }
     for i in 0..stations {
-        sw.fdb().learn(1, MacAddr(mac(i)), 0, 0);
-        sw.fdb().learn(1, MacAddr(mac(stations + i)), 1, 0);
+        sw.fdb().learn(VlanId::DEFAULT, MacAddr(mac(i)), 0, 0);
+        sw.fdb()
+            .learn(VlanId::DEFAULT, MacAddr(mac(stations + i)), 1, 0);
     }
     sw
 }

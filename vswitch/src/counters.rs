@@ -1,8 +1,28 @@
-//! Per-port counters. Relaxed atomics: each counter is written by the thread that
-//! handles the frame and read by whoever reports; no ordering between counters is
-//! promised.
+//! Traffic counters with drops by reason: one generic [`Counters`] over a
+//! [`Reason`] enum, for switch ports ([`DropReason`], plus broken queues in
+//! [`PortCounters`]) and tunnels ([`crate::vxlan::TunnelDrop`]), so every
+//! report reads both the same way.
+//!
+//! Relaxed atomics: each counter is written by the thread that handles the
+//! frame and read by whoever reports; no ordering between counters is promised.
 
+use std::marker::PhantomData;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a frame was dropped, for one kind of port: every drop is counted
+/// under exactly one reason.
+pub trait Reason: Copy + 'static {
+    /// Every reason, each at the position of its [`Reason::index`].
+    const ALL: &'static [Self];
+    /// Position in [`Reason::ALL`], below [`MAX_REASONS`].
+    fn index(self) -> usize;
+    /// Stable snake_case name, used by metrics and the control socket.
+    fn name(self) -> &'static str;
+}
+
+/// Most reasons a [`Reason`] enum may have (the counters' array size).
+pub const MAX_REASONS: usize = 16;
 
 /// Why a frame was dropped. Every drop is counted under exactly one reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,45 +82,84 @@ impl DropReason {
     }
 }
 
-const N_REASONS: usize = DropReason::ALL.len();
+impl Reason for DropReason {
+    const ALL: &'static [DropReason] = &DropReason::ALL;
 
-/// Counters of one port. `rx` is what the port received from its peer (a guest's
-/// transmissions), `tx` what the switch delivered to it.
-#[derive(Default, Debug)]
-pub struct PortCounters {
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn name(self) -> &'static str {
+        DropReason::name(self)
+    }
+}
+
+const _: () = assert!(DropReason::ALL.len() <= MAX_REASONS);
+
+/// Counters of one port or tunnel: traffic, and drops by reason `R`.
+#[derive(Debug)]
+pub struct Counters<R> {
     rx_packets: AtomicU64,
     rx_bytes: AtomicU64,
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
-    drops: [AtomicU64; N_REASONS],
-    broken_queues: AtomicU64,
+    drops: [AtomicU64; MAX_REASONS],
+    reason: PhantomData<fn(R)>,
 }
 
-/// A point-in-time copy of [`PortCounters`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PortCountersSnapshot {
+impl<R> Default for Counters<R> {
+    fn default() -> Self {
+        Counters {
+            rx_packets: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            drops: Default::default(),
+            reason: PhantomData,
+        }
+    }
+}
+
+/// A point-in-time copy of [`Counters`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountersSnapshot<R> {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
-    pub drops: [u64; N_REASONS],
-    /// Times a queue of the port was stopped as broken (a driver that put its
-    /// avail index further ahead than the ring holds, or its rings outside
-    /// guest memory). The queue stays stopped until the frontend resets it.
-    pub broken_queues: u64,
+    drops: [u64; MAX_REASONS],
+    reason: PhantomData<fn(R)>,
 }
 
-impl PortCountersSnapshot {
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.drops[reason as usize]
+impl<R> Default for CountersSnapshot<R> {
+    fn default() -> Self {
+        CountersSnapshot {
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            drops: [0; MAX_REASONS],
+            reason: PhantomData,
+        }
+    }
+}
+
+impl<R: Reason> CountersSnapshot<R> {
+    pub fn dropped(&self, reason: R) -> u64 {
+        self.drops[reason.index()]
     }
 
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
     }
+
+    /// Every reason with its count, in [`Reason::ALL`] order.
+    pub fn drops(&self) -> impl Iterator<Item = (R, u64)> + '_ {
+        R::ALL.iter().map(|&r| (r, self.dropped(r)))
+    }
 }
 
-impl PortCounters {
+impl<R: Reason> Counters<R> {
     pub fn add_rx(&self, packets: u64, bytes: u64) {
         self.rx_packets.fetch_add(packets, Relaxed);
         self.rx_bytes.fetch_add(bytes, Relaxed);
@@ -111,22 +170,103 @@ impl PortCounters {
         self.tx_bytes.fetch_add(bytes, Relaxed);
     }
 
-    pub fn add_drop(&self, reason: DropReason) {
-        self.drops[reason as usize].fetch_add(1, Relaxed);
+    pub fn add_drop(&self, reason: R) {
+        self.drops[reason.index()].fetch_add(1, Relaxed);
     }
 
+    pub fn snapshot(&self) -> CountersSnapshot<R> {
+        CountersSnapshot {
+            rx_packets: self.rx_packets.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            tx_packets: self.tx_packets.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
+            reason: PhantomData,
+        }
+    }
+}
+
+/// Counters of one switch port. `rx` is what the port received from its peer
+/// (a guest's transmissions), `tx` what the switch delivered to it.
+#[derive(Default, Debug)]
+pub struct PortCounters {
+    traffic: Counters<DropReason>,
+    broken_queues: AtomicU64,
+}
+
+/// A port's counters are [`Counters`] plus broken queues.
+impl Deref for PortCounters {
+    type Target = Counters<DropReason>;
+
+    fn deref(&self) -> &Counters<DropReason> {
+        &self.traffic
+    }
+}
+
+/// A point-in-time copy of [`PortCounters`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortCountersSnapshot {
+    pub traffic: CountersSnapshot<DropReason>,
+    /// Times a queue of the port was stopped as broken (a driver that put its
+    /// avail index further ahead than the ring holds, or its rings outside
+    /// guest memory). The queue stays stopped until the frontend resets it.
+    pub broken_queues: u64,
+}
+
+impl Deref for PortCountersSnapshot {
+    type Target = CountersSnapshot<DropReason>;
+
+    fn deref(&self) -> &CountersSnapshot<DropReason> {
+        &self.traffic
+    }
+}
+
+impl PortCounters {
     pub fn add_broken_queue(&self) {
         self.broken_queues.fetch_add(1, Relaxed);
     }
 
     pub fn snapshot(&self) -> PortCountersSnapshot {
         PortCountersSnapshot {
-            rx_packets: self.rx_packets.load(Relaxed),
-            rx_bytes: self.rx_bytes.load(Relaxed),
-            tx_packets: self.tx_packets.load(Relaxed),
-            tx_bytes: self.tx_bytes.load(Relaxed),
-            drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
+            traffic: self.traffic.snapshot(),
             broken_queues: self.broken_queues.load(Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each reason counts in its own slot; the port's extra counter apart.
+    #[test]
+    fn counts_by_reason() {
+        let c = PortCounters::default();
+        c.add_rx(2, 128);
+        c.add_tx(3, 1500);
+        c.add_drop(DropReason::Runt);
+        c.add_drop(DropReason::BadDescriptor);
+        c.add_drop(DropReason::BadDescriptor);
+        c.add_broken_queue();
+        let s = c.snapshot();
+        assert_eq!(
+            (s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes),
+            (2, 128, 3, 1500)
+        );
+        assert_eq!(s.dropped(DropReason::Runt), 1);
+        assert_eq!(s.dropped(DropReason::BadDescriptor), 2);
+        assert_eq!(s.dropped(DropReason::Oversize), 0);
+        assert_eq!((s.total_drops(), s.broken_queues), (3, 1));
+        let listed: Vec<_> = s.drops().filter(|(_, n)| *n > 0).collect();
+        assert_eq!(
+            listed,
+            [(DropReason::Runt, 1), (DropReason::BadDescriptor, 2)]
+        );
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let names: std::collections::HashSet<_> =
+            DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), DropReason::ALL.len());
     }
 }

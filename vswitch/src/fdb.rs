@@ -1,46 +1,46 @@
 //! The forwarding database: (VLAN, MAC) -> port, learned from source addresses.
 //!
-//! Read-mostly and shared by every datapath thread, so it is split into shards,
-//! each behind its own `RwLock`. A lookup or the refresh of an entry already on the
-//! right port takes only a read lock (the last-seen time is an atomic); only a new
-//! station, a move, or aging takes a shard's write lock.
-//!
-//! Memory is bounded twice: a global capacity, and a per-port limit so a guest that
-//! floods random source MACs fills only its own share and never evicts another
-//! port's stations. When a limit is hit the station is simply not learned: its
-//! frames are still forwarded, and frames to it are flooded.
+//! An [`AgingTable`] (sharded, read-mostly, aged by the switch clock) whose
+//! owners are ports: memory is bounded by a global capacity and a per-port
+//! limit, so a guest that floods random source MACs fills only its own share
+//! and never evicts another port's stations. When a limit is hit the station
+//! is simply not learned: its frames are still forwarded, and frames to it are
+//! flooded.
 //!
 //! A port can also hold stations back: with a move hold of `n` seconds set on
 //! it ([`Fdb::set_move_hold`], used for tunnel ports), a station seen on another
 //! port within the last `n` seconds does not move to it. A remote peer that
 //! spoofs a local guest's source MAC then cannot steal its traffic.
 
+use crate::aging::{AgingTable, Learn, Owners};
 use crate::frame::MacAddr;
 use crate::switch::PortId;
 use crate::vlan::VlanId;
-use hashbrown::{DefaultHashBuilder, HashTable};
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::RwLock;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 const SHARDS: usize = 64;
 
 /// Ports the FDB can count entries for; port ids must be below this.
 pub const MAX_PORTS: usize = 4096;
 
-/// (VLAN << 48) | MAC: one word per key.
-type Key = u64;
-
-fn key(vlan: VlanId, mac: MacAddr) -> Key {
-    (vlan as u64) << 48 | mac.to_u64()
+/// A station: the same MAC in two VLANs is two stations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
+    vlan: VlanId,
+    mac: MacAddr,
 }
 
-struct Entry {
-    key: Key,
-    port: PortId,
-    is_static: bool,
-    /// Seconds on the switch clock when the source was last seen.
-    last_seen: AtomicU32,
+/// Hashed as one word, (VLAN << 48) | MAC: one hasher round per lookup.
+impl Hash for Key {
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u64(u64::from(self.vlan.get()) << 48 | self.mac.to_u64());
+    }
+}
+
+fn key(vlan: VlanId, mac: MacAddr) -> Key {
+    Key { vlan, mac }
 }
 
 /// One FDB entry as reported to operators.
@@ -54,26 +54,10 @@ pub struct FdbEntry {
     pub age: u32,
 }
 
-/// What learning a source address did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LearnOutcome {
-    /// Already known on this port; its age was reset.
-    Refreshed,
-    Learned,
-    /// The station moved here from another port.
-    Moved {
-        from: PortId,
-    },
-    /// The global capacity is reached; not learned.
-    TableFull,
-    /// The ingress port reached its MAC limit; not learned.
-    PortLimit,
-    /// A static entry pins the MAC to another port; not moved.
-    Static,
-    /// The station was seen on its port within the ingress port's move hold;
-    /// not moved (counted).
-    Held,
-}
+/// What learning a source address did ([`Learn::OwnerLimit`]: the ingress
+/// port reached its MAC limit; [`Learn::Held`]: the station was seen on its
+/// port within the ingress port's move hold).
+pub type LearnOutcome = Learn<PortId>;
 
 /// Event counters, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,355 +72,166 @@ pub struct FdbStats {
     pub refused_move: u64,
 }
 
-pub struct Fdb {
-    shards: Box<[RwLock<HashTable<Entry>>]>,
-    hasher: DefaultHashBuilder,
-    capacity: u32,
-    port_limit: u32,
-    aging_secs: u32,
-    len: AtomicU32,
-    per_port: Box<[AtomicU32]>,
+/// The FDB's owners: a MAC limit and a move hold per port.
+struct Ports {
+    limit: u32,
+    learned: Box<[AtomicU32]>,
     /// Per port: seconds a station must be silent elsewhere before it may move here.
     move_hold: Box<[AtomicU32]>,
-    learned: AtomicU64,
-    moved: AtomicU64,
-    aged: AtomicU64,
-    refused_full: AtomicU64,
-    refused_port_limit: AtomicU64,
-    refused_move: AtomicU64,
 }
 
-impl Fdb {
-    /// `capacity` entries in all, at most `port_limit` learned on any one port,
-    /// dynamic entries expire `aging_secs` after their station was last seen.
-    pub fn new(capacity: u32, port_limit: u32, aging_secs: u32) -> Fdb {
-        Fdb {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
-            hasher: DefaultHashBuilder::default(),
-            capacity,
-            port_limit,
-            aging_secs,
-            len: AtomicU32::new(0),
-            per_port: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
-            move_hold: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
-            learned: AtomicU64::new(0),
-            moved: AtomicU64::new(0),
-            aged: AtomicU64::new(0),
-            refused_full: AtomicU64::new(0),
-            refused_port_limit: AtomicU64::new(0),
-            refused_move: AtomicU64::new(0),
-        }
-    }
-
-    pub fn aging_secs(&self) -> u32 {
-        self.aging_secs
-    }
-
-    /// A station seen on another port within the last `secs` seconds does not
-    /// move to `port` (0, the default, allows every move). Reset when the port
-    /// is purged, so a reused port id starts without one.
-    pub fn set_move_hold(&self, port: PortId, secs: u32) {
-        self.move_hold[port as usize].store(secs, Relaxed);
-    }
-
-    /// Whether `e` may not move to `port` at `now` (seen on its port too recently).
-    fn held(&self, e: &Entry, port: PortId, now: u32) -> bool {
-        let hold = self.move_hold[port as usize].load(Relaxed);
-        hold != 0 && now.wrapping_sub(e.last_seen.load(Relaxed)) < hold
-    }
-
-    fn locate(&self, key: Key) -> (u64, &RwLock<HashTable<Entry>>) {
-        let hash = self.hasher.hash_one(key);
-        // High bits pick the shard; the table itself uses the low bits.
-        (hash, &self.shards[(hash >> 58) as usize % SHARDS])
-    }
-
-    fn is_live(&self, e: &Entry, now: u32) -> bool {
-        e.is_static || now.wrapping_sub(e.last_seen.load(Relaxed)) < self.aging_secs
-    }
-
-    /// The port a station was learned on, if its entry is live.
-    pub fn lookup(&self, vlan: VlanId, mac: MacAddr, now: u32) -> Option<PortId> {
-        let key = key(vlan, mac);
-        let (hash, shard) = self.locate(key);
-        let table = shard.read().unwrap_or_else(|e| e.into_inner());
-        let e = table.find(hash, |e| e.key == key)?;
-        self.is_live(e, now).then_some(e.port)
-    }
-
-    /// Whether learning `mac` on `port` now would be refused by `port`'s move
-    /// hold; a refusal is counted. Lets a driver drop such a frame before it
-    /// is forwarded (read lock only). [`Fdb::learn`] applies the same rule.
-    pub fn refuse_held_move(&self, vlan: VlanId, mac: MacAddr, port: PortId, now: u32) -> bool {
-        let key = key(vlan, mac);
-        let (hash, shard) = self.locate(key);
-        let table = shard.read().unwrap_or_else(|e| e.into_inner());
-        let held = table
-            .find(hash, |e| e.key == key)
-            .is_some_and(|e| e.port != port && !e.is_static && self.held(e, port, now));
-        if held {
-            self.refused_move.fetch_add(1, Relaxed);
-        }
-        held
-    }
-
-    /// Learns that `mac` in `vlan` sits behind `port`.
-    pub fn learn(&self, vlan: VlanId, mac: MacAddr, port: PortId, now: u32) -> LearnOutcome {
-        let key = key(vlan, mac);
-        let (hash, shard) = self.locate(key);
-        {
-            // Fast path: the station is where we last saw it.
-            let table = shard.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = table.find(hash, |e| e.key == key) {
-                if e.port == port {
-                    // Skip the store when unchanged so the cache line stays shared.
-                    if e.last_seen.load(Relaxed) != now {
-                        e.last_seen.store(now, Relaxed);
-                    }
-                    return LearnOutcome::Refreshed;
-                }
-                if e.is_static {
-                    return LearnOutcome::Static;
-                }
-                if self.held(e, port, now) {
-                    self.refused_move.fetch_add(1, Relaxed);
-                    return LearnOutcome::Held;
-                }
-            }
-        }
-        let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = table.find_mut(hash, |e| e.key == key) {
-            if e.port == port {
-                e.last_seen.store(now, Relaxed);
-                return LearnOutcome::Refreshed;
-            }
-            if e.is_static {
-                return LearnOutcome::Static;
-            }
-            if self.held(e, port, now) {
-                self.refused_move.fetch_add(1, Relaxed);
-                return LearnOutcome::Held;
-            }
-            let from = e.port;
-            // A move is a new station for the port it lands on: it counts against
-            // that port's limit. If that port is full, the stale entry still goes.
-            self.per_port[from as usize].fetch_sub(1, Relaxed);
-            if !self.reserve_port(port) {
-                self.len.fetch_sub(1, Relaxed);
-                table
-                    .find_entry(hash, |e| e.key == key)
-                    .map(|o| o.remove())
-                    .ok();
-                self.refused_port_limit.fetch_add(1, Relaxed);
-                return LearnOutcome::PortLimit;
-            }
-            e.port = port;
-            e.last_seen.store(now, Relaxed);
-            self.moved.fetch_add(1, Relaxed);
-            return LearnOutcome::Moved { from };
-        }
-        match self.reserve(port) {
-            Ok(()) => {
-                table.insert_unique(
-                    hash,
-                    Entry {
-                        key,
-                        port,
-                        is_static: false,
-                        last_seen: AtomicU32::new(now),
-                    },
-                    |e| self.hasher.hash_one(e.key),
-                );
-                self.learned.fetch_add(1, Relaxed);
-                LearnOutcome::Learned
-            }
-            Err(outcome) => outcome,
-        }
-    }
-
-    /// Takes one slot of `port`'s limit, if free.
-    fn reserve_port(&self, port: PortId) -> bool {
-        let slot = &self.per_port[port as usize];
-        if slot.fetch_add(1, Relaxed) >= self.port_limit {
+impl Owners<PortId> for Ports {
+    fn reserve(&self, port: PortId) -> bool {
+        let slot = &self.learned[port as usize];
+        if slot.fetch_add(1, Relaxed) >= self.limit {
             slot.fetch_sub(1, Relaxed);
             return false;
         }
         true
     }
 
-    /// Takes one global slot and one of `port`'s, or neither.
-    fn reserve(&self, port: PortId) -> Result<(), LearnOutcome> {
-        if self.len.fetch_add(1, Relaxed) >= self.capacity {
-            self.len.fetch_sub(1, Relaxed);
-            self.refused_full.fetch_add(1, Relaxed);
-            return Err(LearnOutcome::TableFull);
+    fn release(&self, port: PortId) {
+        self.learned[port as usize].fetch_sub(1, Relaxed);
+    }
+
+    fn holds(&self, to: PortId, silent_for: u32) -> bool {
+        let hold = self.move_hold[to as usize].load(Relaxed);
+        hold != 0 && silent_for < hold
+    }
+}
+
+pub struct Fdb {
+    table: AgingTable<Key, PortId, Ports>,
+}
+
+impl Fdb {
+    /// `capacity` entries in all, at most `port_limit` learned on any one port,
+    /// dynamic entries expire `aging_secs` after their station was last seen.
+    pub fn new(capacity: u32, port_limit: u32, aging_secs: u32) -> Fdb {
+        let ports = Ports {
+            limit: port_limit,
+            learned: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
+            move_hold: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
+        };
+        Fdb {
+            table: AgingTable::new(SHARDS, capacity, aging_secs, ports),
         }
-        if !self.reserve_port(port) {
-            self.len.fetch_sub(1, Relaxed);
-            self.refused_port_limit.fetch_add(1, Relaxed);
-            return Err(LearnOutcome::PortLimit);
-        }
-        Ok(())
+    }
+
+    pub fn aging_secs(&self) -> u32 {
+        self.table.aging_secs()
+    }
+
+    /// A station seen on another port within the last `secs` seconds does not
+    /// move to `port` (0, the default, allows every move). Reset when the port
+    /// is purged, so a reused port id starts without one.
+    pub fn set_move_hold(&self, port: PortId, secs: u32) {
+        self.table.owners().move_hold[port as usize].store(secs, Relaxed);
+    }
+
+    /// The port a station was learned on, if its entry is live.
+    pub fn lookup(&self, vlan: VlanId, mac: MacAddr, now: u32) -> Option<PortId> {
+        self.table.lookup(key(vlan, mac), now)
+    }
+
+    /// Whether learning `mac` on `port` now would be refused by `port`'s move
+    /// hold; a refusal is counted. Lets a driver drop such a frame before it
+    /// is forwarded (read lock only). [`Fdb::learn`] applies the same rule.
+    pub fn refuse_held_move(&self, vlan: VlanId, mac: MacAddr, port: PortId, now: u32) -> bool {
+        self.table.refuse_held_move(key(vlan, mac), port, now)
+    }
+
+    /// Learns that `mac` in `vlan` sits behind `port`.
+    pub fn learn(&self, vlan: VlanId, mac: MacAddr, port: PortId, now: u32) -> LearnOutcome {
+        self.table.learn(key(vlan, mac), port, now)
     }
 
     /// Adds or replaces a static entry (never ages, never moves). Static entries
     /// count against the global capacity but not the port limit.
     pub fn add_static(&self, vlan: VlanId, mac: MacAddr, port: PortId) -> Result<(), LearnOutcome> {
-        let key = key(vlan, mac);
-        let (hash, shard) = self.locate(key);
-        let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
-        if let Ok(old) = table.find_entry(hash, |e| e.key == key) {
-            let (old, _) = old.remove();
-            self.release(&old);
-        }
-        if self.len.fetch_add(1, Relaxed) >= self.capacity {
-            self.len.fetch_sub(1, Relaxed);
-            return Err(LearnOutcome::TableFull);
-        }
-        table.insert_unique(
-            hash,
-            Entry {
-                key,
-                port,
-                is_static: true,
-                last_seen: AtomicU32::new(0),
-            },
-            |e| self.hasher.hash_one(e.key),
-        );
-        Ok(())
-    }
-
-    fn release(&self, e: &Entry) {
-        self.len.fetch_sub(1, Relaxed);
-        if !e.is_static {
-            self.per_port[e.port as usize].fetch_sub(1, Relaxed);
-        }
-    }
-
-    /// Removes entries for which `doomed` is true; returns how many.
-    fn remove_where(&self, mut doomed: impl FnMut(&Entry) -> bool) -> usize {
-        let mut removed = 0;
-        for shard in self.shards.iter() {
-            let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
-            table.retain(|e| {
-                if doomed(e) {
-                    self.release(e);
-                    removed += 1;
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        removed
+        self.table.add_static(key(vlan, mac), port)
     }
 
     /// Drops dynamic entries not seen for the aging time. Returns how many.
     pub fn age(&self, now: u32) -> usize {
-        let n = self.remove_where(|e| !self.is_live(e, now));
-        self.aged.fetch_add(n as u64, Relaxed);
-        n
+        self.table.age(now)
     }
 
     /// Forgets one station's dynamic entry if it points at `port`: a learn
     /// that lost the race with that port's removal. Returns whether it did.
     pub fn forget(&self, vlan: VlanId, mac: MacAddr, port: PortId) -> bool {
-        let key = key(vlan, mac);
-        let (hash, shard) = self.locate(key);
-        let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
-        match table.find_entry(hash, |e| e.key == key && e.port == port && !e.is_static) {
-            Ok(entry) => {
-                let (old, _) = entry.remove();
-                self.release(&old);
-                true
-            }
-            Err(_) => false,
-        }
+        self.table
+            .remove_if(key(vlan, mac), |p, is_static| p == port && !is_static)
     }
 
     /// Forgets the dynamic entries of a port (link down, port removed).
     pub fn flush_port(&self, port: PortId) -> usize {
-        self.remove_where(|e| e.port == port && !e.is_static)
+        self.table
+            .remove_where(|_, p, is_static| p == port && !is_static)
     }
 
     /// Forgets every entry of a port, static ones too (port removed).
     pub fn purge_port(&self, port: PortId) -> usize {
-        self.move_hold[port as usize].store(0, Relaxed);
-        self.remove_where(|e| e.port == port)
+        self.set_move_hold(port, 0);
+        self.table.remove_where(|_, p, _| p == port)
     }
 
     /// Forgets every dynamic entry.
     pub fn flush(&self) -> usize {
-        self.remove_where(|e| !e.is_static)
+        self.table.remove_where(|_, _, is_static| !is_static)
     }
 
     pub fn len(&self) -> usize {
-        self.len.load(Relaxed) as usize
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.table.is_empty()
     }
 
     /// Entries learned on `port` (dynamic only).
     pub fn port_len(&self, port: PortId) -> usize {
-        self.per_port[port as usize].load(Relaxed) as usize
+        self.table.owners().learned[port as usize].load(Relaxed) as usize
     }
 
     /// Live entries, sorted by VLAN then MAC.
     pub fn entries(&self, now: u32) -> Vec<FdbEntry> {
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            let table = shard.read().unwrap_or_else(|e| e.into_inner());
-            out.extend(
-                table
-                    .iter()
-                    .filter(|e| self.is_live(e, now))
-                    .map(|e| FdbEntry {
-                        vlan: (e.key >> 48) as VlanId,
-                        mac: MacAddr::from_u64(e.key),
-                        port: e.port,
-                        is_static: e.is_static,
-                        age: if e.is_static {
-                            0
-                        } else {
-                            now.wrapping_sub(e.last_seen.load(Relaxed))
-                        },
-                    }),
-            );
-        }
+        let mut out: Vec<FdbEntry> = (self.table.rows(now).into_iter())
+            .map(|r| FdbEntry {
+                vlan: r.key.vlan,
+                mac: r.key.mac,
+                port: r.owner,
+                is_static: r.is_static,
+                age: r.age,
+            })
+            .collect();
         out.sort_by_key(|e| (e.vlan, e.mac));
         out
     }
 
     pub fn stats(&self) -> FdbStats {
+        let s = self.table.stats();
         FdbStats {
-            entries: self.len.load(Relaxed),
-            learned: self.learned.load(Relaxed),
-            moved: self.moved.load(Relaxed),
-            aged: self.aged.load(Relaxed),
-            refused_full: self.refused_full.load(Relaxed),
-            refused_port_limit: self.refused_port_limit.load(Relaxed),
-            refused_move: self.refused_move.load(Relaxed),
+            entries: s.entries,
+            learned: s.learned,
+            moved: s.moved,
+            aged: s.aged,
+            refused_full: s.refused_full,
+            refused_port_limit: s.refused_owner_limit,
+            refused_move: s.refused_move,
         }
     }
 
     /// Heap bytes held by the tables (for the memory-per-entry figure).
     pub fn heap_bytes(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .allocation_size()
-            })
-            .sum()
+        self.table.heap_bytes()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vlan::vid;
 
     fn mac(n: u32) -> MacAddr {
         let b = n.to_be_bytes();
@@ -446,16 +241,19 @@ mod tests {
     #[test]
     fn learn_lookup_move_age() {
         let fdb = Fdb::new(100, 10, 300);
-        assert_eq!(fdb.learn(10, mac(1), 1, 0), LearnOutcome::Learned);
-        assert_eq!(fdb.learn(10, mac(1), 1, 5), LearnOutcome::Refreshed);
-        assert_eq!(fdb.lookup(10, mac(1), 5), Some(1));
+        assert_eq!(fdb.learn(vid(10), mac(1), 1, 0), LearnOutcome::Learned);
+        assert_eq!(fdb.learn(vid(10), mac(1), 1, 5), LearnOutcome::Refreshed);
+        assert_eq!(fdb.lookup(vid(10), mac(1), 5), Some(1));
         // same MAC in another VLAN is another station
-        assert_eq!(fdb.lookup(20, mac(1), 5), None);
-        assert_eq!(fdb.learn(10, mac(1), 2, 6), LearnOutcome::Moved { from: 1 });
-        assert_eq!(fdb.lookup(10, mac(1), 6), Some(2));
+        assert_eq!(fdb.lookup(vid(20), mac(1), 5), None);
+        assert_eq!(
+            fdb.learn(vid(10), mac(1), 2, 6),
+            LearnOutcome::Moved { from: 1 }
+        );
+        assert_eq!(fdb.lookup(vid(10), mac(1), 6), Some(2));
         assert_eq!((fdb.port_len(1), fdb.port_len(2)), (0, 1));
         // expired entries miss before the sweep and vanish with it
-        assert_eq!(fdb.lookup(10, mac(1), 6 + 300), None);
+        assert_eq!(fdb.lookup(vid(10), mac(1), 6 + 300), None);
         assert_eq!(fdb.age(6 + 299), 0);
         assert_eq!(fdb.age(6 + 300), 1);
         assert!(fdb.is_empty());
@@ -468,17 +266,17 @@ mod tests {
     fn port_limit_protects_other_ports() {
         let fdb = Fdb::new(1000, 8, 300);
         for i in 0..4 {
-            assert_eq!(fdb.learn(1, mac(i), 1, 0), LearnOutcome::Learned);
+            assert_eq!(fdb.learn(vid(1), mac(i), 1, 0), LearnOutcome::Learned);
         }
         // port 2 floods random sources
         for i in 100..10_000 {
-            fdb.learn(1, mac(i), 2, 0);
+            fdb.learn(vid(1), mac(i), 2, 0);
         }
         assert_eq!(fdb.port_len(2), 8);
         assert_eq!(fdb.len(), 12);
         for i in 0..4 {
             assert_eq!(
-                fdb.lookup(1, mac(i), 0),
+                fdb.lookup(vid(1), mac(i), 0),
                 Some(1),
                 "port 1's stations survive"
             );
@@ -491,23 +289,23 @@ mod tests {
         let fdb = Fdb::new(5, 5, 300);
         for i in 0..5 {
             assert_eq!(
-                fdb.learn(1, mac(i), (i % 3) as u16, 0),
+                fdb.learn(vid(1), mac(i), (i % 3) as u16, 0),
                 LearnOutcome::Learned
             );
         }
-        assert_eq!(fdb.learn(1, mac(99), 3, 0), LearnOutcome::TableFull);
+        assert_eq!(fdb.learn(vid(1), mac(99), 3, 0), LearnOutcome::TableFull);
         assert_eq!(fdb.len(), 5);
         assert_eq!(fdb.flush_port(0), 2);
-        assert_eq!(fdb.learn(1, mac(99), 3, 0), LearnOutcome::Learned);
+        assert_eq!(fdb.learn(vid(1), mac(99), 3, 0), LearnOutcome::Learned);
     }
 
     #[test]
     fn move_into_full_port_forgets_stale_entry() {
         let fdb = Fdb::new(100, 1, 300);
-        fdb.learn(1, mac(1), 1, 0);
-        fdb.learn(1, mac(2), 2, 0);
-        assert_eq!(fdb.learn(1, mac(1), 2, 1), LearnOutcome::PortLimit);
-        assert_eq!(fdb.lookup(1, mac(1), 1), None);
+        fdb.learn(vid(1), mac(1), 1, 0);
+        fdb.learn(vid(1), mac(2), 2, 0);
+        assert_eq!(fdb.learn(vid(1), mac(1), 2, 1), LearnOutcome::OwnerLimit);
+        assert_eq!(fdb.lookup(vid(1), mac(1), 1), None);
         assert_eq!((fdb.len(), fdb.port_len(1), fdb.port_len(2)), (1, 0, 1));
     }
 
@@ -515,41 +313,44 @@ mod tests {
     fn move_hold_keeps_a_recent_station_on_its_port() {
         let fdb = Fdb::new(100, 10, 300);
         fdb.set_move_hold(9, 5);
-        fdb.learn(1, mac(1), 1, 100);
+        fdb.learn(vid(1), mac(1), 1, 100);
         // seen on port 1 at 100: no move to port 9 before 105
-        assert_eq!(fdb.learn(1, mac(1), 9, 100), LearnOutcome::Held);
-        assert_eq!(fdb.learn(1, mac(1), 9, 104), LearnOutcome::Held);
-        assert_eq!(fdb.lookup(1, mac(1), 104), Some(1));
+        assert_eq!(fdb.learn(vid(1), mac(1), 9, 100), LearnOutcome::Held);
+        assert_eq!(fdb.learn(vid(1), mac(1), 9, 104), LearnOutcome::Held);
+        assert_eq!(fdb.lookup(vid(1), mac(1), 104), Some(1));
         assert_eq!((fdb.stats().refused_move, fdb.stats().moved), (2, 0));
         // silent on port 1 for the hold time: it moves
         assert_eq!(
-            fdb.learn(1, mac(1), 9, 105),
+            fdb.learn(vid(1), mac(1), 9, 105),
             LearnOutcome::Moved { from: 1 }
         );
         // the hold is per destination port: moving back is immediate
         assert_eq!(
-            fdb.learn(1, mac(1), 1, 105),
+            fdb.learn(vid(1), mac(1), 1, 105),
             LearnOutcome::Moved { from: 9 }
         );
         assert_eq!(
-            fdb.learn(1, mac(1), 2, 105),
+            fdb.learn(vid(1), mac(1), 2, 105),
             LearnOutcome::Moved { from: 1 }
         );
         assert_eq!((fdb.stats().refused_move, fdb.stats().moved), (2, 3));
         // a new station is learned on the held port at once
-        assert_eq!(fdb.learn(1, mac(2), 9, 105), LearnOutcome::Learned);
+        assert_eq!(fdb.learn(vid(1), mac(2), 9, 105), LearnOutcome::Learned);
         // the query a driver asks first: refused (and counted) only while held
-        fdb.learn(1, mac(4), 1, 150);
-        assert!(fdb.refuse_held_move(1, mac(4), 9, 154));
-        assert!(!fdb.refuse_held_move(1, mac(4), 9, 155));
-        assert!(!fdb.refuse_held_move(1, mac(4), 1, 150), "not a move");
-        assert!(!fdb.refuse_held_move(1, mac(5), 9, 150), "unknown station");
+        fdb.learn(vid(1), mac(4), 1, 150);
+        assert!(fdb.refuse_held_move(vid(1), mac(4), 9, 154));
+        assert!(!fdb.refuse_held_move(vid(1), mac(4), 9, 155));
+        assert!(!fdb.refuse_held_move(vid(1), mac(4), 1, 150), "not a move");
+        assert!(
+            !fdb.refuse_held_move(vid(1), mac(5), 9, 150),
+            "unknown station"
+        );
         assert_eq!(fdb.stats().refused_move, 3);
         // purging the port (removed; its id may be reused) clears the hold
         fdb.purge_port(9);
-        fdb.learn(1, mac(3), 1, 200);
+        fdb.learn(vid(1), mac(3), 1, 200);
         assert_eq!(
-            fdb.learn(1, mac(3), 9, 200),
+            fdb.learn(vid(1), mac(3), 9, 200),
             LearnOutcome::Moved { from: 1 }
         );
         assert_eq!(fdb.stats().refused_move, 3);
@@ -558,11 +359,11 @@ mod tests {
     #[test]
     fn static_entries_pin_and_survive() {
         let fdb = Fdb::new(100, 10, 10);
-        fdb.add_static(1, mac(7), 3).unwrap();
-        assert_eq!(fdb.learn(1, mac(7), 4, 0), LearnOutcome::Static);
+        fdb.add_static(vid(1), mac(7), 3).unwrap();
+        assert_eq!(fdb.learn(vid(1), mac(7), 4, 0), LearnOutcome::Static);
         assert_eq!(fdb.age(1_000_000), 0);
         assert_eq!(fdb.flush_port(3), 0);
-        assert_eq!(fdb.lookup(1, mac(7), 1_000_000), Some(3));
+        assert_eq!(fdb.lookup(vid(1), mac(7), 1_000_000), Some(3));
         assert_eq!(fdb.purge_port(3), 1);
         assert!(fdb.is_empty());
     }
@@ -570,13 +371,13 @@ mod tests {
     #[test]
     fn entries_report() {
         let fdb = Fdb::new(100, 10, 300);
-        fdb.learn(20, mac(2), 1, 10);
-        fdb.learn(10, mac(1), 2, 10);
+        fdb.learn(vid(20), mac(2), 1, 10);
+        fdb.learn(vid(10), mac(1), 2, 10);
         let e = fdb.entries(15);
         assert_eq!(e.len(), 2);
         assert_eq!(
             (e[0].vlan, e[0].mac, e[0].port, e[0].age),
-            (10, mac(1), 2, 5)
+            (vid(10), mac(1), 2, 5)
         );
         assert!(fdb.heap_bytes() > 0);
     }

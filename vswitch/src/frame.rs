@@ -4,7 +4,7 @@
 //! addresses, then either the EtherType or an 802.1Q tag (TPID 0x8100 + TCI)
 //! followed by the inner EtherType.
 
-use std::fmt;
+pub use fabric_l2::MacAddr;
 
 /// Bytes of a frame the switch needs to see: dst (6) + src (6) + TPID (2) + TCI (2)
 /// + inner EtherType (2).
@@ -18,53 +18,6 @@ pub const VLAN_TAG_LEN: usize = 4;
 
 /// EtherType of an IEEE 802.1Q (C-)tag.
 pub const TPID_8021Q: u16 = 0x8100;
-
-/// A 48-bit MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
-    pub const ZERO: MacAddr = MacAddr([0; 6]);
-
-    /// The I/G bit (least significant bit of the first octet) marks group addresses:
-    /// multicast and broadcast.
-    pub fn is_multicast(&self) -> bool {
-        self.0[0] & 1 == 1
-    }
-
-    pub fn is_zero(&self) -> bool {
-        self.0 == [0; 6]
-    }
-
-    /// Packs the address into the low 48 bits of a u64 (FDB keys).
-    pub fn to_u64(self) -> u64 {
-        let b = self.0;
-        u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
-    }
-
-    pub fn from_u64(v: u64) -> MacAddr {
-        let b = v.to_be_bytes();
-        MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
 
 /// A typed view of the start of an Ethernet frame.
 ///

@@ -5,9 +5,12 @@
 //! into a VLAN by the ingress port's rule) -> [`fdb`] (learn the source, look up
 //! the destination) -> [`switch`] (pick egress ports and the tag each one emits).
 //! [`vxlan`] holds the tunnel's decisions (VLAN <-> VNI, remote FDB, which VTEPs,
-//! the outer headers). Port drivers (vhost-user, TAP, VXLAN) live elsewhere and
-//! copy the frame; this crate only decides.
+//! the outer headers); the FDB and the remote FDB are both an [`aging`] table.
+//! The L2 value types come from `fabric-l2` and are re-exported here. Port
+//! drivers (vhost-user, TAP, VXLAN) live elsewhere and copy the frame; this
+//! crate only decides.
 
+pub mod aging;
 pub mod counters;
 pub mod fdb;
 pub mod frame;
@@ -15,9 +18,12 @@ pub mod switch;
 pub mod vlan;
 pub mod vxlan;
 
-pub use counters::{DropReason, PortCounters, PortCountersSnapshot};
+pub use counters::{
+    Counters, CountersSnapshot, DropReason, PortCounters, PortCountersSnapshot, Reason,
+};
+pub use fabric_l2::{MacAddr, MacError, VlanIdError};
 pub use fdb::{Fdb, FdbEntry, FdbStats, LearnOutcome};
-pub use frame::{EthernetHead, MacAddr, HEAD_LEN};
+pub use frame::{EthernetHead, HEAD_LEN};
 pub use switch::{
     Dest, Egress, Ingress, PortId, PortInfo, PortState, Switch, SwitchError, Topology,
 };

@@ -59,7 +59,7 @@ impl Topology {
         let mut members = vec![Vec::new(); 4096];
         for p in ports.iter().flatten() {
             for vlan in p.mode.vlans().iter() {
-                members[vlan as usize].push(p.id);
+                members[vlan.index()].push(p.id);
             }
         }
         Topology { ports, members }
@@ -76,7 +76,7 @@ impl Topology {
     /// Ports a flood of `ingress` goes to: every other port carrying its VLAN.
     /// Ports that are down or fail the MTU check are filtered by [`Self::egress`].
     pub fn flood_targets<'a>(&'a self, ingress: &'a Ingress) -> impl Iterator<Item = PortId> + 'a {
-        self.members[ingress.vlan as usize]
+        self.members[ingress.vlan.index()]
             .iter()
             .copied()
             .filter(move |p| *p != ingress.port)
@@ -148,7 +148,7 @@ impl Egress {
             EgressTag::Untagged => 12,
             EgressTag::Tagged(vlan) => {
                 head[12..14].copy_from_slice(&TPID_8021Q.to_be_bytes());
-                head[14..16].copy_from_slice(&(ing.pcp_dei | vlan).to_be_bytes());
+                head[14..16].copy_from_slice(&(ing.pcp_dei | vlan.get()).to_be_bytes());
                 16
             }
         };
@@ -338,7 +338,7 @@ impl Switch {
     /// `head` is the start of the frame (at least [`crate::HEAD_LEN`] bytes when the
     /// frame is that long), `len` the whole frame's length. Counts the drop reason
     /// if the frame is dropped; the caller counts received packets and bytes with
-    /// [`PortCounters::add_rx`], once per batch (an atomic add per frame costs
+    /// [`Counters::add_rx`](crate::counters::Counters::add_rx), once per batch (an atomic add per frame costs
     /// about a tenth of the forwarding time at 64 bytes).
     pub fn receive(
         &self,
@@ -457,7 +457,7 @@ impl Switch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vlan::VlanSet;
+    use crate::vlan::{vid, VlanSet};
     use crate::DropReason::*;
 
     fn mac(n: u8) -> [u8; 6] {
@@ -480,8 +480,8 @@ mod tests {
 
     fn trunk(allowed: &[u16], native: Option<u16>) -> VlanMode {
         VlanMode::Trunk {
-            allowed: allowed.iter().copied().collect::<VlanSet>(),
-            native,
+            allowed: allowed.iter().map(|&v| vid(v)).collect::<VlanSet>(),
+            native: native.map(vid),
         }
     }
 
@@ -541,24 +541,29 @@ mod tests {
     /// new port; the old port is no longer current.
     #[test]
     fn a_frame_in_flight_from_a_removed_port_is_not_learned_on_its_successor() {
-        let b = Bench::new(&[("a1", VlanMode::Access(10)), ("a2", VlanMode::Access(10))]);
+        let b = Bench::new(&[
+            ("a1", VlanMode::Access(vid(10))),
+            ("a2", VlanMode::Access(vid(10))),
+        ]);
         let old_id = b.id("a1");
         let topo = b.sw.topology();
         let old = topo.port(old_id).unwrap().clone();
         b.sw.remove_port("a1").unwrap();
-        let new_id = b.sw.add_port("n1", VlanMode::Access(10), 1500).unwrap();
+        let new_id =
+            b.sw.add_port("n1", VlanMode::Access(vid(10)), 1500)
+                .unwrap();
         assert_eq!(new_id, old_id, "the id is reused");
         assert!(!b.sw.is_current(&old));
         assert!(b.sw.is_current(b.sw.topology().port(new_id).unwrap()));
         let f = frame([0xff; 6], mac(7), None);
         b.sw.receive(&topo, old_id, &f[..HEAD_LEN], f.len(), 0)
             .unwrap();
-        assert_eq!(b.sw.fdb().lookup(10, MacAddr(mac(7)), 0), None);
+        assert_eq!(b.sw.fdb().lookup(vid(10), MacAddr(mac(7)), 0), None);
         // From the current topology the same frame is learned as usual.
         let now = b.sw.topology();
         b.sw.receive(&now, new_id, &f[..HEAD_LEN], f.len(), 0)
             .unwrap();
-        assert_eq!(b.sw.fdb().lookup(10, MacAddr(mac(7)), 0), Some(new_id));
+        assert_eq!(b.sw.fdb().lookup(vid(10), MacAddr(mac(7)), 0), Some(new_id));
     }
 
     /// The egress head is the whole header as decided on: a buffer rewritten
@@ -567,7 +572,7 @@ mod tests {
     #[test]
     fn egress_never_rereads_the_decided_header() {
         let b = Bench::new(&[
-            ("a1", VlanMode::Access(10)),
+            ("a1", VlanMode::Access(vid(10))),
             ("t1", trunk(&[10, 20], Some(10))),
             ("t2", trunk(&[10, 20], None)),
         ]);
@@ -606,9 +611,9 @@ mod tests {
     #[test]
     fn vlan_truth_table() {
         let b = Bench::new(&[
-            ("a1", VlanMode::Access(10)),
-            ("a2", VlanMode::Access(10)),
-            ("a3", VlanMode::Access(20)),
+            ("a1", VlanMode::Access(vid(10))),
+            ("a2", VlanMode::Access(vid(10))),
+            ("a3", VlanMode::Access(vid(20))),
             ("t1", trunk(&[10, 20], Some(1))),
             ("t2", trunk(&[10, 30], None)),
             ("t3", trunk(&[20], Some(10))),
@@ -697,9 +702,9 @@ mod tests {
     #[test]
     fn unicast_learned_goes_to_one_port() {
         let b = Bench::new(&[
-            ("p1", VlanMode::Access(1)),
-            ("p2", VlanMode::Access(1)),
-            ("p3", VlanMode::Access(1)),
+            ("p1", VlanMode::Access(vid(1))),
+            ("p2", VlanMode::Access(vid(1))),
+            ("p3", VlanMode::Access(vid(1))),
         ]);
         // unknown unicast floods
         assert_eq!(
@@ -734,8 +739,8 @@ mod tests {
     #[test]
     fn same_mac_in_two_vlans_is_two_stations() {
         let b = Bench::new(&[
-            ("a10", VlanMode::Access(10)),
-            ("a20", VlanMode::Access(20)),
+            ("a10", VlanMode::Access(vid(10))),
+            ("a20", VlanMode::Access(vid(20))),
             ("t", trunk(&[10, 20], None)),
         ]);
         b.send("a10", &frame([0xff; 6], mac(1), None), 0).unwrap();
@@ -752,7 +757,10 @@ mod tests {
 
     #[test]
     fn bad_frames_dropped_and_counted() {
-        let b = Bench::new(&[("p1", VlanMode::Access(1)), ("p2", VlanMode::Access(1))]);
+        let b = Bench::new(&[
+            ("p1", VlanMode::Access(vid(1))),
+            ("p2", VlanMode::Access(vid(1))),
+        ]);
         assert_eq!(b.send("p1", &[0u8; 13], 0), Err(Runt));
         let mut mc_src = frame(mac(2), mac(1), None);
         mc_src[6] |= 1;
@@ -795,9 +803,9 @@ mod tests {
     #[test]
     fn egress_mtu_and_link_down() {
         let sw = Switch::new("br0", 100, 100, 300);
-        let p1 = sw.add_port("p1", VlanMode::Access(1), 9000).unwrap();
-        let p2 = sw.add_port("p2", VlanMode::Access(1), 1500).unwrap();
-        let p3 = sw.add_port("p3", VlanMode::Access(1), 1500).unwrap();
+        let p1 = sw.add_port("p1", VlanMode::Access(vid(1)), 9000).unwrap();
+        let p2 = sw.add_port("p2", VlanMode::Access(vid(1)), 1500).unwrap();
+        let p3 = sw.add_port("p3", VlanMode::Access(vid(1)), 1500).unwrap();
         for p in [p1, p2, p3] {
             sw.set_link(p, true);
         }
@@ -818,9 +826,9 @@ mod tests {
         // p3 goes down: its stations are forgotten and floods skip it
         sw.forward_buffer(p3, &frame([0xff; 6], mac(3), None), 0, &mut s, |_, _| {})
             .unwrap();
-        assert_eq!(sw.fdb().lookup(1, MacAddr(mac(3)), 0), Some(p3));
+        assert_eq!(sw.fdb().lookup(vid(1), MacAddr(mac(3)), 0), Some(p3));
         sw.set_link(p3, false);
-        assert_eq!(sw.fdb().lookup(1, MacAddr(mac(3)), 0), None);
+        assert_eq!(sw.fdb().lookup(vid(1), MacAddr(mac(3)), 0), None);
         let mut got = Vec::new();
         sw.forward_buffer(p1, &frame([0xff; 6], mac(1), None), 0, &mut s, |p, _| {
             got.push(p)
@@ -832,19 +840,19 @@ mod tests {
     #[test]
     fn remove_and_reuse_port_ids() {
         let sw = Switch::new("br0", 100, 100, 300);
-        let a = sw.add_port("a", VlanMode::Access(1), 1500).unwrap();
+        let a = sw.add_port("a", VlanMode::Access(vid(1)), 1500).unwrap();
         assert_eq!(
-            sw.add_port("a", VlanMode::Access(1), 1500),
+            sw.add_port("a", VlanMode::Access(vid(1)), 1500),
             Err(SwitchError::DuplicatePort("a".into()))
         );
         sw.set_link(a, true);
-        sw.fdb().add_static(1, MacAddr(mac(1)), a).unwrap();
+        sw.fdb().add_static(vid(1), MacAddr(mac(1)), a).unwrap();
         assert_eq!(sw.remove_port("a"), Ok(a));
         assert!(sw.fdb().is_empty());
         assert_eq!(
             sw.remove_port("a"),
             Err(SwitchError::NoSuchPort("a".into()))
         );
-        assert_eq!(sw.add_port("b", VlanMode::Access(1), 1500), Ok(a));
+        assert_eq!(sw.add_port("b", VlanMode::Access(vid(1)), 1500), Ok(a));
     }
 }

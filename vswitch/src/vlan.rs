@@ -10,82 +10,12 @@
 
 use crate::counters::DropReason;
 use crate::frame::EthernetHead;
-use std::fmt;
-
-/// A VLAN id, 1..=4094 (0 and 4095 are reserved by 802.1Q).
-pub type VlanId = u16;
-
-/// Highest usable VLAN id.
-pub const VLAN_MAX: VlanId = 4094;
-
-/// A set of VLAN ids as a 4096-bit bitmap (boxed: 512 bytes would bloat every
-/// port mode that embeds one).
-#[derive(Clone, PartialEq, Eq)]
-pub struct VlanSet(Box<[u64; 64]>);
-
-impl VlanSet {
-    pub fn empty() -> VlanSet {
-        VlanSet(Box::new([0; 64]))
-    }
-
-    /// Every usable VLAN, 1..=4094.
-    pub fn all() -> VlanSet {
-        (1..=VLAN_MAX).collect()
-    }
-
-    pub fn contains(&self, vid: VlanId) -> bool {
-        let vid = vid as usize;
-        vid < 4096 && self.0[vid / 64] & (1 << (vid % 64)) != 0
-    }
-
-    /// Inserts `vid`; ids outside 1..=4094 are ignored (they can never be carried).
-    pub fn insert(&mut self, vid: VlanId) {
-        if (1..=VLAN_MAX).contains(&vid) {
-            let vid = vid as usize;
-            self.0[vid / 64] |= 1 << (vid % 64);
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = VlanId> + '_ {
-        (1..=VLAN_MAX).filter(|v| self.contains(*v))
-    }
-}
-
-impl FromIterator<VlanId> for VlanSet {
-    fn from_iter<I: IntoIterator<Item = VlanId>>(iter: I) -> VlanSet {
-        let mut set = VlanSet::empty();
-        for vid in iter {
-            set.insert(vid);
-        }
-        set
-    }
-}
-
-impl fmt::Debug for VlanSet {
-    /// Prints ranges, e.g. `{1-9, 20}`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut ranges: Vec<(u16, u16)> = Vec::new();
-        for v in self.iter() {
-            match ranges.last_mut() {
-                Some((_, end)) if *end + 1 == v => *end = v,
-                _ => ranges.push((v, v)),
-            }
-        }
-        let parts: Vec<String> = ranges
-            .iter()
-            .map(|(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}-{b}")
-                }
-            })
-            .collect();
-        write!(f, "{{{}}}", parts.join(", "))
-    }
-}
+pub use fabric_l2::{VlanId, VlanSet};
 
 /// How a port maps frames to VLANs.
+// The trunk's inline 512-byte set makes the variants unequal; a mode is held
+// once per port, and inline keeps the per-frame membership test one load.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VlanMode {
     Access(VlanId),
@@ -128,8 +58,11 @@ impl VlanMode {
             }
             VlanMode::Trunk { allowed, native } => match vid {
                 None | Some(0) => native.ok_or(DropReason::UntaggedOnTrunk)?,
-                Some(v) if allowed.contains(v) || Some(v) == *native => v,
-                Some(_) => return Err(DropReason::VlanNotAllowed),
+                // 4095 is no VlanId, so never allowed.
+                Some(v) => match VlanId::new(v) {
+                    Ok(v) if allowed.contains(v) || Some(v) == *native => v,
+                    _ => return Err(DropReason::VlanNotAllowed),
+                },
             },
         };
         Ok(Classified {
@@ -170,17 +103,8 @@ impl VlanMode {
     }
 }
 
+/// `VlanId` from a literal, in tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn set_bounds_and_debug() {
-        let s: VlanSet = [0, 1, 2, 3, 10, 4094, 4095].into_iter().collect();
-        assert!(!s.contains(0));
-        assert!(!s.contains(4095));
-        assert!(s.contains(4094));
-        assert_eq!(format!("{s:?}"), "{1-3, 10, 4094}");
-        assert_eq!(VlanSet::all().iter().count(), 4094);
-    }
+pub(crate) fn vid(n: u16) -> VlanId {
+    VlanId::new(n).unwrap()
 }

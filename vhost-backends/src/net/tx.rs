@@ -387,7 +387,13 @@ mod tests {
         let switch = Arc::new(Switch::new("br0", 100, 100, 300));
         let table = Arc::new(PortTable::default());
         let add = |name: &str, vlan: u16| {
-            let id = switch.add_port(name, VlanMode::Access(vlan), 1500).unwrap();
+            let id = switch
+                .add_port(
+                    name,
+                    VlanMode::Access(vswitch::VlanId::new(vlan).unwrap()),
+                    1500,
+                )
+                .unwrap();
             switch.set_link(id, true);
             id
         };
@@ -400,7 +406,11 @@ mod tests {
                 table.withdraw(doomed);
                 switch.remove_port("doomed").unwrap();
                 let id = switch
-                    .add_port("vlan20", VlanMode::Access(20), 1500)
+                    .add_port(
+                        "vlan20",
+                        VlanMode::Access(vswitch::VlanId::new(20).unwrap()),
+                        1500,
+                    )
                     .unwrap();
                 assert_eq!(id, doomed);
                 switch.set_link(id, true);

@@ -1,8 +1,7 @@
-//! Per-tunnel counters. Relaxed atomics, as in [`crate::counters`]: written by
-//! the thread handling the packet, read by whoever reports.
+//! Per-tunnel counters: the generic [`Counters`] over [`TunnelDrop`].
 
 use super::header::DecodeError;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use crate::counters::{Counters, CountersSnapshot, Reason, MAX_REASONS};
 
 /// Why a tunnel dropped a packet. Every drop is counted under exactly one reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,66 +68,28 @@ impl From<DecodeError> for TunnelDrop {
     }
 }
 
-const N_REASONS: usize = TunnelDrop::ALL.len();
+impl Reason for TunnelDrop {
+    const ALL: &'static [TunnelDrop] = &TunnelDrop::ALL;
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn name(self) -> &'static str {
+        TunnelDrop::name(self)
+    }
+}
+
+const _: () = assert!(TunnelDrop::ALL.len() <= MAX_REASONS);
 
 /// Counters of one tunnel. `rx` counts packets decapsulated and handed to the
 /// switch, `tx` packets encapsulated and sent (one per copy when flooding to
 /// several VTEPs). Bytes are inner Ethernet frame bytes, comparable with the
 /// guest ports' counters; the underlay's bytes are that plus 50 per packet.
-#[derive(Debug, Default)]
-pub struct TunnelCounters {
-    rx_packets: AtomicU64,
-    rx_bytes: AtomicU64,
-    tx_packets: AtomicU64,
-    tx_bytes: AtomicU64,
-    drops: [AtomicU64; N_REASONS],
-}
+pub type TunnelCounters = Counters<TunnelDrop>;
 
 /// A point-in-time copy of [`TunnelCounters`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TunnelCountersSnapshot {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub drops: [u64; N_REASONS],
-}
-
-impl TunnelCountersSnapshot {
-    pub fn dropped(&self, reason: TunnelDrop) -> u64 {
-        self.drops[reason as usize]
-    }
-
-    pub fn total_drops(&self) -> u64 {
-        self.drops.iter().sum()
-    }
-}
-
-impl TunnelCounters {
-    pub fn add_rx(&self, packets: u64, bytes: u64) {
-        self.rx_packets.fetch_add(packets, Relaxed);
-        self.rx_bytes.fetch_add(bytes, Relaxed);
-    }
-
-    pub fn add_tx(&self, packets: u64, bytes: u64) {
-        self.tx_packets.fetch_add(packets, Relaxed);
-        self.tx_bytes.fetch_add(bytes, Relaxed);
-    }
-
-    pub fn add_drop(&self, reason: TunnelDrop) {
-        self.drops[reason as usize].fetch_add(1, Relaxed);
-    }
-
-    pub fn snapshot(&self) -> TunnelCountersSnapshot {
-        TunnelCountersSnapshot {
-            rx_packets: self.rx_packets.load(Relaxed),
-            rx_bytes: self.rx_bytes.load(Relaxed),
-            tx_packets: self.tx_packets.load(Relaxed),
-            tx_bytes: self.tx_bytes.load(Relaxed),
-            drops: std::array::from_fn(|i| self.drops[i].load(Relaxed)),
-        }
-    }
-}
+pub type TunnelCountersSnapshot = CountersSnapshot<TunnelDrop>;
 
 #[cfg(test)]
 mod tests {
@@ -154,7 +115,7 @@ mod tests {
         assert_eq!(s.dropped(TunnelDrop::TooBig), 1);
         assert_eq!(s.total_drops(), 4);
         for (i, r) in TunnelDrop::ALL.iter().enumerate() {
-            assert_eq!(*r as usize, i);
+            assert_eq!(r.index(), i);
         }
         let names: std::collections::HashSet<_> =
             TunnelDrop::ALL.iter().map(|r| r.name()).collect();

@@ -15,6 +15,7 @@
 
 use super::encap::EncapError;
 use crate::frame::{EthernetHead, ETH_HLEN, TPID_8021Q};
+pub use fabric_l2::{Vni, VniError};
 use std::fmt;
 
 /// Length of the VXLAN header.
@@ -29,74 +30,6 @@ pub const FLAG_I: u8 = 0x08;
 
 /// TPID of an IEEE 802.1ad service tag; like 802.1Q tags, never carried inside VXLAN.
 const TPID_8021AD: u16 = 0x88a8;
-
-/// A VXLAN Network Identifier: a 24-bit segment id.
-///
-/// Configuration may name 1..=16_777_215 ([`Vni::new`]). The wire allows VNI 0
-/// as well (RFC 7348 does not reserve it); a received header carrying it decodes,
-/// but no [`super::VniMap`] can hold 0, so such a packet is always an unknown VNI.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Vni(u32);
-
-/// A number that is not a configurable VNI.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VniError(pub u32);
-
-impl fmt::Display for VniError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VNI {} is outside 1..={}", self.0, Vni::MAX)
-    }
-}
-
-impl std::error::Error for VniError {}
-
-impl Vni {
-    /// Largest VNI: 2^24 - 1.
-    pub const MAX: u32 = 0x00ff_ffff;
-
-    /// A configurable VNI: 1..=[`Vni::MAX`].
-    pub const fn new(vni: u32) -> Result<Vni, VniError> {
-        if vni == 0 || vni > Vni::MAX {
-            Err(VniError(vni))
-        } else {
-            Ok(Vni(vni))
-        }
-    }
-
-    /// The VNI of a received header: any 24-bit value, 0 included.
-    fn from_wire(b: [u8; 3]) -> Vni {
-        Vni::from_bits(u32::from_be_bytes([0, b[0], b[1], b[2]]))
-    }
-
-    /// The low 24 bits of `v`, 0 included (values stored by this module).
-    pub(super) const fn from_bits(v: u32) -> Vni {
-        Vni(v & Vni::MAX)
-    }
-
-    pub const fn get(self) -> u32 {
-        self.0
-    }
-}
-
-impl TryFrom<u32> for Vni {
-    type Error = VniError;
-
-    fn try_from(vni: u32) -> Result<Vni, VniError> {
-        Vni::new(vni)
-    }
-}
-
-impl fmt::Display for Vni {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl fmt::Debug for Vni {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Vni({})", self.0)
-    }
-}
 
 /// Why a received UDP payload is not a VXLAN packet we deliver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -194,8 +127,8 @@ pub(super) fn is_tag(ethertype: u16) -> bool {
 /// The VXLAN header for `vni`: I flag set, every reserved bit zero (RFC 7348 §5:
 /// reserved fields MUST be set to zero on transmission).
 pub const fn header(vni: Vni) -> [u8; VXLAN_HLEN] {
-    let v = vni.0.to_be_bytes();
-    [FLAG_I, 0, 0, 0, v[1], v[2], v[3], 0]
+    let v = vni.to_wire();
+    [FLAG_I, 0, 0, 0, v[0], v[1], v[2], 0]
 }
 
 /// The bytes to prepend to `inner` when a UDP socket writes the outer headers:
@@ -235,7 +168,7 @@ mod tests {
         assert_eq!(Vni::new(0), Err(VniError(0)));
         assert_eq!(Vni::new(1).map(Vni::get), Ok(1));
         assert_eq!(Vni::new(0xff_ffff).map(Vni::get), Ok(16_777_215));
-        assert_eq!(Vni::try_from(0x100_0000), Err(VniError(16_777_216)));
+        assert_eq!(Vni::try_from(0x100_0000u32), Err(VniError(16_777_216)));
         assert_eq!(VniError(0).to_string(), "VNI 0 is outside 1..=16777215");
         assert_eq!(format!("{} {:?}", vni(42), vni(42)), "42 Vni(42)");
     }

@@ -5,38 +5,38 @@
 //! A known (VNI, MAC) is sent to its VTEP only; unknown ones are flooded to the
 //! VNI's [`super::VtepSet`].
 //!
-//! Concurrency, clock and aging follow [`crate::Fdb`]: shards behind `RwLock`s,
-//! a refresh takes only a read lock, time is the switch clock in seconds
-//! (`now: u32`, wrapping), dynamic entries expire `aging_secs` after last seen,
-//! static entries never age and never move. Memory is bounded twice, as in the
-//! switch's FDB: a global capacity, and a per-VTEP limit on learned entries so
-//! one remote host (or a sender spoofing many source MACs) fills only its own
-//! share. At a limit a station is simply not learned and frames to it are
-//! flooded.
+//! The same [`AgingTable`] as the switch's [`crate::Fdb`] (shards, read-locked
+//! refresh, switch clock, statics that never age or move), with VTEPs as its
+//! owners: a per-VTEP limit on learned entries, so one remote host (or a
+//! sender spoofing many source MACs) fills only its own share. At a limit a
+//! station is simply not learned and frames to it are flooded.
 
 use super::header::Vni;
+use crate::aging::{AgingTable, Learn, Owners};
 use crate::frame::MacAddr;
-use hashbrown::{DefaultHashBuilder, HashTable};
-use std::hash::BuildHasher;
+use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, RwLock};
+use std::sync::Mutex;
 
 const SHARDS: usize = 16;
 
-/// (VNI << 48) | MAC.
-type Key = u128;
-
-fn key(vni: Vni, mac: MacAddr) -> Key {
-    (vni.get() as u128) << 48 | mac.to_u64() as u128
+/// A remote station: the same MAC in two segments is two stations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
+    vni: Vni,
+    mac: MacAddr,
 }
 
-struct Entry {
-    key: Key,
-    vtep: Ipv4Addr,
-    is_static: bool,
-    /// Seconds on the switch clock when the source was last seen.
-    last_seen: AtomicU32,
+/// Hashed as one 72-bit value, (VNI << 48) | MAC.
+impl Hash for Key {
+    #[inline]
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        h.write_u128(u128::from(self.vni.get()) << 48 | u128::from(self.mac.to_u64()));
+    }
+}
+
+fn key(vni: Vni, mac: MacAddr) -> Key {
+    Key { vni, mac }
 }
 
 /// One remote FDB entry as reported to operators.
@@ -50,26 +50,10 @@ pub struct RemoteFdbEntry {
     pub age: u32,
 }
 
-/// What learning a remote source address did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RemoteLearn {
-    /// Already known behind this VTEP; its age was reset.
-    Refreshed,
-    Learned,
-    /// The station was known behind another VTEP: it moved (counted).
-    Moved {
-        from: Ipv4Addr,
-    },
-    /// The capacity is reached; not learned.
-    TableFull,
-    /// The sending VTEP has reached its limit of learned MACs; not learned (a
-    /// move to it forgets the old entry).
-    VtepLimit,
-    /// A static entry pins the MAC to another VTEP; not moved.
-    Static,
-    /// A group (multicast/broadcast) or all-zero MAC is never a station.
-    InvalidSource,
-}
+/// What learning a remote source address did ([`Learn::OwnerLimit`]: the
+/// sending VTEP reached its limit; [`Learn::InvalidSource`]: a group or
+/// all-zero MAC, never a station).
+pub type RemoteLearn = Learn<Ipv4Addr>;
 
 /// Event counters, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,67 +66,25 @@ pub struct RemoteFdbStats {
     pub refused_vtep_limit: u64,
 }
 
-pub struct RemoteFdb {
-    shards: Box<[RwLock<HashTable<Entry>>]>,
-    hasher: DefaultHashBuilder,
-    capacity: u32,
-    vtep_limit: u32,
-    aging_secs: u32,
-    len: AtomicU32,
-    /// Learned (dynamic) entries per VTEP; touched only when an entry is
-    /// added, moved or removed, never on a lookup or refresh.
-    per_vtep: Mutex<hashbrown::HashMap<Ipv4Addr, u32>>,
-    learned: AtomicU64,
-    moved: AtomicU64,
-    aged: AtomicU64,
-    refused_full: AtomicU64,
-    refused_vtep_limit: AtomicU64,
+/// The remote FDB's owners: learned entries per VTEP, touched only when an
+/// entry is added, moved or removed, never on a lookup or refresh.
+struct Vteps {
+    limit: u32,
+    learned: Mutex<hashbrown::HashMap<Ipv4Addr, u32>>,
 }
 
-impl RemoteFdb {
-    /// At most `capacity` entries (static included), at most `vtep_limit`
-    /// learned behind any one VTEP (static entries do not count); dynamic
-    /// entries expire `aging_secs` after their station was last seen.
-    pub fn new(capacity: u32, vtep_limit: u32, aging_secs: u32) -> RemoteFdb {
-        RemoteFdb {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
-            hasher: DefaultHashBuilder::default(),
-            capacity,
-            vtep_limit,
-            aging_secs,
-            len: AtomicU32::new(0),
-            per_vtep: Mutex::new(hashbrown::HashMap::new()),
-            learned: AtomicU64::new(0),
-            moved: AtomicU64::new(0),
-            aged: AtomicU64::new(0),
-            refused_full: AtomicU64::new(0),
-            refused_vtep_limit: AtomicU64::new(0),
-        }
-    }
-
-    pub fn aging_secs(&self) -> u32 {
-        self.aging_secs
-    }
-
-    pub fn capacity(&self) -> u32 {
-        self.capacity
-    }
-
-    pub fn vtep_limit(&self) -> u32 {
-        self.vtep_limit
-    }
-
-    /// Learned entries behind `vtep`.
-    pub fn vtep_len(&self, vtep: Ipv4Addr) -> u32 {
-        let per = self.per_vtep.lock().unwrap_or_else(|e| e.into_inner());
+impl Vteps {
+    fn len(&self, vtep: Ipv4Addr) -> u32 {
+        let per = self.learned.lock().unwrap_or_else(|e| e.into_inner());
         per.get(&vtep).copied().unwrap_or(0)
     }
+}
 
-    /// Takes one of `vtep`'s learned-entry slots, if free.
-    fn reserve_vtep(&self, vtep: Ipv4Addr) -> bool {
-        let mut per = self.per_vtep.lock().unwrap_or_else(|e| e.into_inner());
+impl Owners<Ipv4Addr> for Vteps {
+    fn reserve(&self, vtep: Ipv4Addr) -> bool {
+        let mut per = self.learned.lock().unwrap_or_else(|e| e.into_inner());
         let n = per.entry(vtep).or_insert(0);
-        if *n >= self.vtep_limit {
+        if *n >= self.limit {
             if *n == 0 {
                 per.remove(&vtep);
             }
@@ -152,258 +94,141 @@ impl RemoteFdb {
         true
     }
 
-    /// Gives back the slots of `n` learned entries behind `vtep`.
-    fn release_vtep(&self, vtep: Ipv4Addr, n: u32) {
-        let mut per = self.per_vtep.lock().unwrap_or_else(|e| e.into_inner());
+    fn release(&self, vtep: Ipv4Addr) {
+        let mut per = self.learned.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(have) = per.get_mut(&vtep) {
-            *have = have.saturating_sub(n);
+            *have = have.saturating_sub(1);
             if *have == 0 {
                 per.remove(&vtep);
             }
         }
     }
+}
 
-    /// Releases what removed entry `e` held.
-    fn release(&self, e: &Entry) {
-        self.len.fetch_sub(1, Relaxed);
-        if !e.is_static {
-            self.release_vtep(e.vtep, 1);
+pub struct RemoteFdb {
+    table: AgingTable<Key, Ipv4Addr, Vteps>,
+}
+
+impl RemoteFdb {
+    /// At most `capacity` entries (static included), at most `vtep_limit`
+    /// learned behind any one VTEP (static entries do not count); dynamic
+    /// entries expire `aging_secs` after their station was last seen.
+    pub fn new(capacity: u32, vtep_limit: u32, aging_secs: u32) -> RemoteFdb {
+        let vteps = Vteps {
+            limit: vtep_limit,
+            learned: Mutex::new(hashbrown::HashMap::new()),
+        };
+        RemoteFdb {
+            table: AgingTable::new(SHARDS, capacity, aging_secs, vteps),
         }
     }
 
-    fn locate(&self, key: Key) -> (u64, &RwLock<HashTable<Entry>>) {
-        let hash = self.hasher.hash_one(key);
-        (hash, &self.shards[(hash >> 60) as usize % SHARDS])
+    pub fn aging_secs(&self) -> u32 {
+        self.table.aging_secs()
     }
 
-    fn is_live(&self, e: &Entry, now: u32) -> bool {
-        e.is_static || now.wrapping_sub(e.last_seen.load(Relaxed)) < self.aging_secs
+    pub fn capacity(&self) -> u32 {
+        self.table.capacity()
+    }
+
+    pub fn vtep_limit(&self) -> u32 {
+        self.table.owners().limit
+    }
+
+    /// Learned entries behind `vtep`.
+    pub fn vtep_len(&self, vtep: Ipv4Addr) -> u32 {
+        self.table.owners().len(vtep)
     }
 
     /// The VTEP behind which `mac` sits in `vni`, if its entry is live.
     pub fn lookup(&self, vni: Vni, mac: MacAddr, now: u32) -> Option<Ipv4Addr> {
-        let key = key(vni, mac);
-        let (hash, shard) = self.locate(key);
-        let table = shard.read().unwrap_or_else(|e| e.into_inner());
-        let e = table.find(hash, |e| e.key == key)?;
-        self.is_live(e, now).then_some(e.vtep)
+        self.table.lookup(key(vni, mac), now)
     }
 
     /// Learns that `mac` in `vni` sits behind `vtep` (the outer source address of
     /// the packet it arrived in). A station known behind another VTEP moves
     /// there, unless pinned by a static entry.
     pub fn learn(&self, vni: Vni, mac: MacAddr, vtep: Ipv4Addr, now: u32) -> RemoteLearn {
-        if mac.is_multicast() || mac.is_zero() {
-            return RemoteLearn::InvalidSource;
+        if !mac.is_station() {
+            return Learn::InvalidSource;
         }
-        let key = key(vni, mac);
-        let (hash, shard) = self.locate(key);
-        {
-            let table = shard.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = table.find(hash, |e| e.key == key) {
-                if e.vtep == vtep {
-                    if e.last_seen.load(Relaxed) != now {
-                        e.last_seen.store(now, Relaxed);
-                    }
-                    return RemoteLearn::Refreshed;
-                }
-                if e.is_static {
-                    return RemoteLearn::Static;
-                }
-            }
-        }
-        let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = table.find_mut(hash, |e| e.key == key) {
-            if e.vtep == vtep {
-                e.last_seen.store(now, Relaxed);
-                return RemoteLearn::Refreshed;
-            }
-            if e.is_static {
-                return RemoteLearn::Static;
-            }
-            let from = e.vtep;
-            // A move is a new station for the VTEP it lands on; if that VTEP
-            // is full, the stale entry still goes.
-            self.release_vtep(from, 1);
-            if self.reserve_vtep(vtep) {
-                e.vtep = vtep;
-                e.last_seen.store(now, Relaxed);
-                self.moved.fetch_add(1, Relaxed);
-                return RemoteLearn::Moved { from };
-            }
-            if let Ok(o) = table.find_entry(hash, |e| e.key == key) {
-                o.remove();
-                self.len.fetch_sub(1, Relaxed);
-            }
-            self.refused_vtep_limit.fetch_add(1, Relaxed);
-            return RemoteLearn::VtepLimit;
-        }
-        if !self.reserve() {
-            self.refused_full.fetch_add(1, Relaxed);
-            return RemoteLearn::TableFull;
-        }
-        if !self.reserve_vtep(vtep) {
-            self.len.fetch_sub(1, Relaxed);
-            self.refused_vtep_limit.fetch_add(1, Relaxed);
-            return RemoteLearn::VtepLimit;
-        }
-        table.insert_unique(
-            hash,
-            Entry {
-                key,
-                vtep,
-                is_static: false,
-                last_seen: AtomicU32::new(now),
-            },
-            |e| self.hasher.hash_one(e.key),
-        );
-        self.learned.fetch_add(1, Relaxed);
-        RemoteLearn::Learned
-    }
-
-    fn reserve(&self) -> bool {
-        if self.len.fetch_add(1, Relaxed) >= self.capacity {
-            self.len.fetch_sub(1, Relaxed);
-            return false;
-        }
-        true
+        self.table.learn(key(vni, mac), vtep, now)
     }
 
     /// Adds or replaces a static entry: never ages, never moves, counts against
-    /// the capacity. Errors are [`RemoteLearn::TableFull`] and
-    /// [`RemoteLearn::InvalidSource`].
+    /// the capacity. Errors are [`Learn::TableFull`] and [`Learn::InvalidSource`].
     pub fn add_static(&self, vni: Vni, mac: MacAddr, vtep: Ipv4Addr) -> Result<(), RemoteLearn> {
-        if mac.is_multicast() || mac.is_zero() {
-            return Err(RemoteLearn::InvalidSource);
+        if !mac.is_station() {
+            return Err(Learn::InvalidSource);
         }
-        let key = key(vni, mac);
-        let (hash, shard) = self.locate(key);
-        let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = table.find_mut(hash, |e| e.key == key) {
-            if !e.is_static {
-                self.release_vtep(e.vtep, 1);
-            }
-            e.vtep = vtep;
-            e.is_static = true;
-            return Ok(());
-        }
-        if !self.reserve() {
-            return Err(RemoteLearn::TableFull);
-        }
-        table.insert_unique(
-            hash,
-            Entry {
-                key,
-                vtep,
-                is_static: true,
-                last_seen: AtomicU32::new(0),
-            },
-            |e| self.hasher.hash_one(e.key),
-        );
-        Ok(())
+        self.table.add_static(key(vni, mac), vtep)
     }
 
     /// Removes one entry, static or dynamic. Returns whether there was one.
     pub fn remove(&self, vni: Vni, mac: MacAddr) -> bool {
-        let key = key(vni, mac);
-        let (hash, shard) = self.locate(key);
-        let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
-        match table.find_entry(hash, |e| e.key == key) {
-            Ok(e) => {
-                let (e, _) = e.remove();
-                self.release(&e);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    fn remove_where(&self, mut doomed: impl FnMut(&Entry) -> bool) -> usize {
-        let mut removed = 0;
-        for shard in self.shards.iter() {
-            let mut table = shard.write().unwrap_or_else(|e| e.into_inner());
-            table.retain(|e| {
-                let gone = doomed(e);
-                if gone {
-                    self.release(e);
-                    removed += 1;
-                }
-                !gone
-            });
-        }
-        removed
+        self.table.remove_if(key(vni, mac), |_, _| true)
     }
 
     /// Drops dynamic entries not seen for the aging time. Returns how many.
     pub fn age(&self, now: u32) -> usize {
-        let n = self.remove_where(|e| !self.is_live(e, now));
-        self.aged.fetch_add(n as u64, Relaxed);
-        n
+        self.table.age(now)
     }
 
     /// Forgets the dynamic entries learned behind `vtep` (the VTEP went away or
     /// was removed from the configuration). Returns how many.
     pub fn flush_vtep(&self, vtep: Ipv4Addr) -> usize {
-        self.remove_where(|e| e.vtep == vtep && !e.is_static)
+        self.table
+            .remove_where(|_, v, is_static| v == vtep && !is_static)
     }
 
     /// Forgets every entry behind `vtep`, static ones too.
     pub fn purge_vtep(&self, vtep: Ipv4Addr) -> usize {
-        self.remove_where(|e| e.vtep == vtep)
+        self.table.remove_where(|_, v, _| v == vtep)
     }
 
     /// Forgets the dynamic entries of one VNI (its mapping was removed).
     pub fn flush_vni(&self, vni: Vni) -> usize {
-        self.remove_where(|e| (e.key >> 48) as u32 == vni.get() && !e.is_static)
+        self.table
+            .remove_where(|k, _, is_static| k.vni == vni && !is_static)
     }
 
     /// Forgets every dynamic entry.
     pub fn flush(&self) -> usize {
-        self.remove_where(|e| !e.is_static)
+        self.table.remove_where(|_, _, is_static| !is_static)
     }
 
     pub fn len(&self) -> usize {
-        self.len.load(Relaxed) as usize
+        self.table.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.table.is_empty()
     }
 
     /// Live entries, sorted by VNI then MAC.
     pub fn entries(&self, now: u32) -> Vec<RemoteFdbEntry> {
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            let table = shard.read().unwrap_or_else(|e| e.into_inner());
-            out.extend(
-                table
-                    .iter()
-                    .filter(|e| self.is_live(e, now))
-                    .map(|e| RemoteFdbEntry {
-                        vni: Vni::from_bits((e.key >> 48) as u32),
-                        mac: MacAddr::from_u64(e.key as u64 & 0xffff_ffff_ffff),
-                        vtep: e.vtep,
-                        is_static: e.is_static,
-                        age: if e.is_static {
-                            0
-                        } else {
-                            now.wrapping_sub(e.last_seen.load(Relaxed))
-                        },
-                    }),
-            );
-        }
+        let mut out: Vec<RemoteFdbEntry> = (self.table.rows(now).into_iter())
+            .map(|r| RemoteFdbEntry {
+                vni: r.key.vni,
+                mac: r.key.mac,
+                vtep: r.owner,
+                is_static: r.is_static,
+                age: r.age,
+            })
+            .collect();
         out.sort_by_key(|e| (e.vni, e.mac));
         out
     }
 
     pub fn stats(&self) -> RemoteFdbStats {
+        let s = self.table.stats();
         RemoteFdbStats {
-            entries: self.len.load(Relaxed),
-            learned: self.learned.load(Relaxed),
-            moved: self.moved.load(Relaxed),
-            aged: self.aged.load(Relaxed),
-            refused_full: self.refused_full.load(Relaxed),
-            refused_vtep_limit: self.refused_vtep_limit.load(Relaxed),
+            entries: s.entries,
+            learned: s.learned,
+            moved: s.moved,
+            aged: s.aged,
+            refused_full: s.refused_full,
+            refused_vtep_limit: s.refused_owner_limit,
         }
     }
 }
@@ -537,8 +362,8 @@ mod tests {
             assert_eq!(f.learn(vni(1), mac(i), V1, 0), RemoteLearn::Learned);
         }
         // V1 sends a fourth and fifth source: refused, counted, not stored
-        assert_eq!(f.learn(vni(1), mac(3), V1, 0), RemoteLearn::VtepLimit);
-        assert_eq!(f.learn(vni(2), mac(4), V1, 0), RemoteLearn::VtepLimit);
+        assert_eq!(f.learn(vni(1), mac(3), V1, 0), RemoteLearn::OwnerLimit);
+        assert_eq!(f.learn(vni(2), mac(4), V1, 0), RemoteLearn::OwnerLimit);
         assert_eq!(f.lookup(vni(1), mac(3), 0), None);
         assert_eq!(
             (f.len(), f.vtep_len(V1), f.stats().refused_vtep_limit),
@@ -551,7 +376,7 @@ mod tests {
         f.add_static(vni(1), mac(20), V1).unwrap();
         assert_eq!(f.vtep_len(V1), 3);
         // a move into a full VTEP forgets the stale entry
-        assert_eq!(f.learn(vni(1), mac(10), V1, 2), RemoteLearn::VtepLimit);
+        assert_eq!(f.learn(vni(1), mac(10), V1, 2), RemoteLearn::OwnerLimit);
         assert_eq!(f.lookup(vni(1), mac(10), 2), None);
         assert_eq!((f.len(), f.vtep_len(V2)), (4, 0));
         // a move out of it frees a slot

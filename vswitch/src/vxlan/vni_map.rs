@@ -5,15 +5,13 @@
 //! could land in a VLAN that is sent out under another, bridging two segments.
 
 use super::header::Vni;
-use crate::vlan::{VlanId, VLAN_MAX};
+use crate::vlan::VlanId;
 use hashbrown::HashMap;
 use std::fmt;
 
 /// Why a mapping was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VniMapError {
-    /// The VLAN is outside 1..=4094.
-    BadVlan(VlanId),
     /// VNI 0 cannot be configured (see [`Vni`]).
     BadVni(Vni),
     /// The VLAN is already mapped to another VNI.
@@ -25,7 +23,6 @@ pub enum VniMapError {
 impl fmt::Display for VniMapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            VniMapError::BadVlan(v) => write!(f, "VLAN {v} is outside 1..={VLAN_MAX}"),
             VniMapError::BadVni(v) => write!(f, "VNI {v} is outside 1..={}", Vni::MAX),
             VniMapError::VlanTaken { vlan, vni } => {
                 write!(f, "VLAN {vlan} is already mapped to VNI {vni}")
@@ -71,9 +68,6 @@ impl VniMap {
     /// Maps `vlan` to `vni`. Re-inserting an existing pair is a no-op; a VLAN or
     /// VNI already mapped elsewhere is refused (remove it first).
     pub fn insert(&mut self, vlan: VlanId, vni: Vni) -> Result<(), VniMapError> {
-        if !(1..=VLAN_MAX).contains(&vlan) {
-            return Err(VniMapError::BadVlan(vlan));
-        }
         if vni.get() == 0 {
             return Err(VniMapError::BadVni(vni));
         }
@@ -82,7 +76,7 @@ impl VniMap {
             (Some(have), _) => Err(VniMapError::VlanTaken { vlan, vni: have }),
             (None, Some(have)) => Err(VniMapError::VniTaken { vni, vlan: have }),
             (None, None) => {
-                self.by_vlan[vlan as usize] = vni.get();
+                self.by_vlan[vlan.index()] = vni.get();
                 self.by_vni.insert(vni, vlan);
                 Ok(())
             }
@@ -92,7 +86,7 @@ impl VniMap {
     /// Unmaps a VLAN; returns the VNI it had.
     pub fn remove_vlan(&mut self, vlan: VlanId) -> Option<Vni> {
         let vni = self.vni(vlan)?;
-        self.by_vlan[vlan as usize] = 0;
+        self.by_vlan[vlan.index()] = 0;
         self.by_vni.remove(&vni);
         Some(vni)
     }
@@ -100,13 +94,13 @@ impl VniMap {
     /// Unmaps a VNI; returns the VLAN it had.
     pub fn remove_vni(&mut self, vni: Vni) -> Option<VlanId> {
         let vlan = self.by_vni.remove(&vni)?;
-        self.by_vlan[vlan as usize] = 0;
+        self.by_vlan[vlan.index()] = 0;
         Some(vlan)
     }
 
     /// The VNI carrying `vlan` (transmit direction).
     pub fn vni(&self, vlan: VlanId) -> Option<Vni> {
-        match *self.by_vlan.get(vlan as usize)? {
+        match self.by_vlan[vlan.index()] {
             0 => None,
             v => Vni::new(v).ok(),
         }
@@ -127,7 +121,7 @@ impl VniMap {
 
     /// The pairs, ascending by VLAN.
     pub fn iter(&self) -> impl Iterator<Item = (VlanId, Vni)> + '_ {
-        (1..=VLAN_MAX).filter_map(|vlan| Some((vlan, self.vni(vlan)?)))
+        VlanId::all().filter_map(|vlan| Some((vlan, self.vni(vlan)?)))
     }
 }
 
@@ -148,6 +142,7 @@ impl fmt::Debug for VniMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vlan::vid;
     use crate::vxlan::header::{VxlanPacket, FLAG_I};
 
     fn vni(v: u32) -> Vni {
@@ -158,19 +153,19 @@ mod tests {
     fn both_directions() {
         let mut m = VniMap::new();
         assert!(m.is_empty());
-        m.insert(10, vni(5010)).unwrap();
-        m.insert(4094, vni(Vni::MAX)).unwrap();
-        m.insert(1, vni(1)).unwrap();
-        assert_eq!(m.vni(10), Some(vni(5010)));
-        assert_eq!(m.vlan(vni(5010)), Some(10));
-        assert_eq!(m.vlan(vni(Vni::MAX)), Some(4094));
-        assert_eq!(m.vni(11), None);
-        assert_eq!(m.vni(4095), None);
-        assert_eq!(m.vni(u16::MAX), None);
+        m.insert(vid(10), vni(5010)).unwrap();
+        m.insert(vid(4094), vni(Vni::MAX)).unwrap();
+        m.insert(vid(1), vni(1)).unwrap();
+        assert_eq!(m.vni(vid(10)), Some(vni(5010)));
+        assert_eq!(m.vlan(vni(5010)), Some(vid(10)));
+        assert_eq!(m.vlan(vni(Vni::MAX)), Some(vid(4094)));
+        assert_eq!(m.vni(vid(11)), None);
         assert_eq!(m.vlan(vni(5011)), None);
         assert_eq!(m.len(), 3);
         assert_eq!(
-            m.iter().map(|(l, n)| (l, n.get())).collect::<Vec<_>>(),
+            m.iter()
+                .map(|(l, n)| (l.get(), n.get()))
+                .collect::<Vec<_>>(),
             [(1, 1), (10, 5010), (4094, 16_777_215)]
         );
         assert_eq!(format!("{m:?}"), "{1: 1, 10: 5010, 4094: 16777215}");
@@ -179,30 +174,32 @@ mod tests {
     #[test]
     fn refuses_duplicates_and_bad_ids() {
         let mut m = VniMap::new();
-        m.insert(10, vni(100)).unwrap();
-        assert_eq!(m.insert(10, vni(100)), Ok(()), "same pair again is fine");
+        m.insert(vid(10), vni(100)).unwrap();
         assert_eq!(
-            m.insert(10, vni(200)),
+            m.insert(vid(10), vni(100)),
+            Ok(()),
+            "same pair again is fine"
+        );
+        assert_eq!(
+            m.insert(vid(10), vni(200)),
             Err(VniMapError::VlanTaken {
-                vlan: 10,
+                vlan: vid(10),
                 vni: vni(100)
             })
         );
         assert_eq!(
-            m.insert(20, vni(100)),
+            m.insert(vid(20), vni(100)),
             Err(VniMapError::VniTaken {
                 vni: vni(100),
-                vlan: 10
+                vlan: vid(10)
             })
         );
-        assert_eq!(m.insert(0, vni(300)), Err(VniMapError::BadVlan(0)));
-        assert_eq!(m.insert(4095, vni(300)), Err(VniMapError::BadVlan(4095)));
         // VNI 0 only exists as a received value; it can never be mapped
         let mut zero = vec![FLAG_I, 0, 0, 0, 0, 0, 0, 0];
         zero.extend_from_slice(&[0; 14]);
         let wire_zero = VxlanPacket::parse(&zero).unwrap().vni();
         assert!(matches!(
-            m.insert(30, wire_zero),
+            m.insert(vid(30), wire_zero),
             Err(VniMapError::BadVni(_))
         ));
         assert_eq!(m.vlan(wire_zero), None);
@@ -210,7 +207,7 @@ mod tests {
         assert_eq!(
             VniMapError::VniTaken {
                 vni: vni(100),
-                vlan: 10
+                vlan: vid(10)
             }
             .to_string(),
             "VNI 100 is already mapped to VLAN 10"
@@ -219,15 +216,15 @@ mod tests {
 
     #[test]
     fn remove_frees_both_sides() {
-        let mut m = VniMap::from_pairs([(10, vni(100)), (20, vni(200))]).unwrap();
-        assert_eq!(m.remove_vlan(10), Some(vni(100)));
-        assert_eq!(m.remove_vlan(10), None);
+        let mut m = VniMap::from_pairs([(vid(10), vni(100)), (vid(20), vni(200))]).unwrap();
+        assert_eq!(m.remove_vlan(vid(10)), Some(vni(100)));
+        assert_eq!(m.remove_vlan(vid(10)), None);
         assert_eq!(m.vlan(vni(100)), None);
-        m.insert(11, vni(100)).unwrap();
-        assert_eq!(m.remove_vni(vni(200)), Some(20));
-        assert_eq!(m.vni(20), None);
-        m.insert(20, vni(201)).unwrap();
+        m.insert(vid(11), vni(100)).unwrap();
+        assert_eq!(m.remove_vni(vni(200)), Some(vid(20)));
+        assert_eq!(m.vni(vid(20)), None);
+        m.insert(vid(20), vni(201)).unwrap();
         assert_eq!(m.len(), 2);
-        assert!(VniMap::from_pairs([(1, vni(1)), (2, vni(1))]).is_err());
+        assert!(VniMap::from_pairs([(vid(1), vni(1)), (vid(2), vni(1))]).is_err());
     }
 }
