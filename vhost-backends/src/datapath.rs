@@ -345,3 +345,123 @@ impl DatapathPort {
         self.queue.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+
+    /// Only a guard against hanging: every wait below is answered at once.
+    const HANG: Duration = Duration::from_secs(10);
+
+    /// A queue whose descriptor is an eventfd the test writes to.
+    struct FdQueue {
+        fd: EventFd,
+        polls: AtomicUsize,
+        /// Reports `Gone` (and leaves its descriptor readable).
+        gone: bool,
+        polled: Mutex<mpsc::Sender<&'static str>>,
+        name: &'static str,
+    }
+
+    impl FdQueue {
+        fn new(name: &'static str, gone: bool, polled: mpsc::Sender<&'static str>) -> Arc<Self> {
+            Arc::new(FdQueue {
+                fd: EventFd::new(EFD_NONBLOCK).unwrap(),
+                polls: AtomicUsize::new(0),
+                gone,
+                polled: Mutex::new(polled),
+                name,
+            })
+        }
+    }
+
+    impl PollQueue for FdQueue {
+        fn poll(&self) -> Polled {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            let _ = self.polled.lock().unwrap().send(self.name);
+            if self.gone {
+                return Polled::Gone;
+            }
+            Polled::Frames(self.fd.read().unwrap_or(0) as usize)
+        }
+
+        fn fds(&self) -> Vec<RawFd> {
+            vec![self.fd.as_raw_fd()]
+        }
+    }
+
+    /// A queue is polled when its descriptor is readable, and never again
+    /// once it said it is gone, though its descriptor stays readable.
+    #[test]
+    fn readable_descriptors_are_polled_and_a_gone_queue_never_again() {
+        let dp = Datapath::new(1).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let gone = FdQueue::new("gone", true, tx.clone());
+        let probe = FdQueue::new("probe", false, tx);
+        dp.add(0, gone.clone()).unwrap();
+        dp.add(0, probe.clone()).unwrap();
+        gone.fd.write(1).unwrap();
+        assert_eq!(rx.recv_timeout(HANG), Ok("gone"));
+        // Two more sleeps and wake-ups through epoll: a thread still
+        // watching the gone queue would poll it again on each.
+        for _ in 0..2 {
+            probe.fd.write(1).unwrap();
+            assert_eq!(rx.recv_timeout(HANG), Ok("probe"));
+        }
+        dp.shutdown();
+        assert_eq!(gone.polls.load(Ordering::SeqCst), 1);
+        assert_eq!(probe.polls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A ring the driver kicks: polled every round, and a kick while the
+    /// thread sleeps ([`Datapath::wake`]) gets its frames taken.
+    struct Ring {
+        waiting: AtomicUsize,
+        taken: Mutex<mpsc::Sender<usize>>,
+        armed: AtomicUsize,
+    }
+
+    impl PollQueue for Ring {
+        fn poll(&self) -> Polled {
+            let n = self.waiting.swap(0, Ordering::SeqCst);
+            if n > 0 {
+                let _ = self.taken.lock().unwrap().send(n);
+            }
+            Polled::Frames(n)
+        }
+
+        fn arm(&self) -> bool {
+            self.armed.fetch_add(1, Ordering::SeqCst);
+            false
+        }
+    }
+
+    #[test]
+    fn a_kick_wakes_a_sleeping_thread_and_stop_needs_no_timeout() {
+        let dp = Datapath::new(1).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let ring = Arc::new(Ring {
+            waiting: AtomicUsize::new(0),
+            taken: Mutex::new(tx),
+            armed: AtomicUsize::new(0),
+        });
+        dp.add(0, ring.clone()).unwrap();
+        for round in 1..=3 {
+            // Armed means asleep (or about to be): the frames need the kick.
+            let deadline = Instant::now() + HANG;
+            while ring.armed.load(Ordering::SeqCst) < round {
+                assert!(Instant::now() < deadline, "the thread never went to sleep");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            ring.waiting.store(round, Ordering::SeqCst);
+            dp.wake(0);
+            assert_eq!(rx.recv_timeout(HANG), Ok(round));
+        }
+        // Stopping wakes the sleeping thread through the same eventfd: a
+        // stop that needed a timeout would hang here.
+        dp.shutdown();
+        assert!(rx.try_recv().is_err(), "no frame taken twice");
+    }
+}
