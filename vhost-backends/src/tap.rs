@@ -329,3 +329,133 @@ impl TapPortHandle {
         self.0.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    use vswitch::VlanMode;
+
+    /// IEEE local experimental EtherType: the kernel's own frames (neighbour
+    /// discovery) never carry it.
+    const ETHERTYPE_TEST: [u8; 2] = [0x88, 0xb5];
+    /// Only a guard against hanging: the frame arrives at once.
+    const HANG: Duration = Duration::from_secs(10);
+
+    /// Passes the frames of [`ETHERTYPE_TEST`] it is given to the test.
+    struct Catch(Mutex<mpsc::Sender<Vec<u8>>>);
+
+    impl FrameSink for Catch {
+        fn deliver(
+            &self,
+            batch: &[Delivery],
+            frames: &[FrameSource],
+            report: &mut dyn DeliveryReport,
+        ) {
+            for d in batch {
+                let mut out = d.egress.head().to_vec();
+                frames[d.frame].for_each_slice(d.egress.skip(), |s| {
+                    let mut b = vec![0u8; s.len()];
+                    s.copy_to(&mut b[..]);
+                    out.extend_from_slice(&b);
+                    true
+                });
+                if out.get(12..14) == Some(&ETHERTYPE_TEST[..]) {
+                    let _ = self.0.lock().unwrap().send(out);
+                }
+                report.outcome(d, Ok(()));
+            }
+        }
+    }
+
+    /// Names of this process's threads.
+    fn thread_names() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim_end().to_owned())
+            .collect()
+    }
+
+    /// Sends `frame` out of interface `ifname` (so the TAP device reads it).
+    fn send_out(ifname: &str, frame: &[u8]) {
+        let name = CString::new(ifname).unwrap();
+        // SAFETY: a NUL-terminated name we own.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(index, 0, "{ifname}: {}", io::Error::last_os_error());
+        // SAFETY: plain socket(2); closed below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = index as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: our buffer and a valid sockaddr_ll of the size given.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        let sent = io::Error::last_os_error();
+        // SAFETY: closing the socket we opened.
+        unsafe { libc::close(fd) };
+        assert_eq!(n, frame.len() as isize, "sendto {ifname}: {sent}");
+    }
+
+    /// A TAP port has no thread of its own: a datapath thread reads the
+    /// device, forwards what the host sends, and stopping the port closes
+    /// the device (its name is free again at once).
+    #[test]
+    fn a_tap_port_is_read_by_the_datapath_not_a_thread_of_its_own() {
+        // A thread of its own: the network namespace below is per thread.
+        std::thread::spawn(|| {
+            // SAFETY: unshare(2) with a flag, no memory passed. The device and
+            // its name are this test's alone.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                r,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                io::Error::last_os_error()
+            );
+            let switch = Arc::new(Switch::new("br0", 100, 100, 300));
+            let table = Arc::new(PortTable::default());
+            let datapath = Arc::new(Datapath::new(1).unwrap());
+            let tap = switch.add_port("tap", VlanMode::Access(10), 1500).unwrap();
+            let out = switch.add_port("out", VlanMode::Access(10), 1500).unwrap();
+            switch.set_link(out, true);
+            let (tx, rx) = mpsc::channel();
+            table.publish(out, Box::new(Catch(Mutex::new(tx))));
+            let (s, t, d) = (switch.clone(), table.clone(), datapath.clone());
+            let handle = spawn("fwdtap0", 1500, tap, s, t, d).unwrap();
+            let names = thread_names();
+            assert!(
+                !names.iter().any(|n| n.starts_with("tap-")),
+                "a thread per TAP port: {names:?}"
+            );
+
+            let mut frame = vec![0xff; 6];
+            frame.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+            frame.extend_from_slice(&ETHERTYPE_TEST);
+            frame.resize(60, 0xab);
+            send_out("fwdtap0", &frame);
+            assert_eq!(rx.recv_timeout(HANG), Ok(frame));
+
+            handle.stop();
+            // Still open, the old device would hold the name (EBUSY).
+            TapDevice::open("fwdtap0").expect("the stopped port's device is closed");
+            datapath.shutdown();
+            assert!(rx.try_recv().is_err(), "one frame sent, one forwarded");
+        })
+        .join()
+        .unwrap();
+    }
+}
