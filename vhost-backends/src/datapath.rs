@@ -380,11 +380,17 @@ mod tests {
     impl PollQueue for FdQueue {
         fn poll(&self) -> Polled {
             self.polls.fetch_add(1, Ordering::SeqCst);
+            // Read before telling the test, or its next write could be
+            // taken by this read.
+            let n = match self.gone {
+                true => 0,
+                false => self.fd.read().unwrap_or(0) as usize,
+            };
             let _ = self.polled.lock().unwrap().send(self.name);
-            if self.gone {
-                return Polled::Gone;
+            match self.gone {
+                true => Polled::Gone,
+                false => Polled::Frames(n),
             }
-            Polled::Frames(self.fd.read().unwrap_or(0) as usize)
         }
 
         fn fds(&self) -> Vec<RawFd> {
