@@ -354,13 +354,7 @@ mod tests {
             report: &mut dyn DeliveryReport,
         ) {
             for d in batch {
-                let mut out = d.egress.head().to_vec();
-                frames[d.frame].for_each_slice(d.egress.skip(), |s| {
-                    let mut b = vec![0u8; s.len()];
-                    s.copy_to(&mut b[..]);
-                    out.extend_from_slice(&b);
-                    true
-                });
+                let out = d.bytes(frames);
                 if out.get(12..14) == Some(&ETHERTYPE_TEST[..]) {
                     let _ = self.0.lock().unwrap().send(out);
                 }

@@ -73,7 +73,7 @@ pub struct TunnelConfig {
     pub statics: Vec<(Vni, MacAddr, Ipv4Addr)>,
 }
 
-/// What the tunnel shares between its sink and its reader.
+/// What the tunnel shares between its sink and its receiving queue.
 pub struct Tunnel {
     pub config: TunnelConfig,
     pub remote_fdb: RemoteFdb,
@@ -545,6 +545,82 @@ impl TunnelHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
+    use vswitch::VlanMode;
+
+    /// Only a guard against hanging: aging is due within 2 s.
+    const HANG: Duration = Duration::from_secs(10);
+
+    /// A tunnel has no thread of its own: a datapath thread receives, and
+    /// its timer ages the remote FDB of a tunnel that receives nothing more.
+    #[test]
+    fn an_idle_tunnel_is_aged_by_its_timer_on_the_datapath() {
+        let switch = Arc::new(Switch::new("br0", 100, 100, 300));
+        let table = Arc::new(PortTable::default());
+        let datapath = Arc::new(Datapath::new(1).unwrap());
+        // What the switch makes of the frame is not this test's business.
+        let id = switch.add_port("vx", VlanMode::Access(10), 1500).unwrap();
+        // A free port of the loopback address: the kernel picks it.
+        let port = {
+            let probe = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let vni = Vni::new(5000).unwrap();
+        let mut vnis = VniMap::new();
+        vnis.insert(10, vni).unwrap();
+        let config = TunnelConfig {
+            local: Ipv4Addr::LOCALHOST,
+            udp_port: port,
+            underlay_mtu: 1500,
+            learn_vteps: true,
+            vnis,
+            vteps: VtepSet::new(true),
+            capacity: 100,
+            vtep_mac_limit: 100,
+            aging_secs: 1,
+            local_hold_secs: 0,
+            statics: Vec::new(),
+        };
+        let handle = spawn(config, id, switch.clone(), table, datapath.clone()).unwrap();
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.trim_end() == "vxlan"),
+            "a thread per tunnel: {names:?}"
+        );
+
+        // One packet from another loopback address (not our own), VNI 5000,
+        // an inner broadcast from 02:00:00:00:00:09.
+        let mut packet = vec![0x08, 0, 0, 0, 0, 0x13, 0x88, 0];
+        packet.extend_from_slice(&[0xff; 6]);
+        packet.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x88, 0xb5]);
+        packet.resize(8 + 60, 0xab);
+        let sender = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).unwrap();
+        sender
+            .send_to(&packet, (Ipv4Addr::LOCALHOST, port))
+            .unwrap();
+        let t = handle.tunnel.clone();
+        let until = |what: &str, cond: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + HANG;
+            while !cond() {
+                assert!(Instant::now() < deadline, "never happened: {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        until("the packet is received", &|| {
+            t.counters.snapshot().rx_packets == 1
+        });
+        assert_eq!(t.remote_fdb.stats().learned, 1);
+        // Nothing more arrives: only the timer can wake the thread to age.
+        until("the entry ages out", &|| t.remote_fdb.stats().entries == 0);
+        assert_eq!(t.remote_fdb.stats().aged, 1);
+        handle.stop();
+        datapath.shutdown();
+        // Stopped, the tunnel's sockets are closed: the address is free.
+        UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).expect("the tunnel's socket is closed");
+    }
 
     #[test]
     fn a_refused_socket_option_is_an_error_naming_it() {

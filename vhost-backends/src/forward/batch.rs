@@ -169,13 +169,7 @@ mod tests {
                 hook();
             }
             for d in batch {
-                let mut out = d.egress.head().to_vec();
-                frames[d.frame].for_each_slice(d.egress.skip(), |s| {
-                    let mut b = vec![0u8; s.len()];
-                    s.copy_to(&mut b[..]);
-                    out.extend_from_slice(&b);
-                    true
-                });
+                let out = d.bytes(frames);
                 self.got.lock().unwrap().push(out);
                 report.outcome(d, Ok(()));
             }

@@ -14,6 +14,22 @@ pub(crate) struct Delivery {
     pub egress: Egress,
 }
 
+#[cfg(test)]
+impl Delivery {
+    /// The bytes a sink writes for this item: the egress head, then the
+    /// frame from `egress.skip()` on (for tests to compare).
+    pub(crate) fn bytes(&self, frames: &[FrameSource]) -> Vec<u8> {
+        let mut out = self.egress.head().to_vec();
+        frames[self.frame].for_each_slice(self.egress.skip(), |s| {
+            let mut b = vec![0u8; s.len()];
+            s.copy_to(&mut b[..]);
+            out.extend_from_slice(&b);
+            true
+        });
+        out
+    }
+}
+
 /// Something that takes frames for one switch port: a guest's RX queue, a TAP
 /// device or a VXLAN tunnel.
 pub(crate) trait FrameSink: Send + Sync {
