@@ -18,8 +18,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vhost_backends::blk::SharedPool;
 use vhost_backends::datapath::Datapath;
+use vhost_backends::forward::PortTable;
 use vhost_backends::net::{NetPort, NetPortConfig, NetPortHandle};
-use vhost_backends::port_table::PortTable;
 use vhost_backends::session::ServeOptions;
 use vswitch::{Switch, VlanMode};
 
@@ -518,7 +518,13 @@ impl Runtime {
                 let id = sw
                     .add_port(&pc.name, vlan_mode(&pc.vlan), pc.mtu)
                     .map_err(|e| OpError::new(ErrorCode::Conflict, e.to_string()))?;
-                match vhost_backends::tunnel::spawn(config, id, sw.clone(), entry.table.clone()) {
+                match vhost_backends::tunnel::spawn(
+                    config,
+                    id,
+                    sw.clone(),
+                    entry.table.clone(),
+                    self.datapath.clone(),
+                ) {
                     Ok(h) => {
                         log::info!(
                             "switch {switch} port {} is a VXLAN tunnel on {}:{} ({})",
@@ -555,6 +561,7 @@ impl Runtime {
                     id,
                     sw.clone(),
                     entry.table.clone(),
+                    self.datapath.clone(),
                 ) {
                     Ok(h) => {
                         log::info!(

@@ -555,11 +555,12 @@ fn a_tap_device_deleted_under_the_daemon_goes_link_down_quietly() {
     assert!(status.success(), "ip link del {device}: {status}");
     f.wait_link("tap", false);
 
-    let reader = format!("tap-{device}");
-    let ticks = ticks_over_a_second(|comm| comm == reader);
+    // The device was read by a datapath thread: a dead descriptor left in
+    // its epoll set would keep it spinning.
+    let ticks = ticks_over_a_second(|comm| comm.starts_with("datapath-"));
     assert!(
         ticks <= 20,
-        "the TAP reader used {ticks}/100 s of CPU in a second: spinning"
+        "datapath threads used {ticks}/100 s of CPU in a second: spinning on the dead TAP"
     );
     // What the kernel sent while the device was up (IPv6 neighbour
     // discovery, MLD) is not ours to check.

@@ -1,12 +1,16 @@
 //! vhost-user devices that connect guests to the engines.
 //!
+//! - [`forward`]: the forwarding plane every port kind shares: a batch of
+//!   frames goes through the switch and is copied straight into each
+//!   destination's receive side, found in the [`forward::PortTable`] where
+//!   each port publishes it while its peer is connected (no channels, no
+//!   extra threads).
+//! - [`datapath`]: the threads that poll every port's transmit side (guest
+//!   rings, TAP devices, tunnel sockets) and sleep in one `epoll_wait`.
 //! - [`net`]: vhost-user-net ports of a [`vswitch::Switch`]. A guest's TX batch runs
-//!   to completion on a [`datapath`] thread: pop, let the switch decide, copy each
-//!   frame straight into the destination's receive side.
-//! - [`datapath`]: the threads that poll the ports' transmit queues.
-//! - [`port_table`]: where each switch port's receive side is published while its
-//!   peer is connected, so senders reach it without channels or extra threads.
-//! - [`tap`], [`tunnel`]: TAP and VXLAN ports, feeding the same forwarding.
+//!   to completion on a [`datapath`] thread: pop, forward, return the chains.
+//! - [`tap`], [`tunnel`]: TAP and VXLAN ports, polled by the same threads and
+//!   feeding the same forwarding.
 //! - [`blk`]: vhost-user-blk exports of a vblock volume.
 //! - [`split_ring`]: the device side of a split virtqueue; every value the
 //!   driver controls is validated there, once.
@@ -16,9 +20,9 @@
 
 pub mod blk;
 pub mod datapath;
+pub mod forward;
 pub mod listen;
 pub mod net;
-pub mod port_table;
 pub(crate) mod relay;
 pub mod session;
 pub(crate) mod split_ring;

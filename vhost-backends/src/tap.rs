@@ -9,21 +9,22 @@
 //!
 //! Frames written to the port go out through [`TapSink`] (one `writev` per
 //! frame, non-blocking: a full device queue drops and counts `no_buffer`).
-//! Frames from the device are read by one thread per port, in batches, and
-//! forwarded with the same [`forward`](crate::net::tx::forward) as a guest's
-//! transmit queue.
+//! Frames from the device are read in batches by a datapath thread, which
+//! waits for the device to be readable in the same `epoll_wait` as for its
+//! other queues ([`TapQueue`] is a [`PollQueue`]), and forwarded with the same
+//! [`forward`] as a guest's transmit queue.
 
-use crate::net::frame_source::FrameSource;
-use crate::net::tx::{forward, Ingress, BATCH};
-use crate::net::HDR_LEN;
-use crate::port_table::{Delivery, DeliveryReport, FrameSink, PortTable, ReaderPort};
+use crate::datapath::{Datapath, DatapathPort, PollQueue, Polled};
+use crate::forward::{
+    forward, Delivery, DeliveryReport, FrameSink, FrameSource, Ingress, PortTable, BATCH, HDR_LEN,
+};
+use arrayvec::ArrayVec;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use vm_memory::VolatileSlice;
 use vswitch::{DropReason, PortId, Switch};
 
@@ -185,114 +186,282 @@ impl FrameSink for TapSink {
 }
 
 /// A running TAP port; [`TapPortHandle::stop`] ends it.
-pub struct TapPortHandle(ReaderPort);
+pub struct TapPortHandle(DatapathPort);
 
 /// Serves switch port `id` through TAP device `device` (created if absent),
-/// with `mtu`: publishes the sink, brings the link up, and reads frames on a
-/// thread of its own.
+/// with `mtu`: publishes the sink, brings the link up, and has a thread of
+/// `datapath` read the device.
 pub fn spawn(
     device: &str,
     mtu: u16,
     id: PortId,
     switch: Arc<Switch>,
     table: Arc<PortTable>,
+    datapath: Arc<Datapath>,
 ) -> io::Result<TapPortHandle> {
     let dev = Arc::new(TapDevice::open(device)?);
     dev.configure(mtu)?;
-    table.publish(id, Box::new(TapSink { dev: dev.clone() }));
-    switch.set_link(id, true);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (stop2, switch2, table2) = (stop.clone(), switch.clone(), table.clone());
-    let thread = std::thread::Builder::new()
-        .name(format!("tap-{device}"))
-        .spawn(move || read_loop(&dev, id, &switch2, &table2, &stop2));
-    let thread = match thread {
-        Ok(t) => t,
-        Err(e) => {
-            table.withdraw(id);
-            switch.set_link(id, false);
-            return Err(e);
-        }
-    };
-    Ok(TapPortHandle(ReaderPort {
-        stop,
-        thread: Some(thread),
-        table,
-        switch,
+    let sink = Box::new(TapSink { dev: dev.clone() });
+    let queue = Arc::new(TapQueue {
         id,
-    }))
+        switch: switch.clone(),
+        table: table.clone(),
+        fd: dev.file.as_raw_fd(),
+        reader: Mutex::new(Some(TapReader {
+            bufs: (0..BATCH).map(|_| vec![0u8; HDR_LEN + MAX_FRAME]).collect(),
+            lens: [0; BATCH],
+            deliveries: Vec::with_capacity(4 * BATCH),
+            dev,
+            gone: false,
+        })),
+    });
+    DatapathPort::start(datapath, queue, sink, table, switch, id).map(TapPortHandle)
 }
 
-/// Reads frames in batches and forwards them, until `stop` or until the
-/// device goes away under us (`ip link del`): then the port goes link down
-/// and the thread ends, logged once, rather than poll a dead descriptor that
-/// is always "ready".
-fn read_loop(dev: &TapDevice, id: PortId, switch: &Switch, table: &PortTable, stop: &AtomicBool) {
-    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; HDR_LEN + MAX_FRAME]).collect();
-    let mut lens = [0usize; BATCH];
-    let mut deliveries = Vec::with_capacity(4 * BATCH);
-    let ingress = Ingress { id, switch, table };
-    let fd = dev.file.as_raw_fd();
-    while !stop.load(Ordering::Acquire) {
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
+/// The transmit side of a TAP port (frames the host sends), as a datapath
+/// thread polls it.
+struct TapQueue {
+    id: PortId,
+    switch: Arc<Switch>,
+    table: Arc<PortTable>,
+    /// The device's descriptor, open while `reader` holds the device.
+    fd: RawFd,
+    /// `None` once the port is stopped (the device is closed).
+    reader: Mutex<Option<TapReader>>,
+}
+
+struct TapReader {
+    dev: Arc<TapDevice>,
+    /// One buffer per frame of a batch, allocated once.
+    bufs: Vec<Vec<u8>>,
+    /// Bytes read into each buffer.
+    lens: [usize; BATCH],
+    deliveries: Vec<Delivery>,
+    /// The device went away (said once; never read again).
+    gone: bool,
+}
+
+impl PollQueue for TapQueue {
+    /// Reads a batch and forwards it. A device that goes away under us (`ip
+    /// link del`) takes the port link down, logged once, and is no longer
+    /// polled, rather than poll a dead descriptor that is always "ready".
+    fn poll(&self) -> Polled {
+        let mut guard = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = guard.as_mut().filter(|r| !r.gone) else {
+            return Polled::Gone;
         };
-        // SAFETY: one valid pollfd. 200 ms bounds how long stop() waits.
-        let ready = unsafe { libc::poll(&mut pfd, 1, 200) };
-        if ready <= 0 {
-            continue;
+        let (count, short, gone) = read_batch(self.fd, &mut r.bufs, &mut r.lens);
+        if count > 0 || short > 0 {
+            let segments: ArrayVec<VolatileSlice<'_>, BATCH> = r.bufs[..count]
+                .iter_mut()
+                .zip(&r.lens)
+                .map(|(b, &n)| VolatileSlice::from(&mut b[..n]))
+                .collect();
+            let frames: ArrayVec<FrameSource<'_, '_>, BATCH> = (0..count)
+                .map(|i| FrameSource::new(&segments[i..=i], HDR_LEN))
+                .collect();
+            let ingress = Ingress {
+                id: self.id,
+                switch: &self.switch,
+                table: &self.table,
+            };
+            forward(&ingress, &frames, short, &mut r.deliveries);
         }
-        let mut gone = (pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0)
-            .then(|| io::Error::other("poll reports an error"));
-        let mut count = 0;
-        let mut short = 0u64;
-        while count < BATCH && gone.is_none() {
-            let buf = &mut bufs[count];
-            // SAFETY: reading into our own buffer of buf.len() bytes.
-            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => break,
-                    _ => gone = Some(e), // EBADFD: the device was deleted
-                }
-                break;
-            }
-            let n = n as usize;
-            if n < HDR_LEN {
-                short += 1;
-                continue;
-            }
-            lens[count] = n;
-            count += 1;
-        }
-        let segments: Vec<VolatileSlice<'_>> = bufs[..count]
-            .iter_mut()
-            .zip(&lens)
-            .map(|(b, &n)| VolatileSlice::from(&mut b[..n]))
-            .collect();
-        let frames: Vec<FrameSource<'_, '_>> = (0..count)
-            .map(|i| FrameSource::new(&segments[i..=i], HDR_LEN))
-            .collect();
-        forward(&ingress, &frames, short, &mut deliveries);
-        if let Some(e) = gone {
-            table.withdraw(id);
-            switch.set_link(id, false);
-            log::error!(
-                "TAP device {}: {e}; the device is gone: port link down, no longer read",
-                dev.name
-            );
-            return;
-        }
+        let Some(e) = gone else {
+            return Polled::Frames(count);
+        };
+        r.gone = true;
+        self.table.withdraw(self.id);
+        self.switch.set_link(self.id, false);
+        log::error!(
+            "TAP device {}: {e}; the device is gone: port link down, no longer read",
+            r.dev.name
+        );
+        Polled::Gone
+    }
+
+    fn fds(&self) -> Vec<RawFd> {
+        vec![self.fd]
+    }
+
+    fn close(&self) {
+        // Under the lock: a batch in flight ends first.
+        drop(self.reader.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 }
 
+/// Makes up to a batch of reads into `bufs`, their lengths into `lens`.
+/// Returns the frames read, the reads too short to hold a header (dropped),
+/// and the error that says the device is gone, if it is.
+fn read_batch(
+    fd: RawFd,
+    bufs: &mut [Vec<u8>],
+    lens: &mut [usize],
+) -> (usize, u64, Option<io::Error>) {
+    let (mut count, mut short) = (0, 0u64);
+    // Short reads count against the batch too: one poll stays bounded.
+    for _ in 0..bufs.len() {
+        let buf = &mut bufs[count];
+        // SAFETY: reading into our own buffer of buf.len() bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => (count, short, None),
+                _ => (count, short, Some(e)), // EBADFD: the device was deleted
+            };
+        }
+        let n = n as usize;
+        if n < HDR_LEN {
+            short += 1;
+            continue;
+        }
+        lens[count] = n;
+        count += 1;
+    }
+    (count, short, None)
+}
+
 impl TapPortHandle {
-    /// Stops reading, withdraws the sink, takes the link down and closes the
+    /// Withdraws the sink, takes the link down, stops reading and closes the
     /// device (a device the daemon created disappears).
     pub fn stop(self) {
         self.0.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    use vswitch::VlanMode;
+
+    /// IEEE local experimental EtherType: the kernel's own frames (neighbour
+    /// discovery) never carry it.
+    const ETHERTYPE_TEST: [u8; 2] = [0x88, 0xb5];
+    /// Only a guard against hanging: the frame arrives at once.
+    const HANG: Duration = Duration::from_secs(10);
+
+    /// Passes the frames of [`ETHERTYPE_TEST`] it is given to the test.
+    struct Catch(Mutex<mpsc::Sender<Vec<u8>>>);
+
+    impl FrameSink for Catch {
+        fn deliver(
+            &self,
+            batch: &[Delivery],
+            frames: &[FrameSource],
+            report: &mut dyn DeliveryReport,
+        ) {
+            for d in batch {
+                let out = d.bytes(frames);
+                if out.get(12..14) == Some(&ETHERTYPE_TEST[..]) {
+                    let _ = self.0.lock().unwrap().send(out);
+                }
+                report.outcome(d, Ok(()));
+            }
+        }
+    }
+
+    /// Names of this process's threads.
+    fn thread_names() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim_end().to_owned())
+            .collect()
+    }
+
+    /// Sends `frame` out of interface `ifname` (so the TAP device reads it).
+    fn send_out(ifname: &str, frame: &[u8]) {
+        let name = CString::new(ifname).unwrap();
+        // SAFETY: a NUL-terminated name we own.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert_ne!(index, 0, "{ifname}: {}", io::Error::last_os_error());
+        // SAFETY: plain socket(2); closed below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = index as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: our buffer and a valid sockaddr_ll of the size given.
+        let n = unsafe {
+            libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        let sent = io::Error::last_os_error();
+        // SAFETY: closing the socket we opened.
+        unsafe { libc::close(fd) };
+        assert_eq!(n, frame.len() as isize, "sendto {ifname}: {sent}");
+    }
+
+    /// A TAP port has no thread of its own: a datapath thread reads the
+    /// device, forwards what the host sends, and stopping the port closes
+    /// the device (its name is free again at once).
+    #[test]
+    fn a_tap_port_is_read_by_the_datapath_not_a_thread_of_its_own() {
+        // A thread of its own: the network namespace below is per thread.
+        std::thread::spawn(|| {
+            // SAFETY: unshare(2) with a flag, no memory passed. The device and
+            // its name are this test's alone.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(
+                r,
+                0,
+                "unshare(CLONE_NEWNET): {}",
+                io::Error::last_os_error()
+            );
+            let switch = Arc::new(Switch::new("br0", 100, 100, 300));
+            let table = Arc::new(PortTable::default());
+            let datapath = Arc::new(Datapath::new(1).unwrap());
+            let tap = switch
+                .add_port(
+                    "tap",
+                    VlanMode::Access(vswitch::VlanId::new(10).unwrap()),
+                    1500,
+                )
+                .unwrap();
+            let out = switch
+                .add_port(
+                    "out",
+                    VlanMode::Access(vswitch::VlanId::new(10).unwrap()),
+                    1500,
+                )
+                .unwrap();
+            switch.set_link(out, true);
+            let (tx, rx) = mpsc::channel();
+            table.publish(out, Box::new(Catch(Mutex::new(tx))));
+            let (s, t, d) = (switch.clone(), table.clone(), datapath.clone());
+            let handle = spawn("fwdtap0", 1500, tap, s, t, d).unwrap();
+            let names = thread_names();
+            assert!(
+                !names.iter().any(|n| n.starts_with("tap-")),
+                "a thread per TAP port: {names:?}"
+            );
+
+            let mut frame = vec![0xff; 6];
+            frame.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
+            frame.extend_from_slice(&ETHERTYPE_TEST);
+            frame.resize(60, 0xab);
+            send_out("fwdtap0", &frame);
+            assert_eq!(rx.recv_timeout(HANG), Ok(frame));
+
+            handle.stop();
+            // Still open, the old device would hold the name (EBUSY).
+            TapDevice::open("fwdtap0").expect("the stopped port's device is closed");
+            datapath.shutdown();
+            assert!(rx.try_recv().is_err(), "one frame sent, one forwarded");
+        })
+        .join()
+        .unwrap();
     }
 }

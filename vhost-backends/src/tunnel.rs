@@ -27,15 +27,17 @@
 //! this host is found at its first frame; one that left it, once the hold
 //! time has passed since its last frame here).
 
-use crate::net::frame_source::FrameSource;
-use crate::net::tx::{forward, Ingress};
-use crate::port_table::{Delivery, DeliveryReport, FrameSink, PortTable, ReaderPort};
+use crate::datapath::{Datapath, DatapathPort, PollQueue, Polled};
+use crate::forward::{
+    forward, Delivery, DeliveryReport, FrameSink, FrameSource, Ingress, PortTable, BATCH,
+};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use vm_memory::VolatileSlice;
+use vmm_sys_util::timerfd::TimerFd;
 use vswitch::vxlan::{
     fits_underlay, flow_src_port, Ipv4Encap, RemoteFdb, SrcPortRange, TunnelCounters, TunnelDrop,
     Vni, VniMap, VtepSet, VxlanPacket, OVERHEAD,
@@ -48,8 +50,8 @@ const TAG_LEN: usize = 4;
 const TPID_8021Q: u16 = 0x8100;
 /// Largest UDP datagram read.
 const MAX_DATAGRAM: usize = 65_535;
-/// How often the reader wakes without traffic, to see `stop` and age entries.
-const POLL_MS: libc::c_int = 200;
+/// How often the remote FDB is aged (its clock counts seconds).
+const AGE_EVERY: Duration = Duration::from_secs(1);
 
 /// How a tunnel is set up.
 #[derive(Clone, Debug)]
@@ -71,7 +73,7 @@ pub struct TunnelConfig {
     pub statics: Vec<(Vni, MacAddr, Ipv4Addr)>,
 }
 
-/// What the tunnel shares between its sink and its reader.
+/// What the tunnel shares between its sink and its receiving queue.
 pub struct Tunnel {
     pub config: TunnelConfig,
     pub remote_fdb: RemoteFdb,
@@ -233,7 +235,7 @@ impl TunnelSink {
 /// A running tunnel port; [`TunnelHandle::stop`] ends it.
 pub struct TunnelHandle {
     pub tunnel: Arc<Tunnel>,
-    port: ReaderPort,
+    port: DatapathPort,
 }
 
 fn raw_socket() -> io::Result<OwnedFd> {
@@ -317,12 +319,14 @@ fn receive_sockets(config: &TunnelConfig) -> io::Result<Vec<UdpSocket>> {
     Ok(sockets)
 }
 
-/// Serves switch port `id` as a VXLAN tunnel.
+/// Serves switch port `id` as a VXLAN tunnel; a thread of `datapath`
+/// receives.
 pub fn spawn(
     config: TunnelConfig,
     id: PortId,
     switch: Arc<Switch>,
     table: Arc<PortTable>,
+    datapath: Arc<Datapath>,
 ) -> io::Result<TunnelHandle> {
     let sockets = receive_sockets(&config)?;
     let remote_fdb = RemoteFdb::new(config.capacity, config.vtep_mac_limit, config.aging_secs);
@@ -354,96 +358,136 @@ pub fn spawn(
         )),
         config,
     });
-    table.publish(
-        id,
-        Box::new(TunnelSink {
-            tunnel: tunnel.clone(),
-            now: switch.clone(),
-        }),
-    );
     switch
         .fdb()
         .set_move_hold(id, tunnel.config.local_hold_secs);
-    switch.set_link(id, true);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (t2, s2, sw2, tb2) = (tunnel.clone(), stop.clone(), switch.clone(), table.clone());
-    let thread = std::thread::Builder::new()
-        .name("vxlan".into())
-        .spawn(move || read_loop(&t2, &sockets, id, &sw2, &tb2, &s2))?;
-    Ok(TunnelHandle {
-        tunnel,
-        port: ReaderPort {
-            stop,
-            thread: Some(thread),
-            table,
-            switch,
-            id,
-        },
-    })
+    let timer = aging_timer()?;
+    let mut fds: Vec<RawFd> = sockets.iter().map(|s| s.as_raw_fd()).collect();
+    fds.push(timer.as_raw_fd());
+    let queue = Arc::new(TunnelQueue {
+        tunnel: tunnel.clone(),
+        id,
+        switch: switch.clone(),
+        table: table.clone(),
+        fds,
+        receiver: Mutex::new(Some(Receiver {
+            sockets,
+            timer,
+            buf: vec![0u8; MAX_DATAGRAM],
+            frame: vec![0u8; MAX_DATAGRAM + TAG_LEN],
+            deliveries: Vec::new(),
+            last_age: switch.now(),
+        })),
+    });
+    let sink = Box::new(TunnelSink {
+        tunnel: tunnel.clone(),
+        now: switch.clone(),
+    });
+    let port = DatapathPort::start(datapath, queue, sink, table, switch, id)?;
+    Ok(TunnelHandle { tunnel, port })
 }
 
-/// Waits up to [`POLL_MS`] for any of `sockets` to be readable; fills
-/// `ready` with their indexes.
-fn wait_readable(sockets: &[UdpSocket], fds: &mut [libc::pollfd], ready: &mut Vec<usize>) {
-    for (p, s) in fds.iter_mut().zip(sockets) {
-        *p = libc::pollfd {
-            fd: s.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+/// A non-blocking timer that expires every [`AGE_EVERY`]: it wakes the
+/// datapath to age the remote FDB of a tunnel that receives nothing.
+fn aging_timer() -> io::Result<TimerFd> {
+    let mut timer = TimerFd::new()?;
+    timer.reset(AGE_EVERY, Some(AGE_EVERY))?;
+    let fd = timer.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+    let r = unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
     }
-    ready.clear();
-    // SAFETY: `fds` is a valid array of pollfd of the length given.
-    if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_MS) } > 0 {
-        ready.extend((0..fds.len()).filter(|&i| fds[i].revents != 0));
-    }
+    Ok(timer)
 }
 
-/// Receives, checks, learns and forwards, until `stop`.
-fn read_loop(
-    t: &Tunnel,
-    sockets: &[UdpSocket],
+/// The receiving side of a tunnel port, as a datapath thread polls it: its
+/// sockets, and a timer that ages the remote FDB while nothing arrives.
+struct TunnelQueue {
+    tunnel: Arc<Tunnel>,
     id: PortId,
-    switch: &Switch,
-    table: &PortTable,
-    stop: &AtomicBool,
-) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut frame = vec![0u8; MAX_DATAGRAM + TAG_LEN];
-    let mut deliveries = Vec::new();
-    let ingress = Ingress { id, switch, table };
-    let mut last_age = switch.now();
-    let mut fds = vec![
-        libc::pollfd {
-            fd: -1,
-            events: 0,
-            revents: 0
+    switch: Arc<Switch>,
+    table: Arc<PortTable>,
+    /// The sockets' and the timer's descriptors, open while `receiver` holds them.
+    fds: Vec<RawFd>,
+    /// `None` once the port is stopped (sockets closed).
+    receiver: Mutex<Option<Receiver>>,
+}
+
+struct Receiver {
+    sockets: Vec<UdpSocket>,
+    timer: TimerFd,
+    buf: Vec<u8>,
+    frame: Vec<u8>,
+    deliveries: Vec<Delivery>,
+    last_age: u32,
+}
+
+impl PollQueue for TunnelQueue {
+    /// Ages the remote FDB once a second; receives, checks, learns and
+    /// forwards up to a batch of datagrams.
+    fn poll(&self) -> Polled {
+        let mut guard = self.receiver.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = guard.as_mut() else {
+            return Polled::Gone;
         };
-        sockets.len()
-    ];
-    let mut ready = Vec::with_capacity(sockets.len());
-    while !stop.load(Ordering::Acquire) {
-        let now = switch.now();
-        if now != last_age {
+        let t = &self.tunnel;
+        // Read whenever we are here: an expiration left unread would keep the
+        // queue readable. Non-blocking: nothing to read is no error.
+        let _ = r.timer.wait();
+        let now = self.switch.now();
+        if now != r.last_age {
             t.remote_fdb.age(now);
-            last_age = now;
+            r.last_age = now;
         }
-        wait_readable(sockets, &mut fds, &mut ready);
-        for &i in &ready {
-            // Drain the socket; WouldBlock (or any error) ends this round.
-            while let Ok((n, from)) = sockets[i].recv_from(&mut buf) {
+        let ingress = Ingress {
+            id: self.id,
+            switch: &self.switch,
+            table: &self.table,
+        };
+        let mut taken = 0;
+        for socket in &r.sockets {
+            // WouldBlock (or any error) ends this socket's turn.
+            while taken < BATCH {
+                let Ok((n, from)) = socket.recv_from(&mut r.buf) else {
+                    break;
+                };
+                taken += 1;
                 let std::net::SocketAddr::V4(from) = from else {
                     continue;
                 };
-                let Some(len) = decapsulate(t, &buf[..n], *from.ip(), id, switch, &mut frame)
+                let datagram = &r.buf[..n];
+                let Some(len) =
+                    decapsulate(t, datagram, *from.ip(), self.id, &self.switch, &mut r.frame)
                 else {
                     continue;
                 };
-                let seg = [VolatileSlice::from(&mut frame[..len])];
+                let seg = [VolatileSlice::from(&mut r.frame[..len])];
                 let frames = [FrameSource::new(&seg, 0)];
-                forward(&ingress, &frames, 0, &mut deliveries);
+                forward(&ingress, &frames, 0, &mut r.deliveries);
             }
         }
+        Polled::Frames(taken)
+    }
+
+    fn fds(&self) -> Vec<RawFd> {
+        self.fds.clone()
+    }
+
+    fn close(&self) {
+        // Under the lock: a batch in flight ends first.
+        drop(
+            self.receiver
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
     }
 }
 
@@ -502,6 +546,88 @@ impl TunnelHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
+    use vswitch::VlanMode;
+
+    /// Only a guard against hanging: aging is due within 2 s.
+    const HANG: Duration = Duration::from_secs(10);
+
+    /// A tunnel has no thread of its own: a datapath thread receives, and
+    /// its timer ages the remote FDB of a tunnel that receives nothing more.
+    #[test]
+    fn an_idle_tunnel_is_aged_by_its_timer_on_the_datapath() {
+        let switch = Arc::new(Switch::new("br0", 100, 100, 300));
+        let table = Arc::new(PortTable::default());
+        let datapath = Arc::new(Datapath::new(1).unwrap());
+        // What the switch makes of the frame is not this test's business.
+        let id = switch
+            .add_port(
+                "vx",
+                VlanMode::Access(vswitch::VlanId::new(10).unwrap()),
+                1500,
+            )
+            .unwrap();
+        // A free port of the loopback address: the kernel picks it.
+        let port = {
+            let probe = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let vni = Vni::new(5000).unwrap();
+        let mut vnis = VniMap::new();
+        vnis.insert(vswitch::VlanId::new(10).unwrap(), vni).unwrap();
+        let config = TunnelConfig {
+            local: Ipv4Addr::LOCALHOST,
+            udp_port: port,
+            underlay_mtu: 1500,
+            learn_vteps: true,
+            vnis,
+            vteps: VtepSet::new(true),
+            capacity: 100,
+            vtep_mac_limit: 100,
+            aging_secs: 1,
+            local_hold_secs: 0,
+            statics: Vec::new(),
+        };
+        let handle = spawn(config, id, switch.clone(), table, datapath.clone()).unwrap();
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.trim_end() == "vxlan"),
+            "a thread per tunnel: {names:?}"
+        );
+
+        // One packet from another loopback address (not our own), VNI 5000,
+        // an inner broadcast from 02:00:00:00:00:09.
+        let mut packet = vec![0x08, 0, 0, 0, 0, 0x13, 0x88, 0];
+        packet.extend_from_slice(&[0xff; 6]);
+        packet.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x88, 0xb5]);
+        packet.resize(8 + 60, 0xab);
+        let sender = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).unwrap();
+        sender
+            .send_to(&packet, (Ipv4Addr::LOCALHOST, port))
+            .unwrap();
+        let t = handle.tunnel.clone();
+        let until = |what: &str, cond: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + HANG;
+            while !cond() {
+                assert!(Instant::now() < deadline, "never happened: {what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        until("the packet is received", &|| {
+            t.counters.snapshot().rx_packets == 1
+        });
+        assert_eq!(t.remote_fdb.stats().learned, 1);
+        // Nothing more arrives: only the timer can wake the thread to age.
+        until("the entry ages out", &|| t.remote_fdb.stats().entries == 0);
+        assert_eq!(t.remote_fdb.stats().aged, 1);
+        handle.stop();
+        datapath.shutdown();
+        // Stopped, the tunnel's sockets are closed: the address is free.
+        UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).expect("the tunnel's socket is closed");
+    }
 
     #[test]
     fn a_refused_socket_option_is_an_error_naming_it() {

@@ -3,9 +3,9 @@
 
 use super::port::NetPort;
 use super::rx::GuestRx;
-use super::tx::TxScratch;
+use super::tx::{TxQueue, TxScratch};
 use super::Vring;
-use crate::datapath::TxQueue;
+use crate::datapath::PollQueue;
 use crate::GuestMemAtomic;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -95,7 +95,8 @@ impl Connection {
                 scratch: Mutex::new(TxScratch::default()),
             });
             *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue.clone());
-            self.port.datapath.add(self.port.id as usize, queue);
+            // A ring has no descriptors to watch: adding it cannot fail.
+            let _ = self.port.datapath.add(self.port.id as usize, queue);
             self.port.switch.set_link(self.port.id, true);
             log::info!("port {}: frontend ready, link up", self.port.name);
         }
@@ -106,6 +107,7 @@ impl Connection {
         if self.published.swap(false, Ordering::AcqRel) {
             self.port.table.withdraw(self.port.id);
             if let Some(queue) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let queue: Arc<dyn PollQueue> = queue;
                 self.port.datapath.remove(self.port.id as usize, &queue);
             }
             self.port.switch.set_link(self.port.id, false);

@@ -3,7 +3,7 @@
 
 use super::device::NetBackend;
 use crate::datapath::Datapath;
-use crate::port_table::PortTable;
+use crate::forward::PortTable;
 use crate::session::{ServeOptions, SessionBackend, SocketServer};
 use std::io;
 use std::path::PathBuf;

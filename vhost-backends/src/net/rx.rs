@@ -6,9 +6,8 @@
 //! chain and `num_buffers` is 1.
 
 use super::device::{Connection, RX_QUEUE};
-use super::frame_source::FrameSource;
-use super::{Vring, HDR_LEN};
-use crate::port_table::{Delivery, DeliveryReport, FrameSink};
+use super::Vring;
+use crate::forward::{Delivery, DeliveryReport, FrameSink, FrameSource, HDR_LEN};
 use crate::split_ring::RingView;
 use arrayvec::ArrayVec;
 use std::sync::Arc;
@@ -26,7 +25,7 @@ const MAX_RX_SEGMENTS: usize = 256;
 
 /// A guest's receive queue, published in the port table while the guest is
 /// connected and its RX ring enabled.
-pub struct GuestRx {
+pub(crate) struct GuestRx {
     vring: Vring,
     conn: Arc<Connection>,
 }

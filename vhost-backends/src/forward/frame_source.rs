@@ -9,9 +9,9 @@ use vm_memory::VolatileSlice;
 
 /// Descriptors a TX chain may have. Linux sends at most MAX_SKB_FRAGS + 2 (19);
 /// anything longer is treated as malformed rather than buffered.
-pub const MAX_SEGMENTS: usize = 64;
+pub(crate) const MAX_SEGMENTS: usize = 64;
 
-pub struct FrameSource<'a, 'm> {
+pub(crate) struct FrameSource<'a, 'm> {
     segments: &'a [VolatileSlice<'m>],
     /// Bytes of `segments` before the frame starts (the virtio-net header).
     start: usize,
@@ -19,7 +19,7 @@ pub struct FrameSource<'a, 'm> {
 }
 
 impl<'a, 'm> FrameSource<'a, 'm> {
-    /// `segments` were validated against guest memory (see `tx::gather`).
+    /// `segments` were validated against guest memory (see `net::tx`).
     pub fn new(segments: &'a [VolatileSlice<'m>], start: usize) -> FrameSource<'a, 'm> {
         let total: usize = segments.iter().map(|s| s.len()).sum();
         FrameSource {
@@ -32,10 +32,6 @@ impl<'a, 'm> FrameSource<'a, 'm> {
     /// Frame length in bytes.
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Calls `f` with each piece of the frame from byte `offset` on, in order.
