@@ -7,6 +7,7 @@ pub mod control;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
+pub mod runtime;
 pub mod sockets;
 pub mod storage;
 

@@ -1,14 +1,57 @@
 //! The operations of the control protocol: arguments validated (with the
 //! same rules as `fabric.toml`, so a port or export added at run time is
 //! checked exactly like one in the file), then handed to the [`Runtime`].
+//! The runtime's error kinds become wire codes here ([`wire_code`]).
 
 use super::protocol::*;
-use crate::daemon::{vlan_summary, OpError, OpResult, Runtime};
+use crate::runtime::{self, vlan_summary, ErrorKind, Runtime};
 use fabric_config::{ExportConfig, PortConfig, PortKind};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+
+/// An operation refused or failed, with the code the control socket sends.
+#[derive(Debug)]
+pub struct OpError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl OpError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> OpError {
+        OpError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The wire code of a runtime error kind.
+pub fn wire_code(kind: ErrorKind) -> ErrorCode {
+    match kind {
+        ErrorKind::NotFound => ErrorCode::NotFound,
+        ErrorKind::AlreadyExists => ErrorCode::AlreadyExists,
+        ErrorKind::InvalidArgument => ErrorCode::InvalidArgument,
+        ErrorKind::Conflict => ErrorCode::Conflict,
+        ErrorKind::NoSpace => ErrorCode::NoSpace,
+        ErrorKind::Internal => ErrorCode::Internal,
+    }
+}
+
+impl From<runtime::Error> for OpError {
+    fn from(e: runtime::Error) -> OpError {
+        OpError::new(wire_code(e.kind()), e.message())
+    }
+}
+
+pub type OpResult<T> = Result<T, OpError>;
 
 fn invalid(message: impl Into<String>) -> OpError {
     OpError::new(ErrorCode::InvalidArgument, message)

@@ -10,7 +10,7 @@
 
 use super::ops;
 use super::protocol::{self, ErrorCode, ErrorInfo, Request, Response, MAX_LINE, VERSION};
-use crate::daemon::Runtime;
+use crate::runtime::Runtime;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
