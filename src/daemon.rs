@@ -58,7 +58,7 @@ impl Daemon {
         )?);
         if let Some(addr) = config.daemon.metrics_listen {
             let rt = self.rt.clone();
-            let srv = crate::metrics::serve(addr, move || rt.metrics_snapshot()).map_err(|e| {
+            let srv = crate::metrics::serve(addr, move || rt.snapshot()).map_err(|e| {
                 io::Error::new(e.kind(), format!("daemon.metrics_listen {addr}: {e}"))
             })?;
             log::info!("metrics on http://{}/metrics", srv.local_addr());

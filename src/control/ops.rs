@@ -4,12 +4,14 @@
 //! The runtime's error kinds become wire codes here ([`wire_code`]).
 
 use super::protocol::*;
+use crate::runtime::snapshot::TunnelSample;
 use crate::runtime::{self, vlan_summary, ErrorKind, Runtime};
 use fabric_config::{ExportConfig, PortConfig, PortKind};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use vswitch::vxlan::TunnelDrop;
 
 /// An operation refused or failed, with the code the control socket sends.
 #[derive(Debug)]
@@ -429,19 +431,19 @@ fn export_config(rt: &Runtime, e: &ExportAdd) -> OpResult<ExportConfig> {
     })
 }
 
+/// `port.list`: each running port's config with its counters from one
+/// [`Snapshot`](crate::runtime::Snapshot).
 fn port_list(rt: &Runtime) -> Vec<PortInfo> {
+    let snap = rt.snapshot();
     rt.with_state(|st| {
         st.ports
             .iter()
             .map(|p| {
-                let sw = rt.switch(&p.switch);
-                let topo = sw.map(|s| s.topology());
-                let state = topo.as_ref().and_then(|t| {
-                    let id = sw?.port_id(&p.config.name)?;
-                    t.port(id).map(|x| x.state.clone())
-                });
-                let c = state.as_ref().map(|s| s.counters.snapshot());
-                let c = c.as_ref();
+                let (sw, name) = (&p.switch, &p.config.name);
+                let c = snap
+                    .ports
+                    .iter()
+                    .find(|s| &s.switch == sw && &s.port == name);
                 let (kind, socket) = match &p.config.kind {
                     PortKind::VhostUser { socket, .. } => {
                         ("vhost-user", socket.display().to_string())
@@ -450,25 +452,56 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                     PortKind::Vxlan(v) => ("vxlan", format!("{}:{}", v.local, v.udp_port)),
                 };
                 PortInfo {
-                    switch: p.switch.clone(),
-                    name: p.config.name.clone(),
+                    switch: sw.clone(),
+                    name: name.clone(),
                     kind: kind.into(),
                     socket,
                     vlan: vlan_summary(&p.config.vlan),
-                    link: state.as_ref().is_some_and(|s| s.is_up()),
+                    link: c.is_some_and(|c| c.link_up),
                     rx_packets: c.map_or(0, |c| c.rx_packets),
                     rx_bytes: c.map_or(0, |c| c.rx_bytes),
                     tx_packets: c.map_or(0, |c| c.tx_packets),
                     tx_bytes: c.map_or(0, |c| c.tx_bytes),
                     drops: vswitch::DropReason::ALL
                         .iter()
-                        .map(|r| (r.name().to_owned(), c.map_or(0, |c| c.dropped(*r))))
+                        .map(|r| {
+                            let n = c.and_then(|c| c.drops.iter().find(|(d, _)| d == r.name()));
+                            (r.name().to_owned(), n.map_or(0, |(_, n)| *n))
+                        })
                         .collect(),
                     broken_queues: c.map_or(0, |c| c.broken_queues),
+                    tunnel: snap
+                        .tunnels
+                        .iter()
+                        .find(|t| &t.switch == sw && &t.port == name)
+                        .map(tunnel_info),
                 }
             })
             .collect()
     })
+}
+
+fn tunnel_info(t: &TunnelSample) -> TunnelInfo {
+    let (c, f) = (&t.counters, &t.remote_fdb);
+    TunnelInfo {
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        drops: TunnelDrop::ALL
+            .iter()
+            .map(|&r| (r.name().to_owned(), c.dropped(r)))
+            .collect(),
+        remote_entries: u64::from(f.entries),
+        remote_learned: f.learned,
+        remote_moved: f.moved,
+        remote_aged: f.aged,
+        remote_refused: [
+            ("full".to_owned(), f.refused_full),
+            ("vtep_limit".to_owned(), f.refused_vtep_limit),
+        ]
+        .into(),
+    }
 }
 
 fn fdb_show(rt: &Runtime, name: &str) -> OpResult<Vec<FdbEntryInfo>> {

@@ -165,6 +165,30 @@ pub struct PortInfo {
     /// Absent from an older daemon's answer: read as 0.
     #[serde(default)]
     pub broken_queues: u64,
+    /// A VXLAN port's underlay counters and remote FDB (absent for other
+    /// port types and from an older daemon's answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelInfo>,
+}
+
+/// The tunnel side of a VXLAN port in `port.list`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TunnelInfo {
+    /// Frames decapsulated and handed to the switch (inner bytes).
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Frames encapsulated and sent, one per VTEP when flooding (inner bytes).
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Drops by reason (`bad_header`, `unknown_vni`, ...).
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// Remote MAC addresses known behind VTEPs now.
+    pub remote_entries: u64,
+    pub remote_learned: u64,
+    pub remote_moved: u64,
+    pub remote_aged: u64,
+    /// Remote MAC addresses not learned, by reason (`full`, `vtep_limit`).
+    pub remote_refused: std::collections::BTreeMap<String, u64>,
 }
 
 /// One FDB entry.

@@ -1,8 +1,8 @@
 //! The HTTP/1.1 server of `GET /metrics`: a listener thread over std's
 //! `TcpListener`, a bounded thread per client, strict request-head parsing.
 
-use super::model::MetricsSnapshot;
 use super::render::{render_owned, CONTENT_TYPE};
+use crate::runtime::Snapshot;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -19,7 +19,7 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Clients served at once; more are closed at once.
 const MAX_CLIENTS: usize = 16;
 
-type Source = dyn Fn() -> MetricsSnapshot + Send + Sync;
+type Source = dyn Fn() -> Snapshot + Send + Sync;
 
 /// The running endpoint; [`MetricsServer::stop`] (or dropping it) stops it.
 pub struct MetricsServer {
@@ -61,7 +61,7 @@ impl Drop for MetricsServer {
 /// and in time, so a slow or silent client never holds up the next scrape.
 pub fn serve(
     addr: SocketAddr,
-    source: impl Fn() -> MetricsSnapshot + Send + Sync + 'static,
+    source: impl Fn() -> Snapshot + Send + Sync + 'static,
 ) -> io::Result<MetricsServer> {
     serve_with_timeout(addr, Arc::new(source), CLIENT_TIMEOUT)
 }
@@ -504,7 +504,7 @@ mod tests {
             if c.fetch_add(1, Ordering::Relaxed) == 0 {
                 panic!("snapshot failed");
             }
-            MetricsSnapshot::default()
+            Snapshot::default()
         })
         .unwrap();
         let addr = server.local_addr();

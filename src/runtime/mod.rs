@@ -11,10 +11,14 @@
 mod convert;
 mod error;
 mod ports;
+mod report;
+pub mod snapshot;
 mod volumes;
 
 pub use convert::{qemu_args, vlan_mode, vlan_summary};
 pub use error::{Error, ErrorKind, Result};
+pub use report::report;
+pub use snapshot::{snapshot_from, Snapshot};
 
 use crate::sockets;
 use crate::storage::{self, lock_pool, OpenPool, ServedExport};
@@ -24,10 +28,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use vhost_backends::blk::SharedPool;
+use vhost_backends::blk::{BlkExport, SharedPool};
 use vhost_backends::datapath::Datapath;
 use vhost_backends::port_table::PortTable;
 use vhost_backends::session::ServeOptions;
+use vhost_backends::tunnel::Tunnel;
 use vswitch::Switch;
 
 /// One switch and where its ports publish their receive side.
@@ -258,18 +263,35 @@ impl Runtime {
         Ok(path)
     }
 
-    /// What the metrics endpoint shows.
-    pub fn metrics_snapshot(&self) -> crate::metrics::MetricsSnapshot {
-        // Exports first: the snapshot takes each pool's lock, never with the
-        // state lock held.
-        let exports: Vec<(String, Arc<vhost_backends::blk::BlkExport>)> = self.with_state(|st| {
-            st.exports
+    /// The counters of everything running now, for the SIGUSR1 report,
+    /// `/metrics` and `port.list`.
+    pub fn snapshot(&self) -> Snapshot {
+        // Tunnels and exports are collected under the state lock and sampled
+        // after it: the pool figures are read without the state held.
+        type Tunnels = Vec<(String, String, Arc<Tunnel>)>;
+        let (tunnels, exports): (Tunnels, Vec<(String, Arc<BlkExport>)>) = self.with_state(|st| {
+            let tunnels = st
+                .ports
+                .iter()
+                .filter_map(|p| match &p.handle {
+                    Some(PortHandle::Tunnel(t)) => {
+                        Some((p.switch.clone(), p.config.name.clone(), t.tunnel.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let exports = st
+                .exports
                 .iter()
                 .map(|e| (e.pool.clone(), e.served.export.clone()))
-                .collect()
+                .collect();
+            (tunnels, exports)
         });
-        crate::metrics::snapshot_from(
+        snapshot_from(
             self.switches.iter().map(|e| &*e.switch),
+            tunnels
+                .iter()
+                .map(|(s, p, t)| (s.as_str(), p.as_str(), &**t)),
             &self.pools,
             exports.iter().map(|(p, e)| (p.as_str(), &**e)),
         )
@@ -280,76 +302,9 @@ impl Runtime {
         self.lock().config.switches.clone()
     }
 
-    /// One line per port, FDB, tunnel, export, pool and volume with its
-    /// counters (the SIGUSR1 report):
-    /// `counters switch=br0 port=vm1 link=up rx_packets=.. ... drop_runt=..`.
+    /// The SIGUSR1 report ([`report`]) of a [`snapshot`](Self::snapshot).
     pub fn counters_report(&self) -> Vec<String> {
-        let mut lines = Vec::new();
-        for e in &self.switches {
-            let sw = &e.switch;
-            for port in sw.topology().ports() {
-                let c = port.state.counters.snapshot();
-                let mut line = format!(
-                    "counters switch={} port={} link={} rx_packets={} rx_bytes={} tx_packets={} tx_bytes={}",
-                    sw.name,
-                    port.name,
-                    if port.state.is_up() { "up" } else { "down" },
-                    c.rx_packets,
-                    c.rx_bytes,
-                    c.tx_packets,
-                    c.tx_bytes
-                );
-                for reason in vswitch::DropReason::ALL {
-                    line.push_str(&format!(" drop_{}={}", reason.name(), c.dropped(reason)));
-                }
-                line.push_str(&format!(" broken_queues={}", c.broken_queues));
-                lines.push(line);
-            }
-            let f = sw.fdb().stats();
-            lines.push(format!(
-                "fdb switch={} entries={} learned={} moved={} aged={} refused_full={} refused_port_limit={} refused_move={}",
-                sw.name, f.entries, f.learned, f.moved, f.aged, f.refused_full, f.refused_port_limit, f.refused_move
-            ));
-        }
-        let st = self.lock();
-        for p in &st.ports {
-            if let Some(PortHandle::Tunnel(t)) = &p.handle {
-                let c = t.tunnel.counters.snapshot();
-                let f = t.tunnel.remote_fdb.stats();
-                let mut line = format!(
-                    "tunnel switch={} port={} rx_packets={} rx_bytes={} tx_packets={} tx_bytes={} remote_entries={} remote_learned={} remote_moved={} remote_refused_full={} remote_refused_vtep_limit={}",
-                    p.switch, p.config.name, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes,
-                    f.entries, f.learned, f.moved, f.refused_full, f.refused_vtep_limit
-                );
-                for r in vswitch::vxlan::TunnelDrop::ALL {
-                    line.push_str(&format!(" drop_{}={}", r.name(), c.dropped(r)));
-                }
-                lines.push(line);
-            }
-        }
-        for e in &st.exports {
-            lines.push(format!(
-                "counters export={} {}",
-                e.volume,
-                e.served.export.counters.summary()
-            ));
-        }
-        drop(st);
-        // The pools' maintained figures: a report never waits for a pool lock.
-        for p in &self.pools {
-            let s = p.gauges.space();
-            lines.push(format!(
-                "pool {} clusters={} used={} free={} releasing={} provisioned_bytes={} capacity_bytes={}",
-                p.name, s.clusters, s.used_clusters, s.free_clusters, s.releasing_clusters, s.provisioned, s.capacity
-            ));
-            for v in p.gauges.volumes() {
-                lines.push(format!(
-                    "volume pool={} name={} kind={:?} size={} allocated={} exclusive={}",
-                    p.name, v.name, v.kind, v.size, v.allocated, v.exclusive
-                ));
-            }
-        }
-        lines
+        report(&self.snapshot())
     }
 
     /// Stops every port and export, then makes the pools durable.
