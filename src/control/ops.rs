@@ -8,7 +8,6 @@ use crate::runtime::snapshot::TunnelSample;
 use crate::runtime::{self, vlan_summary, ErrorKind, Runtime};
 use fabric_config::{ExportConfig, PortConfig, PortKind};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use vswitch::vxlan::TunnelDrop;
@@ -69,118 +68,6 @@ fn to_value<T: serde::Serialize>(t: T) -> OpResult<Value> {
     serde_json::to_value(t).map_err(|e| OpError::new(ErrorCode::Internal, e.to_string()))
 }
 
-/// A size argument: bytes, or a string like "16G".
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Size {
-    Bytes(u64),
-    Text(String),
-}
-
-impl Size {
-    fn bytes(&self) -> OpResult<u64> {
-        match self {
-            Size::Bytes(b) => Ok(*b),
-            Size::Text(t) => fabric_config::parse_size(t)
-                .map_err(|e| invalid(format!("invalid size {t:?}: {e}"))),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Named {
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SwitchArg {
-    switch: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FdbFlush {
-    switch: String,
-    #[serde(default)]
-    port: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FdbAdd {
-    switch: String,
-    vlan: u16,
-    mac: String,
-    port: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PoolArg {
-    #[serde(default)]
-    pool: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VolumeCreate {
-    pool: String,
-    name: String,
-    size: Size,
-    #[serde(default)]
-    block_size: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VolumeResize {
-    pool: String,
-    name: String,
-    size: Size,
-    #[serde(default)]
-    force: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VolumeCopy {
-    pool: String,
-    source: String,
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VolumeRename {
-    pool: String,
-    name: String,
-    new_name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PoolVolume {
-    pool: String,
-    #[serde(alias = "volume")]
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExportRemove {
-    pool: String,
-    volume: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SavePath {
-    #[serde(default)]
-    path: Option<String>,
-}
-
 /// Runs one operation.
 pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
     match op {
@@ -200,12 +87,12 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
             to_value(info)
         }
         "port.remove" => {
-            let n: Named = args(op, a)?;
+            let n: PortRemove = args(op, a)?;
             rt.remove_port(&n.name)?;
             Ok(Value::Null)
         }
         "fdb.show" => {
-            let s: SwitchArg = args(op, a)?;
+            let s: FdbShow = args(op, a)?;
             to_value(fdb_show(rt, &s.switch)?)
         }
         "fdb.flush" => {
@@ -245,7 +132,7 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
         }
         "pool.list" => to_value(pool_list(rt)),
         "volume.list" => {
-            let p: PoolArg = args(op, a)?;
+            let p: VolumeList = args(op, a)?;
             if let Some(name) = &p.pool {
                 rt.pool_entry(name)?;
             }
@@ -255,12 +142,12 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
             let v: VolumeCreate = args(op, a)?;
             check_name(&v.name)?;
             let bs = v.block_size.unwrap_or(512);
-            rt.create_volume(&v.pool, &v.name, v.size.bytes()?, bs)?;
+            rt.create_volume(&v.pool, &v.name, size(&v.size)?, bs)?;
             volume_info(rt, &v.pool, &v.name)
         }
         "volume.resize" => {
             let v: VolumeResize = args(op, a)?;
-            rt.resize_volume(&v.pool, &v.name, v.size.bytes()?, v.force)?;
+            rt.resize_volume(&v.pool, &v.name, size(&v.size)?, v.force)?;
             volume_info(rt, &v.pool, &v.name)
         }
         "volume.snapshot" | "volume.clone" => {
@@ -276,7 +163,7 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
             volume_info(rt, &v.pool, &v.new_name)
         }
         "volume.delete" => {
-            let v: PoolVolume = args(op, a)?;
+            let v: VolumeDelete = args(op, a)?;
             rt.delete_volume(&v.pool, &v.name)?;
             Ok(Value::Null)
         }
@@ -293,7 +180,7 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
             Ok(Value::Null)
         }
         "config.save" => {
-            let s: SavePath = args(op, a)?;
+            let s: ConfigSave = args(op, a)?;
             let path = rt.save_config(s.path.as_deref().map(Path::new))?;
             Ok(json!({ "path": path.display().to_string() }))
         }
@@ -307,6 +194,10 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
 fn switch<'a>(rt: &'a Runtime, name: &str) -> OpResult<&'a std::sync::Arc<vswitch::Switch>> {
     rt.switch(name)
         .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no switch named {name:?}")))
+}
+
+fn size(s: &Size) -> OpResult<u64> {
+    s.bytes().map_err(invalid)
 }
 
 /// The `fabric.toml` name rule.
