@@ -3,7 +3,7 @@
 //!
 //! Each connection has its own thread (at most [`MAX_CLIENTS`] at once; more
 //! are answered with an error and closed). A line longer than
-//! [`MAX_LINE`](protocol::MAX_LINE) or a client silent for
+//! [`MAX_LINE`] or a client silent for
 //! [`IDLE_TIMEOUT`] ends the connection. No request can crash the daemon:
 //! every argument is validated before anything changes, and operations that
 //! conflict are refused by the runtime (which serializes them).

@@ -78,7 +78,7 @@ impl State {
 /// Everything the daemon runs, shared with the control server.
 ///
 /// Lock order: `state` before a pool's lock, never the other way round
-/// (see [`storage`]); [`Runtime::lock`] enforces it.
+/// (see [`storage`]); `Runtime::lock` enforces it.
 pub struct Runtime {
     pub started: Instant,
     pub config_path: Option<PathBuf>,
