@@ -245,3 +245,53 @@ impl Runtime {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabric_config::VlanConfig;
+
+    /// A port whose kind fails to start leaves nothing behind: not on the
+    /// switch, not in the state or the runtime config; its name is free.
+    #[test]
+    fn a_port_that_fails_to_start_is_rolled_back() {
+        let dir = std::env::temp_dir().join(format!("fabric-ports-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = fabric_config::parse(
+            "[daemon]\nrun_dir = \"run\"\n[[switch]]\nname = \"br0\"\n",
+            &dir.join("fabric.toml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let rt = Runtime::start(&config, None).expect("runtime starts");
+        let port = |kind| PortConfig {
+            name: "p".into(),
+            kind,
+            vlan: VlanConfig::Access { tag: 1 },
+            mtu: 1500,
+        };
+        // No such TAP device can exist: the kernel refuses the name.
+        let bad = port(PortKind::Tap {
+            device: "no/such".into(),
+        });
+        let err = rt.add_port("br0", bad).expect_err("the TAP port fails");
+        assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
+        assert_eq!(rt.switch("br0").unwrap().port_id("p"), None);
+        assert_eq!(rt.with_state(|st| st.ports.len()), 0);
+        assert_eq!(rt.switch_configs()[0].ports.len(), 0);
+
+        let socket = dir.join("run").join("p.sock");
+        let good = port(PortKind::VhostUser {
+            socket: socket.clone(),
+            queue_size: 256,
+            mac: None,
+        });
+        rt.add_port("br0", good).expect("the name is free again");
+        assert!(rt.switch("br0").unwrap().port_id("p").is_some());
+        assert_eq!(rt.switch_configs()[0].ports.len(), 1);
+        rt.remove_port("p").unwrap();
+        assert_eq!(rt.switch("br0").unwrap().port_id("p"), None);
+        assert!(!socket.exists());
+        rt.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
