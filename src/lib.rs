@@ -3,10 +3,12 @@
 //! binaries (`vswitchd`, `fabricctl`) are thin wrappers around [`Daemon`] and
 //! [`control::cli`]. See ARCHITECTURE.md at the repository root.
 
+pub mod accept;
 pub mod control;
 pub mod daemon;
 pub mod logging;
 pub mod metrics;
+pub mod runtime;
 pub mod sockets;
 pub mod storage;
 

@@ -1,7 +1,7 @@
 //! The daemon's storage side: pools opened (or created), the volumes the
 //! config declares made to exist, and their vhost-user-blk exports served.
 //!
-//! Lock order: the runtime state ([`crate::daemon::Runtime`]) before a pool,
+//! Lock order: the runtime state ([`crate::runtime::Runtime`]) before a pool,
 //! never a pool before the state. The blk datapath takes a pool's lock and
 //! never the state; a control operation that holds a pool and then waits for
 //! the state would deadlock against one that holds the state and waits for

@@ -667,3 +667,67 @@ fn concurrent_operations_on_one_pool_never_deadlock() {
     rx.recv_timeout(Duration::from_secs(30))
         .expect("the daemon stops");
 }
+
+/// A VXLAN port's tunnel counters show in all three renderings of the
+/// runtime's snapshot: `port.list`, `/metrics` and the SIGUSR1 report.
+#[test]
+fn tunnel_counters_show_in_port_list_metrics_and_report() {
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let h = Host::start(&format!(
+        "[daemon]\nrun_dir = \"run\"\nmetrics_listen = \"127.0.0.1:0\"\n[[switch]]\nname = \"br0\"\n\
+         [[switch.port]]\nname = \"vx\"\ntype = \"vxlan\"\nlocal = \"127.0.0.1\"\nudp_port = {udp_port}\n\
+         vni = [ {{ vlan = 10, vni = 5010, remotes = [\"127.0.0.2\"] }} ]\n"
+    ));
+    // One datagram from the listed VTEP whose VXLAN header lacks the I flag.
+    let vtep = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    vtep.send_to(&[0u8; 16], ("127.0.0.1", udp_port)).unwrap();
+    let mut c = h.ctl();
+    let tunnel = || {
+        let ports = c.ok("port.list", json!({}));
+        let vx = ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "vx")
+            .cloned()
+            .expect("port vx listed");
+        vx["tunnel"].clone()
+    };
+    let mut tunnel = tunnel;
+    support::fabric::wait_for("the bad header counted", || {
+        tunnel()["drops"]["bad_header"] != 0
+    });
+    let t = tunnel();
+    assert_eq!(t["drops"]["bad_header"], 1, "{t}");
+    assert_eq!(t["drops"]["unknown_vni"], 0, "{t}");
+    assert_eq!(
+        (&t["rx_packets"], &t["tx_packets"]),
+        (&json!(0), &json!(0)),
+        "{t}"
+    );
+    assert_eq!(t["remote_refused"]["vtep_limit"], 0, "{t}");
+
+    let samples = h.metrics();
+    let key = "vswitchd_tunnel_drops_total{switch=\"br0\",port=\"vx\",reason=\"bad_header\"}";
+    assert_eq!(samples.get(key), Some(&1.0), "{samples:?}");
+    let key = "vswitchd_tunnel_rx_packets_total{switch=\"br0\",port=\"vx\"}";
+    assert_eq!(samples.get(key), Some(&0.0), "{samples:?}");
+
+    let report = h.daemon().counters_report();
+    let line = report
+        .iter()
+        .find(|l| l.starts_with("tunnel switch=br0 port=vx "))
+        .unwrap_or_else(|| panic!("no tunnel line in {report:#?}"));
+    let count = |key: &str| {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+            .to_owned()
+    };
+    assert_eq!(count("drop_bad_header"), "1", "{line}");
+    assert_eq!(count("rx_packets"), "0", "{line}");
+}

@@ -1,14 +1,58 @@
 //! The operations of the control protocol: arguments validated (with the
 //! same rules as `fabric.toml`, so a port or export added at run time is
 //! checked exactly like one in the file), then handed to the [`Runtime`].
+//! The runtime's error kinds become wire codes here ([`wire_code`]).
 
 use super::protocol::*;
-use crate::daemon::{vlan_summary, OpError, OpResult, Runtime};
+use crate::runtime::snapshot::TunnelSample;
+use crate::runtime::{self, vlan_summary, ErrorKind, Runtime};
 use fabric_config::{ExportConfig, PortConfig, PortKind};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
+use vswitch::vxlan::TunnelDrop;
+
+/// An operation refused or failed, with the code the control socket sends.
+#[derive(Debug)]
+pub struct OpError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl OpError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> OpError {
+        OpError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The wire code of a runtime error kind.
+pub fn wire_code(kind: ErrorKind) -> ErrorCode {
+    match kind {
+        ErrorKind::NotFound => ErrorCode::NotFound,
+        ErrorKind::AlreadyExists => ErrorCode::AlreadyExists,
+        ErrorKind::InvalidArgument => ErrorCode::InvalidArgument,
+        ErrorKind::Conflict => ErrorCode::Conflict,
+        ErrorKind::NoSpace => ErrorCode::NoSpace,
+        ErrorKind::Internal => ErrorCode::Internal,
+    }
+}
+
+impl From<runtime::Error> for OpError {
+    fn from(e: runtime::Error) -> OpError {
+        OpError::new(wire_code(e.kind()), e.message())
+    }
+}
+
+pub type OpResult<T> = Result<T, OpError>;
 
 fn invalid(message: impl Into<String>) -> OpError {
     OpError::new(ErrorCode::InvalidArgument, message)
@@ -22,118 +66,6 @@ fn args<T: DeserializeOwned>(op: &str, v: &Value) -> OpResult<T> {
 
 fn to_value<T: serde::Serialize>(t: T) -> OpResult<Value> {
     serde_json::to_value(t).map_err(|e| OpError::new(ErrorCode::Internal, e.to_string()))
-}
-
-/// A size argument: bytes, or a string like "16G".
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Size {
-    Bytes(u64),
-    Text(String),
-}
-
-impl Size {
-    fn bytes(&self) -> OpResult<u64> {
-        match self {
-            Size::Bytes(b) => Ok(*b),
-            Size::Text(t) => fabric_config::parse_size(t)
-                .map_err(|e| invalid(format!("invalid size {t:?}: {e}"))),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Named {
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SwitchArg {
-    switch: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FdbFlush {
-    switch: String,
-    #[serde(default)]
-    port: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FdbAdd {
-    switch: String,
-    vlan: u16,
-    mac: String,
-    port: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PoolArg {
-    #[serde(default)]
-    pool: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VolumeCreate {
-    pool: String,
-    name: String,
-    size: Size,
-    #[serde(default)]
-    block_size: Option<u32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VolumeResize {
-    pool: String,
-    name: String,
-    size: Size,
-    #[serde(default)]
-    force: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VolumeCopy {
-    pool: String,
-    source: String,
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VolumeRename {
-    pool: String,
-    name: String,
-    new_name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PoolVolume {
-    pool: String,
-    #[serde(alias = "volume")]
-    name: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExportRemove {
-    pool: String,
-    volume: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SavePath {
-    #[serde(default)]
-    path: Option<String>,
 }
 
 /// Runs one operation.
@@ -155,12 +87,12 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
             to_value(info)
         }
         "port.remove" => {
-            let n: Named = args(op, a)?;
+            let n: PortRemove = args(op, a)?;
             rt.remove_port(&n.name)?;
             Ok(Value::Null)
         }
         "fdb.show" => {
-            let s: SwitchArg = args(op, a)?;
+            let s: FdbShow = args(op, a)?;
             to_value(fdb_show(rt, &s.switch)?)
         }
         "fdb.flush" => {
@@ -198,7 +130,7 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
         }
         "pool.list" => to_value(pool_list(rt)),
         "volume.list" => {
-            let p: PoolArg = args(op, a)?;
+            let p: VolumeList = args(op, a)?;
             if let Some(name) = &p.pool {
                 rt.pool_entry(name)?;
             }
@@ -208,12 +140,12 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
             let v: VolumeCreate = args(op, a)?;
             check_name(&v.name)?;
             let bs = v.block_size.unwrap_or(512);
-            rt.create_volume(&v.pool, &v.name, v.size.bytes()?, bs)?;
+            rt.create_volume(&v.pool, &v.name, size(&v.size)?, bs)?;
             volume_info(rt, &v.pool, &v.name)
         }
         "volume.resize" => {
             let v: VolumeResize = args(op, a)?;
-            rt.resize_volume(&v.pool, &v.name, v.size.bytes()?, v.force)?;
+            rt.resize_volume(&v.pool, &v.name, size(&v.size)?, v.force)?;
             volume_info(rt, &v.pool, &v.name)
         }
         "volume.snapshot" | "volume.clone" => {
@@ -229,7 +161,7 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
             volume_info(rt, &v.pool, &v.new_name)
         }
         "volume.delete" => {
-            let v: PoolVolume = args(op, a)?;
+            let v: VolumeDelete = args(op, a)?;
             rt.delete_volume(&v.pool, &v.name)?;
             Ok(Value::Null)
         }
@@ -246,7 +178,7 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
             Ok(Value::Null)
         }
         "config.save" => {
-            let s: SavePath = args(op, a)?;
+            let s: ConfigSave = args(op, a)?;
             let path = rt.save_config(s.path.as_deref().map(Path::new))?;
             Ok(json!({ "path": path.display().to_string() }))
         }
@@ -260,6 +192,10 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
 fn switch<'a>(rt: &'a Runtime, name: &str) -> OpResult<&'a std::sync::Arc<vswitch::Switch>> {
     rt.switch(name)
         .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no switch named {name:?}")))
+}
+
+fn size(s: &Size) -> OpResult<u64> {
+    s.bytes().map_err(invalid)
 }
 
 /// The `fabric.toml` name rule.
@@ -384,19 +320,19 @@ fn export_config(rt: &Runtime, e: &ExportAdd) -> OpResult<ExportConfig> {
     })
 }
 
+/// `port.list`: each running port's config with its counters from one
+/// [`Snapshot`](crate::runtime::Snapshot).
 fn port_list(rt: &Runtime) -> Vec<PortInfo> {
+    let snap = rt.snapshot();
     rt.with_state(|st| {
         st.ports
             .iter()
             .map(|p| {
-                let sw = rt.switch(&p.switch);
-                let topo = sw.map(|s| s.topology());
-                let state = topo.as_ref().and_then(|t| {
-                    let id = sw?.port_id(&p.config.name)?;
-                    t.port(id).map(|x| x.state.clone())
-                });
-                let c = state.as_ref().map(|s| s.counters.snapshot());
-                let c = c.as_ref();
+                let (sw, name) = (&p.switch, &p.config.name);
+                let c = snap
+                    .ports
+                    .iter()
+                    .find(|s| &s.switch == sw && &s.port == name);
                 let (kind, socket) = match &p.config.kind {
                     PortKind::VhostUser { socket, .. } => {
                         ("vhost-user", socket.display().to_string())
@@ -405,25 +341,56 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                     PortKind::Vxlan(v) => ("vxlan", format!("{}:{}", v.local, v.udp_port)),
                 };
                 PortInfo {
-                    switch: p.switch.clone(),
-                    name: p.config.name.clone(),
+                    switch: sw.clone(),
+                    name: name.clone(),
                     kind: kind.into(),
                     socket,
                     vlan: vlan_summary(&p.config.vlan),
-                    link: state.as_ref().is_some_and(|s| s.is_up()),
+                    link: c.is_some_and(|c| c.link_up),
                     rx_packets: c.map_or(0, |c| c.rx_packets),
                     rx_bytes: c.map_or(0, |c| c.rx_bytes),
                     tx_packets: c.map_or(0, |c| c.tx_packets),
                     tx_bytes: c.map_or(0, |c| c.tx_bytes),
                     drops: vswitch::DropReason::ALL
                         .iter()
-                        .map(|r| (r.name().to_owned(), c.map_or(0, |c| c.dropped(*r))))
+                        .map(|r| {
+                            let n = c.and_then(|c| c.drops.iter().find(|(d, _)| d == r.name()));
+                            (r.name().to_owned(), n.map_or(0, |(_, n)| *n))
+                        })
                         .collect(),
                     broken_queues: c.map_or(0, |c| c.broken_queues),
+                    tunnel: snap
+                        .tunnels
+                        .iter()
+                        .find(|t| &t.switch == sw && &t.port == name)
+                        .map(tunnel_info),
                 }
             })
             .collect()
     })
+}
+
+fn tunnel_info(t: &TunnelSample) -> TunnelInfo {
+    let (c, f) = (&t.counters, &t.remote_fdb);
+    TunnelInfo {
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        drops: TunnelDrop::ALL
+            .iter()
+            .map(|&r| (r.name().to_owned(), c.dropped(r)))
+            .collect(),
+        remote_entries: u64::from(f.entries),
+        remote_learned: f.learned,
+        remote_moved: f.moved,
+        remote_aged: f.aged,
+        remote_refused: [
+            ("full".to_owned(), f.refused_full),
+            ("vtep_limit".to_owned(), f.refused_vtep_limit),
+        ]
+        .into(),
+    }
 }
 
 fn fdb_show(rt: &Runtime, name: &str) -> OpResult<Vec<FdbEntryInfo>> {

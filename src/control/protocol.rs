@@ -16,21 +16,24 @@
 //! | `daemon.status` | - | [`Status`] |
 //! | `port.list` | - | [`PortInfo`] list |
 //! | `port.add` | [`PortAdd`] | [`PortInfo`] |
-//! | `port.remove` | `{name}` | - |
-//! | `fdb.show` | `{switch}` | [`FdbEntryInfo`] list |
-//! | `fdb.flush` | `{switch, port?}` | `{flushed}` |
-//! | `fdb.add` | `{switch, vlan, mac, port}` | - |
+//! | `port.remove` | [`PortRemove`] `{name}` | - |
+//! | `fdb.show` | [`FdbShow`] `{switch}` | [`FdbEntryInfo`] list |
+//! | `fdb.flush` | [`FdbFlush`] `{switch, port?}` | `{flushed}` |
+//! | `fdb.add` | [`FdbAdd`] `{switch, vlan, mac, port}` | - |
 //! | `pool.list` | - | [`PoolInfo`] list |
-//! | `volume.list` | `{pool?}` | [`VolumeInfo`] list |
-//! | `volume.create` | `{pool, name, size, block_size?}` | [`VolumeInfo`] |
-//! | `volume.resize` | `{pool, name, size, force?}` | [`VolumeInfo`] |
-//! | `volume.snapshot` | `{pool, source, name}` | [`VolumeInfo`] |
-//! | `volume.clone` | `{pool, source, name}` | [`VolumeInfo`] |
-//! | `volume.rename` | `{pool, name, new_name}` | [`VolumeInfo`] |
-//! | `volume.delete` | `{pool, name}` | - |
+//! | `volume.list` | [`VolumeList`] `{pool?}` | [`VolumeInfo`] list |
+//! | `volume.create` | [`VolumeCreate`] `{pool, name, size, block_size?}` | [`VolumeInfo`] |
+//! | `volume.resize` | [`VolumeResize`] `{pool, name, size, force?}` | [`VolumeInfo`] |
+//! | `volume.snapshot` | [`VolumeCopy`] `{pool, source, name}` | [`VolumeInfo`] |
+//! | `volume.clone` | [`VolumeCopy`] `{pool, source, name}` | [`VolumeInfo`] |
+//! | `volume.rename` | [`VolumeRename`] `{pool, name, new_name}` | [`VolumeInfo`] |
+//! | `volume.delete` | [`VolumeDelete`] `{pool, name}` | - |
 //! | `export.add` | [`ExportAdd`] | [`VolumeInfo`] |
-//! | `export.remove` | `{pool, volume}` | - |
-//! | `config.save` | `{path?}` | `{path}` |
+//! | `export.remove` | [`ExportRemove`] `{pool, volume}` | - |
+//! | `config.save` | [`ConfigSave`] `{path?}` | `{path}` |
+//!
+//! The argument structs are what the daemon reads and what `fabricctl`
+//! sends (unset optional fields are left out of the object).
 //!
 //! Sizes are bytes (integers) or strings with K/M/G/T suffixes.
 
@@ -165,6 +168,30 @@ pub struct PortInfo {
     /// Absent from an older daemon's answer: read as 0.
     #[serde(default)]
     pub broken_queues: u64,
+    /// A VXLAN port's underlay counters and remote FDB (absent for other
+    /// port types and from an older daemon's answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelInfo>,
+}
+
+/// The tunnel side of a VXLAN port in `port.list`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TunnelInfo {
+    /// Frames decapsulated and handed to the switch (inner bytes).
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Frames encapsulated and sent, one per VTEP when flooding (inner bytes).
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Drops by reason (`bad_header`, `unknown_vni`, ...).
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// Remote MAC addresses known behind VTEPs now.
+    pub remote_entries: u64,
+    pub remote_learned: u64,
+    pub remote_moved: u64,
+    pub remote_aged: u64,
+    /// Remote MAC addresses not learned, by reason (`full`, `vtep_limit`).
+    pub remote_refused: std::collections::BTreeMap<String, u64>,
 }
 
 /// One FDB entry.
@@ -224,4 +251,130 @@ pub struct ExportAdd {
     /// Default false; a snapshot's export is read-only and `false` is refused.
     #[serde(default)]
     pub read_only: Option<bool>,
+}
+
+/// A size argument: bytes, or a string like "16G".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    /// The size in bytes, or why the text is not one.
+    pub fn bytes(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(b) => Ok(*b),
+            Size::Text(t) => {
+                fabric_config::parse_size(t).map_err(|e| format!("invalid size {t:?}: {e}"))
+            }
+        }
+    }
+}
+
+/// `port.remove` arguments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRemove {
+    pub name: String,
+}
+
+/// `fdb.show` arguments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdbShow {
+    pub switch: String,
+}
+
+/// `fdb.flush` arguments: every learned entry, or those behind `port`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdbFlush {
+    pub switch: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+}
+
+/// `fdb.add` arguments: a static entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdbAdd {
+    pub switch: String,
+    pub vlan: u16,
+    pub mac: String,
+    pub port: String,
+}
+
+/// `volume.list` arguments: every pool's volumes, or `pool`'s.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeList {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+}
+
+/// `volume.create` arguments (block size default 512).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeCreate {
+    pub pool: String,
+    pub name: String,
+    pub size: Size,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+}
+
+/// `volume.resize` arguments; shrinking needs `force`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeResize {
+    pub pool: String,
+    pub name: String,
+    pub size: Size,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// `volume.snapshot` and `volume.clone` arguments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeCopy {
+    pub pool: String,
+    pub source: String,
+    pub name: String,
+}
+
+/// `volume.rename` arguments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeRename {
+    pub pool: String,
+    pub name: String,
+    pub new_name: String,
+}
+
+/// `volume.delete` arguments (`volume` is accepted for `name`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeDelete {
+    pub pool: String,
+    #[serde(alias = "volume")]
+    pub name: String,
+}
+
+/// `export.remove` arguments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRemove {
+    pub pool: String,
+    pub volume: String,
+}
+
+/// `config.save` arguments: where to write (default: the daemon's file).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSave {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }

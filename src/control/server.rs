@@ -3,20 +3,19 @@
 //!
 //! Each connection has its own thread (at most [`MAX_CLIENTS`] at once; more
 //! are answered with an error and closed). A line longer than
-//! [`MAX_LINE`](protocol::MAX_LINE) or a client silent for
+//! [`MAX_LINE`] or a client silent for
 //! [`IDLE_TIMEOUT`] ends the connection. No request can crash the daemon:
 //! every argument is validated before anything changes, and operations that
 //! conflict are refused by the runtime (which serializes them).
 
 use super::ops;
 use super::protocol::{self, ErrorCode, ErrorInfo, Request, Response, MAX_LINE, VERSION};
-use crate::daemon::Runtime;
+use crate::accept::{self, Acceptor, Limits};
+use crate::runtime::Runtime;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 use vhost_backends::listen::{self, SocketAccess};
 
@@ -28,8 +27,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The running control socket.
 pub struct ControlServer {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    acceptor: Acceptor,
 }
 
 impl ControlServer {
@@ -41,60 +39,30 @@ impl ControlServer {
         crate::sockets::prepare(path, KEY)?;
         let listener = listen::bind(path, &SocketAccess::default())
             .map_err(|e| crate::sockets::named(KEY, e))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || accept_loop(listener, rt, &stop2))?;
-        log::info!("control socket on {}", path.display());
-        Ok(ControlServer {
-            path: path.to_owned(),
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Stops accepting, removes the socket.
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = UnixStream::connect(&self.path);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        // Only a socket is removed (see `listen::claim`).
-        let _ = listen::claim(&self.path);
-    }
-}
-
-fn accept_loop(listener: UnixListener, rt: Arc<Runtime>, stop: &AtomicBool) {
-    let clients = Arc::new(AtomicUsize::new(0));
-    for conn in listener.incoming() {
-        if stop.load(Ordering::Acquire) {
-            break;
-        }
-        let Ok(mut conn) = conn else {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
+        let limits = Limits {
+            name: "control",
+            max_clients: MAX_CLIENTS,
+            timeout: IDLE_TIMEOUT,
         };
-        if clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
-            clients.fetch_sub(1, Ordering::AcqRel);
+        let refuse = |mut conn: UnixStream| {
             let _ = write_response(
                 &mut conn,
                 &error(0, ErrorCode::Conflict, "too many control connections"),
             );
-            continue;
-        }
-        let rt = rt.clone();
-        let clients2 = clients.clone();
-        let spawned = std::thread::Builder::new()
-            .name("control-conn".into())
-            .spawn(move || {
-                serve_connection(conn, &rt);
-                clients2.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            clients.fetch_sub(1, Ordering::AcqRel);
-        }
+        };
+        let acceptor = accept::spawn(listener, limits, move |c| serve_connection(c, &rt), refuse)?;
+        log::info!("control socket on {}", path.display());
+        Ok(ControlServer {
+            path: path.to_owned(),
+            acceptor,
+        })
+    }
+
+    /// Stops accepting, removes the socket.
+    pub fn stop(self) {
+        self.acceptor.stop();
+        // Only a socket is removed (see `listen::claim`).
+        let _ = listen::claim(&self.path);
     }
 }
 
@@ -117,9 +85,9 @@ fn write_response(conn: &mut UnixStream, r: &Response) -> io::Result<()> {
     conn.write_all(&line)
 }
 
+/// Answers `conn`'s requests (its reads and writes are bounded by
+/// [`IDLE_TIMEOUT`] by the accept loop).
 fn serve_connection(conn: UnixStream, rt: &Runtime) {
-    let _ = conn.set_read_timeout(Some(IDLE_TIMEOUT));
-    let _ = conn.set_write_timeout(Some(IDLE_TIMEOUT));
     let Ok(mut out) = conn.try_clone() else {
         return;
     };

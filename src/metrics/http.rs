@@ -1,15 +1,13 @@
 //! The HTTP/1.1 server of `GET /metrics`: a listener thread over std's
-//! `TcpListener`, a bounded thread per client, strict request-head parsing.
+//! `TcpListener` ([`crate::accept`]: a bounded thread per client), strict
+//! request-head parsing.
 
-use super::model::MetricsSnapshot;
 use super::render::{render_owned, CONTENT_TYPE};
+use crate::accept::{self, Acceptor, Limits};
+use crate::runtime::Snapshot;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Longest request head (request line and headers) read.
@@ -19,13 +17,12 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Clients served at once; more are closed at once.
 const MAX_CLIENTS: usize = 16;
 
-type Source = dyn Fn() -> MetricsSnapshot + Send + Sync;
+type Source = dyn Fn() -> Snapshot + Send + Sync;
 
 /// The running endpoint; [`MetricsServer::stop`] (or dropping it) stops it.
 pub struct MetricsServer {
     addr: SocketAddr,
-    wake: Option<UnixStream>,
-    thread: Option<JoinHandle<()>>,
+    acceptor: Acceptor,
 }
 
 impl MetricsServer {
@@ -36,23 +33,8 @@ impl MetricsServer {
 
     /// Stops accepting and joins the accept thread. Clients being served
     /// finish on their own threads (within [`CLIENT_TIMEOUT`]).
-    pub fn stop(mut self) {
-        self.stop_inner();
-    }
-
-    fn stop_inner(&mut self) {
-        if let Some(mut wake) = self.wake.take() {
-            let _ = wake.write_all(&[1]);
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop_inner();
+    pub fn stop(self) {
+        self.acceptor.stop();
     }
 }
 
@@ -61,7 +43,7 @@ impl Drop for MetricsServer {
 /// and in time, so a slow or silent client never holds up the next scrape.
 pub fn serve(
     addr: SocketAddr,
-    source: impl Fn() -> MetricsSnapshot + Send + Sync + 'static,
+    source: impl Fn() -> Snapshot + Send + Sync + 'static,
 ) -> io::Result<MetricsServer> {
     serve_with_timeout(addr, Arc::new(source), CLIENT_TIMEOUT)
 }
@@ -72,95 +54,22 @@ fn serve_with_timeout(
     timeout: Duration,
 ) -> io::Result<MetricsServer> {
     let listener = TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let (wake, woken) = UnixStream::pair()?;
-    let thread = std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || accept_loop(listener, woken, source, timeout))?;
+    let limits = Limits {
+        name: "metrics",
+        max_clients: MAX_CLIENTS,
+        timeout,
+    };
+    let serve = move |stream: TcpStream| {
+        let peer = stream.peer_addr();
+        if let Err(e) = serve_client(stream, &*source, timeout) {
+            log::debug!("metrics: {peer:?}: {e}");
+        }
+    };
+    // More clients than MAX_CLIENTS are closed at once.
+    let acceptor = accept::spawn(listener, limits, serve, drop)?;
     log::info!("metrics: serving http://{addr}/metrics");
-    Ok(MetricsServer {
-        addr,
-        wake: Some(wake),
-        thread: Some(thread),
-    })
-}
-
-/// Counts a client being served; the count drops with it.
-struct ClientSlot(Arc<AtomicUsize>);
-
-impl ClientSlot {
-    fn take(active: &Arc<AtomicUsize>) -> Option<ClientSlot> {
-        active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_CLIENTS).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ClientSlot(active.clone()))
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-fn accept_loop(listener: TcpListener, woken: UnixStream, source: Arc<Source>, timeout: Duration) {
-    let active = Arc::new(AtomicUsize::new(0));
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: woken.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: two pollfds we own, for descriptors that outlive the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                log::warn!("metrics: poll: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            continue;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                let Some(slot) = ClientSlot::take(&active) else {
-                    log::debug!("metrics: {peer}: too many clients, closed");
-                    continue;
-                };
-                let source = source.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("metrics-client".into())
-                    .spawn(move || {
-                        let _slot = slot;
-                        if let Err(e) = serve_client(stream, &*source, timeout) {
-                            log::debug!("metrics: {peer}: {e}");
-                        }
-                    });
-                if let Err(e) = spawned {
-                    log::warn!("metrics: cannot start a client thread: {e}");
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                // Out of descriptors and the like: do not spin on it.
-                log::warn!("metrics: accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
+    Ok(MetricsServer { addr, acceptor })
 }
 
 /// What a request head asks for.
@@ -274,8 +183,6 @@ fn parse_head(head: &[u8]) -> Result<Request, BadRequest> {
 }
 
 fn serve_client(mut stream: TcpStream, source: &Source, timeout: Duration) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_write_timeout(Some(timeout))?;
     let response = match read_head(&mut stream, timeout)? {
         None => return Ok(()),
         Some(Err(BadRequest::TooLarge)) => text(431, "Request Header Fields Too Large", ""),
@@ -380,6 +287,7 @@ mod tests {
     use super::*;
     use crate::metrics::testing::{parse, sample_snapshot};
     use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Sends `request`, reads until the server closes; (status, headers, body).
     fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, HashMap<String, String>, String) {
@@ -504,7 +412,7 @@ mod tests {
             if c.fetch_add(1, Ordering::Relaxed) == 0 {
                 panic!("snapshot failed");
             }
-            MetricsSnapshot::default()
+            Snapshot::default()
         })
         .unwrap();
         let addr = server.local_addr();

@@ -1,4 +1,4 @@
-//! The opt-in Prometheus endpoint: a [`MetricsSnapshot`] of the daemon's
+//! The opt-in Prometheus endpoint: a [`Snapshot`](crate::runtime::Snapshot) of the daemon's
 //! counters, [`render`](fn@render)ed in the OpenMetrics text format by
 //! `prometheus-client`, and served at `GET /metrics` by a small HTTP/1.1
 //! server over std's `TcpListener` ([`serve`]).
@@ -15,6 +15,11 @@
 //! | `vswitchd_fdb_entries` | gauge | `switch` |
 //! | `vswitchd_fdb_learned`, `vswitchd_fdb_moved`, `vswitchd_fdb_aged` | counter | `switch` |
 //! | `vswitchd_fdb_refused` | counter | `switch`, `reason` (`full`, `port_limit`, `move`) |
+//! | `vswitchd_tunnel_rx_packets`, `_tx_packets`, `vswitchd_tunnel_rx_bytes`, `_tx_bytes` | counter | `switch`, `port` |
+//! | `vswitchd_tunnel_drops` | counter | `switch`, `port`, `reason` |
+//! | `vswitchd_tunnel_remote_entries` | gauge | `switch`, `port` |
+//! | `vswitchd_tunnel_remote_learned`, `_moved`, `_aged` | counter | `switch`, `port` |
+//! | `vswitchd_tunnel_remote_refused` | counter | `switch`, `port`, `reason` (`full`, `vtep_limit`) |
 //! | `vswitchd_blk_reads`, `_writes`, `_flushes`, `_discards` | counter | `pool`, `volume` |
 //! | `vswitchd_blk_read_bytes`, `vswitchd_blk_write_bytes` | counter | `pool`, `volume` |
 //! | `vswitchd_blk_io_errors`, `_out_of_space`, `_invalid_requests`, `_bad_chains`, `_too_large`, `_broken_queues`, `_resubmitted` | counter | `pool`, `volume` |
@@ -22,18 +27,15 @@
 //! | `vswitchd_pool_{capacity,used,free,releasing,provisioned}_bytes` | gauge | `pool` |
 //! | `vswitchd_volume_{size,allocated,exclusive}_bytes` | gauge | `pool`, `volume` |
 //!
-//! One job per file: `model.rs` takes the snapshot, `render.rs` encodes it,
+//! One job per file: the snapshot is the runtime's (`crate::runtime::snapshot`), `render.rs` encodes it,
 //! `http.rs` serves it; `testing.rs` holds the tests' strict parser.
 
 mod http;
-mod model;
 mod render;
+#[cfg(test)]
+mod scrape_tests;
 #[cfg(test)]
 mod testing;
 
 pub use http::{serve, MetricsServer, CLIENT_TIMEOUT, MAX_REQUEST_HEAD};
-pub use model::{
-    pool_samples, snapshot_from, ExportSample, LatencySample, MetricsSnapshot, PoolSample,
-    PortSample, SwitchSample, VolumeSample,
-};
 pub use render::{render, CONTENT_TYPE};

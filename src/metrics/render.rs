@@ -1,8 +1,8 @@
-//! The OpenMetrics text encoding of a [`MetricsSnapshot`], through
+//! The OpenMetrics text encoding of a [`Snapshot`], through
 //! `prometheus-client`'s custom-collector interface.
 
-use super::model::{
-    ExportSample, LatencySample, MetricsSnapshot, PoolSample, PortSample, SwitchSample,
+use crate::runtime::snapshot::{
+    ExportSample, LatencySample, PoolSample, PortSample, Snapshot, SwitchSample, TunnelSample,
     VolumeSample,
 };
 use prometheus_client::collector::Collector;
@@ -10,17 +10,18 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet}
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use std::fmt;
+use vswitch::vxlan::TunnelDrop;
 
 /// The content type of [`render`]'s output (what `prometheus-client`
 /// documents for its text encoding).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The OpenMetrics text exposition of `snapshot` (ends with `# EOF`).
-pub fn render(snapshot: &MetricsSnapshot) -> String {
+pub fn render(snapshot: &Snapshot) -> String {
     render_owned(snapshot.clone())
 }
 
-pub(super) fn render_owned(snapshot: MetricsSnapshot) -> String {
+pub(super) fn render_owned(snapshot: Snapshot) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(SnapshotCollector(snapshot)));
     let mut out = String::new();
@@ -35,7 +36,7 @@ pub(super) fn render_owned(snapshot: MetricsSnapshot) -> String {
 /// Encodes a snapshot at scrape time (prometheus-client's custom-collector
 /// way of exporting values it does not own).
 #[derive(Debug)]
-struct SnapshotCollector(MetricsSnapshot);
+struct SnapshotCollector(Snapshot);
 
 /// The two kinds of single-value families (histograms are encoded apart).
 #[derive(Clone, Copy)]
@@ -162,7 +163,7 @@ impl Collector for SnapshotCollector {
             "MAC addresses in the forwarding database.",
             None,
             &s.switches,
-            |w| (switch(w), w.fdb_entries),
+            |w| (switch(w), u64::from(w.fdb.entries)),
         )?;
         f.metric(
             Kind::Counter,
@@ -170,7 +171,7 @@ impl Collector for SnapshotCollector {
             "MAC addresses learned.",
             None,
             &s.switches,
-            |w| (switch(w), w.learned),
+            |w| (switch(w), w.fdb.learned),
         )?;
         f.metric(
             Kind::Counter,
@@ -178,7 +179,7 @@ impl Collector for SnapshotCollector {
             "Learned MAC addresses that moved to another port.",
             None,
             &s.switches,
-            |w| (switch(w), w.moved),
+            |w| (switch(w), w.fdb.moved),
         )?;
         f.metric(
             Kind::Counter,
@@ -186,16 +187,16 @@ impl Collector for SnapshotCollector {
             "MAC addresses aged out.",
             None,
             &s.switches,
-            |w| (switch(w), w.aged),
+            |w| (switch(w), w.fdb.aged),
         )?;
         let refused: Vec<(&SwitchSample, &str, u64)> = s
             .switches
             .iter()
             .flat_map(|w| {
                 [
-                    (w, "full", w.refused_full),
-                    (w, "port_limit", w.refused_port_limit),
-                    (w, "move", w.refused_move),
+                    (w, "full", w.fdb.refused_full),
+                    (w, "port_limit", w.fdb.refused_port_limit),
+                    (w, "move", w.fdb.refused_move),
                 ]
             })
             .collect();
@@ -209,6 +210,111 @@ impl Collector for SnapshotCollector {
                 let [sw] = switch(w);
                 ([sw, ("reason", reason.to_owned())], n)
             },
+        )?;
+
+        // Tunnels.
+        let tunnel = |t: &TunnelSample| [("switch", t.switch.clone()), ("port", t.port.clone())];
+        type TunnelCount = fn(&TunnelSample) -> u64;
+        let tunnel_counters: [(Kind, &str, &str, Option<Unit>, TunnelCount); 8] = [
+            (
+                Kind::Counter,
+                "vswitchd_tunnel_rx_packets",
+                "Frames decapsulated and handed to the switch.",
+                None,
+                |t| t.counters.rx_packets,
+            ),
+            (
+                Kind::Counter,
+                "vswitchd_tunnel_rx",
+                "Inner frame bytes decapsulated.",
+                bytes(),
+                |t| t.counters.rx_bytes,
+            ),
+            (
+                Kind::Counter,
+                "vswitchd_tunnel_tx_packets",
+                "Frames encapsulated and sent (one per VTEP when flooding).",
+                None,
+                |t| t.counters.tx_packets,
+            ),
+            (
+                Kind::Counter,
+                "vswitchd_tunnel_tx",
+                "Inner frame bytes encapsulated and sent.",
+                bytes(),
+                |t| t.counters.tx_bytes,
+            ),
+            (
+                Kind::Gauge,
+                "vswitchd_tunnel_remote_entries",
+                "Remote MAC addresses known behind VTEPs.",
+                None,
+                |t| u64::from(t.remote_fdb.entries),
+            ),
+            (
+                Kind::Counter,
+                "vswitchd_tunnel_remote_learned",
+                "Remote MAC addresses learned.",
+                None,
+                |t| t.remote_fdb.learned,
+            ),
+            (
+                Kind::Counter,
+                "vswitchd_tunnel_remote_moved",
+                "Remote MAC addresses that moved to another VTEP.",
+                None,
+                |t| t.remote_fdb.moved,
+            ),
+            (
+                Kind::Counter,
+                "vswitchd_tunnel_remote_aged",
+                "Remote MAC addresses aged out.",
+                None,
+                |t| t.remote_fdb.aged,
+            ),
+        ];
+        for (kind, name, help, unit, value) in tunnel_counters {
+            f.metric(kind, name, help, unit, &s.tunnels, |t| {
+                (tunnel(t), value(t))
+            })?;
+        }
+        let reasons = |t: &TunnelSample| {
+            let drops = TunnelDrop::ALL.map(|r| (r.name(), t.counters.dropped(r)));
+            let refused = [
+                ("full", t.remote_fdb.refused_full),
+                ("vtep_limit", t.remote_fdb.refused_vtep_limit),
+            ];
+            (drops, refused)
+        };
+        let tunnel_drops: Vec<(&TunnelSample, &str, u64)> = s
+            .tunnels
+            .iter()
+            .flat_map(|t| reasons(t).0.map(|(r, n)| (t, r, n)))
+            .collect();
+        let tunnel_refused: Vec<(&TunnelSample, &str, u64)> = s
+            .tunnels
+            .iter()
+            .flat_map(|t| reasons(t).1.map(|(r, n)| (t, r, n)))
+            .collect();
+        let by_reason = |&(t, reason, n): &(&TunnelSample, &str, u64)| {
+            let [sw, port] = tunnel(t);
+            ([sw, port, ("reason", reason.to_owned())], n)
+        };
+        f.metric(
+            Kind::Counter,
+            "vswitchd_tunnel_drops",
+            "Tunnel packets dropped, by reason.",
+            None,
+            &tunnel_drops,
+            by_reason,
+        )?;
+        f.metric(
+            Kind::Counter,
+            "vswitchd_tunnel_remote_refused",
+            "Remote MAC addresses not learned, by reason (table full, VTEP limit).",
+            None,
+            &tunnel_refused,
+            by_reason,
         )?;
 
         // Exports.
@@ -421,6 +527,29 @@ mod tests {
         let moves = [("switch", "br0"), ("reason", "move")];
         assert_eq!(value(&exp, "vswitchd_fdb_refused_total", &moves), 9.0);
 
+        // Tunnels (see `testing::tunnel_counters`).
+        let vx0 = [("switch", "br0"), ("port", "vx0")];
+        for (name, v) in [
+            ("vswitchd_tunnel_rx_packets_total", 41.0),
+            ("vswitchd_tunnel_rx_bytes_total", 4100.0),
+            ("vswitchd_tunnel_tx_packets_total", 42.0),
+            ("vswitchd_tunnel_tx_bytes_total", 4200.0),
+            ("vswitchd_tunnel_remote_entries", 4.0),
+            ("vswitchd_tunnel_remote_learned_total", 31.0),
+            ("vswitchd_tunnel_remote_moved_total", 32.0),
+            ("vswitchd_tunnel_remote_aged_total", 33.0),
+        ] {
+            assert_eq!(value(&exp, name, &vx0), v, "{name}");
+        }
+        let reason = |r| [("switch", "br0"), ("port", "vx0"), ("reason", r)];
+        let drops = "vswitchd_tunnel_drops_total";
+        assert_eq!(value(&exp, drops, &reason("bad_header")), 1.0);
+        assert_eq!(value(&exp, drops, &reason("unknown_vni")), 0.0);
+        let refused = "vswitchd_tunnel_remote_refused_total";
+        assert_eq!(value(&exp, refused, &reason("full")), 34.0);
+        assert_eq!(value(&exp, refused, &reason("vtep_limit")), 35.0);
+        assert_eq!(exp.families["vswitchd_tunnel_remote_entries"].kind, "gauge");
+
         // The odd volume name survives escaping.
         let vol = [("pool", "fast"), ("volume", "we\"ird\\vol\nname")];
         for (name, v) in [
@@ -504,7 +633,7 @@ mod tests {
 
     #[test]
     fn empty_snapshot_renders_just_eof() {
-        let text = render(&MetricsSnapshot::default());
+        let text = render(&Snapshot::default());
         assert_eq!(text, "# EOF\n");
         assert!(parse(&text).unwrap().families.is_empty());
     }

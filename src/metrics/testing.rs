@@ -1,8 +1,8 @@
 //! Test support: a strict OpenMetrics text parser (so the tests check the
 //! exposition's grammar, not substrings) and a snapshot with every family.
 
-use super::model::{
-    ExportSample, LatencySample, MetricsSnapshot, PoolSample, PortSample, SwitchSample,
+use crate::runtime::snapshot::{
+    ExportSample, LatencySample, PoolSample, PortSample, Snapshot, SwitchSample, TunnelSample,
     VolumeSample,
 };
 use std::collections::{BTreeMap, HashMap};
@@ -251,12 +251,21 @@ pub(super) fn value(exp: &Exposition, sample: &str, labels: &[(&str, &str)]) -> 
     found[0]
 }
 
-pub(super) fn sample_snapshot() -> MetricsSnapshot {
+/// Tunnel counters with rx 41/4100, tx 42/4200 and one `bad_header` drop.
+pub(super) fn tunnel_counters() -> vswitch::vxlan::TunnelCountersSnapshot {
+    let c = vswitch::vxlan::TunnelCounters::default();
+    c.add_rx(41, 4100);
+    c.add_tx(42, 4200);
+    c.add_drop(vswitch::vxlan::TunnelDrop::BadHeader);
+    c.snapshot()
+}
+
+pub(super) fn sample_snapshot() -> Snapshot {
     let hist = vhost_backends::blk::LatencyHistogram::default();
     for us in [10, 20, 20, 300, 5000, 2_000_000] {
         hist.record(Duration::from_micros(us));
     }
-    MetricsSnapshot {
+    Snapshot {
         ports: vec![
             PortSample {
                 switch: "br0".into(),
@@ -277,13 +286,28 @@ pub(super) fn sample_snapshot() -> MetricsSnapshot {
         ],
         switches: vec![SwitchSample {
             switch: "br0".into(),
-            fdb_entries: 2,
-            learned: 5,
-            moved: 1,
-            aged: 3,
-            refused_full: 7,
-            refused_port_limit: 8,
-            refused_move: 9,
+            fdb: vswitch::FdbStats {
+                entries: 2,
+                learned: 5,
+                moved: 1,
+                aged: 3,
+                refused_full: 7,
+                refused_port_limit: 8,
+                refused_move: 9,
+            },
+        }],
+        tunnels: vec![TunnelSample {
+            switch: "br0".into(),
+            port: "vx0".into(),
+            counters: tunnel_counters(),
+            remote_fdb: vswitch::vxlan::RemoteFdbStats {
+                entries: 4,
+                learned: 31,
+                moved: 32,
+                aged: 33,
+                refused_full: 34,
+                refused_vtep_limit: 35,
+            },
         }],
         exports: vec![ExportSample {
             pool: "fast".into(),
@@ -314,6 +338,8 @@ pub(super) fn sample_snapshot() -> MetricsSnapshot {
         }],
         pools: vec![PoolSample {
             pool: "fast".into(),
+            cluster_size: 65536,
+            clusters: 16384,
             capacity_bytes: 1 << 30,
             used_bytes: 1 << 20,
             free_bytes: (1 << 30) - (1 << 20),
@@ -323,6 +349,7 @@ pub(super) fn sample_snapshot() -> MetricsSnapshot {
         volumes: vec![VolumeSample {
             pool: "fast".into(),
             volume: "we\"ird\\vol\nname".into(),
+            kind: vblock::meta::VolumeKind::Volume,
             size_bytes: 2 << 30,
             allocated_bytes: 1 << 20,
             exclusive_bytes: 65536,

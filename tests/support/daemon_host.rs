@@ -129,7 +129,7 @@ impl DaemonHost {
 
     /// The daemon's metrics as `/metrics` renders them, by sample.
     pub fn metrics(&self) -> HashMap<String, f64> {
-        let snapshot = self.daemon().runtime().metrics_snapshot();
+        let snapshot = self.daemon().runtime().snapshot();
         metric_samples(&fabric::metrics::render(&snapshot))
     }
 

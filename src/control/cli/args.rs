@@ -366,6 +366,42 @@ mod tests {
             call_of("volume delete p1 -- -odd"),
             call("volume.delete", json!({"pool":"p1","name":"-odd"}))
         );
+        // Unset options and a false flag are left out of the object, as
+        // before the argument structs.
+        for (line, op, args) in [
+            (
+                "volume resize p1 disk --size 2G",
+                "volume.resize",
+                json!({"pool":"p1","name":"disk","size":2u64<<30}),
+            ),
+            ("fdb flush br0", "fdb.flush", json!({"switch":"br0"})),
+            (
+                "fdb flush br0 --port vm1",
+                "fdb.flush",
+                json!({"switch":"br0","port":"vm1"}),
+            ),
+            ("volume list", "volume.list", json!({})),
+            ("config save", "config.save", json!({})),
+            (
+                "volume snapshot p1 disk disk-s",
+                "volume.snapshot",
+                json!({"pool":"p1","source":"disk","name":"disk-s"}),
+            ),
+            (
+                "volume rename p1 disk d2",
+                "volume.rename",
+                json!({"pool":"p1","name":"disk","new_name":"d2"}),
+            ),
+            (
+                "export remove p1 disk",
+                "export.remove",
+                json!({"pool":"p1","volume":"disk"}),
+            ),
+            ("port remove vm1", "port.remove", json!({"name":"vm1"})),
+            ("fdb show br0", "fdb.show", json!({"switch":"br0"})),
+        ] {
+            assert_eq!(call_of(line), call(op, args), "{line}");
+        }
         // Relative paths are made absolute (the daemon has another cwd).
         let c = call_of("config save --path out.toml");
         let path = c.args["path"].as_str().unwrap();

@@ -4,7 +4,10 @@
 use super::args::Parsed;
 use super::values::{parse_block_size, parse_vlan_id, parse_vlan_spec};
 use super::Call;
-use crate::control::protocol::{ExportAdd, PortAdd};
+use crate::control::protocol::{
+    ConfigSave, ExportAdd, ExportRemove, FdbAdd, FdbFlush, FdbShow, PortAdd, PortRemove, Size,
+    VolumeCopy, VolumeCreate, VolumeDelete, VolumeList, VolumeRename, VolumeResize,
+};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -61,7 +64,7 @@ pub(super) const SPECS: &[Spec] = &[
         positionals: &["NAME"],
         options: &[],
         flags: &[],
-        build: |p| Ok(call("port.remove", json!({ "name": p.pos[0] }))),
+        build: |p| send("port.remove", &PortRemove { name: p.pos[0].clone() }),
     },
     Spec {
         words: &["fdb", "show"],
@@ -70,7 +73,7 @@ pub(super) const SPECS: &[Spec] = &[
         positionals: &["SWITCH"],
         options: &[],
         flags: &[],
-        build: |p| Ok(call("fdb.show", json!({ "switch": p.pos[0] }))),
+        build: |p| send("fdb.show", &FdbShow { switch: p.pos[0].clone() }),
     },
     Spec {
         words: &["fdb", "flush"],
@@ -80,11 +83,11 @@ pub(super) const SPECS: &[Spec] = &[
         options: &["--port"],
         flags: &[],
         build: |p| {
-            let mut args = json!({ "switch": p.pos[0] });
-            if let Some(port) = p.opt("--port") {
-                args["port"] = json!(port);
-            }
-            Ok(call("fdb.flush", args))
+            let flush = FdbFlush {
+                switch: p.pos[0].clone(),
+                port: p.opt("--port").map(str::to_owned),
+            };
+            send("fdb.flush", &flush)
         },
     },
     Spec {
@@ -95,11 +98,13 @@ pub(super) const SPECS: &[Spec] = &[
         options: &[],
         flags: &[],
         build: |p| {
-            let vlan = parse_vlan_id(&p.pos[1])?;
-            Ok(call(
-                "fdb.add",
-                json!({ "switch": p.pos[0], "vlan": vlan, "mac": p.pos[2], "port": p.pos[3] }),
-            ))
+            let add = FdbAdd {
+                switch: p.pos[0].clone(),
+                vlan: parse_vlan_id(&p.pos[1])?,
+                mac: p.pos[2].clone(),
+                port: p.pos[3].clone(),
+            };
+            send("fdb.add", &add)
         },
     },
     Spec {
@@ -119,11 +124,8 @@ pub(super) const SPECS: &[Spec] = &[
         options: &["--pool"],
         flags: &[],
         build: |p| {
-            let mut args = json!({});
-            if let Some(pool) = p.opt("--pool") {
-                args["pool"] = json!(pool);
-            }
-            Ok(call("volume.list", args))
+            let pool = p.opt("--pool").map(str::to_owned);
+            send("volume.list", &VolumeList { pool })
         },
     },
     Spec {
@@ -134,11 +136,13 @@ pub(super) const SPECS: &[Spec] = &[
         options: &["--size", "--block-size"],
         flags: &[],
         build: |p| {
-            let mut args = json!({ "pool": p.pos[0], "name": p.pos[1], "size": p.size()? });
-            if let Some(bs) = p.opt("--block-size") {
-                args["block_size"] = json!(parse_block_size(bs)?);
-            }
-            Ok(call("volume.create", args))
+            let create = VolumeCreate {
+                pool: p.pos[0].clone(),
+                name: p.pos[1].clone(),
+                size: Size::Bytes(p.size()?),
+                block_size: p.opt("--block-size").map(parse_block_size).transpose()?,
+            };
+            send("volume.create", &create)
         },
     },
     Spec {
@@ -150,11 +154,13 @@ pub(super) const SPECS: &[Spec] = &[
         options: &["--size"],
         flags: &["--force"],
         build: |p| {
-            let mut args = json!({ "pool": p.pos[0], "name": p.pos[1], "size": p.size()? });
-            if p.flag("--force") {
-                args["force"] = json!(true);
-            }
-            Ok(call("volume.resize", args))
+            let resize = VolumeResize {
+                pool: p.pos[0].clone(),
+                name: p.pos[1].clone(),
+                size: Size::Bytes(p.size()?),
+                force: p.flag("--force"),
+            };
+            send("volume.resize", &resize)
         },
     },
     Spec {
@@ -164,12 +170,7 @@ pub(super) const SPECS: &[Spec] = &[
         positionals: &["POOL", "SOURCE", "NAME"],
         options: &[],
         flags: &[],
-        build: |p| {
-            Ok(call(
-                "volume.snapshot",
-                json!({ "pool": p.pos[0], "source": p.pos[1], "name": p.pos[2] }),
-            ))
-        },
+        build: |p| send("volume.snapshot", &volume_copy(p)),
     },
     Spec {
         words: &["volume", "clone"],
@@ -178,12 +179,7 @@ pub(super) const SPECS: &[Spec] = &[
         positionals: &["POOL", "SOURCE", "NAME"],
         options: &[],
         flags: &[],
-        build: |p| {
-            Ok(call(
-                "volume.clone",
-                json!({ "pool": p.pos[0], "source": p.pos[1], "name": p.pos[2] }),
-            ))
-        },
+        build: |p| send("volume.clone", &volume_copy(p)),
     },
     Spec {
         words: &["volume", "rename"],
@@ -193,10 +189,12 @@ pub(super) const SPECS: &[Spec] = &[
         options: &[],
         flags: &[],
         build: |p| {
-            Ok(call(
-                "volume.rename",
-                json!({ "pool": p.pos[0], "name": p.pos[1], "new_name": p.pos[2] }),
-            ))
+            let rename = VolumeRename {
+                pool: p.pos[0].clone(),
+                name: p.pos[1].clone(),
+                new_name: p.pos[2].clone(),
+            };
+            send("volume.rename", &rename)
         },
     },
     Spec {
@@ -207,10 +205,11 @@ pub(super) const SPECS: &[Spec] = &[
         options: &[],
         flags: &[],
         build: |p| {
-            Ok(call(
-                "volume.delete",
-                json!({ "pool": p.pos[0], "name": p.pos[1] }),
-            ))
+            let delete = VolumeDelete {
+                pool: p.pos[0].clone(),
+                name: p.pos[1].clone(),
+            };
+            send("volume.delete", &delete)
         },
     },
     Spec {
@@ -230,10 +229,11 @@ pub(super) const SPECS: &[Spec] = &[
         options: &[],
         flags: &[],
         build: |p| {
-            Ok(call(
-                "export.remove",
-                json!({ "pool": p.pos[0], "volume": p.pos[1] }),
-            ))
+            let remove = ExportRemove {
+                pool: p.pos[0].clone(),
+                volume: p.pos[1].clone(),
+            };
+            send("export.remove", &remove)
         },
     },
     Spec {
@@ -245,11 +245,8 @@ pub(super) const SPECS: &[Spec] = &[
         options: &["--path"],
         flags: &[],
         build: |p| {
-            let mut args = json!({});
-            if let Some(path) = p.opt("--path") {
-                args["path"] = json!(absolute(path));
-            }
-            Ok(call("config.save", args))
+            let path = p.opt("--path").map(absolute);
+            send("config.save", &ConfigSave { path })
         },
     },
 ];
@@ -274,6 +271,19 @@ fn absolute(path: &str) -> String {
     }
 }
 
+/// A call of `op` with `args` (a protocol argument struct).
+fn send<T: serde::Serialize>(op: &'static str, args: &T) -> Result<Call, String> {
+    Ok(call(op, args_object(args)?))
+}
+
+fn volume_copy(p: &Parsed) -> VolumeCopy {
+    VolumeCopy {
+        pool: p.pos[0].clone(),
+        source: p.pos[1].clone(),
+        name: p.pos[2].clone(),
+    }
+}
+
 /// A protocol argument struct as an `args` object, without its unset fields.
 fn args_object<T: serde::Serialize>(value: &T) -> Result<Value, String> {
     let mut value = serde_json::to_value(value).map_err(|e| e.to_string())?;
@@ -295,7 +305,7 @@ fn build_port_add(p: &Parsed) -> Result<Call, String> {
         mac: p.opt("--mac").map(str::to_owned),
         device: p.opt("--device").map(str::to_owned),
     };
-    Ok(call("port.add", args_object(&add)?))
+    send("port.add", &add)
 }
 
 fn build_export_add(p: &Parsed) -> Result<Call, String> {
@@ -307,7 +317,7 @@ fn build_export_add(p: &Parsed) -> Result<Call, String> {
         queue_size: p.num("--queue-size")?,
         read_only: p.flag("--read-only").then_some(true),
     };
-    Ok(call("export.add", args_object(&add)?))
+    send("export.add", &add)
 }
 
 /// The usage text; with a topic (`volume`, `volume create`), only the

@@ -1,12 +1,14 @@
 //! Races between volume operations and exports, made deterministic by two
-//! hooks the daemon calls on the running thread in test builds: `between`
+//! hooks the runtime calls on the running thread in test builds: `between`
 //! where an operation has decided and not yet acted, `state_busy` when the
 //! state lock is found taken.
 
 use super::*;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::LocalKey;
+use std::time::Duration;
 
 type Hook = RefCell<Option<Box<dyn FnOnce()>>>;
 
@@ -77,10 +79,10 @@ fn race<A, B: Send + 'static>(
     (a, other.join().unwrap())
 }
 
-/// A daemon with pool `p0` holding volume `v` (8 MiB, not exported) in a
+/// A runtime with pool `p0` holding volume `v` (8 MiB, not exported) in a
 /// fresh directory.
 struct Host {
-    daemon: Option<Daemon>,
+    rt: Arc<Runtime>,
     dir: PathBuf,
 }
 
@@ -102,15 +104,15 @@ impl Host {
         )
         .unwrap();
         let config = fabric_config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let daemon = Daemon::start_from(&config, Some(&path)).expect("daemon starts");
+        let rt = Runtime::start(&config, Some(&path)).expect("runtime starts");
         Host {
-            daemon: Some(daemon),
+            rt: Arc::new(rt),
             dir,
         }
     }
 
     fn rt(&self) -> Arc<Runtime> {
-        self.daemon.as_ref().unwrap().runtime().clone()
+        self.rt.clone()
     }
 
     fn socket(&self) -> PathBuf {
@@ -142,15 +144,13 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        if let Some(d) = self.daemon.take() {
-            d.shutdown();
-        }
+        self.rt.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn code<T: std::fmt::Debug>(r: OpResult<T>) -> ErrorCode {
-    r.expect_err("refused").code
+fn kind<T: std::fmt::Debug>(r: Result<T>) -> ErrorKind {
+    r.expect_err("refused").kind()
 }
 
 /// An export added while a delete is between its check and its act waits
@@ -164,7 +164,7 @@ fn export_add_cannot_slip_into_a_delete() {
         move || rt2.add_export("p0", "v", e),
     );
     deleted.unwrap();
-    assert_eq!(code(added), ErrorCode::NotFound);
+    assert_eq!(kind(added), ErrorKind::NotFound);
     assert_eq!(Host::exported(&rt), Vec::<String>::new());
     assert_eq!(Host::size_of(&rt, "v"), None);
     assert!(!h.socket().exists());
@@ -181,7 +181,7 @@ fn export_add_cannot_slip_into_a_rename() {
         move || rt2.add_export("p0", "v", e),
     );
     renamed.unwrap();
-    assert_eq!(code(added), ErrorCode::NotFound);
+    assert_eq!(kind(added), ErrorKind::NotFound);
     assert_eq!(Host::exported(&rt), Vec::<String>::new());
     assert_eq!(Host::size_of(&rt, "w"), Some(8 * MIB));
 }
