@@ -1,4 +1,4 @@
-//! Validates the vhost-user-blk test client (`tests/blk_support`, libblkio)
+//! Validates the vhost-user-blk test client (`test-kit/src/blkio`, libblkio)
 //! against the reference backend, qemu-storage-daemon, so that the same
 //! client can later be pointed at vswitchd's export and trusted.
 //!

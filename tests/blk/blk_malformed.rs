@@ -1884,7 +1884,7 @@ fn write_cache_modes_follow_the_negotiated_features() {
 /// space when it creates the device, before any feature is negotiated, and a Linux guest
 /// that copy shows a write-through disk never sends FLUSH. A device that switched itself
 /// to write-back at negotiation completed writes the guest took as durable and lost them
-/// when the daemon died (reproduced with a QEMU guest: tests/qemu_blk.rs).
+/// when the daemon died (reproduced with a QEMU guest: tests/blk/qemu_blk.rs).
 #[test]
 fn the_cache_mode_run_is_the_one_shown_before_negotiation() {
     let f = Fixture::start("[[pool.volume]]\nname = \"wc\"\nsize = \"8M\"\nexport = {}\n");

@@ -9,7 +9,7 @@
 //! scenario is a function generic over [`BlkBackend`], so each vswitchd test is the qsd
 //! test with the type parameter changed (`write_then_verify_in_next_guest::<Qsd>()` ->
 //! `::<VswitchdBlk>()`, once `VswitchdBlk` implements [`BlkBackend`] next to [`Qsd`] in
-//! tests/qemu_support/blk.rs).
+//! test-kit/src/qemu/blk.rs).
 //!
 //! | test                                      | guests                                     |
 //! |-------------------------------------------|--------------------------------------------|
@@ -35,7 +35,7 @@
 //! cargo test --test qemu_blk
 //! ```
 //!
-//! Environment: `FABRIC_GUEST_IMAGE`, `FABRIC_QEMU` (see tests/qemu_guest.rs),
+//! Environment: `FABRIC_GUEST_IMAGE`, `FABRIC_QEMU` (see tests/net/qemu_guest.rs),
 //! `FABRIC_QSD` (the qemu-storage-daemon binary), `VBLOCK_TEST_DIR` (images and sockets;
 //! default /var/tmp, not tmpfs: the backend opens images with O_DIRECT). A failing test
 //! keeps its directory (serial consoles, QEMU and qsd logs). TCG speed measures the

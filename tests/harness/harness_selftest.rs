@@ -1,4 +1,4 @@
-//! Self-test of the in-process frontend harness (`tests/support`) against a backend we did
+//! Self-test of the in-process frontend harness (`test-kit/src/frontend`) against a backend we did
 //! not write: DPDK's vhost PMD (`net_vhost`) inside `dpdk-testpmd`.
 //!
 //! - one port, `--forward-mode=macswap`: every frame comes back with its MACs swapped;

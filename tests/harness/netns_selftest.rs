@@ -1,4 +1,4 @@
-//! Self-test of the network-namespace harness (`tests/netns_support`): two namespaces
+//! Self-test of the network-namespace harness (`test-kit/src/netns`): two namespaces
 //! on a veth pair (ping, content-checked TCP both ways, an AF_PACKET capture of the
 //! ICMP), a kernel VXLAN overlay across that underlay (ping and TCP through it; the
 //! underlay shows UDP/4789 with RFC 7348 headers carrying the VNI, and with offloads

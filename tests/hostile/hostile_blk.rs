@@ -508,7 +508,6 @@ fn durable_writes_on_a_slow_device(tag: &str, write_through: bool) {
 /// at once; another export keeps serving.
 #[test]
 fn rings_running_past_guest_memory_stop_the_queue() {
-    let _serial = serial();
     use support::guest_memory::GuestRam;
     use support::split_ring::SplitRing;
     use support::vhost_frontend::{

@@ -1,5 +1,5 @@
 //! The switch end to end, in process: the test plays the VMM with the `vhost`
-//! crate's frontend over memfd guest memory (`tests/support`) against the real
+//! crate's frontend over memfd guest memory (`test-kit/src/frontend`) against the real
 //! daemon code (`fabric::Daemon`), one `GuestNic` per port.
 
 use test_kit::frontend as support;

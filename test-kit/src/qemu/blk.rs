@@ -84,7 +84,7 @@ pub struct ExportSpec {
 }
 
 /// A vhost-user-blk backend serving one disk on a Unix socket. The scenarios in
-/// tests/qemu_blk.rs are generic over it, so they run against qemu-storage-daemon now
+/// tests/blk/qemu_blk.rs are generic over it, so they run against qemu-storage-daemon now
 /// and against `vswitchd` by changing the type parameter.
 pub trait BlkBackend: Sized {
     /// What serves the disk, for messages.
@@ -652,7 +652,7 @@ impl BlkGuest {
     }
 }
 
-/// `vswitchd` serving the disk as a thin volume of a pool (tests/qemu_blk.rs runs the
+/// `vswitchd` serving the disk as a thin volume of a pool (tests/blk/qemu_blk.rs runs the
 /// same scenarios as on qemu-storage-daemon). The daemon runs as a process, as in
 /// production; stopping it (SIGTERM) makes it print its counters, volume allocation
 /// included.
