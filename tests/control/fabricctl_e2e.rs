@@ -60,13 +60,22 @@ impl Vswitchd {
         }
     }
 
-    /// Runs fabricctl; returns (exit code, stdout, stderr).
+    /// Runs fabricctl on this daemon's socket; returns (exit code, stdout, stderr).
     fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let socket = self.control();
+        let mut all = vec!["--control-socket", socket.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.ctl_as_written(&all)
+    }
+
+    /// Runs fabricctl with exactly `args`, started in the daemon's directory
+    /// (where the default `run/control.sock` is) with no socket in its
+    /// environment; returns (exit code, stdout, stderr).
+    fn ctl_as_written(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_fabricctl"))
-            .arg("--control-socket")
-            .arg(self.control())
             .args(args)
             .current_dir(&self.dir)
+            .env_remove("FABRIC_CONTROL_SOCKET")
             .output()
             .unwrap();
         (
@@ -321,5 +330,80 @@ fn readme_snapshot_example() {
         "{vols}"
     );
     assert!(dir.join("run/vm1-disk@monday.sock").exists());
+    d.stop();
+}
+
+/// One `fabricctl` line of a README code block.
+struct ReadmeCommand {
+    /// 1-based line in README.md, for messages.
+    line: usize,
+    /// The words after `fabricctl`, the trailing `# comment` cut off.
+    args: Vec<String>,
+    /// The exit code its comment documents as `(exits N)`; 0 without one.
+    exits: i32,
+}
+
+/// Every line starting `fabricctl ` inside a fenced code block of `readme`, in
+/// order. Quotes and line continuations are refused: the test runs each line as
+/// plain words, so a line it cannot split that way must fail loudly.
+fn readme_commands(readme: &str) -> Vec<ReadmeCommand> {
+    let mut in_block = false;
+    let mut commands = Vec::new();
+    for (i, text) in readme.lines().enumerate() {
+        if text.trim_start().starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        let Some(rest) = text.strip_prefix("fabricctl ").filter(|_| in_block) else {
+            continue;
+        };
+        let (words, comment) = rest.split_once('#').unwrap_or((rest, ""));
+        assert!(
+            !words.contains(['"', '\'', '\\']),
+            "README.md:{}: quoting or a continuation in {text:?}: run as plain words",
+            i + 1
+        );
+        let exits = match comment.split_once("(exits ") {
+            Some((_, n)) => n
+                .split(')')
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("README.md:{}: bad `(exits N)` in {text:?}", i + 1)),
+            None => 0,
+        };
+        commands.push(ReadmeCommand {
+            line: i + 1,
+            args: words.split_whitespace().map(str::to_owned).collect(),
+            exits,
+        });
+    }
+    assert!(!in_block, "README.md ends inside a code block");
+    commands
+}
+
+/// Every `fabricctl` command of the README, exactly as written and in README
+/// order, against a daemon on the repository's example `fabric.toml` (copied
+/// into a fresh directory): each exits as documented (0 unless its comment says
+/// `(exits N)`). A README edit that breaks a command fails here.
+#[test]
+fn readme_commands_run_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let commands = readme_commands(&readme);
+    assert!(!commands.is_empty(), "README.md has no fabricctl lines");
+    let dir = TestDir::on_disk("fctl-readme-all");
+    std::fs::copy(root.join("fabric.toml"), dir.join("fabric.toml")).expect("fabric.toml");
+    let mut d = Vswitchd::start(&dir);
+    for c in &commands {
+        let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+        let (code, out, err) = d.ctl_as_written(&args);
+        assert_eq!(
+            code,
+            c.exits,
+            "README.md:{}: fabricctl {}\n{err}{out}",
+            c.line,
+            args.join(" ")
+        );
+    }
     d.stop();
 }
