@@ -11,6 +11,7 @@
 //! - [`qemu`]: real QEMU (TCG) guests on the test image, net and block.
 //! - [`testpmd`]: DPDK `dpdk-testpmd` against the `vswitchd` binary, or as a
 //!   vhost-user backend peer of `GuestNic`.
+//! - [`pattern`]: seeded data whose every byte is a function of its offset.
 //! - [`daemon_host`], [`counters`]: the daemon in process in a fresh directory, and
 //!   its counters and metrics read by whole words.
 //! - [`dir`] ([`TestDir`]), [`proc`] ([`ChildGuard`], bounded waits on children),
@@ -28,6 +29,7 @@ pub mod daemon_host;
 pub mod dir;
 pub mod frontend;
 pub mod netns;
+pub mod pattern;
 pub mod proc;
 pub mod qemu;
 pub mod testpmd;

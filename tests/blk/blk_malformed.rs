@@ -23,6 +23,7 @@
 //! comes back, and the device processes the available ring in order) and that they
 //! were counted (`bad_chains`).
 
+use test_kit::blkio::pattern;
 use test_kit::frontend as support;
 
 use std::collections::HashMap;
@@ -152,12 +153,6 @@ fn chance(rng: &mut Rng, one_in: u64) -> bool {
     rng.below(one_in) == 0
 }
 
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut bytes = vec![0; len];
-    Rng::new(seed).fill(&mut bytes);
-    bytes
-}
-
 // ---- the malformed cases ----
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,7 +238,7 @@ impl Cases {
         for &q in &queues {
             self.seq += 1;
             let sector = 4096 + (self.seq % 64) * 8;
-            let data = pattern(self.seq, 4096);
+            let data = pattern(self.seq, 0, 4096);
             let w = self.blk.write(q, sector, &data);
             assert_eq!(
                 (w.status, w.used_len),
@@ -315,7 +310,7 @@ fn malformed_requests_get_exact_answers() {
     {
         // Header over three descriptors, data over two: a write that works.
         let h = header(T_OUT, 100);
-        let data = pattern(1, 512);
+        let data = pattern(1, 0, 512);
         let (h0, h1, h2) = (t.alloc(&h[..1]), t.alloc(&h[1..7]), t.alloc(&h[7..]));
         let (d0, d1) = (t.alloc(&data[..100]), t.alloc(&data[100..]));
         let st = t.status();
@@ -354,7 +349,7 @@ fn malformed_requests_get_exact_answers() {
             "split read returns what the split write wrote"
         );
         // Header and the first 200 data bytes in one descriptor.
-        let data = pattern(2, 1024);
+        let data = pattern(2, 0, 1024);
         let mut hd = header(T_OUT, 200).to_vec();
         hd.extend_from_slice(&data[..200]);
         let (a, b, st) = (t.alloc(&hd), t.alloc(&data[200..]), t.status());
@@ -419,7 +414,7 @@ fn malformed_requests_get_exact_answers() {
     // -- one descriptor for everything --
     {
         let mut all = header(T_OUT, 8).to_vec();
-        all.extend(pattern(3, 512));
+        all.extend(pattern(3, 0, 512));
         all.push(SENTINEL);
         let a = t.alloc(&all);
         t.case(
@@ -548,7 +543,7 @@ fn malformed_requests_get_exact_answers() {
     // -- data in the wrong direction --
     {
         let h = t.hdr(T_OUT, 0);
-        let data = t.alloc(&pattern(4, 512));
+        let data = t.alloc(&pattern(4, 0, 512));
         let w = t.filled(513, 0x55);
         t.case(
             "write with 512 writable bytes before the status",
@@ -1076,7 +1071,7 @@ fn get_vring_base_completes_requests_in_flight_first() {
     let mut heads = Vec::new();
     for q in 0..2 {
         let ns: Vec<u64> = (0..PER_QUEUE).map(|i| q as u64 * PER_QUEUE + i).collect();
-        let data: Vec<Vec<u8>> = ns.iter().map(|&n| pattern(100 + n, len)).collect();
+        let data: Vec<Vec<u8>> = ns.iter().map(|&n| pattern(100 + n, 0, len)).collect();
         let reqs: Vec<Req<'_>> = ns
             .iter()
             .zip(&data)
@@ -1128,7 +1123,7 @@ fn get_vring_base_completes_requests_in_flight_first() {
     for n in 0..2 * PER_QUEUE {
         let r = blk.read((n % 2) as usize, n * (len as u64 / SECTOR), len);
         assert!(
-            r.ok() && r.data == pattern(100 + n, len),
+            r.ok() && r.data == pattern(100 + n, 0, len),
             "write {n} read back"
         );
     }
@@ -1150,13 +1145,13 @@ fn a_frontend_dying_with_requests_in_flight_and_the_next_one() {
         max_data: 256 * 1024,
         ..Default::default()
     };
-    let kept = pattern(7, 65536);
+    let kept = pattern(7, 0, 65536);
     {
         let mut blk = f.connect_with("orphan", opts.clone());
         assert!(blk.write(0, 0, &kept).ok());
         assert!(blk.flush(0).ok());
         // 20 requests per queue made available at once, then gone without waiting.
-        let data: Vec<Vec<u8>> = (0..40).map(|i| pattern(1000 + i, 256 * 1024)).collect();
+        let data: Vec<Vec<u8>> = (0..40).map(|i| pattern(1000 + i, 0, 256 * 1024)).collect();
         for q in 0..2 {
             let reqs: Vec<Req<'_>> = (0..40u64)
                 .filter(|i| i % 2 == q as u64)
@@ -1181,7 +1176,7 @@ fn a_frontend_dying_with_requests_in_flight_and_the_next_one() {
         let r = blk.read(1, 0, 65536);
         assert!(r.ok() && r.data == kept, "round {round}: flushed data kept");
         for q in 0..2 {
-            let data = pattern(round * 2 + q as u64, 8192);
+            let data = pattern(round * 2 + q as u64, 0, 8192);
             let sector = 1024 + q as u64 * 16;
             assert!(blk.write(q, sector, &data).ok(), "round {round} q{q} write");
             let r = blk.read(q, sector, 8192);
@@ -1806,7 +1801,7 @@ fn fuzz(seed: u64) {
             "seed {seed} batch {batch}: counters"
         );
         // Another queue is not disturbed.
-        let data = pattern(seed + batch as u64, 4096);
+        let data = pattern(seed + batch as u64, 0, 4096);
         let sector = (batch as u64 * 8) % (model.capacity / SECTOR - 8);
         let w = blk.write(1, sector, &data);
         assert_eq!((w.status, w.used_len), (S_OK, 1), "seed {seed}: q1 write");
@@ -1814,7 +1809,7 @@ fn fuzz(seed: u64) {
         assert!(r.ok() && r.data == data, "seed {seed}: q1 read back");
     }
     // The fuzzed queue itself still works.
-    let data = pattern(seed, 8192);
+    let data = pattern(seed, 0, 8192);
     assert!(blk.write(0, 100, &data).ok());
     let r = blk.read(0, 100, 8192);
     assert!(r.ok() && r.data == data, "seed {seed}: q0 after the fuzz");

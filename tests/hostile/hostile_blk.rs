@@ -18,6 +18,7 @@
 //! daemon touches in it are excluded, and what remains is heap (bounce buffers,
 //! request state). The test keeps its own allocations out of the measured window.
 
+use test_kit::blkio::pattern;
 use test_kit::frontend as support;
 // Every test of this binary runs alone (the kit's `serial` lock): they measure the
 // process's CPU time and memory, which a test running beside them would add to.
@@ -92,19 +93,6 @@ impl RssPeak {
         }
         self.peak.load(Ordering::Relaxed).max(private_rss())
     }
-}
-
-/// A test's own deterministic bytes.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// `len` bytes split into at most `max` segments with odd lengths (the last one
@@ -217,7 +205,7 @@ fn huge_misaligned_requests_stay_bounded() {
         },
     );
     let mut other = f.connect_with("hb-other", BlkOptions::default());
-    assert!(other.write(0, 0, &pattern(7, 4096)).ok());
+    assert!(other.write(0, 0, &pattern(7, 0, 4096)).ok());
     // What a conforming driver is told: never more than the limit.
     let cfg = blk.config();
     assert!(
@@ -230,7 +218,7 @@ fn huge_misaligned_requests_stay_bounded() {
     // [5 MiB, 10 MiB): reads never land on data a write is still sending.
     let (sandbox, _) = blk.sandbox();
     let src_len = LIMIT as usize + 64 * 1024;
-    let src = pattern(1, src_len);
+    let src = pattern(1, 0, src_len);
     blk.ram().write(sandbox, &src).unwrap();
     let read_buf = sandbox + 5 * MIB + 3;
     // Write k goes to sector 8 MiB * k + 7 (not cluster aligned) from source offset
@@ -357,7 +345,7 @@ fn avail_index_too_far_ahead_stops_the_queue() {
         },
     );
     let mut other = f.connect_with("ha-other", BlkOptions::default());
-    assert!(blk.write(0, 0, &pattern(3, 4096)).ok());
+    assert!(blk.write(0, 0, &pattern(3, 0, 4096)).ok());
     // 100 entries made "available" on a queue of 64.
     blk.post_avail_ahead(0, 100);
     std::thread::sleep(Duration::from_millis(200));
@@ -379,11 +367,11 @@ fn avail_index_too_far_ahead_stops_the_queue() {
         f.counter_line("ha-bad")
     );
     // The other queue of the export, and another export, keep serving.
-    assert!(blk.write(1, 8, &pattern(4, 4096)).ok());
+    assert!(blk.write(1, 8, &pattern(4, 0, 4096)).ok());
     let d = blk.read(1, 0, 4096);
-    assert!(d.ok() && d.data == pattern(3, 4096));
-    assert!(other.write(0, 0, &pattern(5, 4096)).ok());
-    assert_eq!(other.read(0, 0, 4096).data, pattern(5, 4096));
+    assert!(d.ok() && d.data == pattern(3, 0, 4096));
+    assert!(other.write(0, 0, &pattern(5, 0, 4096)).ok());
+    assert_eq!(other.read(0, 0, 4096).data, pattern(5, 0, 4096));
 
     // GET_VRING_BASE is answered within 1 s.
     let (tx, rx) = mpsc::channel();
@@ -439,8 +427,8 @@ fn durable_writes_on_a_slow_device(tag: &str, write_through: bool) {
     let mut reader = f.connect_with(&reader_vol, BlkOptions::default());
     // Both map their cluster first: the writer's writes are then in place (no
     // journal records), so making them durable waits for the device alone.
-    assert!(writer.write(0, 0, &pattern(8, 4096)).ok());
-    assert!(reader.write(0, 0, &pattern(9, 4096)).ok());
+    assert!(writer.write(0, 0, &pattern(8, 0, 4096)).ok());
+    assert!(reader.write(0, 0, &pattern(9, 0, 4096)).ok());
     if !write_through {
         assert!(writer.flush(0).ok());
     }
@@ -466,7 +454,7 @@ fn durable_writes_on_a_slow_device(tag: &str, write_through: bool) {
             let t = Instant::now();
             while t.elapsed() < Duration::from_secs(3) {
                 let start = Instant::now();
-                assert!(writer.write(0, 0, &pattern(10 + n, 4096)).ok());
+                assert!(writer.write(0, 0, &pattern(10 + n, 0, 4096)).ok());
                 if !write_through {
                     let d = writer.flush(0);
                     assert!(d.ok(), "flush {n}: {d:?}");
@@ -562,7 +550,7 @@ fn rings_running_past_guest_memory_stop_the_queue() {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(f.counter("hr-bad", "broken_queues"), 1);
     assert!(
-        other.write(0, 0, &pattern(3, 4096)).ok(),
+        other.write(0, 0, &pattern(3, 0, 4096)).ok(),
         "another export serves"
     );
 

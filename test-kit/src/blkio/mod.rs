@@ -22,9 +22,8 @@
 //! never a silent skip.
 
 pub mod client;
-pub use crate::{counters, daemon_host};
+pub use crate::{counters, daemon_host, pattern};
 pub mod driver;
-pub mod pattern;
 pub mod qsd;
 
 pub use client::{BlkClient, BlkError, BlkQueue, ConnectOptions, DeviceInfo};

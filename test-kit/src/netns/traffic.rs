@@ -1,6 +1,7 @@
 //! Traffic between namespaces: iputils `ping` and a content-checked TCP transfer over
 //! std sockets created inside the namespaces ([`super::in_netns`]).
 
+use crate::pattern::fill_pattern;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,23 +54,6 @@ pub fn parse_ping_summary(text: &str) -> Option<(u32, u32)> {
     let sent = parts.next()?.split_whitespace().next()?.parse().ok()?;
     let received = parts.next()?.split_whitespace().next()?.parse().ok()?;
     Some((sent, received))
-}
-
-/// Bytes `8 * block ..` of the stream seeded `seed`: one SplitMix64 word per 8 bytes.
-fn pattern_block(seed: u64, block: u64) -> [u8; 8] {
-    let mut z = seed.wrapping_add(block.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)).to_le_bytes()
-}
-
-/// Fills `buf` with the stream `seed` from offset `off` (a multiple of 8).
-fn fill_pattern(seed: u64, off: u64, buf: &mut [u8]) {
-    debug_assert_eq!(off % 8, 0);
-    for (i, chunk) in buf.chunks_mut(8).enumerate() {
-        let b = pattern_block(seed, off / 8 + i as u64);
-        chunk.copy_from_slice(&b[..chunk.len()]);
-    }
 }
 
 /// How long a transfer may take, connect to acknowledgement.

@@ -6,11 +6,9 @@
 use std::fmt;
 
 /// splitmix64 finaliser.
-pub fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+pub fn mix64(z: u64) -> u64 {
+    // SplitMix64's first output for state `z` is exactly this finaliser.
+    crate::SplitMix64::new(z).next_u64()
 }
 
 /// The 8-byte word of the pattern that covers device bytes `[8 * word, 8 * word + 8)`.
