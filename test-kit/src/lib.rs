@@ -16,8 +16,8 @@
 //!   its counters and metrics read by whole words.
 //! - [`dir`] ([`TestDir`]), [`proc`] ([`ChildGuard`], bounded waits on children),
 //!   [`wait`] (bounded polling), [`bins`] (the built `vswitchd`/`fabricctl`),
-//!   [`SplitMix64`] (the one seeded PRNG, vblock's) and [`serial`] (a lock for the
-//!   few tests that must not overlap).
+//!   [`SplitMix64`] (the one seeded PRNG, vblock's) and [`serial`]/[`shared`]
+//!   (the lock for tests that must not overlap).
 //!
 //! Everything fails loudly: a missing tool, image or privilege is a panic naming
 //! the fix, never a skip.
@@ -40,10 +40,20 @@ pub use proc::ChildGuard;
 /// The seeded PRNG of every test and bench: vblock's, behind its `sim` feature.
 pub use vblock::dev::SplitMix64;
 
-/// Held by a test that must not run while another holding it runs (tests of one
-/// binary share a process: its environment, signal dispositions, fixed ports).
-/// A panicking holder does not poison it for the rest.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// One lock per test process: [`serial`] takes it alone, [`shared`] beside
+/// other sharers. A panicking holder does not poison it for the rest.
+static LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by a test that must run alone among the tests holding [`serial`] or
+/// [`shared`] (tests of one binary share a process: its CPU time, memory,
+/// threads, and the machine's cores, which testpmd busy-polls).
+pub fn serial() -> std::sync::RwLockWriteGuard<'static, ()> {
+    LOCK.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held by a test that may run beside other sharers but not beside a
+/// [`serial`] one: kernel peers (ping, ARP) whose exact packet counts a
+/// starved CPU would change.
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    LOCK.read().unwrap_or_else(|e| e.into_inner())
 }

@@ -2,7 +2,9 @@
 //! by the test (root; CI runs as root), `vswitchd` processes in them, the
 //! kernel's own `vxlan` device as an interop peer. Only the tests' own
 //! namespace addresses are used; every namespace and process is removed on
-//! drop, also when a test fails.
+//! drop, also when a test fails. Each test holds `test_kit::shared()`: they run
+//! beside each other but never beside a testpmd test busy-polling the cores,
+//! (a run beside them once counted one tunnel packet more than expected).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -251,6 +253,7 @@ fn tap_port(name: &str, device: &str, vlan: u16, mtu: u16) -> String {
 
 #[test]
 fn tap_ports_join_a_vlan_and_other_vlans_stay_apart() {
+    let _cpus = test_kit::shared();
     let host = Ns::new("h");
     let (a, b, c) = (Ns::new("a"), Ns::new("b"), Ns::new("c"));
     let (da, db, dc) = (unique("ta"), unique("tb"), unique("tc"));
@@ -334,6 +337,7 @@ fn two_hosts(tag: &str) -> (TwoHosts, String) {
 
 #[test]
 fn two_hosts_share_a_segment_over_vxlan() {
+    let _cpus = test_kit::shared();
     let (h, va) = two_hosts("vx");
     // A capture on host 0's underlay while the guests talk.
     let cap = {
@@ -443,6 +447,7 @@ fn capture_vxlan(netns: &str, dev: &str, for_: Duration) -> usize {
 
 #[test]
 fn interop_with_the_kernel_vxlan_device() {
+    let _cpus = test_kit::shared();
     let u = [Ns::new("u"), Ns::new("u")];
     let g = [Ns::new("g"), Ns::new("g")];
     let (_va, vb) = underlay(&u);
@@ -493,6 +498,7 @@ fn interop_with_the_kernel_vxlan_device() {
 
 #[test]
 fn forged_vni_and_unknown_vteps_are_dropped() {
+    let _cpus = test_kit::shared();
     let (h, _va) = two_hosts("fg");
     assert_eq!(h.g[0].ping("10.78.0.2", 2).1, 2);
     // From host 1's underlay: a packet with a VNI nobody maps, and a valid
@@ -582,6 +588,7 @@ fn fabricctl(d: &Daemon, args: &[&str]) {
 /// A guest on VLAN 20 on host 1 never sees VLAN 10 traffic across the overlay.
 #[test]
 fn a_station_that_moves_between_hosts_is_found_at_its_first_frame() {
+    let _cpus = test_kit::shared();
     let (h, _va) = two_hosts("mv");
     let mac = "02:00:00:00:00:50";
     // On host 0 first.
@@ -637,6 +644,7 @@ fn a_station_that_moves_between_hosts_is_found_at_its_first_frame() {
 /// entry on host 0 sends a MAC's frames to host 1 before any learning.
 #[test]
 fn a_multicast_group_carries_the_floods() {
+    let _cpus = test_kit::shared();
     let u = [Ns::new("u"), Ns::new("u")];
     let g = [Ns::new("g"), Ns::new("g")];
     let (va, vb) = underlay(&u);
@@ -723,6 +731,7 @@ fn tunnel_after(d: &Daemon, n: u64) -> String {
 /// the wildcard; a VTEP learns at most `vtep_mac_limit` MACs.
 #[test]
 fn group_vnis_take_senders_only_from_the_subnet_and_vteps_are_limited() {
+    let _cpus = test_kit::shared();
     let u = [Ns::new("u"), Ns::new("u")];
     let (_va, vb) = underlay(&u);
     let d = Daemon::start(
@@ -785,6 +794,7 @@ fn group_vnis_take_senders_only_from_the_subnet_and_vteps_are_limited() {
 /// its traffic from across the overlay.
 #[test]
 fn a_spoofed_local_mac_from_the_tunnel_does_not_move_the_guest() {
+    let _cpus = test_kit::shared();
     let (h, _va) = two_hosts("sp");
     let mac = [0x02, 0, 0, 0, 0x01, 0x01];
     sh(&format!(
@@ -820,6 +830,7 @@ fn a_spoofed_local_mac_from_the_tunnel_does_not_move_the_guest() {
 /// either sent or counted as dropped.
 #[test]
 fn a_full_underlay_drops_and_counts_instead_of_blocking() {
+    let _cpus = test_kit::shared();
     let (h, va) = two_hosts("tb");
     assert_eq!(h.g[0].ping("10.78.0.2", 2), (2, 2));
     sh(&format!(
