@@ -22,9 +22,7 @@
 //! measured like the qcow2. Each figure is printed with its ratio to fio's
 //! and to qsd raw's.
 
-#[path = "../tests/blk_support/mod.rs"]
-#[allow(unused_imports)]
-mod blk_support;
+use test_kit::blkio as blk_support;
 
 #[path = "fio.rs"]
 mod fio;
@@ -286,7 +284,7 @@ fn main() {
         o.size >= (1 << 20) && o.size.is_multiple_of(1 << 20),
         "BLK_BENCH_SIZE must be a multiple of 1 MiB"
     );
-    let dir = TestDir::new_in(&o.dir, "bench");
+    let dir = TestDir::on_disk_in(&o.dir, "blk-bench");
     let mut rows = Vec::new();
     let mut failures = Vec::new();
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install what the real-guest tests need (run as root; idempotent, fast when present):
 #   - qemu-system-x86 and qemu-utils (qemu-storage-daemon, the reference vhost-user-blk
-#     backend of tests/qemu_blk.rs) from bookworm-backports, in one transaction so their
+#     backend of tests/blk/qemu_blk.rs) from bookworm-backports, in one transaction so their
 #     versions match (backports' qemu-utils 10.0 conflicts with bookworm's qemu-system 7.2);
 #   - the tools scripts/build-guest-image.sh uses: cpio, gzip, and fio (the guest image
 #     carries the host's fio binary and its libraries); the guest's busybox and kernel are

@@ -1,0 +1,10 @@
+//! The control surface: the control socket (`control`), `fabricctl` against a
+//! fake server (`fabricctl`) and a real daemon (`fabricctl_e2e`), socket files
+//! and permissions (`sockets`), and the one name rule (`names`). One test
+//! binary: each file is a module.
+
+mod control;
+mod fabricctl;
+mod fabricctl_e2e;
+mod names;
+mod sockets;
