@@ -20,7 +20,6 @@
 //! Only control messages cross the relay; the datapath (shared memory, kick and
 //! call eventfds) never does.
 
-use crate::blk::inflight::InflightGeometry;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -48,6 +47,15 @@ const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// `VhostUserInflight`: mmap_size u64, mmap_offset u64, num_queues u16,
 /// queue_size u16, padded to 24 bytes.
 const INFLIGHT_LEN: usize = 24;
+
+/// What the frontend asked or sent (`VhostUserInflight`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InflightGeometry {
+    pub mmap_size: u64,
+    pub mmap_offset: u64,
+    pub num_queues: u16,
+    pub queue_size: u16,
+}
 
 /// The device side of inflight I/O tracking (INFLIGHT_SHMFD).
 pub trait InflightHandler: Send + Sync {

@@ -14,12 +14,14 @@
 
 use crate::aging::{AgingTable, Learn, Owners};
 use crate::frame::MacAddr;
-use crate::switch::PortId;
 use crate::vlan::VlanId;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 const SHARDS: usize = 64;
+
+/// Index of a port in its switch (the FDB's answer, the switch's port table key).
+pub type PortId = u16;
 
 /// Ports the FDB can count entries for; port ids must be below this.
 pub const MAX_PORTS: usize = 4096;

@@ -20,8 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// Index of a port in its switch.
-pub type PortId = u16;
+pub use crate::fdb::PortId;
 
 /// Run-time state of a port shared between its driver and every sender.
 #[derive(Debug, Default)]

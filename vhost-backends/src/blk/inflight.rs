@@ -39,6 +39,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 
+pub use crate::relay::InflightGeometry;
+
 /// `version` of a region we have initialised.
 const VERSION: u16 = 1;
 /// features u64, version u16, desc_num u16, last_batch_head u16, used_idx u16.
@@ -52,15 +54,6 @@ pub const MAX_QUEUE_SIZE: u16 = 32768;
 /// Bytes of one queue's part of the region.
 pub fn queue_region_len(queue_size: u16) -> usize {
     (HEADER_LEN + DESC_LEN * usize::from(queue_size)).next_multiple_of(ALIGN)
-}
-
-/// What the frontend asked or sent (`VhostUserInflight`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InflightGeometry {
-    pub mmap_size: u64,
-    pub mmap_offset: u64,
-    pub num_queues: u16,
-    pub queue_size: u16,
 }
 
 impl InflightGeometry {
