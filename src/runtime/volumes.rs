@@ -168,22 +168,9 @@ impl Runtime {
         block_size: u32,
     ) -> Result<()> {
         let pool = self.pool_entry(pool_name)?.pool.clone();
-        let overcommit = self
-            .lock()
-            .config
-            .pools
-            .iter()
-            .any(|p| p.name == pool_name && p.overcommit);
+        let overcommit = self.overcommit(pool_name);
         let mut p = lock_pool(&pool);
-        let space = p.space();
-        if !overcommit && space.provisioned.saturating_add(size) > space.capacity {
-            return Err(Error::new(super::ErrorKind::NoSpace,
-                format!(
-                    "pool {pool_name} holds {} bytes and {} are provisioned; {size} more needs `overcommit = true`",
-                    space.capacity, space.provisioned
-                ),
-            ));
-        }
+        Self::check_provisioning(&p, pool_name, overcommit, size)?;
         p.create_volume(name, size, block_size)?;
         drop(p);
         self.remember_volume(
@@ -196,6 +183,37 @@ impl Runtime {
             },
         );
         Ok(())
+    }
+
+    fn overcommit(&self, pool_name: &str) -> bool {
+        Self::overcommit_in(&self.lock(), pool_name)
+    }
+
+    fn overcommit_in(st: &State, pool_name: &str) -> bool {
+        let pools = &st.config.pools;
+        pools.iter().any(|p| p.name == pool_name && p.overcommit)
+    }
+
+    /// Without `overcommit = true`, creating or growing a volume may not take
+    /// the pool's provisioned total (every volume's size, as `pool list`
+    /// shows it) past its capacity.
+    fn check_provisioning<D: vblock::dev::BlockDev>(
+        p: &vblock::pool::Pool<D>,
+        pool_name: &str,
+        overcommit: bool,
+        more: u64,
+    ) -> Result<()> {
+        let space = p.space();
+        if overcommit || space.provisioned.saturating_add(more) <= space.capacity {
+            return Ok(());
+        }
+        Err(Error::new(
+            super::ErrorKind::NoSpace,
+            format!(
+                "pool {pool_name} holds {} bytes and {} are provisioned; {more} more needs `overcommit = true`",
+                space.capacity, space.provisioned
+            ),
+        ))
     }
 
     /// Snapshot or clone: a consistent copy of what was written before (the
@@ -240,7 +258,12 @@ impl Runtime {
         Self::not_exported(&st, pool_name, name, "resize")?;
         #[cfg(test)]
         super::tests::between();
-        lock_pool(&pool).resize(name, size, force)?;
+        let overcommit = Self::overcommit_in(&st, pool_name);
+        let mut p = lock_pool(&pool);
+        let old = p.volume(name)?.size;
+        Self::check_provisioning(&p, pool_name, overcommit, size.saturating_sub(old))?;
+        p.resize(name, size, force)?;
+        drop(p);
         if let Some(p) = Self::pool_config(&mut st, pool_name) {
             if let Some(v) = p.volumes.iter_mut().find(|v| v.name == name) {
                 if let VolumeSource::New { size: s, .. } = &mut v.source {

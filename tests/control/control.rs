@@ -347,6 +347,25 @@ fn volumes_exports_and_space() {
         ),
         "no_space"
     );
+    // Nor may growing a volume take it there; the volume keeps its size.
+    c.ok(
+        "volume.create",
+        json!({"pool": "p0", "name": "small", "size": "4M"}),
+    );
+    assert_eq!(
+        c.err(
+            "volume.resize",
+            json!({"pool": "p0", "name": "small", "size": "1T"})
+        ),
+        "no_space"
+    );
+    let vols = c.ok("volume.list", json!({"pool": "p0"}));
+    let small = vols
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "small");
+    assert_eq!(small.unwrap()["size"].as_u64(), Some(4 * MIB));
 }
 
 #[test]
