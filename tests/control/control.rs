@@ -437,8 +437,14 @@ fn hostile_requests_get_errors_and_the_daemon_keeps_serving() {
         assert_eq!(a["error"]["code"], code, "{}: {a}", String::from_utf8_lossy(line));
     }
     // A huge line is refused and that connection closed; others carry on.
+    // The server answers once it has read one byte past the limit and closes,
+    // so the rest of this write may meet a closed socket (EPIPE): that is the
+    // behaviour under test, not a failure. The answer is still there to read.
     let mut huge = Ctl::connect(&h.socket("control"));
-    let a = huge.send_line(&vec![b'x'; 100_000]);
+    let _ = huge.w.write_all(&vec![b'x'; 100_000]);
+    let mut answer = String::new();
+    huge.r.read_line(&mut answer).unwrap();
+    let a: Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{answer:?}: {e}"));
     assert_eq!(a["error"]["code"], "bad_request");
     // Concurrent conflicting operations: one delete wins, the others are refused.
     let results: Vec<String> = std::thread::scope(|s| {
