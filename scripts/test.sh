@@ -22,7 +22,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build --release --bins"
 cargo build --release --bins
 
-step "cargo test --workspace --all-targets"
-cargo test --workspace --all-targets
+step "cargo test --workspace --all-targets --no-fail-fast"
+cargo test --workspace --all-targets --no-fail-fast
 
 step "all tests passed"
