@@ -1,11 +1,13 @@
 //! The vhost-user-net device of one frontend connection: feature negotiation,
 //! config space, and the events of its two queues (0 = receiveq, 1 = transmitq).
 
-use super::port::NetPort;
+use super::connection::{Connection, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
+use super::port::{NetPort, NetPortHandle};
 use super::rx::GuestRx;
 use super::tx::{TxQueue, TxScratch};
 use super::Vring;
 use crate::datapath::PollQueue;
+use crate::session::{ServeOptions, SessionBackend, SocketServer};
 use crate::GuestMemAtomic;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,10 +25,6 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-pub const RX_QUEUE: u16 = 0;
-pub const TX_QUEUE: u16 = 1;
-const NUM_QUEUES: usize = 2;
-
 /// Device features we offer (virtio 1.x §5.1.3). No checksum or segmentation
 /// offloads yet: every frame a guest sends is complete.
 pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
@@ -37,104 +35,80 @@ pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
     | 1 << VIRTIO_NET_F_STATUS
     | 1 << VIRTIO_NET_F_MTU;
 
-/// State of one frontend connection. A new one is made for every connection so
-/// nothing negotiated by a previous guest leaks into the next.
-pub struct Connection {
-    pub(crate) port: Arc<NetPort>,
-    pub(crate) mem: GuestMemAtomic,
-    acked_features: AtomicU64,
+/// The device of one connection: the connection's shared state and, while
+/// a datapath thread serves it, the TX queue.
+pub(crate) struct Device {
+    pub(crate) conn: Arc<Connection>,
     published: AtomicBool,
     /// The TX queue while a datapath thread serves it.
     tx: Mutex<Option<Arc<TxQueue>>>,
-    /// Per queue: stopped as broken until the frontend stops it (GET_VRING_BASE)
-    /// and sets it up again, or reconnects.
-    broken: [AtomicBool; NUM_QUEUES],
 }
 
-impl Connection {
-    pub fn has_feature(&self, bit: u32) -> bool {
-        self.acked_features.load(Ordering::Relaxed) & (1 << bit) != 0
-    }
-
-    pub(crate) fn is_broken(&self, queue: u16) -> bool {
-        self.broken[queue as usize].load(Ordering::Acquire)
-    }
-
-    /// Stops serving `queue`: its driver broke the ring (`why`). Counted and
-    /// logged once; there is no way to set DEVICE_NEEDS_RESET through
-    /// vhost-user, so the guest learns of it only by its queue not moving.
-    pub(crate) fn mark_broken(&self, queue: u16, why: &str) {
-        if self.broken[queue as usize].swap(true, Ordering::AcqRel) {
-            return;
-        }
-        if let Some(p) = self.port.switch.topology().port(self.port.id) {
-            p.state.counters.add_broken_queue();
-        }
-        let name = if queue == RX_QUEUE {
-            "receive"
-        } else {
-            "transmit"
-        };
-        log::error!(
-            "port {}: {name} queue broken ({why}); stopped until the frontend resets it",
-            self.port.name
-        );
-    }
-
+impl Device {
     /// Makes the guest's RX queue reachable by senders, hands its TX queue to a
     /// datapath thread and brings the link up.
-    fn publish(self: &Arc<Self>, rx: &Vring, tx: &Vring) {
+    fn publish(&self, rx: &Vring, tx: &Vring) {
         if !self.published.swap(true, Ordering::AcqRel) {
-            self.port.table.publish(
-                self.port.id,
-                Box::new(GuestRx::new(rx.clone(), self.clone())),
+            self.conn.port.table.publish(
+                self.conn.port.id,
+                Box::new(GuestRx::new(rx.clone(), self.conn.clone())),
             );
             let queue = Arc::new(TxQueue {
-                conn: self.clone(),
+                conn: self.conn.clone(),
                 vring: tx.clone(),
                 scratch: Mutex::new(TxScratch::default()),
             });
             *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue.clone());
             // A ring has no descriptors to watch: adding it cannot fail.
-            let _ = self.port.datapath.add(self.port.id as usize, queue);
-            self.port.switch.set_link(self.port.id, true);
-            log::info!("port {}: frontend ready, link up", self.port.name);
+            let _ = self
+                .conn
+                .port
+                .datapath
+                .add(self.conn.port.id as usize, queue);
+            self.conn.port.switch.set_link(self.conn.port.id, true);
+            log::info!("port {}: frontend ready, link up", self.conn.port.name);
         }
     }
 
     /// Link down: withdraw the RX queue and forget the port's stations.
     pub(crate) fn withdraw(&self) {
         if self.published.swap(false, Ordering::AcqRel) {
-            self.port.table.withdraw(self.port.id);
+            self.conn.port.table.withdraw(self.conn.port.id);
             if let Some(queue) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 let queue: Arc<dyn PollQueue> = queue;
-                self.port.datapath.remove(self.port.id as usize, &queue);
+                self.conn
+                    .port
+                    .datapath
+                    .remove(self.conn.port.id as usize, &queue);
             }
-            self.port.switch.set_link(self.port.id, false);
+            self.conn.port.switch.set_link(self.conn.port.id, false);
         }
     }
 }
 
 /// The `VhostUserBackend` of one connection (cheap to clone: the daemon does).
 #[derive(Clone)]
-pub struct NetBackend(pub(crate) Arc<Connection>);
+pub struct NetBackend(pub(crate) Arc<Device>);
 
 impl NetBackend {
     pub fn new(port: Arc<NetPort>, mem: GuestMemAtomic) -> NetBackend {
-        NetBackend(Arc::new(Connection {
+        let conn = Arc::new(Connection {
             port,
             mem,
             acked_features: AtomicU64::new(0),
+            broken: Default::default(),
+        });
+        NetBackend(Arc::new(Device {
+            conn,
             published: AtomicBool::new(false),
             tx: Mutex::new(None),
-            broken: Default::default(),
         }))
     }
 
     /// `virtio_net_config` up to `mtu`: mac[6], status, max_virtqueue_pairs, mtu
     /// (all little-endian, §5.1.4).
     fn config_space(&self) -> [u8; 12] {
-        let cfg = &self.0.port.config;
+        let cfg = &self.0.conn.port.config;
         let mut space = [0u8; 12];
         space[0..6].copy_from_slice(&cfg.mac.unwrap_or_default());
         space[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
@@ -153,19 +127,22 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn max_queue_size(&self) -> usize {
-        self.0.port.config.queue_size as usize
+        self.0.conn.port.config.queue_size as usize
     }
 
     fn features(&self) -> u64 {
         let mut features = OFFERED_FEATURES | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        if self.0.port.config.mac.is_none() {
+        if self.0.conn.port.config.mac.is_none() {
             features &= !(1 << VIRTIO_NET_F_MAC);
         }
         features
     }
 
     fn acked_features(&self, features: u64) {
-        self.0.acked_features.store(features, Ordering::Relaxed);
+        self.0
+            .conn
+            .acked_features
+            .store(features, Ordering::Relaxed);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -205,7 +182,7 @@ impl VhostUserBackend for NetBackend {
             }
         }
         // A broken queue gets another chance once the frontend sets it up anew.
-        if let Some(broken) = self.0.broken.get(queue_index as usize) {
+        if let Some(broken) = self.0.conn.broken.get(queue_index as usize) {
             broken.store(false, Ordering::Release);
         }
         Ok(())
@@ -226,7 +203,7 @@ impl VhostUserBackend for NetBackend {
             .publish(&vrings[RX_QUEUE as usize], &vrings[TX_QUEUE as usize]);
         match device_event {
             // The datapath thread does the work; a kick only means it may be asleep.
-            TX_QUEUE => self.0.port.datapath.wake(self.0.port.id as usize),
+            TX_QUEUE => self.0.conn.port.datapath.wake(self.0.conn.port.id as usize),
             // RX kicks only say the guest posted buffers; frames that found none
             // were already dropped and counted. We never need them: ask the
             // driver to stop sending them (VRING_USED_F_NO_NOTIFY; with
@@ -237,5 +214,24 @@ impl VhostUserBackend for NetBackend {
             _ => {}
         }
         Ok(())
+    }
+}
+
+impl NetPort {
+    /// Binds the socket now (so a bad path fails at start-up) and serves
+    /// frontends on a thread of its own, as `options` say.
+    pub fn spawn(self: Arc<Self>, options: &ServeOptions) -> io::Result<NetPortHandle> {
+        let socket = self.config.socket.clone();
+        let name = format!("port {}", self.name);
+        SocketServer::spawn_with(&name, &socket, options, move |mem| {
+            Ok(NetBackend::new(self.clone(), mem))
+        })
+    }
+}
+
+impl SessionBackend for NetBackend {
+    fn detach(&self) {
+        // Link down: withdraw the RX queue and forget the port's stations.
+        self.0.withdraw();
     }
 }

@@ -6,6 +6,7 @@
 //! config space, events), [`port`] the accept loop that serves one frontend
 //! after another on the same socket.
 
+pub(crate) mod connection;
 pub(crate) mod device;
 pub(crate) mod port;
 pub(crate) mod rx;

@@ -1,11 +1,10 @@
-//! One vhost-user-net port: a [`SocketServer`] whose sessions are
-//! [`NetBackend`]s of one switch port.
+//! One vhost-user-net port: what the guest sees of it and where it forwards.
+//! Served by a [`SocketServer`] whose sessions are `NetBackend`s
+//! (`NetPort::spawn`, in `device.rs`).
 
-use super::device::NetBackend;
 use crate::datapath::Datapath;
 use crate::forward::PortTable;
-use crate::session::{ServeOptions, SessionBackend, SocketServer};
-use std::io;
+use crate::session::SocketServer;
 use std::path::PathBuf;
 use std::sync::Arc;
 use vswitch::{PortId, Switch};
@@ -33,22 +32,3 @@ pub struct NetPort {
 
 /// The running socket of a port; `stop` disconnects its frontend.
 pub type NetPortHandle = SocketServer;
-
-impl NetPort {
-    /// Binds the socket now (so a bad path fails at start-up) and serves
-    /// frontends on a thread of its own, as `options` say.
-    pub fn spawn(self: Arc<Self>, options: &ServeOptions) -> io::Result<NetPortHandle> {
-        let socket = self.config.socket.clone();
-        let name = format!("port {}", self.name);
-        SocketServer::spawn_with(&name, &socket, options, move |mem| {
-            Ok(NetBackend::new(self.clone(), mem))
-        })
-    }
-}
-
-impl SessionBackend for NetBackend {
-    fn detach(&self) {
-        // Link down: withdraw the RX queue and forget the port's stations.
-        self.0.withdraw();
-    }
-}

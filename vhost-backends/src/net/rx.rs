@@ -5,7 +5,7 @@
 //! header's `num_buffers` says how many; without it the packet must fit in one
 //! chain and `num_buffers` is 1.
 
-use super::device::{Connection, RX_QUEUE};
+use super::connection::{Connection, RX_QUEUE};
 use super::Vring;
 use crate::forward::{Delivery, DeliveryReport, FrameSink, FrameSource, HDR_LEN};
 use crate::split_ring::RingView;

@@ -8,7 +8,7 @@
 //! written once) and notify it once, if it wants that.
 //! No two queue locks are ever held at once.
 
-use super::device::{Connection, TX_QUEUE};
+use super::connection::{Connection, TX_QUEUE};
 use super::Vring;
 use crate::datapath::{PollQueue, Polled};
 use crate::forward::{forward, Delivery, FrameSource, Ingress, BATCH, HDR_LEN, MAX_SEGMENTS};
