@@ -26,6 +26,34 @@ mod vxlan;
 
 use daemon::{socket_access, RawDaemon};
 use port::{convert_port, RawSwitch};
+use vlan::RawVlan;
+use vxlan::RawVni;
+
+/// One `[[switch.port]]` table as written: every key of every port kind,
+/// checked against the kind in `port.rs` (VXLAN keys in `vxlan.rs`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPort {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    socket: Option<Spanned<String>>,
+    vlan: Option<Spanned<RawVlan>>,
+    queue_size: Option<Spanned<i64>>,
+    mtu: Option<Spanned<i64>>,
+    mac: Option<Spanned<String>>,
+    device: Option<Spanned<String>>,
+    local: Option<Spanned<String>>,
+    udp_port: Option<Spanned<i64>>,
+    underlay_mtu: Option<Spanned<i64>>,
+    learn_vteps: Option<Spanned<bool>>,
+    senders: Option<Spanned<Vec<Spanned<String>>>>,
+    local_hold_secs: Option<Spanned<i64>>,
+    vtep_mac_limit: Option<Spanned<i64>>,
+    remote_fdb_capacity: Option<Spanned<i64>>,
+    remote_mac_aging_secs: Option<Spanned<i64>>,
+    vni: Option<Spanned<Vec<RawVni>>>,
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

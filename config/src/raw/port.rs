@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::vlan::{convert_vlan, RawVlan};
-use super::vxlan::{vxlan_kind, RawVni};
+use super::vlan::convert_vlan;
+use super::vxlan::vxlan_kind;
 use super::*;
 
 #[derive(Deserialize)]
@@ -20,30 +20,6 @@ pub(super) struct RawSwitch {
     pub(super) port_mac_limit: Option<Spanned<i64>>,
     #[serde(default, rename = "port")]
     pub(super) ports: Vec<RawPort>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawPort {
-    pub(super) name: Spanned<String>,
-    #[serde(rename = "type")]
-    pub(super) kind: Spanned<String>,
-    pub(super) socket: Option<Spanned<String>>,
-    pub(super) vlan: Option<Spanned<RawVlan>>,
-    pub(super) queue_size: Option<Spanned<i64>>,
-    pub(super) mtu: Option<Spanned<i64>>,
-    pub(super) mac: Option<Spanned<String>>,
-    pub(super) device: Option<Spanned<String>>,
-    pub(super) local: Option<Spanned<String>>,
-    pub(super) udp_port: Option<Spanned<i64>>,
-    pub(super) underlay_mtu: Option<Spanned<i64>>,
-    pub(super) learn_vteps: Option<Spanned<bool>>,
-    pub(super) senders: Option<Spanned<Vec<Spanned<String>>>>,
-    pub(super) local_hold_secs: Option<Spanned<i64>>,
-    pub(super) vtep_mac_limit: Option<Spanned<i64>>,
-    pub(super) remote_fdb_capacity: Option<Spanned<i64>>,
-    pub(super) remote_mac_aging_secs: Option<Spanned<i64>>,
-    pub(super) vni: Option<Spanned<Vec<RawVni>>>,
 }
 
 pub(super) fn convert_port(

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::port::RawPort;
 use super::*;
 
 #[derive(Deserialize)]

@@ -22,6 +22,7 @@
 //! humans; this file sends the request and is the program's entry point.
 
 mod args;
+mod parsed;
 mod spec;
 mod table;
 mod values;

@@ -1,7 +1,7 @@
 //! The command table: which commands exist, their positional arguments and
 //! options, how each becomes a [`Call`], and the help text built from it.
 
-use super::args::Parsed;
+use super::parsed::Parsed;
 use super::values::{parse_block_size, parse_vlan_id, parse_vlan_spec};
 use super::Call;
 use crate::control::protocol::{

@@ -10,9 +10,9 @@
 //! underlay link, of which [`OVERHEAD_IP`] = 20 + 8 + 8 = 36 count against the
 //! underlay's IP MTU.
 
+pub use super::header::EncapError;
 use super::header::{check_inner, header, Vni, VXLAN_HLEN, VXLAN_PORT};
 use crate::frame::{MacAddr, ETH_HLEN};
-use std::fmt;
 use std::net::Ipv4Addr;
 
 /// IPv4 header without options.
@@ -62,35 +62,6 @@ pub fn fits_underlay(inner_len: usize, underlay_mtu: u16) -> bool {
 pub fn guest_mtu(underlay_mtu: u16) -> u16 {
     underlay_mtu.saturating_sub(OVERHEAD as u16)
 }
-
-/// Why a frame could not be encapsulated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EncapError {
-    /// The inner frame is shorter than an Ethernet header.
-    InnerRunt,
-    /// The inner frame carries an 802.1Q/802.1ad tag (RFC 7348 §6: SHOULD NOT be
-    /// sent; strip it, the VNI stands for the VLAN).
-    InnerTagged,
-    /// The IPv4 packet would exceed 65535 bytes.
-    TooLong,
-    /// The output buffer is shorter than the `need`ed bytes.
-    BufferTooSmall { need: usize },
-}
-
-impl fmt::Display for EncapError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EncapError::InnerRunt => f.write_str("inner frame shorter than an Ethernet header"),
-            EncapError::InnerTagged => f.write_str("inner frame carries a VLAN tag"),
-            EncapError::TooLong => f.write_str("encapsulated packet exceeds 65535 bytes"),
-            EncapError::BufferTooSmall { need } => {
-                write!(f, "output buffer too small, {need} bytes needed")
-            }
-        }
-    }
-}
-
-impl std::error::Error for EncapError {}
 
 /// Everything needed to write the outer headers of one VXLAN packet over IPv4.
 ///

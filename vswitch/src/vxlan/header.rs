@@ -13,10 +13,38 @@
 //! The header is the whole UDP payload's prefix; the inner Ethernet frame (no
 //! FCS) follows it directly.
 
-use super::encap::EncapError;
 use crate::frame::{EthernetHead, ETH_HLEN, TPID_8021Q};
 pub use fabric_l2::{Vni, VniError};
 use std::fmt;
+
+/// Why a frame could not be encapsulated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncapError {
+    /// The inner frame is shorter than an Ethernet header.
+    InnerRunt,
+    /// The inner frame carries an 802.1Q/802.1ad tag (RFC 7348 §6: SHOULD NOT be
+    /// sent; strip it, the VNI stands for the VLAN).
+    InnerTagged,
+    /// The IPv4 packet would exceed 65535 bytes.
+    TooLong,
+    /// The output buffer is shorter than the `need`ed bytes.
+    BufferTooSmall { need: usize },
+}
+
+impl fmt::Display for EncapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncapError::InnerRunt => f.write_str("inner frame shorter than an Ethernet header"),
+            EncapError::InnerTagged => f.write_str("inner frame carries a VLAN tag"),
+            EncapError::TooLong => f.write_str("encapsulated packet exceeds 65535 bytes"),
+            EncapError::BufferTooSmall { need } => {
+                write!(f, "output buffer too small, {need} bytes needed")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EncapError {}
 
 /// Length of the VXLAN header.
 pub const VXLAN_HLEN: usize = 8;
