@@ -8,8 +8,9 @@
 //! - GSO: the gso type is TCPV4, TCPV6 or UDP_L4 (USO), optionally with the ECN
 //!   bit on TCP; legacy UFO and anything else is refused. `gso_size` is not 0. The
 //!   headers are parsed from the frame ([`Layout`]) and must match the type.
-//!   `hdr_len` is only a hint (§5.1.6.2: without VIRTIO_NET_F_HOST_HDRLEN "the
-//!   device MUST NOT rely on hdr_len" being exact, and Linux guests send
+//!   `hdr_len` is only a hint (§5.1.6.2: unless VIRTIO_NET_F_GUEST_HDRLEN was
+//!   negotiated, hdr_len "is a hint to the device as to how much of the header
+//!   needs to be kept to copy into each packet", and Linux drivers send
 //!   `skb_headlen`, often 0 or the whole linear part): we require only that it
 //!   does not point past the frame, and segment at the parsed header end. When
 //!   NEEDS_CSUM is set on a GSO frame it must name the TCP/UDP checksum field (as
@@ -199,7 +200,7 @@ impl Offload {
     }
 
     /// The header to send with the frame to a port that accepts these offloads
-    /// (`hdr_len` is the exact header length, valid with HOST_HDRLEN too).
+    /// (`hdr_len` is the exact header length, as VIRTIO_NET_F_GUEST_HDRLEN promises).
     pub fn to_hdr(&self, num_buffers: u16) -> VnetHdr {
         let (csum_start, csum_offset) = self.csum.unwrap_or((0, 0));
         let mut flags = 0;

@@ -483,6 +483,7 @@ fn segmentation_and_checksums_match_the_kernel_live() {
         largest > 60_000,
         "no 64 KiB TSO frame seen (largest {largest})"
     );
+    assert!(gso_frames >= 100, "only {gso_frames} GSO frames compared");
 
     let pick = |name: &str, pred: &dyn Fn(&Seen) -> bool| -> &Seen {
         // The smallest match: fixtures stay small.
