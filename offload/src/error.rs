@@ -14,11 +14,13 @@ pub enum OffloadError {
     GsoSizeZero,
     /// `hdr_len`, or the parsed L2+L3+L4 headers, reach beyond the frame.
     HeaderPastFrame,
-    /// `csum_start + csum_offset + 2` past the frame, or `csum_start` inside the
-    /// 14-byte Ethernet head.
+    /// `csum_start + csum_offset + 2` past the frame, or `csum_start` before
+    /// [`crate::meta::MIN_CSUM_START`] (inside the Ethernet head or where no
+    /// transport header can start).
     CsumOutsideFrame,
-    /// A GSO frame whose NEEDS_CSUM fields do not name its TCP/UDP checksum field
-    /// (Linux `virtio_net_hdr_to_skb` and `tcp_gso_segment` refuse these too).
+    /// A GSO frame whose NEEDS_CSUM fields do not name its TCP/UDP checksum
+    /// field, or a USO frame without NEEDS_CSUM (Linux `virtio_net_hdr_to_skb`
+    /// and `tcp_gso_segment` refuse these too).
     CsumNotL4,
     /// More than 64 KiB of payload, or more segments than the kernel allows.
     TooManySegments,

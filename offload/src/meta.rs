@@ -4,7 +4,11 @@
 //! The rules (virtio 1.2 §5.1.6.2, device side, and Linux `virtio_net_hdr_to_skb`,
 //! which every kernel peer applies to the same header):
 //! - NEEDS_CSUM: the two-byte field at `csum_start + csum_offset` lies inside the
-//!   frame and `csum_start` lies past the 14-byte Ethernet head.
+//!   frame and `csum_start` is at least [`MIN_CSUM_START`] (34: an Ethernet head
+//!   and a minimal IPv4 header; no transport header starts earlier). Linux's TAP
+//!   refuses starts before 20 (`virtio_net_hdr_to_skb`: transport offset below
+//!   `sizeof(struct iphdr)`, measured from the Ethernet head), so whatever we
+//!   accept a kernel port accepts too.
 //! - GSO: the gso type is TCPV4, TCPV6 or UDP_L4 (USO), optionally with the ECN
 //!   bit on TCP; legacy UFO and anything else is refused. `gso_size` is not 0. The
 //!   headers are parsed from the frame ([`Layout`]) and must match the type.
@@ -14,9 +18,15 @@
 //!   `skb_headlen`, often 0 or the whole linear part): we require only that it
 //!   does not point past the frame, and segment at the parsed header end. When
 //!   NEEDS_CSUM is set on a GSO frame it must name the TCP/UDP checksum field (as
-//!   Linux requires); without it the checksums are computed from scratch anyway.
+//!   Linux requires); a TSO frame without it is taken (checksums are computed
+//!   from scratch anyway), a USO frame without it is refused, as Linux refuses it
+//!   (both seen in `tests/kernel_capture.rs`).
 //! - A GSO frame whose payload fits one segment is not a GSO frame (Linux: "too
-//!   small packets are not really GSO ones"): it keeps only its checksum offload.
+//!   small packets are not really GSO ones"): it keeps only its checksum offload
+//!   and goes out as one frame. (Linux measures that payload after a 20-byte TCP
+//!   header whatever the options, then drops the frames whose real payload is
+//!   within the option length of gso_size; no Linux sender makes such a frame,
+//!   and we deliver it: a deliberate difference, pinned in `kernel_capture`.)
 //! - At most 64 KiB of payload, and at most [`MAX_TCP_SEGMENTS`] /
 //!   [`MAX_UDP_SEGMENTS`] segments.
 
@@ -26,6 +36,8 @@ use crate::hdr::{
 use crate::headers::{IpVersion, L4Proto, Layout, ETH_HLEN};
 use crate::OffloadError;
 
+/// Smallest `csum_start`: past an Ethernet head and a minimal IPv4 header.
+pub const MIN_CSUM_START: usize = ETH_HLEN + 20;
 /// Most payload one GSO frame may carry: what an IPv4 total length can describe.
 pub const MAX_GSO_PAYLOAD: usize = 65_535;
 /// Most UDP segments of one USO frame: Linux's UDP_MAX_SEGMENTS.
@@ -135,7 +147,7 @@ impl Offload {
         let csum = if hdr.flags & NEEDS_CSUM != 0 {
             let start = usize::from(hdr.csum_start);
             let field_end = start + usize::from(hdr.csum_offset) + 2;
-            if start < ETH_HLEN || field_end > frame_len {
+            if start < MIN_CSUM_START || field_end > frame_len {
                 return Err(OffloadError::CsumOutsideFrame);
             }
             Some((hdr.csum_start, hdr.csum_offset))
@@ -182,6 +194,9 @@ impl Offload {
         };
         if !matches {
             return Err(OffloadError::GsoUnsupported);
+        }
+        if kind == GsoKind::Udp && csum.is_none() {
+            return Err(OffloadError::CsumNotL4);
         }
         if let Some((start, offset)) = csum {
             if usize::from(start) != layout.l4 || usize::from(offset) != layout.proto.csum_offset()

@@ -90,9 +90,19 @@ fn each_drop_reason_from_the_metadata_that_causes_it() {
         ..good
     };
     assert_eq!(parse(&csum_in_eth, &f), Err(OffloadError::CsumOutsideFrame));
+    // Nothing starts a transport checksum before byte 34.
+    for (start, ok) in [(20, false), (33, false), (34, true)] {
+        let h = VnetHdr {
+            gso_type: GSO_NONE,
+            csum_start: start,
+            csum_offset: 4,
+            ..good
+        };
+        assert_eq!(parse(&h, &f).is_ok(), ok, "csum_start {start}");
+    }
     // NEEDS_CSUM on a GSO frame naming something else than the TCP checksum.
     let csum_ip = VnetHdr {
-        csum_start: l.l3 as u16,
+        csum_start: l.l4 as u16 + 4,
         csum_offset: 10,
         ..good
     };
@@ -102,12 +112,22 @@ fn each_drop_reason_from_the_metadata_that_causes_it() {
         ..good
     };
     assert_eq!(parse(&csum_off, &f), Err(OffloadError::CsumNotL4));
+    // USO needs NEEDS_CSUM (Linux refuses it without); TSO does not.
+    let (u, ul) = frame(&Spec::new(V4, UDP, 3000));
+    assert_eq!(
+        parse(&hdr(0, GSO_UDP_L4, 1000, &ul), &u),
+        Err(OffloadError::CsumNotL4)
+    );
+    assert!(parse(&VnetHdr { flags: 0, ..good }, &f)
+        .unwrap()
+        .gso
+        .is_some());
     // ... which is fine without GSO: virtio only asks the field to be inside.
     let plain = VnetHdr {
         gso_type: GSO_NONE,
         ..csum_ip
     };
-    assert_eq!(parse(&plain, &f).unwrap().csum, Some((l.l3 as u16, 10)));
+    assert_eq!(parse(&plain, &f).unwrap().csum, Some((l.l4 as u16 + 4, 10)));
 
     // More than 64 KiB of payload; more segments than allowed.
     let (big, bl) = frame(&Spec::new(V4, TCP, 65_536));

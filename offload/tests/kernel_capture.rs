@@ -21,9 +21,11 @@
 
 mod common;
 
+use common::build::{frame, Spec};
 use common::{assert_same, ours, write_fixture, Fixture, CASES};
+use fabric_offload::hdr::{GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, NEEDS_CSUM};
 use fabric_offload::headers::{IpVersion, L4Proto, Layout};
-use fabric_offload::{csum, Offload, VnetHdr, VNET_HDR_LEN};
+use fabric_offload::{csum, Offload, OffloadError, VnetHdr, VNET_HDR_LEN};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -183,9 +185,18 @@ impl KernelGso {
                 "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1",
             );
         }
+        // No netfilter on the bridge (br_netfilter would check and drop IPv4
+        // headers): the reference is the GSO and checksum code alone.
+        c.sh_ok(
+            "sysctl -qw net.bridge.bridge-nf-call-iptables=0 \
+             net.bridge.bridge-nf-call-ip6tables=0 net.bridge.bridge-nf-call-arptables=0",
+        );
         let veth = veth_pair((&c, "vc"), (&d, "vd"));
         c.offloads_off("vc");
-        c.run_ok("ethtool", &["-K", "vc", "txvlan", "off"]);
+        c.run_ok(
+            "ethtool",
+            &["-K", "vc", "txvlan", "off", "tx-vlan-stag-hw-insert", "off"],
+        );
         d.offloads_off("vd");
         c.bridge("br0");
         let tap = VnetTap::open(&c, "tgc", 0);
@@ -262,14 +273,19 @@ impl KernelGso {
 
     /// What the kernel puts on the wire for `input` (vnet header + frame).
     fn segment(&mut self, input: &[u8]) -> Vec<Vec<u8>> {
-        let n = self
-            .tap
-            .write_frame(input)
-            .expect("the kernel refused a frame it wrote");
+        self.try_segment(input)
+            .unwrap_or_else(|e| panic!("the kernel refused a frame: {e}"))
+    }
+
+    /// [`KernelGso::segment`], or the TAP write's error (EINVAL: refused by
+    /// `virtio_net_hdr_to_skb`).
+    fn try_segment(&mut self, input: &[u8]) -> std::io::Result<Vec<Vec<u8>>> {
+        let n = self.tap.write_frame(input)?;
         assert_eq!(n, input.len());
         let src = &input[VNET_HDR_LEN + 6..VNET_HDR_LEN + 12];
-        self.try_marker(src, Duration::from_secs(5))
-            .expect("the marker frame never came out of vc")
+        Ok(self
+            .try_marker(src, Duration::from_secs(5))
+            .expect("the marker frame never came out of vc"))
     }
 }
 
@@ -596,4 +612,249 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+/// What the kernel does with a crafted input, next to what we do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// We take it and emit exactly the kernel's frames.
+    Same,
+    /// We take it and emit one frame; the kernel takes the write and drops
+    /// the frame (a one-segment "GSO" frame whose payload Linux measures after
+    /// a 20-byte TCP header: see the `meta` module doc).
+    KernelDrops,
+    /// Both refuse it: the TAP write fails with EINVAL, we return this reason.
+    BothRefuse(OffloadError),
+}
+
+/// One crafted input: `spec`'s frame (partial checksum in place) after `edit`,
+/// behind a header with these fields (csum_start/offset at the L4 checksum
+/// unless `csum_at` names another place).
+struct Crafted {
+    what: &'static str,
+    spec: Spec,
+    flags: u8,
+    gso_type: u8,
+    gso_size: u16,
+    hdr_len: Option<u16>,
+    csum_at: Option<(u16, u16)>,
+    edit: fn(&mut Vec<u8>),
+    expect: Expect,
+}
+
+fn crafted_input(c: &Crafted) -> Vec<u8> {
+    let (mut f, l) = frame(&c.spec);
+    (c.edit)(&mut f);
+    let (csum_start, csum_offset) = c
+        .csum_at
+        .unwrap_or((l.l4 as u16, l.proto.csum_offset() as u16));
+    let hdr = VnetHdr {
+        flags: c.flags,
+        gso_type: c.gso_type,
+        hdr_len: c.hdr_len.unwrap_or(l.hdr_len as u16),
+        gso_size: c.gso_size,
+        csum_start,
+        csum_offset,
+        num_buffers: 0,
+    };
+    let mut input = hdr.to_bytes().to_vec();
+    input.extend_from_slice(&f);
+    input
+}
+
+fn spec(ip: IpVersion, proto: L4Proto, payload: usize, f: impl FnOnce(&mut Spec)) -> Spec {
+    let mut s = Spec::new(ip, proto, payload);
+    f(&mut s);
+    s
+}
+
+/// A TCP/UDP GSO case with NEEDS_CSUM at L4, the header's hdr_len exact and
+/// the frame unedited.
+fn gso(what: &'static str, spec: Spec, gso_type: u8, gso_size: u16, expect: Expect) -> Crafted {
+    Crafted {
+        what,
+        spec,
+        flags: NEEDS_CSUM,
+        gso_type,
+        gso_size,
+        hdr_len: None,
+        csum_at: None,
+        edit: |_| {},
+        expect,
+    }
+}
+
+/// Corner cases no kernel sender made above, each written into the kernel's
+/// software GSO and compared: IPv4 options, every TCP flag, tiny and odd gso
+/// sizes, no NEEDS_CSUM, hdr_len 0, QinQ, an IPv4 id and a sequence number that
+/// wrap, payloads that end exactly on a segment, a checksum placed elsewhere
+/// than L4; and where we and the kernel part ways, each way pinned.
+#[test]
+fn crafted_corner_cases_match_the_kernel() {
+    use Expect::{BothRefuse, KernelDrops, Same};
+    use IpVersion::{V4, V6};
+    use L4Proto::{Tcp, Udp};
+    let cases = [
+        gso(
+            "IPv4 options (8 bytes)",
+            spec(V4, Tcp, 5000, |s| s.ip_opts = 8),
+            GSO_TCPV4,
+            1448,
+            Same,
+        ),
+        gso(
+            "every TCP flag, ECN",
+            spec(V4, Tcp, 3500, |s| s.tcp_flags = 0xff),
+            GSO_TCPV4 | GSO_ECN,
+            1000,
+            Same,
+        ),
+        gso(
+            "CWR without the ECN bit",
+            spec(V6, Tcp, 3500, |s| s.tcp_flags = 0x99),
+            GSO_TCPV6,
+            1000,
+            Same,
+        ),
+        gso(
+            "gso_size 7, sequence wraps",
+            spec(V4, Tcp, 100, |_| {}),
+            GSO_TCPV4,
+            7,
+            Same,
+        ),
+        gso(
+            "payload exactly 3 segments",
+            spec(V4, Tcp, 3000, |_| {}),
+            GSO_TCPV4,
+            1000,
+            Same,
+        ),
+        gso(
+            "USO IPv4, last datagram short",
+            spec(V4, Udp, 3333, |_| {}),
+            GSO_UDP_L4,
+            1000,
+            Same,
+        ),
+        gso(
+            "USO IPv6, 100 one-byte datagrams",
+            spec(V6, Udp, 100, |_| {}),
+            GSO_UDP_L4,
+            1,
+            Same,
+        ),
+        gso(
+            "TCP without options, payload = gso_size",
+            spec(V4, Tcp, 1000, |s| s.tcp_opts = 0),
+            GSO_TCPV4,
+            1000,
+            Same,
+        ),
+        gso(
+            "payload = gso_size - options",
+            spec(V4, Tcp, 988, |_| {}),
+            GSO_TCPV4,
+            1000,
+            Same,
+        ),
+        gso(
+            "payload = gso_size, 12 option bytes",
+            spec(V6, Tcp, 1000, |_| {}),
+            GSO_TCPV6,
+            1000,
+            KernelDrops,
+        ),
+        gso(
+            "payload = gso_size - 1, 12 option bytes",
+            spec(V4, Tcp, 999, |_| {}),
+            GSO_TCPV4,
+            1000,
+            KernelDrops,
+        ),
+        Crafted {
+            hdr_len: Some(0),
+            flags: 0,
+            ..gso(
+                "TSO without NEEDS_CSUM, hdr_len 0",
+                spec(V6, Tcp, 4000, |s| s.tcp_opts = 0),
+                GSO_TCPV6,
+                1220,
+                Same,
+            )
+        },
+        Crafted {
+            flags: 0,
+            ..gso(
+                "USO without NEEDS_CSUM",
+                spec(V4, Udp, 2500, |_| {}),
+                GSO_UDP_L4,
+                1200,
+                BothRefuse(OffloadError::CsumNotL4),
+            )
+        },
+        Crafted {
+            edit: |f| f[18..20].copy_from_slice(&[0xff, 0xfe]),
+            ..gso(
+                "IPv4 id wraps",
+                spec(V4, Tcp, 5000, |_| {}),
+                GSO_TCPV4,
+                1000,
+                Same,
+            )
+        },
+        Crafted {
+            edit: |f| f[12..14].copy_from_slice(&[0x88, 0xa8]),
+            ..gso(
+                "QinQ (802.1ad outside 802.1Q)",
+                spec(V4, Tcp, 4000, |s| s.tags = 2),
+                GSO_TCPV4,
+                1448,
+                Same,
+            )
+        },
+        Crafted {
+            csum_at: Some((35, 7)),
+            ..gso(
+                "checksum at an odd place, no GSO",
+                spec(V4, Tcp, 301, |_| {}),
+                GSO_NONE,
+                0,
+                Same,
+            )
+        },
+        Crafted {
+            csum_at: Some((14, 10)),
+            edit: |f| f[24..26].fill(0),
+            ..gso(
+                "checksum over the IPv4 header, no GSO",
+                spec(V4, Udp, 50, |_| {}),
+                GSO_NONE,
+                0,
+                BothRefuse(OffloadError::CsumOutsideFrame),
+            )
+        },
+    ];
+    let mut kernel = KernelGso::new();
+    for c in &cases {
+        let input = crafted_input(c);
+        let got = ours(&input);
+        let k = kernel.try_segment(&input);
+        match c.expect {
+            Same => {
+                let o = got.unwrap_or_else(|e| panic!("{}: we refused it: {e}", c.what));
+                let k = k.unwrap_or_else(|e| panic!("{}: the kernel refused it: {e}", c.what));
+                assert_same(c.what, &input, &o, &k);
+            }
+            KernelDrops => {
+                assert_eq!(got.map(|o| o.len()), Ok(1), "{}", c.what);
+                assert_eq!(k.map(|k| k.len()).ok(), Some(0), "{}", c.what);
+            }
+            BothRefuse(e) => {
+                assert_eq!(got.map(|o| o.len()), Err(e), "{}", c.what);
+                let k = k.map(|k| k.len()).map_err(|e| e.raw_os_error());
+                assert_eq!(k, Err(Some(libc::EINVAL)), "{}", c.what);
+            }
+        }
+    }
 }
