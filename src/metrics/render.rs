@@ -513,9 +513,15 @@ mod tests {
         assert_eq!(value(&exp, "vswitchd_port_tx_packets_total", &port), 20.0);
         assert_eq!(value(&exp, "vswitchd_port_tx_bytes_total", &port), 2000.0);
         assert_eq!(value(&exp, "vswitchd_port_link_up", &port), 1.0);
-        assert_eq!(value(&exp, "vswitchd_port_tx_gso_packets_total", &port), 7.0);
+        assert_eq!(
+            value(&exp, "vswitchd_port_tx_gso_packets_total", &port),
+            7.0
+        );
         assert_eq!(value(&exp, "vswitchd_port_gso_segmented_total", &port), 8.0);
-        assert_eq!(value(&exp, "vswitchd_port_csum_completed_total", &port), 9.0);
+        assert_eq!(
+            value(&exp, "vswitchd_port_csum_completed_total", &port),
+            9.0
+        );
         assert_eq!(
             value(
                 &exp,

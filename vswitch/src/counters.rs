@@ -22,7 +22,7 @@ pub trait Reason: Copy + 'static {
 }
 
 /// Most reasons a [`Reason`] enum may have (the counters' array size).
-pub const MAX_REASONS: usize = 16;
+pub const MAX_REASONS: usize = 24;
 
 /// Why a frame was dropped. Every drop is counted under exactly one reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,6 +57,9 @@ pub enum DropReason {
     /// virtio-net header whose `csum_start` + `csum_offset` (the 2-byte
     /// checksum field) lies outside the frame (§5.1.6.2.1, NEEDS_CSUM).
     CsumOutsideFrame,
+    /// A GSO frame whose NEEDS_CSUM fields do not name its TCP/UDP checksum
+    /// field (Linux's `virtio_net_hdr_to_skb` refuses these too).
+    CsumNotL4,
     /// A GSO frame that would segment into more segments than any peer
     /// sends (above 64 KiB of payload).
     TooManySegments,
@@ -69,7 +72,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Runt,
         DropReason::Oversize,
         DropReason::InvalidSource,
@@ -83,6 +86,7 @@ impl DropReason {
         DropReason::GsoSizeZero,
         DropReason::HeaderPastFrame,
         DropReason::CsumOutsideFrame,
+        DropReason::CsumNotL4,
         DropReason::TooManySegments,
         DropReason::GsoUnsupported,
         DropReason::OffloadNotNegotiated,
@@ -104,6 +108,7 @@ impl DropReason {
             DropReason::GsoSizeZero => "gso_size_zero",
             DropReason::HeaderPastFrame => "header_past_frame",
             DropReason::CsumOutsideFrame => "csum_outside_frame",
+            DropReason::CsumNotL4 => "csum_not_l4",
             DropReason::TooManySegments => "too_many_segments",
             DropReason::GsoUnsupported => "gso_unsupported",
             DropReason::OffloadNotNegotiated => "offload_not_negotiated",

@@ -9,10 +9,11 @@
 
 mod batch;
 mod frame_source;
+pub(crate) mod offload;
 mod port_table;
 mod sink;
 
-pub(crate) use batch::{forward, Ingress};
+pub(crate) use batch::{forward, ForwardScratch, Ingress};
 pub(crate) use frame_source::{FrameSource, MAX_SEGMENTS};
 pub use port_table::PortTable;
 pub(crate) use sink::{Delivery, DeliveryReport, FrameSink};
