@@ -10,6 +10,8 @@
 mod batch;
 mod frame_source;
 pub(crate) mod offload;
+#[cfg(test)]
+mod offload_tests;
 mod port_table;
 mod sink;
 
