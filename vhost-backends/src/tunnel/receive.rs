@@ -7,7 +7,7 @@ use super::decap::decapsulate;
 use super::mmsg::{gro_datagrams, RecvBatch, SLOT_BYTES};
 use super::Tunnel;
 use crate::datapath::{PollQueue, Polled};
-use crate::forward::{forward, Delivery, FrameSource, Ingress, PortTable, BATCH};
+use crate::forward::{forward, ForwardScratch, FrameSource, Ingress, PortTable, BATCH};
 use arrayvec::ArrayVec;
 use std::net::UdpSocket;
 use std::ops::Range;
@@ -37,7 +37,7 @@ pub(super) struct Receiver {
     pub batch: RecvBatch,
     /// The decapsulated frames of one read: byte ranges of `batch`'s slots.
     pub frames: Vec<Range<usize>>,
-    pub deliveries: Vec<Delivery>,
+    pub scratch: ForwardScratch,
     pub last_age: u32,
     /// `recvmmsg` calls that returned messages (a test's measure of batching).
     pub reads: u64,
@@ -50,7 +50,7 @@ impl Receiver {
             timer,
             batch: RecvBatch::new(),
             frames: Vec::with_capacity(BATCH),
-            deliveries: Vec::new(),
+            scratch: ForwardScratch::default(),
             last_age: now,
             reads: 0,
         }
@@ -86,7 +86,7 @@ impl PollQueue for TunnelQueue {
             };
             r.reads += 1;
             taken += self.decapsulate_all(&mut r.batch, messages, &mut r.frames);
-            forward_all(&ingress, &mut r.batch, &r.frames, &mut r.deliveries);
+            forward_all(&ingress, &mut r.batch, &r.frames, &mut r.scratch);
         }
         Polled::Frames(taken)
     }
@@ -150,7 +150,7 @@ fn forward_all(
     ingress: &Ingress,
     batch: &mut RecvBatch,
     frames: &[Range<usize>],
-    deliveries: &mut Vec<Delivery>,
+    scratch: &mut ForwardScratch,
 ) {
     let all = VolatileSlice::from(batch.slots_mut());
     for chunk in frames.chunks(BATCH) {
@@ -161,6 +161,6 @@ fn forward_all(
         let sources: ArrayVec<FrameSource, BATCH> = (0..slices.len())
             .map(|k| FrameSource::new(&slices[k..k + 1], 0))
             .collect();
-        forward(ingress, &sources, 0, deliveries);
+        forward(ingress, &sources, &[], scratch);
     }
 }

@@ -1,6 +1,9 @@
 use super::*;
 use crate::datapath::{PollQueue, Polled};
-use crate::forward::{forward, Delivery, DeliveryReport, FrameSink, FrameSource, Ingress};
+use crate::forward::{
+    forward, Delivery, DeliveryReport, ForwardScratch, FrameSink, FrameSource, Ingress,
+};
+use fabric_offload::Accepts;
 use std::time::Instant;
 use vm_memory::VolatileSlice;
 use vswitch::vxlan::{TunnelDrop, VxlanPacket};
@@ -118,6 +121,10 @@ impl FrameSink for Recorder {
             self.0.lock().unwrap().push(d.bytes(frames));
             report.outcome(d, Ok(()));
         }
+    }
+
+    fn accepts(&self) -> Accepts {
+        Accepts::NONE
     }
 }
 
@@ -315,7 +322,7 @@ fn a_delivered_batch_leaves_in_few_calls_every_copy_counted() {
         switch: &rig.switch,
         table: &rig.table,
     };
-    forward(&ingress, &frames, 0, &mut Vec::new());
+    forward(&ingress, &frames, &[], &mut ForwardScratch::default());
     let calls = rig.tunnel().scratch.lock().unwrap().batch.calls;
     assert_eq!(calls, 2);
     let mut buf = [0u8; 2048];
