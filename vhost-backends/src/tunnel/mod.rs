@@ -53,8 +53,9 @@ use vswitch::{MacAddr, PortId, Switch};
 const ETH_HLEN: usize = 14;
 const TAG_LEN: usize = 4;
 const TPID_8021Q: u16 = 0x8100;
-/// Largest frame the switch hands the tunnel.
-const MAX_FRAME: usize = 65_535 + TAG_LEN;
+/// Largest frame the switch hands the tunnel: a GSO frame's most payload
+/// behind its longest head (tags included).
+const MAX_FRAME: usize = fabric_offload::meta::MAX_GSO_PAYLOAD + fabric_offload::MAX_HEAD_LEN;
 /// Receive buffer of each tunnel socket, see `bind_udp`.
 const RECV_BUFFER: usize = 8 << 20;
 /// How often the remote FDB is aged (its clock counts seconds).
@@ -248,7 +249,7 @@ fn open(
         remote_fdb,
         counters: TunnelCounters::default(),
         raw,
-        scratch: Mutex::new(SendScratch::new(MAX_FRAME, config.underlay_mtu)),
+        scratch: Mutex::new(SendScratch::new(config.underlay_mtu)),
         config,
     });
     switch
