@@ -40,6 +40,18 @@ impl<'a, 'm> FrameSource<'a, 'm> {
         }
     }
 
+    /// A frame with no header in front whose offload its port driver
+    /// established (a tunnel's partial inner checksum).
+    pub fn with_offload(
+        segments: &'a [VolatileSlice<'m>],
+        offload: Offload,
+    ) -> FrameSource<'a, 'm> {
+        FrameSource {
+            offload,
+            ..FrameSource::new(segments, 0)
+        }
+    }
+
     /// A frame behind a 12-byte virtio-net header (a guest's TX chain, a TAP
     /// read): the header is parsed and checked against the frame once, here.
     /// A header asking for an offload outside `allowed` (what the port

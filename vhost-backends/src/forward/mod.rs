@@ -11,7 +11,7 @@ mod batch;
 mod frame_source;
 pub(crate) mod offload;
 #[cfg(test)]
-mod offload_tests;
+pub(crate) mod offload_tests;
 mod port_table;
 mod sink;
 

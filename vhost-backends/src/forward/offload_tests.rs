@@ -49,7 +49,7 @@ fn pseudo_v4(ip: &[u8], l4_len: usize) -> [u8; 12] {
 /// A TCP/IPv4 frame from [`SRC_MAC`] to [`DST_MAC`] (tagged with `vlan` if
 /// given) with `payload` bytes, its TCP checksum left partial as Linux
 /// leaves it for NEEDS_CSUM: the folded pseudo-header sum in the field.
-fn tcp4_frame(vlan: Option<u16>, payload: usize) -> Vec<u8> {
+pub(crate) fn tcp4_frame(vlan: Option<u16>, payload: usize) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&DST_MAC);
     f.extend_from_slice(&SRC_MAC);
@@ -76,7 +76,7 @@ fn tcp4_frame(vlan: Option<u16>, payload: usize) -> Vec<u8> {
 }
 
 /// The virtio-net header of a TSO4 frame from [`tcp4_frame`].
-fn tso4_header(vlan: bool, mss: usize) -> [u8; HDR_LEN] {
+pub(crate) fn tso4_header(vlan: bool, mss: usize) -> [u8; HDR_LEN] {
     let tag = if vlan { 4 } else { 0 };
     header(NEEDS_CSUM, GSO_TCPV4, HDR_LEN_TCP4 + tag, mss, L4 + tag, 16)
 }
@@ -105,7 +105,7 @@ fn header(
 
 /// Whether `frame` (IPv4 at `ip`, TCP after it) has valid IP and TCP
 /// checksums and an IP total length matching its size.
-fn tcp4_valid(frame: &[u8], ip: usize) -> bool {
+pub(crate) fn tcp4_valid(frame: &[u8], ip: usize) -> bool {
     let tcp = ip + 20;
     let total = u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]) as usize;
     total == frame.len() - ip

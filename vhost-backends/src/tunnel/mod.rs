@@ -168,8 +168,14 @@ fn bind_udp(ip: Ipv4Addr, port: u16) -> io::Result<UdpSocket> {
     // SO_RCVBUFFORCE passes net.core.rmem_max with CAP_NET_ADMIN; without
     // it SO_RCVBUF gives what the sysctl allows.
     let size = RECV_BUFFER as libc::c_int;
-    set_option(&udp, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size, "SO_RCVBUFFORCE")
-        .or_else(|_| set_option(&udp, libc::SOL_SOCKET, libc::SO_RCVBUF, &size, "SO_RCVBUF"))?;
+    set_option(
+        &udp,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        &size,
+        "SO_RCVBUFFORCE",
+    )
+    .or_else(|_| set_option(&udp, libc::SOL_SOCKET, libc::SO_RCVBUF, &size, "SO_RCVBUF"))?;
     Ok(udp)
 }
 

@@ -9,6 +9,7 @@ use super::Tunnel;
 use crate::datapath::{PollQueue, Polled};
 use crate::forward::{forward, ForwardScratch, FrameSource, Ingress, PortTable, BATCH};
 use arrayvec::ArrayVec;
+use fabric_offload::Offload;
 use std::net::UdpSocket;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
@@ -35,8 +36,9 @@ pub(super) struct Receiver {
     pub sockets: Vec<UdpSocket>,
     pub timer: TimerFd,
     pub batch: RecvBatch,
-    /// The decapsulated frames of one read: byte ranges of `batch`'s slots.
-    pub frames: Vec<Range<usize>>,
+    /// The decapsulated frames of one read: byte ranges of `batch`'s slots
+    /// and the offload each carries.
+    pub frames: Vec<(Range<usize>, Offload)>,
     pub scratch: ForwardScratch,
     pub last_age: u32,
     /// `recvmmsg` calls that returned messages (a test's measure of batching).
@@ -115,7 +117,7 @@ impl TunnelQueue {
         &self,
         batch: &mut RecvBatch,
         messages: usize,
-        frames: &mut Vec<Range<usize>>,
+        frames: &mut Vec<(Range<usize>, Offload)>,
     ) -> usize {
         let t = &self.tunnel;
         frames.clear();
@@ -136,8 +138,8 @@ impl TunnelQueue {
                     continue;
                 }
                 let at = base + d.start;
-                if let Some(f) = decapsulate(t, &mut slot[d], from, self.id, &self.switch) {
-                    frames.push(at + f.start..at + f.end);
+                if let Some((f, off)) = decapsulate(t, &mut slot[d], from, self.id, &self.switch) {
+                    frames.push((at + f.start..at + f.end, off));
                 }
             }
         }
@@ -149,17 +151,18 @@ impl TunnelQueue {
 fn forward_all(
     ingress: &Ingress,
     batch: &mut RecvBatch,
-    frames: &[Range<usize>],
+    frames: &[(Range<usize>, Offload)],
     scratch: &mut ForwardScratch,
 ) {
     let all = VolatileSlice::from(batch.slots_mut());
     for chunk in frames.chunks(BATCH) {
         let slices: ArrayVec<VolatileSlice, BATCH> = chunk
             .iter()
-            .filter_map(|f| all.subslice(f.start, f.len()).ok())
-            .collect();
+            .map(|(f, _)| all.subslice(f.start, f.len()))
+            .collect::<Result<_, _>>()
+            .expect("frames lie within the slots");
         let sources: ArrayVec<FrameSource, BATCH> = (0..slices.len())
-            .map(|k| FrameSource::new(&slices[k..k + 1], 0))
+            .map(|k| FrameSource::with_offload(&slices[k..k + 1], chunk[k].1))
             .collect();
         forward(ingress, &sources, &[], scratch);
     }

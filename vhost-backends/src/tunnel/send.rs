@@ -210,9 +210,13 @@ impl Tunnel {
     /// Sends the queued copies; the kernel routes each IP packet (the outer
     /// Ethernet header is its job) and counts each copy.
     pub(super) fn flush(&self, batch: &mut SendBatch) {
-        batch.flush(self.raw.as_raw_fd(), ETH_HLEN, |inner, result| match result {
-            Ok(()) => self.counters.add_tx(1, inner as u64),
-            Err(drop) => self.counters.add_drop(drop),
-        });
+        batch.flush(
+            self.raw.as_raw_fd(),
+            ETH_HLEN,
+            |inner, result| match result {
+                Ok(()) => self.counters.add_tx(1, inner as u64),
+                Err(drop) => self.counters.add_drop(drop),
+            },
+        );
     }
 }

@@ -1,9 +1,10 @@
 use super::*;
 use crate::datapath::{PollQueue, Polled};
+use crate::forward::offload_tests::{tcp4_frame, tcp4_valid, tso4_header};
 use crate::forward::{
     forward, Delivery, DeliveryReport, ForwardScratch, FrameSink, FrameSource, Ingress,
 };
-use fabric_offload::Accepts;
+use fabric_offload::{Accepts, Offload};
 use std::time::Instant;
 use vm_memory::VolatileSlice;
 use vswitch::vxlan::{TunnelDrop, VxlanPacket};
@@ -337,4 +338,81 @@ fn a_delivered_batch_leaves_in_few_calls_every_copy_counted() {
     let c = rig.tunnel().counters.snapshot();
     assert_eq!((c.tx_packets, c.tx_bytes), (100, 100 * 60));
     assert_eq!(c.total_drops(), 0);
+}
+
+/// A kernel peer's inner TCP checksum left partial (pseudo-header sum only)
+/// is marked NEEDS_CSUM; a valid one is never touched, nor one that is
+/// neither valid nor exactly partial.
+#[test]
+fn only_an_exactly_partial_inner_checksum_is_marked_for_completion() {
+    let mut partial = tcp4_frame(None, 100);
+    let off = decap::inner_offload(&partial);
+    assert_eq!(off.csum, Some((14 + 20, 16)));
+    assert_eq!((off.gso, off.data_valid), (None, false));
+    fabric_offload::complete_csum(&mut partial, 34, 16).unwrap();
+    assert!(tcp4_valid(&partial, 14));
+    assert_eq!(decap::inner_offload(&partial), Offload::NONE);
+    partial[60] ^= 0xff; // now neither valid nor partial
+    assert_eq!(decap::inner_offload(&partial), Offload::NONE);
+}
+
+/// A received frame with a partial inner checksum reaches a port that does
+/// not take CSUM completed; the tunnel's counters see one frame.
+#[test]
+fn a_partial_inner_checksum_from_the_tunnel_is_completed_for_a_plain_port() {
+    let rig = Rig::new();
+    let sender = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).unwrap();
+    let mut d = vswitch::vxlan::header(Vni::new(VNI).unwrap()).to_vec();
+    let inner = tcp4_frame(None, 300);
+    d.extend_from_slice(&inner);
+    sender.send_to(&d, (Ipv4Addr::LOCALHOST, rig.port)).unwrap();
+    rig.poll_for(1);
+    let got = rig.got.lock().unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(tcp4_valid(&got[0], 14), "completed for the plain port");
+    // Only the checksum field differs from what was sent.
+    assert_eq!(got[0][..50], inner[..50]);
+    assert_eq!(got[0][52..], inner[52..]);
+}
+
+/// A 20000-byte TSO frame (MSS 1448) handed to the tunnel leaves as
+/// ceil(20000 / 1410) = 15 VXLAN packets: 1410 is what fits a 1500-byte
+/// underlay (1500 - 36 - 54), each IP packet within 1500 bytes, each inner
+/// frame with valid IP and TCP checksums, the payload whole and in order.
+#[test]
+fn a_gso_frame_is_segmented_to_the_underlay_before_encapsulation() {
+    let rig = Rig::new();
+    let remote = UdpSocket::bind((REMOTE, rig.port)).unwrap();
+    remote
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let frame = tcp4_frame(None, 20_000);
+    let mut buf = tso4_header(false, 1448).to_vec();
+    buf.extend_from_slice(&frame);
+    let slices = [VolatileSlice::from(&mut buf[..])];
+    let frames = [FrameSource::with_header(&slices, Accepts::ALL).unwrap()];
+    assert!(frames[0].offload().gso.is_some());
+    let ingress = Ingress {
+        id: rig.rec,
+        switch: &rig.switch,
+        table: &rig.table,
+    };
+    forward(&ingress, &frames, &[], &mut ForwardScratch::default());
+    let mut payload = Vec::new();
+    let mut pkt = [0u8; 2048];
+    for i in 0..15 {
+        let (n, _) = remote.recv_from(&mut pkt).expect("a packet per segment");
+        assert!(n + 28 <= 1500, "packet {i}: {n} bytes of UDP payload");
+        let p = VxlanPacket::parse(&pkt[..n]).unwrap();
+        let inner = p.inner();
+        assert!(tcp4_valid(inner, 14), "segment {i} checksums");
+        let seq = u32::from_be_bytes(inner[38..42].try_into().unwrap());
+        assert_eq!(seq as usize, 1 + payload.len(), "segment {i} in order");
+        payload.extend_from_slice(&inner[54..]);
+        assert_eq!(inner.len(), 54 + 1410.min(20_000 - 1410 * i));
+    }
+    assert!(remote.recv_from(&mut pkt).is_err(), "exactly 15 packets");
+    assert_eq!(payload, frame[54..]);
+    let c = rig.tunnel().counters.snapshot();
+    assert_eq!((c.tx_packets, c.total_drops()), (15, 0));
 }
