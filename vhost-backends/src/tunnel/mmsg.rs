@@ -84,6 +84,7 @@ impl RecvBatch {
         // SAFETY: zeroed iovec/mmsghdr are valid (null pointers, zero lengths);
         // each is pointed at this batch's own buffers below.
         let mut iovs: [libc::iovec; RECV_SLOTS] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
         let mut hdrs: [libc::mmsghdr; RECV_SLOTS] = unsafe { std::mem::zeroed() };
         let bufs = self.bufs.as_mut_ptr();
         for i in 0..RECV_SLOTS {
@@ -227,7 +228,9 @@ impl SendBatch {
         }
         // SAFETY: all zeroes is a valid sockaddr_in, iovec and mmsghdr.
         let mut addrs: [libc::sockaddr_in; SEND_SLOTS] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
         let mut iovs: [libc::iovec; SEND_SLOTS] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
         let mut hdrs: [libc::mmsghdr; SEND_SLOTS] = unsafe { std::mem::zeroed() };
         let bufs = self.bufs.as_mut_ptr();
         for i in 0..count {
