@@ -22,6 +22,8 @@
 //!   (std sockets created through [`in_netns`], content checked).
 //! - [`capture`]: [`Capture`]/[`capture()`], raw frames from an interface through an
 //!   AF_PACKET socket opened inside the namespace, and frame parsers down to VXLAN.
+//! - [`vnet_tap`]: [`VnetTap`], a TAP device in a namespace read and written with
+//!   the 12-byte virtio-net header and chosen `TUNSETOFFLOAD` offloads.
 //!
 //! Leftovers of a crashed run (namespaces `fab-*-<pid>-<n>` and host links whose alias
 //! is `fabns:<pid>`, for a process that is gone) are removed before the first
@@ -29,9 +31,11 @@
 
 pub mod capture;
 pub mod traffic;
+pub mod vnet_tap;
 
 pub use capture::{capture, Capture, Frame};
 pub use traffic::{ping, tcp_transfer};
+pub use vnet_tap::VnetTap;
 // The harness hands out and runs processes through the kit's one child guard.
 pub use crate::proc::{output_timeout, ChildGuard};
 
