@@ -17,7 +17,7 @@
 //! [`forward`] as a guest's transmit queue.
 
 use crate::datapath::{Datapath, DatapathPort, PollQueue, Polled};
-use crate::forward::offload::{egress_header, MAX_GSO_FRAME};
+use crate::forward::offload::{egress_header, HeaderFrom, MAX_GSO_FRAME};
 use crate::forward::{
     forward, Delivery, DeliveryReport, ForwardScratch, FrameSink, FrameSource, Ingress, PortTable,
     BATCH, HDR_LEN,
@@ -335,7 +335,8 @@ impl PollQueue for TapQueue {
             let mut dropped = ArrayVec::<DropReason, BATCH>::new();
             dropped.extend((0..short).map(|_| DropReason::BadDescriptor));
             for i in 0..count {
-                match FrameSource::with_header(&segments[i..=i], r.dev.offloads) {
+                match FrameSource::with_header(&segments[i..=i], r.dev.offloads, HeaderFrom::Kernel)
+                {
                     Ok(frame) => frames.push(frame),
                     Err(reason) => dropped.push(reason),
                 }

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod build;
+
 use fabric_offload::{segment, Offload, OffloadError, VnetHdr, VNET_HDR_LEN};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@
 //! here ([`FrameSource::with_header`]); the frame carries the resulting
 //! [`Offload`] through the switch.
 
-use super::offload::parse_header;
+use super::offload::{parse_header, HeaderFrom};
 use super::HDR_LEN;
 use fabric_offload::{Accepts, Offload, MAX_HEAD_LEN};
 use vm_memory::VolatileSlice;
@@ -59,6 +59,7 @@ impl<'a, 'm> FrameSource<'a, 'm> {
     pub fn with_header(
         segments: &'a [VolatileSlice<'m>],
         allowed: Accepts,
+        from: HeaderFrom,
     ) -> Result<FrameSource<'a, 'm>, DropReason> {
         let mut frame = FrameSource::new(segments, HDR_LEN);
         let mut hdr = [0u8; HDR_LEN];
@@ -73,7 +74,7 @@ impl<'a, 'm> FrameSource<'a, 'm> {
         } else {
             0
         };
-        frame.offload = parse_header(&hdr, &head[..n], frame.len, allowed)?;
+        frame.offload = parse_header(&hdr, &head[..n], frame.len, allowed, from)?;
         Ok(frame)
     }
 

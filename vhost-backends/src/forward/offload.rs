@@ -32,6 +32,19 @@ pub(crate) fn drop_reason(e: OffloadError) -> DropReason {
     }
 }
 
+/// Who wrote a frame's virtio-net header, which says whether its DATA_VALID
+/// flag means anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeaderFrom {
+    /// A guest driver: it must not set DATA_VALID (virtio 1.2 §5.1.6.2.1),
+    /// and a guest vouching for its own checksums must not make another
+    /// port skip checking them. The flag is cleared.
+    Guest,
+    /// The host kernel (a TAP read): DATA_VALID says the kernel verified
+    /// the checksums; kept for ports that take checksum offload.
+    Kernel,
+}
+
 /// Validates the virtio-net header `hdr` of a frame of `frame_len` bytes whose
 /// first bytes are `head` (empty if the header asks for nothing). An offload
 /// the port did not negotiate (`allowed`) is refused like bad metadata: the
@@ -41,11 +54,14 @@ pub(crate) fn parse_header(
     head: &[u8],
     frame_len: usize,
     allowed: Accepts,
+    from: HeaderFrom,
 ) -> Result<Offload, DropReason> {
-    let off = Offload::parse(&VnetHdr::from_bytes(hdr), head, frame_len).map_err(drop_reason)?;
+    let mut off =
+        Offload::parse(&VnetHdr::from_bytes(hdr), head, frame_len).map_err(drop_reason)?;
     if !allowed.contains(off.needs()) {
         return Err(DropReason::OffloadNotNegotiated);
     }
+    off.data_valid &= from == HeaderFrom::Kernel;
     Ok(off)
 }
 

@@ -4,7 +4,7 @@
 //! header dropped under its own reason. Checksums are verified here with an
 //! RFC 1071 sum of the test's own, not with the crate that computed them.
 
-use super::offload::egress_header;
+use super::offload::{egress_header, HeaderFrom};
 use super::{forward, Delivery, DeliveryReport, ForwardScratch, FrameSink, FrameSource, Ingress};
 use super::{PortTable, HDR_LEN};
 use fabric_offload::Accepts;
@@ -177,14 +177,25 @@ impl Bench {
         (id, got)
     }
 
-    /// Sends `frame` behind `hdr` in on `from`, which negotiated `allowed`.
+    /// Sends `frame` behind `hdr` in on `from`, a guest that negotiated `allowed`.
     fn send(&self, from: PortId, allowed: Accepts, hdr: &[u8; HDR_LEN], frame: &[u8]) {
+        self.send_from(from, allowed, HeaderFrom::Guest, hdr, frame)
+    }
+
+    fn send_from(
+        &self,
+        from: PortId,
+        allowed: Accepts,
+        writer: HeaderFrom,
+        hdr: &[u8; HDR_LEN],
+        frame: &[u8],
+    ) {
         let mut buf = hdr.to_vec();
         buf.extend_from_slice(frame);
         let segments = [VolatileSlice::from(&mut buf[..])];
         let mut frames = Vec::new();
         let mut dropped = Vec::new();
-        match FrameSource::with_header(&segments, allowed) {
+        match FrameSource::with_header(&segments, allowed, writer) {
             Ok(f) => frames.push(f),
             Err(reason) => dropped.push(reason),
         }
@@ -400,4 +411,31 @@ fn an_offload_the_port_did_not_negotiate_is_dropped() {
     // Negotiated, the same frame passes.
     b.send(src, tso(), &tso4_header(false, MSS), &frame);
     assert_eq!(out_got.lock().unwrap().len(), 1);
+}
+
+/// DATA_VALID from the kernel (a TAP read) reaches a port that takes checksum
+/// offload; from a guest, which must not set it, it reaches nobody: a guest
+/// cannot make another skip checking its checksums.
+#[test]
+fn data_valid_is_passed_from_the_kernel_only() {
+    const DATA_VALID: u8 = 2;
+    let b = Bench::new();
+    let (src, _) = b.port("src", VlanMode::Access(vid(10)), tso());
+    let (_, got) = b.port("out", VlanMode::Access(vid(10)), Accepts::CSUM);
+    let (_, plain_got) = b.port("plain", VlanMode::Access(vid(10)), Accepts::NONE);
+    let frame = tcp4_frame(None, 100);
+    let hdr = header(DATA_VALID, 0, 0, 0, 0, 0);
+    b.send_from(src, tso(), HeaderFrom::Kernel, &hdr, &frame);
+    b.send_from(src, tso(), HeaderFrom::Guest, &hdr, &frame);
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].0, hdr.map_num_buffers(1), "the kernel's flag kept");
+    assert_eq!(
+        got[1].0,
+        [0u8; HDR_LEN].map_num_buffers(1),
+        "the guest's dropped"
+    );
+    for (h, _) in plain_got.lock().unwrap().iter() {
+        assert_eq!(h[0], 0, "no DATA_VALID without GUEST_CSUM");
+    }
 }

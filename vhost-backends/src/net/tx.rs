@@ -11,7 +11,7 @@
 use super::connection::{Connection, TX_QUEUE};
 use super::Vring;
 use crate::datapath::{PollQueue, Polled};
-use crate::forward::offload::MAX_GSO_FRAME;
+use crate::forward::offload::{HeaderFrom, MAX_GSO_FRAME};
 use crate::forward::{forward, ForwardScratch, FrameSource, Ingress, BATCH, HDR_LEN, MAX_SEGMENTS};
 use crate::split_ring::RingView;
 use crate::GuestMem;
@@ -228,7 +228,7 @@ fn process_batch(q: &TxQueue, scratch: &mut TxScratch) -> usize {
             dropped.push(DropReason::BadDescriptor);
             continue;
         };
-        match FrameSource::with_header(&segments[range.clone()], allowed) {
+        match FrameSource::with_header(&segments[range.clone()], allowed, HeaderFrom::Guest) {
             Ok(frame) => frames.push(frame),
             Err(reason) => dropped.push(reason),
         }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::datapath::{PollQueue, Polled};
+use crate::forward::offload::HeaderFrom;
 use crate::forward::offload_tests::{tcp4_frame, tcp4_valid, tso4_header};
 use crate::forward::{
     forward, Delivery, DeliveryReport, ForwardScratch, FrameSink, FrameSource, Ingress,
@@ -390,7 +391,7 @@ fn a_gso_frame_is_segmented_to_the_underlay_before_encapsulation() {
     let mut buf = tso4_header(false, 1448).to_vec();
     buf.extend_from_slice(&frame);
     let slices = [VolatileSlice::from(&mut buf[..])];
-    let frames = [FrameSource::with_header(&slices, Accepts::ALL).unwrap()];
+    let frames = [FrameSource::with_header(&slices, Accepts::ALL, HeaderFrom::Guest).unwrap()];
     assert!(frames[0].offload().gso.is_some());
     let ingress = Ingress {
         id: rig.rec,
