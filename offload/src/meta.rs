@@ -8,8 +8,9 @@
 //! - GSO: the gso type is TCPV4, TCPV6 or UDP_L4 (USO), optionally with the ECN
 //!   bit on TCP; legacy UFO and anything else is refused. `gso_size` is not 0. The
 //!   headers are parsed from the frame ([`Layout`]) and must match the type.
-//!   `hdr_len` is only a hint (§5.1.6.2: without VIRTIO_NET_F_HOST_HDRLEN "the
-//!   device MUST NOT rely on hdr_len" being exact, and Linux guests send
+//!   `hdr_len` is only a hint (§5.1.6.2: unless VIRTIO_NET_F_GUEST_HDRLEN was
+//!   negotiated, hdr_len "is a hint to the device as to how much of the header
+//!   needs to be kept to copy into each packet", and Linux drivers send
 //!   `skb_headlen`, often 0 or the whole linear part): we require only that it
 //!   does not point past the frame, and segment at the parsed header end. When
 //!   NEEDS_CSUM is set on a GSO frame it must name the TCP/UDP checksum field (as
@@ -94,7 +95,8 @@ pub struct Offload {
     /// NEEDS_CSUM: (csum_start, csum_offset), proven inside the frame.
     pub csum: Option<(u16, u16)>,
     pub gso: Option<Gso>,
-    /// DATA_VALID: the sender vouches for the checksums (a receive-side hint).
+    /// DATA_VALID: the host kernel vouches for the checksums (a receive-side
+    /// hint a guest may pass on). Only [`Offload::parse_trusted`] keeps it.
     pub data_valid: bool,
 }
 
@@ -109,7 +111,26 @@ impl Offload {
     /// Validates `hdr` for a frame of `frame_len` bytes whose first bytes are
     /// `frame` (at least the headers: [`crate::MAX_HEAD_LEN`] bytes, or the whole
     /// frame if shorter). See the module doc for the rules.
+    ///
+    /// DATA_VALID is ignored: on transmit "the driver MUST NOT set" it (virtio
+    /// 1.2 §5.1.6.2), and a guest that did must not make another guest skip its
+    /// checksum checks. For headers the host kernel wrote (a TAP read), see
+    /// [`Offload::parse_trusted`].
     pub fn parse(hdr: &VnetHdr, frame: &[u8], frame_len: usize) -> Result<Offload, OffloadError> {
+        Ok(Offload {
+            data_valid: false,
+            ..Self::parse_trusted(hdr, frame, frame_len)?
+        })
+    }
+
+    /// [`Offload::parse`] for a header the host kernel wrote (read from a TAP
+    /// with IFF_VNET_HDR): DATA_VALID, set by the kernel on frames whose
+    /// checksums it verified, is kept.
+    pub fn parse_trusted(
+        hdr: &VnetHdr,
+        frame: &[u8],
+        frame_len: usize,
+    ) -> Result<Offload, OffloadError> {
         let head = &frame[..frame.len().min(frame_len)];
         let csum = if hdr.flags & NEEDS_CSUM != 0 {
             let start = usize::from(hdr.csum_start);
@@ -199,7 +220,7 @@ impl Offload {
     }
 
     /// The header to send with the frame to a port that accepts these offloads
-    /// (`hdr_len` is the exact header length, valid with HOST_HDRLEN too).
+    /// (`hdr_len` is the exact header length, as VIRTIO_NET_F_GUEST_HDRLEN promises).
     pub fn to_hdr(&self, num_buffers: u16) -> VnetHdr {
         let (csum_start, csum_offset) = self.csum.unwrap_or((0, 0));
         let mut flags = 0;
@@ -334,6 +355,40 @@ impl Accepts {
             a |= Accepts::USO.0;
         }
         Accepts(a)
+    }
+}
+
+/// `TUNSETOFFLOAD` flags (linux/if_tun.h).
+const TUN_F_CSUM: u32 = 0x01;
+const TUN_F_TSO4: u32 = 0x02;
+const TUN_F_TSO6: u32 = 0x04;
+const TUN_F_TSO_ECN: u32 = 0x08;
+const TUN_F_USO4: u32 = 0x20;
+const TUN_F_USO6: u32 = 0x40;
+
+impl Accepts {
+    /// The `TUNSETOFFLOAD` flags that let a TAP device hand us frames with these
+    /// offloads (the kernel then writes partial checksums and GSO frames with
+    /// their virtio-net header). Without CSUM nothing else can be asked:
+    /// Linux refuses TSO/USO flags without TUN_F_CSUM.
+    pub const fn tun_offload_flags(self) -> u32 {
+        if !self.contains(Accepts::CSUM) {
+            return 0;
+        }
+        let mut f = TUN_F_CSUM;
+        if self.contains(Accepts::TSO4) {
+            f |= TUN_F_TSO4;
+        }
+        if self.contains(Accepts::TSO6) {
+            f |= TUN_F_TSO6;
+        }
+        if self.contains(Accepts::TSO_ECN) {
+            f |= TUN_F_TSO_ECN;
+        }
+        if self.contains(Accepts::USO) {
+            f |= TUN_F_USO4 | TUN_F_USO6;
+        }
+        f
     }
 }
 

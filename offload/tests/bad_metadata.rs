@@ -246,8 +246,16 @@ fn to_hdr_needs_largest_frame_and_tag_shifts() {
         hdr_len: 0,
         ..hdr(NEEDS_CSUM | DATA_VALID, GSO_TCPV4 | GSO_ECN, 1448, &l)
     };
-    let off = parse(&h, &f).unwrap();
+    // A guest's DATA_VALID is ignored; the kernel's (a TAP read) is kept.
+    let off = Offload::parse_trusted(&h, &f, f.len()).unwrap();
     assert!(off.data_valid);
+    assert_eq!(
+        parse(&h, &f),
+        Ok(Offload {
+            data_valid: false,
+            ..off
+        })
+    );
     let back = off.to_hdr(3);
     assert_eq!(
         back,
@@ -257,7 +265,7 @@ fn to_hdr_needs_largest_frame_and_tag_shifts() {
             ..h
         }
     );
-    assert_eq!(parse(&back, &f), Ok(off));
+    assert_eq!(Offload::parse_trusted(&back, &f, f.len()), Ok(off));
     assert_eq!(
         off.needs(),
         Accepts::CSUM | Accepts::TSO4 | Accepts::TSO_ECN
@@ -278,12 +286,13 @@ fn to_hdr_needs_largest_frame_and_tag_shifts() {
     // tagged one, and back.
     spec.tags = 1;
     let (t, tl) = frame(&spec);
-    let tagged = parse(
+    let tagged = Offload::parse_trusted(
         &VnetHdr {
             hdr_len: 0,
             ..hdr(NEEDS_CSUM | DATA_VALID, GSO_TCPV4 | GSO_ECN, 1448, &tl)
         },
         &t,
+        t.len(),
     )
     .unwrap();
     assert_eq!(off.shifted(4), tagged);
@@ -320,6 +329,16 @@ fn to_hdr_needs_largest_frame_and_tag_shifts() {
         Accepts::from_guest_features((1 << 1) | (3 << 54)),
         Accepts::CSUM | Accepts::USO
     );
+    // TAP offloads: the kernel's own numbers (linux/if_tun.h), cross-checked with libc.
+    assert_eq!(
+        Accepts::ALL.tun_offload_flags(),
+        test_kit::netns::vnet_tap::ALL_OFFLOADS
+    );
+    assert_eq!(
+        (Accepts::CSUM | Accepts::TSO4).tun_offload_flags(),
+        libc::TUN_F_CSUM | libc::TUN_F_TSO4
+    );
+    assert_eq!((Accepts::TSO4 | Accepts::USO).tun_offload_flags(), 0);
 }
 
 #[test]

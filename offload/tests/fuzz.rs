@@ -160,7 +160,7 @@ fn random_metadata_never_panics_and_what_is_emitted_is_sound() {
                 // covered bytes verify (for a field at a word boundary).
                 assert_eq!(&out[..start + offset], &f[..start + offset]);
                 assert_eq!(&out[start + offset + 2..], &f[start + offset + 2..]);
-                if offset % 2 == 0 {
+                if offset.is_multiple_of(2) {
                     let old = u16::from_be_bytes([f[start + offset], f[start + offset + 1]]);
                     let mut c = Checksum::new();
                     c.add(&out[start..]).add_u16(old);

@@ -4,10 +4,34 @@
 
 use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::{in_netns, Netns};
+
+/// Whether `fd` became readable within `timeout` (poll(2), restarted on EINTR).
+pub fn wait_readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
+            continue;
+        }
+        return rc > 0;
+    }
+}
 
 /// A captured frame, from the Ethernet header on.
 #[derive(Clone, Debug)]
@@ -94,29 +118,7 @@ impl Capture {
 
     /// The next frame, waiting up to `timeout`.
     pub fn next_frame(&self, timeout: Duration) -> Option<Frame> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let deadline = Instant::now() + timeout;
-        loop {
-            let ms = deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(i32::MAX as u128) as i32;
-            // SAFETY: one valid pollfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if rc < 0 {
-                let e = std::io::Error::last_os_error();
-                assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
-                continue;
-            }
-            if rc == 0 {
-                return None;
-            }
-            return Some(self.recv());
-        }
+        wait_readable(self.fd.as_raw_fd(), timeout).then(|| self.recv())
     }
 
     fn recv(&self) -> Frame {

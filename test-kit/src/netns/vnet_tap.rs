@@ -7,8 +7,9 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::capture::wait_readable;
 use super::{in_netns, Netns};
 
 /// Bytes of the header in front of every frame read or written.
@@ -97,34 +98,15 @@ impl VnetTap {
     /// its length, or None. `buf` is zeroed first: the kernel skips, without
     /// writing, the header bytes it does not fill (`num_buffers`).
     pub fn read_frame(&self, buf: &mut [u8], timeout: Duration) -> Option<usize> {
-        let deadline = Instant::now() + timeout;
-        let mut pfd = libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        loop {
-            let ms = deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(i32::MAX as u128) as i32;
-            // SAFETY: one valid pollfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if rc < 0 {
-                let e = std::io::Error::last_os_error();
-                assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "poll: {e}");
-                continue;
-            }
-            if rc == 0 {
-                return None;
-            }
-            let head = VNET_HDR_SZ.min(buf.len());
-            buf[..head].fill(0);
-            let n = (&self.file)
-                .read(buf)
-                .unwrap_or_else(|e| panic!("read TAP {}: {e}", self.name));
-            return Some(n);
+        if !wait_readable(self.file.as_raw_fd(), timeout) {
+            return None;
         }
+        let head = VNET_HDR_SZ.min(buf.len());
+        buf[..head].fill(0);
+        let n = (&self.file)
+            .read(buf)
+            .unwrap_or_else(|e| panic!("read TAP {}: {e}", self.name));
+        Some(n)
     }
 
     /// Writes one frame with its vnet header in front (one `write(2)`: the

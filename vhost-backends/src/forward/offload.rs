@@ -56,12 +56,15 @@ pub(crate) fn parse_header(
     allowed: Accepts,
     from: HeaderFrom,
 ) -> Result<Offload, DropReason> {
-    let mut off =
-        Offload::parse(&VnetHdr::from_bytes(hdr), head, frame_len).map_err(drop_reason)?;
+    let hdr = VnetHdr::from_bytes(hdr);
+    let off = match from {
+        HeaderFrom::Guest => Offload::parse(&hdr, head, frame_len),
+        HeaderFrom::Kernel => Offload::parse_trusted(&hdr, head, frame_len),
+    }
+    .map_err(drop_reason)?;
     if !allowed.contains(off.needs()) {
         return Err(DropReason::OffloadNotNegotiated);
     }
-    off.data_valid &= from == HeaderFrom::Kernel;
     Ok(off)
 }
 
