@@ -2,16 +2,19 @@
 # TCP throughput (iperf3) through vswitchd's TAP ports and VXLAN overlay,
 # against the kernel doing the same job, in one run (root; network namespaces).
 #
-#   benches/overlay.sh            (env: SECS=10 per measurement, VSWITCHD=path)
+#   benches/overlay.sh            (env: SECS=10 per measurement, VSWITCHD=path,
+#                                  STREAMS="1 4": iperf3 -P per measurement)
 #
 # 1. Two namespaces joined by two TAP ports of one vswitchd (VLAN 10), against
 #    the same two namespaces joined by veth pairs in a Linux bridge.
 # 2. Two hosts (namespaces) over a veth underlay, guests on TAP ports, the
 #    VXLAN overlay of two vswitchd, against two kernel vxlan devices each in a
-#    bridge with a veth to its guest. Guest MTU 1450 in both (underlay 1500).
-# Prints Gbit/s and the ratio vswitchd / kernel.
+#    bridge with a veth to its guest. Guest MTU 1450 in both (underlay 1500),
+#    the kernel side's offloads at their defaults.
+# Prints Gbit/s and the ratio vswitchd / kernel, for each stream count.
 set -euo pipefail
 SECS=${SECS:-10}
+STREAMS=${STREAMS:-1 4}
 cd "$(dirname "$0")/.."
 VSWITCHD=${VSWITCHD:-target/release/vswitchd}
 [ -x "$VSWITCHD" ] || cargo build --release --bin vswitchd >/dev/null
@@ -30,10 +33,10 @@ cleanup() {
 trap cleanup EXIT
 
 ns() { ip netns add "$P$1"; ip -n "$P$1" link set lo up; }
-gbps() { # server-ns client-ns server-ip
+gbps() { # server-ns client-ns server-ip streams
     ip netns exec "$P$1" iperf3 -s -1 -D -B "$3" >/dev/null
     sleep 0.3
-    ip netns exec "$P$2" iperf3 -c "$3" -t "$SECS" -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+    ip netns exec "$P$2" iperf3 -c "$3" -P "$4" -t "$SECS" -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
 }
 wait_dev() { for _ in $(seq 100); do ip -n "$P$1" link show "$2" >/dev/null 2>&1 && return; sleep 0.05; done; echo "no $2" >&2; exit 1; }
 start() { # ns dir config-text
@@ -58,7 +61,8 @@ for x in a b; do
 done
 ip -n ${P}a addr add 10.90.0.1/24 dev ${P}ta; ip -n ${P}a link set ${P}ta up
 ip -n ${P}b addr add 10.90.0.2/24 dev ${P}tb; ip -n ${P}b link set ${P}tb up
-ours1=$(gbps b a 10.90.0.2)
+declare -A ours1 kern1 ours2 kern2
+for n in $STREAMS; do ours1[$n]=$(gbps b a 10.90.0.2 "$n"); done
 ns k; ns c; ns d
 ip -n ${P}k link add kbr type bridge; ip -n ${P}k link set kbr up
 for x in c d; do
@@ -67,7 +71,7 @@ for x in c d; do
 done
 ip -n ${P}c addr add 10.91.0.1/24 dev ${P}qc; ip -n ${P}c link set ${P}qc up
 ip -n ${P}d addr add 10.91.0.2/24 dev ${P}qd; ip -n ${P}d link set ${P}qd up
-kern1=$(gbps d c 10.91.0.2)
+for n in $STREAMS; do kern1[$n]=$(gbps d c 10.91.0.2 "$n"); done
 
 # ---- 2. two hosts: VXLAN overlay vs kernel vxlan ----
 underlay() { # host-a host-b
@@ -88,7 +92,7 @@ vni = [ { vlan = 10, vni = 5010, remotes = [\"192.168.231.$j\"] } ]
     wait_dev u$i ${P}g$i; ip -n ${P}u$i link set ${P}g$i netns ${P}g$i
     ip -n ${P}g$i addr add 10.92.0.$i/24 dev ${P}g$i; ip -n ${P}g$i link set ${P}g$i mtu 1450 up
 done
-ours2=$(gbps g2 g1 10.92.0.2)
+for n in $STREAMS; do ours2[$n]=$(gbps g2 g1 10.92.0.2 "$n"); done
 ns k1; ns k2; ns h1; ns h2; underlay k1 k2
 for i in 1 2; do
     j=$((3 - i)); n=${P}k$i
@@ -98,11 +102,15 @@ for i in 1 2; do
     ip -n $n link set ${P}e$i master kbr up
     ip -n ${P}h$i addr add 10.93.0.$i/24 dev ${P}f$i; ip -n ${P}h$i link set ${P}f$i mtu 1450 up
 done
-kern2=$(gbps h2 h1 10.93.0.2)
+for n in $STREAMS; do kern2[$n]=$(gbps h2 h1 10.93.0.2 "$n"); done
 
 ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
-echo "## TCP throughput, iperf3 ${SECS} s, one stream (Gbit/s)"
-echo "| path | vswitchd | kernel | ratio |"
-echo "|---|---|---|---|"
-echo "| two namespaces, one host (TAP ports vs Linux bridge + veth) | $ours1 | $kern1 | $(ratio $ours1 $kern1) |"
-echo "| two hosts over VXLAN (vswitchd overlay vs kernel vxlan + bridge) | $ours2 | $kern2 | $(ratio $ours2 $kern2) |"
+echo "## TCP throughput, iperf3 ${SECS} s (Gbit/s)"
+echo "| path | streams | vswitchd | kernel | ratio |"
+echo "|---|---|---|---|---|"
+for n in $STREAMS; do
+    echo "| two namespaces, one host (TAP ports vs Linux bridge + veth) | $n | ${ours1[$n]} | ${kern1[$n]} | $(ratio ${ours1[$n]} ${kern1[$n]}) |"
+done
+for n in $STREAMS; do
+    echo "| two hosts over VXLAN (vswitchd overlay vs kernel vxlan + bridge) | $n | ${ours2[$n]} | ${kern2[$n]} | $(ratio ${ours2[$n]} ${kern2[$n]}) |"
+done

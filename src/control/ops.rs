@@ -359,6 +359,9 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                         })
                         .collect(),
                     broken_queues: c.map_or(0, |c| c.broken_queues),
+                    tx_gso_packets: c.map_or(0, |c| c.tx_gso_packets),
+                    gso_segmented: c.map_or(0, |c| c.gso_segmented),
+                    csum_completed: c.map_or(0, |c| c.csum_completed),
                     tunnel: snap
                         .tunnels
                         .iter()

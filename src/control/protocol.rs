@@ -168,6 +168,15 @@ pub struct PortInfo {
     /// Absent from an older daemon's answer: read as 0.
     #[serde(default)]
     pub broken_queues: u64,
+    /// GSO super-frames delivered intact, segmented in software, and partial
+    /// checksums completed in software for this port. Absent from an older
+    /// daemon's answer: read as 0.
+    #[serde(default)]
+    pub tx_gso_packets: u64,
+    #[serde(default)]
+    pub gso_segmented: u64,
+    #[serde(default)]
+    pub csum_completed: u64,
     /// A VXLAN port's underlay counters and remote FDB (absent for other
     /// port types and from an older daemon's answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]

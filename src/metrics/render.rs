@@ -147,6 +147,30 @@ impl Collector for SnapshotCollector {
             |p| (port(p), p.broken_queues),
         )?;
         f.metric(
+            Kind::Counter,
+            "vswitchd_port_tx_gso_packets",
+            "GSO super-frames delivered intact, with their virtio-net header.",
+            None,
+            &s.ports,
+            |p| (port(p), p.tx_gso_packets),
+        )?;
+        f.metric(
+            Kind::Counter,
+            "vswitchd_port_gso_segmented",
+            "GSO super-frames segmented in software (the peer does not take them).",
+            None,
+            &s.ports,
+            |p| (port(p), p.gso_segmented),
+        )?;
+        f.metric(
+            Kind::Counter,
+            "vswitchd_port_csum_completed",
+            "Partial checksums completed in software (the peer does not take them).",
+            None,
+            &s.ports,
+            |p| (port(p), p.csum_completed),
+        )?;
+        f.metric(
             Kind::Gauge,
             "vswitchd_port_link_up",
             "1 if the port's link is up (a guest is attached and running).",
@@ -489,6 +513,15 @@ mod tests {
         assert_eq!(value(&exp, "vswitchd_port_tx_packets_total", &port), 20.0);
         assert_eq!(value(&exp, "vswitchd_port_tx_bytes_total", &port), 2000.0);
         assert_eq!(value(&exp, "vswitchd_port_link_up", &port), 1.0);
+        assert_eq!(
+            value(&exp, "vswitchd_port_tx_gso_packets_total", &port),
+            7.0
+        );
+        assert_eq!(value(&exp, "vswitchd_port_gso_segmented_total", &port), 8.0);
+        assert_eq!(
+            value(&exp, "vswitchd_port_csum_completed_total", &port),
+            9.0
+        );
         assert_eq!(
             value(
                 &exp,

@@ -37,6 +37,12 @@ pub struct PortSample {
     /// Drops by reason (`vswitch::DropReason::name`).
     pub drops: Vec<(String, u64)>,
     pub broken_queues: u64,
+    /// GSO super-frames delivered intact (the peer takes the offload).
+    pub tx_gso_packets: u64,
+    /// GSO super-frames segmented in software for this port.
+    pub gso_segmented: u64,
+    /// Partial checksums completed in software for this port.
+    pub csum_completed: u64,
 }
 
 /// One switch's forwarding database.
@@ -131,6 +137,9 @@ impl PortSample {
                 .map(|&r| (r.name().to_owned(), c.dropped(r)))
                 .collect(),
             broken_queues: c.broken_queues,
+            tx_gso_packets: c.tx_gso_packets,
+            gso_segmented: c.gso_segmented,
+            csum_completed: c.csum_completed,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! overlay against kernel peers (`overlay`), DPDK testpmd peers (`testpmd`) and a
 //! real QEMU guest (`qemu_guest`). One test binary: each file is a module.
 
+mod offload;
 mod overlay;
 mod qemu_guest;
 mod switch_harness;

@@ -14,6 +14,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use test_kit::frontend::frames::{mac, payload, tcp4_check, tcp4_partial, tcp4_payload};
+use test_kit::frontend::virtio_net::{
+    VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
+};
+use test_kit::frontend::{GuestNic, NicOptions};
 use vswitch::vxlan::VxlanPacket;
 
 fn sh(cmd: &str) {
@@ -281,6 +286,158 @@ fn tap_ports_join_a_vlan_and_other_vlans_stay_apart() {
     assert_eq!(counter(&c_line, "tx_packets"), 0, "{c_line}");
 }
 
+/// Sends `frame` behind the virtio-net header `hdr` out of `ifname` from the
+/// calling thread's namespace, through a packet socket with PACKET_VNET_HDR:
+/// the kernel builds the GSO skb the header describes (checked by
+/// `virtio_net_hdr_to_skb`) and hands it to the device as it is, or segments
+/// it first if the device lacks the offload.
+fn send_gso(ifname: &str, hdr: &VirtioNetHdr, frame: &[u8]) {
+    const PACKET_VNET_HDR: libc::c_int = 15;
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: a NUL-terminated name we own.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(index, 0, "{ifname}: {}", std::io::Error::last_os_error());
+    // SAFETY: plain socket(2); closed below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+    let on: libc::c_int = 1;
+    // SAFETY: an int option we own, of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_PACKET,
+            PACKET_VNET_HDR,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "PACKET_VNET_HDR: {}", std::io::Error::last_os_error());
+    // The packet socket takes the 10-byte legacy header (no num_buffers).
+    let mut packet = hdr.to_bytes()[..10].to_vec();
+    packet.extend_from_slice(frame);
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = index as i32;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+    // SAFETY: our buffer and a valid sockaddr_ll of the size given.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    let sent = std::io::Error::last_os_error();
+    // SAFETY: closing the socket we opened.
+    unsafe { libc::close(fd) };
+    assert_eq!(n, packet.len() as isize, "sendto {ifname}: {sent}");
+}
+
+/// Kernel TCP between two namespaces through two TAP ports, offloads on as
+/// the kernel sets them by default: the TCP stacks hand the TAP devices 64
+/// KiB-class TSO frames, which cross the switch intact (`tx_gso_packets`),
+/// never segmented. A GSO frame the kernel sends out of a TAP device
+/// reaches a harness guest without TSO as MTU-sized frames with valid
+/// checksums, exactly ceil(payload / gso_size) of them.
+#[test]
+fn kernel_tcp_through_tap_ports_keeps_tso_frames_whole() {
+    let _cpus = test_kit::shared();
+    let host = Ns::new("h");
+    let (a, b) = (Ns::new("a"), Ns::new("b"));
+    let (da, db) = (unique("ta"), unique("tb"));
+    let dir = test_dir("tso");
+    let harness = "[[switch.port]]\nname = \"h\"\ntype = \"vhost-user\"\nvlan = { mode = \"access\", tag = 10 }\n";
+    let d = Daemon::start(
+        &host,
+        &dir,
+        &format!(
+            "{TAP}{}{}{harness}",
+            tap_port("a", &da, 10, 1500),
+            tap_port("b", &db, 10, 1500),
+        ),
+    );
+    attach(&host, &da, &a, "10.79.0.1/24", 1500);
+    attach(&host, &db, &b, "10.79.0.2/24", 1500);
+    let tso_on = |ns: &Ns, dev: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "ethtool", "-k", dev])
+            .output()
+            .expect("ethtool");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            text.contains("tcp-segmentation-offload: on"),
+            "{dev} without TSO (TUNSETOFFLOAD):\n{text}"
+        );
+    };
+    tso_on(&a, &da);
+    tso_on(&b, &db);
+    tcp_both_ways(&b, &a, "10.79.0.2", 16 << 20);
+    for port in ["a", "b"] {
+        let line = d.counters(&format!("counters switch=br0 port={port} "));
+        assert!(counter(&line, "tx_gso_packets") > 0, "{line}");
+        assert_eq!(counter(&line, "gso_segmented"), 0, "{line}");
+        assert_eq!(counter(&line, "csum_completed"), 0, "{line}");
+        // TSO frames of 64 KiB class: far fewer frames than 16 MiB / 1448.
+        assert!(counter(&line, "tx_packets") < 8_000, "{line}");
+    }
+
+    let mut nic = GuestNic::connect(&dir.join("run/h.sock"), NicOptions::default())
+        .expect("harness guest connects");
+    let data = payload(11, 40_000);
+    let frame = tcp4_partial(mac(99), mac(5), 7, &data);
+    let hdr = VirtioNetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    // The link comes up once the guest's rings are running.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d
+        .counters("counters switch=br0 port=h ")
+        .contains("link=up")
+    {
+        assert!(Instant::now() < deadline, "harness port never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.enter(|| send_gso(&da, &hdr, &frame));
+    let want = data.len().div_ceil(1448);
+    // Everything the harness port got since it came up. The namespaces' own
+    // floods (IPv6 neighbour discovery) reach it too: only frames from the
+    // sender are segments.
+    let mut all = Vec::new();
+    while let Some(f) = nic.recv(Duration::from_secs(if all.is_empty() { 5 } else { 1 })) {
+        all.push(f);
+    }
+    let ours: Vec<&Vec<u8>> = all
+        .iter()
+        .filter(|f| f.get(6..12) == Some(&mac(5)[..]))
+        .collect();
+    assert_eq!(ours.len(), want, "exactly ceil(40000 / 1448) segments");
+    let mut joined = Vec::new();
+    for (i, seg) in ours.iter().enumerate() {
+        assert!(seg.len() <= 1514, "segment {i}: {} bytes", seg.len());
+        tcp4_check(seg).unwrap_or_else(|e| panic!("segment {i}: {e}"));
+        let (seq, bytes) = tcp4_payload(seg);
+        assert_eq!(seq as usize, 7 + joined.len(), "segment {i}");
+        joined.extend_from_slice(bytes);
+    }
+    assert!(joined == data, "the payload, in order, complete");
+    let line = d.counters("counters switch=br0 port=h ");
+    assert_eq!(counter(&line, "gso_segmented"), 1, "{line}");
+    assert_eq!(counter(&line, "tx_packets"), all.len() as u64, "{line}");
+    let line = d.counters("counters switch=br0 port=a ");
+    assert_eq!(counter(&line, "drop_offload_not_negotiated"), 0, "{line}");
+}
+
 /// Two hosts (namespaces joined by a veth underlay), each a vswitchd with a
 /// TAP port into a guest namespace and a VXLAN port to the other.
 struct TwoHosts {
@@ -469,14 +626,12 @@ fn interop_with_the_kernel_vxlan_device() {
          ip -n {u1} link add {br} type bridge && ip -n {u1} link set {vx} master {br} && \
          ip link add {pa} netns {u1} type veth peer name {pb} netns {g1} && ip -n {u1} link set {pa} master {br} && \
          ip -n {u1} link set {vx} up && ip -n {u1} link set {br} up && ip -n {u1} link set {pa} up && \
-         ip -n {g1} addr add 10.79.0.2/24 dev {pb} && ip -n {g1} link set {pb} mtu 1450 up && \
-         ip netns exec {g1} ethtool -K {pb} tx off >/dev/null",
+         ip -n {g1} addr add 10.79.0.2/24 dev {pb} && ip -n {g1} link set {pb} mtu 1450 up",
         u1 = u[1].0,
         g1 = g[1].0
     ));
-    // veth hands TCP segments on with the checksum left to "hardware"; inside
-    // a tunnel nobody completes it, so the kernel-side guest computes its own
-    // checksums (a real NIC or a guest's virtio-net does this for us).
+    // The kernel side keeps its default offloads: veth hands TCP segments on
+    // with the checksum left partial, and the tunnel port completes it.
     let cap = {
         let path = format!("/run/netns/{}", u[1].0);
         let dev = vb.clone();

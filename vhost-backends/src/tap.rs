@@ -2,10 +2,12 @@
 //! network namespace the device is moved into) joins a VLAN.
 //!
 //! The device is opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` and a
-//! 12-byte virtio-net header (the VERSION_1 layout the guests use), so
-//! offloads can be carried later; today no offload is enabled
-//! (`TUNSETOFFLOAD` is never called), so every frame read is complete and
-//! every frame written goes out with an all-zero header.
+//! 12-byte virtio-net header (the VERSION_1 layout the guests use), and
+//! `TUNSETOFFLOAD` with checksum, TSO4/6 and ECN offload (and USO4/6 where
+//! the kernel has them): the kernel then hands us 64 KiB super-frames with a
+//! partial checksum, which pass intact to ports that take them, and takes
+//! the same from us. The header of every frame read is validated once
+//! (`FrameSource::with_header`); every frame written carries its header.
 //!
 //! Frames written to the port go out through [`TapSink`] (one `writev` per
 //! frame, non-blocking: a full device queue drops and counts `no_buffer`).
@@ -15,10 +17,13 @@
 //! [`forward`] as a guest's transmit queue.
 
 use crate::datapath::{Datapath, DatapathPort, PollQueue, Polled};
+use crate::forward::offload::{egress_header, HeaderFrom, MAX_GSO_FRAME};
 use crate::forward::{
-    forward, Delivery, DeliveryReport, FrameSink, FrameSource, Ingress, PortTable, BATCH, HDR_LEN,
+    forward, Delivery, DeliveryReport, ForwardScratch, FrameSink, FrameSource, Ingress, PortTable,
+    BATCH, HDR_LEN,
 };
 use arrayvec::ArrayVec;
+use fabric_offload::Accepts;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -28,8 +33,22 @@ use std::sync::{Arc, Mutex};
 use vm_memory::VolatileSlice;
 use vswitch::{DropReason, PortId, Switch};
 
-/// Largest frame read from the device (a 64 KiB IP packet plus Ethernet).
-const MAX_FRAME: usize = 65_535 + 14;
+/// Largest frame read from the device: a 64 KiB GSO super-frame with its
+/// Ethernet header (and a tag).
+const MAX_FRAME: usize = MAX_GSO_FRAME;
+
+/// The offloads asked of the kernel (`TUNSETOFFLOAD`: what we take from the
+/// device; writes are taken whatever these say), first with USO, then, if
+/// the kernel refuses those (EINVAL before Linux 6.2), without.
+const TUN_OFFLOADS: [libc::c_uint; 2] = [
+    libc::TUN_F_CSUM
+        | libc::TUN_F_TSO4
+        | libc::TUN_F_TSO6
+        | libc::TUN_F_TSO_ECN
+        | libc::TUN_F_USO4
+        | libc::TUN_F_USO6,
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN,
+];
 /// Longest interface name (IFNAMSIZ - 1).
 pub const MAX_NAME: usize = 15;
 
@@ -37,6 +56,26 @@ pub const MAX_NAME: usize = 15;
 pub struct TapDevice {
     file: File,
     name: String,
+    /// What `TUNSETOFFLOAD` accepted: what the device may hand us, and
+    /// what we hand it.
+    offloads: Accepts,
+}
+
+/// The offloads of `TUN_F_*` flags.
+fn accepts_of(flags: libc::c_uint) -> Accepts {
+    let mut a = Accepts::NONE;
+    for (flag, offload) in [
+        (libc::TUN_F_CSUM, Accepts::CSUM),
+        (libc::TUN_F_TSO4, Accepts::TSO4),
+        (libc::TUN_F_TSO6, Accepts::TSO6),
+        (libc::TUN_F_TSO_ECN, Accepts::TSO_ECN),
+        (libc::TUN_F_USO4 | libc::TUN_F_USO6, Accepts::USO),
+    ] {
+        if flags & flag == flag {
+            a = a | offload;
+        }
+    }
+    a
 }
 
 fn ifreq(name: &str) -> io::Result<libc::ifreq> {
@@ -89,10 +128,17 @@ impl TapDevice {
             "TUNSETVNETHDRSZ",
             name,
         )?;
+        let offloads = set_offloads(&file, name)?;
         Ok(TapDevice {
             file,
             name: name.to_owned(),
+            offloads,
         })
+    }
+
+    /// What the device and we exchange besides complete frames.
+    pub fn offloads(&self) -> Accepts {
+        self.offloads
     }
 
     /// Interface name.
@@ -136,6 +182,29 @@ impl TapDevice {
     }
 }
 
+/// Enables [`TUN_OFFLOADS`] on the device (the richest set the kernel takes);
+/// returns what was enabled.
+fn set_offloads(file: &File, name: &str) -> io::Result<Accepts> {
+    let mut result = Ok(());
+    for flags in TUN_OFFLOADS {
+        // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is passed.
+        let r = unsafe {
+            libc::ioctl(
+                file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        };
+        result = check(r, "TUNSETOFFLOAD", name);
+        match &result {
+            Ok(()) => return Ok(accepts_of(flags)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
+            Err(_) => break,
+        }
+    }
+    result.map(|()| Accepts::NONE)
+}
+
 /// The receive side of a TAP port: frames the switch sends to it.
 pub struct TapSink {
     dev: Arc<TapDevice>,
@@ -143,10 +212,11 @@ pub struct TapSink {
 
 impl FrameSink for TapSink {
     fn deliver(&self, batch: &[Delivery], frames: &[FrameSource], report: &mut dyn DeliveryReport) {
-        // All-zero header: no checksum offload, no segmentation.
-        let hdr = [0u8; HDR_LEN];
+        let accepts = self.accepts();
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
         for d in batch {
+            // num_buffers means nothing to the device: 0.
+            let hdr = egress_header(frames[d.frame].offload(), d.egress.shift(), accepts, 0);
             iov.clear();
             iov.push(libc::iovec {
                 iov_base: hdr.as_ptr() as *mut libc::c_void,
@@ -183,6 +253,10 @@ impl FrameSink for TapSink {
             );
         }
     }
+
+    fn accepts(&self) -> Accepts {
+        self.dev.offloads
+    }
 }
 
 /// A running TAP port; [`TapPortHandle::stop`] ends it.
@@ -210,7 +284,7 @@ pub fn spawn(
         reader: Mutex::new(Some(TapReader {
             bufs: (0..BATCH).map(|_| vec![0u8; HDR_LEN + MAX_FRAME]).collect(),
             lens: [0; BATCH],
-            deliveries: Vec::with_capacity(4 * BATCH),
+            scratch: ForwardScratch::default(),
             dev,
             gone: false,
         })),
@@ -236,7 +310,7 @@ struct TapReader {
     bufs: Vec<Vec<u8>>,
     /// Bytes read into each buffer.
     lens: [usize; BATCH],
-    deliveries: Vec<Delivery>,
+    scratch: ForwardScratch,
     /// The device went away (said once; never read again).
     gone: bool,
 }
@@ -257,15 +331,22 @@ impl PollQueue for TapQueue {
                 .zip(&r.lens)
                 .map(|(b, &n)| VolatileSlice::from(&mut b[..n]))
                 .collect();
-            let frames: ArrayVec<FrameSource<'_, '_>, BATCH> = (0..count)
-                .map(|i| FrameSource::new(&segments[i..=i], HDR_LEN))
-                .collect();
+            let mut frames = ArrayVec::<FrameSource<'_, '_>, BATCH>::new();
+            let mut dropped = ArrayVec::<DropReason, BATCH>::new();
+            dropped.extend((0..short).map(|_| DropReason::BadDescriptor));
+            for i in 0..count {
+                match FrameSource::with_header(&segments[i..=i], r.dev.offloads, HeaderFrom::Kernel)
+                {
+                    Ok(frame) => frames.push(frame),
+                    Err(reason) => dropped.push(reason),
+                }
+            }
             let ingress = Ingress {
                 id: self.id,
                 switch: &self.switch,
                 table: &self.table,
             };
-            forward(&ingress, &frames, short, &mut r.deliveries);
+            forward(&ingress, &frames, &dropped, &mut r.scratch);
         }
         let Some(e) = gone else {
             return Polled::Frames(count);
@@ -360,6 +441,10 @@ mod tests {
                 }
                 report.outcome(d, Ok(()));
             }
+        }
+
+        fn accepts(&self) -> fabric_offload::Accepts {
+            fabric_offload::Accepts::NONE
         }
     }
 

@@ -22,7 +22,7 @@ pub trait Reason: Copy + 'static {
 }
 
 /// Most reasons a [`Reason`] enum may have (the counters' array size).
-pub const MAX_REASONS: usize = 16;
+pub const MAX_REASONS: usize = 24;
 
 /// Why a frame was dropped. Every drop is counted under exactly one reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,10 +49,30 @@ pub enum DropReason {
     /// A descriptor chain the guest gave us was malformed (bad address, length,
     /// flags or loop); the chain is returned and nothing is forwarded.
     BadDescriptor,
+    /// virtio-net header with a GSO type but `gso_size` 0 (virtio 1.2
+    /// §5.1.6.2.1: the driver sets `gso_size` whenever `gso_type` is not NONE).
+    GsoSizeZero,
+    /// virtio-net header whose `hdr_len` lies past the end of the frame.
+    HeaderPastFrame,
+    /// virtio-net header whose `csum_start` + `csum_offset` (the 2-byte
+    /// checksum field) lies outside the frame (§5.1.6.2.1, NEEDS_CSUM).
+    CsumOutsideFrame,
+    /// A GSO frame whose NEEDS_CSUM fields do not name its TCP/UDP checksum
+    /// field (Linux's `virtio_net_hdr_to_skb` refuses these too).
+    CsumNotL4,
+    /// A GSO frame that would segment into more segments than any peer
+    /// sends (above 64 KiB of payload).
+    TooManySegments,
+    /// A GSO type or header flag we do not implement (UFO, unknown bits), or
+    /// one that does not match the frame's own headers.
+    GsoUnsupported,
+    /// An offload the port did not negotiate (GSO from a guest without
+    /// HOST_TSO4, a checksum to complete from one without CSUM, §5.1.6.2).
+    OffloadNotNegotiated,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Runt,
         DropReason::Oversize,
         DropReason::InvalidSource,
@@ -63,6 +83,13 @@ impl DropReason {
         DropReason::MtuExceeded,
         DropReason::NoBuffer,
         DropReason::BadDescriptor,
+        DropReason::GsoSizeZero,
+        DropReason::HeaderPastFrame,
+        DropReason::CsumOutsideFrame,
+        DropReason::CsumNotL4,
+        DropReason::TooManySegments,
+        DropReason::GsoUnsupported,
+        DropReason::OffloadNotNegotiated,
     ];
 
     /// Stable snake_case name, used by metrics and the control socket.
@@ -78,6 +105,13 @@ impl DropReason {
             DropReason::MtuExceeded => "mtu_exceeded",
             DropReason::NoBuffer => "no_buffer",
             DropReason::BadDescriptor => "bad_descriptor",
+            DropReason::GsoSizeZero => "gso_size_zero",
+            DropReason::HeaderPastFrame => "header_past_frame",
+            DropReason::CsumOutsideFrame => "csum_outside_frame",
+            DropReason::CsumNotL4 => "csum_not_l4",
+            DropReason::TooManySegments => "too_many_segments",
+            DropReason::GsoUnsupported => "gso_unsupported",
+            DropReason::OffloadNotNegotiated => "offload_not_negotiated",
         }
     }
 }
@@ -192,6 +226,26 @@ impl<R: Reason> Counters<R> {
 pub struct PortCounters {
     traffic: Counters<DropReason>,
     broken_queues: AtomicU64,
+    offload: OffloadCounters,
+}
+
+/// What the switch did with offloaded frames delivered to one port.
+#[derive(Default, Debug)]
+struct OffloadCounters {
+    tx_gso_packets: AtomicU64,
+    gso_segmented: AtomicU64,
+    csum_completed: AtomicU64,
+}
+
+/// How a frame carrying an offload reached a port (see [`PortCounters::add_offload`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffloadOutcome {
+    /// A GSO super-frame handed over intact, with its virtio-net header.
+    GsoPassed,
+    /// A GSO super-frame segmented in software (the port does not take it).
+    Segmented,
+    /// A partial checksum completed in software (the port does not take it).
+    CsumCompleted,
 }
 
 /// A port's counters are [`Counters`] plus broken queues.
@@ -211,6 +265,13 @@ pub struct PortCountersSnapshot {
     /// avail index further ahead than the ring holds, or its rings outside
     /// guest memory). The queue stays stopped until the frontend resets it.
     pub broken_queues: u64,
+    /// GSO super-frames delivered intact (the port accepts the offload).
+    pub tx_gso_packets: u64,
+    /// GSO super-frames segmented in software for this port.
+    pub gso_segmented: u64,
+    /// Partial checksums completed in software for this port (segmented
+    /// frames not included: segmentation completes every checksum anyway).
+    pub csum_completed: u64,
 }
 
 impl Deref for PortCountersSnapshot {
@@ -226,10 +287,25 @@ impl PortCounters {
         self.broken_queues.fetch_add(1, Relaxed);
     }
 
+    /// Counts `n` frames delivered to the port as `outcome` says.
+    pub fn add_offload(&self, outcome: OffloadOutcome, n: u64) {
+        let o = &self.offload;
+        let counter = match outcome {
+            OffloadOutcome::GsoPassed => &o.tx_gso_packets,
+            OffloadOutcome::Segmented => &o.gso_segmented,
+            OffloadOutcome::CsumCompleted => &o.csum_completed,
+        };
+        counter.fetch_add(n, Relaxed);
+    }
+
     pub fn snapshot(&self) -> PortCountersSnapshot {
+        let o = &self.offload;
         PortCountersSnapshot {
             traffic: self.traffic.snapshot(),
             broken_queues: self.broken_queues.load(Relaxed),
+            tx_gso_packets: o.tx_gso_packets.load(Relaxed),
+            gso_segmented: o.gso_segmented.load(Relaxed),
+            csum_completed: o.csum_completed.load(Relaxed),
         }
     }
 }
@@ -248,7 +324,14 @@ mod tests {
         c.add_drop(DropReason::BadDescriptor);
         c.add_drop(DropReason::BadDescriptor);
         c.add_broken_queue();
+        c.add_offload(OffloadOutcome::GsoPassed, 4);
+        c.add_offload(OffloadOutcome::Segmented, 2);
+        c.add_offload(OffloadOutcome::CsumCompleted, 1);
         let s = c.snapshot();
+        assert_eq!(
+            (s.tx_gso_packets, s.gso_segmented, s.csum_completed),
+            (4, 2, 1)
+        );
         assert_eq!(
             (s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes),
             (2, 128, 3, 1500)

@@ -89,7 +89,7 @@ impl Topology {
             return None;
         }
         let tag = port.mode.egress_tag(ingress.vlan)?;
-        if ingress.untagged_len > port.mtu as usize + ETH_HLEN {
+        if ingress.largest_untagged > port.mtu as usize + ETH_HLEN {
             port.state.counters.add_drop(DropReason::MtuExceeded);
             return None;
         }
@@ -119,7 +119,10 @@ pub struct Ingress {
     tagged: bool,
     pcp_dei: u16,
     len: usize,
-    untagged_len: usize,
+    /// The largest frame, untagged, this one puts on a wire: its own length,
+    /// or for a GSO super-frame the length of its largest segment. What the
+    /// MTU checks compare.
+    largest_untagged: usize,
 }
 
 /// How one egress port emits a frame: write `head()`, then the received frame
@@ -185,6 +188,25 @@ impl Egress {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Emits a frame already rewritten for `port` (a segment the switch cut
+    /// from a GSO frame after the decision) as it is: no head, nothing skipped.
+    pub fn verbatim(port: PortId, len: usize) -> Egress {
+        Egress {
+            port,
+            head: [0u8; HEAD_LEN],
+            head_len: 0,
+            skip: 0,
+            len: len as u32,
+        }
+    }
+
+    /// Bytes the rewrite adds to the frame (negative: removes): +4 when a tag
+    /// is pushed, -4 when one is popped. Offsets into the frame past the
+    /// Ethernet header (a checksum start) move by this much.
+    pub fn shift(&self) -> isize {
+        self.head_len as isize - self.skip as isize
     }
 
     /// Writes the outgoing frame for a received frame held in one buffer.
@@ -347,11 +369,27 @@ impl Switch {
         len: usize,
         now: u32,
     ) -> Result<Ingress, DropReason> {
+        self.receive_offloaded(topo, port, head, len, len, now)
+    }
+
+    /// [`Self::receive`] for a frame that may be a GSO super-frame: `largest`
+    /// is the longest frame its segments put on a wire (`len` for any other
+    /// frame). The ingress and egress MTU checks compare `largest`, so a
+    /// 64 KiB TSO frame from a 1500-MTU guest passes when its segments fit.
+    pub fn receive_offloaded(
+        &self,
+        topo: &Topology,
+        port: PortId,
+        head: &[u8],
+        len: usize,
+        largest: usize,
+        now: u32,
+    ) -> Result<Ingress, DropReason> {
         let Some(info) = topo.port(port) else {
             return Err(DropReason::NoBuffer);
         };
         let counters = &info.state.counters;
-        self.decide(info, head, len, now)
+        self.decide(info, head, len, largest.min(len), now)
             .inspect_err(|reason| counters.add_drop(*reason))
     }
 
@@ -360,10 +398,13 @@ impl Switch {
         info: &PortInfo,
         head: &[u8],
         len: usize,
+        largest: usize,
         now: u32,
     ) -> Result<Ingress, DropReason> {
         let frame = EthernetHead::parse(head, len).ok_or(DropReason::Runt)?;
-        if frame.untagged_len() > info.mtu as usize + ETH_HLEN {
+        // The tag, if any, is in every segment as in the frame.
+        let largest_untagged = largest.saturating_sub(len - frame.untagged_len());
+        if largest_untagged > info.mtu as usize + ETH_HLEN {
             return Err(DropReason::Oversize);
         }
         let src = frame.src();
@@ -413,7 +454,7 @@ impl Switch {
             tagged,
             pcp_dei,
             len,
-            untagged_len: frame.untagged_len(),
+            largest_untagged,
         })
     }
 
@@ -834,6 +875,39 @@ mod tests {
         })
         .unwrap();
         assert_eq!(got, vec![p2]);
+    }
+
+    /// A GSO super-frame is checked against both MTUs by its largest
+    /// segment, not its own length; tagged, the tag is not counted.
+    #[test]
+    fn gso_frames_are_mtu_checked_by_their_largest_segment() {
+        let sw = Switch::new("br0", 100, 100, 300);
+        let p1 = sw.add_port("p1", trunk(&[7], None), 1500).unwrap();
+        let p2 = sw.add_port("p2", VlanMode::Access(vid(7)), 1500).unwrap();
+        let small = sw
+            .add_port("small", VlanMode::Access(vid(7)), 1400)
+            .unwrap();
+        for p in [p1, p2, small] {
+            sw.set_link(p, true);
+        }
+        let topo = sw.topology();
+        let mut f = frame([0xff; 6], mac(1), Some(7));
+        f.resize(65_000, 0);
+        let head = &f[..HEAD_LEN];
+        let ingress = sw
+            .receive_offloaded(&topo, p1, head, f.len(), 1518, 0)
+            .unwrap();
+        assert!(topo.egress(p2, &ingress).is_some());
+        assert_eq!(topo.egress(small, &ingress), None);
+        let drops = |p: PortId| topo.port(p).unwrap().state.counters.snapshot();
+        assert_eq!(drops(small).dropped(MtuExceeded), 1);
+        assert_eq!(
+            sw.receive_offloaded(&topo, p1, head, f.len(), 1519, 0),
+            Err(Oversize)
+        );
+        assert_eq!(drops(p1).dropped(Oversize), 1);
+        // Without offload the length itself is what is checked.
+        assert_eq!(sw.receive(&topo, p1, head, f.len(), 0), Err(Oversize));
     }
 
     #[test]

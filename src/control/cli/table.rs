@@ -121,6 +121,7 @@ fn port_table(ports: &[PortInfo]) -> String {
         ("TX PKTS", Right),
         ("TX BYTES", Right),
         ("BROKEN Q", Right),
+        ("GSO/SEG/CSUM", Right),
         ("SOCKET", Left),
         ("DROPS", Left),
     ]);
@@ -147,6 +148,10 @@ fn port_table(ports: &[PortInfo]) -> String {
             p.tx_packets.to_string(),
             human_size(p.tx_bytes),
             p.broken_queues.to_string(),
+            format!(
+                "{}/{}/{}",
+                p.tx_gso_packets, p.gso_segmented, p.csum_completed
+            ),
             clean(&p.socket),
             drops,
         ]);

@@ -43,6 +43,16 @@ pub mod features {
     pub const GUEST_TSO6: u64 = 1 << virtio_net::VIRTIO_NET_F_GUEST_TSO6;
     pub const HOST_TSO4: u64 = 1 << virtio_net::VIRTIO_NET_F_HOST_TSO4;
     pub const HOST_TSO6: u64 = 1 << virtio_net::VIRTIO_NET_F_HOST_TSO6;
+    pub const GUEST_ECN: u64 = 1 << virtio_net::VIRTIO_NET_F_GUEST_ECN;
+    pub const HOST_ECN: u64 = 1 << virtio_net::VIRTIO_NET_F_HOST_ECN;
+    pub const GUEST_USO4: u64 = 1 << virtio_net::VIRTIO_NET_F_GUEST_USO4;
+    pub const GUEST_USO6: u64 = 1 << virtio_net::VIRTIO_NET_F_GUEST_USO6;
+    pub const HOST_USO: u64 = 1 << virtio_net::VIRTIO_NET_F_HOST_USO;
+    /// What a guest sends offloaded: partial checksums, TSO, ECN, USO (5.1.6.2).
+    pub const HOST_OFFLOADS: u64 = CSUM | HOST_TSO4 | HOST_TSO6 | HOST_ECN | HOST_USO;
+    /// What a guest takes offloaded (5.1.6.4).
+    pub const GUEST_OFFLOADS: u64 =
+        GUEST_CSUM | GUEST_TSO4 | GUEST_TSO6 | GUEST_ECN | GUEST_USO4 | GUEST_USO6;
     pub const MRG_RXBUF: u64 = 1 << virtio_net::VIRTIO_NET_F_MRG_RXBUF;
     pub const STATUS: u64 = 1 << virtio_net::VIRTIO_NET_F_STATUS;
     pub const CTRL_VQ: u64 = 1 << virtio_net::VIRTIO_NET_F_CTRL_VQ;
@@ -68,6 +78,7 @@ pub const VIRTIO_NET_HDR_GSO_NONE: u8 = 0;
 pub const VIRTIO_NET_HDR_GSO_TCPV4: u8 = 1;
 pub const VIRTIO_NET_HDR_GSO_UDP: u8 = 3;
 pub const VIRTIO_NET_HDR_GSO_TCPV6: u8 = 4;
+pub const VIRTIO_NET_HDR_GSO_UDP_L4: u8 = 5;
 
 /// `struct virtio_net_hdr_v1`, little endian on the wire (VERSION_1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -162,6 +173,15 @@ impl Default for NicOptions {
 }
 
 impl NicOptions {
+    /// Defaults plus `extra` feature bits (e.g. [`features::HOST_OFFLOADS`]):
+    /// a guest that negotiates those offloads, or, without them, refuses them.
+    pub fn with_features(extra: u64) -> Self {
+        NicOptions {
+            extra_features: extra,
+            ..Default::default()
+        }
+    }
+
     /// Defaults without MRG_RXBUF: every RX buffer holds a 64 KiB frame.
     pub fn without_mrg() -> Self {
         NicOptions {

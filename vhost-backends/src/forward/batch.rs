@@ -2,7 +2,8 @@
 //! guest's TX chains, frames read from a TAP device or a tunnel): decide each
 //! frame, then deliver grouped by destination, and count what happened.
 
-use super::{Delivery, DeliveryReport, FrameSource, PortTable};
+use super::offload::{self, SoftwareScratch};
+use super::{Delivery, DeliveryReport, FrameSource, PortTable, BATCH};
 use vswitch::{Dest, DropReason, PortCounters, PortId, Switch, Topology, HEAD_LEN};
 
 /// Where a batch of frames comes from: the ingress port, its switch, and the
@@ -13,17 +14,36 @@ pub(crate) struct Ingress<'a> {
     pub table: &'a PortTable,
 }
 
+/// Per-queue buffers of [`forward`], allocated once and reused.
+pub(crate) struct ForwardScratch {
+    deliveries: Vec<Delivery>,
+    software: SoftwareScratch,
+}
+
+impl Default for ForwardScratch {
+    fn default() -> Self {
+        ForwardScratch {
+            deliveries: Vec::with_capacity(4 * BATCH),
+            software: SoftwareScratch::default(),
+        }
+    }
+}
+
 /// Forwards a batch of frames received on `from` (a guest's TX chains, frames
 /// read from a TAP device or a tunnel): decide every frame, then deliver
 /// grouped by destination, so each receiver's queue is locked, and its peer
-/// notified, once per batch. `malformed` frames that never made it into
-/// `frames` are counted as bad descriptors. `deliveries` is scratch space.
+/// notified, once per batch. `dropped` are the reasons of the frames that
+/// never made it into `frames` (a malformed chain, a bad virtio-net header).
 pub(crate) fn forward(
     from: &Ingress,
     frames: &[FrameSource],
-    malformed: u64,
-    deliveries: &mut Vec<Delivery>,
+    dropped: &[DropReason],
+    scratch: &mut ForwardScratch,
 ) {
+    let ForwardScratch {
+        deliveries,
+        software,
+    } = scratch;
     let topo = from.switch.topology();
     let now = from.switch.now();
     deliveries.clear();
@@ -34,14 +54,14 @@ pub(crate) fn forward(
     }
     if let Some(p) = topo.port(from.id) {
         p.state.counters.add_rx(frames.len() as u64, rx_bytes);
-        for _ in 0..malformed {
-            p.state.counters.add_drop(DropReason::BadDescriptor);
+        for &reason in dropped {
+            p.state.counters.add_drop(reason);
         }
     }
     // Unstable sort needs no buffer; the frame index keeps each port's frames in order.
     deliveries.sort_unstable_by_key(|d| (d.port, d.frame));
     for group in deliveries.chunk_by(|a, b| a.port == b.port) {
-        deliver(from, &topo, group, frames);
+        deliver(from, &topo, group, frames, software);
     }
 }
 
@@ -58,9 +78,10 @@ fn decide(
     let frame = &frames[index];
     let mut head = [0u8; HEAD_LEN];
     let n = frame.read_head(&mut head);
-    let Ok(ingress) = from
-        .switch
-        .receive(topo, from.id, &head[..n], frame.len(), now)
+    let largest = frame.offload().largest_frame(frame.len());
+    let Ok(ingress) =
+        from.switch
+            .receive_offloaded(topo, from.id, &head[..n], frame.len(), largest, now)
     else {
         return; // counted by the switch
     };
@@ -80,7 +101,13 @@ fn decide(
 }
 
 /// Hands one destination's share of the batch to its sink and counts the outcomes.
-fn deliver(from: &Ingress, topo: &Topology, group: &[Delivery], frames: &[FrameSource]) {
+fn deliver(
+    from: &Ingress,
+    topo: &Topology,
+    group: &[Delivery],
+    frames: &[FrameSource],
+    software: &mut SoftwareScratch,
+) {
     let Some(out) = topo.port(group[0].port) else {
         return;
     };
@@ -96,7 +123,7 @@ fn deliver(from: &Ingress, topo: &Topology, group: &[Delivery], frames: &[FrameS
         // loaded before this check, so a successor's sink cannot pass it.
         from.switch
             .is_current(out)
-            .then(|| sink.deliver(group, frames, &mut count))
+            .then(|| offload::deliver(sink, group, frames, &mut count, counters, software))
     });
     if published.flatten().is_none() {
         for _ in group {
@@ -174,6 +201,10 @@ mod tests {
                 report.outcome(d, Ok(()));
             }
         }
+
+        fn accepts(&self) -> fabric_offload::Accepts {
+            fabric_offload::Accepts::NONE
+        }
     }
 
     /// A port removed and its id reused by a port of another VLAN while a
@@ -232,7 +263,7 @@ mod tests {
             switch: &switch,
             table: &table,
         };
-        forward(&ingress, &frames, 0, &mut Vec::new());
+        forward(&ingress, &frames, &[], &mut ForwardScratch::default());
         assert_eq!(first_got.lock().unwrap().len(), 1);
         assert!(
             successor_got.lock().unwrap().is_empty(),

@@ -4,8 +4,16 @@
 //!
 //! The buffers are kept as `VolatileSlice`s: each guest address is translated to
 //! a host mapping once, when the chain is validated, not again per access.
+//!
+//! The virtio-net header in front of the frame is parsed and validated once,
+//! here ([`FrameSource::with_header`]); the frame carries the resulting
+//! [`Offload`] through the switch.
 
+use super::offload::{parse_header, HeaderFrom};
+use super::HDR_LEN;
+use fabric_offload::{Accepts, Offload, MAX_HEAD_LEN};
 use vm_memory::VolatileSlice;
+use vswitch::DropReason;
 
 /// Descriptors a TX chain may have. Linux sends at most MAX_SKB_FRAGS + 2 (19);
 /// anything longer is treated as malformed rather than buffered.
@@ -16,6 +24,8 @@ pub(crate) struct FrameSource<'a, 'm> {
     /// Bytes of `segments` before the frame starts (the virtio-net header).
     start: usize,
     len: usize,
+    /// What the virtio-net header asked for, validated against the frame.
+    offload: Offload,
 }
 
 impl<'a, 'm> FrameSource<'a, 'm> {
@@ -26,7 +36,51 @@ impl<'a, 'm> FrameSource<'a, 'm> {
             segments,
             start,
             len: total.saturating_sub(start),
+            offload: Offload::NONE,
         }
+    }
+
+    /// A frame with no header in front whose offload its port driver
+    /// established (a tunnel's partial inner checksum).
+    pub fn with_offload(
+        segments: &'a [VolatileSlice<'m>],
+        offload: Offload,
+    ) -> FrameSource<'a, 'm> {
+        FrameSource {
+            offload,
+            ..FrameSource::new(segments, 0)
+        }
+    }
+
+    /// A frame behind a 12-byte virtio-net header (a guest's TX chain, a TAP
+    /// read): the header is parsed and checked against the frame once, here.
+    /// A header asking for an offload outside `allowed` (what the port
+    /// negotiated) or with bad metadata drops the frame, with its reason.
+    pub fn with_header(
+        segments: &'a [VolatileSlice<'m>],
+        allowed: Accepts,
+        from: HeaderFrom,
+    ) -> Result<FrameSource<'a, 'm>, DropReason> {
+        let mut frame = FrameSource::new(segments, HDR_LEN);
+        let mut hdr = [0u8; HDR_LEN];
+        if frame.copy_out(0, &mut hdr) < HDR_LEN {
+            return Err(DropReason::BadDescriptor);
+        }
+        // The frame's own headers matter only to a header asking for
+        // something: a plain frame costs no copy here.
+        let mut head = [0u8; MAX_HEAD_LEN];
+        let n = if hdr[..10].iter().any(|&b| b != 0) {
+            frame.read_head(&mut head)
+        } else {
+            0
+        };
+        frame.offload = parse_header(&hdr, &head[..n], frame.len, allowed, from)?;
+        Ok(frame)
+    }
+
+    /// The offload the frame carries ([`Offload::NONE`] for a complete frame).
+    pub fn offload(&self) -> &Offload {
+        &self.offload
     }
 
     /// Frame length in bytes.
@@ -60,12 +114,35 @@ impl<'a, 'm> FrameSource<'a, 'm> {
 
     /// Copies the first bytes of the frame into `buf`; returns how many.
     pub fn read_head(&self, buf: &mut [u8]) -> usize {
+        self.copy_out(self.start, buf)
+    }
+
+    /// Copies the buffers' bytes from `from` on (the header included: the
+    /// frame starts at `self.start`) into `buf`; returns how many.
+    fn copy_out(&self, from: usize, buf: &mut [u8]) -> usize {
         let mut n = 0;
-        self.for_each_slice(0, |slice| {
-            let want = (buf.len() - n).min(slice.len());
-            n += slice.copy_to(&mut buf[n..n + want]);
-            n < buf.len()
-        });
+        let mut skip = from;
+        for seg in self.segments {
+            if n == buf.len() {
+                break;
+            }
+            if skip >= seg.len() {
+                skip -= seg.len();
+                continue;
+            }
+            let Ok(rest) = seg.offset(skip) else {
+                break;
+            };
+            skip = 0;
+            let want = (buf.len() - n).min(rest.len());
+            n += rest.copy_to(&mut buf[n..n + want]);
+        }
         n
+    }
+
+    /// Copies the whole frame from byte `offset` on into `buf`; returns how
+    /// many bytes (fewer if `buf` is shorter).
+    pub fn copy_from(&self, offset: usize, buf: &mut [u8]) -> usize {
+        self.copy_out(self.start + offset, buf)
     }
 }

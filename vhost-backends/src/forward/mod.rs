@@ -9,10 +9,13 @@
 
 mod batch;
 mod frame_source;
+pub(crate) mod offload;
+#[cfg(test)]
+pub(crate) mod offload_tests;
 mod port_table;
 mod sink;
 
-pub(crate) use batch::{forward, Ingress};
+pub(crate) use batch::{forward, ForwardScratch, Ingress};
 pub(crate) use frame_source::{FrameSource, MAX_SEGMENTS};
 pub use port_table::PortTable;
 pub(crate) use sink::{Delivery, DeliveryReport, FrameSink};

@@ -3,6 +3,7 @@
 //! reports back for the sender's counters ([`DeliveryReport`]).
 
 use super::FrameSource;
+use fabric_offload::Accepts;
 use vswitch::{DropReason, Egress, PortId};
 
 /// One frame of a TX batch for one egress port, as the switch decided.
@@ -34,10 +35,18 @@ impl Delivery {
 /// device or a VXLAN tunnel.
 pub(crate) trait FrameSink: Send + Sync {
     /// Delivers every item of `batch` (all for this port) in order: writes
-    /// `egress.head()` followed by `frames[frame]` from `egress.skip()` on.
-    /// Reports each outcome to `report`, and notifies the peer once at the
-    /// end, not per frame.
+    /// `egress.head()` followed by `frames[frame]` from `egress.skip()` on,
+    /// behind the virtio-net header of the frame's offload if the peer takes
+    /// one (`forward::offload::egress_header`). Reports each outcome to
+    /// `report`, and notifies the peer once at the end, not per frame.
+    ///
+    /// Every frame of `batch` needs only offloads of [`Self::accepts`]: the
+    /// switch completes the others in software before they get here.
     fn deliver(&self, batch: &[Delivery], frames: &[FrameSource], report: &mut dyn DeliveryReport);
+
+    /// The offloads the peer takes with a frame (what it negotiated: the
+    /// guest's GUEST_* features, the TAP device's offloads), read per batch.
+    fn accepts(&self) -> Accepts;
 }
 
 /// What a sink tells the sender about a batch it delivers.

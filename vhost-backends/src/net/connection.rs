@@ -4,8 +4,13 @@
 
 use super::port::NetPort;
 use crate::GuestMemAtomic;
+use fabric_offload::Accepts;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_HOST_USO, VIRTIO_NET_F_MRG_RXBUF,
+};
 
 pub const RX_QUEUE: u16 = 0;
 pub const TX_QUEUE: u16 = 1;
@@ -25,6 +30,39 @@ pub struct Connection {
 impl Connection {
     pub fn has_feature(&self, bit: u32) -> bool {
         self.acked_features.load(Ordering::Relaxed) & (1 << bit) != 0
+    }
+
+    /// What the guest may send (virtio 1.2 §5.1.6.2): a partial checksum
+    /// with CSUM, GSO with HOST_TSO4/6, HOST_ECN, HOST_USO.
+    pub(crate) fn host_offloads(&self) -> Accepts {
+        let mut a = Accepts::NONE;
+        for (bit, offload) in [
+            (VIRTIO_NET_F_CSUM, Accepts::CSUM),
+            (VIRTIO_NET_F_HOST_TSO4, Accepts::TSO4),
+            (VIRTIO_NET_F_HOST_TSO6, Accepts::TSO6),
+            (VIRTIO_NET_F_HOST_ECN, Accepts::TSO_ECN),
+            (VIRTIO_NET_F_HOST_USO, Accepts::USO),
+        ] {
+            if self.has_feature(bit) {
+                a = a | offload;
+            }
+        }
+        a
+    }
+
+    /// What the guest takes (§5.1.6.4): a partial checksum or DATA_VALID
+    /// with GUEST_CSUM; GSO with GUEST_TSO4/6, GUEST_ECN, GUEST_USO4+6. GSO
+    /// only with MRG_RXBUF as well: a driver without it may post buffers too
+    /// small for 64 KiB (posting 65562-byte ones is only a SHOULD,
+    /// §5.1.6.3.1), and a super-frame that finds none would be lost. Such a
+    /// guest gets segments instead.
+    pub(crate) fn guest_offloads(&self) -> Accepts {
+        let all = Accepts::from_guest_features(self.acked_features.load(Ordering::Relaxed));
+        if self.has_feature(VIRTIO_NET_F_MRG_RXBUF) || !all.contains(Accepts::CSUM) {
+            all
+        } else {
+            Accepts::CSUM
+        }
     }
 
     pub(crate) fn is_broken(&self, queue: u16) -> bool {

@@ -7,9 +7,11 @@
 
 use super::connection::{Connection, RX_QUEUE};
 use super::Vring;
+use crate::forward::offload::egress_header;
 use crate::forward::{Delivery, DeliveryReport, FrameSink, FrameSource, HDR_LEN};
 use crate::split_ring::RingView;
 use arrayvec::ArrayVec;
+use fabric_offload::Accepts;
 use std::sync::Arc;
 use vhost_user_backend::VringT;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
@@ -98,6 +100,7 @@ impl FrameSink for GuestRx {
     fn deliver(&self, batch: &[Delivery], frames: &[FrameSource], report: &mut dyn DeliveryReport) {
         let mem = self.conn.mem.memory();
         let mrg_rxbuf = self.conn.has_feature(VIRTIO_NET_F_MRG_RXBUF);
+        let accepts = self.accepts();
         let mut vring = self.vring.get_mut();
         let enabled = vring.is_enabled();
         let queue = vring.get_queue_mut();
@@ -137,6 +140,7 @@ impl FrameSink for GuestRx {
                 queue,
                 &ring,
                 mrg_rxbuf,
+                accepts,
                 &d.egress,
                 &frames[d.frame],
                 &mut used,
@@ -150,6 +154,10 @@ impl FrameSink for GuestRx {
             let _ = vring.signal_used_queue();
         }
     }
+
+    fn accepts(&self) -> Accepts {
+        self.conn.guest_offloads()
+    }
 }
 
 /// Writes one packet into the RX queue (the caller holds its lock) and appends
@@ -158,6 +166,7 @@ fn deliver_one<'m>(
     queue: &mut Queue,
     ring: &RingView<'m>,
     mrg_rxbuf: bool,
+    accepts: Accepts,
     egress: &Egress,
     frame: &FrameSource,
     used: &mut Pending,
@@ -208,9 +217,9 @@ fn deliver_one<'m>(
         return Err(DropReason::NoBuffer);
     }
 
-    // 2. Write header, rewritten head and the rest of the frame.
-    let mut hdr = [0u8; HDR_LEN];
-    hdr[10..12].copy_from_slice(&(taken.len() as u16).to_le_bytes());
+    // 2. Write header, rewritten head and the rest of the frame. The
+    //    header's offsets move with a tag pushed or popped by the rewrite.
+    let hdr = egress_header(frame.offload(), egress.shift(), accepts, taken.len() as u16);
     let mut w = SegmentWriter {
         segs: &segs,
         idx: 0,

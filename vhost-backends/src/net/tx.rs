@@ -11,19 +11,36 @@
 use super::connection::{Connection, TX_QUEUE};
 use super::Vring;
 use crate::datapath::{PollQueue, Polled};
-use crate::forward::{forward, Delivery, FrameSource, Ingress, BATCH, HDR_LEN, MAX_SEGMENTS};
+use crate::forward::offload::{HeaderFrom, MAX_GSO_FRAME};
+use crate::forward::{forward, ForwardScratch, FrameSource, Ingress, BATCH, HDR_LEN, MAX_SEGMENTS};
 use crate::split_ring::RingView;
 use crate::GuestMem;
 use arrayvec::ArrayVec;
+use fabric_offload::Accepts;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use vhost_user_backend::VringT;
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, VolatileSlice};
+use vswitch::DropReason;
 
-/// Largest chain we accept: header plus a 64 KiB frame. Anything longer is
-/// absurd for a port without segmentation offload.
+/// Largest chain we accept from a guest that negotiated no segmentation
+/// offload: header plus a 64 KiB frame. Anything longer is absurd for it.
 const MAX_CHAIN_BYTES: usize = HDR_LEN + 65_535;
+
+/// Largest chain from a guest that negotiated HOST_TSO4/6 or HOST_USO:
+/// header plus a 64 KiB GSO super-frame with its Ethernet header and a tag.
+const MAX_GSO_CHAIN_BYTES: usize = HDR_LEN + MAX_GSO_FRAME;
+
+/// The longest chain a guest that may send `offloads` needs.
+fn chain_limit(offloads: Accepts) -> usize {
+    let gso = [Accepts::TSO4, Accepts::TSO6, Accepts::USO];
+    if gso.iter().any(|&g| offloads.contains(g)) {
+        MAX_GSO_CHAIN_BYTES
+    } else {
+        MAX_CHAIN_BYTES
+    }
+}
 
 /// Buffers of all chains of one batch, translated once. On the stack, bounded:
 /// a batch stops taking chains when fewer than [`MAX_SEGMENTS`] places are left.
@@ -94,25 +111,27 @@ impl PollQueue for TxQueue {
 /// Per-queue buffers, allocated once and reused: no allocation per frame.
 pub(crate) struct TxScratch {
     chains: Vec<TxChain>,
-    deliveries: Vec<Delivery>,
+    forward: ForwardScratch,
 }
 
 impl Default for TxScratch {
     fn default() -> Self {
         TxScratch {
             chains: Vec::with_capacity(BATCH),
-            deliveries: Vec::with_capacity(4 * BATCH),
+            forward: ForwardScratch::default(),
         }
     }
 }
 
 /// Appends the buffers of a TX chain to `segs`: all device-readable, at most
 /// [`MAX_SEGMENTS`] descriptors (zero-length ones count too), at most
-/// [`MAX_CHAIN_BYTES`] in all, at least a header. Every descriptor read is
-/// taken from `budget`. `None` (nothing appended) if the chain breaks any rule.
+/// `max_bytes` in all (see [`chain_limit`]), at least a header. Every
+/// descriptor read is taken from `budget`. `None` (nothing appended) if the
+/// chain breaks any rule.
 fn gather<'m>(
     ring: &RingView<'m>,
     head: u16,
+    max_bytes: usize,
     budget: &mut u32,
     segs: &mut ArrayVec<VolatileSlice<'m>, MAX_BATCH_SEGMENTS>,
 ) -> Option<Range<usize>> {
@@ -121,7 +140,7 @@ fn gather<'m>(
     let walked = ring.walk_budgeted(head, budget, |buf, writable| {
         total += buf.len();
         descriptors += 1;
-        if writable || descriptors > MAX_SEGMENTS || total > MAX_CHAIN_BYTES {
+        if writable || descriptors > MAX_SEGMENTS || total > max_bytes {
             return false;
         }
         if !buf.is_empty() {
@@ -164,6 +183,7 @@ fn pop_batch<'m>(
         return;
     };
     let mut budget = BATCH_DESCRIPTORS;
+    let max_bytes = chain_limit(conn.host_offloads());
     for _ in 0..pending {
         if scratch.chains.len() == BATCH
             || segments.remaining_capacity() < MAX_SEGMENTS
@@ -175,7 +195,7 @@ fn pop_batch<'m>(
             break;
         };
         next = next.wrapping_add(1);
-        let range = gather(&ring, head, &mut budget, segments);
+        let range = gather(&ring, head, max_bytes, &mut budget, segments);
         scratch.chains.push(TxChain {
             head,
             segments: range,
@@ -201,11 +221,16 @@ fn process_batch(q: &TxQueue, scratch: &mut TxScratch) -> usize {
 
     let port = &conn.port;
     let mut frames = ArrayVec::<FrameSource<'_, '_>, BATCH>::new();
-    let mut malformed = 0u64;
+    let mut dropped = ArrayVec::<DropReason, BATCH>::new();
+    let allowed = conn.host_offloads();
     for chain in &scratch.chains {
-        match &chain.segments {
-            Some(range) => frames.push(FrameSource::new(&segments[range.clone()], HDR_LEN)),
-            None => malformed += 1,
+        let Some(range) = &chain.segments else {
+            dropped.push(DropReason::BadDescriptor);
+            continue;
+        };
+        match FrameSource::with_header(&segments[range.clone()], allowed, HeaderFrom::Guest) {
+            Ok(frame) => frames.push(frame),
+            Err(reason) => dropped.push(reason),
         }
     }
     forward(
@@ -215,8 +240,8 @@ fn process_batch(q: &TxQueue, scratch: &mut TxScratch) -> usize {
             table: &port.table,
         },
         &frames,
-        malformed,
-        &mut scratch.deliveries,
+        &dropped,
+        &mut scratch.forward,
     );
 
     // The device writes nothing into TX buffers: used length 0. A head outside
