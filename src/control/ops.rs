@@ -337,7 +337,7 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                     PortKind::VhostUser { socket, .. } => {
                         ("vhost-user", socket.display().to_string())
                     }
-                    PortKind::Tap { device } => ("tap", device.clone()),
+                    PortKind::Tap { device, .. } => ("tap", device.clone()),
                     PortKind::Vxlan(v) => ("vxlan", format!("{}:{}", v.local, v.udp_port)),
                 };
                 PortInfo {
@@ -359,6 +359,15 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                         })
                         .collect(),
                     broken_queues: c.map_or(0, |c| c.broken_queues),
+                    queues: c.map_or_else(Vec::new, |c| {
+                        c.queues
+                            .iter()
+                            .map(|q| QueueInfo {
+                                rx_packets: q.rx_packets,
+                                tx_packets: q.tx_packets,
+                            })
+                            .collect()
+                    }),
                     tunnel: snap
                         .tunnels
                         .iter()

@@ -146,6 +146,31 @@ impl Collector for SnapshotCollector {
             &s.ports,
             |p| (port(p), p.broken_queues),
         )?;
+        let queues: Vec<(&PortSample, usize, &vswitch::QueueSnapshot)> = s
+            .ports
+            .iter()
+            .flat_map(|p| p.queues.iter().enumerate().map(move |(i, q)| (p, i, q)))
+            .collect();
+        let queue = |p: &PortSample, i: usize| {
+            let [sw, port] = port(p);
+            [sw, port, ("queue", i.to_string())]
+        };
+        f.metric(
+            Kind::Counter,
+            "vswitchd_port_queue_rx_packets",
+            "Frames received from the peer through one queue (pair) of a multi-queue port.",
+            None,
+            &queues,
+            |&(p, i, q)| (queue(p, i), q.rx_packets),
+        )?;
+        f.metric(
+            Kind::Counter,
+            "vswitchd_port_queue_tx_packets",
+            "Frames delivered to the peer through one queue (pair) of a multi-queue port.",
+            None,
+            &queues,
+            |&(p, i, q)| (queue(p, i), q.tx_packets),
+        )?;
         f.metric(
             Kind::Gauge,
             "vswitchd_port_link_up",

@@ -26,6 +26,12 @@ pub fn report(snap: &Snapshot) -> Vec<String> {
                 line.push_str(&format!(" drop_{reason}={n}"));
             }
             line.push_str(&format!(" broken_queues={}", p.broken_queues));
+            for (i, q) in p.queues.iter().enumerate() {
+                line.push_str(&format!(
+                    " q{i}_rx_packets={} q{i}_tx_packets={}",
+                    q.rx_packets, q.tx_packets
+                ));
+            }
             lines.push(line);
         }
         let f = &sw.fdb;

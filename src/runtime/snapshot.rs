@@ -37,6 +37,8 @@ pub struct PortSample {
     /// Drops by reason (`vswitch::DropReason::name`).
     pub drops: Vec<(String, u64)>,
     pub broken_queues: u64,
+    /// Per queue (pair) of a multi-queue port, by index; empty for one queue.
+    pub queues: Vec<vswitch::QueueSnapshot>,
 }
 
 /// One switch's forwarding database.
@@ -131,6 +133,7 @@ impl PortSample {
                 .map(|&r| (r.name().to_owned(), c.dropped(r)))
                 .collect(),
             broken_queues: c.broken_queues,
+            queues: c.queues,
         }
     }
 }

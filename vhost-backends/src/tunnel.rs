@@ -383,7 +383,7 @@ pub fn spawn(
         tunnel: tunnel.clone(),
         now: switch.clone(),
     });
-    let port = DatapathPort::start(datapath, queue, sink, table, switch, id)?;
+    let port = DatapathPort::start(datapath, vec![queue], sink, table, switch, id)?;
     Ok(TunnelHandle { tunnel, port })
 }
 
@@ -450,6 +450,7 @@ impl PollQueue for TunnelQueue {
             id: self.id,
             switch: &self.switch,
             table: &self.table,
+            queue: 0,
         };
         let mut taken = 0;
         for socket in &r.sockets {

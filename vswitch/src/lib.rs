@@ -19,7 +19,8 @@ pub mod vlan;
 pub mod vxlan;
 
 pub use counters::{
-    Counters, CountersSnapshot, DropReason, PortCounters, PortCountersSnapshot, Reason,
+    Counters, CountersSnapshot, DropReason, PortCounters, PortCountersSnapshot, QueueSnapshot,
+    Reason, MAX_QUEUES,
 };
 pub use fabric_l2::{MacAddr, MacError, VlanIdError};
 pub use fdb::{Fdb, FdbEntry, FdbStats, LearnOutcome};

@@ -8,11 +8,13 @@
 //! them (`crate::datapath`); port drivers depend on it, never the reverse.
 
 mod batch;
+mod flow_hash;
 mod frame_source;
 mod port_table;
 mod sink;
 
 pub(crate) use batch::{forward, Ingress};
+pub(crate) use flow_hash::{flow_hash, pick_queue};
 pub(crate) use frame_source::{FrameSource, MAX_SEGMENTS};
 pub use port_table::PortTable;
 pub(crate) use sink::{Delivery, DeliveryReport, FrameSink};

@@ -1,15 +1,31 @@
-//! What the device, its receive side and its transmit queue share about one
+//! What the device, its receive side and its transmit queues share about one
 //! frontend connection: the port, the guest's memory, the negotiated
 //! features and which queues the driver broke.
+//!
+//! Queues of a virtio-net device (virtio 1.2 §5.1.2): receiveq N is queue
+//! 2N, transmitq N is queue 2N+1, for N below the queue pairs in use; the
+//! control queue would follow the last pair, but no frontend hands it to a
+//! vhost-user backend (see [`super`]), so we have none.
 
 use super::port::NetPort;
 use crate::GuestMemAtomic;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MQ;
 
-pub const RX_QUEUE: u16 = 0;
-pub const TX_QUEUE: u16 = 1;
-pub(super) const NUM_QUEUES: usize = 2;
+/// Most queue pairs a port offers: one per counted queue of the port.
+pub const MAX_QUEUE_PAIRS: usize = vswitch::MAX_QUEUES;
+pub(super) const MAX_QUEUES: usize = 2 * MAX_QUEUE_PAIRS;
+
+/// Index of receiveq `pair`.
+pub const fn rx_queue(pair: usize) -> u16 {
+    (2 * pair) as u16
+}
+
+/// Index of transmitq `pair`.
+pub const fn tx_queue(pair: usize) -> u16 {
+    (2 * pair + 1) as u16
+}
 
 /// State of one frontend connection. A new one is made for every connection so
 /// nothing negotiated by a previous guest leaks into the next.
@@ -19,7 +35,7 @@ pub struct Connection {
     pub(super) acked_features: AtomicU64,
     /// Per queue: stopped as broken until the frontend stops it (GET_VRING_BASE)
     /// and sets it up again, or reconnects.
-    pub(super) broken: [AtomicBool; NUM_QUEUES],
+    pub(super) broken: [AtomicBool; MAX_QUEUES],
 }
 
 impl Connection {
@@ -27,27 +43,44 @@ impl Connection {
         self.acked_features.load(Ordering::Relaxed) & (1 << bit) != 0
     }
 
+    /// Queue pairs the driver may use: the port's pairs if it negotiated
+    /// VIRTIO_NET_F_MQ, else only the first (§5.1.5: without MQ only
+    /// receiveq1 and transmitq1 exist). Queues above are never served,
+    /// whatever the frontend sets up there.
+    pub(crate) fn pairs_negotiated(&self) -> usize {
+        if self.has_feature(VIRTIO_NET_F_MQ) {
+            self.port.config.pairs()
+        } else {
+            1
+        }
+    }
+
     pub(crate) fn is_broken(&self, queue: u16) -> bool {
-        self.broken[queue as usize].load(Ordering::Acquire)
+        self.broken
+            .get(queue as usize)
+            .is_none_or(|b| b.load(Ordering::Acquire))
     }
 
     /// Stops serving `queue`: its driver broke the ring (`why`). Counted and
     /// logged once; there is no way to set DEVICE_NEEDS_RESET through
     /// vhost-user, so the guest learns of it only by its queue not moving.
     pub(crate) fn mark_broken(&self, queue: u16, why: &str) {
-        if self.broken[queue as usize].swap(true, Ordering::AcqRel) {
+        let Some(flag) = self.broken.get(queue as usize) else {
+            return;
+        };
+        if flag.swap(true, Ordering::AcqRel) {
             return;
         }
         if let Some(p) = self.port.switch.topology().port(self.port.id) {
             p.state.counters.add_broken_queue();
         }
-        let name = if queue == RX_QUEUE {
+        let name = if queue % 2 == 0 {
             "receive"
         } else {
             "transmit"
         };
         log::error!(
-            "port {}: {name} queue broken ({why}); stopped until the frontend resets it",
+            "port {}: {name} queue {queue} broken ({why}); stopped until the frontend resets it",
             self.port.name
         );
     }

@@ -1,7 +1,8 @@
 //! The vhost-user-net device of one frontend connection: feature negotiation,
-//! config space, and the events of its two queues (0 = receiveq, 1 = transmitq).
+//! config space, and the events of its queues (2N = receiveq N, 2N+1 =
+//! transmitq N, one pair per `queues` of the port).
 
-use super::connection::{Connection, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
+use super::connection::{rx_queue, Connection, MAX_QUEUE_PAIRS};
 use super::port::{NetPort, NetPortHandle};
 use super::rx::GuestRx;
 use super::tx::{TxQueue, TxScratch};
@@ -16,8 +17,8 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::epoll::EventSet;
@@ -36,50 +37,66 @@ pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
     | 1 << VIRTIO_NET_F_MTU;
 
 /// The device of one connection: the connection's shared state and, while
-/// a datapath thread serves it, the TX queue.
+/// datapath threads serve them, the TX queues.
 pub(crate) struct Device {
     pub(crate) conn: Arc<Connection>,
     published: AtomicBool,
-    /// The TX queue while a datapath thread serves it.
-    tx: Mutex<Option<Arc<TxQueue>>>,
+    /// The TX queue of each pair, by pair, while datapath threads serve them.
+    tx: Mutex<Vec<Arc<TxQueue>>>,
+}
+
+/// The datapath key of a port's pair: pairs of one port go to consecutive
+/// threads (`(port + pair) % threads`), so two pairs use two cores.
+fn thread_key(conn: &Connection, pair: usize) -> usize {
+    conn.port.id as usize + pair
 }
 
 impl Device {
-    /// Makes the guest's RX queue reachable by senders, hands its TX queue to a
-    /// datapath thread and brings the link up.
-    fn publish(&self, rx: &Vring, tx: &Vring) {
-        if !self.published.swap(true, Ordering::AcqRel) {
-            self.conn.port.table.publish(
-                self.conn.port.id,
-                Box::new(GuestRx::new(rx.clone(), self.conn.clone())),
-            );
+    /// Makes the guest's RX queues reachable by senders, hands each TX queue
+    /// to its datapath thread and brings the link up. `vrings` are all the
+    /// device's queues, receiveq and transmitq of each pair in turn.
+    fn publish(&self, vrings: &[Vring]) {
+        if self.published.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let conn = &self.conn;
+        let pairs = conn.port.config.pairs().min(vrings.len() / 2);
+        let rx = vrings.iter().step_by(2).take(pairs).cloned();
+        conn.port
+            .table
+            .publish(conn.port.id, Box::new(GuestRx::new(rx, conn.clone())));
+        if let Some(p) = conn.port.switch.topology().port(conn.port.id) {
+            p.state.counters.set_queue_count(pairs);
+        }
+        let mut served = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        for (pair, vring) in vrings.iter().skip(1).step_by(2).take(pairs).enumerate() {
             let queue = Arc::new(TxQueue {
-                conn: self.conn.clone(),
-                vring: tx.clone(),
+                conn: conn.clone(),
+                pair,
+                vring: vring.clone(),
                 scratch: Mutex::new(TxScratch::default()),
             });
-            *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue.clone());
+            served.push(queue.clone());
             // A ring has no descriptors to watch: adding it cannot fail.
-            let _ = self
-                .conn
-                .port
-                .datapath
-                .add(self.conn.port.id as usize, queue);
-            self.conn.port.switch.set_link(self.conn.port.id, true);
-            log::info!("port {}: frontend ready, link up", self.conn.port.name);
+            let _ = conn.port.datapath.add(thread_key(conn, pair), queue);
         }
+        conn.port.switch.set_link(conn.port.id, true);
+        log::info!(
+            "port {}: frontend ready, link up ({pairs} queue pair{})",
+            conn.port.name,
+            if pairs == 1 { "" } else { "s" }
+        );
     }
 
-    /// Link down: withdraw the RX queue and forget the port's stations.
+    /// Link down: withdraw the RX queues and forget the port's stations.
     pub(crate) fn withdraw(&self) {
         if self.published.swap(false, Ordering::AcqRel) {
             self.conn.port.table.withdraw(self.conn.port.id);
-            if let Some(queue) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let queues = std::mem::take(&mut *self.tx.lock().unwrap_or_else(|e| e.into_inner()));
+            for queue in queues {
+                let key = thread_key(&self.conn, queue.pair);
                 let queue: Arc<dyn PollQueue> = queue;
-                self.conn
-                    .port
-                    .datapath
-                    .remove(self.conn.port.id as usize, &queue);
+                self.conn.port.datapath.remove(key, &queue);
             }
             self.conn.port.switch.set_link(self.conn.port.id, false);
         }
@@ -101,18 +118,19 @@ impl NetBackend {
         NetBackend(Arc::new(Device {
             conn,
             published: AtomicBool::new(false),
-            tx: Mutex::new(None),
+            tx: Mutex::new(Vec::new()),
         }))
     }
 
     /// `virtio_net_config` up to `mtu`: mac[6], status, max_virtqueue_pairs, mtu
-    /// (all little-endian, §5.1.4).
+    /// (all little-endian, §5.1.4). `max_virtqueue_pairs` is the port's pairs
+    /// (read by the driver only with VIRTIO_NET_F_MQ, offered when above 1).
     fn config_space(&self) -> [u8; 12] {
         let cfg = &self.0.conn.port.config;
         let mut space = [0u8; 12];
         space[0..6].copy_from_slice(&cfg.mac.unwrap_or_default());
         space[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        space[8..10].copy_from_slice(&1u16.to_le_bytes());
+        space[8..10].copy_from_slice(&(cfg.pairs() as u16).to_le_bytes());
         space[10..12].copy_from_slice(&cfg.mtu.to_le_bytes());
         space
     }
@@ -122,8 +140,11 @@ impl VhostUserBackend for NetBackend {
     type Bitmap = ();
     type Vring = Vring;
 
+    /// Two per pair; GET_QUEUE_NUM answers this (VHOST_USER_PROTOCOL_F_MQ),
+    /// and a vring message for a queue beyond it is refused by the
+    /// `vhost-user-backend` handler (InvalidParam), never indexed.
     fn num_queues(&self) -> usize {
-        NUM_QUEUES
+        2 * self.0.conn.port.config.pairs()
     }
 
     fn max_queue_size(&self) -> usize {
@@ -134,6 +155,9 @@ impl VhostUserBackend for NetBackend {
         let mut features = OFFERED_FEATURES | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         if self.0.conn.port.config.mac.is_none() {
             features &= !(1 << VIRTIO_NET_F_MAC);
+        }
+        if self.0.conn.port.config.pairs() > 1 {
+            features |= 1 << VIRTIO_NET_F_MQ;
         }
         features
     }
@@ -175,8 +199,15 @@ impl VhostUserBackend for NetBackend {
         // vring lock, which marking it not ready already waited for.
         // The batch publishes its chains even though the ring is stopped
         // (`RingView::stopping`), so none is lost to the guest.
-        if queue_index == TX_QUEUE as u32 {
-            let queue = self.0.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if queue_index % 2 == 1 {
+            let pair = (queue_index / 2) as usize;
+            let queue = self
+                .0
+                .tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(pair)
+                .cloned();
             if let Some(queue) = queue {
                 drop(queue.scratch.lock().unwrap_or_else(|e| e.into_inner()));
             }
@@ -196,22 +227,29 @@ impl VhostUserBackend for NetBackend {
         _thread_id: usize,
     ) -> io::Result<()> {
         // Also called once when a vring is enabled, not only on kicks: idempotent.
-        if vrings.len() < NUM_QUEUES {
+        if vrings.len() < 2 {
             return Ok(());
         }
-        self.0
-            .publish(&vrings[RX_QUEUE as usize], &vrings[TX_QUEUE as usize]);
-        match device_event {
+        self.0.publish(vrings);
+        // One worker serves all queues: the event is the queue index.
+        let queue = usize::from(device_event);
+        let pair = queue / 2;
+        if pair >= vrings.len() / 2 || pair >= MAX_QUEUE_PAIRS {
+            return Ok(());
+        }
+        if queue % 2 == 1 {
             // The datapath thread does the work; a kick only means it may be asleep.
-            TX_QUEUE => self.0.conn.port.datapath.wake(self.0.conn.port.id as usize),
+            self.0
+                .conn
+                .port
+                .datapath
+                .wake(thread_key(&self.0.conn, pair));
+        } else {
             // RX kicks only say the guest posted buffers; frames that found none
             // were already dropped and counted. We never need them: ask the
             // driver to stop sending them (VRING_USED_F_NO_NOTIFY; with
             // EVENT_IDX our avail_event never moves, so they are rare anyway).
-            RX_QUEUE => {
-                let _ = vrings[RX_QUEUE as usize].disable_notification();
-            }
-            _ => {}
+            let _ = vrings[usize::from(rx_queue(pair))].disable_notification();
         }
         Ok(())
     }
