@@ -525,6 +525,22 @@ mod tests {
         let drops = [("switch", "br0"), ("port", "vm1"), ("reason", "no_buffer")];
         assert_eq!(value(&exp, "vswitchd_port_drops_total", &drops), 4.0);
         assert_eq!(value(&exp, "vswitchd_port_broken_queues_total", &port), 6.0);
+        for (q, rx, tx) in [("0", 4.0, 15.0), ("1", 6.0, 5.0)] {
+            let queue = [("switch", "br0"), ("port", "vm1"), ("queue", q)];
+            assert_eq!(
+                value(&exp, "vswitchd_port_queue_rx_packets_total", &queue),
+                rx
+            );
+            assert_eq!(
+                value(&exp, "vswitchd_port_queue_tx_packets_total", &queue),
+                tx
+            );
+        }
+        // A single-queue port has no per-queue samples.
+        assert!(
+            !text.contains("queue_rx_packets_total{switch=\"br0\",port=\"vm2\""),
+            "{text}"
+        );
         assert_eq!(
             value(
                 &exp,

@@ -277,6 +277,16 @@ pub(super) fn sample_snapshot() -> Snapshot {
                 tx_bytes: 2000,
                 drops: vec![("runt".into(), 3), ("no_buffer".into(), 4)],
                 broken_queues: 6,
+                queues: vec![
+                    vswitch::QueueSnapshot {
+                        rx_packets: 4,
+                        tx_packets: 15,
+                    },
+                    vswitch::QueueSnapshot {
+                        rx_packets: 6,
+                        tx_packets: 5,
+                    },
+                ],
             },
             PortSample {
                 switch: "br0".into(),

@@ -162,6 +162,29 @@ fn rx_queue_follows_the_flow_and_only_enabled_pairs() {
     assert_eq!(c.tx_packets, sent + sent2 + sent4);
     assert_eq!(c.dropped(DropReason::NoBuffer), drops + sent3);
     assert_eq!(c.total_drops(), sent3, "{c:?}");
+
+    // The same per-queue numbers in every rendering of the counters.
+    let want = [counts[0] + sent2, counts[1] + sent4];
+    let line = f.report_line("counters switch=br0 port=mq ");
+    let listed = f.port_listed("mq");
+    let metrics = f.metrics();
+    for (q, &tx) in want.iter().enumerate() {
+        assert!(line.contains(&format!(" q{q}_tx_packets={tx}")), "{line}");
+        assert!(line.contains(&format!(" q{q}_rx_packets=0")), "{line}");
+        assert_eq!(
+            listed["queues"][q]["tx_packets"].as_u64(),
+            Some(tx),
+            "{listed}"
+        );
+        let key = format!(
+            "vswitchd_port_queue_tx_packets_total{{switch=\"br0\",port=\"mq\",queue=\"{q}\"}}"
+        );
+        assert_eq!(metrics.get(&key), Some(&(tx as f64)), "{key}");
+    }
+    // A single-queue port lists no queues.
+    assert!(f.port_listed("src").get("queues").is_none());
+    let src_line = f.report_line("counters switch=br0 port=src ");
+    assert!(!src_line.contains("q0_"), "{src_line}");
 }
 
 /// A vring message for a queue the port does not have (pair 2 of a

@@ -74,7 +74,7 @@ impl Connection {
         if let Some(p) = self.port.switch.topology().port(self.port.id) {
             p.state.counters.add_broken_queue();
         }
-        let name = if queue % 2 == 0 {
+        let name = if queue.is_multiple_of(2) {
             "receive"
         } else {
             "transmit"

@@ -273,3 +273,80 @@ impl SessionBackend for NetBackend {
         self.0.withdraw();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::PortTable;
+    use crate::net::connection::{rx_queue, tx_queue};
+    use crate::net::NetPortConfig;
+    use crate::{GuestMem, GuestMemAtomic};
+    use vswitch::{Switch, VlanMode};
+
+    fn backend(queue_pairs: u16) -> NetBackend {
+        let switch = Arc::new(Switch::new("br0", 100, 100, 300));
+        let vlan = VlanMode::Access(vswitch::VlanId::new(10).unwrap());
+        let id = switch.add_port("p", vlan, 1500).unwrap();
+        let port = Arc::new(NetPort {
+            name: "p".into(),
+            id,
+            switch,
+            table: Arc::new(PortTable::default()),
+            datapath: Arc::new(crate::datapath::Datapath::new(1).unwrap()),
+            config: NetPortConfig {
+                socket: "/nonexistent".into(),
+                mac: None,
+                mtu: 1500,
+                queue_size: 256,
+                queue_pairs,
+            },
+        });
+        NetBackend::new(port, GuestMemAtomic::new(GuestMem::default()))
+    }
+
+    /// One pair: no MQ, one pair in config space, two queues. N pairs: MQ
+    /// offered, N in `max_virtqueue_pairs` (§5.1.4), 2N queues; a value
+    /// past the bound is clamped, never trusted.
+    #[test]
+    fn queue_pairs_shape_features_config_and_queues() {
+        for (asked, pairs) in [(1u16, 1usize), (2, 2), (8, 8), (0, 1), (9, 8)] {
+            let b = backend(asked);
+            assert_eq!(b.num_queues(), 2 * pairs, "queues={asked}");
+            let mq = b.features() & (1 << VIRTIO_NET_F_MQ) != 0;
+            assert_eq!(mq, pairs > 1, "queues={asked}");
+            let space = b.get_config(8, 2);
+            assert_eq!(u16::from_le_bytes([space[0], space[1]]), pairs as u16);
+        }
+    }
+
+    /// Without VIRTIO_NET_F_MQ acked only the first pair is served, whatever
+    /// the port offers (§5.1.5); with it, all. A queue index past the device
+    /// reads as broken and cannot be marked: no panic, no slot.
+    #[test]
+    fn only_negotiated_pairs_are_served_and_indices_are_checked() {
+        let b = backend(4);
+        let conn = &b.0.conn;
+        assert_eq!(conn.pairs_negotiated(), 1);
+        b.acked_features(1 << VIRTIO_NET_F_MQ);
+        assert_eq!(conn.pairs_negotiated(), 4);
+        assert!(!conn.is_broken(tx_queue(3)));
+        conn.mark_broken(rx_queue(3), "test");
+        assert!(conn.is_broken(rx_queue(3)));
+        assert!(
+            !conn.is_broken(tx_queue(3)),
+            "one queue broken, not its pair"
+        );
+        let past = tx_queue(MAX_QUEUE_PAIRS);
+        assert!(
+            conn.is_broken(past),
+            "a queue past the device is never served"
+        );
+        conn.mark_broken(past, "out of range");
+        conn.mark_broken(u16::MAX, "out of range");
+        // stop_vring of a queue past the device answers without effect.
+        assert!(b.stop_vring(u32::MAX).is_ok());
+        assert!(b.stop_vring(rx_queue(3).into()).is_ok());
+        assert!(!conn.is_broken(rx_queue(3)), "stop_vring resets the queue");
+        b.0.conn.port.datapath.shutdown();
+    }
+}
