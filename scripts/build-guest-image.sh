@@ -22,10 +22,17 @@
 #   fabric.wait=60          (default) single pings until the first reply arrives (ARP warm-up)
 #   fabric.wget=1           (ping role) also fetch http://PEER:8080/blob and check its md5
 #   fabric.hold=N|forever   stay up (answering pings) N seconds after the test (default 0)
+#   fabric.role=iperf-serve iperf3 server (until fabric.time seconds, default forever)
+#   fabric.role=iperf       after the ping warm-up, iperf3 to fabric.peer for fabric.time
+#                           seconds (default 5) with fabric.streams streams (default 1),
+#                           once sending and once receiving (-R)
 # Results on the console, one line each:
 #   FABRIC-RESULT ping ok 5/5 peer=10.0.0.2       (ok: all replied; partial; fail: none)
 #   FABRIC-RESULT wget ok 1048576 md5=...         (or: wget fail ...)
 #   FABRIC-RESULT serve ready                     (serve role is up)
+#   FABRIC-RESULT offloads tx-checksumming=on ... combined=N   (iperf roles: ethtool -k
+#                           and -l of eth0 as the guest's driver set them)
+#   FABRIC-RESULT iperf send|recv ok mbits=N streams=N retrans=N   (or: fail rc=N)
 #   FABRIC-INFO ...                               progress and diagnostics
 #   FABRIC-ERROR ...                              the guest could not run the test
 #
@@ -83,26 +90,37 @@ fi
 OUT=$1
 SELF=$(readlink -f "$0")
 
-# fio goes into the guest as the host's dynamic binary plus its ldd closure.
-FIO=$(command -v fio 2>/dev/null || true)
-if [ -z "$FIO" ] || ! command -v ldd >/dev/null 2>&1; then
-    echo "build-guest-image: fio (and ldd) must be installed on the host: the guest image" \
-        "carries the host's fio; run scripts/install-qemu.sh (or scripts/install-test-deps.sh)" \
-        "as root" >&2
+# fio, iperf3 and ethtool go into the guest as the host's dynamic binaries plus their
+# ldd closure (fio for block mode, iperf3 and ethtool for the iperf roles).
+if ! command -v ldd >/dev/null 2>&1; then
+    echo "build-guest-image: ldd must be installed on the host" >&2
     exit 1
 fi
-FIO=$(readlink -f "$FIO")
-if ldd "$FIO" | grep -q 'not found'; then
-    echo "build-guest-image: $FIO has unresolved libraries:" >&2
-    ldd "$FIO" | grep 'not found' >&2
-    exit 1
-fi
-# Absolute paths the loader will look for (as ldd names them), loader included.
-FIO_LIBS=$(ldd "$FIO" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | sort -u)
+BINS=""
+for tool in fio iperf3 ethtool; do
+    b=$(command -v "$tool" 2>/dev/null || true)
+    if [ -z "$b" ]; then
+        echo "build-guest-image: $tool must be installed on the host: the guest image" \
+            "carries the host's $tool; run scripts/install-qemu.sh as root" >&2
+        exit 1
+    fi
+    b=$(readlink -f "$b")
+    if ldd "$b" | grep -q 'not found'; then
+        echo "build-guest-image: $b has unresolved libraries:" >&2
+        ldd "$b" | grep 'not found' >&2
+        exit 1
+    fi
+    BINS="$BINS $b"
+done
+FIO=$(readlink -f "$(command -v fio)")
+# Absolute paths the loader will look for (as ldd names them), loaders included.
+# shellcheck disable=SC2086
+LIBS=$(for b in $BINS; do ldd "$b"; done |
+    awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' | sort -u)
 KEY=$({
     sha256sum "$SELF" | cut -d' ' -f1
     # shellcheck disable=SC2086
-    sha256sum "$FIO" $(for l in $FIO_LIBS; do readlink -f "$l"; done) | cut -d' ' -f1
+    sha256sum $BINS $(for l in $LIBS; do readlink -f "$l"; done) | cut -d' ' -f1
 } | sha256sum | cut -d' ' -f1)
 
 if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$KEY" ] &&
@@ -144,11 +162,13 @@ mkdir -p "$ROOT/bin" "$ROOT/sbin" "$ROOT/proc" "$ROOT/sys" "$ROOT/dev" "$ROOT/tm
 cp "$WORK/busybox/bin/busybox" "$ROOT/bin/busybox"
 ln -s busybox "$ROOT/bin/sh"
 
-# fio at its host path, each library at the path ldd printed (RUNPATHs such as libceph's
-# keep working), the loader at the binary's PT_INTERP path.
+# Each binary in /usr/bin, each library at the path ldd printed (RUNPATHs such as
+# libceph's keep working), the loader at the binaries' PT_INTERP path.
 mkdir -p "$ROOT/usr/bin"
-cp "$FIO" "$ROOT/usr/bin/fio"
-for l in $FIO_LIBS; do
+for b in $BINS; do
+    cp "$b" "$ROOT/usr/bin/$(basename "$b")"
+done
+for l in $LIBS; do
     mkdir -p "$ROOT$(dirname "$l")"
     cp -L "$l" "$ROOT$l"
 done
@@ -384,10 +404,9 @@ net_up
 
 netstat_line() { info "eth0 $(awk '/eth0:/ { sub(/.*eth0:/, ""); print "rx_bytes=" $1 " rx_packets=" $2 " rx_dropped=" $4 " tx_bytes=" $9 " tx_packets=" $10 " tx_dropped=" $12 }' /proc/net/dev)"; }
 
-case ${P_role:-} in
-ping)
+# Single pings until the peer answers (ARP warm-up), for at most fabric.wait seconds.
+reach_peer() {
     [ -n "${P_peer:-}" ] || die "fabric.peer missing"
-    count=${P_count:-5}
     wait=${P_wait:-60}
     start=$(date +%s)
     reach=no
@@ -396,6 +415,51 @@ ping)
         [ $(($(date +%s) - start)) -ge "$wait" ] && break
     done
     info "warm-up: peer reachable=$reach after $(($(date +%s) - start))s"
+}
+
+# The offloads and channels eth0's driver negotiated, as one result line.
+offloads_line() {
+    k=$(ethtool -k eth0 2>&1 | awk -F': ' '/^(rx-checksumming|tx-checksumming|scatter-gather|tcp-segmentation-offload|generic-segmentation-offload|generic-receive-offload|tx-udp-segmentation|rx-gro-hw):/ { split($2, v, " "); printf "%s=%s ", $1, v[1] }')
+    c=$(ethtool -l eth0 2>/dev/null | awk '/^Current hardware settings/ { cur = 1 } cur && /^Combined:/ { print $2; exit }')
+    echo "FABRIC-RESULT offloads ${k}combined=${c:-?}"
+}
+
+# iperf3 to the peer in one direction: send, or recv (-R).
+iperf_run() {
+    dir=$1
+    flag=""
+    [ "$dir" = recv ] && flag=-R
+    out=$(iperf3 -c "$P_peer" -t "${P_time:-5}" -P "${P_streams:-1}" $flag -f m 2>&1)
+    rc=$?
+    echo "$out" | grep -E 'sender|receiver|error' | sed "s/^/FABRIC-INFO iperf[$dir]: /"
+    # The receiver's total: the SUM line with several streams, the only line with one.
+    mbits=$(echo "$out" | awk '/receiver/ { for (i = 1; i <= NF; i++) if ($i == "Mbits/sec") m = $(i - 1) } END { print m }')
+    retrans=$(echo "$out" | awk '/sender/ { r = $(NF - 1) } END { print r }')
+    if [ "$rc" = 0 ] && [ -n "$mbits" ]; then
+        echo "FABRIC-RESULT iperf $dir ok mbits=$mbits streams=${P_streams:-1} retrans=${retrans:-?}"
+    else
+        echo "FABRIC-RESULT iperf $dir fail rc=$rc"
+    fi
+}
+
+case ${P_role:-} in
+iperf-serve)
+    iperf3 -s -D >/dev/null 2>&1 || die "iperf3 -s failed"
+    offloads_line
+    echo "FABRIC-RESULT serve ready ip=$P_ip"
+    if [ -n "${P_time:-}" ]; then sleep "$P_time"; else P_hold=forever; fi
+    netstat_line
+    ;;
+iperf)
+    reach_peer
+    offloads_line
+    iperf_run send
+    iperf_run recv
+    netstat_line
+    ;;
+ping)
+    reach_peer
+    count=${P_count:-5}
     out=$(ping -c "$count" -W 2 "$P_peer" 2>&1)
     echo "$out" | sed 's/^/FABRIC-INFO ping: /'
     stats=$(echo "$out" | sed -n 's/^\([0-9]*\) packets transmitted, \([0-9]*\) packets received.*/\1 \2/p')
@@ -439,10 +503,10 @@ KPVER=$(dpkg-deb -f "$WORK"/linux-image-*.deb Version)
 mv -f "$WORK/vmlinuz" "$OUT/vmlinuz"
 mv -f "$WORK/initramfs.img" "$OUT/initramfs.img"
 {
-    echo "$KPKG $KPVER, busybox-static $BBVER, $FIOVER"
+    echo "$KPKG $KPVER, busybox-static $BBVER, $FIOVER, $(iperf3 --version | head -n1 | cut -d' ' -f1-2)"
     echo "modules: $MODS"
-    echo "fio: $FIO + $(echo "$FIO_LIBS" | wc -l) libraries"
-    echo "cache key (script + host fio closure): $KEY"
+    echo "binaries:$BINS + $(echo "$LIBS" | wc -l) libraries"
+    echo "cache key (script + host binaries' closure): $KEY"
 } >"$OUT/manifest"
 echo "$KEY" >"$OUT/stamp"
 echo "build-guest-image: built $OUT ($(head -n1 "$OUT/manifest"); initramfs $(du -k "$OUT/initramfs.img" | cut -f1) KiB)"

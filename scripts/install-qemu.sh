@@ -3,9 +3,9 @@
 #   - qemu-system-x86 and qemu-utils (qemu-storage-daemon, the reference vhost-user-blk
 #     backend of tests/blk/qemu_blk.rs) from bookworm-backports, in one transaction so their
 #     versions match (backports' qemu-utils 10.0 conflicts with bookworm's qemu-system 7.2);
-#   - the tools scripts/build-guest-image.sh uses: cpio, gzip, and fio (the guest image
-#     carries the host's fio binary and its libraries); the guest's busybox and kernel are
-#     downloaded as .debs, not taken from the host.
+#   - the tools scripts/build-guest-image.sh uses: cpio, gzip, and fio, iperf3 and ethtool
+#     (the guest image carries the host's binaries and their libraries); the guest's busybox
+#     and kernel are downloaded as .debs, not taken from the host.
 #
 # The backports source uses the same mirror URI as the `debian` entry of
 # /etc/apt/sources.list.d/debian.sources; it is written to a temporary sources list that
@@ -14,7 +14,7 @@ set -eu
 
 SOURCES=/etc/apt/sources.list.d/debian.sources
 # Packages from bookworm whose command has the same name.
-NEED_TOOLS="cpio gzip fio"
+NEED_TOOLS="cpio gzip fio iperf3 ethtool"
 QEMU_PKGS="qemu-system-x86 qemu-utils"
 
 pkg_version() {
