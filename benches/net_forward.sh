@@ -14,14 +14,22 @@
 # forwards on CPU 0 (lcore 0, main lcore 1). vswitchd's threads are not pinned by
 # vswitchd itself; the script runs it unpinned and under `taskset -c 0` and `-c 1`.
 #
+# Queue pairs: after the table above, MQ_ROUNDS interleaved rounds of the same loop with
+#   one queue pair per port, then two (fabric.toml `queues = 1|2`, datapath_threads = 2 for both,
+#   the peer's ports queues=N,cq=1 with --rxq=N --txq=N), vswitchd unpinned, 64 B frames
+#   (MQ_SIZE): Mpps port to port as median and range of the rounds.
+#
 # Usage: benches/net_forward.sh            (env: DURATION=seconds per point, default 10;
-#                                           SIZES="64 1518"; PINS="none 0 1"; VSWITCHD=path)
+#                                           SIZES="64 1518"; PINS="none 0 1"; VSWITCHD=path;
+#                                           MQ_ROUNDS=3 (0: skip), MQ_SIZE=64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 SIZES=${SIZES:-"64 1518"}
 PINS=${PINS:-"none 0 1"}
+MQ_ROUNDS=${MQ_ROUNDS:-3}
+MQ_SIZE=${MQ_SIZE:-64}
 WARMUP=3 # samples dropped at the start of each run
 MAC0=02:00:00:00:00:01
 MAC1=02:00:00:00:00:02
@@ -73,16 +81,21 @@ stop() {
     wait "$pid" 2>/dev/null || true
 }
 
-# peer NAME SOCK0 SOCK1 LEN: runs the virtio_user peer for DURATION+WARMUP seconds and
-# sets MPPS to the average summed Rx-pps of its two ports (steady-state samples); the
-# per-sample sums go to $WORK/NAME.samples.
+# peer NAME SOCK0 SOCK1 LEN [QUEUES]: runs the virtio_user peer for DURATION+WARMUP
+# seconds and sets MPPS to the average summed Rx-pps of its two ports (steady-state
+# samples); the per-sample sums go to $WORK/NAME.samples. QUEUES (default 1) queue pairs
+# per port; above 1 with virtio_user's control queue (cq=1) and --rxq/--txq.
 peer() {
-    local name=$1 s0=$2 s1=$3 len=$4
+    local name=$1 s0=$2 s1=$3 len=$4 queues=${5:-1} mq="" mqargs=()
+    if ((queues > 1)); then
+        mq=",cq=1"
+        mqargs=(--rxq="$queues" --txq="$queues" --txonly-multi-flow)
+    fi
     local args=(-l 0,1 --no-huge -m 1024 --no-pci --file-prefix="vswb-$name-$$"
-        --vdev="net_virtio_user0,path=$s0,queues=1,mac=$MAC0"
-        --vdev="net_virtio_user1,path=$s1,queues=1,mac=$MAC1"
+        --vdev="net_virtio_user0,path=$s0,queues=$queues$mq,mac=$MAC0"
+        --vdev="net_virtio_user1,path=$s1,queues=$queues$mq,mac=$MAC1"
         -- --forward-mode=io --tx-first --eth-peer=0,$MAC1 --eth-peer=1,$MAC0
-        --txpkts="$len" --stats-period 1 --total-num-mbufs=8192)
+        --txpkts="$len" --stats-period 1 --total-num-mbufs=8192 "${mqargs[@]}")
     record "dpdk-testpmd ${args[*]}"
     stdbuf -oL -eL dpdk-testpmd "${args[@]}" </dev/null >"$WORK/$name.log" 2>&1 &
     local pid=$!
@@ -107,13 +120,16 @@ peer() {
         "$WORK/$name.samples")
 }
 
-# vswitchd_run LEN PIN: sets MPPS
+# vswitchd_run LEN PIN [QUEUES [NAME [THREADS]]]: sets MPPS. QUEUES queue pairs per port
+# on THREADS datapath threads (default 1 and 1).
 vswitchd_run() {
-    local len=$1 pin=$2 dir="$WORK/vs-$1-$2"
+    local len=$1 pin=$2 queues=${3:-1} name=${4:-vs-$1-$2} threads=${5:-1}
+    local dir="$WORK/$name"
     mkdir -p "$dir"
     cat >"$dir/fabric.toml" <<EOF
 [daemon]
 run_dir = "."
+datapath_threads = $threads
 [[switch]]
 name = "br0"
 [[switch.port]]
@@ -122,21 +138,23 @@ type = "vhost-user"
 socket = "p0.sock"
 vlan = { mode = "access", tag = 10 }
 mtu = 9000
+queues = $queues
 [[switch.port]]
 name = "p1"
 type = "vhost-user"
 socket = "p1.sock"
 vlan = { mode = "access", tag = 10 }
 mtu = 9000
+queues = $queues
 EOF
     local pre=()
     [ "$pin" != none ] && pre=(taskset -c "$pin")
-    record "${pre[*]} $VSWITCHD --config $dir/fabric.toml   # fabric.toml: two access-10 ports, mtu 9000"
+    record "${pre[*]} $VSWITCHD --config $dir/fabric.toml   # fabric.toml: two access-10 ports, mtu 9000, queues = $queues, datapath_threads = $threads"
     RUST_LOG=warn "${pre[@]}" "$VSWITCHD" --config "$dir/fabric.toml" >"$dir/out" 2>"$dir/err" &
     local vs=$!
     PIDS+=("$vs")
     wait_for_sockets "$dir/p0.sock" "$dir/p1.sock"
-    peer "vs-$len-$pin" "$dir/p0.sock" "$dir/p1.sock" "$len"
+    peer "$name" "$dir/p0.sock" "$dir/p1.sock" "$len" "$queues"
     # The peer is gone: vswitchd should be idle now, and exit promptly on SIGTERM.
     sleep 1
     local t0 t1 i health=""
@@ -156,7 +174,7 @@ EOF
     fi
     wait "$vs" 2>/dev/null || true
     {
-        echo "# vswitchd len=$len pin=$pin: ${MPPS} Mpps;${health} samples (pps): $(tr '\n' ' ' <"$WORK/vs-$len-$pin.samples")"
+        echo "# vswitchd len=$len pin=$pin queues=$queues: ${MPPS} Mpps;${health} samples (pps): $(tr '\n' ' ' <"$WORK/$name.samples")"
         grep -E '^(counters|fdb)' "$dir/out" | tail -3 | sed 's/^/#   /'
     } >>"$WORK/notes"
 }
@@ -206,6 +224,28 @@ for len in $SIZES; do
         printf '%-8s %-14s %14s %14s %8s\n' "${len}B" "$label" "${VS[$len,$pin]}" "${REF[$len]}" "$ratio"
     done
 done
+if ((MQ_ROUNDS > 0)); then
+    declare -A MQ
+    for round in $(seq "$MQ_ROUNDS"); do
+        for q in 1 2; do
+            log "vswitchd, ${MQ_SIZE} B frames, $q queue pair(s), round $round ..."
+            vswitchd_run "$MQ_SIZE" none "$q" "mq-$q-$round" 2
+            MQ[$q]+="$MPPS "
+        done
+    done
+    echo
+    echo "Queue pairs: ${MQ_SIZE} B frames, vswitchd unpinned, datapath_threads = 2 either way,"
+    echo "$MQ_ROUNDS interleaved rounds of ${DURATION} s; Mpps port to port"
+    echo
+    printf '%-12s %10s %22s  %s\n' "queue pairs" "median" "range" "rounds"
+    for q in 1 2; do
+        # shellcheck disable=SC2086
+        printf '%-12s %10s %22s  %s\n' "$q" \
+            "$(printf '%s\n' ${MQ[$q]} | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')" \
+            "$(printf '%s\n' ${MQ[$q]} | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo " - " hi }')" \
+            "${MQ[$q]}"
+    done
+fi
 echo
 echo "Details:"
 cat "$WORK/notes"

@@ -50,6 +50,11 @@ pub const DEFAULT_REMOTE_FDB_CAPACITY: u32 = 65536;
 pub const DEFAULT_REMOTE_MAC_AGING_SECS: u32 = 300;
 /// Default `[[switch.port]] queue_size`.
 pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
+/// Most queue pairs a vhost-user port offers (`queues`), and most queues a
+/// multi-queue TAP port opens. The virtio spec allows up to 0x8000 pairs
+/// (§5.1.4, `max_virtqueue_pairs`); a port's pairs are spread over the
+/// datapath threads, of which a host has few, so more buys nothing.
+pub const MAX_QUEUE_PAIRS: u16 = 8;
 /// Default `[[switch.port]] mtu`.
 pub const DEFAULT_MTU: u16 = 1500;
 
@@ -244,6 +249,9 @@ pub enum PortKind {
         /// `queue_size`: virtqueue size offered to the guest. Default 1024;
         /// a power of two in `64..=32768`.
         queue_size: u16,
+        /// `queues`: queue pairs offered to the guest (VIRTIO_NET_F_MQ and
+        /// `max_virtqueue_pairs` when above 1). Default 1, `1..=8`.
+        queues: u16,
         /// `mac`: guest MAC address advertised in virtio-net config space,
         /// `"52:54:00:12:34:56"` form. Optional (the guest then picks its
         /// own); must be unicast and not all-zero.
@@ -257,6 +265,10 @@ pub enum PortKind {
         /// `device`: interface name, 1 to 15 of `[A-Za-z0-9_.-]`. Default:
         /// the port name.
         device: String,
+        /// `multi_queue`: open the device with `IFF_MULTI_QUEUE`, one queue
+        /// (descriptor) per datapath thread (at most 8), each read by its
+        /// thread. Default false: one queue.
+        multi_queue: bool,
     },
     /// `type = "vxlan"`: a VXLAN tunnel (RFC 7348) over an IPv4 underlay.
     /// The port is a trunk of the VLANs listed in `vni` (no `vlan` key).

@@ -40,6 +40,8 @@ struct RawPort {
     socket: Option<Spanned<String>>,
     vlan: Option<Spanned<RawVlan>>,
     queue_size: Option<Spanned<i64>>,
+    queues: Option<Spanned<i64>>,
+    multi_queue: Option<Spanned<bool>>,
     mtu: Option<Spanned<i64>>,
     mac: Option<Spanned<String>>,
     device: Option<Spanned<String>>,

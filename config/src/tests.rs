@@ -52,6 +52,7 @@ fn defaults_applied() {
             kind: PortKind::VhostUser {
                 socket: PathBuf::from("run/vm1.sock"),
                 queue_size: 1024,
+                queues: 1,
                 mac: None,
             },
             vlan: VlanConfig::Access { tag: vid(1) },
@@ -76,6 +77,35 @@ fn explicit_values_kept() {
     };
     assert_eq!(*queue_size, 256);
     assert_eq!(*mac, Some(MacAddr([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef])));
+}
+
+/// `queues`: queue pairs of a vhost-user port, 1 by default, bounded by
+/// `MAX_QUEUE_PAIRS`; an error names the key.
+#[test]
+fn queue_pairs_default_range_and_round_trip() {
+    let pairs = |extra: &str| match &only_port(&parse_ok(&one_port(extra))).kind {
+        PortKind::VhostUser { queues, .. } => *queues,
+        other => panic!("not vhost-user: {other:?}"),
+    };
+    assert_eq!(pairs(""), 1);
+    assert_eq!(pairs("queues = 4"), 4);
+    assert_eq!(
+        pairs(&format!("queues = {MAX_QUEUE_PAIRS}")),
+        MAX_QUEUE_PAIRS
+    );
+    for bad in ["queues = 0", "queues = 9", "queues = -1"] {
+        let e = parse_err(&one_port(bad));
+        assert!(
+            e.contains("switch[0].port[0].queues: queue pairs") && e.contains("outside 1..=8"),
+            "{bad}: {e}"
+        );
+    }
+    let text = to_toml(&parse_ok(&one_port("queues = 3")));
+    let round = parse_ok(&text);
+    assert!(matches!(
+        round.switches[0].ports[0].kind,
+        PortKind::VhostUser { queues: 3, .. }
+    ));
 }
 
 #[test]
@@ -170,7 +200,7 @@ fn relative_paths_resolve_against_config_dir() {
         .iter()
         .map(|p| match &p.kind {
             PortKind::VhostUser { socket, .. } => socket.clone(),
-            PortKind::Tap { device } => PathBuf::from(device),
+            PortKind::Tap { device, .. } => PathBuf::from(device),
             PortKind::Vxlan(v) => PathBuf::from(v.local.to_string()),
         })
         .collect();
@@ -220,7 +250,7 @@ fn port_rejections() {
         (
             "agin = 1",
             "fabric.toml:6: switch[0].port[0].agin: unknown field `agin`, expected one of \
-             `name`, `type`, `socket`, `vlan`, `queue_size`, `mtu`, `mac`, `device`, `local`, \
+             `name`, `type`, `socket`, `vlan`, `queue_size`, `queues`, `multi_queue`, `mtu`, `mac`, `device`, `local`, \
              `udp_port`, `underlay_mtu`, `learn_vteps`, `senders`, `local_hold_secs`, \
              `vtep_mac_limit`, `remote_fdb_capacity`, `remote_mac_aging_secs`, `vni`",
         ),
@@ -785,7 +815,8 @@ fn tap_ports() {
     assert_eq!(
         p.kind,
         PortKind::Tap {
-            device: "t1".into()
+            device: "t1".into(),
+            multi_queue: false,
         }
     );
     assert_eq!(p.mtu, 1450);
@@ -793,9 +824,22 @@ fn tap_ports() {
     assert_eq!(
         only_port(&cfg).kind,
         PortKind::Tap {
-            device: "fab0".into()
+            device: "fab0".into(),
+            multi_queue: false,
         }
     );
+    let cfg = parse_ok(&tap("multi_queue = true"));
+    assert_eq!(
+        only_port(&cfg).kind,
+        PortKind::Tap {
+            device: "t1".into(),
+            multi_queue: true,
+        }
+    );
+    assert!(parse_err(&tap("queues = 2"))
+        .contains("switch[0].port[0].queues: `queues` is not valid for a port of type \"tap\""));
+    assert!(parse_err(&one_port("multi_queue = true"))
+        .contains("`multi_queue` is not valid for a port of type \"vhost-user\""));
     assert!(parse_err(&tap("socket = \"x.sock\""))
         .contains("switch[0].port[0].socket: `socket` is not valid for a port of type \"tap\""));
     assert!(parse_err(&tap("mac = \"52:54:00:00:00:01\"")).contains("`mac` is not valid"));
@@ -804,11 +848,12 @@ fn tap_ports() {
     assert!(parse_err(&one_port("device = \"x\""))
         .contains("`device` is not valid for a port of type \"vhost-user\""));
     // The example's round trip covers vhost-user; a TAP port round-trips too.
-    let text = to_toml(&parse_ok(&tap("device = \"fab0\"")));
+    let text = to_toml(&parse_ok(&tap("device = \"fab0\"\nmulti_queue = true")));
     assert_eq!(
         parse_ok(&text).switches[0].ports[0].kind,
         PortKind::Tap {
-            device: "fab0".into()
+            device: "fab0".into(),
+            multi_queue: true,
         }
     );
 }

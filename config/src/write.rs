@@ -84,18 +84,24 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
                 PortKind::VhostUser {
                     socket,
                     queue_size,
+                    queues,
                     mac,
                 } => {
                     let _ = writeln!(out, "type = \"vhost-user\"");
                     let _ = writeln!(out, "socket = {}", path(socket));
                     let _ = writeln!(out, "queue_size = {queue_size}");
+                    let _ = writeln!(out, "queues = {queues}");
                     if let Some(m) = mac {
                         let _ = writeln!(out, "mac = \"{m}\"");
                     }
                 }
-                PortKind::Tap { device } => {
+                PortKind::Tap {
+                    device,
+                    multi_queue,
+                } => {
                     let _ = writeln!(out, "type = \"tap\"");
                     let _ = writeln!(out, "device = {}", q(device));
+                    let _ = writeln!(out, "multi_queue = {multi_queue}");
                 }
                 PortKind::Vxlan(v) => {
                     let _ = writeln!(out, "type = \"vxlan\"");

@@ -337,7 +337,7 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                     PortKind::VhostUser { socket, .. } => {
                         ("vhost-user", socket.display().to_string())
                     }
-                    PortKind::Tap { device } => ("tap", device.clone()),
+                    PortKind::Tap { device, .. } => ("tap", device.clone()),
                     PortKind::Vxlan(v) => ("vxlan", format!("{}:{}", v.local, v.udp_port)),
                 };
                 PortInfo {
@@ -362,6 +362,15 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                     tx_gso_packets: c.map_or(0, |c| c.tx_gso_packets),
                     gso_segmented: c.map_or(0, |c| c.gso_segmented),
                     csum_completed: c.map_or(0, |c| c.csum_completed),
+                    queues: c.map_or_else(Vec::new, |c| {
+                        c.queues
+                            .iter()
+                            .map(|q| QueueInfo {
+                                rx_packets: q.rx_packets,
+                                tx_packets: q.tx_packets,
+                            })
+                            .collect()
+                    }),
                     tunnel: snap
                         .tunnels
                         .iter()

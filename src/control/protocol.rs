@@ -177,10 +177,23 @@ pub struct PortInfo {
     pub gso_segmented: u64,
     #[serde(default)]
     pub csum_completed: u64,
+    /// Per queue (pair) of a multi-queue port, by index (absent for a
+    /// single-queue port and from an older daemon's answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<QueueInfo>,
     /// A VXLAN port's underlay counters and remote FDB (absent for other
     /// port types and from an older daemon's answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelInfo>,
+}
+
+/// One queue (pair) of a multi-queue port in `port.list`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// Frames received from the peer through this queue.
+    pub rx_packets: u64,
+    /// Frames delivered to the peer through this queue.
+    pub tx_packets: u64,
 }
 
 /// The tunnel side of a VXLAN port in `port.list`.

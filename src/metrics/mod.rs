@@ -12,6 +12,7 @@
 //! | `vswitchd_port_drops` | counter | `switch`, `port`, `reason` |
 //! | `vswitchd_port_broken_queues` | counter | `switch`, `port` |
 //! | `vswitchd_port_tx_gso_packets`, `_gso_segmented`, `_csum_completed` | counter | `switch`, `port` |
+//! | `vswitchd_port_queue_rx_packets`, `vswitchd_port_queue_tx_packets` | counter (multi-queue ports only) | `switch`, `port`, `queue` |
 //! | `vswitchd_port_link_up` | gauge (0/1) | `switch`, `port` |
 //! | `vswitchd_fdb_entries` | gauge | `switch` |
 //! | `vswitchd_fdb_learned`, `vswitchd_fdb_moved`, `vswitchd_fdb_aged` | counter | `switch` |

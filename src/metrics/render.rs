@@ -146,6 +146,31 @@ impl Collector for SnapshotCollector {
             &s.ports,
             |p| (port(p), p.broken_queues),
         )?;
+        let queues: Vec<(&PortSample, usize, &vswitch::QueueSnapshot)> = s
+            .ports
+            .iter()
+            .flat_map(|p| p.queues.iter().enumerate().map(move |(i, q)| (p, i, q)))
+            .collect();
+        let queue = |p: &PortSample, i: usize| {
+            let [sw, port] = port(p);
+            [sw, port, ("queue", i.to_string())]
+        };
+        f.metric(
+            Kind::Counter,
+            "vswitchd_port_queue_rx_packets",
+            "Frames received from the peer through one queue (pair) of a multi-queue port.",
+            None,
+            &queues,
+            |&(p, i, q)| (queue(p, i), q.rx_packets),
+        )?;
+        f.metric(
+            Kind::Counter,
+            "vswitchd_port_queue_tx_packets",
+            "Frames delivered to the peer through one queue (pair) of a multi-queue port.",
+            None,
+            &queues,
+            |&(p, i, q)| (queue(p, i), q.tx_packets),
+        )?;
         f.metric(
             Kind::Counter,
             "vswitchd_port_tx_gso_packets",
@@ -533,6 +558,22 @@ mod tests {
         let drops = [("switch", "br0"), ("port", "vm1"), ("reason", "no_buffer")];
         assert_eq!(value(&exp, "vswitchd_port_drops_total", &drops), 4.0);
         assert_eq!(value(&exp, "vswitchd_port_broken_queues_total", &port), 6.0);
+        for (q, rx, tx) in [("0", 4.0, 15.0), ("1", 6.0, 5.0)] {
+            let queue = [("switch", "br0"), ("port", "vm1"), ("queue", q)];
+            assert_eq!(
+                value(&exp, "vswitchd_port_queue_rx_packets_total", &queue),
+                rx
+            );
+            assert_eq!(
+                value(&exp, "vswitchd_port_queue_tx_packets_total", &queue),
+                tx
+            );
+        }
+        // A single-queue port has no per-queue samples.
+        assert!(
+            !text.contains("queue_rx_packets_total{switch=\"br0\",port=\"vm2\""),
+            "{text}"
+        );
         assert_eq!(
             value(
                 &exp,

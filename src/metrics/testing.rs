@@ -280,6 +280,16 @@ pub(super) fn sample_snapshot() -> Snapshot {
                 tx_gso_packets: 7,
                 gso_segmented: 8,
                 csum_completed: 9,
+                queues: vec![
+                    vswitch::QueueSnapshot {
+                        rx_packets: 4,
+                        tx_packets: 15,
+                    },
+                    vswitch::QueueSnapshot {
+                        rx_packets: 6,
+                        tx_packets: 5,
+                    },
+                ],
             },
             PortSample {
                 switch: "br0".into(),

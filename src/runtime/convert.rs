@@ -17,7 +17,13 @@ pub fn vlan_mode(vlan: &VlanConfig) -> VlanMode {
 
 /// The QEMU arguments that attach a guest NIC to a port.
 pub fn qemu_args(port: &PortConfig) -> String {
-    let PortKind::VhostUser { socket, mac, .. } = &port.kind else {
+    let PortKind::VhostUser {
+        socket,
+        mac,
+        queues,
+        ..
+    } = &port.kind
+    else {
         return String::new();
     };
     // QEMU's virtio-net takes MAC and MTU from its own -device options, not from
@@ -27,10 +33,19 @@ pub fn qemu_args(port: &PortConfig) -> String {
         1500 => String::new(),
         mtu => format!(",host_mtu={mtu}"),
     };
+    // Multi-queue: QEMU asks for that many pairs (its own MQ/control queue
+    // model) and needs a vector per queue plus config and control.
+    let (netdev_queues, device_mq) = match queues {
+        1 => (String::new(), String::new()),
+        q => (
+            format!(",queues={q}"),
+            format!(",mq=on,vectors={}", 2 * q + 2),
+        ),
+    };
     format!(
         "-object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \
-         -chardev socket,id=chr-{n},path={s} -netdev vhost-user,id=net-{n},chardev=chr-{n} \
-         -device virtio-net-pci,netdev=net-{n}{mac}{mtu},mrg_rxbuf=on,event_idx=on",
+         -chardev socket,id=chr-{n},path={s} -netdev vhost-user,id=net-{n},chardev=chr-{n}{netdev_queues} \
+         -device virtio-net-pci,netdev=net-{n}{mac}{mtu}{device_mq},mrg_rxbuf=on,event_idx=on",
         n = port.name,
         s = socket.display(),
     )

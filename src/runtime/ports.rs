@@ -57,9 +57,13 @@ trait PortDriver {
     fn started(&self, switch: &str, pc: &PortConfig) -> String;
 }
 
+// The configuration's bound on queue pairs is within what ports can count.
+const _: () = assert!(fabric_config::MAX_QUEUE_PAIRS as usize <= vswitch::MAX_QUEUES);
+
 struct VhostUser<'a> {
     socket: &'a Path,
     queue_size: u16,
+    queues: u16,
     mac: Option<vswitch::MacAddr>,
 }
 
@@ -87,6 +91,7 @@ impl PortDriver for VhostUser<'_> {
                 mac: self.mac.map(|m| m.0),
                 mtu: at.pc.mtu,
                 queue_size: self.queue_size,
+                queue_pairs: self.queues,
             },
         });
         port.spawn(&at.rt.serve).map(PortHandle::VhostUser)
@@ -105,6 +110,7 @@ impl PortDriver for VhostUser<'_> {
 
 struct Tap<'a> {
     device: &'a str,
+    multi_queue: bool,
 }
 
 impl PortDriver for Tap<'_> {
@@ -112,7 +118,7 @@ impl PortDriver for Tap<'_> {
         let in_use = st
             .ports
             .iter()
-            .any(|p| matches!(&p.config.kind, PortKind::Tap { device: d } if d == self.device));
+            .any(|p| matches!(&p.config.kind, PortKind::Tap { device: d, .. } if d == self.device));
         if in_use {
             return Err(Error::conflict(format!(
                 "TAP device {} is already a port",
@@ -125,7 +131,8 @@ impl PortDriver for Tap<'_> {
     fn start(&self, at: &Attach) -> io::Result<PortHandle> {
         let (sw, table) = (at.entry.switch.clone(), at.entry.table.clone());
         let datapath = at.rt.datapath.clone();
-        vhost_backends::tap::spawn(self.device, at.pc.mtu, at.id, sw, table, datapath)
+        let (mtu, multi_queue) = (at.pc.mtu, self.multi_queue);
+        vhost_backends::tap::spawn(self.device, mtu, multi_queue, at.id, sw, table, datapath)
             .map(PortHandle::Tap)
     }
 
@@ -170,13 +177,21 @@ fn driver(pc: &PortConfig) -> Result<Box<dyn PortDriver + '_>> {
         PortKind::VhostUser {
             socket,
             queue_size,
+            queues,
             mac,
         } => Box::new(VhostUser {
             socket,
             queue_size: *queue_size,
+            queues: *queues,
             mac: *mac,
         }),
-        PortKind::Tap { device } => Box::new(Tap { device }),
+        PortKind::Tap {
+            device,
+            multi_queue,
+        } => Box::new(Tap {
+            device,
+            multi_queue: *multi_queue,
+        }),
         PortKind::Vxlan(keys) => Box::new(Vxlan {
             keys,
             config: tunnel_config(keys).map_err(|e| Error::new(ErrorKind::InvalidArgument, e))?,
@@ -278,6 +293,7 @@ mod tests {
         // No such TAP device can exist: the kernel refuses the name.
         let bad = port(PortKind::Tap {
             device: "no/such".into(),
+            multi_queue: false,
         });
         let err = rt.add_port("br0", bad).expect_err("the TAP port fails");
         assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
@@ -289,6 +305,7 @@ mod tests {
         let good = port(PortKind::VhostUser {
             socket: socket.clone(),
             queue_size: 256,
+            queues: 1,
             mac: None,
         });
         rt.add_port("br0", good).expect("the name is free again");

@@ -43,6 +43,8 @@ pub struct PortSample {
     pub gso_segmented: u64,
     /// Partial checksums completed in software for this port.
     pub csum_completed: u64,
+    /// Per queue (pair) of a multi-queue port, by index; empty for one queue.
+    pub queues: Vec<vswitch::QueueSnapshot>,
 }
 
 /// One switch's forwarding database.
@@ -140,6 +142,7 @@ impl PortSample {
             tx_gso_packets: c.tx_gso_packets,
             gso_segmented: c.gso_segmented,
             csum_completed: c.csum_completed,
+            queues: c.queues,
         }
     }
 }

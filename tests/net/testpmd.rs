@@ -314,3 +314,165 @@ fn peer_leaves_under_load_daemon_stays_responsive() {
         vs.stop();
     }
 }
+
+/// Queue pairs of each port in the multi-queue test.
+const PAIRS: u16 = 2;
+
+/// Two access ports in VLAN 10 with `PAIRS` queue pairs each, on two
+/// datapath threads (so the pairs of one port run on both).
+fn mq_config() -> String {
+    format!(
+        r#"[daemon]
+run_dir = "."
+datapath_threads = 2
+
+[[switch]]
+name = "br0"
+
+[[switch.port]]
+name = "a"
+type = "vhost-user"
+socket = "a.sock"
+queues = {PAIRS}
+vlan = {{ mode = "access", tag = 10 }}
+
+[[switch.port]]
+name = "b"
+type = "vhost-user"
+socket = "b.sock"
+queues = {PAIRS}
+vlan = {{ mode = "access", tag = 10 }}
+"#
+    )
+}
+
+/// A multi-queue sender on `a.sock`: io forwarding towards B with `PAIRS`
+/// pairs; `start tx_first` sends one burst on each TX queue. `flows`: each
+/// frame of a burst from another source address (`--txonly-multi-flow`), or
+/// all of them one flow.
+fn mq_sender(dir: &TestDir, vs: &Vswitchd, name: &str, flows: bool) -> Testpmd {
+    let mut args = vec![
+        "--forward-mode=io".to_owned(),
+        format!("--burst={BURST}"),
+        format!("--eth-peer=0,{MAC_B}"),
+    ];
+    if flows {
+        args.push("--txonly-multi-flow".into());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Testpmd::virtio_user_queues(
+        dir,
+        name,
+        Lcores { fwd_cpu: 0 },
+        &[(vs.socket(0), MAC_A)],
+        PAIRS,
+        &args,
+    )
+}
+
+/// Per-queue packets of port `p` in a report: (`qN_rx_packets`, `qN_tx_packets`) by N.
+fn queue_counts(r: &Report, p: &str) -> Vec<(u64, u64)> {
+    (0..PAIRS)
+        .map(|q| {
+            let c = r.port(p);
+            (
+                c.get(&format!("q{q}_rx_packets")),
+                c.get(&format!("q{q}_tx_packets")),
+            )
+        })
+        .collect()
+}
+
+/// `net_virtio_user` with two queue pairs on both ports: both pairs forward.
+/// A sends one burst on each of its TX queues; vswitchd counts each burst on
+/// its queue of port a, spreads the flows over both RX queues of b by flow
+/// hash, and testpmd B's per-queue counters equal vswitchd's exactly. Then a
+/// single-flow sender: every frame of the flow lands on one RX queue of B.
+#[test]
+fn two_queue_pairs_forward_on_both_pairs() {
+    let _serial = serial();
+    let dir = TestDir::new("mq");
+    let mut vs = Vswitchd::start(&dir, &mq_config(), &["a.sock", "b.sock"]);
+    let mut b = Testpmd::virtio_user_queues(
+        &dir,
+        "b",
+        Lcores { fwd_cpu: 1 },
+        &[(vs.socket(1), MAC_B)],
+        PAIRS,
+        &["--forward-mode=rxonly"],
+    );
+    b.start();
+    let mut a = mq_sender(&dir, &vs, "a", true);
+    vs.wait_link("a", true);
+    vs.wait_link("b", true);
+
+    // 1. Many flows: one burst per TX queue of A.
+    let sent = u64::from(PAIRS) * BURST;
+    a.start_tx_first(1);
+    b.wait_stats(0, "B to receive A's bursts", |s| s.rx_packets >= sent);
+    a.stop();
+    std::thread::sleep(QUIET);
+
+    let xa = a.xstats(0, PAIRS);
+    let xb = b.xstats(0, PAIRS);
+    let r = vs.counters();
+    let log = r.lines.join("\n");
+    for q in 0..PAIRS {
+        assert_eq!(
+            xa[&format!("tx_q{q}_good_packets")],
+            BURST,
+            "A's TX queue {q}: {xa:?}"
+        );
+    }
+    assert_eq!(r.port("a").rx_packets(), sent, "{log}");
+    assert_eq!(r.port("b").tx_packets(), sent, "{log}");
+    let (qa, qb) = (queue_counts(&r, "a"), queue_counts(&r, "b"));
+    assert_eq!(
+        qa,
+        vec![(BURST, 0); PAIRS as usize],
+        "port a per queue:\n{log}"
+    );
+    for (q, &(rx, tx)) in qb.iter().enumerate() {
+        assert_eq!(rx, 0, "b received on queue {q}:\n{log}");
+        assert!(tx > 0, "no flow hashed to b's queue {q}:\n{log}");
+        assert_eq!(
+            xb[&format!("rx_q{q}_good_packets")],
+            tx,
+            "B's RX queue {q} != vswitchd's queue {q} of b: {xb:?}\n{log}"
+        );
+    }
+    assert_eq!(qb.iter().map(|q| q.1).sum::<u64>(), sent, "{log}");
+    assert_no_drops(&r);
+
+    // 2. One flow (no --txonly-multi-flow), from a new sender on the same
+    //    socket: every frame of it lands on one RX queue of b.
+    a.quit();
+    vs.wait_link("a", false);
+    let mut a1 = mq_sender(&dir, &vs, "a1", false);
+    vs.wait_link("a", true);
+    a1.start_tx_first(1);
+    b.wait_stats(0, "B to receive the one-flow bursts", |s| {
+        s.rx_packets >= 2 * sent
+    });
+    a1.stop();
+    std::thread::sleep(QUIET);
+    let r = vs.counters();
+    let log = r.lines.join("\n");
+    let after = queue_counts(&r, "b");
+    let grew: Vec<u64> = after.iter().zip(&qb).map(|(n, o)| n.1 - o.1).collect();
+    assert!(
+        grew.contains(&sent) && grew.iter().sum::<u64>() == sent,
+        "one flow spread over b's queues: {grew:?}\n{log}"
+    );
+    let xb = b.xstats(0, PAIRS);
+    for (q, &(_, tx)) in after.iter().enumerate() {
+        assert_eq!(xb[&format!("rx_q{q}_good_packets")], tx, "{xb:?}\n{log}");
+    }
+    assert_no_drops(&r);
+
+    b.stop();
+    a1.quit();
+    b.quit();
+    let fin = vs.stop();
+    assert_eq!(fin.port("b").tx_packets(), 2 * sent);
+}

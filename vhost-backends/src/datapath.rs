@@ -129,6 +129,11 @@ impl Datapath {
         Ok(Datapath { threads })
     }
 
+    /// How many datapath threads there are.
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
     fn thread_for(&self, key: usize) -> &Shared {
         &self.threads[key % self.threads.len()].0
     }
@@ -298,23 +303,24 @@ fn run(t: &Shared) {
     }
 }
 
-/// A switch port whose frames a datapath thread reads from descriptors (a
-/// TAP device, a tunnel's sockets) and whose receive side is published in the
-/// switch's [`PortTable`].
+/// A switch port whose frames datapath threads read from descriptors (a
+/// TAP device's queues, a tunnel's sockets) and whose receive side is
+/// published in the switch's [`PortTable`]. Queue i is served by the thread
+/// of key `id + i`, so the queues of one port spread over the threads.
 pub(crate) struct DatapathPort {
     datapath: Arc<Datapath>,
-    queue: Arc<dyn PollQueue>,
+    queues: Vec<Arc<dyn PollQueue>>,
     table: Arc<PortTable>,
     switch: Arc<Switch>,
     id: PortId,
 }
 
 impl DatapathPort {
-    /// Publishes `sink`, brings the link up and has a datapath thread poll
-    /// `queue`; undone if the thread cannot watch the queue.
+    /// Publishes `sink`, brings the link up and has datapath threads poll
+    /// `queues`; undone if a thread cannot watch its queue.
     pub(crate) fn start(
         datapath: Arc<Datapath>,
-        queue: Arc<dyn PollQueue>,
+        queues: Vec<Arc<dyn PollQueue>>,
         sink: Box<dyn FrameSink>,
         table: Arc<PortTable>,
         switch: Arc<Switch>,
@@ -322,27 +328,34 @@ impl DatapathPort {
     ) -> io::Result<DatapathPort> {
         table.publish(id, sink);
         switch.set_link(id, true);
-        if let Err(e) = datapath.add(id as usize, queue.clone()) {
-            table.withdraw(id);
-            switch.set_link(id, false);
-            return Err(e);
+        for (i, queue) in queues.iter().enumerate() {
+            if let Err(e) = datapath.add(id as usize + i, queue.clone()) {
+                for (j, added) in queues[..i].iter().enumerate() {
+                    datapath.remove(id as usize + j, added);
+                }
+                table.withdraw(id);
+                switch.set_link(id, false);
+                return Err(e);
+            }
         }
         Ok(DatapathPort {
             datapath,
-            queue,
+            queues,
             table,
             switch,
             id,
         })
     }
 
-    /// Withdraws the sink, takes the link down, stops polling the queue and
-    /// closes its source.
+    /// Withdraws the sink, takes the link down, stops polling the queues and
+    /// closes their sources.
     pub(crate) fn stop(self) {
         self.table.withdraw(self.id);
         self.switch.set_link(self.id, false);
-        self.datapath.remove(self.id as usize, &self.queue);
-        self.queue.close();
+        for (i, queue) in self.queues.iter().enumerate() {
+            self.datapath.remove(self.id as usize + i, queue);
+            queue.close();
+        }
     }
 }
 

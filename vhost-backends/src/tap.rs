@@ -15,12 +15,21 @@
 //! waits for the device to be readable in the same `epoll_wait` as for its
 //! other queues ([`TapQueue`] is a [`PollQueue`]), and forwarded with the same
 //! [`forward`] as a guest's transmit queue.
+//!
+//! Multi-queue (`multi_queue = true`): the device is opened with
+//! `IFF_MULTI_QUEUE` once per queue (each `TUNSETIFF` on a new
+//! `/dev/net/tun` descriptor attaches one more queue, Documentation/
+//! networking/tuntap.rst "Multiqueue tuntap interface"), one queue per
+//! datapath thread, and queue i is read by the thread of key `port + i`. The
+//! kernel spreads the flows it sends over the queues by its own flow hash
+//! (`tun_select_queue`); the sink writes each frame on the queue its flow hash
+//! picks ([`crate::forward::flow_hash`]), so one flow keeps one queue.
 
 use crate::datapath::{Datapath, DatapathPort, PollQueue, Polled};
 use crate::forward::offload::{egress_header, HeaderFrom, MAX_GSO_FRAME};
 use crate::forward::{
-    forward, Delivery, DeliveryReport, ForwardScratch, FrameSink, FrameSource, Ingress, PortTable,
-    BATCH, HDR_LEN,
+    flow_hash, forward, pick_queue, Delivery, DeliveryReport, ForwardScratch, FrameSink,
+    FrameSource, Ingress, PortTable, BATCH, HDR_LEN,
 };
 use arrayvec::ArrayVec;
 use fabric_offload::Accepts;
@@ -52,9 +61,9 @@ const TUN_OFFLOADS: [libc::c_uint; 2] = [
 /// Longest interface name (IFNAMSIZ - 1).
 pub const MAX_NAME: usize = 15;
 
-/// An open TAP device.
+/// An open TAP device: one descriptor per queue.
 pub struct TapDevice {
-    file: File,
+    queues: Vec<File>,
     name: String,
     /// What `TUNSETOFFLOAD` accepted: what the device may hand us, and
     /// what we hand it.
@@ -105,8 +114,39 @@ fn check(r: libc::c_int, what: &str, name: &str) -> io::Result<()> {
 
 impl TapDevice {
     /// Creates the TAP device `name`, or attaches to an existing persistent
-    /// one, non-blocking, with the virtio-net header on.
+    /// one, non-blocking, with the virtio-net header on: one queue.
     pub fn open(name: &str) -> io::Result<TapDevice> {
+        Self::open_queues(name, 1, false)
+    }
+
+    /// Like [`TapDevice::open`] with `queues` queues (1 to
+    /// [`vswitch::MAX_QUEUES`]); `multi_queue` opens it with
+    /// `IFF_MULTI_QUEUE` (needed for more than one; a device made so cannot
+    /// be attached to without it).
+    pub fn open_queues(name: &str, queues: usize, multi_queue: bool) -> io::Result<TapDevice> {
+        if queues == 0 || queues > vswitch::MAX_QUEUES || (queues > 1 && !multi_queue) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{name}: {queues} queues (1 to {} with IFF_MULTI_QUEUE)",
+                    vswitch::MAX_QUEUES
+                ),
+            ));
+        }
+        let queues = (0..queues)
+            .map(|_| Self::attach_queue(name, multi_queue))
+            .collect::<io::Result<Vec<File>>>()?;
+        // The offloads are the device's, whichever queue sets them.
+        let offloads = set_offloads(&queues[0], name)?;
+        Ok(TapDevice {
+            queues,
+            name: name.to_owned(),
+            offloads,
+        })
+    }
+
+    /// Opens one more queue of the device `name`.
+    fn attach_queue(name: &str, multi_queue: bool) -> io::Result<File> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -114,7 +154,11 @@ impl TapDevice {
             .open("/dev/net/tun")
             .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e}")))?;
         let mut req = ifreq(name)?;
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        if multi_queue {
+            flags |= libc::IFF_MULTI_QUEUE;
+        }
+        req.ifr_ifru.ifru_flags = flags as i16;
         check(
             // SAFETY: TUNSETIFF reads and writes the ifreq we own.
             unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) },
@@ -128,12 +172,12 @@ impl TapDevice {
             "TUNSETVNETHDRSZ",
             name,
         )?;
-        let offloads = set_offloads(&file, name)?;
-        Ok(TapDevice {
-            file,
-            name: name.to_owned(),
-            offloads,
-        })
+        Ok(file)
+    }
+
+    /// Queues the device was opened with.
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
     }
 
     /// What the device and we exchange besides complete frames.
@@ -211,12 +255,21 @@ pub struct TapSink {
 }
 
 impl FrameSink for TapSink {
+    /// Each frame is written on one queue: the only one, or the one its
+    /// flow hash picks among all of them (one flow, one queue, in order).
     fn deliver(&self, batch: &[Delivery], frames: &[FrameSource], report: &mut dyn DeliveryReport) {
         let accepts = self.accepts();
+        let queues = self.dev.queues.len();
+        let all = (1u32 << queues) - 1;
         let mut iov: Vec<libc::iovec> = Vec::with_capacity(8);
+        let mut written = [0u64; vswitch::MAX_QUEUES];
         for d in batch {
             // num_buffers means nothing to the device: 0.
             let hdr = egress_header(frames[d.frame].offload(), d.egress.shift(), accepts, 0);
+            let queue = match queues {
+                1 => 0,
+                _ => pick_queue(flow_hash(&frames[d.frame]), all).unwrap_or(0),
+            };
             iov.clear();
             iov.push(libc::iovec {
                 iov_base: hdr.as_ptr() as *mut libc::c_void,
@@ -238,19 +291,27 @@ impl FrameSink for TapSink {
             // header, the egress head, the sender's frame buffers).
             let n = unsafe {
                 libc::writev(
-                    self.dev.file.as_raw_fd(),
+                    self.dev.queues[queue].as_raw_fd(),
                     iov.as_ptr(),
                     iov.len() as libc::c_int,
                 )
             };
-            report.outcome(
-                d,
-                if n < 0 {
-                    Err(DropReason::NoBuffer)
-                } else {
-                    Ok(())
-                },
-            );
+            let result = if n < 0 {
+                Err(DropReason::NoBuffer)
+            } else {
+                written[queue] += 1;
+                Ok(())
+            };
+            report.outcome(d, result);
+        }
+        if queues > 1 {
+            for (queue, &n) in written[..queues]
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+            {
+                report.delivered_on_queue(queue, n);
+            }
         }
     }
 
@@ -263,42 +324,58 @@ impl FrameSink for TapSink {
 pub struct TapPortHandle(DatapathPort);
 
 /// Serves switch port `id` through TAP device `device` (created if absent),
-/// with `mtu`: publishes the sink, brings the link up, and has a thread of
-/// `datapath` read the device.
+/// with `mtu`: publishes the sink, brings the link up, and has `datapath`
+/// threads read the device. `multi_queue`: one queue per datapath thread (at
+/// most [`vswitch::MAX_QUEUES`]), opened with `IFF_MULTI_QUEUE`; otherwise one.
 pub fn spawn(
     device: &str,
     mtu: u16,
+    multi_queue: bool,
     id: PortId,
     switch: Arc<Switch>,
     table: Arc<PortTable>,
     datapath: Arc<Datapath>,
 ) -> io::Result<TapPortHandle> {
-    let dev = Arc::new(TapDevice::open(device)?);
+    let queues = match multi_queue {
+        true => datapath.threads().min(vswitch::MAX_QUEUES),
+        false => 1,
+    };
+    let dev = Arc::new(TapDevice::open_queues(device, queues, multi_queue)?);
     dev.configure(mtu)?;
+    if let Some(p) = switch.topology().port(id) {
+        p.state.counters.set_queue_count(queues);
+    }
     let sink = Box::new(TapSink { dev: dev.clone() });
-    let queue = Arc::new(TapQueue {
-        id,
-        switch: switch.clone(),
-        table: table.clone(),
-        fd: dev.file.as_raw_fd(),
-        reader: Mutex::new(Some(TapReader {
-            bufs: (0..BATCH).map(|_| vec![0u8; HDR_LEN + MAX_FRAME]).collect(),
-            lens: [0; BATCH],
-            scratch: ForwardScratch::default(),
-            dev,
-            gone: false,
-        })),
-    });
-    DatapathPort::start(datapath, queue, sink, table, switch, id).map(TapPortHandle)
+    let readers: Vec<Arc<dyn PollQueue>> = (0..queues)
+        .map(|queue| {
+            Arc::new(TapQueue {
+                id,
+                queue,
+                switch: switch.clone(),
+                table: table.clone(),
+                fd: dev.queues[queue].as_raw_fd(),
+                reader: Mutex::new(Some(TapReader {
+                    bufs: (0..BATCH).map(|_| vec![0u8; HDR_LEN + MAX_FRAME]).collect(),
+                    lens: [0; BATCH],
+                    scratch: ForwardScratch::default(),
+                    dev: dev.clone(),
+                    gone: false,
+                })),
+            }) as Arc<dyn PollQueue>
+        })
+        .collect();
+    DatapathPort::start(datapath, readers, sink, table, switch, id).map(TapPortHandle)
 }
 
 /// The transmit side of a TAP port (frames the host sends), as a datapath
 /// thread polls it.
 struct TapQueue {
     id: PortId,
+    /// Which queue of the device this is.
+    queue: usize,
     switch: Arc<Switch>,
     table: Arc<PortTable>,
-    /// The device's descriptor, open while `reader` holds the device.
+    /// The queue's descriptor, open while `reader` holds the device.
     fd: RawFd,
     /// `None` once the port is stopped (the device is closed).
     reader: Mutex<Option<TapReader>>,
@@ -345,6 +422,7 @@ impl PollQueue for TapQueue {
                 id: self.id,
                 switch: &self.switch,
                 table: &self.table,
+                queue: self.queue,
             };
             forward(&ingress, &frames, &dropped, &mut r.scratch);
         }
@@ -526,7 +604,7 @@ mod tests {
             let (tx, rx) = mpsc::channel();
             table.publish(out, Box::new(Catch(Mutex::new(tx))));
             let (s, t, d) = (switch.clone(), table.clone(), datapath.clone());
-            let handle = spawn("fwdtap0", 1500, tap, s, t, d).unwrap();
+            let handle = spawn("fwdtap0", 1500, false, tap, s, t, d).unwrap();
             let names = thread_names();
             assert!(
                 !names.iter().any(|n| n.starts_with("tap-")),

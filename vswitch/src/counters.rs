@@ -220,6 +220,24 @@ impl<R: Reason> Counters<R> {
     }
 }
 
+/// Most queues (queue pairs of a guest, TAP queues) a port counts apart.
+pub const MAX_QUEUES: usize = 8;
+
+/// Packets of one queue (pair) of a port, in the port's direction: `rx` from
+/// the peer through this queue, `tx` to the peer through it.
+#[derive(Default, Debug)]
+struct QueueCounters {
+    rx_packets: AtomicU64,
+    tx_packets: AtomicU64,
+}
+
+/// A point-in-time copy of one queue's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueSnapshot {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
 /// Counters of one switch port. `rx` is what the port received from its peer
 /// (a guest's transmissions), `tx` what the switch delivered to it.
 #[derive(Default, Debug)]
@@ -227,6 +245,9 @@ pub struct PortCounters {
     traffic: Counters<DropReason>,
     broken_queues: AtomicU64,
     offload: OffloadCounters,
+    /// Queues the port runs (set by its driver); 1 until it says more.
+    queue_count: AtomicU64,
+    queues: [QueueCounters; MAX_QUEUES],
 }
 
 /// What the switch did with offloaded frames delivered to one port.
@@ -272,6 +293,8 @@ pub struct PortCountersSnapshot {
     /// Partial checksums completed in software for this port (segmented
     /// frames not included: segmentation completes every checksum anyway).
     pub csum_completed: u64,
+    /// Per queue (pair), for a port with more than one; empty otherwise.
+    pub queues: Vec<QueueSnapshot>,
 }
 
 impl Deref for PortCountersSnapshot {
@@ -298,7 +321,40 @@ impl PortCounters {
         counter.fetch_add(n, Relaxed);
     }
 
+    /// The port runs `n` queues (clamped to `1..=MAX_QUEUES`): reports list
+    /// that many when above 1.
+    pub fn set_queue_count(&self, n: usize) {
+        self.queue_count
+            .store(n.clamp(1, MAX_QUEUES) as u64, Relaxed);
+    }
+
+    /// `packets` came from the peer through queue `queue` (ignored past
+    /// [`MAX_QUEUES`]: the caller validated it already).
+    pub fn add_queue_rx(&self, queue: usize, packets: u64) {
+        if let Some(q) = self.queues.get(queue) {
+            q.rx_packets.fetch_add(packets, Relaxed);
+        }
+    }
+
+    /// `packets` went to the peer through queue `queue`.
+    pub fn add_queue_tx(&self, queue: usize, packets: u64) {
+        if let Some(q) = self.queues.get(queue) {
+            q.tx_packets.fetch_add(packets, Relaxed);
+        }
+    }
+
     pub fn snapshot(&self) -> PortCountersSnapshot {
+        let n = self.queue_count.load(Relaxed) as usize;
+        let queues = match n {
+            0 | 1 => Vec::new(),
+            n => self.queues[..n.min(MAX_QUEUES)]
+                .iter()
+                .map(|q| QueueSnapshot {
+                    rx_packets: q.rx_packets.load(Relaxed),
+                    tx_packets: q.tx_packets.load(Relaxed),
+                })
+                .collect(),
+        };
         let o = &self.offload;
         PortCountersSnapshot {
             traffic: self.traffic.snapshot(),
@@ -306,6 +362,7 @@ impl PortCounters {
             tx_gso_packets: o.tx_gso_packets.load(Relaxed),
             gso_segmented: o.gso_segmented.load(Relaxed),
             csum_completed: o.csum_completed.load(Relaxed),
+            queues,
         }
     }
 }
@@ -348,8 +405,26 @@ mod tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
         }
+        assert!(s.queues.is_empty(), "a single-queue port lists no queues");
         let names: std::collections::HashSet<_> =
             DropReason::ALL.iter().map(|r| r.name()).collect();
         assert_eq!(names.len(), DropReason::ALL.len());
+    }
+
+    /// Per-queue counters are listed for the queues the port runs, each in
+    /// its own slot; a queue index past the array is ignored, not a panic.
+    #[test]
+    fn per_queue_counts() {
+        let c = PortCounters::default();
+        c.set_queue_count(3);
+        c.add_queue_rx(0, 5);
+        c.add_queue_rx(2, 7);
+        c.add_queue_tx(1, 11);
+        c.add_queue_tx(MAX_QUEUES, 1);
+        let q = c.snapshot().queues;
+        let got: Vec<_> = q.iter().map(|q| (q.rx_packets, q.tx_packets)).collect();
+        assert_eq!(got, [(5, 0), (0, 11), (7, 0)]);
+        c.set_queue_count(100);
+        assert_eq!(c.snapshot().queues.len(), MAX_QUEUES);
     }
 }

@@ -20,7 +20,7 @@ pub mod vxlan;
 
 pub use counters::{
     Counters, CountersSnapshot, DropReason, OffloadOutcome, PortCounters, PortCountersSnapshot,
-    Reason,
+    QueueSnapshot, Reason, MAX_QUEUES,
 };
 pub use fabric_l2::{MacAddr, MacError, VlanIdError};
 pub use fdb::{Fdb, FdbEntry, FdbStats, LearnOutcome};

@@ -94,6 +94,12 @@ pub(super) fn convert_port(
                     return reject(v.span(), k, "vxlan");
                 }
             }
+            if let Some(v) = &port.queues {
+                return reject(v.span(), "queues", "vxlan");
+            }
+            if let Some(v) = &port.multi_queue {
+                return reject(v.span(), "multi_queue", "vxlan");
+            }
             if let Some(v) = &port.vlan {
                 return Err(ctx.invalid(
                     &v.span(),
@@ -119,6 +125,9 @@ pub(super) fn convert_port(
             if let Some(d) = &port.device {
                 return reject(d.span(), "device", "vhost-user");
             }
+            if let Some(m) = &port.multi_queue {
+                return reject(m.span(), "multi_queue", "vhost-user");
+            }
             vhost_user_kind(ctx, port, key, &name, run_dir, sockets)?
         }
         "tap" => {
@@ -131,6 +140,10 @@ pub(super) fn convert_port(
             if let Some(m) = &port.mac {
                 return reject(m.span(), "mac", "tap");
             }
+            if let Some(q) = &port.queues {
+                return reject(q.span(), "queues", "tap");
+            }
+            let multi_queue = port.multi_queue.as_ref().is_some_and(|m| *m.get_ref());
             let device = match &port.device {
                 Some(d) => {
                     let dev = check_name(ctx, d, &format!("{key}.device"))?;
@@ -152,7 +165,10 @@ pub(super) fn convert_port(
                 }
                 None => name.clone(),
             };
-            PortKind::Tap { device }
+            PortKind::Tap {
+                device,
+                multi_queue,
+            }
         }
         other => {
             return Err(ctx.invalid(
@@ -199,6 +215,16 @@ pub(super) fn vhost_user_kind(
         None => DEFAULT_QUEUE_SIZE,
     };
 
+    let queues = match &port.queues {
+        Some(v) => ctx.int(
+            v,
+            &format!("{key}.queues"),
+            "queue pairs",
+            1,
+            i64::from(MAX_QUEUE_PAIRS),
+        )?,
+        None => 1,
+    };
     let mac = match &port.mac {
         Some(v) => Some(ctx.mac(v, &format!("{key}.mac"))?),
         None => None,
@@ -206,6 +232,7 @@ pub(super) fn vhost_user_kind(
     Ok(PortKind::VhostUser {
         socket,
         queue_size,
+        queues,
         mac,
     })
 }

@@ -16,11 +16,23 @@ pub struct Fabric(DaemonHost);
 impl Fabric {
     /// `ports`: (name, vlan inline table) on switch br0.
     pub fn start(switch_extra: &str, ports: &[(&str, &str)]) -> Fabric {
-        let mut toml =
-            format!("[daemon]\nrun_dir = \"run\"\n[[switch]]\nname = \"br0\"\n{switch_extra}\n");
-        for (name, vlan) in ports {
+        let ports: Vec<_> = ports.iter().map(|&(n, v)| (n, v, "")).collect();
+        Self::start_with("", switch_extra, &ports)
+    }
+
+    /// `daemon_extra`: more `[daemon]` keys; `ports`: (name, vlan inline
+    /// table, more port keys such as `queues = 2`) on switch br0.
+    pub fn start_with(
+        daemon_extra: &str,
+        switch_extra: &str,
+        ports: &[(&str, &str, &str)],
+    ) -> Fabric {
+        let mut toml = format!(
+            "[daemon]\nrun_dir = \"run\"\n{daemon_extra}\n[[switch]]\nname = \"br0\"\n{switch_extra}\n"
+        );
+        for (name, vlan, extra) in ports {
             toml += &format!(
-                "[[switch.port]]\nname = \"{name}\"\ntype = \"vhost-user\"\nvlan = {vlan}\n"
+                "[[switch.port]]\nname = \"{name}\"\ntype = \"vhost-user\"\nvlan = {vlan}\n{extra}\n"
             );
         }
         Fabric(DaemonHost::start("fh", &toml))

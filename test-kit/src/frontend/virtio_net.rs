@@ -1,8 +1,12 @@
 //! `GuestNic`: a virtio-net driver over a vhost-user socket, playing the VMM and the guest
 //! driver at once (what QEMU plus the guest's virtio_net would do), for integration tests.
 //!
-//! One queue pair, split virtqueues: queue 0 = RX (device writes), queue 1 = TX (device
-//! reads). The driver side of the rings is in [`super::split_ring`]. Every frame carries a
+//! One queue pair by default, split virtqueues: queue 0 = RX (device writes), queue 1 = TX
+//! (device reads). With `NicOptions::queue_pairs` above 1 it negotiates VIRTIO_NET_F_MQ and
+//! sets up pairs 1.. too (queues 2N, 2N+1), each RX queue with its own buffers: frames on
+//! them are read with [`GuestNic::recv_on`]; their TX queues stay empty. Like QEMU and DPDK,
+//! the harness keeps the control queue to itself and tells the backend which pairs are in
+//! use with SET_VRING_ENABLE ([`GuestNic::set_vring_enable`]). The driver side of the rings is in [`super::split_ring`]. Every frame carries a
 //! 12-byte `virtio_net_hdr_v1` (VIRTIO_F_VERSION_1 is required, 5.1.6).
 //!
 //! Device (backend) protocol violations seen on the rings, such as a used id that was never
@@ -155,6 +159,8 @@ pub struct NicOptions {
     /// Kick after every publish, ignoring the device's suppression hints (avail_event or
     /// VIRTQ_USED_F_NO_NOTIFY). Off by default: the driver honours them, as Linux does.
     pub always_kick: bool,
+    /// Queue pairs to set up (VIRTIO_NET_F_MQ when above 1; the backend must offer it).
+    pub queue_pairs: u16,
 }
 
 impl Default for NicOptions {
@@ -168,6 +174,7 @@ impl Default for NicOptions {
             rx_buffers: 256,
             extra_features: 0,
             always_kick: false,
+            queue_pairs: 1,
         }
     }
 }
@@ -213,6 +220,18 @@ enum TxLayout {
     Indirect,
 }
 
+/// A queue pair past the first: its RX queue with buffers posted (one per descriptor,
+/// descriptor `i` always buffer `i`), its TX queue set up and never used.
+struct ExtraPair {
+    rx: SplitRing,
+    rx_bufs: Vec<u64>,
+    rx_kick: EventFd,
+    rx_call: EventFd,
+    _tx: SplitRing,
+    _tx_kick: EventFd,
+    _tx_call: EventFd,
+}
+
 /// A received frame whose `num_buffers` buffers have not all arrived yet.
 struct PartialFrame {
     hdr: VirtioNetHdr,
@@ -253,6 +272,8 @@ pub struct GuestNic {
     scratch_next: u64,
     kicks: u64,
     missed_notifications: u64,
+    /// Pairs 1.. (index 0 is pair 1).
+    extra: Vec<ExtraPair>,
 }
 
 impl GuestNic {
@@ -270,7 +291,10 @@ impl GuestNic {
         let qs = opts.queue_size;
         let rx_count = opts.rx_buffers.min(qs);
 
-        let mut frontend = connect_frontend(socket, 2)?;
+        let pairs = opts.queue_pairs.max(1);
+        // One pair more than set up may be addressed: tests of a hostile frontend send
+        // vring messages for a queue the device does not have.
+        let mut frontend = connect_frontend(socket, 2 * u64::from(pairs) + 2)?;
         let mut wanted = features::VERSION_1
             | features::MAC
             | features::STATUS
@@ -284,6 +308,9 @@ impl GuestNic {
         }
         if opts.indirect {
             wanted |= features::INDIRECT_DESC;
+        }
+        if pairs > 1 {
+            wanted |= features::MQ;
         }
         let Negotiated {
             features: acked,
@@ -302,8 +329,7 @@ impl GuestNic {
         let n = u64::from(qs);
         let rx_stride = u64::from(opts.rx_buffer_len).next_multiple_of(64);
         let need = 4096
-            + 2 * (26 * n + 4 * 4096)
-            + u64::from(rx_count) * rx_stride
+            + u64::from(pairs) * (2 * (26 * n + 4 * 4096) + u64::from(rx_count) * rx_stride)
             + 4096
             + n * TX_SLOT_SIZE
             + SCRATCH_SIZE;
@@ -347,6 +373,62 @@ impl GuestNic {
         for q in [RX_QUEUE, TX_QUEUE] {
             enable_queue(&mut frontend, q, acked)?;
         }
+        let mut extra = Vec::new();
+        if pairs > 1 && acked & features::MQ == 0 {
+            return Err(invalid(format!(
+                "{pairs} queue pairs asked, VIRTIO_NET_F_MQ not offered"
+            )));
+        }
+        for pair in 1..usize::from(pairs) {
+            let mut rx = SplitRing::new(&mut ram, qs, event_idx)?;
+            let tx = SplitRing::new(&mut ram, qs, event_idx)?;
+            let base = ram.alloc(u64::from(rx_count) * rx_stride, 4096)?;
+            let bufs: Vec<u64> = (0..u64::from(rx_count))
+                .map(|i| base + i * rx_stride)
+                .collect();
+            for (i, &gpa) in bufs.iter().enumerate() {
+                let d = Desc {
+                    addr: gpa,
+                    len: opts.rx_buffer_len,
+                    flags: VIRTQ_DESC_F_WRITE,
+                    next: 0,
+                };
+                rx.write_desc(&ram, i as u16, d);
+                rx.push_avail(&ram, i as u16);
+            }
+            rx.publish(&ram);
+            rx.enable_interrupt(&ram);
+            let p = ExtraPair {
+                rx,
+                rx_bufs: bufs,
+                rx_kick: efd()?,
+                rx_call: efd()?,
+                _tx: tx,
+                _tx_kick: efd()?,
+                _tx_call: efd()?,
+            };
+            setup_queue(
+                &mut frontend,
+                2 * pair,
+                &p.rx,
+                &ram,
+                0,
+                &p.rx_kick,
+                &p.rx_call,
+            )?;
+            setup_queue(
+                &mut frontend,
+                2 * pair + 1,
+                &p._tx,
+                &ram,
+                0,
+                &p._tx_kick,
+                &p._tx_call,
+            )?;
+            enable_queue(&mut frontend, 2 * pair, acked)?;
+            enable_queue(&mut frontend, 2 * pair + 1, acked)?;
+            extra.push(p);
+        }
 
         let mut tx_layouts = vec![TxLayout::Combined, TxLayout::Split];
         if indirect {
@@ -379,6 +461,7 @@ impl GuestNic {
             scratch_next: 0,
             kicks: 0,
             missed_notifications: 0,
+            extra,
         };
         // Tell the device RX buffers are there (it may also just look at avail.idx).
         if rx_count > 0 {
@@ -420,6 +503,70 @@ impl GuestNic {
             max_virtqueue_pairs: u16_at(8),
             mtu: u16_at(10),
         })
+    }
+
+    /// Receives one frame (without the virtio-net header) on the RX queue of `pair`,
+    /// waiting up to `timeout`. Pairs above 0 take frames of one buffer only (small
+    /// frames; `num_buffers` must be 1).
+    pub fn recv_on(&mut self, pair: usize, timeout: Duration) -> Option<Vec<u8>> {
+        if pair == 0 {
+            return self.recv(timeout);
+        }
+        let ram = &self.ram;
+        let rx_buffer_len = self.rx_buffer_len;
+        let p = self
+            .extra
+            .get_mut(pair - 1)
+            .unwrap_or_else(|| panic!("no queue pair {pair}"));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((id, len)) = p.rx.pop_used(ram) {
+                let gpa = usize::try_from(id)
+                    .ok()
+                    .and_then(|i| p.rx_bufs.get(i))
+                    .copied()
+                    .unwrap_or_else(|| panic!("device bug: RX {pair} used id {id} never posted"));
+                assert!(
+                    (VNET_HDR_LEN as u32..=rx_buffer_len).contains(&len),
+                    "device bug: RX {pair} used len {len}"
+                );
+                let mut chunk = vec![0u8; len as usize];
+                ram.read(gpa, &mut chunk)
+                    .unwrap_or_else(|e| panic!("RX buffer read: {e}"));
+                let hdr = VirtioNetHdr::from_bytes(chunk[..VNET_HDR_LEN].try_into().unwrap());
+                assert_eq!(
+                    hdr.num_buffers, 1,
+                    "device bug: RX {pair} frame spans buffers"
+                );
+                p.rx.push_avail(ram, id as u16);
+                p.rx.publish(ram);
+                return Some(chunk.split_off(VNET_HDR_LEN));
+            }
+            p.rx.enable_interrupt(ram);
+            if p.rx.used_pending(ram) > 0 {
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            wait_readable(&[p.rx_call.as_raw_fd()], deadline - now);
+            drain(&p.rx_call);
+        }
+    }
+
+    /// Queue pairs set up.
+    pub fn queue_pairs(&self) -> usize {
+        1 + self.extra.len()
+    }
+
+    /// SET_VRING_ENABLE for `queue` (2N = RX of pair N, 2N+1 = its TX), as QEMU and
+    /// DPDK send it when the driver changes the pairs in use (VIRTIO_NET_CTRL_MQ).
+    pub fn set_vring_enable(&mut self, queue: usize, enable: bool) -> io::Result<()> {
+        vu(
+            "SET_VRING_ENABLE",
+            self.frontend.set_vring_enable(queue, enable),
+        )
     }
 
     /// Config-space MAC; zeros when the backend does not offer GET_CONFIG.

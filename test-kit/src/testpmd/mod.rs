@@ -370,6 +370,20 @@ impl Testpmd {
         ports: &[(&Path, &str)],
         app_args: &[&str],
     ) -> Testpmd {
+        Self::virtio_user_queues(dir, name, lcores, ports, 1, app_args)
+    }
+
+    /// Like [`Testpmd::virtio_user`] with `queues` queue pairs per port
+    /// (`queues=N,cq=1`: virtio_user needs its emulated control queue for
+    /// more than one pair, and `--rxq=N --txq=N` so testpmd uses them all).
+    pub fn virtio_user_queues(
+        dir: &TestDir,
+        name: &str,
+        lcores: Lcores,
+        ports: &[(&Path, &str)],
+        queues: u16,
+        app_args: &[&str],
+    ) -> Testpmd {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("vsw-{}-{name}-{seq}", std::process::id());
@@ -382,14 +396,19 @@ impl Testpmd {
             .args(lcores.args())
             .args(["--no-huge", "-m", "512", "--no-pci", "--log-level=*:notice"])
             .arg(format!("--file-prefix={prefix}"));
+        let cq = if queues > 1 { ",cq=1" } else { "" };
         for (i, (sock, mac)) in ports.iter().enumerate() {
             cmd.arg(format!(
-                "--vdev=net_virtio_user{i},path={},queues=1,mac={mac}",
+                "--vdev=net_virtio_user{i},path={},queues={queues}{cq},mac={mac}",
                 sock.display()
             ));
         }
-        cmd.args(["--", "-i", "--total-num-mbufs=8192"])
-            .args(app_args);
+        cmd.args(["--", "-i", "--total-num-mbufs=8192"]);
+        if queues > 1 {
+            cmd.arg(format!("--rxq={queues}"))
+                .arg(format!("--txq={queues}"));
+        }
+        cmd.args(app_args);
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).expect("create testpmd log");
         let err = out.try_clone().expect("dup testpmd log");
@@ -496,6 +515,36 @@ impl Testpmd {
                 tx_errors: field(block, "TX-errors:")?,
                 tx_bytes: field(block, "TX-bytes:")?,
             })
+        })
+    }
+
+    /// `show port xstats N` of a virtio_user port with `queues` queue pairs,
+    /// parsed: `rx_q0_good_packets`, `tx_q1_good_packets`, ... by name.
+    pub fn xstats(&mut self, port: u16, queues: u16) -> HashMap<String, u64> {
+        let header = format!("NIC extended statistics for port {port} ");
+        // The virtio PMD lists the TX queues last, each ending with this one.
+        let last = format!("tx_q{}_size_1519_max_packets: ", queues.max(1) - 1);
+        let n = self.log().matches(&header).count();
+        self.cmd(&format!("show port xstats {port}"));
+        let what = format!("show port xstats {port}");
+        wait_until(&what, PATIENCE, || {
+            self.assert_alive();
+            let log = self.log();
+            if log.matches(&header).count() <= n {
+                return None;
+            }
+            let block = &log[log.rfind(&header)?..];
+            let end = block.find(&last)? + last.len();
+            let end = end + block[end..].find('\n')?;
+            Some(
+                block[..end]
+                    .lines()
+                    .filter_map(|l| {
+                        let (k, v) = l.split_once(": ")?;
+                        Some((k.trim().to_owned(), v.trim().parse().ok()?))
+                    })
+                    .collect(),
+            )
         })
     }
 

@@ -12,6 +12,9 @@ pub(crate) struct Ingress<'a> {
     pub id: PortId,
     pub switch: &'a Switch,
     pub table: &'a PortTable,
+    /// The port's queue the batch came through (0 for a single-queue port),
+    /// for the per-queue counters.
+    pub queue: usize,
 }
 
 /// Per-queue buffers of [`forward`], allocated once and reused.
@@ -54,6 +57,9 @@ pub(crate) fn forward(
     }
     if let Some(p) = topo.port(from.id) {
         p.state.counters.add_rx(frames.len() as u64, rx_bytes);
+        p.state
+            .counters
+            .add_queue_rx(from.queue, frames.len() as u64);
         for &reason in dropped {
             p.state.counters.add_drop(reason);
         }
@@ -150,6 +156,10 @@ impl DeliveryReport for TxCount<'_> {
             }
             Err(reason) => self.counters.add_drop(reason),
         }
+    }
+
+    fn delivered_on_queue(&mut self, queue: usize, packets: u64) {
+        self.counters.add_queue_tx(queue, packets);
     }
 
     fn publishing(&mut self) {
@@ -262,6 +272,7 @@ mod tests {
             id: src,
             switch: &switch,
             table: &table,
+            queue: 0,
         };
         forward(&ingress, &frames, &[], &mut ForwardScratch::default());
         assert_eq!(first_got.lock().unwrap().len(), 1);

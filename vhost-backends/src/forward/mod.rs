@@ -8,6 +8,7 @@
 //! them (`crate::datapath`); port drivers depend on it, never the reverse.
 
 mod batch;
+mod flow_hash;
 mod frame_source;
 pub(crate) mod offload;
 #[cfg(test)]
@@ -16,6 +17,7 @@ mod port_table;
 mod sink;
 
 pub(crate) use batch::{forward, ForwardScratch, Ingress};
+pub(crate) use flow_hash::{flow_hash, pick_queue};
 pub(crate) use frame_source::{FrameSource, MAX_SEGMENTS};
 pub use port_table::PortTable;
 pub(crate) use sink::{Delivery, DeliveryReport, FrameSink};

@@ -203,6 +203,7 @@ impl Bench {
             id: from,
             switch: &self.switch,
             table: &self.table,
+            queue: 0,
         };
         forward(&ingress, &frames, &dropped, &mut ForwardScratch::default());
     }
@@ -369,7 +370,7 @@ fn bad_metadata_is_dropped_under_its_own_reason() {
         ),
         (
             DropReason::CsumNotL4,
-            header(NEEDS_CSUM, GSO_TCPV4, HDR_LEN_TCP4, MSS, 14, 10),
+            header(NEEDS_CSUM, GSO_TCPV4, HDR_LEN_TCP4, MSS, L4, 10),
             &frame,
         ),
         (DropReason::TooManySegments, tso4_header(false, MSS), &huge),

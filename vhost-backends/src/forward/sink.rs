@@ -58,4 +58,8 @@ pub(crate) trait DeliveryReport {
     /// peer can see. Sinks whose every write is visible at once (a socket, a
     /// TAP device) need not call it.
     fn publishing(&mut self) {}
+    /// `packets` of the items reported went through the sink's queue
+    /// `queue` (a guest's receive queue pair, a TAP queue): for the
+    /// per-queue counters. Multi-queue sinks call it before `publishing`.
+    fn delivered_on_queue(&mut self, _queue: usize, _packets: u64) {}
 }

@@ -1,6 +1,11 @@
-//! What the device, its receive side and its transmit queue share about one
+//! What the device, its receive side and its transmit queues share about one
 //! frontend connection: the port, the guest's memory, the negotiated
 //! features and which queues the driver broke.
+//!
+//! Queues of a virtio-net device (virtio 1.2 §5.1.2): receiveq N is queue
+//! 2N, transmitq N is queue 2N+1, for N below the queue pairs in use; the
+//! control queue would follow the last pair, but no frontend hands it to a
+//! vhost-user backend (see [`super`]), so we have none.
 
 use super::port::NetPort;
 use crate::GuestMemAtomic;
@@ -9,12 +14,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
-    VIRTIO_NET_F_HOST_USO, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_HOST_USO, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF,
 };
 
-pub const RX_QUEUE: u16 = 0;
-pub const TX_QUEUE: u16 = 1;
-pub(super) const NUM_QUEUES: usize = 2;
+/// Most queue pairs a port offers: one per counted queue of the port.
+pub const MAX_QUEUE_PAIRS: usize = vswitch::MAX_QUEUES;
+pub(super) const MAX_QUEUES: usize = 2 * MAX_QUEUE_PAIRS;
+
+/// Index of receiveq `pair`.
+pub const fn rx_queue(pair: usize) -> u16 {
+    (2 * pair) as u16
+}
+
+/// Index of transmitq `pair`.
+pub const fn tx_queue(pair: usize) -> u16 {
+    (2 * pair + 1) as u16
+}
 
 /// State of one frontend connection. A new one is made for every connection so
 /// nothing negotiated by a previous guest leaks into the next.
@@ -24,7 +39,7 @@ pub struct Connection {
     pub(super) acked_features: AtomicU64,
     /// Per queue: stopped as broken until the frontend stops it (GET_VRING_BASE)
     /// and sets it up again, or reconnects.
-    pub(super) broken: [AtomicBool; NUM_QUEUES],
+    pub(super) broken: [AtomicBool; MAX_QUEUES],
 }
 
 impl Connection {
@@ -65,27 +80,44 @@ impl Connection {
         }
     }
 
+    /// Queue pairs the driver may use: the port's pairs if it negotiated
+    /// VIRTIO_NET_F_MQ, else only the first (§5.1.5: without MQ only
+    /// receiveq1 and transmitq1 exist). Queues above are never served,
+    /// whatever the frontend sets up there.
+    pub(crate) fn pairs_negotiated(&self) -> usize {
+        if self.has_feature(VIRTIO_NET_F_MQ) {
+            self.port.config.pairs()
+        } else {
+            1
+        }
+    }
+
     pub(crate) fn is_broken(&self, queue: u16) -> bool {
-        self.broken[queue as usize].load(Ordering::Acquire)
+        self.broken
+            .get(queue as usize)
+            .is_none_or(|b| b.load(Ordering::Acquire))
     }
 
     /// Stops serving `queue`: its driver broke the ring (`why`). Counted and
     /// logged once; there is no way to set DEVICE_NEEDS_RESET through
     /// vhost-user, so the guest learns of it only by its queue not moving.
     pub(crate) fn mark_broken(&self, queue: u16, why: &str) {
-        if self.broken[queue as usize].swap(true, Ordering::AcqRel) {
+        let Some(flag) = self.broken.get(queue as usize) else {
+            return;
+        };
+        if flag.swap(true, Ordering::AcqRel) {
             return;
         }
         if let Some(p) = self.port.switch.topology().port(self.port.id) {
             p.state.counters.add_broken_queue();
         }
-        let name = if queue == RX_QUEUE {
+        let name = if queue.is_multiple_of(2) {
             "receive"
         } else {
             "transmit"
         };
         log::error!(
-            "port {}: {name} queue broken ({why}); stopped until the frontend resets it",
+            "port {}: {name} queue {queue} broken ({why}); stopped until the frontend resets it",
             self.port.name
         );
     }

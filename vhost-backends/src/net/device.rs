@@ -1,7 +1,8 @@
 //! The vhost-user-net device of one frontend connection: feature negotiation,
-//! config space, and the events of its two queues (0 = receiveq, 1 = transmitq).
+//! config space, and the events of its queues (2N = receiveq N, 2N+1 =
+//! transmitq N, one pair per `queues` of the port).
 
-use super::connection::{Connection, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
+use super::connection::{rx_queue, Connection, MAX_QUEUE_PAIRS};
 use super::port::{NetPort, NetPortHandle};
 use super::rx::GuestRx;
 use super::tx::{TxQueue, TxScratch};
@@ -19,8 +20,8 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
     VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_USO4, VIRTIO_NET_F_GUEST_USO6,
     VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_USO,
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::epoll::EventSet;
@@ -52,50 +53,66 @@ pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
     | 1 << VIRTIO_NET_F_MTU;
 
 /// The device of one connection: the connection's shared state and, while
-/// a datapath thread serves it, the TX queue.
+/// datapath threads serve them, the TX queues.
 pub(crate) struct Device {
     pub(crate) conn: Arc<Connection>,
     published: AtomicBool,
-    /// The TX queue while a datapath thread serves it.
-    tx: Mutex<Option<Arc<TxQueue>>>,
+    /// The TX queue of each pair, by pair, while datapath threads serve them.
+    tx: Mutex<Vec<Arc<TxQueue>>>,
+}
+
+/// The datapath key of a port's pair: pairs of one port go to consecutive
+/// threads (`(port + pair) % threads`), so two pairs use two cores.
+fn thread_key(conn: &Connection, pair: usize) -> usize {
+    conn.port.id as usize + pair
 }
 
 impl Device {
-    /// Makes the guest's RX queue reachable by senders, hands its TX queue to a
-    /// datapath thread and brings the link up.
-    fn publish(&self, rx: &Vring, tx: &Vring) {
-        if !self.published.swap(true, Ordering::AcqRel) {
-            self.conn.port.table.publish(
-                self.conn.port.id,
-                Box::new(GuestRx::new(rx.clone(), self.conn.clone())),
-            );
+    /// Makes the guest's RX queues reachable by senders, hands each TX queue
+    /// to its datapath thread and brings the link up. `vrings` are all the
+    /// device's queues, receiveq and transmitq of each pair in turn.
+    fn publish(&self, vrings: &[Vring]) {
+        if self.published.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let conn = &self.conn;
+        let pairs = conn.port.config.pairs().min(vrings.len() / 2);
+        let rx = vrings.iter().step_by(2).take(pairs).cloned();
+        conn.port
+            .table
+            .publish(conn.port.id, Box::new(GuestRx::new(rx, conn.clone())));
+        if let Some(p) = conn.port.switch.topology().port(conn.port.id) {
+            p.state.counters.set_queue_count(pairs);
+        }
+        let mut served = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        for (pair, vring) in vrings.iter().skip(1).step_by(2).take(pairs).enumerate() {
             let queue = Arc::new(TxQueue {
-                conn: self.conn.clone(),
-                vring: tx.clone(),
+                conn: conn.clone(),
+                pair,
+                vring: vring.clone(),
                 scratch: Mutex::new(TxScratch::default()),
             });
-            *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue.clone());
+            served.push(queue.clone());
             // A ring has no descriptors to watch: adding it cannot fail.
-            let _ = self
-                .conn
-                .port
-                .datapath
-                .add(self.conn.port.id as usize, queue);
-            self.conn.port.switch.set_link(self.conn.port.id, true);
-            log::info!("port {}: frontend ready, link up", self.conn.port.name);
+            let _ = conn.port.datapath.add(thread_key(conn, pair), queue);
         }
+        conn.port.switch.set_link(conn.port.id, true);
+        log::info!(
+            "port {}: frontend ready, link up ({pairs} queue pair{})",
+            conn.port.name,
+            if pairs == 1 { "" } else { "s" }
+        );
     }
 
-    /// Link down: withdraw the RX queue and forget the port's stations.
+    /// Link down: withdraw the RX queues and forget the port's stations.
     pub(crate) fn withdraw(&self) {
         if self.published.swap(false, Ordering::AcqRel) {
             self.conn.port.table.withdraw(self.conn.port.id);
-            if let Some(queue) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let queues = std::mem::take(&mut *self.tx.lock().unwrap_or_else(|e| e.into_inner()));
+            for queue in queues {
+                let key = thread_key(&self.conn, queue.pair);
                 let queue: Arc<dyn PollQueue> = queue;
-                self.conn
-                    .port
-                    .datapath
-                    .remove(self.conn.port.id as usize, &queue);
+                self.conn.port.datapath.remove(key, &queue);
             }
             self.conn.port.switch.set_link(self.conn.port.id, false);
         }
@@ -117,18 +134,19 @@ impl NetBackend {
         NetBackend(Arc::new(Device {
             conn,
             published: AtomicBool::new(false),
-            tx: Mutex::new(None),
+            tx: Mutex::new(Vec::new()),
         }))
     }
 
     /// `virtio_net_config` up to `mtu`: mac[6], status, max_virtqueue_pairs, mtu
-    /// (all little-endian, §5.1.4).
+    /// (all little-endian, §5.1.4). `max_virtqueue_pairs` is the port's pairs
+    /// (read by the driver only with VIRTIO_NET_F_MQ, offered when above 1).
     fn config_space(&self) -> [u8; 12] {
         let cfg = &self.0.conn.port.config;
         let mut space = [0u8; 12];
         space[0..6].copy_from_slice(&cfg.mac.unwrap_or_default());
         space[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        space[8..10].copy_from_slice(&1u16.to_le_bytes());
+        space[8..10].copy_from_slice(&(cfg.pairs() as u16).to_le_bytes());
         space[10..12].copy_from_slice(&cfg.mtu.to_le_bytes());
         space
     }
@@ -138,8 +156,11 @@ impl VhostUserBackend for NetBackend {
     type Bitmap = ();
     type Vring = Vring;
 
+    /// Two per pair; GET_QUEUE_NUM answers this (VHOST_USER_PROTOCOL_F_MQ),
+    /// and a vring message for a queue beyond it is refused by the
+    /// `vhost-user-backend` handler (InvalidParam), never indexed.
     fn num_queues(&self) -> usize {
-        NUM_QUEUES
+        2 * self.0.conn.port.config.pairs()
     }
 
     fn max_queue_size(&self) -> usize {
@@ -150,6 +171,9 @@ impl VhostUserBackend for NetBackend {
         let mut features = OFFERED_FEATURES | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         if self.0.conn.port.config.mac.is_none() {
             features &= !(1 << VIRTIO_NET_F_MAC);
+        }
+        if self.0.conn.port.config.pairs() > 1 {
+            features |= 1 << VIRTIO_NET_F_MQ;
         }
         features
     }
@@ -191,8 +215,15 @@ impl VhostUserBackend for NetBackend {
         // vring lock, which marking it not ready already waited for.
         // The batch publishes its chains even though the ring is stopped
         // (`RingView::stopping`), so none is lost to the guest.
-        if queue_index == TX_QUEUE as u32 {
-            let queue = self.0.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if queue_index % 2 == 1 {
+            let pair = (queue_index / 2) as usize;
+            let queue = self
+                .0
+                .tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(pair)
+                .cloned();
             if let Some(queue) = queue {
                 drop(queue.scratch.lock().unwrap_or_else(|e| e.into_inner()));
             }
@@ -212,22 +243,29 @@ impl VhostUserBackend for NetBackend {
         _thread_id: usize,
     ) -> io::Result<()> {
         // Also called once when a vring is enabled, not only on kicks: idempotent.
-        if vrings.len() < NUM_QUEUES {
+        if vrings.len() < 2 {
             return Ok(());
         }
-        self.0
-            .publish(&vrings[RX_QUEUE as usize], &vrings[TX_QUEUE as usize]);
-        match device_event {
+        self.0.publish(vrings);
+        // One worker serves all queues: the event is the queue index.
+        let queue = usize::from(device_event);
+        let pair = queue / 2;
+        if pair >= vrings.len() / 2 || pair >= MAX_QUEUE_PAIRS {
+            return Ok(());
+        }
+        if queue % 2 == 1 {
             // The datapath thread does the work; a kick only means it may be asleep.
-            TX_QUEUE => self.0.conn.port.datapath.wake(self.0.conn.port.id as usize),
+            self.0
+                .conn
+                .port
+                .datapath
+                .wake(thread_key(&self.0.conn, pair));
+        } else {
             // RX kicks only say the guest posted buffers; frames that found none
             // were already dropped and counted. We never need them: ask the
             // driver to stop sending them (VRING_USED_F_NO_NOTIFY; with
             // EVENT_IDX our avail_event never moves, so they are rare anyway).
-            RX_QUEUE => {
-                let _ = vrings[RX_QUEUE as usize].disable_notification();
-            }
-            _ => {}
+            let _ = vrings[usize::from(rx_queue(pair))].disable_notification();
         }
         Ok(())
     }
@@ -249,5 +287,82 @@ impl SessionBackend for NetBackend {
     fn detach(&self) {
         // Link down: withdraw the RX queue and forget the port's stations.
         self.0.withdraw();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forward::PortTable;
+    use crate::net::connection::{rx_queue, tx_queue};
+    use crate::net::NetPortConfig;
+    use crate::{GuestMem, GuestMemAtomic};
+    use vswitch::{Switch, VlanMode};
+
+    fn backend(queue_pairs: u16) -> NetBackend {
+        let switch = Arc::new(Switch::new("br0", 100, 100, 300));
+        let vlan = VlanMode::Access(vswitch::VlanId::new(10).unwrap());
+        let id = switch.add_port("p", vlan, 1500).unwrap();
+        let port = Arc::new(NetPort {
+            name: "p".into(),
+            id,
+            switch,
+            table: Arc::new(PortTable::default()),
+            datapath: Arc::new(crate::datapath::Datapath::new(1).unwrap()),
+            config: NetPortConfig {
+                socket: "/nonexistent".into(),
+                mac: None,
+                mtu: 1500,
+                queue_size: 256,
+                queue_pairs,
+            },
+        });
+        NetBackend::new(port, GuestMemAtomic::new(GuestMem::default()))
+    }
+
+    /// One pair: no MQ, one pair in config space, two queues. N pairs: MQ
+    /// offered, N in `max_virtqueue_pairs` (§5.1.4), 2N queues; a value
+    /// past the bound is clamped, never trusted.
+    #[test]
+    fn queue_pairs_shape_features_config_and_queues() {
+        for (asked, pairs) in [(1u16, 1usize), (2, 2), (8, 8), (0, 1), (9, 8)] {
+            let b = backend(asked);
+            assert_eq!(b.num_queues(), 2 * pairs, "queues={asked}");
+            let mq = b.features() & (1 << VIRTIO_NET_F_MQ) != 0;
+            assert_eq!(mq, pairs > 1, "queues={asked}");
+            let space = b.get_config(8, 2);
+            assert_eq!(u16::from_le_bytes([space[0], space[1]]), pairs as u16);
+        }
+    }
+
+    /// Without VIRTIO_NET_F_MQ acked only the first pair is served, whatever
+    /// the port offers (§5.1.5); with it, all. A queue index past the device
+    /// reads as broken and cannot be marked: no panic, no slot.
+    #[test]
+    fn only_negotiated_pairs_are_served_and_indices_are_checked() {
+        let b = backend(4);
+        let conn = &b.0.conn;
+        assert_eq!(conn.pairs_negotiated(), 1);
+        b.acked_features(1 << VIRTIO_NET_F_MQ);
+        assert_eq!(conn.pairs_negotiated(), 4);
+        assert!(!conn.is_broken(tx_queue(3)));
+        conn.mark_broken(rx_queue(3), "test");
+        assert!(conn.is_broken(rx_queue(3)));
+        assert!(
+            !conn.is_broken(tx_queue(3)),
+            "one queue broken, not its pair"
+        );
+        let past = tx_queue(MAX_QUEUE_PAIRS);
+        assert!(
+            conn.is_broken(past),
+            "a queue past the device is never served"
+        );
+        conn.mark_broken(past, "out of range");
+        conn.mark_broken(u16::MAX, "out of range");
+        // stop_vring of a queue past the device answers without effect.
+        assert!(b.stop_vring(u32::MAX).is_ok());
+        assert!(b.stop_vring(rx_queue(3).into()).is_ok());
+        assert!(!conn.is_broken(rx_queue(3)), "stop_vring resets the queue");
+        b.0.conn.port.datapath.shutdown();
     }
 }

@@ -2,6 +2,7 @@
 //! Served by a [`SocketServer`] whose sessions are `NetBackend`s
 //! (`NetPort::spawn`, in `device.rs`).
 
+use super::connection::MAX_QUEUE_PAIRS;
 use crate::datapath::Datapath;
 use crate::forward::PortTable;
 use crate::session::SocketServer;
@@ -18,6 +19,16 @@ pub struct NetPortConfig {
     pub mtu: u16,
     /// Largest virtqueue the frontend may set up.
     pub queue_size: u16,
+    /// Queue pairs offered (VIRTIO_NET_F_MQ when above 1).
+    pub queue_pairs: u16,
+}
+
+impl NetPortConfig {
+    /// The queue pairs the device has: `queue_pairs` within
+    /// `1..=MAX_QUEUE_PAIRS` (the configuration checked it already).
+    pub fn pairs(&self) -> usize {
+        usize::from(self.queue_pairs).clamp(1, MAX_QUEUE_PAIRS)
+    }
 }
 
 /// A switch port served over vhost-user-net.

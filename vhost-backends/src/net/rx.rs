@@ -4,11 +4,17 @@
 //! VIRTIO_NET_F_MRG_RXBUF a packet may span several descriptor chains and the
 //! header's `num_buffers` says how many; without it the packet must fit in one
 //! chain and `num_buffers` is 1.
+//!
+//! With VIRTIO_NET_F_MQ the guest has one receive queue per queue pair
+//! (§5.1.6.5.5); a frame goes to the one its flow hash picks among the pairs
+//! the driver enabled (`crate::forward::flow_hash`).
 
-use super::connection::{Connection, RX_QUEUE};
+use super::connection::{rx_queue, Connection, MAX_QUEUE_PAIRS};
 use super::Vring;
 use crate::forward::offload::egress_header;
-use crate::forward::{Delivery, DeliveryReport, FrameSink, FrameSource, HDR_LEN};
+use crate::forward::{
+    flow_hash, pick_queue, Delivery, DeliveryReport, FrameSink, FrameSource, BATCH, HDR_LEN,
+};
 use crate::split_ring::RingView;
 use arrayvec::ArrayVec;
 use fabric_offload::Accepts;
@@ -25,16 +31,38 @@ const MAX_CHAINS: usize = 64;
 /// Writable descriptors over all chains of one packet.
 const MAX_RX_SEGMENTS: usize = 256;
 
-/// A guest's receive queue, published in the port table while the guest is
-/// connected and its RX ring enabled.
+/// A guest's receive queues, published in the port table while the guest is
+/// connected and its rings enabled.
 pub(crate) struct GuestRx {
-    vring: Vring,
+    /// receiveq of each queue pair the port offers, by pair.
+    vrings: ArrayVec<Vring, MAX_QUEUE_PAIRS>,
     conn: Arc<Connection>,
 }
 
 impl GuestRx {
-    pub fn new(vring: Vring, conn: Arc<Connection>) -> GuestRx {
-        GuestRx { vring, conn }
+    /// `vrings`: the receive queue of each pair, first pair first (at most
+    /// [`MAX_QUEUE_PAIRS`] are kept).
+    pub fn new(vrings: impl IntoIterator<Item = Vring>, conn: Arc<Connection>) -> GuestRx {
+        let vrings = vrings.into_iter().take(MAX_QUEUE_PAIRS).collect();
+        GuestRx { vrings, conn }
+    }
+
+    /// The pairs whose receive queue may take frames now (bit i = pair i):
+    /// negotiated, enabled by the driver (SET_VRING_ENABLE), started and not
+    /// broken. Each ring is locked in turn, never two at once.
+    fn enabled_pairs(&self) -> u32 {
+        let pairs = self.conn.pairs_negotiated().min(self.vrings.len());
+        let mut enabled = 0u32;
+        for (pair, vring) in self.vrings[..pairs].iter().enumerate() {
+            let state = vring.get_ref();
+            if state.is_enabled()
+                && state.get_queue().ready()
+                && !self.conn.is_broken(rx_queue(pair))
+            {
+                enabled |= 1 << pair;
+            }
+        }
+        enabled
     }
 }
 
@@ -97,32 +125,82 @@ impl<'m> SegmentWriter<'_, 'm> {
 type Pending = ArrayVec<(u16, u32), 256>;
 
 impl FrameSink for GuestRx {
+    /// With one queue pair everything goes to it. With more, each frame goes
+    /// to the receive queue its flow hash picks among the enabled pairs
+    /// ([`pick_queue`]), so one flow keeps its order; each chosen queue is
+    /// then locked once and notified at most once for its share.
     fn deliver(&self, batch: &[Delivery], frames: &[FrameSource], report: &mut dyn DeliveryReport) {
+        if self.conn.pairs_negotiated() <= 1 || self.vrings.len() <= 1 {
+            self.deliver_on(0, batch.iter(), frames, report);
+            return;
+        }
+        // A port gets at most one delivery per frame of a batch; chunk anyway.
+        for chunk in batch.chunks(BATCH) {
+            let enabled = self.enabled_pairs();
+            let picked: ArrayVec<Option<usize>, BATCH> = chunk
+                .iter()
+                .map(|d| pick_queue(flow_hash(&frames[d.frame]), enabled))
+                .collect();
+            for d in chunk.iter().zip(&picked).filter(|(_, q)| q.is_none()) {
+                // No pair enabled: the link is down for delivery.
+                report.outcome(d.0, Err(DropReason::NoBuffer));
+            }
+            for pair in (0..self.vrings.len()).filter(|p| enabled & (1 << p) != 0) {
+                let share = chunk
+                    .iter()
+                    .zip(&picked)
+                    .filter(|(_, q)| **q == Some(pair))
+                    .map(|(d, _)| d);
+                self.deliver_on(pair, share, frames, report);
+            }
+        }
+    }
+
+    fn accepts(&self) -> Accepts {
+        self.conn.guest_offloads()
+    }
+}
+
+impl GuestRx {
+    /// Delivers `items` into the receive queue of `pair`, under its lock,
+    /// publishing the used elements in bulk and notifying at most once.
+    fn deliver_on<'d>(
+        &self,
+        pair: usize,
+        items: impl Iterator<Item = &'d Delivery>,
+        frames: &[FrameSource],
+        report: &mut dyn DeliveryReport,
+    ) {
+        let queue_index = rx_queue(pair);
+        let Some(vring) = self.vrings.get(pair) else {
+            items.for_each(|d| report.outcome(d, Err(DropReason::NoBuffer)));
+            return;
+        };
         let mem = self.conn.mem.memory();
         let mrg_rxbuf = self.conn.has_feature(VIRTIO_NET_F_MRG_RXBUF);
-        let accepts = self.accepts();
-        let mut vring = self.vring.get_mut();
+        let accepts = FrameSink::accepts(self);
+        let mut vring = vring.get_mut();
         let enabled = vring.is_enabled();
         let queue = vring.get_queue_mut();
         let ring = match RingView::new(queue, &mem) {
-            _ if self.conn.is_broken(RX_QUEUE) => None,
+            _ if self.conn.is_broken(queue_index) => None,
             Some(ring) if enabled => match ring.pending(queue.next_avail()) {
                 Some(_) => Some(ring),
                 None => {
                     let why = "avail index further ahead than the queue size";
-                    self.conn.mark_broken(RX_QUEUE, why);
+                    self.conn.mark_broken(queue_index, why);
                     None
                 }
             },
             None if queue.ready() => {
                 let why = "rings outside guest memory or misaligned";
-                self.conn.mark_broken(RX_QUEUE, why);
+                self.conn.mark_broken(queue_index, why);
                 None
             }
             _ => None,
         };
         let Some(ring) = ring else {
-            for d in batch {
+            for d in items {
                 report.outcome(d, Err(DropReason::NoBuffer));
             }
             return;
@@ -130,8 +208,10 @@ impl FrameSink for GuestRx {
         let first_used = queue.next_used();
         let mut next_used = first_used;
         let mut used = Pending::new();
-        for d in batch {
+        let mut delivered = 0u64;
+        for d in items {
             if used.remaining_capacity() <= MAX_CHAINS {
+                report.delivered_on_queue(pair, std::mem::take(&mut delivered));
                 report.publishing();
                 next_used = ring.publish_used(next_used, &used).unwrap_or(next_used);
                 used.clear();
@@ -145,18 +225,16 @@ impl FrameSink for GuestRx {
                 &frames[d.frame],
                 &mut used,
             );
+            delivered += u64::from(result.is_ok());
             report.outcome(d, result);
         }
+        report.delivered_on_queue(pair, delivered);
         report.publishing();
         next_used = ring.publish_used(next_used, &used).unwrap_or(next_used);
         queue.set_next_used(next_used);
         if next_used != first_used && ring.needs_interrupt(first_used, next_used) {
             let _ = vring.signal_used_queue();
         }
-    }
-
-    fn accepts(&self) -> Accepts {
-        self.conn.guest_offloads()
     }
 }
 

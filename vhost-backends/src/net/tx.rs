@@ -8,7 +8,7 @@
 //! written once) and notify it once, if it wants that.
 //! No two queue locks are ever held at once.
 
-use super::connection::{Connection, TX_QUEUE};
+use super::connection::{tx_queue, Connection};
 use super::Vring;
 use crate::datapath::{PollQueue, Polled};
 use crate::forward::offload::{HeaderFrom, MAX_GSO_FRAME};
@@ -66,6 +66,8 @@ struct TxChain {
 /// A port's transmit queue, as a datapath thread serves it.
 pub(crate) struct TxQueue {
     pub(crate) conn: Arc<Connection>,
+    /// The queue pair whose transmitq this is.
+    pub(crate) pair: usize,
     pub(crate) vring: Vring,
     /// Held for a whole batch: `stop_vring` takes it to wait for the batch in flight.
     pub(crate) scratch: Mutex<TxScratch>,
@@ -78,11 +80,20 @@ impl TxQueue {
     /// broken one always looks pending (that is how it broke). Counting them
     /// would keep the thread from ever sleeping.
     fn serviceable(&self) -> bool {
-        if self.conn.is_broken(TX_QUEUE) {
+        if !self.usable() {
             return false;
         }
         let state = self.vring.get_ref();
         state.is_enabled() && state.get_queue().ready()
+    }
+}
+
+impl TxQueue {
+    /// Not broken, and within the pairs the driver negotiated: a frontend
+    /// that sets up a ring for a pair without VIRTIO_NET_F_MQ gets nothing
+    /// served from it.
+    fn usable(&self) -> bool {
+        self.pair < self.conn.pairs_negotiated() && !self.conn.is_broken(tx_queue(self.pair))
     }
 }
 
@@ -174,12 +185,13 @@ fn pop_batch<'m>(
         return;
     }
     let Some(ring) = RingView::new(queue, mem) else {
-        conn.mark_broken(TX_QUEUE, "rings outside guest memory or misaligned");
+        conn.mark_broken(tx_queue(q.pair), "rings outside guest memory or misaligned");
         return;
     };
     let mut next = queue.next_avail();
     let Some(pending) = ring.pending(next) else {
-        conn.mark_broken(TX_QUEUE, "avail index further ahead than the queue size");
+        let why = "avail index further ahead than the queue size";
+        conn.mark_broken(tx_queue(q.pair), why);
         return;
     };
     let mut budget = BATCH_DESCRIPTORS;
@@ -208,7 +220,7 @@ fn pop_batch<'m>(
 /// stopped, disabled or broken).
 fn process_batch(q: &TxQueue, scratch: &mut TxScratch) -> usize {
     let conn = &q.conn;
-    if conn.is_broken(TX_QUEUE) {
+    if !q.usable() {
         return 0;
     }
     let mem = conn.mem.memory();
@@ -238,6 +250,7 @@ fn process_batch(q: &TxQueue, scratch: &mut TxScratch) -> usize {
             id: port.id,
             switch: &port.switch,
             table: &port.table,
+            queue: q.pair,
         },
         &frames,
         &dropped,

@@ -219,7 +219,7 @@ pub fn spawn(
 ) -> io::Result<TunnelHandle> {
     let (queue, sink) = open(config, id, switch.clone(), table.clone())?;
     let tunnel = queue.tunnel.clone();
-    let port = DatapathPort::start(datapath, queue, sink, table, switch, id)?;
+    let port = DatapathPort::start(datapath, vec![queue], sink, table, switch, id)?;
     Ok(TunnelHandle { tunnel, port })
 }
 

@@ -79,6 +79,7 @@ impl PollQueue for TunnelQueue {
             id: self.id,
             switch: &self.switch,
             table: &self.table,
+            queue: 0,
         };
         let mut taken = 0;
         for socket in &r.sockets {

@@ -323,6 +323,7 @@ fn a_delivered_batch_leaves_in_few_calls_every_copy_counted() {
         id: rig.rec,
         switch: &rig.switch,
         table: &rig.table,
+        queue: 0,
     };
     forward(&ingress, &frames, &[], &mut ForwardScratch::default());
     let calls = rig.tunnel().scratch.lock().unwrap().batch.calls;
@@ -397,6 +398,7 @@ fn a_gso_frame_is_segmented_to_the_underlay_before_encapsulation() {
         id: rig.rec,
         switch: &rig.switch,
         table: &rig.table,
+        queue: 0,
     };
     forward(&ingress, &frames, &[], &mut ForwardScratch::default());
     let mut payload = Vec::new();
