@@ -1,11 +1,13 @@
 //! The network side end to end: the switch in process (`switch_harness`), the
-//! overlay against kernel peers (`overlay`), DPDK testpmd peers (`testpmd`) and a
-//! real QEMU guest (`qemu_guest`), multi-queue ports
+//! overlay against kernel peers (`overlay`), DPDK testpmd peers (`testpmd`),
+//! real QEMU guests (`qemu_guest`, `qemu_iperf`: iperf3 with offloads and two
+//! queue pairs), multi-queue ports
 //! (`multiqueue`). One test binary: each file is a module.
 
 mod multiqueue;
 mod offload;
 mod overlay;
 mod qemu_guest;
+mod qemu_iperf;
 mod switch_harness;
 mod testpmd;
