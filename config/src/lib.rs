@@ -256,6 +256,10 @@ pub enum PortKind {
         /// `"52:54:00:12:34:56"` form. Optional (the guest then picks its
         /// own); must be unicast and not all-zero.
         mac: Option<MacAddr>,
+        /// `offloads`: offer the guest checksum and segmentation offloads
+        /// (CSUM, GUEST_CSUM, HOST/GUEST_TSO4/6, ECN, USO). Default true;
+        /// false: the guest sends and receives complete frames only.
+        offloads: bool,
     },
     /// `type = "tap"`: a kernel TAP device (virtio-net header on), so the
     /// host or a network namespace joins the port's VLAN. The daemon creates
@@ -269,6 +273,10 @@ pub enum PortKind {
         /// (descriptor) per datapath thread (at most 8), each read by its
         /// thread. Default false: one queue.
         multi_queue: bool,
+        /// `offloads`: ask the kernel for checksum and segmentation offloads
+        /// on the device (`TUNSETOFFLOAD`). Default true; false: the kernel
+        /// segments and checksums every frame before the device sees it.
+        offloads: bool,
     },
     /// `type = "vxlan"`: a VXLAN tunnel (RFC 7348) over an IPv4 underlay.
     /// The port is a trunk of the VLANs listed in `vni` (no `vlan` key).

@@ -42,6 +42,7 @@ struct RawPort {
     queue_size: Option<Spanned<i64>>,
     queues: Option<Spanned<i64>>,
     multi_queue: Option<Spanned<bool>>,
+    offloads: Option<Spanned<bool>>,
     mtu: Option<Spanned<i64>>,
     mac: Option<Spanned<String>>,
     device: Option<Spanned<String>>,

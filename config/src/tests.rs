@@ -54,6 +54,7 @@ fn defaults_applied() {
                 queue_size: 1024,
                 queues: 1,
                 mac: None,
+                offloads: true,
             },
             vlan: VlanConfig::Access { tag: vid(1) },
             mtu: 1500,
@@ -64,17 +65,21 @@ fn defaults_applied() {
 #[test]
 fn explicit_values_kept() {
     let cfg = parse_ok(&one_port(
-        "queue_size = 256\nmtu = 9000\nmac = \"52:54:00:ab:CD:ef\"\nvlan = { mode = \"access\" }",
+        "queue_size = 256\nmtu = 9000\nmac = \"52:54:00:ab:CD:ef\"\nvlan = { mode = \"access\" }\noffloads = false",
     ));
     let port = only_port(&cfg);
     assert_eq!(port.mtu, 9000);
     assert_eq!(port.vlan, VlanConfig::Access { tag: vid(1) });
     let PortKind::VhostUser {
-        queue_size, mac, ..
+        queue_size,
+        mac,
+        offloads,
+        ..
     } = &port.kind
     else {
         panic!("not vhost-user: {:?}", port.kind)
     };
+    assert!(!offloads);
     assert_eq!(*queue_size, 256);
     assert_eq!(*mac, Some(MacAddr([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef])));
 }
@@ -250,7 +255,7 @@ fn port_rejections() {
         (
             "agin = 1",
             "fabric.toml:6: switch[0].port[0].agin: unknown field `agin`, expected one of \
-             `name`, `type`, `socket`, `vlan`, `queue_size`, `queues`, `multi_queue`, `mtu`, `mac`, `device`, `local`, \
+             `name`, `type`, `socket`, `vlan`, `queue_size`, `queues`, `multi_queue`, `offloads`, `mtu`, `mac`, `device`, `local`, \
              `udp_port`, `underlay_mtu`, `learn_vteps`, `senders`, `local_hold_secs`, \
              `vtep_mac_limit`, `remote_fdb_capacity`, `remote_mac_aging_secs`, `vni`",
         ),
@@ -817,6 +822,7 @@ fn tap_ports() {
         PortKind::Tap {
             device: "t1".into(),
             multi_queue: false,
+            offloads: true,
         }
     );
     assert_eq!(p.mtu, 1450);
@@ -826,6 +832,7 @@ fn tap_ports() {
         PortKind::Tap {
             device: "fab0".into(),
             multi_queue: false,
+            offloads: true,
         }
     );
     let cfg = parse_ok(&tap("multi_queue = true"));
@@ -834,8 +841,19 @@ fn tap_ports() {
         PortKind::Tap {
             device: "t1".into(),
             multi_queue: true,
+            offloads: true,
         }
     );
+    let cfg = parse_ok(&tap("offloads = false"));
+    assert_eq!(
+        only_port(&cfg).kind,
+        PortKind::Tap {
+            device: "t1".into(),
+            multi_queue: false,
+            offloads: false,
+        }
+    );
+    assert!(parse_err(&tap("offloads = \"no\"")).contains("switch[0].port[0].offloads"));
     assert!(parse_err(&tap("queues = 2"))
         .contains("switch[0].port[0].queues: `queues` is not valid for a port of type \"tap\""));
     assert!(parse_err(&one_port("multi_queue = true"))
@@ -848,12 +866,15 @@ fn tap_ports() {
     assert!(parse_err(&one_port("device = \"x\""))
         .contains("`device` is not valid for a port of type \"vhost-user\""));
     // The example's round trip covers vhost-user; a TAP port round-trips too.
-    let text = to_toml(&parse_ok(&tap("device = \"fab0\"\nmulti_queue = true")));
+    let text = to_toml(&parse_ok(&tap(
+        "device = \"fab0\"\nmulti_queue = true\noffloads = false",
+    )));
     assert_eq!(
         parse_ok(&text).switches[0].ports[0].kind,
         PortKind::Tap {
             device: "fab0".into(),
             multi_queue: true,
+            offloads: false,
         }
     );
 }
@@ -969,6 +990,9 @@ fn vxlan_ports() {
         .contains("`vtep_mac_limit` is not valid for a port of type \"vhost-user\""));
     assert!(e("local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 1, static = [ { mac = \"02:00:00:00:00:07\", vtep = \"239.0.0.1\" } ] } ]").contains("static[0].vtep"));
     assert!(e("vni = [ { vlan = 10, vni = 1 } ]").contains("needs `local`"));
+    assert!(e(&format!("{one}\noffloads = false")).contains(
+        "switch[0].port[0].offloads: `offloads` is not valid for a port of type \"vxlan\""
+    ));
     assert!(e("local = \"x\"\nvni = [ { vlan = 10, vni = 1 } ]")
         .contains("local: \"x\" is not an IPv4 address"));
     assert!(e("local = \"192.0.2.1\"").contains("needs `vni`"));

@@ -86,11 +86,13 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
                     queue_size,
                     queues,
                     mac,
+                    offloads,
                 } => {
                     let _ = writeln!(out, "type = \"vhost-user\"");
                     let _ = writeln!(out, "socket = {}", path(socket));
                     let _ = writeln!(out, "queue_size = {queue_size}");
                     let _ = writeln!(out, "queues = {queues}");
+                    let _ = writeln!(out, "offloads = {offloads}");
                     if let Some(m) = mac {
                         let _ = writeln!(out, "mac = \"{m}\"");
                     }
@@ -98,10 +100,12 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
                 PortKind::Tap {
                     device,
                     multi_queue,
+                    offloads,
                 } => {
                     let _ = writeln!(out, "type = \"tap\"");
                     let _ = writeln!(out, "device = {}", q(device));
                     let _ = writeln!(out, "multi_queue = {multi_queue}");
+                    let _ = writeln!(out, "offloads = {offloads}");
                 }
                 PortKind::Vxlan(v) => {
                     let _ = writeln!(out, "type = \"vxlan\"");

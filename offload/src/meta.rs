@@ -337,6 +337,11 @@ impl Accepts {
     pub const ALL: Accepts = Accepts(31);
 
     /// Every offload of `other` is in `self`.
+    /// These offloads less `other`'s.
+    pub const fn without(self, other: Accepts) -> Accepts {
+        Accepts(self.0 & !other.0)
+    }
+
     pub const fn contains(self, other: Accepts) -> bool {
         self.0 & other.0 == other.0
     }

@@ -12,7 +12,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use vhost_backends::net::{NetPort, NetPortConfig, NetPortHandle};
-use vhost_backends::tap::TapPortHandle;
+use vhost_backends::tap::{TapPortHandle, TapSetup};
 use vhost_backends::tunnel::{TunnelConfig, TunnelHandle};
 use vswitch::PortId;
 
@@ -65,6 +65,7 @@ struct VhostUser<'a> {
     queue_size: u16,
     queues: u16,
     mac: Option<vswitch::MacAddr>,
+    offloads: bool,
 }
 
 impl PortDriver for VhostUser<'_> {
@@ -92,6 +93,7 @@ impl PortDriver for VhostUser<'_> {
                 mtu: at.pc.mtu,
                 queue_size: self.queue_size,
                 queue_pairs: self.queues,
+                offloads: self.offloads,
             },
         });
         port.spawn(&at.rt.serve).map(PortHandle::VhostUser)
@@ -110,7 +112,7 @@ impl PortDriver for VhostUser<'_> {
 
 struct Tap<'a> {
     device: &'a str,
-    multi_queue: bool,
+    setup: TapSetup,
 }
 
 impl PortDriver for Tap<'_> {
@@ -131,8 +133,11 @@ impl PortDriver for Tap<'_> {
     fn start(&self, at: &Attach) -> io::Result<PortHandle> {
         let (sw, table) = (at.entry.switch.clone(), at.entry.table.clone());
         let datapath = at.rt.datapath.clone();
-        let (mtu, multi_queue) = (at.pc.mtu, self.multi_queue);
-        vhost_backends::tap::spawn(self.device, mtu, multi_queue, at.id, sw, table, datapath)
+        let setup = TapSetup {
+            mtu: at.pc.mtu,
+            ..self.setup
+        };
+        vhost_backends::tap::spawn(self.device, setup, at.id, sw, table, datapath)
             .map(PortHandle::Tap)
     }
 
@@ -179,18 +184,25 @@ fn driver(pc: &PortConfig) -> Result<Box<dyn PortDriver + '_>> {
             queue_size,
             queues,
             mac,
+            offloads,
         } => Box::new(VhostUser {
             socket,
             queue_size: *queue_size,
             queues: *queues,
             mac: *mac,
+            offloads: *offloads,
         }),
         PortKind::Tap {
             device,
             multi_queue,
+            offloads,
         } => Box::new(Tap {
             device,
-            multi_queue: *multi_queue,
+            setup: TapSetup {
+                mtu: pc.mtu,
+                multi_queue: *multi_queue,
+                offloads: *offloads,
+            },
         }),
         PortKind::Vxlan(keys) => Box::new(Vxlan {
             keys,
@@ -294,6 +306,7 @@ mod tests {
         let bad = port(PortKind::Tap {
             device: "no/such".into(),
             multi_queue: false,
+            offloads: true,
         });
         let err = rt.add_port("br0", bad).expect_err("the TAP port fails");
         assert_eq!(err.kind(), ErrorKind::Internal, "{err}");
@@ -307,6 +320,7 @@ mod tests {
             queue_size: 256,
             queues: 1,
             mac: None,
+            offloads: true,
         });
         rt.add_port("br0", good).expect("the name is free again");
         assert!(rt.switch("br0").unwrap().port_id("p").is_some());

@@ -363,19 +363,13 @@ fn kernel_tcp_through_tap_ports_keeps_tso_frames_whole() {
     );
     attach(&host, &da, &a, "10.79.0.1/24", 1500);
     attach(&host, &db, &b, "10.79.0.2/24", 1500);
-    let tso_on = |ns: &Ns, dev: &str| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "ethtool", "-k", dev])
-            .output()
-            .expect("ethtool");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for (ns, dev) in [(&a, &da), (&b, &db)] {
+        let shown = ethtool_k(ns, dev);
         assert!(
-            text.contains("tcp-segmentation-offload: on"),
-            "{dev} without TSO (TUNSETOFFLOAD):\n{text}"
+            shown.contains("tcp-segmentation-offload: on"),
+            "{dev} without TSO (TUNSETOFFLOAD):\n{shown}"
         );
-    };
-    tso_on(&a, &da);
-    tso_on(&b, &db);
+    }
     tcp_both_ways(&b, &a, "10.79.0.2", 16 << 20);
     for port in ["a", "b"] {
         let line = d.counters(&format!("counters switch=br0 port={port} "));
@@ -436,6 +430,64 @@ fn kernel_tcp_through_tap_ports_keeps_tso_frames_whole() {
     assert_eq!(counter(&line, "tx_packets"), all.len() as u64, "{line}");
     let line = d.counters("counters switch=br0 port=a ");
     assert_eq!(counter(&line, "drop_offload_not_negotiated"), 0, "{line}");
+}
+
+/// `ethtool -k dev` in `ns`: the offloads the kernel uses on the device.
+fn ethtool_k(ns: &Ns, dev: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "ethtool", "-k", dev])
+        .output()
+        .expect("ethtool");
+    assert!(out.status.success(), "ethtool -k {dev}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `offloads = false` on TAP ports: the kernel sees devices without checksum
+/// or segmentation offload, segments and checksums every frame itself, and
+/// the switch carries complete frames only: no GSO frame at all, nothing done
+/// in software, every frame within the MTU.
+#[test]
+fn tap_ports_with_offloads_off_carry_complete_frames_only() {
+    let _cpus = test_kit::shared();
+    let host = Ns::new("h");
+    let (a, b) = (Ns::new("a"), Ns::new("b"));
+    let (da, db) = (unique("ta"), unique("tb"));
+    let dir = test_dir("nooffload");
+    let d = Daemon::start(
+        &host,
+        &dir,
+        &format!(
+            "{TAP}{}offloads = false\n{}offloads = false\n",
+            tap_port("a", &da, 10, 1500),
+            tap_port("b", &db, 10, 1500),
+        ),
+    );
+    attach(&host, &da, &a, "10.78.0.1/24", 1500);
+    attach(&host, &db, &b, "10.78.0.2/24", 1500);
+    for (ns, dev) in [(&a, &da), (&b, &db)] {
+        let shown = ethtool_k(ns, dev);
+        for off in ["tx-checksumming: off", "tcp-segmentation-offload: off"] {
+            assert!(shown.contains(off), "{dev}: not {off}:\n{shown}");
+        }
+    }
+    let bytes = 4 << 20;
+    tcp_both_ways(&b, &a, "10.78.0.2", bytes);
+    for port in ["a", "b"] {
+        let line = d.counters(&format!("counters switch=br0 port={port} "));
+        for none in ["tx_gso_packets", "gso_segmented", "csum_completed"] {
+            assert_eq!(counter(&line, none), 0, "{none}: {line}");
+        }
+        // The port's data direction alone is at least bytes / MSS frames.
+        assert!(
+            counter(&line, "tx_packets") >= (bytes / 1448) as u64,
+            "{line}"
+        );
+        assert!(
+            counter(&line, "tx_bytes") <= counter(&line, "tx_packets") * 1514,
+            "a frame above the MTU: {line}"
+        );
+        assert_eq!(counter(&line, "drop_offload_not_negotiated"), 0, "{line}");
+    }
 }
 
 /// Two hosts (namespaces joined by a veth underlay), each a vswitchd with a

@@ -46,18 +46,9 @@ use vswitch::{DropReason, PortId, Switch};
 /// Ethernet header (and a tag).
 const MAX_FRAME: usize = MAX_GSO_FRAME;
 
-/// The offloads asked of the kernel (`TUNSETOFFLOAD`: what we take from the
-/// device; writes are taken whatever these say), first with USO, then, if
-/// the kernel refuses those (EINVAL before Linux 6.2), without.
-const TUN_OFFLOADS: [libc::c_uint; 2] = [
-    libc::TUN_F_CSUM
-        | libc::TUN_F_TSO4
-        | libc::TUN_F_TSO6
-        | libc::TUN_F_TSO_ECN
-        | libc::TUN_F_USO4
-        | libc::TUN_F_USO6,
-    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN,
-];
+/// The offloads a TAP port asks of the kernel by default (`TUNSETOFFLOAD`:
+/// what the device may hand us; see [`set_offloads`]).
+pub const TAP_OFFLOADS: Accepts = Accepts::ALL;
 /// Longest interface name (IFNAMSIZ - 1).
 pub const MAX_NAME: usize = 15;
 
@@ -68,23 +59,6 @@ pub struct TapDevice {
     /// What `TUNSETOFFLOAD` accepted: what the device may hand us, and
     /// what we hand it.
     offloads: Accepts,
-}
-
-/// The offloads of `TUN_F_*` flags.
-fn accepts_of(flags: libc::c_uint) -> Accepts {
-    let mut a = Accepts::NONE;
-    for (flag, offload) in [
-        (libc::TUN_F_CSUM, Accepts::CSUM),
-        (libc::TUN_F_TSO4, Accepts::TSO4),
-        (libc::TUN_F_TSO6, Accepts::TSO6),
-        (libc::TUN_F_TSO_ECN, Accepts::TSO_ECN),
-        (libc::TUN_F_USO4 | libc::TUN_F_USO6, Accepts::USO),
-    ] {
-        if flags & flag == flag {
-            a = a | offload;
-        }
-    }
-    a
 }
 
 fn ifreq(name: &str) -> io::Result<libc::ifreq> {
@@ -116,14 +90,20 @@ impl TapDevice {
     /// Creates the TAP device `name`, or attaches to an existing persistent
     /// one, non-blocking, with the virtio-net header on: one queue.
     pub fn open(name: &str) -> io::Result<TapDevice> {
-        Self::open_queues(name, 1, false)
+        Self::open_queues(name, 1, false, TAP_OFFLOADS)
     }
 
     /// Like [`TapDevice::open`] with `queues` queues (1 to
     /// [`vswitch::MAX_QUEUES`]); `multi_queue` opens it with
     /// `IFF_MULTI_QUEUE` (needed for more than one; a device made so cannot
-    /// be attached to without it).
-    pub fn open_queues(name: &str, queues: usize, multi_queue: bool) -> io::Result<TapDevice> {
+    /// be attached to without it), asking the kernel for the `offloads`
+    /// (`Accepts::NONE`: complete frames only, both ways).
+    pub fn open_queues(
+        name: &str,
+        queues: usize,
+        multi_queue: bool,
+        offloads: Accepts,
+    ) -> io::Result<TapDevice> {
         if queues == 0 || queues > vswitch::MAX_QUEUES || (queues > 1 && !multi_queue) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -137,7 +117,7 @@ impl TapDevice {
             .map(|_| Self::attach_queue(name, multi_queue))
             .collect::<io::Result<Vec<File>>>()?;
         // The offloads are the device's, whichever queue sets them.
-        let offloads = set_offloads(&queues[0], name)?;
+        let offloads = set_offloads(&queues[0], name, offloads)?;
         Ok(TapDevice {
             queues,
             name: name.to_owned(),
@@ -226,11 +206,14 @@ impl TapDevice {
     }
 }
 
-/// Enables [`TUN_OFFLOADS`] on the device (the richest set the kernel takes);
-/// returns what was enabled.
-fn set_offloads(file: &File, name: &str) -> io::Result<Accepts> {
+/// Enables `wanted` on the device, without USO if the kernel refuses it
+/// (EINVAL before Linux 6.2); returns what was enabled. The flags set what
+/// the kernel hands us: with none, it segments and checksums every frame
+/// before the device sees it. We write frames with only the offloads enabled.
+fn set_offloads(file: &File, name: &str, wanted: Accepts) -> io::Result<Accepts> {
     let mut result = Ok(());
-    for flags in TUN_OFFLOADS {
+    for offloads in [wanted, wanted.without(Accepts::USO)] {
+        let flags = offloads.tun_offload_flags();
         // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is passed.
         let r = unsafe {
             libc::ioctl(
@@ -241,7 +224,9 @@ fn set_offloads(file: &File, name: &str) -> io::Result<Accepts> {
         };
         result = check(r, "TUNSETOFFLOAD", name);
         match &result {
-            Ok(()) => return Ok(accepts_of(flags)),
+            // No CSUM means no flags at all (Linux refuses TSO without it).
+            Ok(()) if flags == 0 => return Ok(Accepts::NONE),
+            Ok(()) => return Ok(offloads),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
             Err(_) => break,
         }
@@ -323,25 +308,43 @@ impl FrameSink for TapSink {
 /// A running TAP port; [`TapPortHandle::stop`] ends it.
 pub struct TapPortHandle(DatapathPort);
 
+/// How a TAP port's device is set up.
+#[derive(Clone, Copy, Debug)]
+pub struct TapSetup {
+    pub mtu: u16,
+    /// One queue per datapath thread (at most [`vswitch::MAX_QUEUES`]),
+    /// opened with `IFF_MULTI_QUEUE`; otherwise one.
+    pub multi_queue: bool,
+    /// Ask for [`TAP_OFFLOADS`]; false: none (complete frames both ways).
+    pub offloads: bool,
+}
+
 /// Serves switch port `id` through TAP device `device` (created if absent),
-/// with `mtu`: publishes the sink, brings the link up, and has `datapath`
-/// threads read the device. `multi_queue`: one queue per datapath thread (at
-/// most [`vswitch::MAX_QUEUES`]), opened with `IFF_MULTI_QUEUE`; otherwise one.
+/// set up as `setup` says: publishes the sink, brings the link up, and has
+/// `datapath` threads read the device.
 pub fn spawn(
     device: &str,
-    mtu: u16,
-    multi_queue: bool,
+    setup: TapSetup,
     id: PortId,
     switch: Arc<Switch>,
     table: Arc<PortTable>,
     datapath: Arc<Datapath>,
 ) -> io::Result<TapPortHandle> {
-    let queues = match multi_queue {
+    let queues = match setup.multi_queue {
         true => datapath.threads().min(vswitch::MAX_QUEUES),
         false => 1,
     };
-    let dev = Arc::new(TapDevice::open_queues(device, queues, multi_queue)?);
-    dev.configure(mtu)?;
+    let offloads = match setup.offloads {
+        true => TAP_OFFLOADS,
+        false => Accepts::NONE,
+    };
+    let dev = Arc::new(TapDevice::open_queues(
+        device,
+        queues,
+        setup.multi_queue,
+        offloads,
+    )?);
+    dev.configure(setup.mtu)?;
     if let Some(p) = switch.topology().port(id) {
         p.state.counters.set_queue_count(queues);
     }
@@ -604,7 +607,19 @@ mod tests {
             let (tx, rx) = mpsc::channel();
             table.publish(out, Box::new(Catch(Mutex::new(tx))));
             let (s, t, d) = (switch.clone(), table.clone(), datapath.clone());
-            let handle = spawn("fwdtap0", 1500, false, tap, s, t, d).unwrap();
+            let handle = spawn(
+                "fwdtap0",
+                TapSetup {
+                    mtu: 1500,
+                    multi_queue: false,
+                    offloads: true,
+                },
+                tap,
+                s,
+                t,
+                d,
+            )
+            .unwrap();
             let names = thread_names();
             assert!(
                 !names.iter().any(|n| n.starts_with("tap-")),

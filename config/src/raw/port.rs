@@ -100,6 +100,9 @@ pub(super) fn convert_port(
             if let Some(v) = &port.multi_queue {
                 return reject(v.span(), "multi_queue", "vxlan");
             }
+            if let Some(v) = &port.offloads {
+                return reject(v.span(), "offloads", "vxlan");
+            }
             if let Some(v) = &port.vlan {
                 return Err(ctx.invalid(
                     &v.span(),
@@ -168,6 +171,7 @@ pub(super) fn convert_port(
             PortKind::Tap {
                 device,
                 multi_queue,
+                offloads: offloads(port),
             }
         }
         other => {
@@ -234,5 +238,11 @@ pub(super) fn vhost_user_kind(
         queue_size,
         queues,
         mac,
+        offloads: offloads(port),
     })
+}
+
+/// `offloads` of a vhost-user or TAP port: default on.
+fn offloads(port: &RawPort) -> bool {
+    port.offloads.as_ref().is_none_or(|o| *o.get_ref())
 }

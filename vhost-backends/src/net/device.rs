@@ -29,12 +29,22 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-/// Device features we offer (virtio 1.x §5.1.3): the checksum and
-/// segmentation offloads both ways (the switch completes in software what a
-/// receiver did not negotiate, `forward::offload`), mergeable buffers (a
-/// 64 KiB frame spans many of a guest's buffers).
+/// Device features we offer (virtio 1.x §5.1.3): [`OFFLOAD_FEATURES`] unless
+/// the port turns them off, mergeable buffers (a 64 KiB frame spans many of a
+/// guest's buffers).
 pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
-    | 1 << VIRTIO_NET_F_CSUM
+    | OFFLOAD_FEATURES
+    | 1 << VIRTIO_NET_F_MRG_RXBUF
+    | 1 << VIRTIO_RING_F_EVENT_IDX
+    | 1 << VIRTIO_RING_F_INDIRECT_DESC
+    | 1 << VIRTIO_NET_F_MAC
+    | 1 << VIRTIO_NET_F_STATUS
+    | 1 << VIRTIO_NET_F_MTU;
+
+/// The checksum and segmentation offloads, both ways (the switch completes in
+/// software what a receiver did not negotiate, `forward::offload`); not
+/// offered on a port with `offloads = false`.
+pub const OFFLOAD_FEATURES: u64 = 1 << VIRTIO_NET_F_CSUM
     | 1 << VIRTIO_NET_F_GUEST_CSUM
     | 1 << VIRTIO_NET_F_HOST_TSO4
     | 1 << VIRTIO_NET_F_HOST_TSO6
@@ -44,13 +54,7 @@ pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
     | 1 << VIRTIO_NET_F_GUEST_TSO6
     | 1 << VIRTIO_NET_F_GUEST_ECN
     | 1 << VIRTIO_NET_F_GUEST_USO4
-    | 1 << VIRTIO_NET_F_GUEST_USO6
-    | 1 << VIRTIO_NET_F_MRG_RXBUF
-    | 1 << VIRTIO_RING_F_EVENT_IDX
-    | 1 << VIRTIO_RING_F_INDIRECT_DESC
-    | 1 << VIRTIO_NET_F_MAC
-    | 1 << VIRTIO_NET_F_STATUS
-    | 1 << VIRTIO_NET_F_MTU;
+    | 1 << VIRTIO_NET_F_GUEST_USO6;
 
 /// The device of one connection: the connection's shared state and, while
 /// datapath threads serve them, the TX queues.
@@ -171,6 +175,9 @@ impl VhostUserBackend for NetBackend {
         let mut features = OFFERED_FEATURES | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         if self.0.conn.port.config.mac.is_none() {
             features &= !(1 << VIRTIO_NET_F_MAC);
+        }
+        if !self.0.conn.port.config.offloads {
+            features &= !OFFLOAD_FEATURES;
         }
         if self.0.conn.port.config.pairs() > 1 {
             features |= 1 << VIRTIO_NET_F_MQ;
@@ -300,6 +307,10 @@ mod tests {
     use vswitch::{Switch, VlanMode};
 
     fn backend(queue_pairs: u16) -> NetBackend {
+        backend_with(queue_pairs, true)
+    }
+
+    fn backend_with(queue_pairs: u16, offloads: bool) -> NetBackend {
         let switch = Arc::new(Switch::new("br0", 100, 100, 300));
         let vlan = VlanMode::Access(vswitch::VlanId::new(10).unwrap());
         let id = switch.add_port("p", vlan, 1500).unwrap();
@@ -315,6 +326,7 @@ mod tests {
                 mtu: 1500,
                 queue_size: 256,
                 queue_pairs,
+                offloads,
             },
         });
         NetBackend::new(port, GuestMemAtomic::new(GuestMem::default()))
@@ -333,6 +345,26 @@ mod tests {
             let space = b.get_config(8, 2);
             assert_eq!(u16::from_le_bytes([space[0], space[1]]), pairs as u16);
         }
+    }
+
+    /// `offloads = false` withdraws exactly the offload bits: a guest then
+    /// sends and takes complete frames only, and everything else is offered
+    /// as before.
+    #[test]
+    fn offloads_off_withdraws_only_the_offload_features() {
+        let on = backend_with(1, true).features();
+        let off = backend_with(1, false).features();
+        assert_eq!(on & OFFLOAD_FEATURES, OFFLOAD_FEATURES);
+        assert_eq!(off & OFFLOAD_FEATURES, 0);
+        assert_eq!(on & !OFFLOAD_FEATURES, off);
+        for bit in [
+            VIRTIO_NET_F_CSUM,
+            VIRTIO_NET_F_GUEST_TSO4,
+            VIRTIO_NET_F_HOST_USO,
+        ] {
+            assert_eq!(off & (1 << bit), 0, "bit {bit}");
+        }
+        assert_ne!(off & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
     }
 
     /// Without VIRTIO_NET_F_MQ acked only the first pair is served, whatever

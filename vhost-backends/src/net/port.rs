@@ -21,6 +21,8 @@ pub struct NetPortConfig {
     pub queue_size: u16,
     /// Queue pairs offered (VIRTIO_NET_F_MQ when above 1).
     pub queue_pairs: u16,
+    /// Offer the checksum and segmentation offloads (`OFFLOAD_FEATURES`).
+    pub offloads: bool,
 }
 
 impl NetPortConfig {
