@@ -491,60 +491,58 @@ impl Testpmd {
 
     /// `show port stats N`, parsed (cumulative NIC counters of the port).
     pub fn port_stats(&mut self, port: u16) -> PortStats {
-        let header = format!("NIC statistics for port {port} ");
-        let n = self.log().matches(&header).count();
-        self.cmd(&format!("show port stats {port}"));
         // The block ends with "Tx-pps:" in the throughput section.
-        let what = format!("show port stats {port}");
-        wait_until(&what, PATIENCE, || {
-            self.assert_alive();
-            let log = self.log();
-            if log.matches(&header).count() <= n {
-                return None;
-            }
-            let block = &log[log.rfind(&header)?..];
-            if !block.contains("Tx-pps:") {
-                return None;
-            }
-            Some(PortStats {
-                rx_packets: field(block, "RX-packets:")?,
-                rx_missed: field(block, "RX-missed:")?,
-                rx_bytes: field(block, "RX-bytes:")?,
-                rx_nombuf: field(block, "RX-nombuf:")?,
-                tx_packets: field(block, "TX-packets:")?,
-                tx_errors: field(block, "TX-errors:")?,
-                tx_bytes: field(block, "TX-bytes:")?,
-            })
-        })
+        let block = self.answer(
+            &format!("show port stats {port}"),
+            &format!("NIC statistics for port {port} "),
+            "Tx-pps:",
+        );
+        let get = |key| field(&block, key).unwrap_or_else(|| panic!("no {key} in {block}"));
+        PortStats {
+            rx_packets: get("RX-packets:"),
+            rx_missed: get("RX-missed:"),
+            rx_bytes: get("RX-bytes:"),
+            rx_nombuf: get("RX-nombuf:"),
+            tx_packets: get("TX-packets:"),
+            tx_errors: get("TX-errors:"),
+            tx_bytes: get("TX-bytes:"),
+        }
     }
 
     /// `show port xstats N` of a virtio_user port with `queues` queue pairs,
     /// parsed: `rx_q0_good_packets`, `tx_q1_good_packets`, ... by name.
     pub fn xstats(&mut self, port: u16, queues: u16) -> HashMap<String, u64> {
-        let header = format!("NIC extended statistics for port {port} ");
         // The virtio PMD lists the TX queues last, each ending with this one.
         let last = format!("tx_q{}_size_1519_max_packets: ", queues.max(1) - 1);
-        let n = self.log().matches(&header).count();
-        self.cmd(&format!("show port xstats {port}"));
-        let what = format!("show port xstats {port}");
-        wait_until(&what, PATIENCE, || {
+        let block = self.answer(
+            &format!("show port xstats {port}"),
+            &format!("NIC extended statistics for port {port} "),
+            &last,
+        );
+        block
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                Some((k.trim().to_owned(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Sends `cmd` and returns its answer: the new block from `header` to
+    /// the end of the line holding `last`, once testpmd has printed all of it.
+    fn answer(&mut self, cmd: &str, header: &str, last: &str) -> String {
+        let n = self.log().matches(header).count();
+        self.cmd(cmd);
+        wait_until(cmd, PATIENCE, || {
             self.assert_alive();
             let log = self.log();
-            if log.matches(&header).count() <= n {
+            if log.matches(header).count() <= n {
                 return None;
             }
-            let block = &log[log.rfind(&header)?..];
-            let end = block.find(&last)? + last.len();
+            let block = &log[log.rfind(header)?..];
+            let end = block.find(last)? + last.len();
             let end = end + block[end..].find('\n')?;
-            Some(
-                block[..end]
-                    .lines()
-                    .filter_map(|l| {
-                        let (k, v) = l.split_once(": ")?;
-                        Some((k.trim().to_owned(), v.trim().parse().ok()?))
-                    })
-                    .collect(),
-            )
+            Some(block[..end].to_owned())
         })
     }
 
