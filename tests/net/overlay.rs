@@ -432,6 +432,84 @@ fn kernel_tcp_through_tap_ports_keeps_tso_frames_whole() {
     assert_eq!(counter(&line, "drop_offload_not_negotiated"), 0, "{line}");
 }
 
+/// Kernel UDP segmentation offload (USO, `UDP_SEGMENT`) through TAP ports:
+/// one 10-segment UDP GSO datagram from namespace `a` crosses the switch as
+/// one frame to TAP port `b` (USO on: `tx_gso_packets` exactly 1, nothing
+/// segmented) and `b`'s socket gets the 10 datagrams; the same send to TAP
+/// port `c` with `offloads = false` is segmented by the switch
+/// (`gso_segmented` exactly 1) into 10 datagrams with valid checksums,
+/// which `c`'s kernel delivers (it drops a bad UDP checksum).
+#[test]
+fn kernel_udp_gso_through_tap_ports_whole_or_segmented_by_the_switch() {
+    const SEGMENT: usize = 1000;
+    const SEGMENTS: usize = 10;
+    let _cpus = test_kit::shared();
+    let host = Ns::new("h");
+    let (a, b, c) = (Ns::new("a"), Ns::new("b"), Ns::new("c"));
+    let (da, db, dc) = (unique("ta"), unique("tb"), unique("tc"));
+    let dir = test_dir("uso");
+    let d = Daemon::start(
+        &host,
+        &dir,
+        &format!(
+            "{TAP}{}{}{}offloads = false\n",
+            tap_port("a", &da, 10, 1500),
+            tap_port("b", &db, 10, 1500),
+            tap_port("c", &dc, 10, 1500),
+        ),
+    );
+    attach(&host, &da, &a, "10.77.0.1/24", 1500);
+    attach(&host, &db, &b, "10.77.0.2/24", 1500);
+    attach(&host, &dc, &c, "10.77.0.3/24", 1500);
+    let shown = ethtool_k(&a, &da);
+    assert!(
+        shown.contains("tx-udp-segmentation: on"),
+        "{da} without USO (TUNSETOFFLOAD TUN_F_USO4):\n{shown}"
+    );
+    let data = payload(13, SEGMENT * SEGMENTS);
+    for (ns, ip, port) in [(&b, "10.77.0.2", "b"), (&c, "10.77.0.3", "c")] {
+        let rx = ns.enter(|| std::net::UdpSocket::bind((ip, 6000)).expect("bind"));
+        rx.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        a.enter(|| {
+            let tx = std::net::UdpSocket::bind(("10.77.0.1", 0)).expect("bind");
+            let size = SEGMENT as libc::c_int;
+            // SAFETY: an int option we own, of the size given.
+            let r = unsafe {
+                libc::setsockopt(
+                    tx.as_raw_fd(),
+                    libc::SOL_UDP,
+                    libc::UDP_SEGMENT,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+            // ARP first, so the GSO datagram is not held in the neighbour queue.
+            Command::new("ping")
+                .args(["-c1", "-W2", ip])
+                .status()
+                .expect("ping");
+            assert_eq!(tx.send_to(&data, (ip, 6000)).expect("send"), data.len());
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        for i in 0..SEGMENTS {
+            let n = rx
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("{port}: datagram {i} of {SEGMENTS}: {e}"));
+            assert_eq!(n, SEGMENT, "{port}: datagram {i}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got == data, "{port}: the payload, in order, complete");
+    }
+    let line = d.counters("counters switch=br0 port=b ");
+    assert_eq!(counter(&line, "tx_gso_packets"), 1, "{line}");
+    assert_eq!(counter(&line, "gso_segmented"), 0, "{line}");
+    let line = d.counters("counters switch=br0 port=c ");
+    assert_eq!(counter(&line, "tx_gso_packets"), 0, "{line}");
+    assert_eq!(counter(&line, "gso_segmented"), 1, "{line}");
+}
+
 /// `ethtool -k dev` in `ns`: the offloads the kernel uses on the device.
 fn ethtool_k(ns: &Ns, dev: &str) -> String {
     let out = Command::new("ip")
