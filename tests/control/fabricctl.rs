@@ -190,7 +190,8 @@ pub mod fake_control {
             "socket":"/srv/fabric/run/trunk1.sock","vlan":"trunk 10,20,100-199 native 1",
             "link":false,"rx_packets":0,"rx_bytes":0,"tx_packets":7,"tx_bytes":900,
             "drops":{"runt":2,"vlan_not_allowed":5,"other":0},"broken_queues":1,
-            "tx_gso_packets":5,"gso_segmented":6,"csum_completed":7});
+            "tx_gso_packets":5,"gso_segmented":6,"csum_completed":7,
+            "queues":[{"rx_packets":0,"tx_packets":3},{"rx_packets":0,"tx_packets":4}]});
         let disk = json!({"pool":"pool0","name":"disk1","kind":"volume","size":10u64 << 30,
             "block_size":512,"read_only":false,"allocated":3u64 << 29,"exclusive":1u64 << 20,
             "export":"/srv/fabric/run/disk1.sock"});
@@ -464,9 +465,9 @@ fn tables() {
     assert_eq!(
         ok(&server, &["port", "list"]),
         "\
-SWITCH  PORT    VLAN                          LINK  RX PKTS  RX BYTES  TX PKTS  TX BYTES  BROKEN Q  GSO/SEG/CSUM  SOCKET                       DROPS
-br0     vm1     access 10                     up       1234   1.5 MiB       99   2.0 KiB         0         0/0/0  /srv/fabric/run/vm1.sock     0
-br0     trunk1  trunk 10,20,100-199 native 1  down        0       0 B        7     900 B         1         5/6/7  /srv/fabric/run/trunk1.sock  7 (runt 2, vlan_not_allowed 5)
+SWITCH  PORT    VLAN                          LINK  RX PKTS  RX BYTES  TX PKTS  TX BYTES  BROKEN Q  GSO/SEG/CSUM  QUEUES RX/TX   SOCKET                       DROPS
+br0     vm1     access 10                     up       1234   1.5 MiB       99   2.0 KiB         0         0/0/0  -              /srv/fabric/run/vm1.sock     0
+br0     trunk1  trunk 10,20,100-199 native 1  down        0       0 B        7     900 B         1         5/6/7  q0 0/3 q1 0/4  /srv/fabric/run/trunk1.sock  7 (runt 2, vlan_not_allowed 5)
 "
     );
     assert_eq!(

@@ -2,7 +2,7 @@
 //! `--json` text.
 
 use super::Call;
-use crate::control::protocol::{FdbEntryInfo, PoolInfo, PortInfo, Status, VolumeInfo};
+use crate::control::protocol::{FdbEntryInfo, PoolInfo, PortInfo, QueueInfo, Status, VolumeInfo};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -122,6 +122,7 @@ fn port_table(ports: &[PortInfo]) -> String {
         ("TX BYTES", Right),
         ("BROKEN Q", Right),
         ("GSO/SEG/CSUM", Right),
+        ("QUEUES RX/TX", Left),
         ("SOCKET", Left),
         ("DROPS", Left),
     ]);
@@ -152,11 +153,26 @@ fn port_table(ports: &[PortInfo]) -> String {
                 "{}/{}/{}",
                 p.tx_gso_packets, p.gso_segmented, p.csum_completed
             ),
+            queue_cell(&p.queues),
             clean(&p.socket),
             drops,
         ]);
     }
     t.render()
+}
+
+/// A multi-queue port's packets per queue, `q0 RX/TX q1 RX/TX ...`; `-`
+/// for a single-queue port (its totals are the row's).
+fn queue_cell(queues: &[QueueInfo]) -> String {
+    if queues.is_empty() {
+        return "-".into();
+    }
+    let cells: Vec<String> = queues
+        .iter()
+        .enumerate()
+        .map(|(i, q)| format!("q{i} {}/{}", q.rx_packets, q.tx_packets))
+        .collect();
+    cells.join(" ")
 }
 
 fn fdb_table(entries: &mut [FdbEntryInfo]) -> String {
