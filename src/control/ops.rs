@@ -252,6 +252,15 @@ fn port_config(rt: &Runtime, p: &PortAdd) -> OpResult<(String, PortConfig)> {
     if let Some(mac) = &p.mac {
         port.insert("mac".into(), mac.clone().into());
     }
+    if let Some(q) = p.queues {
+        port.insert("queues".into(), i64::from(q).into());
+    }
+    if let Some(m) = p.multi_queue {
+        port.insert("multi_queue".into(), m.into());
+    }
+    if let Some(o) = p.offloads {
+        port.insert("offloads".into(), o.into());
+    }
     let mut sw = toml::Table::new();
     sw.insert("name".into(), p.switch.clone().into());
     sw.insert("port".into(), toml::Value::Array(vec![port.into()]));

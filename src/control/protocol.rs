@@ -141,6 +141,15 @@ pub struct PortAdd {
     /// TAP ports: the interface name (default: the port name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// vhost-user ports: queue pairs offered (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<u16>,
+    /// TAP ports: one queue per datapath thread (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_queue: Option<bool>,
+    /// Checksum and segmentation offloads (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offloads: Option<bool>,
 }
 
 fn vhost_user() -> String {

@@ -187,6 +187,17 @@ fn status_and_a_port_added_at_run_time_forwards() {
         c.err("port.add", json!({"switch": "nope", "name": "z"})),
         "not_found"
     );
+    // Queue pairs and the offload switch reach the running port's config.
+    c.ok(
+        "port.add",
+        json!({"switch": "br0", "name": "q", "queues": 3, "offloads": false}),
+    );
+    let saved = c.ok("config.save", json!({}));
+    let text = std::fs::read_to_string(saved["path"].as_str().unwrap()).unwrap();
+    let q = &text[text.find("name = \"q\"").expect("port q saved")..];
+    let q = &q[..q.find("[[").unwrap_or(q.len())];
+    assert!(q.contains("queues = 3") && q.contains("offloads = false"), "{q}");
+    c.ok("port.remove", json!({"name": "q"}));
     // Removing: the guest is disconnected, the socket gone; twice is refused.
     drop(b);
     c.ok("port.remove", json!({"name": "b"}));

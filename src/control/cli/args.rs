@@ -280,6 +280,20 @@ mod tests {
             )
         );
         assert_eq!(
+            call_of("port add br0 vm9 --queues 2 --no-offloads"),
+            call(
+                "port.add",
+                json!({"switch":"br0","name":"vm9","type":"vhost-user","queues":2,"offloads":false})
+            )
+        );
+        assert_eq!(
+            call_of("port add br0 t1 --type tap --multi-queue"),
+            call(
+                "port.add",
+                json!({"switch":"br0","name":"t1","type":"tap","multi_queue":true})
+            )
+        );
+        assert_eq!(
             call_of("port add br0 vm9"),
             call(
                 "port.add",

@@ -48,13 +48,23 @@ pub(super) const SPECS: &[Spec] = &[
     },
     Spec {
         words: &["port", "add"],
-        synopsis: "port add SWITCH NAME [--type vhost-user|tap] [--socket P] [--device IFNAME] [--vlan access:TAG | --vlan trunk[:LIST][:native=N]] [--mtu N] [--mac MAC] [--queue-size N]",
+        synopsis: "port add SWITCH NAME [--type vhost-user|tap] [--socket P] [--device IFNAME] [--vlan access:TAG | --vlan trunk[:LIST][:native=N]] [--mtu N] [--mac MAC] [--queue-size N] [--queues N] [--multi-queue] [--no-offloads]",
         summary: "add a port to SWITCH: vhost-user (default socket <run_dir>/NAME.sock) or\n\
                   a TAP device (--type tap, --device defaults to NAME); default VLAN\n\
-                  access:1; e.g. --vlan trunk:10,20,100-199:native=1",
+                  access:1; e.g. --vlan trunk:10,20,100-199:native=1; --queues N queue\n\
+                  pairs (vhost-user), --multi-queue (TAP), --no-offloads: complete frames only",
         positionals: &["SWITCH", "NAME"],
-        options: &["--socket", "--vlan", "--mtu", "--mac", "--queue-size", "--type", "--device"],
-        flags: &[],
+        options: &[
+            "--socket",
+            "--vlan",
+            "--mtu",
+            "--mac",
+            "--queue-size",
+            "--queues",
+            "--type",
+            "--device",
+        ],
+        flags: &["--multi-queue", "--no-offloads"],
         build: build_port_add,
     },
     Spec {
@@ -304,6 +314,9 @@ fn build_port_add(p: &Parsed) -> Result<Call, String> {
         mtu: p.num("--mtu")?,
         mac: p.opt("--mac").map(str::to_owned),
         device: p.opt("--device").map(str::to_owned),
+        queues: p.num("--queues")?,
+        multi_queue: p.flag("--multi-queue").then_some(true),
+        offloads: p.flag("--no-offloads").then_some(false),
     };
     send("port.add", &add)
 }
