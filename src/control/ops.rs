@@ -398,6 +398,7 @@ fn tunnel_info(t: &TunnelSample) -> TunnelInfo {
         rx_bytes: c.rx_bytes,
         tx_packets: c.tx_packets,
         tx_bytes: c.tx_bytes,
+        rx_coalesced: c.rx_coalesced,
         drops: TunnelDrop::ALL
             .iter()
             .map(|&r| (r.name().to_owned(), c.dropped(r)))

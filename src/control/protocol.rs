@@ -214,6 +214,10 @@ pub struct TunnelInfo {
     /// Frames encapsulated and sent, one per VTEP when flooding (inner bytes).
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Received inner TCP segments merged into the segment before them
+    /// (receive coalescing): the switch was handed `rx_packets` minus these.
+    #[serde(default)]
+    pub rx_coalesced: u64,
     /// Drops by reason (`bad_header`, `unknown_vni`, ...).
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Remote MAC addresses known behind VTEPs now.

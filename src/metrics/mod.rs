@@ -18,6 +18,7 @@
 //! | `vswitchd_fdb_learned`, `vswitchd_fdb_moved`, `vswitchd_fdb_aged` | counter | `switch` |
 //! | `vswitchd_fdb_refused` | counter | `switch`, `reason` (`full`, `port_limit`, `move`) |
 //! | `vswitchd_tunnel_rx_packets`, `_tx_packets`, `vswitchd_tunnel_rx_bytes`, `_tx_bytes` | counter | `switch`, `port` |
+//! | `vswitchd_tunnel_rx_coalesced` | counter | `switch`, `port` |
 //! | `vswitchd_tunnel_drops` | counter | `switch`, `port`, `reason` |
 //! | `vswitchd_tunnel_remote_entries` | gauge | `switch`, `port` |
 //! | `vswitchd_tunnel_remote_learned`, `_moved`, `_aged` | counter | `switch`, `port` |

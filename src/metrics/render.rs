@@ -264,7 +264,7 @@ impl Collector for SnapshotCollector {
         // Tunnels.
         let tunnel = |t: &TunnelSample| [("switch", t.switch.clone()), ("port", t.port.clone())];
         type TunnelCount = fn(&TunnelSample) -> u64;
-        let tunnel_counters: [(Kind, &str, &str, Option<Unit>, TunnelCount); 8] = [
+        let tunnel_counters: [(Kind, &str, &str, Option<Unit>, TunnelCount); 9] = [
             (
                 Kind::Counter,
                 "vswitchd_tunnel_rx_packets",
@@ -278,6 +278,13 @@ impl Collector for SnapshotCollector {
                 "Inner frame bytes decapsulated.",
                 bytes(),
                 |t| t.counters.rx_bytes,
+            ),
+            (
+                Kind::Counter,
+                "vswitchd_tunnel_rx_coalesced",
+                "Received inner TCP segments merged into the segment before them (one GSO frame per run within a receive batch); the switch was handed rx_packets minus these.",
+                None,
+                |t| t.counters.rx_coalesced,
             ),
             (
                 Kind::Counter,
@@ -606,6 +613,7 @@ mod tests {
         for (name, v) in [
             ("vswitchd_tunnel_rx_packets_total", 41.0),
             ("vswitchd_tunnel_rx_bytes_total", 4100.0),
+            ("vswitchd_tunnel_rx_coalesced_total", 43.0),
             ("vswitchd_tunnel_tx_packets_total", 42.0),
             ("vswitchd_tunnel_tx_bytes_total", 4200.0),
             ("vswitchd_tunnel_remote_entries", 4.0),

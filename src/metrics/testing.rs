@@ -251,12 +251,14 @@ pub(super) fn value(exp: &Exposition, sample: &str, labels: &[(&str, &str)]) -> 
     found[0]
 }
 
-/// Tunnel counters with rx 41/4100, tx 42/4200 and one `bad_header` drop.
+/// Tunnel counters with rx 41/4100, tx 42/4200, one `bad_header` drop and
+/// 43 segments coalesced.
 pub(super) fn tunnel_counters() -> vswitch::vxlan::TunnelCountersSnapshot {
     let c = vswitch::vxlan::TunnelCounters::default();
     c.add_rx(41, 4100);
     c.add_tx(42, 4200);
     c.add_drop(vswitch::vxlan::TunnelDrop::BadHeader);
+    c.add_coalesced(43);
     c.snapshot()
 }
 

@@ -746,11 +746,14 @@ fn tunnel_counters_show_in_port_list_metrics_and_report() {
         "{t}"
     );
     assert_eq!(t["remote_refused"]["vtep_limit"], 0, "{t}");
+    assert_eq!(t["rx_coalesced"], 0, "{t}");
 
     let samples = h.metrics();
     let key = "vswitchd_tunnel_drops_total{switch=\"br0\",port=\"vx\",reason=\"bad_header\"}";
     assert_eq!(samples.get(key), Some(&1.0), "{samples:?}");
     let key = "vswitchd_tunnel_rx_packets_total{switch=\"br0\",port=\"vx\"}";
+    assert_eq!(samples.get(key), Some(&0.0), "{samples:?}");
+    let key = "vswitchd_tunnel_rx_coalesced_total{switch=\"br0\",port=\"vx\"}";
     assert_eq!(samples.get(key), Some(&0.0), "{samples:?}");
 
     let report = h.daemon().counters_report();
@@ -766,4 +769,5 @@ fn tunnel_counters_show_in_port_list_metrics_and_report() {
     };
     assert_eq!(count("drop_bad_header"), "1", "{line}");
     assert_eq!(count("rx_packets"), "0", "{line}");
+    assert_eq!(count("rx_coalesced"), "0", "{line}");
 }

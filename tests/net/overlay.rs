@@ -181,6 +181,29 @@ impl Daemon {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
+    /// The lines starting with each of `prefixes` from one SIGUSR1 report
+    /// (one snapshot: counters of different lines agree with each other).
+    fn report<const N: usize>(&self, prefixes: [&str; N]) -> [String; N] {
+        let before = self.log().len();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            let found = prefixes.map(|p| {
+                log[before.min(log.len())..]
+                    .lines()
+                    .find(|l| l.starts_with(p))
+                    .map(str::to_owned)
+            });
+            if found.iter().all(Option::is_some) {
+                return found.map(Option::unwrap_or_default);
+            }
+            assert!(Instant::now() < deadline, "no {prefixes:?} lines:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The daemon's latest counter line starting with `prefix`.
     fn counters(&self, prefix: &str) -> String {
         let before = self.log().len();
@@ -210,11 +233,15 @@ fn counter(line: &str, key: &str) -> u64 {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         if std::thread::panicking() {
+            // The counters as they stood, for the failure's report.
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) };
+            std::thread::sleep(Duration::from_millis(300));
             eprintln!("--- vswitchd {} ---\n{}", self.dir.display(), self.log());
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -732,9 +759,20 @@ fn capture_vxlan(netns: &str, dev: &str, for_: Duration) -> usize {
     valid
 }
 
-#[test]
-fn interop_with_the_kernel_vxlan_device() {
-    let _cpus = test_kit::shared();
+/// Host 0: a vswitchd with TAP port `t` (into `g[0]`, 10.79.0.1, MTU 1450)
+/// and a VXLAN port; host 1: the kernel's vxlan device in a bridge with a
+/// veth into `g[1]` (10.79.0.2), default offloads.
+struct KernelPeer {
+    d: Daemon,
+    /// Host 1's underlay device.
+    vb: String,
+    /// The TAP device (in `g[0]`).
+    dev: String,
+    g: [Ns; 2],
+    u: [Ns; 2],
+}
+
+fn kernel_peer(tag: &str) -> KernelPeer {
     let u = [Ns::new("u"), Ns::new("u")];
     let g = [Ns::new("g"), Ns::new("g")];
     let (_va, vb) = underlay(&u);
@@ -742,7 +780,7 @@ fn interop_with_the_kernel_vxlan_device() {
     let dev = unique("t");
     let d = Daemon::start(
         &u[0],
-        &test_dir("ik"),
+        &test_dir(tag),
         &format!(
             "{TAP}{}{}",
             tap_port("t", &dev, 10, 1450),
@@ -760,6 +798,13 @@ fn interop_with_the_kernel_vxlan_device() {
         u1 = u[1].0,
         g1 = g[1].0
     ));
+    KernelPeer { d, vb, dev, g, u }
+}
+
+#[test]
+fn interop_with_the_kernel_vxlan_device() {
+    let _cpus = test_kit::shared();
+    let KernelPeer { d, vb, g, u, .. } = kernel_peer("ik");
     // The kernel side keeps its default offloads: veth hands TCP segments on
     // with the checksum left partial, and the tunnel port completes it.
     let cap = {
@@ -779,6 +824,64 @@ fn interop_with_the_kernel_vxlan_device() {
     tcp_both_ways(&g[0], &g[1], "10.79.0.1", 1 << 20);
     let t = d.counters("tunnel switch=br0 port=vx ");
     assert_eq!(counter(&t, "drop_bad_header"), 0, "{t}");
+}
+
+/// Kernel TCP from a Linux vxlan peer into a TAP port that takes TSO: the
+/// peer's MTU-sized inner segments that arrive in one receive batch are
+/// coalesced (`rx_coalesced`) and written to the TAP device as GSO frames
+/// (`tx_gso_packets`), never segmented again; 16 MiB cross intact (and
+/// come back through the tunnel's transmit side).
+///
+/// The peer's underlay veth has UDP tunnel segmentation turned off, so its
+/// packets arrive MTU-sized as from a physical NIC. With it on (the
+/// default, `interop_with_the_kernel_vxlan_device`), veth hands the whole
+/// UDP tunnel GSO packet to our socket: one datagram carrying an inner TSO
+/// frame, no `UDP_GRO` segment size (the kernel gives one only for
+/// SKB_GSO_UDP_L4), which the switch drops as oversize and TCP retransmits.
+#[test]
+fn kernel_tcp_from_a_vxlan_peer_reaches_a_tso_tap_port_coalesced() {
+    let _cpus = test_kit::shared();
+    // Every namespace bound: the underlay's too, or it would be deleted here.
+    let KernelPeer { d, dev, g, u, vb } = kernel_peer("gro");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &g[0].0, "ethtool", "-k", &dev])
+        .output()
+        .expect("ethtool");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("tcp-segmentation-offload: on"),
+        "{dev} without TSO (TUNSETOFFLOAD):\n{text}"
+    );
+    // As from a physical NIC: the peer's underlay cuts its UDP tunnel GSO
+    // packets into MTU-sized datagrams (a veth would otherwise hand whole
+    // GSO packets across, see the test's doc).
+    sh(&format!(
+        "ip netns exec {} ethtool -K {vb} tx-udp_tnl-segmentation off tx-udp_tnl-csum-segmentation off",
+        u[1].0
+    ));
+    assert_eq!(g[1].ping("10.79.0.1", 2), (2, 2));
+    // The client in g[1] writes: kernel peer -> tunnel -> TAP port.
+    tcp_both_ways(&g[0], &g[1], "10.79.0.1", 16 << 20);
+    // The connection's last segments (its close) through before the report.
+    std::thread::sleep(Duration::from_millis(300));
+    let [t, vx, tap] = d.report([
+        "tunnel switch=br0 port=vx ",
+        "counters switch=br0 port=vx ",
+        "counters switch=br0 port=t ",
+    ]);
+    assert!(counter(&t, "rx_coalesced") > 0, "{t}");
+    assert_eq!(counter(&t, "drop_bad_header"), 0, "{t}");
+    // One report: the switch was handed what was decapsulated less what was
+    // merged, and dropped none of it for its size.
+    assert_eq!(
+        counter(&vx, "rx_packets"),
+        counter(&t, "rx_packets") - counter(&t, "rx_coalesced"),
+        "{t}\n{vx}"
+    );
+    assert_eq!(counter(&vx, "drop_oversize"), 0, "{vx}");
+    assert!(counter(&tap, "tx_gso_packets") > 0, "{tap}");
+    assert_eq!(counter(&tap, "gso_segmented"), 0, "{tap}");
+    assert_eq!(counter(&tap, "drop_no_buffer"), 0, "{tap}");
 }
 
 #[test]

@@ -1,15 +1,16 @@
 //! Decapsulation of one received VXLAN datagram, in place.
 
+use super::coalesce::Decapped;
 use super::{Tunnel, TAG_LEN, TPID_8021Q};
 use fabric_offload::{is_partial_csum, l4_csum_valid, Layout, Offload};
 use std::net::Ipv4Addr;
-use std::ops::Range;
 use vswitch::vxlan::{TunnelDrop, VxlanPacket, VXLAN_HLEN};
 use vswitch::{MacAddr, PortId, Switch};
 
 /// Checks one received UDP payload from `vtep` and rewrites it in place into
-/// its VLAN-tagged inner frame; returns where that frame lies in `datagram`
-/// and the offload it carries ([`inner_offload`]), or counts the drop.
+/// its VLAN-tagged inner frame; returns where that frame lies in `datagram`,
+/// the offload it carries and whether its checksum may be merged
+/// ([`inner_checksum`]), or counts the drop.
 ///
 /// The checks, in order (RFC 7348 §5, §6): VXLAN header (I flag, an untagged
 /// inner frame), VNI mapped to a VLAN, sender an accepted VTEP of that VNI
@@ -22,7 +23,7 @@ pub(super) fn decapsulate(
     vtep: Ipv4Addr,
     id: PortId,
     switch: &Switch,
-) -> Option<(Range<usize>, Offload)> {
+) -> Option<Decapped> {
     let now = switch.now();
     let drop = |reason| {
         t.counters.add_drop(reason);
@@ -49,13 +50,26 @@ pub(super) fn decapsulate(
     }
     t.remote_fdb.learn(vni, MacAddr(src), vtep, now);
     t.counters.add_rx(1, inner.len() as u64);
-    let offload = inner_offload(inner).shifted(TAG_LEN as isize);
+    let (offload, csum_ok) = inner_checksum(inner);
+    let offload = offload.shifted(TAG_LEN as isize);
     // Insert the VLAN tag: the port is a trunk of the mapped VLANs.
     let start = VXLAN_HLEN - TAG_LEN;
     datagram.copy_within(VXLAN_HLEN..VXLAN_HLEN + 12, start);
     datagram[start + 12..start + 14].copy_from_slice(&TPID_8021Q.to_be_bytes());
     datagram[start + 14..start + 16].copy_from_slice(&vlan.get().to_be_bytes());
-    Some((start..datagram.len(), offload))
+    Some(Decapped {
+        range: start..datagram.len(),
+        offload,
+        vni,
+        vtep,
+        csum_ok,
+    })
+}
+
+/// The offload part of [`inner_checksum`].
+#[cfg(test)]
+pub(super) fn inner_offload(inner: &[u8]) -> Offload {
+    inner_checksum(inner).0
 }
 
 /// The offload of a received untagged inner frame. A kernel peer whose
@@ -67,16 +81,25 @@ pub(super) fn decapsulate(
 /// do not accept CSUM and passes it as such to those that do. A valid
 /// checksum is never touched, and anything else is left as received for the
 /// receiving stack to drop.
-pub(super) fn inner_offload(inner: &[u8]) -> Offload {
+///
+/// Also says whether the frame's TCP/UDP checksum is valid or exactly
+/// partial: what receive coalescing requires of every segment it merges
+/// (`coalesce::Decapped::csum_ok`); false for a frame that is not IP +
+/// TCP/UDP. One checksum pass serves both.
+pub(super) fn inner_checksum(inner: &[u8]) -> (Offload, bool) {
     let Ok(layout) = Layout::parse(inner) else {
-        return Offload::NONE;
+        return (Offload::NONE, false);
     };
-    if l4_csum_valid(inner) || !is_partial_csum(inner, layout.l4, layout.proto.number()) {
-        return Offload::NONE;
+    if l4_csum_valid(inner) {
+        return (Offload::NONE, true);
     }
-    Offload {
+    if !is_partial_csum(inner, layout.l4, layout.proto.number()) {
+        return (Offload::NONE, false);
+    }
+    let offload = Offload {
         csum: Some((layout.l4 as u16, layout.proto.csum_offset() as u16)),
         gso: None,
         data_valid: false,
-    }
+    };
+    (offload, true)
 }

@@ -29,6 +29,7 @@
 //! this host is found at its first frame; one that left it, once the hold
 //! time has passed since its last frame here).
 
+mod coalesce;
 mod decap;
 mod mmsg;
 mod receive;

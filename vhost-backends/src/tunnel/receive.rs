@@ -1,17 +1,17 @@
 //! The receiving side of a tunnel port, as a datapath thread polls it: a
 //! `recvmmsg` per socket per poll, each message split into its datagrams
-//! (`UDP_GRO`), each datagram decapsulated in place, and the frames forwarded
-//! in batches.
+//! (`UDP_GRO`), each datagram decapsulated in place, runs of segments of one
+//! TCP flow coalesced into GSO super-frames (`coalesce.rs`), and the frames
+//! forwarded in batches.
 
+use super::coalesce::{coalesce, Coalescer, Decapped};
 use super::decap::decapsulate;
 use super::mmsg::{gro_datagrams, RecvBatch, SLOT_BYTES};
 use super::Tunnel;
 use crate::datapath::{PollQueue, Polled};
 use crate::forward::{forward, ForwardScratch, FrameSource, Ingress, PortTable, BATCH};
 use arrayvec::ArrayVec;
-use fabric_offload::Offload;
 use std::net::UdpSocket;
-use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use vm_memory::VolatileSlice;
@@ -37,8 +37,10 @@ pub(super) struct Receiver {
     pub timer: TimerFd,
     pub batch: RecvBatch,
     /// The decapsulated frames of one read: byte ranges of `batch`'s slots
-    /// and the offload each carries.
-    pub frames: Vec<(Range<usize>, Offload)>,
+    /// and what decapsulation established for each.
+    pub frames: Vec<Decapped>,
+    /// Those frames coalesced: what is forwarded.
+    pub coalescer: Coalescer,
     pub scratch: ForwardScratch,
     pub last_age: u32,
     /// `recvmmsg` calls that returned messages (a test's measure of batching).
@@ -52,6 +54,7 @@ impl Receiver {
             timer,
             batch: RecvBatch::new(),
             frames: Vec::with_capacity(BATCH),
+            coalescer: Coalescer::default(),
             scratch: ForwardScratch::default(),
             last_age: now,
             reads: 0,
@@ -89,7 +92,11 @@ impl PollQueue for TunnelQueue {
             };
             r.reads += 1;
             taken += self.decapsulate_all(&mut r.batch, messages, &mut r.frames);
-            forward_all(&ingress, &mut r.batch, &r.frames, &mut r.scratch);
+            let merged = coalesce(r.batch.slots_mut(), &r.frames, &mut r.coalescer);
+            if merged > 0 {
+                self.tunnel.counters.add_coalesced(merged);
+            }
+            forward_all(&ingress, &mut r.batch, &r.coalescer, &mut r.scratch);
         }
         Polled::Frames(taken)
     }
@@ -118,7 +125,7 @@ impl TunnelQueue {
         &self,
         batch: &mut RecvBatch,
         messages: usize,
-        frames: &mut Vec<(Range<usize>, Offload)>,
+        frames: &mut Vec<Decapped>,
     ) -> usize {
         let t = &self.tunnel;
         frames.clear();
@@ -139,8 +146,9 @@ impl TunnelQueue {
                     continue;
                 }
                 let at = base + d.start;
-                if let Some((f, off)) = decapsulate(t, &mut slot[d], from, self.id, &self.switch) {
-                    frames.push((at + f.start..at + f.end, off));
+                if let Some(mut f) = decapsulate(t, &mut slot[d], from, self.id, &self.switch) {
+                    f.range = at + f.range.start..at + f.range.end;
+                    frames.push(f);
                 }
             }
         }
@@ -148,23 +156,47 @@ impl TunnelQueue {
     }
 }
 
-/// Forwards `frames` (ranges of `batch`'s slots) in batches of [`BATCH`].
+/// Slices one [`forward`] call may take: the pieces of up to [`BATCH`]
+/// frames, most of them a single piece each (a super-frame has up to
+/// `MAX_SEGMENTS`). Kept on the stack.
+const CHUNK_PIECES: usize = 4 * BATCH;
+const _: () = assert!(crate::forward::MAX_SEGMENTS <= CHUNK_PIECES);
+
+/// Forwards `c.out` (frames made of ranges of `batch`'s slots) in batches of
+/// at most [`BATCH`] frames and [`CHUNK_PIECES`] pieces.
 fn forward_all(
     ingress: &Ingress,
     batch: &mut RecvBatch,
-    frames: &[(Range<usize>, Offload)],
+    c: &Coalescer,
     scratch: &mut ForwardScratch,
 ) {
     let all = VolatileSlice::from(batch.slots_mut());
-    for chunk in frames.chunks(BATCH) {
-        let slices: ArrayVec<VolatileSlice, BATCH> = chunk
+    let mut rest = &c.out[..];
+    while !rest.is_empty() {
+        let mut n = 0;
+        let mut pieces = 0;
+        // A frame has at most MAX_SEGMENTS <= CHUNK_PIECES pieces: n >= 1.
+        while n < rest.len() && n < BATCH && pieces + rest[n].pieces.len() <= CHUNK_PIECES {
+            pieces += rest[n].pieces.len();
+            n += 1;
+        }
+        let chunk = &rest[..n];
+        let slices: ArrayVec<VolatileSlice, CHUNK_PIECES> = chunk
             .iter()
-            .map(|(f, _)| all.subslice(f.start, f.len()))
+            .flat_map(|f| &c.pieces[f.pieces.clone()])
+            .map(|r| all.subslice(r.start, r.len()))
             .collect::<Result<_, _>>()
             .expect("frames lie within the slots");
-        let sources: ArrayVec<FrameSource, BATCH> = (0..slices.len())
-            .map(|k| FrameSource::with_offload(&slices[k..k + 1], chunk[k].1))
+        let mut at = 0;
+        let sources: ArrayVec<FrameSource, BATCH> = chunk
+            .iter()
+            .map(|f| {
+                let parts = &slices[at..at + f.pieces.len()];
+                at += f.pieces.len();
+                FrameSource::with_offload(parts, f.offload)
+            })
             .collect();
         forward(ingress, &sources, &[], scratch);
+        rest = &rest[n..];
     }
 }

@@ -2,6 +2,8 @@
 
 use super::header::DecodeError;
 use crate::counters::{Counters, CountersSnapshot, Reason, MAX_REASONS};
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Why a tunnel dropped a packet. Every drop is counted under exactly one reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -82,14 +84,57 @@ impl Reason for TunnelDrop {
 
 const _: () = assert!(TunnelDrop::ALL.len() <= MAX_REASONS);
 
-/// Counters of one tunnel. `rx` counts packets decapsulated and handed to the
-/// switch, `tx` packets encapsulated and sent (one per copy when flooding to
-/// several VTEPs). Bytes are inner Ethernet frame bytes, comparable with the
-/// guest ports' counters; the underlay's bytes are that plus 50 per packet.
-pub type TunnelCounters = Counters<TunnelDrop>;
+/// Counters of one tunnel: the generic [`Counters`] (through `Deref`) plus
+/// `rx_coalesced`. `rx` counts packets decapsulated (inner frames accepted),
+/// `tx` packets encapsulated and sent (one per copy when flooding to several
+/// VTEPs). Bytes are inner Ethernet frame bytes, comparable with the guest
+/// ports' counters; the underlay's bytes are that plus 50 per packet.
+/// `rx_coalesced` counts the received inner TCP segments merged into the one
+/// before them (receive coalescing within one batch): the switch was handed
+/// `rx_packets - rx_coalesced` frames.
+#[derive(Debug, Default)]
+pub struct TunnelCounters {
+    traffic: Counters<TunnelDrop>,
+    rx_coalesced: AtomicU64,
+}
+
+impl Deref for TunnelCounters {
+    type Target = Counters<TunnelDrop>;
+
+    fn deref(&self) -> &Counters<TunnelDrop> {
+        &self.traffic
+    }
+}
+
+impl TunnelCounters {
+    /// `n` received segments were merged into the segment before them.
+    pub fn add_coalesced(&self, n: u64) {
+        self.rx_coalesced.fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> TunnelCountersSnapshot {
+        TunnelCountersSnapshot {
+            traffic: self.traffic.snapshot(),
+            rx_coalesced: self.rx_coalesced.load(Relaxed),
+        }
+    }
+}
 
 /// A point-in-time copy of [`TunnelCounters`].
-pub type TunnelCountersSnapshot = CountersSnapshot<TunnelDrop>;
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TunnelCountersSnapshot {
+    pub traffic: CountersSnapshot<TunnelDrop>,
+    /// Received segments merged into the one before them (see [`TunnelCounters`]).
+    pub rx_coalesced: u64,
+}
+
+impl Deref for TunnelCountersSnapshot {
+    type Target = CountersSnapshot<TunnelDrop>;
+
+    fn deref(&self) -> &CountersSnapshot<TunnelDrop> {
+        &self.traffic
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -105,7 +150,10 @@ mod tests {
             c.add_drop(VxlanPacket::parse(bad).unwrap_err().into());
         }
         c.add_drop(TunnelDrop::TooBig);
+        c.add_coalesced(5);
+        c.add_coalesced(2);
         let s = c.snapshot();
+        assert_eq!(s.rx_coalesced, 7);
         assert_eq!(
             (s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes),
             (2, 128, 3, 1500)
