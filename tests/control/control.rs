@@ -196,7 +196,10 @@ fn status_and_a_port_added_at_run_time_forwards() {
     let text = std::fs::read_to_string(saved["path"].as_str().unwrap()).unwrap();
     let q = &text[text.find("name = \"q\"").expect("port q saved")..];
     let q = &q[..q.find("[[").unwrap_or(q.len())];
-    assert!(q.contains("queues = 3") && q.contains("offloads = false"), "{q}");
+    assert!(
+        q.contains("queues = 3") && q.contains("offloads = false"),
+        "{q}"
+    );
     c.ok("port.remove", json!({"name": "q"}));
     // Removing: the guest is disconnected, the socket gone; twice is refused.
     drop(b);

@@ -2,9 +2,12 @@
 
 use super::coalesce::Decapped;
 use super::{Tunnel, TAG_LEN, TPID_8021Q};
-use fabric_offload::{is_partial_csum, l4_csum_valid, Layout, Offload};
+use fabric_offload::hdr::{GSO_ECN, GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM};
+use fabric_offload::{
+    is_partial_csum, l4_csum_valid, IpVersion, L4Proto, Layout, Offload, VnetHdr,
+};
 use std::net::Ipv4Addr;
-use vswitch::vxlan::{TunnelDrop, VxlanPacket, VXLAN_HLEN};
+use vswitch::vxlan::{guest_mtu, TunnelDrop, VxlanPacket, VXLAN_HLEN};
 use vswitch::{MacAddr, PortId, Switch};
 
 /// Checks one received UDP payload from `vtep` and rewrites it in place into
@@ -50,7 +53,11 @@ pub(super) fn decapsulate(
     }
     t.remote_fdb.learn(vni, MacAddr(src), vtep, now);
     t.counters.add_rx(1, inner.len() as u64);
-    let (offload, csum_ok) = inner_checksum(inner);
+    let (mut offload, mut csum_ok) = inner_checksum(inner);
+    if let Some(gso) = whole_gso_packet(inner, &offload, guest_mtu(t.config.underlay_mtu)) {
+        // Forwarded alone: it is a super-frame already.
+        (offload, csum_ok) = (gso, false);
+    }
     let offload = offload.shifted(TAG_LEN as isize);
     // Insert the VLAN tag: the port is a trunk of the mapped VLANs.
     let start = VXLAN_HLEN - TAG_LEN;
@@ -64,6 +71,47 @@ pub(super) fn decapsulate(
         vtep,
         csum_ok,
     })
+}
+
+/// The GSO offload of an inner TCP frame longer than the overlay's MTU whose
+/// checksum is exactly partial: a kernel peer's whole TSO packet. Linux
+/// hands a UDP tunnel GSO packet (SKB_GSO_UDP_TUNNEL) across a device that
+/// takes it, such as a veth underlay, and a plain UDP socket receives it as
+/// one datagram, with no `UDP_GRO` segment size (that is only given for
+/// SKB_GSO_UDP_L4). Its segments are what the peer's stack would have sent
+/// on a device without the offload: TCP payload cut to fit `inner_mtu`
+/// bytes of IP packet, the last shorter; any cut no larger than the MSS is
+/// valid TCP (RFC 9293 §3.7.1). The switch then passes it whole to ports
+/// that take TSO and segments it for the others. `None` for anything else:
+/// an oversize frame with a complete checksum is no GSO packet and stays
+/// oversize.
+pub(super) fn whole_gso_packet(inner: &[u8], csum: &Offload, inner_mtu: u16) -> Option<Offload> {
+    let layout = Layout::parse(inner).ok()?;
+    let ip_len = inner.len() - layout.l3;
+    if csum.csum.is_none() || layout.proto != L4Proto::Tcp || ip_len <= usize::from(inner_mtu) {
+        return None;
+    }
+    let mss = usize::from(inner_mtu).checked_sub(layout.hdr_len - layout.l3)?;
+    // CWR in the super-frame's header: the sender uses ECN (RFC 3168 §6.1.2),
+    // so only the first segment keeps it.
+    let ecn = inner.get(layout.l4 + 13).is_some_and(|f| f & 0x80 != 0);
+    let base = match layout.ip {
+        IpVersion::V4 => GSO_TCPV4,
+        IpVersion::V6 => GSO_TCPV6,
+    };
+    // Offsets are below MAX_HEAD_LEN and the MSS below the MTU: u16.
+    let hdr = VnetHdr {
+        flags: NEEDS_CSUM,
+        gso_type: base | if ecn { GSO_ECN } else { 0 },
+        hdr_len: layout.hdr_len as u16,
+        gso_size: u16::try_from(mss).ok().filter(|&m| m > 0)?,
+        csum_start: layout.l4 as u16,
+        csum_offset: L4Proto::Tcp.csum_offset() as u16,
+        num_buffers: 0,
+    };
+    Offload::parse_trusted(&hdr, inner, inner.len())
+        .ok()
+        .filter(|o| o.gso.is_some())
 }
 
 /// The offload part of [`inner_checksum`].

@@ -550,3 +550,60 @@ fn a_coalesced_run_reaches_a_tso_port_as_one_gso_frame() {
         (1, 0, 1)
     );
 }
+
+/// Which received frames are a kernel peer's whole TSO packet: TCP, longer
+/// than the overlay MTU (1450 bytes of IP packet on a 1500 underlay), with
+/// an exactly partial checksum; cut at MSS 1450 - 40 = 1410.
+#[test]
+fn only_an_oversize_partial_tcp_frame_is_taken_as_a_whole_gso_packet() {
+    let whole = |f: &[u8]| decap::whole_gso_packet(f, &decap::inner_offload(f), 1450);
+    let big = tcp4_frame(None, 20_000);
+    let gso = whole(&big).expect("a whole TSO packet").gso.unwrap();
+    assert_eq!((gso.size, gso.hdr_len), (1410, 54));
+    assert_eq!(whole(&tcp4_frame(None, 1410)), None, "fits the MTU");
+    assert!(whole(&tcp4_frame(None, 1411)).is_some(), "one byte more");
+    let mut valid = big.clone();
+    fabric_offload::complete_csum(&mut valid, 34, 16).unwrap();
+    assert_eq!(whole(&valid), None, "a complete checksum: no GSO packet");
+    let mut udp = big.clone();
+    udp[23] = 17; // protocol UDP: the checksum is no longer partial either
+    assert_eq!(whole(&udp), None);
+}
+
+/// A kernel peer's whole TSO packet in one datagram (a veth underlay hands
+/// the UDP tunnel GSO packet on whole) reaches a port without TSO as
+/// ceil(20000 / 1410) = 15 segments, each valid and within the overlay MTU,
+/// the payload whole and in order; nothing dropped as oversize. Before, the
+/// frame was dropped and the peer's TCP retransmitted until it gave up TSO.
+#[test]
+fn a_whole_tso_packet_from_a_kernel_peer_is_segmented_to_the_overlay_mtu() {
+    let rig = Rig::new();
+    let mut inner = tcp4_frame(None, 20_000);
+    for (i, b) in inner[54..].iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    receive_segments(&rig, std::slice::from_ref(&inner));
+    let c = rig.tunnel().counters.snapshot();
+    assert_eq!((c.rx_packets, c.rx_coalesced, c.total_drops()), (1, 0, 0));
+    let got = rig.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 20_000usize.div_ceil(1410));
+    let mut payload = Vec::new();
+    for (i, g) in got.iter().enumerate() {
+        assert!(g.len() <= 14 + 1450, "segment {i}: {} bytes", g.len());
+        assert!(tcp4_valid(g, 14), "segment {i}");
+        payload.extend_from_slice(&g[54..]);
+    }
+    assert!(
+        payload[..] == inner[54..],
+        "the payload, in order, complete"
+    );
+    let vx = rig
+        .switch
+        .topology()
+        .port(rig.queue.id)
+        .unwrap()
+        .state
+        .counters
+        .snapshot();
+    assert_eq!((vx.rx_packets, vx.total_drops()), (1, 0));
+}
