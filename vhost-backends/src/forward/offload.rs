@@ -72,12 +72,19 @@ pub(crate) fn parse_header(
 /// `off`, rewritten with `shift` (see [`Egress::shift`]). A peer that did not
 /// negotiate checksum offload gets flags 0 (§5.1.6.4.1: no DATA_VALID without
 /// GUEST_CSUM); it is never handed a frame needing more (see [`deliver`]).
+#[inline]
 pub(crate) fn egress_header(
     off: &Offload,
     shift: isize,
     accepts: Accepts,
     num_buffers: u16,
 ) -> [u8; HDR_LEN] {
+    if off.csum.is_none() && off.gso.is_none() && !off.data_valid {
+        // A complete frame (the common case): only num_buffers to write.
+        let mut hdr = [0u8; HDR_LEN];
+        hdr[10..].copy_from_slice(&num_buffers.to_le_bytes());
+        return hdr;
+    }
     if accepts.contains(Accepts::CSUM) {
         off.shifted(shift).to_hdr(num_buffers).to_bytes()
     } else {
