@@ -12,10 +12,15 @@
 //! SET_VRING_ENABLE it inserts a SET_FEATURES carrying only that bit (no reply
 //! requested). The frontend's own SET_FEATURES later replaces it.
 //!
-//! The relay also answers GET_INFLIGHT_FD and SET_INFLIGHT_FD itself, through
-//! the device's [`InflightHandler`]: `vhost-user-backend` 0.24 refuses them,
-//! and a block device needs them to survive its own restart
-//! ([`crate::blk::inflight`]).
+//! The relay also answers, through the device's [`RelayHooks`], the messages
+//! `vhost-user-backend` 0.24 refuses or cannot reach the device with:
+//! GET_INFLIGHT_FD and SET_INFLIGHT_FD (a block device needs them to survive
+//! its own restart, [`crate::blk::inflight`]), SET_LOG_BASE (the dirty log of
+//! a live migration: the crate's own log support marks pages only through
+//! `vm-memory` accessors our datapath does not use), SEND_RARP (a migrated
+//! guest's announcement, unknown to the crate) and SET_BACKEND_REQ_FD (the
+//! backend's own request channel, for CONFIG_CHANGE_MSG, which the crate's
+//! `Backend` cannot send).
 //!
 //! Only control messages cross the relay; the datapath (shared memory, kick and
 //! call eventfds) never does.
@@ -36,7 +41,10 @@ const MAX_PAYLOAD: usize = 64 * 1024;
 const MAX_FDS: usize = 32;
 
 const SET_FEATURES: u32 = 2;
+const SET_LOG_BASE: u32 = 6;
 const SET_VRING_ENABLE: u32 = 18;
+const SEND_RARP: u32 = 19;
+const SET_BACKEND_REQ_FD: u32 = 21;
 const GET_INFLIGHT_FD: u32 = 31;
 const SET_INFLIGHT_FD: u32 = 32;
 /// Header flags: protocol version 1, no reply wanted.
@@ -57,12 +65,66 @@ pub struct InflightGeometry {
     pub queue_size: u16,
 }
 
-/// The device side of inflight I/O tracking (INFLIGHT_SHMFD).
-pub trait InflightHandler: Send + Sync {
+/// `VhostUserLog`: the dirty log's mmap_size u64 and mmap_offset u64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogGeometry {
+    pub mmap_size: u64,
+    pub mmap_offset: u64,
+}
+
+/// `VhostUserLog` is 16 bytes.
+const LOG_LEN: usize = 16;
+
+/// The device side of the messages the relay answers itself (see the module
+/// docs). A device implements what it offers; the defaults refuse, which ends
+/// the session for messages whose sender waits for an answer it cannot do
+/// without (the same as the `vhost` crate does with a message it rejects).
+pub trait RelayHooks: Send + Sync {
+    /// Whether GET/SET_INFLIGHT_FD are answered here (the device offers
+    /// VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD); otherwise they pass to the
+    /// handler, which refuses them.
+    fn tracks_inflight(&self) -> bool {
+        false
+    }
+
     /// GET_INFLIGHT_FD: a new, zeroed region for the geometry asked.
-    fn get_inflight_fd(&self, asked: &InflightGeometry) -> io::Result<(OwnedFd, InflightGeometry)>;
+    fn get_inflight_fd(
+        &self,
+        _asked: &InflightGeometry,
+    ) -> io::Result<(OwnedFd, InflightGeometry)> {
+        Err(unsupported("GET_INFLIGHT_FD"))
+    }
+
     /// SET_INFLIGHT_FD: the region to track in from now on.
-    fn set_inflight_fd(&self, region: &InflightGeometry, fd: OwnedFd) -> io::Result<()>;
+    fn set_inflight_fd(&self, _region: &InflightGeometry, _fd: OwnedFd) -> io::Result<()> {
+        Err(unsupported("SET_INFLIGHT_FD"))
+    }
+
+    /// SET_LOG_BASE (VHOST_USER_PROTOCOL_F_LOG_SHMFD): the dirty log to mark
+    /// from now on, replacing any earlier one.
+    fn set_log_base(&self, _log: &LogGeometry, _fd: OwnedFd) -> io::Result<()> {
+        Err(unsupported("SET_LOG_BASE"))
+    }
+
+    /// SEND_RARP (VHOST_USER_PROTOCOL_F_RARP): announce `mac` from this port.
+    fn send_rarp(&self, _mac: [u8; 6]) -> io::Result<()> {
+        Err(unsupported("SEND_RARP"))
+    }
+
+    /// SET_BACKEND_REQ_FD (VHOST_USER_PROTOCOL_F_BACKEND_REQ): the channel on
+    /// which the backend sends its own requests to the frontend.
+    fn set_backend_req_channel(&self, _channel: UnixStream) -> io::Result<()> {
+        Err(unsupported("SET_BACKEND_REQ_FD"))
+    }
+}
+
+/// A device that answers nothing itself.
+pub struct NoHooks;
+
+impl RelayHooks for NoHooks {}
+
+fn unsupported(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, format!("{what} not offered"))
 }
 
 fn decode_inflight(payload: &[u8]) -> io::Result<InflightGeometry> {
@@ -186,7 +248,7 @@ fn reply_to_frontend(frontend: &FrontendWriter, msg: &Message) -> io::Result<()>
 /// cannot go on without the answer it asked for).
 fn answer_inflight(
     mut msg: Message,
-    handler: &dyn InflightHandler,
+    handler: &dyn RelayHooks,
     frontend: &FrontendWriter,
 ) -> io::Result<()> {
     let geometry = decode_inflight(&msg.payload)?;
@@ -194,16 +256,21 @@ fn answer_inflight(
         let (fd, region) = handler.get_inflight_fd(&geometry)?;
         return reply_to_frontend(frontend, &msg.reply(&encode_inflight(&region), vec![fd]));
     }
-    let mut fds = std::mem::take(&mut msg.fds).into_iter();
-    let (Some(fd), None) = (fds.next(), fds.next()) else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "SET_INFLIGHT_FD without exactly one fd",
-        ));
-    };
+    let fd = single_fd(&mut msg, "SET_INFLIGHT_FD")?;
     let result = handler.set_inflight_fd(&geometry, fd);
+    ack(&msg, "SET_INFLIGHT_FD", result, frontend)
+}
+
+/// Logs a refused request and, if the frontend asked (REPLY_ACK), answers
+/// with its status: 0 for success.
+fn ack(
+    msg: &Message,
+    what: &str,
+    result: io::Result<()>,
+    frontend: &FrontendWriter,
+) -> io::Result<()> {
     if let Err(e) = &result {
-        log::warn!("vhost-user relay: SET_INFLIGHT_FD refused: {e}");
+        log::warn!("vhost-user relay: {what} refused: {e}");
     }
     if msg.flags() & FLAG_NEED_REPLY != 0 {
         let status = u64::from(result.is_err());
@@ -212,27 +279,98 @@ fn answer_inflight(
     Ok(())
 }
 
+/// The single fd a message must carry.
+fn single_fd(msg: &mut Message, what: &str) -> io::Result<OwnedFd> {
+    let mut fds = std::mem::take(&mut msg.fds).into_iter();
+    match (fds.next(), fds.next()) {
+        (Some(fd), None) => Ok(fd),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what} without exactly one fd"),
+        )),
+    }
+}
+
+/// SET_LOG_BASE: QEMU waits for a reply echoing the message (whatever
+/// REPLY_ACK says), so a log the device cannot take ends the session: the
+/// frontend must not migrate on a log nobody marks.
+fn answer_log_base(
+    mut msg: Message,
+    hooks: &dyn RelayHooks,
+    frontend: &FrontendWriter,
+) -> io::Result<()> {
+    if msg.payload.len() < LOG_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("SET_LOG_BASE of {} bytes", msg.payload.len()),
+        ));
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(msg.payload[i..i + 8].try_into().expect("8 bytes"));
+    let log = LogGeometry {
+        mmap_size: u64_at(0),
+        mmap_offset: u64_at(8),
+    };
+    let fd = single_fd(&mut msg, "SET_LOG_BASE")?;
+    hooks.set_log_base(&log, fd)?;
+    let payload = msg.payload[..LOG_LEN].to_vec();
+    reply_to_frontend(frontend, &msg.reply(&payload, Vec::new()))
+}
+
+/// SEND_RARP: the payload's first six bytes are the guest's MAC.
+fn answer_rarp(msg: Message, hooks: &dyn RelayHooks, frontend: &FrontendWriter) -> io::Result<()> {
+    let result = match msg.payload.get(..6) {
+        Some(mac) => hooks.send_rarp(mac.try_into().expect("6 bytes")),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "SEND_RARP without a MAC",
+        )),
+    };
+    ack(&msg, "SEND_RARP", result, frontend)
+}
+
+fn answer_backend_req_fd(
+    mut msg: Message,
+    hooks: &dyn RelayHooks,
+    frontend: &FrontendWriter,
+) -> io::Result<()> {
+    let result = single_fd(&mut msg, "SET_BACKEND_REQ_FD")
+        .and_then(|fd| hooks.set_backend_req_channel(UnixStream::from(fd)));
+    ack(&msg, "SET_BACKEND_REQ_FD", result, frontend)
+}
+
 /// Frontend -> backend, with the compatibility rule from the module docs;
-/// inflight messages are answered here when the device tracks inflight I/O.
+/// the messages of [`RelayHooks`] are answered here.
 fn forward_requests(
     frontend: &UnixStream,
     backend: &UnixStream,
-    inflight: Option<&dyn InflightHandler>,
+    hooks: &dyn RelayHooks,
     replies: &FrontendWriter,
 ) -> io::Result<()> {
     let mut features_acked = false;
     while let Some(msg) = read_message(frontend)? {
-        match (msg.request(), inflight) {
-            (SET_FEATURES, _) => features_acked = true,
-            (SET_VRING_ENABLE, _) if !features_acked => {
+        match msg.request() {
+            SET_FEATURES => features_acked = true,
+            SET_VRING_ENABLE if !features_acked => {
                 write_message(
                     backend,
                     &Message::new(SET_FEATURES, &VHOST_USER_F_PROTOCOL_FEATURES.to_le_bytes()),
                 )?;
                 features_acked = true;
             }
-            (GET_INFLIGHT_FD | SET_INFLIGHT_FD, Some(handler)) => {
-                answer_inflight(msg, handler, replies)?;
+            GET_INFLIGHT_FD | SET_INFLIGHT_FD if hooks.tracks_inflight() => {
+                answer_inflight(msg, hooks, replies)?;
+                continue;
+            }
+            SET_LOG_BASE => {
+                answer_log_base(msg, hooks, replies)?;
+                continue;
+            }
+            SEND_RARP => {
+                answer_rarp(msg, hooks, replies)?;
+                continue;
+            }
+            SET_BACKEND_REQ_FD => {
+                answer_backend_req_fd(msg, hooks, replies)?;
                 continue;
             }
             _ => {}
@@ -252,11 +390,11 @@ fn forward_replies(backend: &UnixStream, frontend: &FrontendWriter) -> io::Resul
 
 /// Relays between `frontend` and `backend` on two threads until either side
 /// closes; then both are shut down so the other thread and the handler end too.
-/// With `inflight`, the relay answers the inflight messages itself.
+/// The messages of [`RelayHooks`] are answered through `hooks`.
 pub fn spawn(
     frontend: UnixStream,
     backend: UnixStream,
-    inflight: Option<Arc<dyn InflightHandler>>,
+    hooks: Arc<dyn RelayHooks>,
 ) -> io::Result<[JoinHandle<()>; 2]> {
     let (f2, b2) = (frontend.try_clone()?, backend.try_clone()?);
     let writer: FrontendWriter = Arc::new(Mutex::new(frontend.try_clone()?));
@@ -268,7 +406,7 @@ pub fn spawn(
     let requests = std::thread::Builder::new()
         .name("vu-relay-req".into())
         .spawn(move || {
-            if let Err(e) = forward_requests(&frontend, &backend, inflight.as_deref(), &writer) {
+            if let Err(e) = forward_requests(&frontend, &backend, &*hooks, &writer) {
                 log::debug!("vhost-user relay: frontend side ended: {e}");
             }
             close_both(&frontend, &backend);
@@ -306,7 +444,7 @@ mod tests {
     fn early_vring_enable_gets_protocol_features_acked_first() {
         let (mut qemu, relay_front) = UnixStream::pair().unwrap();
         let (relay_back, handler) = UnixStream::pair().unwrap();
-        let threads = spawn(relay_front, relay_back, None).unwrap();
+        let threads = spawn(relay_front, relay_back, Arc::new(NoHooks)).unwrap();
         let enable = [0u8; 8];
         qemu.write_all(&raw(15, &[])).unwrap(); // GET_PROTOCOL_FEATURES
                                                 // An fd travels with SET_VRING_CALL (13), as QEMU sends it.
@@ -343,7 +481,7 @@ mod tests {
     fn replies_pass_unchanged_and_oversized_messages_end_the_session() {
         let (qemu, relay_front) = UnixStream::pair().unwrap();
         let (relay_back, mut handler) = UnixStream::pair().unwrap();
-        let threads = spawn(relay_front, relay_back, None).unwrap();
+        let threads = spawn(relay_front, relay_back, Arc::new(NoHooks)).unwrap();
         handler.write_all(&raw(1, &7u64.to_le_bytes())).unwrap();
         let m = read_message(&qemu).unwrap().unwrap();
         assert_eq!((m.request(), m.payload), (1, 7u64.to_le_bytes().to_vec()));

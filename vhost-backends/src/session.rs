@@ -9,7 +9,7 @@
 //! dropped so it cannot hold the socket.
 
 use crate::listen::{self, SocketAccess};
-use crate::relay::{self, InflightHandler};
+use crate::relay::{self, NoHooks, RelayHooks};
 use crate::{GuestMem, GuestMemAtomic};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -35,10 +35,10 @@ pub trait SessionBackend:
     /// The frontend left (or the server stops): undo what the session set up.
     fn detach(&self);
 
-    /// Where the relay sends GET/SET_INFLIGHT_FD, for a device that tracks
-    /// inflight I/O (and offers VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD).
-    fn inflight_handler(&self) -> Option<Arc<dyn InflightHandler>> {
-        None
+    /// What answers the messages the relay handles itself (inflight
+    /// tracking, the dirty log, SEND_RARP, the backend request channel).
+    fn relay_hooks(&self) -> Arc<dyn RelayHooks> {
+        Arc::new(NoHooks)
     }
 }
 
@@ -307,7 +307,7 @@ where
         .start(&mut inner)
         .map_err(|e| io::Error::other(e.to_string()))?;
     drop(inner);
-    let relay = relay::spawn(frontend, handler_side, backend.inflight_handler())?;
+    let relay = relay::spawn(frontend, handler_side, backend.relay_hooks())?;
     *current.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
     let ended = daemon.wait();
     current.lock().unwrap_or_else(|e| e.into_inner()).take();

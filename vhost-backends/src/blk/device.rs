@@ -13,7 +13,7 @@ use super::request::{
     self, parse, Limits, Op, Rejected, Request, ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
 };
 use super::{BlkExport, TimedOp, Vring};
-use crate::relay::InflightHandler;
+use crate::relay::RelayHooks;
 use crate::session::SessionBackend;
 use crate::split_ring::RingView;
 use crate::{GuestMem, GuestMemAtomic};
@@ -759,12 +759,16 @@ impl SessionBackend for BlkBackend {
         self.0.export.sessions_ended.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn inflight_handler(&self) -> Option<Arc<dyn InflightHandler>> {
-        Some(Arc::new(self.clone()))
+    fn relay_hooks(&self) -> Arc<dyn RelayHooks> {
+        Arc::new(self.clone())
     }
 }
 
-impl InflightHandler for BlkBackend {
+impl RelayHooks for BlkBackend {
+    fn tracks_inflight(&self) -> bool {
+        true
+    }
+
     fn get_inflight_fd(&self, asked: &InflightGeometry) -> io::Result<(OwnedFd, InflightGeometry)> {
         asked.validate(self.0.queues.len())?;
         let (fd, mmap_size) = inflight::create(asked)?;
