@@ -368,6 +368,7 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                         })
                         .collect(),
                     broken_queues: c.map_or(0, |c| c.broken_queues),
+                    announces: c.map_or(0, |c| c.announces),
                     tx_gso_packets: c.map_or(0, |c| c.tx_gso_packets),
                     gso_segmented: c.map_or(0, |c| c.gso_segmented),
                     csum_completed: c.map_or(0, |c| c.csum_completed),

@@ -121,6 +121,7 @@ fn port_table(ports: &[PortInfo]) -> String {
         ("TX PKTS", Right),
         ("TX BYTES", Right),
         ("BROKEN Q", Right),
+        ("ANNOUNCES", Right),
         ("GSO/SEG/CSUM", Right),
         ("QUEUES RX/TX", Left),
         ("SOCKET", Left),
@@ -149,6 +150,7 @@ fn port_table(ports: &[PortInfo]) -> String {
             p.tx_packets.to_string(),
             human_size(p.tx_bytes),
             p.broken_queues.to_string(),
+            p.announces.to_string(),
             format!(
                 "{}/{}/{}",
                 p.tx_gso_packets, p.gso_segmented, p.csum_completed
