@@ -242,6 +242,10 @@ pub struct FdbEntryInfo {
     #[serde(rename = "static")]
     pub is_static: bool,
     pub age_secs: u32,
+    /// For a station behind a VXLAN port: the VTEP its remote FDB points
+    /// at (absent when unknown, for other ports and from an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep: Option<String>,
 }
 
 /// One pool.

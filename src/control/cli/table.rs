@@ -191,7 +191,10 @@ fn fdb_table(entries: &mut [FdbEntryInfo]) -> String {
         t.row(vec![
             e.vlan.to_string(),
             clean(&e.mac),
-            clean(&e.port),
+            match &e.vtep {
+                Some(vtep) => format!("{} via {}", clean(&e.port), clean(vtep)),
+                None => clean(&e.port),
+            },
             if e.is_static { "static" } else { "learned" }.into(),
             if e.is_static {
                 "-".into()
