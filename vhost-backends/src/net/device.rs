@@ -8,6 +8,7 @@ use super::rx::GuestRx;
 use super::tx::{TxQueue, TxScratch};
 use super::Vring;
 use crate::datapath::PollQueue;
+use crate::relay::RelayHooks;
 use crate::session::{ServeOptions, SessionBackend, SocketServer};
 use crate::GuestMemAtomic;
 use std::io;
@@ -101,6 +102,8 @@ impl Device {
             let _ = conn.port.datapath.add(thread_key(conn, pair), queue);
         }
         conn.port.switch.set_link(conn.port.id, true);
+        // A new guest runs here: its stations are held again.
+        conn.port.switch.fdb().set_peer_stopped(conn.port.id, false);
         log::info!(
             "port {}: frontend ready, link up ({pairs} queue pair{})",
             conn.port.name,
@@ -119,6 +122,10 @@ impl Device {
                 self.conn.port.datapath.remove(key, &queue);
             }
             self.conn.port.switch.set_link(self.conn.port.id, false);
+        } else {
+            // Never published, but it may have announced (SEND_RARP before
+            // the rings): forget those stations too.
+            self.conn.port.switch.fdb().flush_port(self.conn.port.id);
         }
     }
 }
@@ -192,8 +199,11 @@ impl VhostUserBackend for NetBackend {
             .store(features, Ordering::Relaxed);
     }
 
+    /// RARP: SEND_RARP is answered by the relay ([`RelayHooks::send_rarp`]).
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::RARP
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -234,6 +244,13 @@ impl VhostUserBackend for NetBackend {
             if let Some(queue) = queue {
                 drop(queue.scratch.lock().unwrap_or_else(|e| e.into_inner()));
             }
+            // The guest can no longer send from here (a paused or migrated
+            // VM): a move hold no longer protects its stations, so its
+            // announcement from behind a tunnel moves them at once
+            // (`vswitch::Fdb::set_peer_stopped`). Set after the batch in
+            // flight, which clears it; its next frame clears it.
+            let port = &self.0.conn.port;
+            port.switch.fdb().set_peer_stopped(port.id, true);
         }
         // A broken queue gets another chance once the frontend sets it up anew.
         if let Some(broken) = self.0.conn.broken.get(queue_index as usize) {
@@ -294,6 +311,20 @@ impl SessionBackend for NetBackend {
     fn detach(&self) {
         // Link down: withdraw the RX queue and forget the port's stations.
         self.0.withdraw();
+    }
+
+    fn relay_hooks(&self) -> Arc<dyn RelayHooks> {
+        Arc::new(self.clone())
+    }
+}
+
+impl RelayHooks for NetBackend {
+    /// Forwards a RARP for `mac` from this port (see [`super::announce`]);
+    /// a MAC that is no station is refused (logged by the relay, and
+    /// answered with a failure if the frontend asked for a reply).
+    fn send_rarp(&self, mac: [u8; 6]) -> io::Result<()> {
+        super::announce::announce(&self.0.conn, vswitch::MacAddr(mac))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     }
 }
 
