@@ -182,6 +182,10 @@ pub struct BlkOptions {
     /// Accept VIRTIO_BLK_F_FLUSH (a write-back cache) if offered; without it the
     /// device must be write-through.
     pub flush: bool,
+    /// Set up and enable the rings at connect. Off: the device is negotiated
+    /// only (a migration's destination QEMU, started with `-incoming`) until
+    /// [`GuestBlk::start_rings`].
+    pub start_rings: bool,
 }
 
 impl Default for BlkOptions {
@@ -194,6 +198,7 @@ impl Default for BlkOptions {
             indirect: true,
             sandbox: 0,
             flush: true,
+            start_rings: true,
         }
     }
 }
@@ -407,23 +412,7 @@ impl GuestBlk {
         let sandbox_len = ram.remaining();
         ram.alloc(sandbox_len, 1)?;
 
-        set_mem_table(&mut frontend, &ram)?;
-        for (q, queue) in queues.iter().enumerate() {
-            queue.ring.enable_interrupt(&ram);
-            setup_queue(
-                &mut frontend,
-                q,
-                &queue.ring,
-                &ram,
-                0,
-                &queue.kick,
-                &queue.call,
-            )?;
-        }
-        for q in 0..queues.len() {
-            enable_queue(&mut frontend, q, acked)?;
-        }
-        Ok(GuestBlk {
+        let mut blk = GuestBlk {
             frontend,
             ram,
             features: acked,
@@ -440,7 +429,34 @@ impl GuestBlk {
             scratch_next: 0,
             sandbox: (sandbox_start, sandbox_len),
             missed_notifications: 0,
-        })
+        };
+        if opts.start_rings {
+            blk.start_rings()?;
+        }
+        Ok(blk)
+    }
+
+    /// The memory table, then each ring set up and enabled (what QEMU sends
+    /// when the VM starts running). [`GuestBlk::connect`] does it unless
+    /// `BlkOptions::start_rings` is off.
+    pub fn start_rings(&mut self) -> io::Result<()> {
+        set_mem_table(&mut self.frontend, &self.ram)?;
+        for (q, queue) in self.queues.iter().enumerate() {
+            queue.ring.enable_interrupt(&self.ram);
+            setup_queue(
+                &mut self.frontend,
+                q,
+                &queue.ring,
+                &self.ram,
+                0,
+                &queue.kick,
+                &queue.call,
+            )?;
+        }
+        for q in 0..self.queues.len() {
+            enable_queue(&mut self.frontend, q, self.features)?;
+        }
+        Ok(())
     }
 
     /// The virtio feature bits acked with SET_FEATURES (includes PROTOCOL_FEATURES).
