@@ -21,6 +21,7 @@ use crate::{GuestMem, GuestMemAtomic};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -136,7 +137,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl BlkBackend {
     /// A connection to `export` over guest memory `mem`: one io_uring per queue.
     pub fn new(export: Arc<BlkExport>, mem: GuestMemAtomic) -> io::Result<BlkBackend> {
-        let (capacity, block_size, cluster_size, fd) = {
+        let (block_size, cluster_size, fd) = {
             let pool = lock(&export.pool);
             let vol = pool
                 .metadata()
@@ -145,12 +146,7 @@ impl BlkBackend {
                     io::Error::other(format!("volume {} is gone", export.config.name))
                 })?;
             let fd = pool.dev().file().try_clone()?;
-            (
-                vol.size(),
-                vol.block_size(),
-                pool.metadata().cluster_size(),
-                fd,
-            )
+            (vol.block_size(), pool.metadata().cluster_size(), fd)
         };
         let depth = u32::from(export.config.queue_size).max(32);
         let queues = (0..export.config.queues)
@@ -173,7 +169,8 @@ impl BlkBackend {
             .collect::<io::Result<Vec<_>>>()?;
         Ok(BlkBackend(Arc::new(BlkConnection {
             limits: Limits {
-                capacity,
+                // Read from the export for each request: see `limits`.
+                capacity: 0,
                 read_only: export.config.read_only,
                 max_zero_sectors: MAX_ZERO_SECTORS,
                 max_request: request::MAX_REQUEST_BYTES,
@@ -187,6 +184,16 @@ impl BlkBackend {
             block_size,
             cluster_size,
         })))
+    }
+
+    /// The limits a request parsed now is checked against: the capacity is
+    /// the export's at this moment, so a request parsed after a resize may
+    /// reach the new end and none parsed before it can.
+    fn limits(&self) -> Limits {
+        Limits {
+            capacity: self.0.export.capacity(),
+            ..self.0.limits
+        }
     }
 
     fn has_feature(&self, bit: u32) -> bool {
@@ -221,7 +228,7 @@ impl BlkBackend {
         put(
             &mut s,
             0,
-            &(c.limits.capacity / request::SECTOR).to_le_bytes(),
+            &(c.export.capacity() / request::SECTOR).to_le_bytes(),
         ); // capacity
         let (seg_max, size_max) = request::segment_limits(c.export.config.queue_size);
         put(&mut s, 8, &size_max.to_le_bytes()); // size_max: see segment_limits
@@ -379,7 +386,7 @@ impl BlkBackend {
                     q.popped(head, st.counter);
                 }
                 st.counter = st.counter.wrapping_add(1);
-                requests.push((head, parse(&ring, head, &self.0.limits)));
+                requests.push((head, parse(&ring, head, &self.limits())));
             }
             queue.set_next_avail(next);
         }
@@ -429,7 +436,7 @@ impl BlkBackend {
             queue.set_next_used(used);
             queue.set_next_avail(used.wrapping_add(resumed));
             for head in recovery.resubmit {
-                requests.push((head, parse(&ring, head, &self.0.limits)));
+                requests.push((head, parse(&ring, head, &self.limits())));
             }
         }
         if !requests.is_empty() {
@@ -717,8 +724,10 @@ impl VhostUserBackend for BlkBackend {
         // CONFIGURE_MEM_SLOTS: libblkio requires them (and QEMU uses them).
         // INFLIGHT_SHMFD: requests in flight when the daemon dies are
         // resubmitted by the next one (the relay answers its messages).
+        // BACKEND_REQ: the channel a resize's CONFIG_CHANGE_MSG goes on.
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
@@ -843,6 +852,7 @@ impl SessionBackend for BlkBackend {
             st.owns = false;
         }
         self.0.export.ownership.ended(self.0.session);
+        self.0.export.drop_backend_channel(self.0.session);
     }
 
     fn relay_hooks(&self) -> Arc<dyn RelayHooks> {
@@ -866,6 +876,10 @@ impl RelayHooks for BlkBackend {
                 ..*asked
             },
         ))
+    }
+
+    fn set_backend_req_channel(&self, channel: UnixStream) -> io::Result<()> {
+        self.0.export.set_backend_channel(self.0.session, channel)
     }
 
     fn set_inflight_fd(&self, region: &InflightGeometry, fd: OwnedFd) -> io::Result<()> {
