@@ -346,7 +346,13 @@ impl BlkBackend {
     fn finish_in_flight(&self, st: &mut QueueState) {
         let mut completions = Vec::new();
         while !st.inflight.is_empty() {
-            if st.engine.wait(&mut completions).is_err() {
+            if let Err(e) = st.engine.wait(&mut completions) {
+                log::warn!(
+                    "export {}: queue {}: {} requests in flight not waited for: {e}",
+                    self.0.export.config.name,
+                    st.index,
+                    st.inflight.len()
+                );
                 break;
             }
             self.complete(st, &mut completions);
