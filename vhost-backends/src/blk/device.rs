@@ -301,7 +301,9 @@ impl BlkBackend {
     /// A ring starts: takes the export's queues for this session, waiting
     /// (bounded) for another session holding them to release them, see
     /// [`super::handover`]. False if refused: the ring is then stopped as
-    /// broken until the frontend stops it.
+    /// broken until the frontend stops it. Waits on the queue's worker
+    /// with its `QueueState` held: a GET_VRING_BASE of this ring meanwhile
+    /// waits too (at most the patience), and nothing else needs it.
     fn take_queues(&self, st: &mut QueueState) -> bool {
         let export = &self.0.export;
         let name = &export.config.name;
