@@ -205,6 +205,20 @@ fn every_subcommand_against_a_running_daemon() {
         c.queue(0).write_pattern(1, 0, 2 * MIB as usize).unwrap();
         c.queue(0).flush().unwrap();
     }
+    // An exported volume grows (the next frontend writes past the old end);
+    // it never shrinks, --force or not: exit 4, conflict.
+    d.ok(&["volume", "resize", "p0", "v", "--size", "12M"]);
+    for force in [&[][..], &["--force"][..]] {
+        let args = [&["volume", "resize", "p0", "v", "--size", "4M"][..], force].concat();
+        let err = d.fails(4, &args);
+        assert!(err.contains("can grow but not shrink"), "{err}");
+    }
+    {
+        let mut c = blk_support::BlkClient::connect(&dir.join("run/v.sock"), 2).unwrap();
+        assert_eq!(c.capacity(), 12 * MIB);
+        c.queue(0).write_pattern(3, 8 * MIB, MIB as usize).unwrap();
+        c.queue(0).verify_pattern(3, 8 * MIB, MIB as usize).unwrap();
+    }
     // snapshot, then new data on the volume; the snapshot keeps the old.
     d.ok(&["volume", "snapshot", "p0", "v", "s"]);
     {
@@ -234,7 +248,8 @@ fn every_subcommand_against_a_running_daemon() {
     };
     assert_eq!(find("c2").unwrap()["size"], 16 * MIB);
     assert_eq!(find("s").unwrap()["kind"], "snapshot");
-    assert_eq!(find("v").unwrap()["allocated"], 2 * MIB);
+    assert_eq!(find("v").unwrap()["allocated"], 3 * MIB);
+    assert_eq!(find("v").unwrap()["size"], 12 * MIB);
     assert!(find("v").unwrap()["export"].is_string());
     // delete: refused while exported, then allowed; space comes back.
     d.fails(4, &["volume", "delete", "p0", "v"]);
@@ -248,7 +263,9 @@ fn every_subcommand_against_a_running_daemon() {
     // config save and restart: what runs now comes back.
     d.ok(&["port", "add", "br0", "t", "--vlan", "trunk:10,20:native=1"]);
     d.ok(&["volume", "create", "p0", "kept", "--size", "4M"]);
-    d.ok(&["export", "add", "p0", "kept"]);
+    let migrate = dir.join("run/kept.migrate.sock");
+    let migrate = migrate.to_str().unwrap();
+    d.ok(&["export", "add", "p0", "kept", "--migration-socket", migrate]);
     d.ok(&["config", "save"]);
     d.stop();
     let mut d = Vswitchd::start(&dir);
@@ -268,7 +285,9 @@ fn every_subcommand_against_a_running_daemon() {
         .find(|v| v["name"] == "kept")
         .unwrap();
     assert!(kept["export"].as_str().unwrap().ends_with("kept.sock"));
+    assert_eq!(kept["migration_socket"], migrate);
     assert!(dir.join("run/kept.sock").exists());
+    assert!(dir.join("run/kept.migrate.sock").exists());
     d.stop();
     // The daemon gone: exit 7 with a hint.
     let err = d.fails(7, &["status"]);

@@ -8,6 +8,7 @@
 //! available request, a completion event finishes requests and publishes
 //! them, each batch with one used-index write and at most one interrupt.
 
+use super::handover::Start;
 use super::inflight::{self, InflightGeometry, InflightQueue, InflightRegion};
 use super::request::{
     self, parse, Limits, Op, Rejected, Request, ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
@@ -20,6 +21,7 @@ use crate::{GuestMem, GuestMemAtomic};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -94,6 +96,9 @@ struct QueueState {
     /// The ring was started (first event after it was enabled) and resumed
     /// from the inflight region; cleared when GET_VRING_BASE stops it.
     started: bool,
+    /// The ring counts in the export's [`super::handover::QueueOwnership`]
+    /// for this session: it started while this session held the queues.
+    owns: bool,
     /// The inflight region this ring tracks its requests in, if the frontend
     /// gave one, and the sequence number of the next popped request.
     tracking: Option<Arc<InflightRegion>>,
@@ -109,6 +114,8 @@ impl QueueState {
 /// State of one frontend connection.
 pub struct BlkConnection {
     export: Arc<BlkExport>,
+    /// This session's number in the export's queue ownership.
+    session: u64,
     mem: GuestMemAtomic,
     acked_features: AtomicU64,
     queues: Vec<Mutex<QueueState>>,
@@ -130,7 +137,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl BlkBackend {
     /// A connection to `export` over guest memory `mem`: one io_uring per queue.
     pub fn new(export: Arc<BlkExport>, mem: GuestMemAtomic) -> io::Result<BlkBackend> {
-        let (capacity, block_size, cluster_size, fd) = {
+        let (block_size, cluster_size, fd) = {
             let pool = lock(&export.pool);
             let vol = pool
                 .metadata()
@@ -139,12 +146,7 @@ impl BlkBackend {
                     io::Error::other(format!("volume {} is gone", export.config.name))
                 })?;
             let fd = pool.dev().file().try_clone()?;
-            (
-                vol.size(),
-                vol.block_size(),
-                pool.metadata().cluster_size(),
-                fd,
-            )
+            (vol.block_size(), pool.metadata().cluster_size(), fd)
         };
         let depth = u32::from(export.config.queue_size).max(32);
         let queues = (0..export.config.queues)
@@ -159,6 +161,7 @@ impl BlkBackend {
                     completions: Vec::new(),
                     broken: false,
                     started: false,
+                    owns: false,
                     tracking: None,
                     counter: 0,
                 }))
@@ -166,11 +169,13 @@ impl BlkBackend {
             .collect::<io::Result<Vec<_>>>()?;
         Ok(BlkBackend(Arc::new(BlkConnection {
             limits: Limits {
-                capacity,
+                // Read from the export for each request: see `limits`.
+                capacity: 0,
                 read_only: export.config.read_only,
                 max_zero_sectors: MAX_ZERO_SECTORS,
                 max_request: request::MAX_REQUEST_BYTES,
             },
+            session: export.new_session(),
             export,
             mem,
             acked_features: AtomicU64::new(0),
@@ -179,6 +184,16 @@ impl BlkBackend {
             block_size,
             cluster_size,
         })))
+    }
+
+    /// The limits a request parsed now is checked against: the capacity is
+    /// the export's at this moment, so a request parsed after a resize may
+    /// reach the new end and none parsed before it can.
+    fn limits(&self) -> Limits {
+        Limits {
+            capacity: self.0.export.capacity(),
+            ..self.0.limits
+        }
     }
 
     fn has_feature(&self, bit: u32) -> bool {
@@ -213,7 +228,7 @@ impl BlkBackend {
         put(
             &mut s,
             0,
-            &(c.limits.capacity / request::SECTOR).to_le_bytes(),
+            &(c.export.capacity() / request::SECTOR).to_le_bytes(),
         ); // capacity
         let (seg_max, size_max) = request::segment_limits(c.export.config.queue_size);
         put(&mut s, 8, &size_max.to_le_bytes()); // size_max: see segment_limits
@@ -248,7 +263,19 @@ impl BlkBackend {
             st.vring = Some(vring.clone());
         }
         if !st.started {
+            // Only a kick starts a ring; an io_uring event after
+            // GET_VRING_BASE stopped it (nothing is in flight then) does not.
+            let running = {
+                let state = vring.get_ref();
+                state.get_queue().ready() && state.is_enabled()
+            };
+            if !running {
+                return;
+            }
             st.started = true;
+            if !self.take_queues(&mut st) {
+                return;
+            }
             self.resume(&mut st, vring);
         }
         loop {
@@ -268,6 +295,69 @@ impl BlkBackend {
                 Ok(true) => continue,
                 _ => break,
             }
+        }
+    }
+
+    /// A ring starts: takes the export's queues for this session, waiting
+    /// (bounded) for another session holding them to release them, see
+    /// [`super::handover`]. False if refused: the ring is then stopped as
+    /// broken until the frontend stops it. Waits on the queue's worker
+    /// with its `QueueState` held: a GET_VRING_BASE of this ring meanwhile
+    /// waits too (at most the patience), and nothing else needs it.
+    fn take_queues(&self, st: &mut QueueState) -> bool {
+        let export = &self.0.export;
+        let name = &export.config.name;
+        let index = st.index;
+        let on_wait = |holder: u64| {
+            export
+                .counters
+                .handover_waits
+                .fetch_add(1, Ordering::Relaxed);
+            log::info!(
+                "export {name}: queue {index} of session {} waits for session {holder} to stop its queues",
+                self.0.session
+            );
+        };
+        match export.ownership.start(self.0.session, on_wait) {
+            Start::Owned => {}
+            Start::AfterWaiting => log::info!(
+                "export {name}: session {} runs the queues after a handover",
+                self.0.session
+            ),
+            Start::Refused { holder } => {
+                export
+                    .counters
+                    .handover_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                self.mark_broken(
+                    st,
+                    &format!(
+                        "session {holder} still runs the queues after {:?}",
+                        export.ownership.patience()
+                    ),
+                );
+                return false;
+            }
+        }
+        st.owns = true;
+        true
+    }
+
+    /// Waits for every request of the queue in flight and completes it
+    /// (status written, queued for publishing).
+    fn finish_in_flight(&self, st: &mut QueueState) {
+        let mut completions = Vec::new();
+        while !st.inflight.is_empty() {
+            if let Err(e) = st.engine.wait(&mut completions) {
+                log::warn!(
+                    "export {}: queue {}: {} requests in flight not waited for: {e}",
+                    self.0.export.config.name,
+                    st.index,
+                    st.inflight.len()
+                );
+                break;
+            }
+            self.complete(st, &mut completions);
         }
     }
 
@@ -304,7 +394,7 @@ impl BlkBackend {
                     q.popped(head, st.counter);
                 }
                 st.counter = st.counter.wrapping_add(1);
-                requests.push((head, parse(&ring, head, &self.0.limits)));
+                requests.push((head, parse(&ring, head, &self.limits())));
             }
             queue.set_next_avail(next);
         }
@@ -354,7 +444,7 @@ impl BlkBackend {
             queue.set_next_used(used);
             queue.set_next_avail(used.wrapping_add(resumed));
             for head in recovery.resubmit {
-                requests.push((head, parse(&ring, head, &self.0.limits)));
+                requests.push((head, parse(&ring, head, &self.limits())));
             }
         }
         if !requests.is_empty() {
@@ -642,8 +732,10 @@ impl VhostUserBackend for BlkBackend {
         // CONFIGURE_MEM_SLOTS: libblkio requires them (and QEMU uses them).
         // INFLIGHT_SHMFD: requests in flight when the daemon dies are
         // resubmitted by the next one (the relay answers its messages).
+        // BACKEND_REQ: the channel a resize's CONFIG_CHANGE_MSG goes on.
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD
@@ -702,17 +794,16 @@ impl VhostUserBackend for BlkBackend {
         let Some(vring) = st.vring.clone() else {
             return Ok(());
         };
-        let mut completions = Vec::new();
-        while !st.inflight.is_empty() {
-            if st.engine.wait(&mut completions).is_err() {
-                break;
-            }
-            self.complete(&mut st, &mut completions);
-        }
+        self.finish_in_flight(&mut st);
         self.publish(&mut st, &vring, true);
         // The next start (same connection) resumes from the inflight region
         // again, which is then empty for this ring.
         st.started = false;
+        // Everything this ring completed is published: another session may
+        // run the queues once every ring of this one stopped.
+        if std::mem::take(&mut st.owns) {
+            self.0.export.ownership.stopped(self.0.session);
+        }
         Ok(())
     }
 
@@ -759,6 +850,19 @@ impl SessionBackend for BlkBackend {
         self.0.export.sessions_ended.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn ended(&self) {
+        // A frontend that left without stopping its rings: its requests in
+        // flight complete (into its inflight region, for a reconnect to
+        // find) before another session may run the queues.
+        for state in &self.0.queues {
+            let mut st = lock(state);
+            self.finish_in_flight(&mut st);
+            st.owns = false;
+        }
+        self.0.export.ownership.ended(self.0.session);
+        self.0.export.drop_backend_channel(self.0.session);
+    }
+
     fn relay_hooks(&self) -> Arc<dyn RelayHooks> {
         Arc::new(self.clone())
     }
@@ -780,6 +884,10 @@ impl RelayHooks for BlkBackend {
                 ..*asked
             },
         ))
+    }
+
+    fn set_backend_req_channel(&self, channel: UnixStream) -> io::Result<()> {
+        self.0.export.set_backend_channel(self.0.session, channel)
     }
 
     fn set_inflight_fd(&self, region: &InflightGeometry, fd: OwnedFd) -> io::Result<()> {

@@ -3,17 +3,22 @@
 //! [`request`] validates each virtio-blk request once at the boundary;
 //! [`device`] is the vhost-user device (features, config space, one io_uring
 //! per queue); [`BlkExport::spawn`] serves frontends on the socket one after
-//! another through the shared [`SocketServer`].
+//! another through the shared [`SocketServer`], and on the export's migration
+//! socket (if it has one) at the same time; [`handover`] lets one session at
+//! a time run the queues.
 
 pub mod device;
+pub mod handover;
 pub mod inflight;
 pub mod request;
 
 use crate::session::{ServeOptions, SocketServer};
 use crate::GuestMemAtomic;
 use device::BlkBackend;
-use std::io;
-use std::path::PathBuf;
+use handover::QueueOwnership;
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +38,9 @@ pub struct BlkExportConfig {
     /// Export name (the volume's name), for logs.
     pub name: String,
     pub socket: PathBuf,
+    /// A second socket for a live migration's destination, served at the
+    /// same time as `socket` (see [`handover`]).
+    pub migration_socket: Option<PathBuf>,
     /// Volume id in the pool.
     pub volume: u32,
     pub queues: u16,
@@ -70,6 +78,12 @@ pub struct BlkCounters {
     /// Requests a previous daemon left in flight, run again after a restart
     /// (inflight region).
     pub resubmitted: AtomicU64,
+    /// Rings that started while another session held the queues and waited
+    /// for its release (a migration's destination; see [`handover`]).
+    pub handover_waits: AtomicU64,
+    /// Of those, rings refused (stopped as broken) because the other session
+    /// still held the queues after [`handover::HANDOVER_PATIENCE`].
+    pub handover_refused: AtomicU64,
     /// Submit-to-completion latency, one histogram per [`TimedOp`].
     pub latency: [LatencyHistogram; 3],
 }
@@ -79,7 +93,7 @@ impl BlkCounters {
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "reads {} ({} B) writes {} ({} B) flushes {} discards {} io_errors {} out_of_space {} invalid {} bad_chains {} too_large {} broken_queues {} resubmitted {}",
+            "reads {} ({} B) writes {} ({} B) flushes {} discards {} io_errors {} out_of_space {} invalid {} bad_chains {} too_large {} broken_queues {} resubmitted {} handover_waits {} handover_refused {}",
             g(&self.reads),
             g(&self.read_bytes),
             g(&self.writes),
@@ -92,7 +106,9 @@ impl BlkCounters {
             g(&self.bad_chains),
             g(&self.too_large),
             g(&self.broken_queues),
-            g(&self.resubmitted)
+            g(&self.resubmitted),
+            g(&self.handover_waits),
+            g(&self.handover_refused)
         )
     }
 
@@ -202,28 +218,171 @@ pub struct BlkExport {
     /// changes it. Kept across connections of this export, so a reconnecting
     /// frontend finds the mode its guest set.
     pub write_cache: AtomicBool,
+    /// The session running the queues (at most one; see [`handover`]).
+    pub ownership: QueueOwnership,
+    /// Numbers the sessions of both sockets, for [`QueueOwnership`].
+    next_session: AtomicU64,
+    /// The capacity in bytes shown in the config space and checked by every
+    /// request parsed from now on; it only grows while exported
+    /// ([`BlkExport::grow`]).
+    capacity: AtomicU64,
+    /// The backend request channel of each session that gave one
+    /// (SET_BACKEND_REQ_FD), by session number.
+    backend_channels: Mutex<Vec<(u64, UnixStream)>>,
 }
 
-/// The running socket of an export; `stop` disconnects its frontend.
-pub type BlkExportHandle = SocketServer;
+/// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG: the config space changed; the
+/// frontend reads it again (GET_CONFIG) and tells the driver.
+const BACKEND_CONFIG_CHANGE_MSG: u32 = 2;
+/// A backend request's header flags: version 1, no reply wanted.
+const BACKEND_REQ_FLAGS: u32 = 0x1;
+/// How long a config-change notice may wait for room in a channel's
+/// socket buffer (a frontend that never reads it loses the notice).
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The running sockets of an export; `stop` disconnects their frontends.
+pub struct BlkExportHandle {
+    main: SocketServer,
+    migration: Option<SocketServer>,
+}
+
+impl BlkExportHandle {
+    /// The export's socket.
+    pub fn socket(&self) -> &Path {
+        self.main.socket()
+    }
+
+    /// The migration socket, if the export has one.
+    pub fn migration_socket(&self) -> Option<&Path> {
+        self.migration.as_ref().map(SocketServer::socket)
+    }
+
+    /// Frontends served so far on both sockets (the current ones included).
+    pub fn sessions(&self) -> u64 {
+        self.main.sessions() + self.migration.as_ref().map_or(0, SocketServer::sessions)
+    }
+
+    /// Disconnects the frontends, stops accepting and removes the sockets.
+    pub fn stop(self) {
+        if let Some(m) = self.migration {
+            m.stop();
+        }
+        self.main.stop();
+    }
+}
 
 impl BlkExport {
     pub fn new(config: BlkExportConfig, pool: SharedPool) -> Arc<BlkExport> {
+        let capacity = {
+            let p = pool.lock().unwrap_or_else(|e| e.into_inner());
+            p.metadata().volume(config.volume).map_or(0, |v| v.size())
+        };
         Arc::new(BlkExport {
             config,
             pool,
             counters: BlkCounters::default(),
             sessions_ended: AtomicU64::new(0),
             write_cache: AtomicBool::new(true),
+            ownership: QueueOwnership::default(),
+            next_session: AtomicU64::new(1),
+            capacity: AtomicU64::new(capacity),
+            backend_channels: Mutex::new(Vec::new()),
         })
     }
 
-    /// Binds the socket now and serves frontends on a thread of its own, as
-    /// `options` say.
+    /// The capacity in bytes requests are checked against now.
+    pub fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Acquire)
+    }
+
+    /// The volume grew to `bytes` (already in the pool): requests parsed from
+    /// now on may reach it, and every session with a backend request channel
+    /// is sent one CONFIG_CHANGE_MSG, after which its frontend reads the new
+    /// capacity (GET_CONFIG) and tells the guest. Returns how many were sent.
+    /// A smaller size is ignored: requests in flight were checked against the
+    /// old one.
+    pub fn grow(&self, bytes: u64) -> usize {
+        if self.capacity.fetch_max(bytes, Ordering::AcqRel) >= bytes {
+            return 0;
+        }
+        let mut header = [0u8; 12];
+        header[0..4].copy_from_slice(&BACKEND_CONFIG_CHANGE_MSG.to_le_bytes());
+        header[4..8].copy_from_slice(&BACKEND_REQ_FLAGS.to_le_bytes());
+        let mut channels = self
+            .backend_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let before = channels.len();
+        channels.retain(|(session, channel)| {
+            let sent = (&*channel).write_all(&header);
+            if let Err(e) = &sent {
+                log::warn!(
+                    "export {}: session {session}: config change not sent, channel dropped: {e}",
+                    self.config.name
+                );
+            }
+            sent.is_ok()
+        });
+        log::info!(
+            "export {}: capacity {bytes} bytes; config change sent to {} of {before} sessions",
+            self.config.name,
+            channels.len()
+        );
+        channels.len()
+    }
+
+    /// SET_BACKEND_REQ_FD of `session`: its channel replaces any earlier one.
+    pub(crate) fn set_backend_channel(&self, session: u64, channel: UnixStream) -> io::Result<()> {
+        // Never block a resize on a frontend that stopped reading.
+        channel.set_write_timeout(Some(NOTICE_TIMEOUT))?;
+        let mut channels = self
+            .backend_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        channels.retain(|(s, _)| *s != session);
+        channels.push((session, channel));
+        Ok(())
+    }
+
+    /// `session` ended: its channel goes.
+    pub(crate) fn drop_backend_channel(&self, session: u64) {
+        self.backend_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(s, _)| *s != session);
+    }
+
+    /// A number for a new session of either socket.
+    pub(crate) fn new_session(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Binds the socket (and the migration socket) now and serves frontends
+    /// on a thread of its own per socket, as `options` say.
     pub fn spawn(self: &Arc<Self>, options: &ServeOptions) -> io::Result<BlkExportHandle> {
-        let export = self.clone();
         let name = format!("export {}", self.config.name);
-        SocketServer::spawn_with(&name, &self.config.socket, options, move |mem| {
+        let main = self.serve(&name, &self.config.socket, options)?;
+        let migration = match &self.config.migration_socket {
+            Some(socket) => match self.serve(&format!("{name} (migration)"), socket, options) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    main.stop();
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        Ok(BlkExportHandle { main, migration })
+    }
+
+    fn serve(
+        self: &Arc<Self>,
+        name: &str,
+        socket: &Path,
+        options: &ServeOptions,
+    ) -> io::Result<SocketServer> {
+        let export = self.clone();
+        SocketServer::spawn_with(name, socket, options, move |mem| {
             BlkBackend::new(export.clone(), mem)
         })
     }
