@@ -2,8 +2,10 @@
 //! overlay against kernel peers (`overlay`), DPDK testpmd peers (`testpmd`),
 //! real QEMU guests (`qemu_guest`, `qemu_iperf`: iperf3 with offloads and two
 //! queue pairs), multi-queue ports
-//! (`multiqueue`). One test binary: each file is a module.
+//! (`multiqueue`), live migration of a QEMU guest between two hosts (`migrate`).
+//! One test binary: each file is a module.
 
+mod migrate;
 mod multiqueue;
 mod offload;
 mod overlay;
