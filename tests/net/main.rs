@@ -4,6 +4,7 @@
 //! queue pairs), multi-queue ports
 //! (`multiqueue`). One test binary: each file is a module.
 
+mod dirty_log;
 mod multiqueue;
 mod offload;
 mod overlay;
