@@ -95,7 +95,13 @@ fn exactly_the_pages_the_switch_writes_are_marked_while_logging() {
     let never2 = pages_of([&p2_rx.desc, &p2_rx.avail, &p2_tx.desc, &p2_tx.avail]);
     assert!(m2_pages.is_disjoint(&never2));
     assert!(m2_pages.is_disjoint(&(&p2_rx_rest - &written)));
-    let never1 = pages_of([&p1_tx.desc, &p1_tx.avail, &p1.tx_buffer_area()]);
+    let never1 = pages_of([
+        &p1_tx.desc,
+        &p1_tx.avail,
+        &p1.tx_buffer_area(),
+        &p1_rx.desc,
+        &p1_rx.avail,
+    ]);
     assert!(m1_pages.is_disjoint(&never1));
 
     // Logging off (migration cancelled): the same traffic marks nothing.
