@@ -316,15 +316,19 @@ pub(crate) fn set_kicks(
         true => state.enable_notification().ok(),
         false => state.disable_notification().ok().map(|()| false),
     };
-    // Either the flags (first bytes) or avail_event (last two): both are
-    // marked, as each lies in a page of the used ring.
+    // What virtio-queue wrote: avail_event (the used ring's last two bytes)
+    // to enable with EVENT_IDX, nothing to disable with it; the flags (its
+    // first two) without it.
     let queue = state.get_queue();
     let used = queue.used_ring();
-    batch.mark(used, 2);
-    batch.mark(
-        used + (USED_RING + USED_ELEM * usize::from(queue.size())) as u64,
-        2,
-    );
+    match (queue.event_idx_enabled(), enable) {
+        (true, true) => {
+            let avail_event = USED_RING + USED_ELEM * usize::from(queue.size());
+            batch.mark(used + avail_event as u64, 2);
+        }
+        (true, false) => {}
+        (false, _) => batch.mark(used, 2),
+    }
     batch.finish();
     more
 }
