@@ -5,6 +5,7 @@
 //! (`multiqueue`), live migration of a QEMU guest between two hosts (`migrate`).
 //! One test binary: each file is a module.
 
+mod dirty_log;
 mod migrate;
 mod multiqueue;
 mod offload;

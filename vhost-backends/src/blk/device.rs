@@ -10,12 +10,14 @@
 
 use super::inflight::{self, InflightGeometry, InflightQueue, InflightRegion};
 use super::request::{
-    self, parse, Limits, Op, Rejected, Request, ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    self, parse, Limits, Op, Rejected, Request, StatusByte, ID_BYTES, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK,
 };
 use super::{BlkExport, TimedOp, Vring};
-use crate::relay::RelayHooks;
+use crate::dirty_log::{DirtyLog, LogBatch, VHOST_F_LOG_ALL};
+use crate::relay::{LogGeometry, RelayHooks};
 use crate::session::SessionBackend;
-use crate::split_ring::RingView;
+use crate::split_ring::{set_kicks, RingView};
 use crate::{GuestMem, GuestMemAtomic};
 use std::collections::HashMap;
 use std::io;
@@ -66,7 +68,10 @@ const MAX_ZERO_SECTORS: u32 = 1 << 21;
 /// A request whose I/O is in flight.
 struct InFlight {
     head: u16,
-    status: *mut u8,
+    status: StatusByte,
+    /// Guest memory the I/O writes (a read's data), marked in the dirty log
+    /// at completion.
+    written: Vec<(u64, u64)>,
     used_len: u32,
     /// The latency histogram the request counts in, if any.
     timed: Option<TimedOp>,
@@ -117,6 +122,10 @@ pub struct BlkConnection {
     limits: Limits,
     block_size: u32,
     cluster_size: u32,
+    /// The dirty log every write into this guest's memory is marked in.
+    log: DirtyLog,
+    /// The dirty log is offered (`[daemon] live_migration`).
+    live_migration: bool,
 }
 
 /// The `VhostUserBackend` of one connection.
@@ -128,8 +137,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl BlkBackend {
-    /// A connection to `export` over guest memory `mem`: one io_uring per queue.
-    pub fn new(export: Arc<BlkExport>, mem: GuestMemAtomic) -> io::Result<BlkBackend> {
+    /// A connection to `export` over guest memory `mem`: one io_uring per
+    /// queue. `live_migration`: offer the dirty log (VHOST_F_LOG_ALL,
+    /// VHOST_USER_PROTOCOL_F_LOG_SHMFD).
+    pub fn new(
+        export: Arc<BlkExport>,
+        mem: GuestMemAtomic,
+        live_migration: bool,
+    ) -> io::Result<BlkBackend> {
         let (capacity, block_size, cluster_size, fd) = {
             let pool = lock(&export.pool);
             let vol = pool
@@ -178,6 +193,8 @@ impl BlkBackend {
             inflight: Mutex::new(None),
             block_size,
             cluster_size,
+            log: DirtyLog::default(),
+            live_migration,
         })))
     }
 
@@ -244,17 +261,19 @@ impl BlkBackend {
             return;
         };
         let mut st = lock(state);
+        // Marked under the queue's state, which GET_VRING_BASE waits for.
+        let log = self.0.log.begin();
         if st.vring.is_none() {
             st.vring = Some(vring.clone());
         }
         if !st.started {
             st.started = true;
-            self.resume(&mut st, vring);
+            self.resume(&mut st, vring, &log);
         }
         loop {
-            let popped = !st.broken && self.pop(&mut st, vring);
-            self.reap(&mut st);
-            let published = self.publish(&mut st, vring, false);
+            let popped = !st.broken && self.pop(&mut st, vring, &log);
+            self.reap(&mut st, &log);
+            let published = self.publish(&mut st, vring, false, &log);
             if popped || published {
                 continue;
             }
@@ -263,16 +282,19 @@ impl BlkBackend {
                 break;
             }
             // Tell the driver where we are (EVENT_IDX: avail_event) and look
-            // once more: a request made available meanwhile has no kick coming.
-            match vring.enable_notification() {
-                Ok(true) => continue,
+            // once more: a request made available meanwhile has no kick
+            // coming. Not on a ring GET_VRING_BASE stopped meanwhile: its
+            // memory is the frontend's again.
+            match set_kicks(vring, &self.0.log, true) {
+                Some(true) => continue,
                 _ => break,
             }
         }
+        log.finish();
     }
 
     /// Pops every available request and starts it. True if any.
-    fn pop(&self, st: &mut QueueState, vring: &Vring) -> bool {
+    fn pop(&self, st: &mut QueueState, vring: &Vring, log: &LogBatch<'_>) -> bool {
         let mem = self.0.mem.memory().into_inner();
         let mut requests = Vec::new();
         {
@@ -309,7 +331,7 @@ impl BlkBackend {
             queue.set_next_avail(next);
         }
         let any = !requests.is_empty();
-        self.dispatch(st, requests, &mem);
+        self.dispatch(st, requests, &mem, log);
         any
     }
 
@@ -317,7 +339,7 @@ impl BlkBackend {
     /// the previous backend left it: the requests it popped and did not
     /// return run again, oldest first, and popping goes on after the last
     /// chain it popped (see [`super::inflight`]).
-    fn resume(&self, st: &mut QueueState, vring: &Vring) {
+    fn resume(&self, st: &mut QueueState, vring: &Vring, log: &LogBatch<'_>) {
         st.tracking = lock(&self.0.inflight).clone();
         let Some(region) = st.tracking.clone() else {
             return;
@@ -368,7 +390,7 @@ impl BlkBackend {
             c.resubmitted
                 .fetch_add(requests.len() as u64, Ordering::Relaxed);
         }
-        self.dispatch(st, requests, &mem);
+        self.dispatch(st, requests, &mem, log);
     }
 
     /// Starts the valid requests; answers or drops the others.
@@ -377,24 +399,23 @@ impl BlkBackend {
         st: &mut QueueState,
         requests: Vec<(u16, Result<Request, Rejected>)>,
         mem: &Arc<GuestMem>,
+        log: &LogBatch<'_>,
     ) {
         let counters = &self.0.export.counters;
         for (head, parsed) in requests {
             match parsed {
-                Ok(req) => self.start(st, head, req, mem),
+                Ok(req) => self.start(st, head, req, mem, log),
                 Err(Rejected::Status { status, code }) => {
                     counters.invalid.fetch_add(1, Ordering::Relaxed);
-                    // SAFETY: `status` is the last byte of the chain's last,
-                    // device-writable buffer, which the parse found inside the
-                    // guest memory map that `mem` holds mapped for this call.
-                    // Volatile: the guest may touch it too, harming only itself.
-                    unsafe { status.write_volatile(code) };
+                    // SAFETY: the parse found it inside the guest memory map
+                    // that `mem` holds mapped for this call; not yet returned.
+                    unsafe { status.write(code, log) };
                     st.done.push((head, 1));
                 }
                 Err(Rejected::TooLarge { status }) => {
                     counters.too_large.fetch_add(1, Ordering::Relaxed);
                     // SAFETY: as for `Rejected::Status` just above.
-                    unsafe { status.write_volatile(VIRTIO_BLK_S_IOERR) };
+                    unsafe { status.write(VIRTIO_BLK_S_IOERR, log) };
                     st.done.push((head, 1));
                 }
                 Err(Rejected::Drop(_)) => {
@@ -421,7 +442,14 @@ impl BlkBackend {
         log::warn!("export {}: queue stopped: {why}", self.0.export.config.name);
     }
 
-    fn start(&self, st: &mut QueueState, head: u16, req: Request, mem: &Arc<GuestMem>) {
+    fn start(
+        &self,
+        st: &mut QueueState,
+        head: u16,
+        req: Request,
+        mem: &Arc<GuestMem>,
+        log: &LogBatch<'_>,
+    ) {
         let c = &self.0.export.counters;
         let volume = self.0.export.config.volume;
         let (kind, offset, len) = match req.op {
@@ -461,9 +489,13 @@ impl BlkBackend {
                     }
                     pos += n;
                 }
+                // `written` covers exactly the first `len` bytes.
+                for &(gpa, n) in &req.written {
+                    log.mark(gpa, n);
+                }
                 // SAFETY: the chain's status byte, found by the parse inside
                 // guest memory that `mem` keeps mapped for this call.
-                unsafe { req.status.write_volatile(VIRTIO_BLK_S_OK) };
+                unsafe { req.status.write(VIRTIO_BLK_S_OK, log) };
                 st.done.push((head, req.used_len));
                 return;
             }
@@ -481,6 +513,7 @@ impl BlkBackend {
             InFlight {
                 head,
                 status: req.status,
+                written: req.written,
                 used_len: req.used_len,
                 timed,
                 started: Instant::now(),
@@ -512,18 +545,23 @@ impl BlkBackend {
     }
 
     /// Takes the engine's completions and finishes them.
-    fn reap(&self, st: &mut QueueState) {
+    fn reap(&self, st: &mut QueueState, log: &LogBatch<'_>) {
         let mut completions = std::mem::take(&mut st.completions);
         if let Err(e) = st.engine.poll(&mut completions) {
             log::warn!("export {}: io_uring: {e}", self.0.export.config.name);
         }
-        self.complete(st, &mut completions);
+        self.complete(st, &mut completions, log);
         st.completions = completions;
     }
 
-    /// Writes the status of each completed request and queues it for
-    /// publishing.
-    fn complete(&self, st: &mut QueueState, completions: &mut Vec<IoCompletion>) {
+    /// Marks what each completed request's I/O wrote into guest memory,
+    /// writes its status and queues it for publishing.
+    fn complete(
+        &self,
+        st: &mut QueueState,
+        completions: &mut Vec<IoCompletion>,
+        log: &LogBatch<'_>,
+    ) {
         if completions.is_empty() {
             return;
         }
@@ -547,10 +585,15 @@ impl BlkBackend {
             } else {
                 (VIRTIO_BLK_S_IOERR, 1)
             };
+            // The kernel is done writing the data (a failed read may have
+            // written part of it: marked all the same).
+            for &(gpa, len) in &f.written {
+                log.mark(gpa, len);
+            }
             // SAFETY: the chain's status byte, found by the parse inside the
             // guest memory map that `f._mem` has kept mapped since `start`; the
             // chain is not yet used, so the driver has not reclaimed it.
-            unsafe { f.status.write_volatile(code) };
+            unsafe { f.status.write(code, log) };
             if let Some(op) = f.timed {
                 c.latency(op)
                     .record(now.saturating_duration_since(f.started));
@@ -562,7 +605,13 @@ impl BlkBackend {
     /// Publishes finished requests: one used-index write (one per element
     /// while an inflight region is tracked), at most one interrupt.
     /// `stopping`: the queue was just stopped (GET_VRING_BASE).
-    fn publish(&self, st: &mut QueueState, vring: &Vring, stopping: bool) -> bool {
+    fn publish(
+        &self,
+        st: &mut QueueState,
+        vring: &Vring,
+        stopping: bool,
+        log: &LogBatch<'_>,
+    ) -> bool {
         if st.done.is_empty() {
             return false;
         }
@@ -595,6 +644,7 @@ impl BlkBackend {
             None => ring.publish_used(old, &st.done),
         };
         if let Some(new) = published {
+            ring.log_used(log, old, new);
             queue.set_next_used(new);
             if new != old && ring.needs_interrupt(old, new) {
                 let _ = state.signal_used_queue();
@@ -628,6 +678,9 @@ impl VhostUserBackend for BlkBackend {
             f |= 1 << VIRTIO_BLK_F_RO;
             f &= !(1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
+        if self.0.live_migration {
+            f |= 1 << VHOST_F_LOG_ALL;
+        }
         f
     }
 
@@ -635,6 +688,7 @@ impl VhostUserBackend for BlkBackend {
         // The cache mode follows from these and the mode shown (see
         // `write_back`); negotiation never switches it by itself.
         self.0.acked_features.store(features, Ordering::Relaxed);
+        self.0.log.set_features(features);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -642,11 +696,16 @@ impl VhostUserBackend for BlkBackend {
         // CONFIGURE_MEM_SLOTS: libblkio requires them (and QEMU uses them).
         // INFLIGHT_SHMFD: requests in flight when the daemon dies are
         // resubmitted by the next one (the relay answers its messages).
-        VhostUserProtocolFeatures::CONFIG
+        // LOG_SHMFD: the dirty log of a live migration, if offered.
+        let f = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+        match self.0.live_migration {
+            true => f | VhostUserProtocolFeatures::LOG_SHMFD,
+            false => f,
+        }
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -702,14 +761,17 @@ impl VhostUserBackend for BlkBackend {
         let Some(vring) = st.vring.clone() else {
             return Ok(());
         };
+        let log = self.0.log.begin();
         let mut completions = Vec::new();
         while !st.inflight.is_empty() {
             if st.engine.wait(&mut completions).is_err() {
                 break;
             }
-            self.complete(&mut st, &mut completions);
+            self.complete(&mut st, &mut completions, &log);
         }
-        self.publish(&mut st, &vring, true);
+        self.publish(&mut st, &vring, true, &log);
+        // Everything written is marked before the frontend reads the log.
+        log.finish();
         // The next start (same connection) resumes from the inflight region
         // again, which is then empty for this ring.
         st.started = false;
@@ -786,5 +848,15 @@ impl RelayHooks for BlkBackend {
         let mapped = InflightRegion::map(&fd, region, self.0.queues.len())?;
         *lock(&self.0.inflight) = Some(Arc::new(mapped));
         Ok(())
+    }
+
+    fn set_log_base(&self, log: &LogGeometry, fd: OwnedFd) -> io::Result<()> {
+        if !self.0.live_migration {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "SET_LOG_BASE: live migration is off ([daemon] live_migration)",
+            ));
+        }
+        self.0.log.set_base(log, fd)
     }
 }

@@ -223,8 +223,9 @@ impl BlkExport {
     pub fn spawn(self: &Arc<Self>, options: &ServeOptions) -> io::Result<BlkExportHandle> {
         let export = self.clone();
         let name = format!("export {}", self.config.name);
+        let live_migration = options.live_migration;
         SocketServer::spawn_with(&name, &self.config.socket, options, move |mem| {
-            BlkBackend::new(export.clone(), mem)
+            BlkBackend::new(export.clone(), mem, live_migration)
         })
     }
 }
