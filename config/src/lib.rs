@@ -306,7 +306,8 @@ pub struct VxlanConfig {
     pub senders: Vec<(std::net::Ipv4Addr, u8)>,
     /// `local_hold_secs`: a station seen on a local port within this many
     /// seconds does not move to the tunnel (a packet claiming it is dropped
-    /// and counted). 0..=3600, default 10.
+    /// and counted), unless that port's guest is stopped (migrated away:
+    /// `vswitch::Fdb::set_peer_stopped`). 0..=3600, default 10.
     pub local_hold_secs: u32,
     /// `vtep_mac_limit`: MACs learned behind one remote VTEP. Default
     /// min(1024, remote_fdb_capacity).

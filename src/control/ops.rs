@@ -368,6 +368,7 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                         })
                         .collect(),
                     broken_queues: c.map_or(0, |c| c.broken_queues),
+                    announces: c.map_or(0, |c| c.announces),
                     tx_gso_packets: c.map_or(0, |c| c.tx_gso_packets),
                     gso_segmented: c.map_or(0, |c| c.gso_segmented),
                     csum_completed: c.map_or(0, |c| c.csum_completed),
@@ -418,18 +419,33 @@ fn tunnel_info(t: &TunnelSample) -> TunnelInfo {
 fn fdb_show(rt: &Runtime, name: &str) -> OpResult<Vec<FdbEntryInfo>> {
     let sw = switch(rt, name)?;
     let topo = sw.topology();
+    let tunnels = rt.tunnels();
+    let now = sw.now();
     Ok(sw
         .fdb()
-        .entries(sw.now())
+        .entries(now)
         .into_iter()
-        .map(|e| FdbEntryInfo {
-            vlan: e.vlan.get(),
-            mac: e.mac.to_string(),
-            port: topo
+        .map(|e| {
+            let port = topo
                 .port(e.port)
-                .map_or_else(|| format!("#{}", e.port), |p| p.name.clone()),
-            is_static: e.is_static,
-            age_secs: e.age,
+                .map_or_else(|| format!("#{}", e.port), |p| p.name.clone());
+            // Behind a tunnel: the VTEP its remote FDB has for the station.
+            let vtep = tunnels
+                .iter()
+                .find(|(s, p, _)| s == name && *p == port)
+                .and_then(|(_, _, t)| {
+                    let vni = t.config.vnis.vni(e.vlan)?;
+                    t.remote_fdb.lookup(vni, e.mac, now)
+                })
+                .map(|ip| ip.to_string());
+            FdbEntryInfo {
+                vlan: e.vlan.get(),
+                mac: e.mac.to_string(),
+                port,
+                is_static: e.is_static,
+                age_secs: e.age,
+                vtep,
+            }
         })
         .collect())
 }

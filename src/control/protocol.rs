@@ -177,6 +177,10 @@ pub struct PortInfo {
     /// Absent from an older daemon's answer: read as 0.
     #[serde(default)]
     pub broken_queues: u64,
+    /// Announcements sent for the port's peer (a migrated guest's RARP,
+    /// vhost-user SEND_RARP). Absent from an older daemon's answer: read as 0.
+    #[serde(default)]
+    pub announces: u64,
     /// GSO super-frames delivered intact, segmented in software, and partial
     /// checksums completed in software for this port. Absent from an older
     /// daemon's answer: read as 0.
@@ -238,6 +242,10 @@ pub struct FdbEntryInfo {
     #[serde(rename = "static")]
     pub is_static: bool,
     pub age_secs: u32,
+    /// For a station behind a VXLAN port: the VTEP its remote FDB points
+    /// at (absent when unknown, for other ports and from an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep: Option<String>,
 }
 
 /// One pool.

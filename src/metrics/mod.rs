@@ -11,6 +11,7 @@
 //! | `vswitchd_port_rx_bytes`, `vswitchd_port_tx_bytes` | counter | `switch`, `port` |
 //! | `vswitchd_port_drops` | counter | `switch`, `port`, `reason` |
 //! | `vswitchd_port_broken_queues` | counter | `switch`, `port` |
+//! | `vswitchd_port_announces` | counter | `switch`, `port` |
 //! | `vswitchd_port_tx_gso_packets`, `_gso_segmented`, `_csum_completed` | counter | `switch`, `port` |
 //! | `vswitchd_port_queue_rx_packets`, `vswitchd_port_queue_tx_packets` | counter (multi-queue ports only) | `switch`, `port`, `queue` |
 //! | `vswitchd_port_link_up` | gauge (0/1) | `switch`, `port` |

@@ -146,6 +146,14 @@ impl Collector for SnapshotCollector {
             &s.ports,
             |p| (port(p), p.broken_queues),
         )?;
+        f.metric(
+            Kind::Counter,
+            "vswitchd_port_announces",
+            "Announcements sent for the port's peer (a migrated guest's RARP, vhost-user SEND_RARP).",
+            None,
+            &s.ports,
+            |p| (port(p), p.announces),
+        )?;
         let queues: Vec<(&PortSample, usize, &vswitch::QueueSnapshot)> = s
             .ports
             .iter()
@@ -565,6 +573,7 @@ mod tests {
         let drops = [("switch", "br0"), ("port", "vm1"), ("reason", "no_buffer")];
         assert_eq!(value(&exp, "vswitchd_port_drops_total", &drops), 4.0);
         assert_eq!(value(&exp, "vswitchd_port_broken_queues_total", &port), 6.0);
+        assert_eq!(value(&exp, "vswitchd_port_announces_total", &port), 2.0);
         for (q, rx, tx) in [("0", 4.0, 15.0), ("1", 6.0, 5.0)] {
             let queue = [("switch", "br0"), ("port", "vm1"), ("queue", q)];
             assert_eq!(

@@ -279,6 +279,7 @@ pub(super) fn sample_snapshot() -> Snapshot {
                 tx_bytes: 2000,
                 drops: vec![("runt".into(), 3), ("no_buffer".into(), 4)],
                 broken_queues: 6,
+                announces: 2,
                 tx_gso_packets: 7,
                 gso_segmented: 8,
                 csum_completed: 9,

@@ -263,24 +263,19 @@ impl Runtime {
         Ok(path)
     }
 
+    /// The VXLAN ports running now: (switch, port, tunnel).
+    pub fn tunnels(&self) -> Vec<(String, String, Arc<Tunnel>)> {
+        self.with_state(tunnels_of)
+    }
+
     /// The counters of everything running now, for the SIGUSR1 report,
     /// `/metrics` and `port.list`.
     pub fn snapshot(&self) -> Snapshot {
         // Tunnels and exports are collected under the state lock and sampled
         // after it: the pool figures are read without the state held.
-        type Tunnels = Vec<(String, String, Arc<Tunnel>)>;
-        let (tunnels, exports): (Tunnels, Vec<(String, Arc<BlkExport>)>) = self.with_state(|st| {
-            let tunnels = st
-                .ports
-                .iter()
-                .filter_map(|p| match &p.handle {
-                    Some(PortHandle::Tunnel(t)) => {
-                        Some((p.switch.clone(), p.config.name.clone(), t.tunnel.clone()))
-                    }
-                    _ => None,
-                })
-                .collect();
-            let exports = st
+        let (tunnels, exports) = self.with_state(|st| {
+            let tunnels = tunnels_of(st);
+            let exports: Vec<(String, Arc<BlkExport>)> = st
                 .exports
                 .iter()
                 .map(|e| (e.pool.clone(), e.served.export.clone()))
@@ -338,3 +333,16 @@ impl Runtime {
 
 #[cfg(test)]
 mod tests;
+
+/// The VXLAN ports of `st`: (switch, port, tunnel).
+fn tunnels_of(st: &State) -> Vec<(String, String, Arc<Tunnel>)> {
+    st.ports
+        .iter()
+        .filter_map(|p| match &p.handle {
+            Some(PortHandle::Tunnel(t)) => {
+                Some((p.switch.clone(), p.config.name.clone(), t.tunnel.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}

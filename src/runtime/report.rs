@@ -26,8 +26,8 @@ pub fn report(snap: &Snapshot) -> Vec<String> {
                 line.push_str(&format!(" drop_{reason}={n}"));
             }
             line.push_str(&format!(
-                " broken_queues={} tx_gso_packets={} gso_segmented={} csum_completed={}",
-                p.broken_queues, p.tx_gso_packets, p.gso_segmented, p.csum_completed
+                " broken_queues={} tx_gso_packets={} gso_segmented={} csum_completed={} announces={}",
+                p.broken_queues, p.tx_gso_packets, p.gso_segmented, p.csum_completed, p.announces
             ));
             for (i, q) in p.queues.iter().enumerate() {
                 line.push_str(&format!(
@@ -132,6 +132,7 @@ mod tests {
                 tx_bytes: 4,
                 drops: vec![("runt".into(), 5)],
                 broken_queues: 6,
+                announces: 30,
                 tx_gso_packets: 14,
                 gso_segmented: 15,
                 csum_completed: 16,
@@ -200,7 +201,7 @@ mod tests {
         assert_eq!(
             report(&snap),
             [
-                "counters switch=br0 port=vx0 link=up rx_packets=1 rx_bytes=2 tx_packets=3 tx_bytes=4 drop_runt=5 broken_queues=6 tx_gso_packets=14 gso_segmented=15 csum_completed=16 q0_rx_packets=26 q0_tx_packets=27 q1_rx_packets=28 q1_tx_packets=29",
+                "counters switch=br0 port=vx0 link=up rx_packets=1 rx_bytes=2 tx_packets=3 tx_bytes=4 drop_runt=5 broken_queues=6 tx_gso_packets=14 gso_segmented=15 csum_completed=16 announces=30 q0_rx_packets=26 q0_tx_packets=27 q1_rx_packets=28 q1_tx_packets=29",
                 "fdb switch=br0 entries=7 learned=8 moved=9 aged=10 refused_full=11 refused_port_limit=12 refused_move=13",
                 "tunnel switch=br0 port=vx0 rx_packets=41 rx_bytes=4100 tx_packets=42 tx_bytes=4200 remote_entries=14 remote_learned=15 remote_moved=16 remote_refused_full=18 remote_refused_vtep_limit=19 drop_bad_header=0 drop_unknown_vni=1 drop_unknown_vtep=0 drop_too_big=0 drop_inner_runt=0 drop_inner_tagged=0 drop_tx_busy=0 drop_tx_error=0 drop_held_station=0 rx_coalesced=43",
                 "counters export=v reads 20 (21 B) writes 0 (0 B) flushes 0 discards 0 io_errors 0 out_of_space 0 invalid 0 bad_chains 0 too_large 0 broken_queues 0 resubmitted 0",

@@ -37,6 +37,8 @@ pub struct PortSample {
     /// Drops by reason (`vswitch::DropReason::name`).
     pub drops: Vec<(String, u64)>,
     pub broken_queues: u64,
+    /// Announcements sent for the port's peer (a migrated guest's RARP).
+    pub announces: u64,
     /// GSO super-frames delivered intact (the peer takes the offload).
     pub tx_gso_packets: u64,
     /// GSO super-frames segmented in software for this port.
@@ -139,6 +141,7 @@ impl PortSample {
                 .map(|&r| (r.name().to_owned(), c.dropped(r)))
                 .collect(),
             broken_queues: c.broken_queues,
+            announces: c.announces,
             tx_gso_packets: c.tx_gso_packets,
             gso_segmented: c.gso_segmented,
             csum_completed: c.csum_completed,

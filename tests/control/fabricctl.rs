@@ -181,15 +181,15 @@ pub mod fake_control {
     /// A plausible result for each op (`Null`: the op has none; `None`: not
     /// an op).
     pub fn canned_result(op: &str) -> Option<Value> {
-        // vm1 as an older daemon lists it, without `broken_queues` or the
-        // offload counters (shown as 0).
+        // vm1 as an older daemon lists it, without `broken_queues`,
+        // `announces` or the offload counters (shown as 0).
         let vm1 = json!({"switch":"br0","name":"vm1","type":"vhost-user",
             "socket":"/srv/fabric/run/vm1.sock","vlan":"access 10","link":true,
             "rx_packets":1234,"rx_bytes":1572864,"tx_packets":99,"tx_bytes":2048,"drops":{}});
         let trunk = json!({"switch":"br0","name":"trunk1","type":"vhost-user",
             "socket":"/srv/fabric/run/trunk1.sock","vlan":"trunk 10,20,100-199 native 1",
             "link":false,"rx_packets":0,"rx_bytes":0,"tx_packets":7,"tx_bytes":900,
-            "drops":{"runt":2,"vlan_not_allowed":5,"other":0},"broken_queues":1,
+            "drops":{"runt":2,"vlan_not_allowed":5,"other":0},"broken_queues":1,"announces":3,
             "tx_gso_packets":5,"gso_segmented":6,"csum_completed":7,
             "queues":[{"rx_packets":0,"tx_packets":3},{"rx_packets":0,"tx_packets":4}]});
         let disk = json!({"pool":"pool0","name":"disk1","kind":"volume","size":10u64 << 30,
@@ -465,9 +465,9 @@ fn tables() {
     assert_eq!(
         ok(&server, &["port", "list"]),
         "\
-SWITCH  PORT    VLAN                          LINK  RX PKTS  RX BYTES  TX PKTS  TX BYTES  BROKEN Q  GSO/SEG/CSUM  QUEUES RX/TX   SOCKET                       DROPS
-br0     vm1     access 10                     up       1234   1.5 MiB       99   2.0 KiB         0         0/0/0  -              /srv/fabric/run/vm1.sock     0
-br0     trunk1  trunk 10,20,100-199 native 1  down        0       0 B        7     900 B         1         5/6/7  q0 0/3 q1 0/4  /srv/fabric/run/trunk1.sock  7 (runt 2, vlan_not_allowed 5)
+SWITCH  PORT    VLAN                          LINK  RX PKTS  RX BYTES  TX PKTS  TX BYTES  BROKEN Q  ANNOUNCES  GSO/SEG/CSUM  QUEUES RX/TX   SOCKET                       DROPS
+br0     vm1     access 10                     up       1234   1.5 MiB       99   2.0 KiB         0          0         0/0/0  -              /srv/fabric/run/vm1.sock     0
+br0     trunk1  trunk 10,20,100-199 native 1  down        0       0 B        7     900 B         1          3         5/6/7  q0 0/3 q1 0/4  /srv/fabric/run/trunk1.sock  7 (runt 2, vlan_not_allowed 5)
 "
     );
     assert_eq!(

@@ -14,11 +14,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use test_kit::frontend::frames::{mac, payload, tcp4_check, tcp4_partial, tcp4_payload};
+use test_kit::frontend::frames::{
+    mac, payload, rarp, tcp4_check, tcp4_partial, tcp4_payload, ETHERTYPE_TEST,
+};
 use test_kit::frontend::virtio_net::{
     VirtioNetHdr, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
 };
-use test_kit::frontend::{GuestNic, NicOptions};
+use test_kit::frontend::{eth, GuestNic, NicOptions, BROADCAST};
 use vswitch::vxlan::VxlanPacket;
 
 fn sh(cmd: &str) {
@@ -961,8 +963,8 @@ fn tap_guest(h: &TwoHosts, host: usize, port: &str, vlan: u16, addr: &str) -> (N
     (ns, dev)
 }
 
-/// Runs fabricctl against a daemon of these tests.
-fn fabricctl(d: &Daemon, args: &[&str]) {
+/// Runs fabricctl against a daemon of these tests; its output.
+fn fabricctl(d: &Daemon, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_fabricctl"))
         .arg("--control-socket")
         .arg(d.dir.join("run/control.sock"))
@@ -974,6 +976,7 @@ fn fabricctl(d: &Daemon, args: &[&str]) {
         "fabricctl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A guest (MAC 02:00:00:00:00:50, 10.78.0.50) first lives on host 0, then
@@ -1217,6 +1220,111 @@ fn a_spoofed_local_mac_from_the_tunnel_does_not_move_the_guest() {
     let fdb = h.d[0].counters("fdb switch=br0 ");
     assert_eq!(counter(&fdb, "refused_move"), 1, "{fdb}");
     assert_eq!(counter(&fdb, "moved"), 0, "{fdb}");
+}
+
+/// `key` of `d`'s report line starting with `prefix`, once it reached `n`;
+/// it must then be exactly `n` (the deadline only bounds a broken run).
+fn counter_after(d: &Daemon, prefix: &str, key: &str, n: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let line = d.counters(prefix);
+        if counter(&line, key) >= n {
+            assert_eq!(counter(&line, key), n, "{line}");
+            return line;
+        }
+        assert!(Instant::now() < deadline, "{line}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A harness guest on a vhost-user port `name` (VLAN 10) added to `d` at
+/// run time, once its link is up.
+fn harness_guest(d: &Daemon, name: &str) -> GuestNic {
+    fabricctl(d, &["port", "add", "br0", name, "--vlan", "access:10"]);
+    let nic = GuestNic::connect(
+        &d.dir.join(format!("run/{name}.sock")),
+        NicOptions::default(),
+    )
+    .expect("harness guest connects");
+    let prefix = format!("counters switch=br0 port={name} ");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.counters(&prefix).contains(" link=up ") {
+        assert!(Instant::now() < deadline, "{name} never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nic
+}
+
+/// The next frame `nic` receives from `src` within 5 s, skipping the TAP
+/// guests' own traffic (IPv6 neighbour discovery and MLD of their kernels).
+fn recv_from(nic: &mut GuestNic, src: [u8; 6]) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Some(f) = nic.recv(deadline.saturating_duration_since(Instant::now())) {
+        if f[6..12] == src {
+            return Some(f);
+        }
+    }
+    None
+}
+
+/// A guest live-migrated from host 0 to host 1, the harness frontend
+/// playing both QEMUs. While it runs on host 0, host 1's SEND_RARP for its
+/// MAC does not move it there (the tunnel's move hold: a running local
+/// guest keeps its address). Once host 0's frontend has stopped its rings
+/// (GET_VRING_BASE: the VM paused for the last copy; the connection stays
+/// open, as QEMU keeps it until it quits) the next SEND_RARP moves it on
+/// host 0 at once, although the guest spoke within `local_hold_secs`:
+/// exactly one move, host 0's FDB shows it behind the tunnel via host 1's
+/// VTEP, and host 0's other guest reaches it on host 1 before it sends
+/// anything itself. On host 1 the MAC moved from the tunnel to the local
+/// port at the first announcement: one move.
+#[test]
+fn a_migrated_guest_announced_on_the_other_host_moves_at_once() {
+    let _cpus = test_kit::shared();
+    let (h, _va) = two_hosts("an");
+    let mut src = harness_guest(&h.d[0], "vm");
+    let mut peer = harness_guest(&h.d[0], "peer");
+    let mut dst = harness_guest(&h.d[1], "vm");
+    let (guest, peer_mac) = ([0x02, 0, 0, 0, 0x77, 0x01], [0x02, 0, 0, 0, 0x77, 0x02]);
+    let mac_text = "02:00:00:00:77:01";
+
+    // Running on host 0: learned there, and behind the tunnel on host 1.
+    let hello = eth(BROADCAST, guest, ETHERTYPE_TEST, &payload(1, 100));
+    assert!(src.send(&hello));
+    assert_eq!(recv_from(&mut dst, guest), Some(hello.clone()));
+    assert_eq!(recv_from(&mut peer, guest), Some(hello));
+
+    // Announced on host 1 while it still runs on host 0: held.
+    assert_eq!(dst.send_rarp(guest).unwrap(), 0);
+    counter_after(&h.d[0], "fdb switch=br0 ", "refused_move", 1);
+    let t = h.d[0].counters("tunnel switch=br0 port=vx ");
+    assert_eq!(counter(&t, "drop_held_station"), 1, "{t}");
+    let fdb0 = fabricctl(&h.d[0], &["fdb", "show", "br0"]);
+    let line = fdb0.lines().find(|l| l.contains(mac_text));
+    assert!(line.is_some_and(|l| l.contains(" vm ")), "{fdb0}");
+    assert_eq!(counter(&h.d[0].counters("fdb switch=br0 "), "moved"), 0);
+
+    // Migrated: the source VM stopped, the destination announces it.
+    src.stop().expect("GET_VRING_BASE");
+    assert_eq!(dst.send_rarp(guest).unwrap(), 0);
+    let fdb = counter_after(&h.d[0], "fdb switch=br0 ", "moved", 1);
+    assert_eq!(counter(&fdb, "refused_move"), 1, "{fdb}");
+    assert_eq!(recv_from(&mut peer, guest), Some(rarp(guest)));
+    let fdb0 = fabricctl(&h.d[0], &["fdb", "show", "br0"]);
+    let line = fdb0.lines().find(|l| l.contains(mac_text));
+    assert!(
+        line.is_some_and(|l| l.contains(" vx via 192.168.230.2 ")),
+        "{fdb0}"
+    );
+    let fdb1 = h.d[1].counters("fdb switch=br0 ");
+    assert_eq!(counter(&fdb1, "moved"), 1, "{fdb1}");
+    let vm1 = h.d[1].counters("counters switch=br0 port=vm ");
+    assert_eq!(counter(&vm1, "announces"), 2, "{vm1}");
+
+    // Host 0's other guest reaches it on host 1 before it sends anything.
+    let to_guest = eth(guest, peer_mac, ETHERTYPE_TEST, &payload(2, 100));
+    assert!(peer.send(&to_guest));
+    assert_eq!(recv_from(&mut dst, peer_mac), Some(to_guest));
 }
 
 /// The underlay drains far slower than the guest sends (a token bucket of

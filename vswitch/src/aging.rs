@@ -25,10 +25,10 @@ pub trait Owners<O> {
     fn reserve(&self, owner: O) -> bool;
     /// Gives back one slot of `owner`.
     fn release(&self, owner: O);
-    /// Whether a key seen at its owner `silent_for` seconds ago may not move
-    /// to `to` yet. Default: every move is allowed.
-    fn holds(&self, to: O, silent_for: u32) -> bool {
-        let _ = (to, silent_for);
+    /// Whether a key seen at its owner `from` `silent_for` seconds ago may
+    /// not move to `to` yet. Default: every move is allowed.
+    fn holds(&self, from: O, to: O, silent_for: u32) -> bool {
+        let _ = (from, to, silent_for);
         false
     }
 }
@@ -161,7 +161,7 @@ impl<K: Copy + Eq + Hash, O: Copy + Eq, Q: Owners<O>> AgingTable<K, O, Q> {
             && e.owner != to
             && self
                 .owners
-                .holds(to, now.wrapping_sub(e.last_seen.load(Relaxed)));
+                .holds(e.owner, to, now.wrapping_sub(e.last_seen.load(Relaxed)));
         if held {
             self.refused_move.fetch_add(1, Relaxed);
         }
@@ -428,7 +428,7 @@ mod tests {
         fn release(&self, o: u8) {
             self.used.lock().unwrap()[o as usize] -= 1;
         }
-        fn holds(&self, to: u8, silent_for: u32) -> bool {
+        fn holds(&self, _from: u8, to: u8, silent_for: u32) -> bool {
             to == 3 && silent_for < 5
         }
     }

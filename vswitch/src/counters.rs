@@ -244,6 +244,7 @@ pub struct QueueSnapshot {
 pub struct PortCounters {
     traffic: Counters<DropReason>,
     broken_queues: AtomicU64,
+    announces: AtomicU64,
     offload: OffloadCounters,
     /// Queues the port runs (set by its driver); 1 until it says more.
     queue_count: AtomicU64,
@@ -286,6 +287,10 @@ pub struct PortCountersSnapshot {
     /// avail index further ahead than the ring holds, or its rings outside
     /// guest memory). The queue stays stopped until the frontend resets it.
     pub broken_queues: u64,
+    /// Announcements the port's driver sent on behalf of its peer (a
+    /// migrated guest's RARP, vhost-user SEND_RARP), each also counted as a
+    /// received frame.
+    pub announces: u64,
     /// GSO super-frames delivered intact (the port accepts the offload).
     pub tx_gso_packets: u64,
     /// GSO super-frames segmented in software for this port.
@@ -308,6 +313,10 @@ impl Deref for PortCountersSnapshot {
 impl PortCounters {
     pub fn add_broken_queue(&self) {
         self.broken_queues.fetch_add(1, Relaxed);
+    }
+
+    pub fn add_announce(&self) {
+        self.announces.fetch_add(1, Relaxed);
     }
 
     /// Counts `n` frames delivered to the port as `outcome` says.
@@ -359,6 +368,7 @@ impl PortCounters {
         PortCountersSnapshot {
             traffic: self.traffic.snapshot(),
             broken_queues: self.broken_queues.load(Relaxed),
+            announces: self.announces.load(Relaxed),
             tx_gso_packets: o.tx_gso_packets.load(Relaxed),
             gso_segmented: o.gso_segmented.load(Relaxed),
             csum_completed: o.csum_completed.load(Relaxed),
@@ -381,6 +391,8 @@ mod tests {
         c.add_drop(DropReason::BadDescriptor);
         c.add_drop(DropReason::BadDescriptor);
         c.add_broken_queue();
+        c.add_announce();
+        c.add_announce();
         c.add_offload(OffloadOutcome::GsoPassed, 4);
         c.add_offload(OffloadOutcome::Segmented, 2);
         c.add_offload(OffloadOutcome::CsumCompleted, 1);
@@ -396,7 +408,7 @@ mod tests {
         assert_eq!(s.dropped(DropReason::Runt), 1);
         assert_eq!(s.dropped(DropReason::BadDescriptor), 2);
         assert_eq!(s.dropped(DropReason::Oversize), 0);
-        assert_eq!((s.total_drops(), s.broken_queues), (3, 1));
+        assert_eq!((s.total_drops(), s.broken_queues, s.announces), (3, 1, 2));
         let listed: Vec<_> = s.drops().filter(|(_, n)| *n > 0).collect();
         assert_eq!(
             listed,

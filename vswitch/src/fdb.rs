@@ -11,12 +11,21 @@
 //! it ([`Fdb::set_move_hold`], used for tunnel ports), a station seen on another
 //! port within the last `n` seconds does not move to it. A remote peer that
 //! spoofs a local guest's source MAC then cannot steal its traffic.
+//!
+//! The hold protects a running guest only. A port whose peer is stopped
+//! ([`Fdb::set_peer_stopped`]: a paused or migrated guest, its transmit rings
+//! stopped by the frontend) holds none of its stations back, so the first
+//! frame of a migrated guest's announcement from behind the tunnel moves the
+//! station at once (counted in `moved`) instead of after the hold. A stopped
+//! guest can neither send nor receive, so nothing is stolen from it; once it
+//! runs and sends again (a cancelled migration) it takes its address back,
+//! as local ports hold nothing back.
 
 use crate::aging::{AgingTable, Learn, Owners};
 use crate::frame::MacAddr;
 use crate::vlan::VlanId;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
 const SHARDS: usize = 64;
 
@@ -80,6 +89,8 @@ struct Ports {
     learned: Box<[AtomicU32]>,
     /// Per port: seconds a station must be silent elsewhere before it may move here.
     move_hold: Box<[AtomicU32]>,
+    /// Per port: its peer is stopped, so its stations are not held.
+    peer_stopped: Box<[AtomicBool]>,
 }
 
 impl Owners<PortId> for Ports {
@@ -96,9 +107,9 @@ impl Owners<PortId> for Ports {
         self.learned[port as usize].fetch_sub(1, Relaxed);
     }
 
-    fn holds(&self, to: PortId, silent_for: u32) -> bool {
+    fn holds(&self, from: PortId, to: PortId, silent_for: u32) -> bool {
         let hold = self.move_hold[to as usize].load(Relaxed);
-        hold != 0 && silent_for < hold
+        hold != 0 && silent_for < hold && !self.peer_stopped[from as usize].load(Relaxed)
     }
 }
 
@@ -114,6 +125,7 @@ impl Fdb {
             limit: port_limit,
             learned: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
             move_hold: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
+            peer_stopped: (0..MAX_PORTS).map(|_| AtomicBool::new(false)).collect(),
         };
         Fdb {
             table: AgingTable::new(SHARDS, capacity, aging_secs, ports),
@@ -129,6 +141,19 @@ impl Fdb {
     /// is purged, so a reused port id starts without one.
     pub fn set_move_hold(&self, port: PortId, secs: u32) {
         self.table.owners().move_hold[port as usize].store(secs, Relaxed);
+    }
+
+    /// Whether `port`'s peer is stopped (see the module docs): while it is,
+    /// no move hold keeps the port's stations. Set by a guest port's driver
+    /// when the frontend stops its transmit rings; cleared when the guest
+    /// sends again, and when the port is purged.
+    pub fn set_peer_stopped(&self, port: PortId, stopped: bool) {
+        let flag = &self.table.owners().peer_stopped[port as usize];
+        // Read first: the datapath clears it once per batch, and a store
+        // would take the cache line from every other reader.
+        if flag.load(Relaxed) != stopped {
+            flag.store(stopped, Relaxed);
+        }
     }
 
     /// The port a station was learned on, if its entry is live.
@@ -175,6 +200,7 @@ impl Fdb {
     /// Forgets every entry of a port, static ones too (port removed).
     pub fn purge_port(&self, port: PortId) -> usize {
         self.set_move_hold(port, 0);
+        self.set_peer_stopped(port, false);
         self.table.remove_where(|_, p, _| p == port)
     }
 
@@ -356,6 +382,36 @@ mod tests {
             LearnOutcome::Moved { from: 1 }
         );
         assert_eq!(fdb.stats().refused_move, 3);
+    }
+
+    /// A migrated guest: its old port's peer is stopped, so its announcement
+    /// from behind the tunnel moves it at once, counted as one move; while
+    /// the guest runs, the hold still keeps a spoofer out.
+    #[test]
+    fn a_stopped_peer_holds_no_station_back() {
+        let fdb = Fdb::new(100, 10, 300);
+        fdb.set_move_hold(9, 10);
+        fdb.learn(vid(1), mac(1), 1, 100);
+        assert_eq!(fdb.learn(vid(1), mac(1), 9, 100), LearnOutcome::Held);
+        fdb.set_peer_stopped(1, true);
+        assert!(!fdb.refuse_held_move(vid(1), mac(1), 9, 100));
+        assert_eq!(
+            fdb.learn(vid(1), mac(1), 9, 100),
+            LearnOutcome::Moved { from: 1 }
+        );
+        assert_eq!((fdb.stats().moved, fdb.stats().refused_move), (1, 1));
+        // only the stopped port's stations: another port's stay held
+        fdb.learn(vid(1), mac(2), 2, 100);
+        assert_eq!(fdb.learn(vid(1), mac(2), 9, 101), LearnOutcome::Held);
+        // the guest runs again: its stations are held again
+        fdb.set_peer_stopped(1, false);
+        fdb.learn(vid(1), mac(3), 1, 102);
+        assert_eq!(fdb.learn(vid(1), mac(3), 9, 102), LearnOutcome::Held);
+        // purging the port (removed; its id may be reused) clears the flag
+        fdb.set_peer_stopped(1, true);
+        fdb.purge_port(1);
+        fdb.learn(vid(1), mac(4), 1, 103);
+        assert_eq!(fdb.learn(vid(1), mac(4), 9, 103), LearnOutcome::Held);
     }
 
     #[test]

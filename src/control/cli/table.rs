@@ -121,6 +121,7 @@ fn port_table(ports: &[PortInfo]) -> String {
         ("TX PKTS", Right),
         ("TX BYTES", Right),
         ("BROKEN Q", Right),
+        ("ANNOUNCES", Right),
         ("GSO/SEG/CSUM", Right),
         ("QUEUES RX/TX", Left),
         ("SOCKET", Left),
@@ -149,6 +150,7 @@ fn port_table(ports: &[PortInfo]) -> String {
             p.tx_packets.to_string(),
             human_size(p.tx_bytes),
             p.broken_queues.to_string(),
+            p.announces.to_string(),
             format!(
                 "{}/{}/{}",
                 p.tx_gso_packets, p.gso_segmented, p.csum_completed
@@ -189,7 +191,10 @@ fn fdb_table(entries: &mut [FdbEntryInfo]) -> String {
         t.row(vec![
             e.vlan.to_string(),
             clean(&e.mac),
-            clean(&e.port),
+            match &e.vtep {
+                Some(vtep) => format!("{} via {}", clean(&e.port), clean(vtep)),
+                None => clean(&e.port),
+            },
             if e.is_static { "static" } else { "learned" }.into(),
             if e.is_static {
                 "-".into()

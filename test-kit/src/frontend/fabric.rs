@@ -58,6 +58,11 @@ impl Fabric {
         sw.topology().port(id).unwrap().state.counters.snapshot()
     }
 
+    /// br0's FDB counters (learned, moved, refused moves, ...).
+    pub fn fdb_stats(&self) -> vswitch::FdbStats {
+        self.daemon().switch("br0").unwrap().fdb().stats()
+    }
+
     pub fn fdb_port_of(&self, vlan: u16, m: [u8; 6]) -> Option<String> {
         let sw = self.daemon().switch("br0").unwrap();
         let vlan = vswitch::VlanId::new(vlan).expect("a usable VLAN id");

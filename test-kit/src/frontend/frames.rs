@@ -26,6 +26,22 @@ pub fn eth(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8
     f
 }
 
+/// The RARP QEMU's `qemu_announce_self` sends for a migrated guest `mac`
+/// (RFC 903, `announce_self_create` in QEMU's `net/announce.c`): broadcast,
+/// ethertype 0x8035, Ethernet/IPv4 addresses of 6 and 4 bytes, opcode 3
+/// (request reverse), sender and target hardware address `mac`, protocol
+/// addresses 0, zero-padded to 60 bytes.
+pub fn rarp(mac: [u8; 6]) -> Vec<u8> {
+    let mut body = vec![0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x03];
+    body.extend_from_slice(&mac);
+    body.extend_from_slice(&[0; 4]);
+    body.extend_from_slice(&mac);
+    body.extend_from_slice(&[0; 4]);
+    let mut f = eth(BROADCAST, mac, 0x8035, &body);
+    f.resize(60, 0);
+    f
+}
+
 /// An 802.1Q tagged frame, priority 0, VLAN id `vid` (12 bits).
 pub fn tagged(dst: [u8; 6], src: [u8; 6], vid: u16, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     assert!(vid < 4096, "VLAN id {vid} does not fit in 12 bits");

@@ -329,6 +329,7 @@ impl GuestNic {
             wanted,
             VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIG
+                | VhostUserProtocolFeatures::RARP
                 | match opts.dirty_log {
                     true => VhostUserProtocolFeatures::LOG_SHMFD,
                     false => VhostUserProtocolFeatures::empty(),
@@ -853,6 +854,15 @@ impl GuestNic {
         Ok(())
     }
 
+    /// SEND_RARP for `mac`, as QEMU sends it after a migration (payload: a
+    /// u64 whose first six bytes are the MAC), asking for a reply: the
+    /// backend's status, 0 for success. The `vhost` crate's frontend has no
+    /// such request, so it goes out raw on the same socket (no other request
+    /// is in flight: the frontend is used from this thread only).
+    pub fn send_rarp(&mut self, mac: [u8; 6]) -> io::Result<u64> {
+        send_rarp_on(&self.frontend, mac)
+    }
+
     /// A second handle on the vhost-user connection, for requests sent from
     /// another thread while the test goes on (e.g. a GET_VRING_BASE that must
     /// be answered in time).
@@ -1108,4 +1118,35 @@ pub fn wait_any(nics: &mut [&mut GuestNic], timeout: Duration) {
     for nic in nics.iter() {
         drain(&nic.rx_call);
     }
+}
+
+/// See [`GuestNic::send_rarp`].
+fn send_rarp_on(frontend: &Frontend, mac: [u8; 6]) -> io::Result<u64> {
+    use std::io::{Read, Write};
+    const SEND_RARP: u32 = 19;
+    const FLAGS: u32 = 0x1 | 0x8; // version 1, NEED_REPLY
+                                  // SAFETY: `frontend` owns the fd and keeps it open while we borrow it
+                                  // to duplicate it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(frontend.as_raw_fd()) };
+    let mut sock = std::os::unix::net::UnixStream::from(fd.try_clone_to_owned()?);
+    let mut payload = [0u8; 8];
+    payload[..6].copy_from_slice(&mac);
+    let mut msg = Vec::with_capacity(20);
+    for word in [SEND_RARP, FLAGS, 8] {
+        msg.extend_from_slice(&word.to_le_bytes());
+    }
+    msg.extend_from_slice(&payload);
+    sock.write_all(&msg)?;
+    let mut reply = [0u8; 20];
+    sock.read_exact(&mut reply)?;
+    let word = |i: usize| u32::from_le_bytes(reply[i..i + 4].try_into().expect("4 bytes"));
+    if word(0) != SEND_RARP || word(4) & 0x4 == 0 || word(8) != 8 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("SEND_RARP reply {reply:?}"),
+        ));
+    }
+    Ok(u64::from_le_bytes(
+        reply[12..20].try_into().expect("8 bytes"),
+    ))
 }

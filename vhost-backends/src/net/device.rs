@@ -107,6 +107,8 @@ impl Device {
             let _ = conn.port.datapath.add(thread_key(conn, pair), queue);
         }
         conn.port.switch.set_link(conn.port.id, true);
+        // A new guest runs here: its stations are held again.
+        conn.port.switch.fdb().set_peer_stopped(conn.port.id, false);
         log::info!(
             "port {}: frontend ready, link up ({pairs} queue pair{})",
             conn.port.name,
@@ -125,6 +127,10 @@ impl Device {
                 self.conn.port.datapath.remove(key, &queue);
             }
             self.conn.port.switch.set_link(self.conn.port.id, false);
+        } else {
+            // Never published, but it may have announced (SEND_RARP before
+            // the rings): forget those stations too.
+            self.conn.port.switch.fdb().flush_port(self.conn.port.id);
         }
     }
 }
@@ -207,8 +213,11 @@ impl VhostUserBackend for NetBackend {
         self.0.conn.log.set_features(features);
     }
 
+    /// RARP: SEND_RARP is answered by the relay ([`RelayHooks::send_rarp`]).
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        let base = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ;
+        let base = VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::RARP;
         match self.0.live_migration {
             true => base | VhostUserProtocolFeatures::LOG_SHMFD,
             false => base,
@@ -253,6 +262,13 @@ impl VhostUserBackend for NetBackend {
             if let Some(queue) = queue {
                 drop(queue.scratch.lock().unwrap_or_else(|e| e.into_inner()));
             }
+            // The guest can no longer send from here (a paused or migrated
+            // VM): a move hold no longer protects its stations, so its
+            // announcement from behind a tunnel moves them at once
+            // (`vswitch::Fdb::set_peer_stopped`). Set after the batch in
+            // flight, which clears it; its next frame clears it.
+            let port = &self.0.conn.port;
+            port.switch.fdb().set_peer_stopped(port.id, true);
         }
         // A broken queue gets another chance once the frontend sets it up anew.
         if let Some(broken) = self.0.conn.broken.get(queue_index as usize) {
@@ -334,6 +350,14 @@ impl RelayHooks for NetBackend {
             ));
         }
         self.0.conn.log.set_base(log, fd)
+    }
+
+    /// Forwards a RARP for `mac` from this port (see [`super::announce`]);
+    /// a MAC that is no station is refused (logged by the relay, and
+    /// answered with a failure if the frontend asked for a reply).
+    fn send_rarp(&self, mac: [u8; 6]) -> io::Result<()> {
+        super::announce::announce(&self.0.conn, vswitch::MacAddr(mac))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     }
 }
 

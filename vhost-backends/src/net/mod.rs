@@ -51,6 +51,7 @@
 //! (`crate::forward::flow_hash`), so one flow keeps its order; each chosen
 //! queue is locked once per batch and notified at most once.
 
+pub(crate) mod announce;
 pub(crate) mod connection;
 pub(crate) mod device;
 pub(crate) mod port;

@@ -222,6 +222,9 @@ fn process_batch(q: &TxQueue, scratch: &mut TxScratch) -> usize {
     }
 
     let port = &conn.port;
+    // The guest sends: it runs, so its stations are held again (stop_vring
+    // set this while no batch was in flight: it waits for ours).
+    port.switch.fdb().set_peer_stopped(port.id, false);
     let mut frames = ArrayVec::<FrameSource<'_, '_>, BATCH>::new();
     let mut dropped = ArrayVec::<DropReason, BATCH>::new();
     let allowed = conn.host_offloads();

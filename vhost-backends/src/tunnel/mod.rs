@@ -76,7 +76,8 @@ pub struct TunnelConfig {
     pub capacity: u32,
     pub vtep_mac_limit: u32,
     pub aging_secs: u32,
-    /// Seconds a station seen on a local port cannot move to the tunnel.
+    /// Seconds a station seen on a local port cannot move to the tunnel
+    /// (unless that port's guest is stopped, `vswitch::Fdb::set_peer_stopped`).
     pub local_hold_secs: u32,
     /// Remote MACs configured statically: (VNI, MAC, VTEP).
     pub statics: Vec<(Vni, MacAddr, Ipv4Addr)>,
