@@ -209,6 +209,10 @@ pub fn serve_export(
 ) -> io::Result<ServedExport> {
     let what = format!("export of {volume}: socket");
     sockets::prepare(&e.socket, &what)?;
+    let migration_what = format!("export of {volume}: migration socket");
+    if let Some(m) = &e.migration_socket {
+        sockets::prepare(m, &migration_what)?;
+    }
     // The id is looked up here, under the caller's state lock, so it is the
     // volume of that name now (not one deleted or renamed since).
     let (id, read_only) = {
@@ -222,6 +226,7 @@ pub fn serve_export(
         BlkExportConfig {
             name: volume.to_owned(),
             socket: e.socket.clone(),
+            migration_socket: e.migration_socket.clone(),
             volume: id,
             queues: e.queues,
             queue_size: e.queue_size,
@@ -237,6 +242,12 @@ pub fn serve_export(
         e.socket.display(),
         qemu_blk_args(volume, e)
     );
+    if let Some(m) = &e.migration_socket {
+        log::info!(
+            "pool {pool_name}: volume {volume}: a live migration's destination attaches on {}",
+            m.display()
+        );
+    }
     Ok(ServedExport { export, handle })
 }
 

@@ -134,6 +134,10 @@ pub enum VolumeSource {
 pub struct ExportConfig {
     /// `socket`: default `<run_dir>/<volume>.sock`; unique across all sockets.
     pub socket: PathBuf,
+    /// `migration_socket`: a second socket of the export, served at the same
+    /// time, for a live migration's destination VMM; none unless given.
+    /// Unique across all sockets.
+    pub migration_socket: Option<PathBuf>,
     /// `queues`: 1..=16, default 1 (each queue has its own thread and io_uring).
     pub queues: u16,
     /// `queue_size`: power of two 8..=1024, default 256.

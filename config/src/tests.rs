@@ -557,7 +557,7 @@ fn pool_volumes_and_exports() {
         "{POOL}cluster_size = \"64K\"\n\
          [[pool.volume]]\nname = \"base\"\nsize = \"512M\"\nblock_size = 4096\n\
          [[pool.volume]]\nname = \"snap\"\nsnapshot_of = \"base\"\nexport = {{ queues = 2 }}\n\
-         [[pool.volume]]\nname = \"vm1\"\nclone_of = \"snap\"\nexport = {{ socket = \"s/vm1.sock\", queue_size = 128 }}\n"
+         [[pool.volume]]\nname = \"vm1\"\nclone_of = \"snap\"\nexport = {{ socket = \"s/vm1.sock\", queue_size = 128, migration_socket = \"s/vm1.migrate.sock\" }}\n"
     ));
     let p = &cfg.pools[0];
     assert_eq!(p.path, PathBuf::from("pool.img"));
@@ -578,6 +578,7 @@ fn pool_volumes_and_exports() {
         p.volumes[1].export,
         Some(ExportConfig {
             socket: PathBuf::from("run/snap.sock"),
+            migration_socket: None,
             queues: 2,
             queue_size: 256,
             read_only: true,
@@ -589,6 +590,13 @@ fn pool_volumes_and_exports() {
         (e.socket.clone(), e.queue_size, e.read_only),
         (PathBuf::from("s/vm1.sock"), 128, false)
     );
+    assert_eq!(
+        e.migration_socket,
+        Some(PathBuf::from("s/vm1.migrate.sock"))
+    );
+    // `config save` writes it back.
+    let round = parse_ok(&crate::write::to_toml(&cfg));
+    assert_eq!(round.pools[0].volumes[2].export, p.volumes[2].export);
 }
 
 #[test]
@@ -615,6 +623,12 @@ fn pool_errors_name_the_key() {
         .contains("pool[0].volume[0].export.queues: queue count 17 is outside 1..=16"));
     assert!(vol("size = \"1M\"\nexport = { queue_size = 100 }").contains("not a power of two"));
     assert!(vol("size = \"1M\"\nexport = { sockett = \"x\" }").contains("unknown field `sockett`"));
+    assert!(
+        vol("size = \"1M\"\nexport = { socket = \"a.sock\", migration_socket = \"a.sock\" }")
+            .contains("pool[0].volume[0].export.migration_socket: duplicate socket path")
+    );
+    assert!(vol("size = \"1M\"\nexport = { migration_socket = \"\" }")
+        .contains("pool[0].volume[0].export.migration_socket: must not be empty"));
     // Over-commit must be asked for.
     assert_eq!(
         vol("size = \"2G\""),

@@ -188,9 +188,12 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
                 }
             }
             if let Some(e) = &v.export {
+                let migration = e.migration_socket.as_ref().map_or(String::new(), |m| {
+                    format!(" migration_socket = {},", path(m))
+                });
                 let _ = writeln!(
                     out,
-                    "export = {{ socket = {}, queues = {}, queue_size = {}, read_only = {} }}",
+                    "export = {{ socket = {},{migration} queues = {}, queue_size = {}, read_only = {} }}",
                     path(&e.socket),
                     e.queues,
                     e.queue_size,

@@ -303,11 +303,18 @@ fn export_config(rt: &Runtime, e: &ExportAdd) -> OpResult<ExportConfig> {
         Some(s) => base_dir(rt).join(s),
         None => run_dir.join(format!("{}.sock", e.volume)),
     };
-    if socket.as_os_str().len() > 107 {
-        return Err(invalid(format!(
-            "socket path {} is longer than 107 bytes",
-            socket.display()
-        )));
+    let migration_socket = match &e.migration_socket {
+        Some(s) if s.is_empty() => return Err(invalid("migration socket must not be empty")),
+        Some(s) => Some(base_dir(rt).join(s)),
+        None => None,
+    };
+    for s in std::iter::once(&socket).chain(&migration_socket) {
+        if s.as_os_str().len() > 107 {
+            return Err(invalid(format!(
+                "socket path {} is longer than 107 bytes",
+                s.display()
+            )));
+        }
     }
     let queues = e.queues.unwrap_or(fabric_config::DEFAULT_EXPORT_QUEUES);
     if !(1..=16).contains(&queues) {
@@ -323,6 +330,7 @@ fn export_config(rt: &Runtime, e: &ExportAdd) -> OpResult<ExportConfig> {
     }
     Ok(ExportConfig {
         socket,
+        migration_socket,
         queues,
         queue_size,
         read_only,
@@ -479,6 +487,7 @@ fn volume_list(rt: &Runtime, only: Option<&str>) -> Vec<VolumeInfo> {
         }
         let vols = crate::storage::lock_pool(&p.pool).volumes();
         for v in vols {
+            let export = rt.export_of(&p.name, &v.name);
             out.push(VolumeInfo {
                 pool: p.name.clone(),
                 kind: format!("{:?}", v.kind).to_lowercase(),
@@ -487,8 +496,9 @@ fn volume_list(rt: &Runtime, only: Option<&str>) -> Vec<VolumeInfo> {
                 read_only: v.read_only,
                 allocated: v.allocated,
                 exclusive: v.exclusive,
-                export: rt
-                    .export_of(&p.name, &v.name)
+                export: export.as_ref().map(|e| e.socket.display().to_string()),
+                migration_socket: export
+                    .and_then(|e| e.migration_socket)
                     .map(|s| s.display().to_string()),
                 name: v.name,
             });

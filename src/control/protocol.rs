@@ -277,6 +277,9 @@ pub struct VolumeInfo {
     pub exclusive: u64,
     /// The export's socket, if exported.
     pub export: Option<String>,
+    /// The export's migration socket, if it has one.
+    #[serde(default)]
+    pub migration_socket: Option<String>,
 }
 
 /// `export.add` arguments (the `export = {...}` keys).
@@ -287,6 +290,9 @@ pub struct ExportAdd {
     pub volume: String,
     #[serde(default)]
     pub socket: Option<String>,
+    /// A second socket for a live migration's destination; none by default.
+    #[serde(default)]
+    pub migration_socket: Option<String>,
     #[serde(default)]
     pub queues: Option<u16>,
     #[serde(default)]

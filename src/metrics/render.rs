@@ -384,7 +384,7 @@ impl Collector for SnapshotCollector {
         // Exports.
         let volume = |e: &ExportSample| [("pool", e.pool.clone()), ("volume", e.volume.clone())];
         type Count = fn(&ExportSample) -> u64;
-        let export_counters: [(&str, &str, Option<Unit>, Count); 13] = [
+        let export_counters: [(&str, &str, Option<Unit>, Count); 15] = [
             ("vswitchd_blk_reads", "Read requests.", None, |e| e.reads),
             ("vswitchd_blk_writes", "Write requests.", None, |e| e.writes),
             ("vswitchd_blk_read", "Bytes read.", bytes(), |e| {
@@ -443,6 +443,18 @@ impl Collector for SnapshotCollector {
                 "Requests a previous daemon left in flight, run again after a reconnect.",
                 None,
                 |e| e.resubmitted,
+            ),
+            (
+                "vswitchd_blk_handover_waits",
+                "Rings that waited for another session (a migration's source) to stop the queues.",
+                None,
+                |e| e.handover_waits,
+            ),
+            (
+                "vswitchd_blk_handover_refused",
+                "Rings refused because another session still ran the queues after the wait.",
+                None,
+                |e| e.handover_refused,
             ),
         ];
         for (name, help, unit, value) in export_counters {
@@ -657,6 +669,8 @@ mod tests {
             ("vswitchd_blk_too_large_total", 19.0),
             ("vswitchd_blk_broken_queues_total", 20.0),
             ("vswitchd_blk_resubmitted_total", 21.0),
+            ("vswitchd_blk_handover_waits_total", 22.0),
+            ("vswitchd_blk_handover_refused_total", 23.0),
             ("vswitchd_volume_size_bytes", 2.0 * (1u64 << 30) as f64),
             ("vswitchd_volume_allocated_bytes", (1u64 << 20) as f64),
             ("vswitchd_volume_exclusive_bytes", 65536.0),

@@ -89,6 +89,7 @@ fn snapshot_from_reads_switches_pools_and_exports() {
         BlkExportConfig {
             name: "disk1".into(),
             socket: dir.join("disk1.sock"),
+            migration_socket: None,
             volume: vid,
             queues: 1,
             queue_size: 128,

@@ -341,6 +341,8 @@ pub(super) fn sample_snapshot() -> Snapshot {
             too_large: 19,
             broken_queues: 20,
             resubmitted: 21,
+            handover_waits: 22,
+            handover_refused: 23,
             latency: vec![
                 LatencySample::new(TimedOp::Read, &hist.snapshot()),
                 LatencySample::new(TimedOp::Write, &LatencySnapshot::default()),

@@ -70,7 +70,9 @@ impl State {
         self.ports
             .iter()
             .any(|p| matches!(&p.config.kind, PortKind::VhostUser { socket: s, .. } if s == socket))
-            || self.exports.iter().any(|e| e.config.socket == socket)
+            || self.exports.iter().any(|e| {
+                e.config.socket == socket || e.config.migration_socket.as_deref() == Some(socket)
+            })
             || self.config.daemon.control_socket == socket
     }
 }

@@ -83,6 +83,8 @@ pub struct ExportSample {
     pub too_large: u64,
     pub broken_queues: u64,
     pub resubmitted: u64,
+    pub handover_waits: u64,
+    pub handover_refused: u64,
     /// Request latency, one histogram per operation.
     pub latency: Vec<LatencySample>,
 }
@@ -205,6 +207,8 @@ impl ExportSample {
             too_large: g(&c.too_large),
             broken_queues: g(&c.broken_queues),
             resubmitted: g(&c.resubmitted),
+            handover_waits: g(&c.handover_waits),
+            handover_refused: g(&c.handover_refused),
             latency: TimedOp::ALL
                 .iter()
                 .map(|&op| LatencySample::new(op, &c.latency(op).snapshot()))

@@ -122,6 +122,7 @@ impl Host {
     fn export(&self) -> ExportConfig {
         ExportConfig {
             socket: self.socket(),
+            migration_socket: None,
             queues: 1,
             queue_size: 256,
             read_only: false,

@@ -38,8 +38,12 @@ impl Runtime {
     }
 
     /// The export of `volume`, if any.
-    pub fn export_of(&self, pool: &str, volume: &str) -> Option<PathBuf> {
-        Self::export_in(&self.lock(), pool, volume)
+    pub fn export_of(&self, pool: &str, volume: &str) -> Option<ExportConfig> {
+        self.lock()
+            .exports
+            .iter()
+            .find(|e| e.pool == pool && e.volume == volume)
+            .map(|e| e.config.clone())
     }
 
     fn export_in(st: &State, pool: &str, volume: &str) -> Option<PathBuf> {
@@ -69,9 +73,17 @@ impl Runtime {
                 format!("volume {volume:?} is already exported"),
             ));
         }
-        if st.socket_in_use(&e.socket) {
+        for socket in std::iter::once(&e.socket).chain(&e.migration_socket) {
+            if st.socket_in_use(socket) {
+                return Err(Error::conflict(format!(
+                    "socket {} is already used",
+                    socket.display()
+                )));
+            }
+        }
+        if e.migration_socket.as_ref() == Some(&e.socket) {
             return Err(Error::conflict(format!(
-                "socket {} is already used",
+                "the migration socket is the export's socket {}",
                 e.socket.display()
             )));
         }

@@ -1,11 +1,13 @@
 //! The storage side end to end: exports to libblkio (`blk_export`,
 //! `blk_client_selftest`), malformed requests (`blk_malformed`), reconnects
-//! (`blk_reconnect`) and real QEMU guests (`qemu_blk`). One test binary: each
+//! (`blk_reconnect`), a migration's handover between two frontends
+//! (`blk_handover`) and real QEMU guests (`qemu_blk`). One test binary: each
 //! file is a module.
 
 mod blk_client_selftest;
 mod blk_dirty_log;
 mod blk_export;
+mod blk_handover;
 mod blk_malformed;
 mod blk_reconnect;
 mod qemu_blk;

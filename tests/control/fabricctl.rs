@@ -194,7 +194,8 @@ pub mod fake_control {
             "queues":[{"rx_packets":0,"tx_packets":3},{"rx_packets":0,"tx_packets":4}]});
         let disk = json!({"pool":"pool0","name":"disk1","kind":"volume","size":10u64 << 30,
             "block_size":512,"read_only":false,"allocated":3u64 << 29,"exclusive":1u64 << 20,
-            "export":"/srv/fabric/run/disk1.sock"});
+            "export":"/srv/fabric/run/disk1.sock",
+            "migration_socket":"/srv/fabric/run/disk1.migrate.sock"});
         let snap = json!({"pool":"pool0","name":"disk1-snap","kind":"snapshot",
             "size":10u64 << 30,"block_size":512,"read_only":true,"allocated":3u64 << 29,
             "exclusive":0,"export":null});
@@ -396,6 +397,8 @@ fn every_subcommand_sends_its_op_and_args() {
                 "d2",
                 "--socket",
                 "/srv/d2.sock",
+                "--migration-socket",
+                "/srv/d2.migrate.sock",
                 "--queues",
                 "4",
                 "--queue-size",
@@ -403,7 +406,8 @@ fn every_subcommand_sends_its_op_and_args() {
                 "--read-only",
             ],
             "export.add",
-            json!({"pool":"pool0","volume":"d2","socket":"/srv/d2.sock","queues":4,
+            json!({"pool":"pool0","volume":"d2","socket":"/srv/d2.sock",
+                   "migration_socket":"/srv/d2.migrate.sock","queues":4,
                    "queue_size":128,"read_only":true}),
         ),
         (
@@ -473,9 +477,9 @@ br0     trunk1  trunk 10,20,100-199 native 1  down        0       0 B        7  
     assert_eq!(
         ok(&server, &["volume", "list"]),
         "\
-POOL   VOLUME      KIND          SIZE  BLOCK  ALLOCATED  EXCLUSIVE  MODE  EXPORT
-pool0  disk1       volume    10.0 GiB    512    1.5 GiB    1.0 MiB  rw    /srv/fabric/run/disk1.sock
-pool0  disk1-snap  snapshot  10.0 GiB    512    1.5 GiB        0 B  ro    -
+POOL   VOLUME      KIND          SIZE  BLOCK  ALLOCATED  EXCLUSIVE  MODE  EXPORT                      MIGRATION
+pool0  disk1       volume    10.0 GiB    512    1.5 GiB    1.0 MiB  rw    /srv/fabric/run/disk1.sock  /srv/fabric/run/disk1.migrate.sock
+pool0  disk1-snap  snapshot  10.0 GiB    512    1.5 GiB        0 B  ro    -                           -
 "
     );
     assert_eq!(

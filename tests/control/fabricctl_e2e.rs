@@ -248,7 +248,9 @@ fn every_subcommand_against_a_running_daemon() {
     // config save and restart: what runs now comes back.
     d.ok(&["port", "add", "br0", "t", "--vlan", "trunk:10,20:native=1"]);
     d.ok(&["volume", "create", "p0", "kept", "--size", "4M"]);
-    d.ok(&["export", "add", "p0", "kept"]);
+    let migrate = dir.join("run/kept.migrate.sock");
+    let migrate = migrate.to_str().unwrap();
+    d.ok(&["export", "add", "p0", "kept", "--migration-socket", migrate]);
     d.ok(&["config", "save"]);
     d.stop();
     let mut d = Vswitchd::start(&dir);
@@ -268,7 +270,9 @@ fn every_subcommand_against_a_running_daemon() {
         .find(|v| v["name"] == "kept")
         .unwrap();
     assert!(kept["export"].as_str().unwrap().ends_with("kept.sock"));
+    assert_eq!(kept["migration_socket"], migrate);
     assert!(dir.join("run/kept.sock").exists());
+    assert!(dir.join("run/kept.migrate.sock").exists());
     d.stop();
     // The daemon gone: exit 7 with a hint.
     let err = d.fails(7, &["status"]);

@@ -35,6 +35,10 @@ pub trait SessionBackend:
     /// The frontend left (or the server stops): undo what the session set up.
     fn detach(&self);
 
+    /// The session is over: its vring workers and relay have stopped, so
+    /// nothing of it runs any more.
+    fn ended(&self) {}
+
     /// What answers the messages the relay handles itself (inflight
     /// tracking, the dirty log, SEND_RARP, the backend request channel).
     fn relay_hooks(&self) -> Arc<dyn RelayHooks> {
@@ -322,6 +326,7 @@ where
     for t in relay {
         let _ = t.join();
     }
+    backend.ended();
     if let Err(e) = ended {
         // A guest powering off or QEMU exiting ends the session this way too.
         log::debug!("{name}: session ended: {e}");

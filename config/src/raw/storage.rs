@@ -37,6 +37,7 @@ struct RawVolume {
 #[serde(deny_unknown_fields)]
 struct RawExport {
     socket: Option<Spanned<String>>,
+    migration_socket: Option<Spanned<String>>,
     queues: Option<Spanned<i64>>,
     queue_size: Option<Spanned<i64>>,
     read_only: Option<Spanned<bool>>,
@@ -298,6 +299,22 @@ fn convert_export(
         ),
     };
     check_socket(ctx, &socket, &span, &socket_key, sockets)?;
+    let migration_socket = match &e.migration_socket {
+        Some(s) if s.get_ref().is_empty() => {
+            return Err(ctx.invalid(
+                &s.span(),
+                &format!("{key}.migration_socket"),
+                "must not be empty",
+            ));
+        }
+        Some(s) => {
+            let path = ctx.resolve(s.get_ref());
+            let k = format!("{key}.migration_socket");
+            check_socket(ctx, &path, &s.span(), &k, sockets)?;
+            Some(path)
+        }
+        None => None,
+    };
     let queues = match &e.queues {
         Some(q) => ctx.int(q, &format!("{key}.queues"), "queue count", 1, 16)?,
         None => DEFAULT_EXPORT_QUEUES,
@@ -320,6 +337,7 @@ fn convert_export(
     };
     Ok(ExportConfig {
         socket,
+        migration_socket,
         queues,
         queue_size,
         read_only,

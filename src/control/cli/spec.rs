@@ -224,10 +224,11 @@ pub(super) const SPECS: &[Spec] = &[
     },
     Spec {
         words: &["export", "add"],
-        synopsis: "export add POOL VOLUME [--socket P] [--queues N] [--queue-size N] [--read-only]",
-        summary: "export a volume over vhost-user-blk (default socket <run_dir>/VOLUME.sock)",
+        synopsis: "export add POOL VOLUME [--socket P] [--migration-socket P] [--queues N] [--queue-size N] [--read-only]",
+        summary: "export a volume over vhost-user-blk (default socket <run_dir>/VOLUME.sock; \
+                  --migration-socket: a second socket for a live migration's destination)",
         positionals: &["POOL", "VOLUME"],
-        options: &["--socket", "--queues", "--queue-size"],
+        options: &["--socket", "--migration-socket", "--queues", "--queue-size"],
         flags: &["--read-only"],
         build: build_export_add,
     },
@@ -326,6 +327,7 @@ fn build_export_add(p: &Parsed) -> Result<Call, String> {
         pool: p.pos[0].clone(),
         volume: p.pos[1].clone(),
         socket: p.opt("--socket").map(absolute),
+        migration_socket: p.opt("--migration-socket").map(absolute),
         queues: p.num("--queues")?,
         queue_size: p.num("--queue-size")?,
         read_only: p.flag("--read-only").then_some(true),

@@ -252,6 +252,7 @@ fn volume_table(volumes: &[VolumeInfo]) -> String {
         ("EXCLUSIVE", Right),
         ("MODE", Left),
         ("EXPORT", Left),
+        ("MIGRATION", Left),
     ]);
     for v in volumes {
         t.row(vec![
@@ -264,6 +265,7 @@ fn volume_table(volumes: &[VolumeInfo]) -> String {
             human_size(v.exclusive),
             if v.read_only { "ro" } else { "rw" }.into(),
             v.export.as_deref().map_or("-".into(), clean),
+            v.migration_socket.as_deref().map_or("-".into(), clean),
         ]);
     }
     t.render()
@@ -409,7 +411,19 @@ mod tests {
                 && lines[1].contains("1.0 GiB")
                 && lines[1].contains("1.5 GiB")
         );
-        assert!(lines[1].ends_with("rw    -"), "{text}");
+        let last: Vec<&str> = lines[1].split_whitespace().rev().take(3).collect();
+        assert_eq!(last, ["-", "-", "rw"], "{text}");
+        let exported = json!([{"pool":"p1","name":"d","kind":"volume","size":1u64<<30,"block_size":512,
+                               "read_only":false,"allocated":0,"exclusive":0,"export":"/r/d.sock",
+                               "migration_socket":"/r/d.migrate.sock"}]);
+        let text = render(&call("volume.list", json!({})), exported).unwrap();
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("/r/d.sock  /r/d.migrate.sock"),
+            "{text}"
+        );
         // The wrong shape is an error, not a panic.
         assert!(render(&call("volume.list", json!({})), json!({"x":1})).is_err());
         assert!(render(&call("fdb.flush", json!({"switch":"br0"})), Value::Null).is_err());

@@ -185,6 +185,10 @@ pub struct BlkOptions {
     /// Ack VHOST_USER_PROTOCOL_F_LOG_SHMFD if offered: the VMM may then hand over a
     /// dirty log ([`super::dirty_log::FrontendLog`]).
     pub dirty_log: bool,
+    /// Set up and enable the rings at connect. Off: the device is negotiated
+    /// only (a migration's destination QEMU, started with `-incoming`) until
+    /// [`GuestBlk::start_rings`].
+    pub start_rings: bool,
 }
 
 impl Default for BlkOptions {
@@ -198,6 +202,7 @@ impl Default for BlkOptions {
             sandbox: 0,
             flush: true,
             dirty_log: false,
+            start_rings: true,
         }
     }
 }
@@ -415,23 +420,7 @@ impl GuestBlk {
         let sandbox_len = ram.remaining();
         ram.alloc(sandbox_len, 1)?;
 
-        set_mem_table(&mut frontend, &ram)?;
-        for (q, queue) in queues.iter().enumerate() {
-            queue.ring.enable_interrupt(&ram);
-            setup_queue(
-                &mut frontend,
-                q,
-                &queue.ring,
-                &ram,
-                0,
-                &queue.kick,
-                &queue.call,
-            )?;
-        }
-        for q in 0..queues.len() {
-            enable_queue(&mut frontend, q, acked)?;
-        }
-        Ok(GuestBlk {
+        let mut blk = GuestBlk {
             frontend,
             ram,
             features: acked,
@@ -448,7 +437,34 @@ impl GuestBlk {
             scratch_next: 0,
             sandbox: (sandbox_start, sandbox_len),
             missed_notifications: 0,
-        })
+        };
+        if opts.start_rings {
+            blk.start_rings()?;
+        }
+        Ok(blk)
+    }
+
+    /// The memory table, then each ring set up and enabled (what QEMU sends
+    /// when the VM starts running). [`GuestBlk::connect`] does it unless
+    /// `BlkOptions::start_rings` is off.
+    pub fn start_rings(&mut self) -> io::Result<()> {
+        set_mem_table(&mut self.frontend, &self.ram)?;
+        for (q, queue) in self.queues.iter().enumerate() {
+            queue.ring.enable_interrupt(&self.ram);
+            setup_queue(
+                &mut self.frontend,
+                q,
+                &queue.ring,
+                &self.ram,
+                0,
+                &queue.kick,
+                &queue.call,
+            )?;
+        }
+        for q in 0..self.queues.len() {
+            enable_queue(&mut self.frontend, q, self.features)?;
+        }
+        Ok(())
     }
 
     /// The virtio feature bits acked with SET_FEATURES (includes PROTOCOL_FEATURES).

@@ -8,6 +8,7 @@
 //! available request, a completion event finishes requests and publishes
 //! them, each batch with one used-index write and at most one interrupt.
 
+use super::handover::Start;
 use super::inflight::{self, InflightGeometry, InflightQueue, InflightRegion};
 use super::request::{
     self, parse, Limits, Op, Rejected, Request, StatusByte, ID_BYTES, VIRTIO_BLK_S_IOERR,
@@ -99,6 +100,9 @@ struct QueueState {
     /// The ring was started (first event after it was enabled) and resumed
     /// from the inflight region; cleared when GET_VRING_BASE stops it.
     started: bool,
+    /// The ring counts in the export's [`super::handover::QueueOwnership`]
+    /// for this session: it started while this session held the queues.
+    owns: bool,
     /// The inflight region this ring tracks its requests in, if the frontend
     /// gave one, and the sequence number of the next popped request.
     tracking: Option<Arc<InflightRegion>>,
@@ -114,6 +118,8 @@ impl QueueState {
 /// State of one frontend connection.
 pub struct BlkConnection {
     export: Arc<BlkExport>,
+    /// This session's number in the export's queue ownership.
+    session: u64,
     mem: GuestMemAtomic,
     acked_features: AtomicU64,
     queues: Vec<Mutex<QueueState>>,
@@ -174,6 +180,7 @@ impl BlkBackend {
                     completions: Vec::new(),
                     broken: false,
                     started: false,
+                    owns: false,
                     tracking: None,
                     counter: 0,
                 }))
@@ -186,6 +193,7 @@ impl BlkBackend {
                 max_zero_sectors: MAX_ZERO_SECTORS,
                 max_request: request::MAX_REQUEST_BYTES,
             },
+            session: export.new_session(),
             export,
             mem,
             acked_features: AtomicU64::new(0),
@@ -267,7 +275,19 @@ impl BlkBackend {
             st.vring = Some(vring.clone());
         }
         if !st.started {
+            // Only a kick starts a ring; an io_uring event after
+            // GET_VRING_BASE stopped it (nothing is in flight then) does not.
+            let running = {
+                let state = vring.get_ref();
+                state.get_queue().ready() && state.is_enabled()
+            };
+            if !running {
+                return;
+            }
             st.started = true;
+            if !self.take_queues(&mut st) {
+                return;
+            }
             self.resume(&mut st, vring, &log);
         }
         loop {
@@ -291,6 +311,61 @@ impl BlkBackend {
             }
         }
         log.finish();
+    }
+
+    /// A ring starts: takes the export's queues for this session, waiting
+    /// (bounded) for another session holding them to release them, see
+    /// [`super::handover`]. False if refused: the ring is then stopped as
+    /// broken until the frontend stops it.
+    fn take_queues(&self, st: &mut QueueState) -> bool {
+        let export = &self.0.export;
+        let name = &export.config.name;
+        let index = st.index;
+        let on_wait = |holder: u64| {
+            export
+                .counters
+                .handover_waits
+                .fetch_add(1, Ordering::Relaxed);
+            log::info!(
+                "export {name}: queue {index} of session {} waits for session {holder} to stop its queues",
+                self.0.session
+            );
+        };
+        match export.ownership.start(self.0.session, on_wait) {
+            Start::Owned => {}
+            Start::AfterWaiting => log::info!(
+                "export {name}: session {} runs the queues after a handover",
+                self.0.session
+            ),
+            Start::Refused { holder } => {
+                export
+                    .counters
+                    .handover_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                self.mark_broken(
+                    st,
+                    &format!(
+                        "session {holder} still runs the queues after {:?}",
+                        export.ownership.patience()
+                    ),
+                );
+                return false;
+            }
+        }
+        st.owns = true;
+        true
+    }
+
+    /// Waits for every request of the queue in flight and completes it
+    /// (status written, queued for publishing).
+    fn finish_in_flight(&self, st: &mut QueueState, log: &LogBatch<'_>) {
+        let mut completions = Vec::new();
+        while !st.inflight.is_empty() {
+            if st.engine.wait(&mut completions).is_err() {
+                break;
+            }
+            self.complete(st, &mut completions, log);
+        }
     }
 
     /// Pops every available request and starts it. True if any.
@@ -762,19 +837,18 @@ impl VhostUserBackend for BlkBackend {
             return Ok(());
         };
         let log = self.0.log.begin();
-        let mut completions = Vec::new();
-        while !st.inflight.is_empty() {
-            if st.engine.wait(&mut completions).is_err() {
-                break;
-            }
-            self.complete(&mut st, &mut completions, &log);
-        }
+        self.finish_in_flight(&mut st, &log);
         self.publish(&mut st, &vring, true, &log);
         // Everything written is marked before the frontend reads the log.
         log.finish();
         // The next start (same connection) resumes from the inflight region
         // again, which is then empty for this ring.
         st.started = false;
+        // Everything this ring completed is published: another session may
+        // run the queues once every ring of this one stopped.
+        if std::mem::take(&mut st.owns) {
+            self.0.export.ownership.stopped(self.0.session);
+        }
         Ok(())
     }
 
@@ -819,6 +893,20 @@ impl SessionBackend for BlkBackend {
 
     fn detach(&self) {
         self.0.export.sessions_ended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn ended(&self) {
+        // A frontend that left without stopping its rings: its requests in
+        // flight complete (into its inflight region, for a reconnect to
+        // find) before another session may run the queues.
+        for state in &self.0.queues {
+            let mut st = lock(state);
+            let log = self.0.log.begin();
+            self.finish_in_flight(&mut st, &log);
+            log.finish();
+            st.owns = false;
+        }
+        self.0.export.ownership.ended(self.0.session);
     }
 
     fn relay_hooks(&self) -> Arc<dyn RelayHooks> {

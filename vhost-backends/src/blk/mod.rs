@@ -3,17 +3,21 @@
 //! [`request`] validates each virtio-blk request once at the boundary;
 //! [`device`] is the vhost-user device (features, config space, one io_uring
 //! per queue); [`BlkExport::spawn`] serves frontends on the socket one after
-//! another through the shared [`SocketServer`].
+//! another through the shared [`SocketServer`], and on the export's migration
+//! socket (if it has one) at the same time; [`handover`] lets one session at
+//! a time run the queues.
 
 pub mod device;
+pub mod handover;
 pub mod inflight;
 pub mod request;
 
 use crate::session::{ServeOptions, SocketServer};
 use crate::GuestMemAtomic;
 use device::BlkBackend;
+use handover::QueueOwnership;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +37,9 @@ pub struct BlkExportConfig {
     /// Export name (the volume's name), for logs.
     pub name: String,
     pub socket: PathBuf,
+    /// A second socket for a live migration's destination, served at the
+    /// same time as `socket` (see [`handover`]).
+    pub migration_socket: Option<PathBuf>,
     /// Volume id in the pool.
     pub volume: u32,
     pub queues: u16,
@@ -70,6 +77,12 @@ pub struct BlkCounters {
     /// Requests a previous daemon left in flight, run again after a restart
     /// (inflight region).
     pub resubmitted: AtomicU64,
+    /// Rings that started while another session held the queues and waited
+    /// for its release (a migration's destination; see [`handover`]).
+    pub handover_waits: AtomicU64,
+    /// Of those, rings refused (stopped as broken) because the other session
+    /// still held the queues after [`handover::HANDOVER_PATIENCE`].
+    pub handover_refused: AtomicU64,
     /// Submit-to-completion latency, one histogram per [`TimedOp`].
     pub latency: [LatencyHistogram; 3],
 }
@@ -79,7 +92,7 @@ impl BlkCounters {
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "reads {} ({} B) writes {} ({} B) flushes {} discards {} io_errors {} out_of_space {} invalid {} bad_chains {} too_large {} broken_queues {} resubmitted {}",
+            "reads {} ({} B) writes {} ({} B) flushes {} discards {} io_errors {} out_of_space {} invalid {} bad_chains {} too_large {} broken_queues {} resubmitted {} handover_waits {} handover_refused {}",
             g(&self.reads),
             g(&self.read_bytes),
             g(&self.writes),
@@ -92,7 +105,9 @@ impl BlkCounters {
             g(&self.bad_chains),
             g(&self.too_large),
             g(&self.broken_queues),
-            g(&self.resubmitted)
+            g(&self.resubmitted),
+            g(&self.handover_waits),
+            g(&self.handover_refused)
         )
     }
 
@@ -202,10 +217,42 @@ pub struct BlkExport {
     /// changes it. Kept across connections of this export, so a reconnecting
     /// frontend finds the mode its guest set.
     pub write_cache: AtomicBool,
+    /// The session running the queues (at most one; see [`handover`]).
+    pub ownership: QueueOwnership,
+    /// Numbers the sessions of both sockets, for [`QueueOwnership`].
+    next_session: AtomicU64,
 }
 
-/// The running socket of an export; `stop` disconnects its frontend.
-pub type BlkExportHandle = SocketServer;
+/// The running sockets of an export; `stop` disconnects their frontends.
+pub struct BlkExportHandle {
+    main: SocketServer,
+    migration: Option<SocketServer>,
+}
+
+impl BlkExportHandle {
+    /// The export's socket.
+    pub fn socket(&self) -> &Path {
+        self.main.socket()
+    }
+
+    /// The migration socket, if the export has one.
+    pub fn migration_socket(&self) -> Option<&Path> {
+        self.migration.as_ref().map(SocketServer::socket)
+    }
+
+    /// Frontends served so far on both sockets (the current ones included).
+    pub fn sessions(&self) -> u64 {
+        self.main.sessions() + self.migration.as_ref().map_or(0, SocketServer::sessions)
+    }
+
+    /// Disconnects the frontends, stops accepting and removes the sockets.
+    pub fn stop(self) {
+        if let Some(m) = self.migration {
+            m.stop();
+        }
+        self.main.stop();
+    }
+}
 
 impl BlkExport {
     pub fn new(config: BlkExportConfig, pool: SharedPool) -> Arc<BlkExport> {
@@ -215,16 +262,43 @@ impl BlkExport {
             counters: BlkCounters::default(),
             sessions_ended: AtomicU64::new(0),
             write_cache: AtomicBool::new(true),
+            ownership: QueueOwnership::default(),
+            next_session: AtomicU64::new(1),
         })
     }
 
-    /// Binds the socket now and serves frontends on a thread of its own, as
-    /// `options` say.
+    /// A number for a new session of either socket.
+    pub(crate) fn new_session(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Binds the socket (and the migration socket) now and serves frontends
+    /// on a thread of its own per socket, as `options` say.
     pub fn spawn(self: &Arc<Self>, options: &ServeOptions) -> io::Result<BlkExportHandle> {
-        let export = self.clone();
         let name = format!("export {}", self.config.name);
+        let main = self.serve(&name, &self.config.socket, options)?;
+        let migration = match &self.config.migration_socket {
+            Some(socket) => match self.serve(&format!("{name} (migration)"), socket, options) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    main.stop();
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        Ok(BlkExportHandle { main, migration })
+    }
+
+    fn serve(
+        self: &Arc<Self>,
+        name: &str,
+        socket: &Path,
+        options: &ServeOptions,
+    ) -> io::Result<SocketServer> {
+        let export = self.clone();
         let live_migration = options.live_migration;
-        SocketServer::spawn_with(&name, &self.config.socket, options, move |mem| {
+        SocketServer::spawn_with(name, socket, options, move |mem| {
             BlkBackend::new(export.clone(), mem, live_migration)
         })
     }
