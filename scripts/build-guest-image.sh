@@ -47,7 +47,7 @@
 #   FABRIC-ERROR ...                              the guest could not run the test
 #
 #   fabric.role=mig-guest   the guest a live-migration test moves (NIC and disk): after a
-#                           ping warm-up to fabric.peer, answers pings, checks every TCP
+#                           gratuitous ARP and a ping warm-up to fabric.peer, answers pings, checks every TCP
 #                           stream it receives on port 5001 and runs fio write passes
 #                           (verify after writing; pass N with seed N) over the disk region
 #                           (fabric.size etc. as in block mode) until the command `stop`
@@ -472,16 +472,23 @@ iperf_run() {
 
 # ---- migration roles: the guest that moves (mig-guest) and its peer (mig-peer) ---------
 # The host paces them across live migrations with commands: lines on the second serial
-# port (ttyS1), each acknowledged as `FABRIC-INFO cmd WORD`. `stop` ends the loop.
-cmd_loop() {
+# port (ttyS1), each acknowledged as `FABRIC-INFO cmd WORD`. The port is opened (fd 3)
+# before the role says it is ready and stays open: the UART drops what arrives while
+# nobody has it open.
+cmd_open() {
     [ -c /dev/ttyS1 ] || die "no /dev/ttyS1 (second serial port) for commands"
-    stty -F /dev/ttyS1 -echo 2>/dev/null
-    while read -r word rest; do
+    exec 3</dev/ttyS1
+    stty -echo <&3 2>/dev/null
+}
+
+# Runs HANDLER WORD for each command until `stop`.
+cmd_loop() {
+    while read -r word rest <&3; do
         [ -n "$word" ] || continue
         info "cmd $word"
         [ "$word" = stop ] && break
         "$1" "$word" || info "cmd $word unknown"
-    done </dev/ttyS1
+    done
 }
 
 # One TCP connection on port 5001 (run by `nc -ll -e` with the socket as stdin): whole
@@ -526,11 +533,15 @@ fio_loop() {
 # fio_loop until `stop`.
 mig_guest() {
     blk_setup
+    # A gratuitous ARP: every switch of the segment learns where it is before it moves.
+    # (busybox arping exits 1 when nothing answers, as nothing does to -U)
+    arping -U -c 1 -I eth0 "${P_ip%/*}" >/dev/null 2>&1
     reach_peer
     write_stream_check
     nc -ll -p 5001 -e /tmp/stream-check </dev/null >/dev/null 2>&1 &
     fio_loop &
     fio_pid=$!
+    cmd_open
     echo "FABRIC-RESULT mig ready role=guest ip=$P_ip"
     cmd_loop true
     touch /tmp/fio.stop
@@ -603,6 +614,7 @@ mig_peer() {
     num interval_ms "$ping_ms"
     ping -i "$(awk -v m="$ping_ms" 'BEGIN { printf "%.3f", m / 1000 }')" "$P_peer" >/tmp/ping 2>&1 &
     pinger=$!
+    cmd_open
     echo "FABRIC-RESULT mig ready role=peer ip=$P_ip"
     cmd_loop peer_cmd
     kill -INT "$pinger"

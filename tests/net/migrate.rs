@@ -3,7 +3,7 @@
 //! streams to it and it writes and verifies its disk.
 //!
 //! Two hosts are two network namespaces joined by a veth pair (underlay 192.168.231.1
-//! and .2), each running a `vswitchd` with a vhost-user port `g` for the moving guest
+//! and .2, MTU 1600: the guests keep 1500), each running a `vswitchd` with a vhost-user port `g` for the moving guest
 //! and a VXLAN port `vx` to the other (VLAN 10 <-> VNI 5010). Host A's daemon also has
 //! port `t` for the peer guest and a pool whose volume `disk` is exported on two
 //! sockets: the main one and the migration one, for a migration's destination QEMU.
@@ -39,12 +39,13 @@ const T_MAC: &str = "52:54:00:00:13:02";
 const G_IP: &str = "10.13.0.1";
 const T_IP: &str = "10.13.0.2";
 const UNDERLAY: [&str; 2] = ["192.168.231.1", "192.168.231.2"];
+const UNDERLAY_MTU: u32 = 1600;
 /// Boot and warm-up under TCG, beside other QEMUs on two cores.
 const BOOT: Duration = Duration::from_secs(180);
 /// One migration of a 256 MiB guest under TCG; seconds normally.
 const MIGRATION: Duration = Duration::from_secs(180);
 /// A guest's answer to a command, an fio pass, a stream's check.
-const STEP: Duration = Duration::from_secs(120);
+const STEP: Duration = Duration::from_secs(40);
 const HOSTS: [&str; 2] = ["A", "B"];
 
 /// Both hosts' daemons. Field order is drop order: the daemons stop before their
@@ -66,7 +67,7 @@ fn config(i: usize, live_migration: bool) -> String {
         "[daemon]\nrun_dir = \"run\"\n{switch}\
          [[switch]]\nname = \"br0\"\nmac_aging_secs = 3600\n\
          [[switch.port]]\nname = \"g\"\ntype = \"vhost-user\"\nvlan = {{ mode = \"access\", tag = 10 }}\n\
-         [[switch.port]]\nname = \"vx\"\ntype = \"vxlan\"\nlocal = \"{}\"\nremote_mac_aging_secs = 3600\n\
+         [[switch.port]]\nname = \"vx\"\ntype = \"vxlan\"\nlocal = \"{}\"\nunderlay_mtu = {UNDERLAY_MTU}\nremote_mac_aging_secs = 3600\n\
          vni = [ {{ vlan = 10, vni = 5010, remotes = [\"{}\"] }} ]\n",
         UNDERLAY[i],
         UNDERLAY[1 - i]
@@ -88,6 +89,9 @@ impl Hosts {
         let veth = veth_pair((&ns[0], "ul0"), (&ns[1], "ul0"));
         for (n, ip) in ns.iter().zip(UNDERLAY) {
             n.addr("ul0", &format!("{ip}/24"));
+            // Room for the 50 bytes of VXLAN around the guests' 1500-byte frames, as
+            // an overlay's underlay has.
+            n.mtu("ul0", UNDERLAY_MTU);
             n.up("ul0");
         }
         let start = |i: usize, ports: &[&str]| {
@@ -124,6 +128,23 @@ impl Hosts {
     fn moved(&self, host: usize) -> u64 {
         let c = self.vs[host].counters();
         test_kit::qemu::counter(&c["<fdb>"], "moved")
+    }
+
+    /// Both daemons' ports and FDBs as `port list` and `fdb show` give them, for
+    /// failure messages.
+    fn diagnostics(&self) -> String {
+        (0..2)
+            .map(|h| {
+                format!(
+                    "--- host {} ports ---\n{}\n--- host {} fdb ---\n{}",
+                    HOSTS[h],
+                    self.vs[h].ctl_json(&["port", "list"]),
+                    HOSTS[h],
+                    self.vs[h].ctl_json(&["fdb", "show", "br0"])
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// `host`'s tunnel port as `port list` shows it (its remote FDB counters).
@@ -176,6 +197,11 @@ fn ok<T>(r: Result<T, String>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// As [`ok`], with both hosts' ports and FDBs in the message.
+fn ok_on<T>(hosts: &Hosts, r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}\n{}", hosts.diagnostics()))
+}
+
 #[test]
 fn a_guest_migrates_there_and_back_twice_with_its_disk_stream_and_pings() {
     // Three QEMUs (two during a migration) on two cores: alone among the lock holders.
@@ -225,14 +251,12 @@ fn a_guest_migrates_there_and_back_twice_with_its_disk_stream_and_pings() {
     );
     log(&ok(g.guest.wait_for("FABRIC-RESULT mig ready", BOOT)));
     log(&ok(t.guest.wait_for("FABRIC-RESULT mig ready", BOOT)));
-    // G's warm-up ping flooded its ARP request across the tunnel: host B has G behind
-    // it, so the first migration is a move on both hosts too.
+    // G announced itself with a gratuitous ARP, flooded across the tunnel: host B has G
+    // behind it, so the first migration is a move on both hosts too.
     assert_eq!(hosts.g_port(0).as_deref(), Some("g"), "host A has G on g");
-    assert_eq!(
-        hosts.g_port(1).as_deref(),
-        Some("vx"),
-        "host B has G behind vx"
-    );
+    test_kit::wait::wait_for("host B has G behind vx", Duration::from_secs(10), || {
+        hosts.g_port(1).as_deref() == Some("vx")
+    });
 
     let mut rounds = Vec::new();
     for round in 0..4 {
@@ -273,11 +297,9 @@ fn a_guest_migrates_there_and_back_twice_with_its_disk_stream_and_pings() {
             stats.dirty_sync_count
         ));
         let mut source = std::mem::replace(&mut g, dest);
-        assert_eq!(
-            g.qmp.status().unwrap_or_else(|e| panic!("{name}: {e}")),
-            "running",
-            "{name} runs the guest after the migration"
-        );
+        g.qmp
+            .wait_status("running", STEP)
+            .unwrap_or_else(|e| panic!("{name} runs the guest after the migration: {e}"));
         assert_eq!(
             source
                 .qmp
@@ -329,10 +351,15 @@ fn a_guest_migrates_there_and_back_twice_with_its_disk_stream_and_pings() {
 
         // The stream, stopped after the migration, arrives whole.
         t.command("stream-stop");
-        let sent = ok(t.guest.wait_for_nth("FABRIC-RESULT stream send", n, STEP));
-        let recv = ok(g
-            .guest
-            .wait_for(&format!("FABRIC-RESULT stream recv {n} "), STEP));
+        let sent = ok_on(
+            &hosts,
+            t.guest.wait_for_nth("FABRIC-RESULT stream send", n, STEP),
+        );
+        let recv = ok_on(
+            &hosts,
+            g.guest
+                .wait_for(&format!("FABRIC-RESULT stream recv {n} "), STEP),
+        );
         log(&format!("T: {sent}\n{name}: {recv}"));
         assert_eq!(num(&sent, "rc"), 0, "{sent}");
         assert!(recv.contains(" PASS "), "{recv}");
@@ -340,7 +367,7 @@ fn a_guest_migrates_there_and_back_twice_with_its_disk_stream_and_pings() {
         assert!(num(&sent, "copies") > 0, "{sent}");
 
         t.command("pings");
-        let pings = ok(t.guest.wait_for_nth("FABRIC-RESULT pings", n, STEP));
+        let pings = ok_on(&hosts, t.guest.wait_for_nth("FABRIC-RESULT pings", n, STEP));
         log(&format!("T: {pings}"));
         assert!(num(&pings, "received") > 0, "{pings}");
         rounds.push(Round {
