@@ -50,7 +50,7 @@ const BOOT: Duration = Duration::from_secs(180);
 /// One migration of a 256 MiB guest under TCG; seconds normally.
 const MIGRATION: Duration = Duration::from_secs(180);
 /// A guest's answer to a command, an fio pass, a stream's check.
-const STEP: Duration = Duration::from_secs(40);
+const STEP: Duration = Duration::from_secs(120);
 const HOSTS: [&str; 2] = ["A", "B"];
 
 /// Both hosts' daemons. Field order is drop order: the daemons stop before their
