@@ -185,7 +185,8 @@ pub struct DaemonConfig {
     /// `live_migration`: offer the dirty log of a live migration
     /// (VHOST_F_LOG_ALL, VHOST_USER_PROTOCOL_F_LOG_SHMFD) on every port and
     /// export. Off, QEMU refuses to migrate guests attached to them
-    /// ("vhost lacks VHOST_F_LOG_ALL feature"). Default true.
+    /// ("Migration disabled: vhost-user backend lacks
+    /// VHOST_USER_PROTOCOL_F_LOG_SHMFD feature"). Default true.
     pub live_migration: bool,
 }
 

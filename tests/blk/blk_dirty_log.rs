@@ -1,13 +1,14 @@
 //! The dirty log of a live migration on a disk export, in process: the test
 //! plays QEMU (`test_kit::frontend::dirty_log`) and checks that a request
 //! marks exactly the guest pages the device wrote: a read's data, the status
-//! byte and the used ring; for a write only the status byte and the used ring.
+//! byte and the used ring (elements and index, avail_event); for a write only
+//! the status byte and the used ring.
 
 use std::collections::BTreeSet;
 use test_kit::frontend as support;
 
 use support::blk_daemon::BlkDaemon;
-use support::dirty_log::{pages, pages_of, FrontendLog};
+use support::dirty_log::{pages, pages_of, FrontendLog, LOG_PAGE};
 use support::virtio_blk::{BlkOptions, GuestBlk, Req, WAIT};
 
 /// Submits `req` on queue 0, waits for it, and returns the pages it
@@ -25,12 +26,15 @@ fn run(blk: &mut GuestBlk, req: &Req<'_>, data_written: u64) -> BTreeSet<u64> {
 fn requests_mark_exactly_what_the_device_wrote() {
     let f = BlkDaemon::start(
         "64M",
-        "[[pool.volume]]\nname = \"dirtylog\"\nsize = \"8M\"\nexport = {}\n",
+        "[[pool.volume]]\nname = \"dirtylog\"\nsize = \"8M\"\nexport = { queue_size = 1024 }\n",
     );
     let mut blk = f.connect_with(
         "dirtylog",
         BlkOptions {
             dirty_log: true,
+            // The used ring then spans three pages: the index and the
+            // first elements in the first, avail_event in the last.
+            queue_size: 1024,
             ..Default::default()
         },
     );
@@ -41,7 +45,11 @@ fn requests_mark_exactly_what_the_device_wrote() {
     log.start(&blk.frontend(), blk.negotiated_features())
         .unwrap();
     assert_eq!(log.take(), BTreeSet::new(), "nothing written yet");
-    let used = pages_of([&blk.ring_areas(0).used]);
+    // Each batch publishes into the used ring's first page and ends asking
+    // for kicks again (EVENT_IDX: avail_event, in its last page).
+    let used_area = blk.ring_areas(0).used;
+    assert_eq!(pages_of([&used_area]).len(), 3);
+    let used = BTreeSet::from([used_area.start / LOG_PAGE, (used_area.end - 1) / LOG_PAGE]);
     let never = pages_of([&blk.ring_areas(0).desc, &blk.ring_areas(0).avail]);
 
     // A read: io_uring wrote its 16 KiB of data (four pages).

@@ -11,6 +11,7 @@ use support::dirty_log::{pages, pages_of, FrontendLog, LOG_PAGE};
 use support::fabric::{wait_for, Fabric, WAIT};
 use support::frames::{payload, ETHERTYPE_TEST};
 use support::{eth, mac, GuestNic, NicOptions};
+use vswitch::DropReason;
 
 const ACCESS10: &str = "{ mode = \"access\", tag = 10 }";
 
@@ -161,4 +162,68 @@ fn a_new_log_takes_over_from_the_old() {
     }
     // The RX used ring's index and first elements.
     assert!(marked.contains(&(q2.ring_areas().0.used.start / LOG_PAGE)));
+}
+
+/// Once GET_VRING_BASE stopped a guest's rings, nothing writes them any
+/// more: not a delivery into its receive queue, not the datapath thread
+/// asking for kicks (`avail_event`, the used flags) when it goes to sleep.
+/// Nothing is marked in its log and sentinels in its used rings stay.
+#[test]
+fn a_stopped_ring_is_never_written() {
+    let f = Fabric::start("", &[("s1", ACCESS10), ("s2", ACCESS10)]);
+    let mut s1 = f.connect_with("s1", logging_nic());
+    let mut s2 = f.connect_with("s2", logging_nic());
+    let frame = |seq| {
+        eth(
+            support::BROADCAST,
+            mac(2),
+            ETHERTYPE_TEST,
+            &payload(seq, 100),
+        )
+    };
+    send_all(&mut s2, &mut s1, &[frame(1)]);
+    let (log1, log2) = (
+        FrontendLog::new(s1.mem_size()).unwrap(),
+        FrontendLog::new(s2.mem_size()).unwrap(),
+    );
+    log1.start(&s1.frontend(), s1.negotiated_features())
+        .unwrap();
+    log2.start(&s2.frontend(), s2.negotiated_features())
+        .unwrap();
+    s1.stop().unwrap();
+    log1.take();
+    log2.take();
+    let (rx, tx) = s1.ring_areas();
+    const SENTINEL: [u8; 2] = [0xef, 0xbe];
+    let spots = [
+        rx.used.start,
+        rx.used.end - 2,
+        tx.used.start,
+        tx.used.end - 2,
+    ];
+    for &at in &spots {
+        s1.ram().write(at, &SENTINEL).unwrap();
+    }
+
+    // Frames for s1 (a flood: it gets a copy), which wake the datapath
+    // thread that serves both ports; once idle again it asks every queue
+    // of its own for kicks, s2's TX queue (avail_event, marked) as well as
+    // s1's stopped ones.
+    for seq in 2..5 {
+        assert!(s2.send(&frame(seq)));
+    }
+    assert!(s2.wait_tx_completed(WAIT));
+    let s2_avail_event = (s2.ring_areas().1.used.end - 1) / LOG_PAGE;
+    let mut s2_marked = BTreeSet::new();
+    wait_for("the datapath thread asking for kicks again", || {
+        s2_marked.extend(log2.take());
+        s2_marked.contains(&s2_avail_event)
+    });
+    assert_eq!(log1.take(), BTreeSet::new(), "s1's memory was written");
+    for &at in &spots {
+        let mut b = [0u8; 2];
+        s1.ram().read(at, &mut b).unwrap();
+        assert_eq!(b, SENTINEL, "s1's used ring at {at:#x} was written");
+    }
+    assert_eq!(f.counters("s1").dropped(DropReason::NoBuffer), 3);
 }

@@ -273,42 +273,40 @@ impl LogBatch<'_> {
     }
 }
 
+/// A frontend's side of the log, for tests here and in other modules.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
-    use crate::GuestMem;
-    use std::os::fd::AsFd;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
     /// A memfd of `bytes` bytes as the frontend would hand it over, and a
     /// mapping of it of our own to read the bits back.
-    struct Frontend {
-        fd: OwnedFd,
-        view: MmapRegion,
+    pub(crate) struct Frontend {
+        pub(crate) fd: OwnedFd,
+        pub(crate) view: MmapRegion,
     }
 
     impl Frontend {
-        fn new(bytes: u64) -> Frontend {
+        pub(crate) fn new(bytes: u64) -> Frontend {
             let fd = memfd(bytes);
             let file = File::from(fd.try_clone().unwrap());
             let view = MmapRegion::from_file(FileOffset::new(file, 0), bytes as usize).unwrap();
             Frontend { fd, view }
         }
 
-        fn geometry(&self) -> LogGeometry {
+        pub(crate) fn geometry(&self) -> LogGeometry {
             LogGeometry {
                 mmap_size: self.view.size() as u64,
                 mmap_offset: 0,
             }
         }
 
-        fn give(&self, log: &DirtyLog) {
+        pub(crate) fn give(&self, log: &DirtyLog) {
             log.set_base(&self.geometry(), self.fd.try_clone().unwrap())
                 .unwrap();
         }
 
         /// The marked pages, in order.
-        fn pages(&self) -> Vec<u64> {
+        pub(crate) fn pages(&self) -> Vec<u64> {
             let mut pages = Vec::new();
             for i in 0..self.view.size() {
                 // SAFETY: inside our own mapping.
@@ -323,7 +321,7 @@ mod tests {
         }
 
         /// What the frontend does when it syncs: take the bits, clear them.
-        fn take(&self) -> Vec<u64> {
+        pub(crate) fn take(&self) -> Vec<u64> {
             let pages = self.pages();
             // SAFETY: inside our own mapping.
             unsafe { std::ptr::write_bytes(self.view.as_ptr(), 0, self.view.size()) };
@@ -331,7 +329,7 @@ mod tests {
         }
     }
 
-    fn memfd(bytes: u64) -> OwnedFd {
+    pub(crate) fn memfd(bytes: u64) -> OwnedFd {
         // SAFETY: a valid C string; the result is checked.
         let fd = unsafe { libc::memfd_create(c"dirty-log-test".as_ptr(), libc::MFD_CLOEXEC) };
         assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
@@ -341,13 +339,23 @@ mod tests {
         file.into()
     }
 
-    fn logging(bytes: u64) -> (DirtyLog, Frontend) {
+    /// A log of `bytes` bytes, set and switched on.
+    pub(crate) fn logging(bytes: u64) -> (DirtyLog, Frontend) {
         let log = DirtyLog::default();
         let f = Frontend::new(bytes);
         f.give(&log);
         log.set_features(1 << VHOST_F_LOG_ALL);
         (log, f)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{logging, memfd, Frontend};
+    use super::*;
+    use crate::GuestMem;
+    use std::os::fd::AsFd;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
     fn write(log: &DirtyLog, gpa: u64, len: u64) {
         let batch = log.begin();

@@ -383,6 +383,38 @@ mod tests {
         assert_eq!(walk(&mem, &q, 0), Ok(vec![(12, false), (100, true)]));
     }
 
+    /// `log_used` marks the elements a publish wrote, wrapping at the ring's
+    /// end, and the index: a 1024-entry used ring placed so its elements
+    /// fill pages 16 and 17 exactly, the index is on page 15 and
+    /// avail_event on page 18.
+    #[test]
+    fn log_used_marks_the_elements_written_wrapping_and_the_index() {
+        use crate::dirty_log::{testing::logging, LOG_PAGE};
+        let size = 1024u16;
+        let used = 16 * LOG_PAGE - USED_RING as u64;
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap();
+        let mut q = Queue::new(size).unwrap();
+        q.set_desc_table_address(Some(0x1000), Some(0));
+        q.set_avail_ring_address(Some(0x8000), Some(0));
+        q.set_used_ring_address(Some(used as u32), Some(0));
+        q.set_ready(true);
+        let ring = RingView::new(&q, &mem).unwrap();
+        let (log, f) = logging(8);
+        let check = |old: u16, new: u16, pages: &[u64]| {
+            let batch = log.begin();
+            ring.log_used(&batch, old, new);
+            batch.finish();
+            assert_eq!(f.take(), pages, "{old}..{new}");
+        };
+        check(0, 3, &[15, 16]);
+        check(600, 601, &[15, 17]);
+        // Slots 1020..=1023 and then 0..=5: never past the ring's end.
+        check(1020, 1030, &[15, 16, 17]);
+        // Free-running indices wrap at u16::MAX too.
+        check(u16::MAX, 1, &[15, 16, 17]);
+        check(5, 5, &[]);
+    }
+
     #[test]
     fn bad_chains() {
         let (mem, q) = setup();

@@ -59,6 +59,10 @@ pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
     | 1 << VIRTIO_RING_F_EVENT_IDX
     | 1 << VIRTIO_RING_F_INDIRECT_DESC;
 
+/// Failed waits for the requests in flight `stop_vring` tolerates (1 ms
+/// apart) before it answers anyway.
+const STOP_WAIT_TRIES: u32 = 1000;
+
 /// Size of `struct virtio_blk_config` up to the write-zeroes fields.
 const CONFIG_LEN: usize = 60;
 /// Offset of `writeback` in the config space.
@@ -360,9 +364,25 @@ impl BlkBackend {
     /// (status written, queued for publishing).
     fn finish_in_flight(&self, st: &mut QueueState, log: &LogBatch<'_>) {
         let mut completions = Vec::new();
+        // A read still in flight after GET_VRING_BASE is answered would write
+        // guest memory the frontend already took back (and that a migration
+        // no longer tracks): a failing wait is retried for a while, not given
+        // up at once.
+        let mut failures = 0;
         while !st.inflight.is_empty() {
-            if st.engine.wait(&mut completions).is_err() {
-                break;
+            if let Err(e) = st.engine.wait(&mut completions) {
+                failures += 1;
+                if failures == STOP_WAIT_TRIES {
+                    log::error!(
+                        "export {}: queue {}: {} requests still in flight not waited for \
+                         ({e}); they may complete later",
+                        self.0.export.config.name,
+                        st.index,
+                        st.inflight.len()
+                    );
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
             self.complete(st, &mut completions, log);
         }
