@@ -45,6 +45,18 @@
 //! are never served. A vring message for a queue past 2N is refused by the
 //! `vhost-user-backend` handler (InvalidParam, and that session ends).
 //!
+//! # Announcing a migrated guest
+//!
+//! VHOST_USER_PROTOCOL_F_RARP is offered: QEMU's SEND_RARP after a
+//! migration (or QMP `announce-self`) becomes a RARP forwarded from the
+//! port ([`announce`]). VIRTIO_NET_F_GUEST_ANNOUNCE is not offered yet. It
+//! would work with QEMU (tried with QEMU 10 and the test guest: offered by
+//! the backend, QEMU keeps it beside its own CTRL_VQ, sets
+//! VIRTIO_NET_S_ANNOUNCE in the config status it serves itself, and at
+//! `announce-self` the Linux guest sent its own gratuitous ARP and IPv6
+//! advertisements through the transmitq, one set per round, and QEMU sent
+//! no SEND_RARP); offering it waits for a QEMU test of its own.
+//!
 //! Each transmitq is a `PollQueue` on datapath thread `(port + pair) %
 //! threads`, so the pairs of one port use different cores. A frame for a
 //! multi-queue guest goes to the receive queue its flow hash picks
