@@ -70,6 +70,11 @@
 #       ro       expects a read-only disk: /sys/block/DEV/ro = 1, rewriting the region's
 #                first 4 KiB with its own content (O_DIRECT) is refused, and it reads back
 #                unchanged
+#       grow     first step only: prints `FABRIC-INFO blk grow waiting size=BYTES`, then
+#                waits (at most fabric.grow_wait seconds, default 300) until the disk's
+#                size (/sys/block/DEV/size) changes without a reboot; the region is then
+#                checked against the new size, so the steps after it may run past the
+#                old end. FABRIC-RESULT blk grow PASS|FAIL from=BYTES to=BYTES secs=S
 #   fabric.dev=vda          disk (default vda)
 #   fabric.offset=0         region start, bytes (K/M/G suffixes; 4 KiB aligned)
 #   fabric.size=64M         region length (K/M/G suffixes); split evenly between jobs
@@ -327,6 +332,24 @@ blk_fio() {
     echo "FABRIC-RESULT blk $step $st dev=$dev offset=$off size=$size bs=$bs qd=$qd jobs=$jobs seed=$seed verify=$vmode rc=$rc err=${err:-none} read=$rb write=$wb secs=$secs"
 }
 
+# Waits for the disk to change size (an online resize); sets st and dsize.
+blk_grow() {
+    s0=$(cat "/sys/block/$dev/size")
+    gw=${P_grow_wait:-300}; num grow_wait "$gw"
+    info "blk grow waiting size=$((s0 * 512))"
+    t0=$(now)
+    n=0
+    while [ "$(cat "/sys/block/$dev/size")" = "$s0" ] && [ $n -lt $((gw * 10)) ]; do
+        n=$((n + 1))
+        sleep 0.1
+    done
+    s1=$(cat "/sys/block/$dev/size")
+    st=FAIL
+    [ "$s1" != "$s0" ] && st=PASS
+    dsize=$((s1 * 512))
+    echo "FABRIC-RESULT blk grow $st dev=$dev from=$((s0 * 512)) to=$dsize secs=$(since "$t0")"
+}
+
 # Expects a read-only disk: rewrites the region's first 4 KiB with its own content.
 blk_ro() {
     rof=$(cat "/sys/block/$dev/ro")
@@ -379,14 +402,22 @@ blk_setup() {
         "max_kb=$(cat $q/max_hw_sectors_kb) segs=$(cat $q/max_segments)" \
         "cache=$(tr ' ' _ <$q/write_cache) discard_max=$(cat $q/discard_max_bytes)" \
         "wzeroes_max=$(cat $q/write_zeroes_max_bytes) features=$(cat "/sys/block/$dev/device/features" 2>/dev/null)"
+    if [ "${P_blk%%,*}" = grow ]; then
+        blk_grow
+        if [ "$st" != PASS ]; then
+            echo "FABRIC-RESULT blk done FAIL steps=$P_blk failed=grow vq_irqs=none"
+            finish
+        fi
+    fi
     [ $((off + size)) -le "$dsize" ] || die "region $off+$size is beyond $dev ($dsize bytes)"
 }
 
 blk_main() {
     steps=$(echo "$P_blk" | tr ',' ' ')
     for s in $steps; do
-        case $s in write|verify|read|ro) ;; *) die "unknown fabric.blk step $s" ;; esac
+        case $s in write|verify|read|ro) ;; grow) ;; *) die "unknown fabric.blk step $s" ;; esac
     done
+    case ",$P_blk," in *,grow,*) [ "${P_blk%%,*}" = grow ] || die "grow must be the first step" ;; esac
     blk_setup
     pinger=""
     if [ -n "${P_peer:-}" ]; then
@@ -397,6 +428,7 @@ blk_main() {
     failed=""
     for s in $steps; do
         case $s in
+        grow) continue ;; # done above
         ro) blk_ro ;;
         *) blk_fio "$s" ;;
         esac

@@ -374,7 +374,8 @@ pub struct VolumeCreate {
     pub block_size: Option<u32>,
 }
 
-/// `volume.resize` arguments; shrinking needs `force`.
+/// `volume.resize` arguments; shrinking needs `force`, and an exported
+/// volume only grows (shrinking it is a `conflict`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeResize {

@@ -266,16 +266,33 @@ impl Runtime {
     pub fn resize_volume(&self, pool_name: &str, name: &str, size: u64, force: bool) -> Result<()> {
         let pool = self.pool_entry(pool_name)?.pool.clone();
         let mut st = self.lock();
-        // The guest would not learn the new size (no config-change event yet).
-        Self::not_exported(&st, pool_name, name, "resize")?;
+        let exported = st
+            .exports
+            .iter()
+            .find(|e| e.pool == pool_name && e.volume == name)
+            .map(|e| (e.config.socket.clone(), e.served.export.clone()));
         #[cfg(test)]
         super::tests::between();
         let overcommit = Self::overcommit_in(&st, pool_name);
         let mut p = lock_pool(&pool);
         let old = p.volume(name)?.size;
+        // An exported volume may grow (its frontends are told, see
+        // `BlkExport::grow`); shrinking it would take away blocks its guest
+        // may use and requests in flight may reach.
+        if let Some((socket, _)) = exported.as_ref().filter(|_| size < old) {
+            return Err(Error::conflict(format!(
+                "volume {name:?} is exported on {}: it can grow but not shrink; \
+                 unexport it before you shrink it",
+                socket.display()
+            )));
+        }
         Self::check_provisioning(&p, pool_name, overcommit, size.saturating_sub(old))?;
         p.resize(name, size, force)?;
         drop(p);
+        // The pool knows the new size before any request is checked against it.
+        if let Some((_, export)) = exported {
+            export.grow(size);
+        }
         if let Some(p) = Self::pool_config(&mut st, pool_name) {
             if let Some(v) = p.volumes.iter_mut().find(|v| v.name == name) {
                 if let VolumeSource::New { size: s, .. } = &mut v.source {

@@ -85,7 +85,13 @@ fn expect_done(blk: &mut GuestBlk, heads: &[u16], seed: Option<u64>, who: &str) 
 #[test]
 fn the_destination_runs_the_queues_only_after_the_source_stopped_them() {
     let f = daemon("hand1");
-    let mut src = f.connect_with("hand1", BlkOptions::default());
+    // Write-through (no FLUSH): a write completes after the device flushed it, which
+    // a slowed flush holds back below.
+    let write_through = BlkOptions {
+        flush: false,
+        ..BlkOptions::default()
+    };
+    let mut src = f.connect_with("hand1", write_through);
     let first = post_writes(&mut src, 1);
     expect_done(&mut src, &first, None, "source");
 
@@ -101,11 +107,25 @@ fn the_destination_runs_the_queues_only_after_the_source_stopped_them() {
         PATIENCE,
         || f.counter("hand1", "handover_waits") == 1,
     );
-    // The source goes on: a batch it completes, then one it does not wait for (in
-    // flight, or completed and not yet taken off the ring, when the VM stops).
+    // The source goes on: a batch it completes, then one still in flight when its VM
+    // stops (each write waits for a device flush slowed by 2 s).
     let second = post_writes(&mut src, 2);
     expect_done(&mut src, &second, None, "source");
+    let faults = f
+        .daemon()
+        .pool("p0")
+        .unwrap()
+        .lock()
+        .unwrap()
+        .io_faults()
+        .clone();
+    faults.slow_sync(Duration::from_secs(2));
     let third = post_writes(&mut src, 3);
+    assert_eq!(
+        src.in_flight(0),
+        N as usize,
+        "the source's last writes are in flight"
+    );
     assert_eq!(
         dst.used_idx(0),
         0,
@@ -115,6 +135,7 @@ fn the_destination_runs_the_queues_only_after_the_source_stopped_them() {
     // The VM stops on the source: GET_VRING_BASE finishes and publishes its writes;
     // the destination's reads, posted before either batch, see the last one.
     src.stop().unwrap();
+    faults.slow_sync(Duration::ZERO);
     expect_done(&mut src, &third, None, "source");
     expect_done(&mut dst, &reads, Some(3), "destination");
 

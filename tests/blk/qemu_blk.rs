@@ -24,6 +24,10 @@
 //! | as_of_then                                | allocation grows by 32 MiB; a snapshot is  |
 //! |                                           | exported; B overwrites the volume; S on    |
 //! |                                           | the snapshot finds A's pattern             |
+//! | vswitchd_a_guest_sees_its_disk_grow_and_  | G waits on a 32 MiB disk; `fabricctl       |
+//! | writes_past_the_old_end                   | volume resize` to 48 MiB; G sees it with   |
+//! |                                           | no reboot, writes and verifies past the    |
+//! |                                           | old end                                    |
 //!
 //! The first three run on both backends (`qsd_*` and `vswitchd_*`).
 //!
@@ -51,6 +55,7 @@ use qemu_support::{
     guest_image, net_device_args, qemu_binary, Guest, GuestImage, GuestSpec, GUEST_MEM_MB,
 };
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -387,6 +392,56 @@ fn vswitchd_thin_allocation_and_a_snapshot_as_of_then() {
         "the snapshot should read as the volume was when it was taken\n{}",
         context(&backend)
     ));
+}
+
+/// Online growth: guest G waits for its 32 MiB disk to grow; `fabricctl volume resize`
+/// grows the exported volume to 48 MiB while G runs; vswitchd sends QEMU a
+/// CONFIG_CHANGE_MSG, QEMU reads the new capacity and tells the guest, which sees it
+/// without a reboot and writes (and reads back) a pattern over the 16 MiB past the old
+/// end.
+#[test]
+fn vswitchd_a_guest_sees_its_disk_grow_and_writes_past_the_old_end() {
+    let env = Env::new();
+    let dir = blk_test_dir("qemu-blk-grow");
+    let backend = VswitchdBlk::create(dir.path(), "d0", &writable(32 * MIB, 1));
+    let job = pattern_job(&[BlkStep::Grow, BlkStep::Write], 16 * MIB, 7).offset(32 * MIB);
+    let mut g = BlkGuest::boot(
+        &env.qemu,
+        &env.image,
+        dir.path(),
+        "G",
+        backend.socket(),
+        &BlkGuestOpts::default(),
+        &job,
+    );
+    let waiting = g
+        .guest
+        .wait_for("FABRIC-INFO blk grow waiting", GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", context(&backend)));
+    assert!(
+        waiting.ends_with(&format!("size={}", 32 * MIB)),
+        "{waiting}"
+    );
+    let out = Command::new(test_kit::bins::fabricctl())
+        .arg("--socket")
+        .arg(backend.control_socket())
+        .args(["volume", "resize", "p0", "d0", "--size", "48M"])
+        .output()
+        .expect("run fabricctl");
+    assert!(
+        out.status.success(),
+        "fabricctl volume resize: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        context(&backend)
+    );
+    let r = g
+        .report(GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", context(&backend)));
+    eprintln!("guest G: {}", r.summary().replace('\n', "\n        "));
+    r.assert_pass(&context(&backend));
+    let grow = r.step(BlkStep::Grow);
+    assert_eq!((grow.num("from"), grow.num("to")), (32 * MIB, 48 * MIB));
+    assert_eq!(r.step(BlkStep::Write).num("write"), 16 * MIB);
 }
 
 /// Another export of the same daemon, for `Env::run`.

@@ -299,7 +299,8 @@ fn volumes_exports_and_space() {
     }
     let used = c.ok("volume.list", json!({"pool": "p0"}));
     assert_eq!(used[0]["allocated"], 4 * MIB);
-    // Conflicts: an exported volume cannot be deleted, renamed or resized.
+    // Conflicts: an exported volume cannot be deleted, renamed or shrunk (even
+    // with force); it can grow.
     assert_eq!(
         c.err("volume.delete", json!({"pool": "p0", "name": "v1"})),
         "conflict"
@@ -311,6 +312,20 @@ fn volumes_exports_and_space() {
         ),
         "conflict"
     );
+    for force in [false, true] {
+        assert_eq!(
+            c.err(
+                "volume.resize",
+                json!({"pool": "p0", "name": "v1", "size": "4M", "force": force})
+            ),
+            "conflict"
+        );
+    }
+    let grown = c.ok(
+        "volume.resize",
+        json!({"pool": "p0", "name": "v1", "size": "12M"}),
+    );
+    assert_eq!(grown["size"], 12 * MIB);
     assert_eq!(
         c.err("export.add", json!({"pool": "p0", "volume": "v1"})),
         "already_exists"

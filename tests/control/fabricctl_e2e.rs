@@ -205,6 +205,20 @@ fn every_subcommand_against_a_running_daemon() {
         c.queue(0).write_pattern(1, 0, 2 * MIB as usize).unwrap();
         c.queue(0).flush().unwrap();
     }
+    // An exported volume grows (the next frontend writes past the old end);
+    // it never shrinks, --force or not: exit 4, conflict.
+    d.ok(&["volume", "resize", "p0", "v", "--size", "12M"]);
+    for force in [&[][..], &["--force"][..]] {
+        let args = [&["volume", "resize", "p0", "v", "--size", "4M"][..], force].concat();
+        let err = d.fails(4, &args);
+        assert!(err.contains("can grow but not shrink"), "{err}");
+    }
+    {
+        let mut c = blk_support::BlkClient::connect(&dir.join("run/v.sock"), 2).unwrap();
+        assert_eq!(c.capacity(), 12 * MIB);
+        c.queue(0).write_pattern(3, 8 * MIB, MIB as usize).unwrap();
+        c.queue(0).verify_pattern(3, 8 * MIB, MIB as usize).unwrap();
+    }
     // snapshot, then new data on the volume; the snapshot keeps the old.
     d.ok(&["volume", "snapshot", "p0", "v", "s"]);
     {
@@ -234,7 +248,8 @@ fn every_subcommand_against_a_running_daemon() {
     };
     assert_eq!(find("c2").unwrap()["size"], 16 * MIB);
     assert_eq!(find("s").unwrap()["kind"], "snapshot");
-    assert_eq!(find("v").unwrap()["allocated"], 2 * MIB);
+    assert_eq!(find("v").unwrap()["allocated"], 3 * MIB);
+    assert_eq!(find("v").unwrap()["size"], 12 * MIB);
     assert!(find("v").unwrap()["export"].is_string());
     // delete: refused while exported, then allowed; space comes back.
     d.fails(4, &["volume", "delete", "p0", "v"]);

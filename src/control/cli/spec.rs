@@ -159,7 +159,8 @@ pub(super) const SPECS: &[Spec] = &[
         words: &["volume", "resize"],
         synopsis: "volume resize POOL NAME --size S [--force]",
         summary: "change a volume's size; shrinking discards the data beyond\n\
-                  the new end and needs --force",
+                  the new end and needs --force; an exported volume only grows\n\
+                  (its guest sees the new size at once)",
         positionals: &["POOL", "NAME"],
         options: &["--size"],
         flags: &["--force"],

@@ -22,10 +22,14 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::vhost_user::{
+    Frontend, FrontendReqHandler, HandlerResult, VhostUserFrontend, VhostUserFrontendReqHandler,
+};
 use vhost::VhostBackend;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -189,6 +193,21 @@ pub struct BlkOptions {
     /// only (a migration's destination QEMU, started with `-incoming`) until
     /// [`GuestBlk::start_rings`].
     pub start_rings: bool,
+    /// Negotiate VHOST_USER_PROTOCOL_F_BACKEND_REQ if offered and hand the device a
+    /// backend request channel (SET_BACKEND_REQ_FD), as QEMU does; see
+    /// [`GuestBlk::config_changes`].
+    pub backend_req: bool,
+}
+
+/// Counts the CONFIG_CHANGE_MSGs the device sends on its backend request channel.
+#[derive(Default)]
+struct ConfigChanges(AtomicU64);
+
+impl VhostUserFrontendReqHandler for ConfigChanges {
+    fn handle_config_change(&self) -> HandlerResult<u64> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(0)
+    }
 }
 
 impl Default for BlkOptions {
@@ -203,6 +222,7 @@ impl Default for BlkOptions {
             flush: true,
             dirty_log: false,
             start_rings: true,
+            backend_req: false,
         }
     }
 }
@@ -314,6 +334,9 @@ pub struct GuestBlk {
     scratch_next: u64,
     sandbox: (u64, u64),
     missed_notifications: u64,
+    /// The frontend side of the backend request channel, if one was given.
+    backend_req: Option<FrontendReqHandler<ConfigChanges>>,
+    config_changes: Arc<ConfigChanges>,
 }
 
 impl GuestBlk {
@@ -352,23 +375,21 @@ impl GuestBlk {
             wanted &= !(features::FLUSH | features::CONFIG_WCE);
         }
         let mut config_before_features = None;
-        let n = negotiate_with(
-            &mut frontend,
-            wanted,
-            VhostUserProtocolFeatures::CONFIG
-                | VhostUserProtocolFeatures::MQ
-                | VhostUserProtocolFeatures::REPLY_ACK
-                | match opts.dirty_log {
-                    true => VhostUserProtocolFeatures::LOG_SHMFD,
-                    false => VhostUserProtocolFeatures::empty(),
-                },
-            |fe, protocol| {
-                if protocol.contains(VhostUserProtocolFeatures::CONFIG) {
-                    config_before_features = Some(read_config(fe)?);
-                }
-                Ok(())
-            },
-        )?;
+        let mut wanted_protocol = VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK;
+        if opts.backend_req {
+            wanted_protocol |= VhostUserProtocolFeatures::BACKEND_REQ;
+        }
+        if opts.dirty_log {
+            wanted_protocol |= VhostUserProtocolFeatures::LOG_SHMFD;
+        }
+        let n = negotiate_with(&mut frontend, wanted, wanted_protocol, |fe, protocol| {
+            if protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+                config_before_features = Some(read_config(fe)?);
+            }
+            Ok(())
+        })?;
         let (acked, protocol_features) = (n.features, n.protocol);
         if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
             let max = vu("GET_QUEUE_NUM", frontend.get_queue_num())?;
@@ -390,6 +411,18 @@ impl GuestBlk {
             ));
         }
         let config = read_config(&frontend)?;
+        let config_changes = Arc::new(ConfigChanges::default());
+        let backend_req = if protocol_features.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+            let handler = FrontendReqHandler::new(config_changes.clone())
+                .map_err(|e| io::Error::other(format!("backend request channel: {e}")))?;
+            let tx = handler.get_tx_raw_fd();
+            // SAFETY: `tx` is the handler's open socket, alive for this call.
+            let tx = unsafe { std::os::fd::BorrowedFd::borrow_raw(tx) };
+            vu("SET_BACKEND_REQ_FD", frontend.set_backend_request_fd(&tx))?;
+            Some(handler)
+        } else {
+            None
+        };
 
         let event_idx = acked & features::EVENT_IDX != 0;
         let indirect = acked & features::INDIRECT_DESC != 0;
@@ -437,6 +470,8 @@ impl GuestBlk {
             scratch_next: 0,
             sandbox: (sandbox_start, sandbox_len),
             missed_notifications: 0,
+            backend_req,
+            config_changes,
         };
         if opts.start_rings {
             blk.start_rings()?;
@@ -465,6 +500,24 @@ impl GuestBlk {
             enable_queue(&mut self.frontend, q, self.features)?;
         }
         Ok(())
+    }
+
+    /// CONFIG_CHANGE_MSGs received on the backend request channel so far: handles
+    /// every message already sent (answering one that asks for a reply) without
+    /// waiting for more. Panics without a channel (`BlkOptions::backend_req`, and
+    /// the device must offer BACKEND_REQ) or on a message the vhost crate's
+    /// `FrontendReqHandler` refuses (a malformed header, an unknown request).
+    pub fn config_changes(&mut self) -> u64 {
+        let handler = self
+            .backend_req
+            .as_mut()
+            .expect("no backend request channel: BlkOptions::backend_req, BACKEND_REQ offered");
+        while wait_readable(&[handler.as_raw_fd()], Duration::ZERO) {
+            if let Err(e) = handler.handle_request() {
+                panic!("device bug: backend request refused: {e}");
+            }
+        }
+        self.config_changes.0.load(Ordering::Relaxed)
     }
 
     /// The virtio feature bits acked with SET_FEATURES (includes PROTOCOL_FEATURES).

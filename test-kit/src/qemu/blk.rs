@@ -247,6 +247,9 @@ pub enum BlkStep {
     Read,
     /// Expect a read-only disk: `ro` flag set, a rewrite refused, the data unchanged.
     ReadOnly,
+    /// First step only: print `FABRIC-INFO blk grow waiting size=BYTES` and wait for
+    /// the disk to grow without a reboot; the region may then lie past the old end.
+    Grow,
 }
 
 impl BlkStep {
@@ -256,6 +259,7 @@ impl BlkStep {
             BlkStep::Verify => "verify",
             BlkStep::Read => "read",
             BlkStep::ReadOnly => "ro",
+            BlkStep::Grow => "grow",
         }
     }
 }
@@ -768,6 +772,11 @@ impl VswitchdBlk {
             self.extra, self.name
         );
         VswitchdBlk::start(&self.dir, &self.name, &self.spec, &extra, self.run + 1)
+    }
+
+    /// The daemon's control socket, for `fabricctl --socket`.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
     }
 
     /// The socket of another export of this daemon.

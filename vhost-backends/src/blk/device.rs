@@ -23,6 +23,7 @@ use crate::{GuestMem, GuestMemAtomic};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -155,7 +156,7 @@ impl BlkBackend {
         mem: GuestMemAtomic,
         live_migration: bool,
     ) -> io::Result<BlkBackend> {
-        let (capacity, block_size, cluster_size, fd) = {
+        let (block_size, cluster_size, fd) = {
             let pool = lock(&export.pool);
             let vol = pool
                 .metadata()
@@ -164,12 +165,7 @@ impl BlkBackend {
                     io::Error::other(format!("volume {} is gone", export.config.name))
                 })?;
             let fd = pool.dev().file().try_clone()?;
-            (
-                vol.size(),
-                vol.block_size(),
-                pool.metadata().cluster_size(),
-                fd,
-            )
+            (vol.block_size(), pool.metadata().cluster_size(), fd)
         };
         let depth = u32::from(export.config.queue_size).max(32);
         let queues = (0..export.config.queues)
@@ -192,7 +188,8 @@ impl BlkBackend {
             .collect::<io::Result<Vec<_>>>()?;
         Ok(BlkBackend(Arc::new(BlkConnection {
             limits: Limits {
-                capacity,
+                // Read from the export for each request: see `limits`.
+                capacity: 0,
                 read_only: export.config.read_only,
                 max_zero_sectors: MAX_ZERO_SECTORS,
                 max_request: request::MAX_REQUEST_BYTES,
@@ -208,6 +205,16 @@ impl BlkBackend {
             log: DirtyLog::default(),
             live_migration,
         })))
+    }
+
+    /// The limits a request parsed now is checked against: the capacity is
+    /// the export's at this moment, so a request parsed after a resize may
+    /// reach the new end and none parsed before it can.
+    fn limits(&self) -> Limits {
+        Limits {
+            capacity: self.0.export.capacity(),
+            ..self.0.limits
+        }
     }
 
     fn has_feature(&self, bit: u32) -> bool {
@@ -242,7 +249,7 @@ impl BlkBackend {
         put(
             &mut s,
             0,
-            &(c.limits.capacity / request::SECTOR).to_le_bytes(),
+            &(c.export.capacity() / request::SECTOR).to_le_bytes(),
         ); // capacity
         let (seg_max, size_max) = request::segment_limits(c.export.config.queue_size);
         put(&mut s, 8, &size_max.to_le_bytes()); // size_max: see segment_limits
@@ -320,7 +327,9 @@ impl BlkBackend {
     /// A ring starts: takes the export's queues for this session, waiting
     /// (bounded) for another session holding them to release them, see
     /// [`super::handover`]. False if refused: the ring is then stopped as
-    /// broken until the frontend stops it.
+    /// broken until the frontend stops it. Waits on the queue's worker
+    /// with its `QueueState` held: a GET_VRING_BASE of this ring meanwhile
+    /// waits too (at most the patience), and nothing else needs it.
     fn take_queues(&self, st: &mut QueueState) -> bool {
         let export = &self.0.export;
         let name = &export.config.name;
@@ -421,7 +430,7 @@ impl BlkBackend {
                     q.popped(head, st.counter);
                 }
                 st.counter = st.counter.wrapping_add(1);
-                requests.push((head, parse(&ring, head, &self.0.limits)));
+                requests.push((head, parse(&ring, head, &self.limits())));
             }
             queue.set_next_avail(next);
         }
@@ -471,7 +480,7 @@ impl BlkBackend {
             queue.set_next_used(used);
             queue.set_next_avail(used.wrapping_add(resumed));
             for head in recovery.resubmit {
-                requests.push((head, parse(&ring, head, &self.0.limits)));
+                requests.push((head, parse(&ring, head, &self.limits())));
             }
         }
         if !requests.is_empty() {
@@ -791,9 +800,11 @@ impl VhostUserBackend for BlkBackend {
         // CONFIGURE_MEM_SLOTS: libblkio requires them (and QEMU uses them).
         // INFLIGHT_SHMFD: requests in flight when the daemon dies are
         // resubmitted by the next one (the relay answers its messages).
+        // BACKEND_REQ: the channel a resize's CONFIG_CHANGE_MSG goes on.
         // LOG_SHMFD: the dirty log of a live migration, if offered.
         let f = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
@@ -927,6 +938,7 @@ impl SessionBackend for BlkBackend {
             st.owns = false;
         }
         self.0.export.ownership.ended(self.0.session);
+        self.0.export.drop_backend_channel(self.0.session);
     }
 
     fn relay_hooks(&self) -> Arc<dyn RelayHooks> {
@@ -950,6 +962,10 @@ impl RelayHooks for BlkBackend {
                 ..*asked
             },
         ))
+    }
+
+    fn set_backend_req_channel(&self, channel: UnixStream) -> io::Result<()> {
+        self.0.export.set_backend_channel(self.0.session, channel)
     }
 
     fn set_inflight_fd(&self, region: &InflightGeometry, fd: OwnedFd) -> io::Result<()> {

@@ -16,7 +16,8 @@ use crate::session::{ServeOptions, SocketServer};
 use crate::GuestMemAtomic;
 use device::BlkBackend;
 use handover::QueueOwnership;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -221,7 +222,23 @@ pub struct BlkExport {
     pub ownership: QueueOwnership,
     /// Numbers the sessions of both sockets, for [`QueueOwnership`].
     next_session: AtomicU64,
+    /// The capacity in bytes shown in the config space and checked by every
+    /// request parsed from now on; it only grows while exported
+    /// ([`BlkExport::grow`]).
+    capacity: AtomicU64,
+    /// The backend request channel of each session that gave one
+    /// (SET_BACKEND_REQ_FD), by session number.
+    backend_channels: Mutex<Vec<(u64, UnixStream)>>,
 }
+
+/// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG: the config space changed; the
+/// frontend reads it again (GET_CONFIG) and tells the driver.
+const BACKEND_CONFIG_CHANGE_MSG: u32 = 2;
+/// A backend request's header flags: version 1, no reply wanted.
+const BACKEND_REQ_FLAGS: u32 = 0x1;
+/// How long a config-change notice may wait for room in a channel's
+/// socket buffer (a frontend that never reads it loses the notice).
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The running sockets of an export; `stop` disconnects their frontends.
 pub struct BlkExportHandle {
@@ -256,6 +273,10 @@ impl BlkExportHandle {
 
 impl BlkExport {
     pub fn new(config: BlkExportConfig, pool: SharedPool) -> Arc<BlkExport> {
+        let capacity = {
+            let p = pool.lock().unwrap_or_else(|e| e.into_inner());
+            p.metadata().volume(config.volume).map_or(0, |v| v.size())
+        };
         Arc::new(BlkExport {
             config,
             pool,
@@ -264,7 +285,71 @@ impl BlkExport {
             write_cache: AtomicBool::new(true),
             ownership: QueueOwnership::default(),
             next_session: AtomicU64::new(1),
+            capacity: AtomicU64::new(capacity),
+            backend_channels: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The capacity in bytes requests are checked against now.
+    pub fn capacity(&self) -> u64 {
+        self.capacity.load(Ordering::Acquire)
+    }
+
+    /// The volume grew to `bytes` (already in the pool): requests parsed from
+    /// now on may reach it, and every session with a backend request channel
+    /// is sent one CONFIG_CHANGE_MSG, after which its frontend reads the new
+    /// capacity (GET_CONFIG) and tells the guest. Returns how many were sent.
+    /// A smaller size is ignored: requests in flight were checked against the
+    /// old one.
+    pub fn grow(&self, bytes: u64) -> usize {
+        if self.capacity.fetch_max(bytes, Ordering::AcqRel) >= bytes {
+            return 0;
+        }
+        let mut header = [0u8; 12];
+        header[0..4].copy_from_slice(&BACKEND_CONFIG_CHANGE_MSG.to_le_bytes());
+        header[4..8].copy_from_slice(&BACKEND_REQ_FLAGS.to_le_bytes());
+        let mut channels = self
+            .backend_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let before = channels.len();
+        channels.retain(|(session, channel)| {
+            let sent = (&*channel).write_all(&header);
+            if let Err(e) = &sent {
+                log::warn!(
+                    "export {}: session {session}: config change not sent, channel dropped: {e}",
+                    self.config.name
+                );
+            }
+            sent.is_ok()
+        });
+        log::info!(
+            "export {}: capacity {bytes} bytes; config change sent to {} of {before} sessions",
+            self.config.name,
+            channels.len()
+        );
+        channels.len()
+    }
+
+    /// SET_BACKEND_REQ_FD of `session`: its channel replaces any earlier one.
+    pub(crate) fn set_backend_channel(&self, session: u64, channel: UnixStream) -> io::Result<()> {
+        // Never block a resize on a frontend that stopped reading.
+        channel.set_write_timeout(Some(NOTICE_TIMEOUT))?;
+        let mut channels = self
+            .backend_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        channels.retain(|(s, _)| *s != session);
+        channels.push((session, channel));
+        Ok(())
+    }
+
+    /// `session` ended: its channel goes.
+    pub(crate) fn drop_backend_channel(&self, session: u64) {
+        self.backend_channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(s, _)| *s != session);
     }
 
     /// A number for a new session of either socket.
