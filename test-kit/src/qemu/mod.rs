@@ -6,6 +6,8 @@
 //! kernel and a busybox initramfs whose `/init` reads `fabric.*` parameters from the
 //! kernel command line and prints `FABRIC-RESULT ...` lines on the serial console.
 //! [`blk`] adds block guests (fio on a vhost-user-blk disk) and qemu-storage-daemon.
+//! [`migrate`] runs one guest in a sequence of QEMU processes (live migration), driven
+//! through [`qmp`]; [`Vswitchd::start_in`] runs a daemon inside a network namespace.
 
 pub mod blk;
 pub mod migrate;
