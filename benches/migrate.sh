@@ -4,7 +4,9 @@
 #
 #   benches/migrate.sh        (env: ROUNDS=3 migrations per configuration, alternating
 #                              direction; MEMS="256 1024" guest MiB; LOADS="idle fio";
-#                              VSWITCHD=path, default target/release/vswitchd)
+#                              MAX_BW=MiB/s, QMP max-bandwidth of the source, default
+#                              QEMU's own (128 MiB/s); VSWITCHD=path, default
+#                              target/release/vswitchd)
 #
 # One vswitchd (release build) with two vhost-user ports, `a` and `b`, on one switch,
 # and a pool whose volume is exported on its socket and its migration socket. The
@@ -169,6 +171,9 @@ for mem in $MEMS; do
             qemu "$name" "$mem" "$port" "$disk" "$params" "$WORK/$name.migrate"
             dst=$name; dst_pid=$qpid
             for _ in $(seq 200); do [ -S "$WORK/$dst.migrate" ] && break; sleep 0.05; done
+            if [ -n "${MAX_BW:-}" ]; then
+                qmp "$WORK/$src.qmp" migrate-set-parameters "{\"max-bandwidth\": $((MAX_BW << 20))}" >/dev/null
+            fi
             out=$(qmp "$WORK/$src.qmp" migrate-wait "unix:$WORK/$dst.migrate")
             qmp "$WORK/$dst.qmp" wait-running
             qmp "$WORK/$src.qmp" quit >/dev/null || true
@@ -186,7 +191,7 @@ for mem in $MEMS; do
     done
 done
 
-echo "## Live migration, QEMU TCG guest with NIC + disk on vswitchd, median (range) of $ROUNDS migrations"
+echo "## Live migration, QEMU TCG guest with NIC + disk on vswitchd, median (range) of $ROUNDS migrations, max-bandwidth ${MAX_BW:-QEMU default} MiB/s"
 echo "| guest | load | downtime ms | total ms | RAM sent MiB |"
 echo "|---|---|---|---|---|"
 for mem in $MEMS; do
