@@ -33,9 +33,31 @@
 #   FABRIC-RESULT offloads tx-checksumming=on ... combined=N   (iperf roles: ethtool -k
 #                           and -l of eth0 as the guest's driver set them)
 #   FABRIC-RESULT iperf send|recv ok mbits=N streams=N retrans=N   (or: fail rc=N)
+#   FABRIC-RESULT mig ready role=guest|peer ip=... (migration roles are up)
+#   FABRIC-RESULT blk write PASS|FAIL ... seed=N   (mig-guest) each fio pass, as in block mode
+#   FABRIC-RESULT fio passes=N failed=M           (mig-guest, after `stop`)
+#   FABRIC-RESULT stream recv N PASS|FAIL bytes=B copies=K md5=... want=...
+#                           (mig-guest) stream N: PASS if B = K MiB and the md5 is that of
+#                           K copies of /www/blob
+#   FABRIC-RESULT stream send N copies=K rc=RC    (mig-peer, at `stream-stop`) rc: nc's
+#   FABRIC-RESULT pings from=S to=E received=R lost=L longest=G gaps=A-B,... interval_ms=I
+#                           (mig-peer) sequence numbers S..E (E: the highest answered);
+#                           lost ones, the longest run of them, every run
 #   FABRIC-INFO ...                               progress and diagnostics
 #   FABRIC-ERROR ...                              the guest could not run the test
 #
+#   fabric.role=mig-guest   the guest a live-migration test moves (NIC and disk): after a
+#                           gratuitous ARP and a ping warm-up to fabric.peer, answers pings, checks every TCP
+#                           stream it receives on port 5001 and runs fio write passes
+#                           (verify after writing; pass N with seed N) over the disk region
+#                           (fabric.size etc. as in block mode) until the command `stop`
+#   fabric.role=mig-peer    its peer: pings fabric.peer every fabric.interval_ms (default
+#                           100) from boot on; commands: `stream` (send copies of /www/blob
+#                           to fabric.peer:5001, one every fabric.pace seconds (default
+#                           0.2) at most, until `stream-stop`), `pings` (report the pings
+#                           since the last report), `stop`
+#   Commands are lines on the second serial port (ttyS1: QEMU `-device isa-serial,index=1`),
+#   each acknowledged as `FABRIC-INFO cmd WORD`.
 # Block mode (selected by fabric.blk; needs a virtio-blk disk, no NIC) runs fio on the disk:
 #   fabric.blk=STEP[,STEP...]  steps, in order:
 #       write    fio randwrite over the region with --verify=crc32c (or fabric.verify)
@@ -351,7 +373,9 @@ blk_ro() {
     echo "FABRIC-RESULT blk ro $st dev=$dev ro=$rof write=$w data=$data"
 }
 
-blk_main() {
+# The disk and the fio job from fabric.dev, .offset, .size, .bs, .qd, .jobs, .seed and
+# .verify; waits for the disk and prints it (FABRIC-INFO blk ...).
+blk_setup() {
     dev=${P_dev:-vda}
     to_bytes off "${P_offset:-0}"
     to_bytes size "${P_size:-64M}"
@@ -362,11 +386,6 @@ blk_main() {
     seed=${P_seed:-1}; num seed "$seed"
     vmode=${P_verify:-crc32c}
     case $vmode in crc32c|pattern) ;; *) die "fabric.verify=$vmode: want crc32c or pattern" ;; esac
-    steps=$(echo "$P_blk" | tr ',' ' ')
-    for s in $steps; do
-        case $s in write|verify|read|ro) ;; grow) ;; *) die "unknown fabric.blk step $s" ;; esac
-    done
-    case ",$P_blk," in *,grow,*) [ "${P_blk%%,*}" = grow ] || die "grow must be the first step" ;; esac
     [ "$jobs" -ge 1 ] && [ "$size" -gt 0 ] || die "fabric.size and fabric.jobs must be positive"
     slice=$((size / jobs))
     [ $((slice * jobs)) = "$size" ] && [ $((slice % bsb)) = 0 ] && [ $((off % 4096)) = 0 ] ||
@@ -391,6 +410,15 @@ blk_main() {
         fi
     fi
     [ $((off + size)) -le "$dsize" ] || die "region $off+$size is beyond $dev ($dsize bytes)"
+}
+
+blk_main() {
+    steps=$(echo "$P_blk" | tr ',' ' ')
+    for s in $steps; do
+        case $s in write|verify|read|ro) ;; grow) ;; *) die "unknown fabric.blk step $s" ;; esac
+    done
+    case ",$P_blk," in *,grow,*) [ "${P_blk%%,*}" = grow ] || die "grow must be the first step" ;; esac
+    blk_setup
     pinger=""
     if [ -n "${P_peer:-}" ]; then
         net_up
@@ -474,6 +502,158 @@ iperf_run() {
     fi
 }
 
+# ---- migration roles: the guest that moves (mig-guest) and its peer (mig-peer) ---------
+# The host paces them across live migrations with commands: lines on the second serial
+# port (ttyS1), each acknowledged as `FABRIC-INFO cmd WORD`. The port is opened (fd 3)
+# before the role says it is ready and stays open: the UART drops what arrives while
+# nobody has it open.
+cmd_open() {
+    [ -c /dev/ttyS1 ] || die "no /dev/ttyS1 (second serial port) for commands"
+    exec 3</dev/ttyS1
+    stty -echo <&3 2>/dev/null
+}
+
+# Runs HANDLER WORD for each command until `stop`.
+cmd_loop() {
+    while read -r word rest <&3; do
+        [ -n "$word" ] || continue
+        info "cmd $word"
+        [ "$word" = stop ] && break
+        "$1" "$word" || info "cmd $word unknown"
+    done
+}
+
+# One TCP connection on port 5001 (run by `nc -ll -e` with the socket as stdin): whole
+# copies of /www/blob, counted and checked by md5 against as many copies.
+write_stream_check() {
+    cat >/tmp/stream-check <<'CHECK'
+#!/bin/sh
+n=$(($(cat /tmp/streams 2>/dev/null || echo 0) + 1))
+echo "$n" >/tmp/streams
+echo "FABRIC-INFO stream recv $n connected" >/dev/console
+rm -f /tmp/sc.fifo
+mkfifo /tmp/sc.fifo
+wc -c </tmp/sc.fifo >/tmp/sc.bytes &
+got=$(tee /tmp/sc.fifo | md5sum | cut -d' ' -f1)
+wait
+bytes=$(tr -d ' ' </tmp/sc.bytes)
+copies=$((bytes / 1048576))
+want=$(i=0; while [ $i -lt $copies ]; do cat /www/blob; i=$((i + 1)); done | md5sum | cut -d' ' -f1)
+st=FAIL
+[ $((copies * 1048576)) = "$bytes" ] && [ "$got" = "$want" ] && st=PASS
+echo "FABRIC-RESULT stream recv $n $st bytes=$bytes copies=$copies md5=$got want=$want" >/dev/console
+CHECK
+    chmod +x /tmp/stream-check
+}
+
+# fio write passes (verify after writing) over the region until /tmp/fio.stop; pass N
+# uses seed N, so with fabric.verify=pattern a block left by an older pass fails.
+fio_loop() {
+    pass=0
+    failed=0
+    while [ ! -e /tmp/fio.stop ]; do
+        pass=$((pass + 1))
+        seed=$pass
+        info "fio pass $pass start"
+        blk_fio write
+        [ "$st" = PASS ] || failed=$((failed + 1))
+    done
+    echo "FABRIC-RESULT fio passes=$pass failed=$failed"
+}
+
+# mig-guest: disk and NIC; answers pings, checks each stream on port 5001 and runs
+# fio_loop until `stop`.
+mig_guest() {
+    blk_setup
+    # A gratuitous ARP: every switch of the segment learns where it is before it moves.
+    # (busybox arping exits 1 when nothing answers, as nothing does to -U)
+    arping -U -c 1 -I eth0 "${P_ip%/*}" >/dev/null 2>&1
+    reach_peer
+    write_stream_check
+    nc -ll -p 5001 -e /tmp/stream-check </dev/null >/dev/null 2>&1 &
+    fio_loop &
+    fio_pid=$!
+    cmd_open
+    echo "FABRIC-RESULT mig ready role=guest ip=$P_ip"
+    cmd_loop true
+    touch /tmp/fio.stop
+    wait "$fio_pid"
+}
+
+# Replies from the pinger since the last report: the range of sequence numbers up to the
+# highest answered, how many of them were lost, the longest run of lost ones and every run.
+ping_report() {
+    line=$(awk -v from="${ping_from:-0}" '
+        BEGIN { max = from - 1 }
+        match($0, /seq=[0-9]+/) {
+            s = substr($0, RSTART + 4, RLENGTH - 4) + 0
+            if (s >= from) { got[s] = 1; if (s > max) max = s }
+        }
+        END {
+            n = 0; lost = 0; longest = 0; run = 0; gaps = ""
+            for (i = from; i <= max + 1; i++) {
+                if (i <= max && !(i in got)) { lost++; run++; continue }
+                if (i <= max) n++
+                if (run > 0) {
+                    gaps = gaps sep (i - run) "-" (i - 1); sep = ","
+                    if (run > longest) longest = run
+                    run = 0
+                }
+            }
+            printf "from=%d to=%d received=%d lost=%d longest=%d gaps=%s", from, max, n, lost, longest, (gaps == "" ? "none" : gaps)
+        }' /tmp/ping)
+    echo "FABRIC-RESULT pings $line interval_ms=$ping_ms"
+    ping_from=$(($(echo "$line" | sed -n 's/.* to=\([-0-9]*\) .*/\1/p') + 1))
+}
+
+stream_start() {
+    rm -f /tmp/stream.stop /tmp/stream.sent /tmp/stream.rc
+    streams=$((${streams:-0} + 1))
+    (
+        n=0
+        while [ ! -e /tmp/stream.stop ]; do
+            cat /www/blob || break
+            n=$((n + 1))
+            echo "$n" >/tmp/stream.sent
+            sleep "${P_pace:-0.2}"
+        done | nc "$P_peer" 5001 >/dev/null
+        echo "$?" >/tmp/stream.rc
+    ) &
+    sender=$!
+    info "stream send $streams started"
+}
+
+stream_stop() {
+    touch /tmp/stream.stop
+    wait "$sender"
+    echo "FABRIC-RESULT stream send $streams copies=$(cat /tmp/stream.sent 2>/dev/null || echo 0) rc=$(cat /tmp/stream.rc)"
+}
+
+peer_cmd() {
+    case $1 in
+    stream) stream_start ;;
+    stream-stop) stream_stop ;;
+    pings) ping_report ;;
+    *) return 1 ;;
+    esac
+}
+
+# mig-peer: pings fabric.peer every fabric.interval_ms (default 100) and, on command,
+# streams copies of /www/blob to its port 5001 (one every fabric.pace seconds at most).
+mig_peer() {
+    reach_peer
+    ping_ms=${P_interval_ms:-100}
+    num interval_ms "$ping_ms"
+    ping -i "$(awk -v m="$ping_ms" 'BEGIN { printf "%.3f", m / 1000 }')" "$P_peer" >/tmp/ping 2>&1 &
+    pinger=$!
+    cmd_open
+    echo "FABRIC-RESULT mig ready role=peer ip=$P_ip"
+    cmd_loop peer_cmd
+    kill -INT "$pinger"
+    wait "$pinger"
+    ping_report
+}
+
 case ${P_role:-} in
 iperf-serve)
     iperf3 -s -D >/dev/null 2>&1 || die "iperf3 -s failed"
@@ -518,6 +698,12 @@ serve)
     echo "FABRIC-RESULT serve ready ip=$P_ip"
     if [ -n "${P_time:-}" ]; then sleep "$P_time"; else P_hold=forever; fi
     netstat_line
+    ;;
+mig-guest)
+    mig_guest
+    ;;
+mig-peer)
+    mig_peer
     ;;
 *)
     die "unknown fabric.role=${P_role:-}"

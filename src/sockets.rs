@@ -20,6 +20,7 @@ pub fn serve_options(d: &DaemonConfig) -> io::Result<ServeOptions> {
             group: resolve(d.socket_group.as_ref(), "daemon.socket_group", Kind::Group)?,
         },
         handshake_timeout: Duration::from_millis(u64::from(d.handshake_timeout_ms)),
+        live_migration: d.live_migration,
     })
 }
 

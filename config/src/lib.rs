@@ -182,6 +182,12 @@ pub struct DaemonConfig {
     /// vhost-user message within this time is dropped, and the socket
     /// serves the next one. Default 5000, range `100..=600000`.
     pub handshake_timeout_ms: u32,
+    /// `live_migration`: offer the dirty log of a live migration
+    /// (VHOST_F_LOG_ALL, VHOST_USER_PROTOCOL_F_LOG_SHMFD) on every port and
+    /// export. Off, QEMU refuses to migrate guests attached to them
+    /// ("Migration disabled: vhost-user backend lacks
+    /// VHOST_USER_PROTOCOL_F_LOG_SHMFD feature"). Default true.
+    pub live_migration: bool,
 }
 
 /// A user or group as `fabric.toml` names it; a name is looked up when the

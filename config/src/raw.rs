@@ -229,6 +229,12 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<FabricConfig,
         Some(v) => ctx.int(v, "daemon.datapath_threads", "thread count", 1, 256)?,
         None => DEFAULT_DATAPATH_THREADS,
     };
+    // Default on: a migratable guest is what QEMU users expect.
+    let live_migration = raw
+        .daemon
+        .as_ref()
+        .and_then(|d| d.live_migration.as_ref())
+        .is_none_or(|v| *v.get_ref());
     let control_socket = raw.daemon.as_ref().and_then(|d| d.control_socket.clone());
     let metrics_listen = match raw.daemon.as_ref().and_then(|d| d.metrics_listen.as_ref()) {
         Some(v) => Some(v.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
@@ -356,6 +362,7 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<FabricConfig,
             socket_owner: sockets_access.owner,
             socket_group: sockets_access.group,
             handshake_timeout_ms: sockets_access.handshake_timeout_ms,
+            live_migration,
         },
         switches,
         pools,

@@ -443,7 +443,7 @@ fn unknown_keys_at_top_levels() {
     );
     assert_eq!(
         parse_err("[daemon]\nrundir = \"x\"\n"),
-        "fabric.toml:2: daemon.rundir: unknown field `rundir`, expected one of `run_dir`, `datapath_threads`, `control_socket`, `metrics_listen`, `socket_mode`, `socket_owner`, `socket_group`, `handshake_timeout_ms`"
+        "fabric.toml:2: daemon.rundir: unknown field `rundir`, expected one of `run_dir`, `datapath_threads`, `control_socket`, `metrics_listen`, `socket_mode`, `socket_owner`, `socket_group`, `handshake_timeout_ms`, `live_migration`"
     );
     assert_eq!(
         parse_err("\n[storage]\nx = 1\n"),
@@ -786,6 +786,24 @@ fn socket_access_keys() {
         let err = parse_err(&format!("[daemon]\n{text}\n"));
         assert!(err.starts_with(want), "{text}: {err}");
     }
+}
+
+/// `live_migration`: on unless set false; written back by `config save`; a
+/// value that is no boolean is refused by name.
+#[test]
+fn live_migration_key() {
+    assert!(parse_ok("").daemon.live_migration);
+    let off = parse_ok("[daemon]\nlive_migration = false\n");
+    assert!(!off.daemon.live_migration);
+    assert!(!parse_ok(&to_toml(&off)).daemon.live_migration);
+    assert!(parse_ok(&to_toml(&parse_ok(""))).daemon.live_migration);
+    let err = parse_err("[daemon]\nlive_migration = \"no\"\n");
+    assert!(
+        err.starts_with(
+            "fabric.toml:2: daemon.live_migration: invalid type: string \"no\", expected a boolean"
+        ),
+        "{err}"
+    );
 }
 
 /// A socket configured where something else lives (a pool image, say) is

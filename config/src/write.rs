@@ -71,6 +71,7 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
         }
     }
     let _ = writeln!(out, "handshake_timeout_ms = {}", d.handshake_timeout_ms);
+    let _ = writeln!(out, "live_migration = {}", d.live_migration);
     for sw in &cfg.switches {
         let _ = writeln!(out, "\n[[switch]]");
         let _ = writeln!(out, "name = {}", q(&sw.name));

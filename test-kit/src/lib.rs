@@ -8,7 +8,8 @@
 //! - [`blkio`]: libblkio as a third-party vhost-user-blk client, the random I/O
 //!   driver of the benches, qemu-storage-daemon as the reference backend.
 //! - [`netns`]: Linux network namespaces, veth pairs and packet capture as peers.
-//! - [`qemu`]: real QEMU (TCG) guests on the test image, net and block.
+//! - [`qemu`]: real QEMU (TCG) guests on the test image, net and block; live
+//!   migration between QEMU processes (`qemu::migrate`, a QMP client in `qemu::qmp`).
 //! - [`testpmd`]: DPDK `dpdk-testpmd` against the `vswitchd` binary, or as a
 //!   vhost-user backend peer of `GuestNic`.
 //! - [`pattern`]: seeded data whose every byte is a function of its offset.

@@ -6,6 +6,7 @@
 //! file is a module.
 
 mod blk_client_selftest;
+mod blk_dirty_log;
 mod blk_export;
 mod blk_handover;
 mod blk_malformed;

@@ -2,9 +2,13 @@
 //! overlay against kernel peers (`overlay`), DPDK testpmd peers (`testpmd`),
 //! real QEMU guests (`qemu_guest`, `qemu_iperf`: iperf3 with offloads and two
 //! queue pairs), multi-queue ports
-//! (`multiqueue`), a migrated guest's announcement (`announce`). One test binary: each file is a module.
+//! (`multiqueue`), a migrated guest's announcement (`announce`), live migration
+//! of a QEMU guest between two hosts (`migrate`). One test binary: each file is a
+//! module.
 
 mod announce;
+mod dirty_log;
+mod migrate;
 mod multiqueue;
 mod offload;
 mod overlay;

@@ -20,6 +20,7 @@
 
 pub mod blk;
 pub mod datapath;
+pub mod dirty_log;
 pub mod forward;
 pub mod listen;
 pub mod net;

@@ -54,6 +54,10 @@ pub struct ServeOptions {
     /// A frontend that sends no complete message header within this time is
     /// dropped, so a silent client cannot hold the socket.
     pub handshake_timeout: Duration,
+    /// Offer the dirty log of a live migration (VHOST_F_LOG_ALL and
+    /// VHOST_USER_PROTOCOL_F_LOG_SHMFD, `crate::dirty_log`) on every port
+    /// and export; without it QEMU refuses to migrate the guest.
+    pub live_migration: bool,
 }
 
 impl Default for ServeOptions {
@@ -61,6 +65,7 @@ impl Default for ServeOptions {
         ServeOptions {
             access: SocketAccess::default(),
             handshake_timeout: Duration::from_secs(5),
+            live_migration: true,
         }
     }
 }

@@ -13,8 +13,10 @@
 //! chain length (no loops), indirect tables (length a multiple of 16, not
 //! nested, not combined with NEXT), and each buffer against guest memory.
 
-use crate::GuestMem;
+use crate::dirty_log::{DirtyLog, LogBatch};
+use crate::{GuestMem, GuestMemAtomic};
 use std::sync::atomic::Ordering;
+use vhost_user_backend::{VringMutex, VringT};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
@@ -75,6 +77,8 @@ pub struct RingView<'m> {
     desc: VolatileSlice<'m>,
     avail: VolatileSlice<'m>,
     used: VolatileSlice<'m>,
+    /// The used ring's guest physical address, for the dirty log.
+    used_gpa: u64,
     size: u16,
     event_idx: bool,
 }
@@ -107,6 +111,7 @@ impl<'m> RingView<'m> {
             desc: area(queue.desc_table(), n * DESC_SIZE)?,
             avail: area(queue.avail_ring(), AVAIL_RING + 2 * n + 2)?,
             used: area(queue.used_ring(), USED_RING + USED_ELEM * n + 2)?,
+            used_gpa: queue.used_ring(),
             size,
             event_idx: queue.event_idx_enabled(),
         })
@@ -144,13 +149,13 @@ impl<'m> RingView<'m> {
         (n <= self.size).then_some(n)
     }
 
-    /// Walks the chain starting at `head`, calling `f(buffer, device_writable)`
-    /// for each buffer in order; `f` returns false to reject the chain. The
+    /// Walks the chain starting at `head`, calling `f(buffer, device_writable,
+    /// guest_address)` for each buffer in order; `f` returns false to reject the chain. The
     /// chain may have at most queue-size buffers, indirect tables included.
     pub fn walk(
         &self,
         head: u16,
-        f: impl FnMut(VolatileSlice<'m>, bool) -> bool,
+        f: impl FnMut(VolatileSlice<'m>, bool, u64) -> bool,
     ) -> Result<(), ChainError> {
         // Enough for any chain the queue-size limit allows, plus its
         // indirect descriptor.
@@ -168,7 +173,7 @@ impl<'m> RingView<'m> {
         &self,
         head: u16,
         budget: &mut u32,
-        mut f: impl FnMut(VolatileSlice<'m>, bool) -> bool,
+        mut f: impl FnMut(VolatileSlice<'m>, bool, u64) -> bool,
     ) -> Result<(), ChainError> {
         if head >= self.size {
             return Err(ChainError::BadIndex);
@@ -214,7 +219,7 @@ impl<'m> RingView<'m> {
                 .mem
                 .get_slice(GuestAddress(d.addr), d.len as usize)
                 .map_err(|_| ChainError::BadBuffer)?;
-            if !f(buffer, d.flags & VIRTQ_DESC_F_WRITE != 0) {
+            if !f(buffer, d.flags & VIRTQ_DESC_F_WRITE != 0, d.addr) {
                 return Err(ChainError::Rejected);
             }
             if d.flags & VIRTQ_DESC_F_NEXT == 0 {
@@ -248,6 +253,23 @@ impl<'m> RingView<'m> {
         Some(next)
     }
 
+    /// Marks in `log` what [`publish_used`](Self::publish_used) from `old` to
+    /// `new` wrote: those used elements and the used index.
+    pub fn log_used(&self, log: &LogBatch<'_>, old: u16, new: u16) {
+        if !log.is_on() || new == old {
+            return;
+        }
+        let size = u64::from(self.size);
+        let count = u64::from(new.wrapping_sub(old)).min(size);
+        let first = u64::from(old % self.size);
+        let elem = |slot: u64| self.used_gpa + (USED_RING + USED_ELEM * slot as usize) as u64;
+        let elem_len = USED_ELEM as u64;
+        let before_wrap = count.min(size - first);
+        log.mark(elem(first), before_wrap * elem_len);
+        log.mark(elem(0), (count - before_wrap) * elem_len);
+        log.mark(self.used_gpa + USED_IDX as u64, 2);
+    }
+
     /// Whether the driver wants an interrupt for the used index moving from
     /// `old` to `new`: with EVENT_IDX when `used_event` lies in [old, new)
     /// (Linux's `vring_need_event`), without it unless NO_INTERRUPT is set.
@@ -271,6 +293,44 @@ impl<'m> RingView<'m> {
             }
         }
     }
+}
+
+/// Asks the driver for kicks again (`enable`: true; with EVENT_IDX, by
+/// writing `avail_event`) or not (false; without EVENT_IDX, by setting the
+/// used ring's NO_NOTIFY flag), on a ring that is started and enabled only,
+/// both checked under the same lock as the write: once GET_VRING_BASE has
+/// stopped a ring, its memory is the frontend's again. The write is marked
+/// in the dirty log. Returns `Some(more)` (`more`: enabling found work
+/// already waiting), `None` if the ring is stopped or the write failed.
+pub(crate) fn set_kicks(
+    vring: &VringMutex<GuestMemAtomic>,
+    log: &DirtyLog,
+    enable: bool,
+) -> Option<bool> {
+    let mut state = vring.get_mut();
+    if !state.is_enabled() || !state.get_queue().ready() {
+        return None;
+    }
+    let batch = log.begin();
+    let more = match enable {
+        true => state.enable_notification().ok(),
+        false => state.disable_notification().ok().map(|()| false),
+    };
+    // What virtio-queue wrote: avail_event (the used ring's last two bytes)
+    // to enable with EVENT_IDX, nothing to disable with it; the flags (its
+    // first two) without it.
+    let queue = state.get_queue();
+    let used = queue.used_ring();
+    match (queue.event_idx_enabled(), enable) {
+        (true, true) => {
+            let avail_event = USED_RING + USED_ELEM * usize::from(queue.size());
+            batch.mark(used + avail_event as u64, 2);
+        }
+        (true, false) => {}
+        (false, _) => batch.mark(used, 2),
+    }
+    batch.finish();
+    more
 }
 
 #[cfg(test)]
@@ -308,7 +368,7 @@ mod tests {
     fn walk(mem: &GuestMem, q: &Queue, head: u16) -> Result<Vec<(usize, bool)>, ChainError> {
         let ring = RingView::new(q, mem).unwrap();
         let mut bufs = Vec::new();
-        ring.walk(head, |b, w| {
+        ring.walk(head, |b, w, _| {
             bufs.push((b.len(), w));
             true
         })
@@ -321,6 +381,38 @@ mod tests {
         put_desc(&mem, DESC, 0, BUF, 12, VIRTQ_DESC_F_NEXT, 3);
         put_desc(&mem, DESC, 3, BUF + 64, 100, VIRTQ_DESC_F_WRITE, 0);
         assert_eq!(walk(&mem, &q, 0), Ok(vec![(12, false), (100, true)]));
+    }
+
+    /// `log_used` marks the elements a publish wrote, wrapping at the ring's
+    /// end, and the index: a 1024-entry used ring placed so its elements
+    /// fill pages 16 and 17 exactly, the index is on page 15 and
+    /// avail_event on page 18.
+    #[test]
+    fn log_used_marks_the_elements_written_wrapping_and_the_index() {
+        use crate::dirty_log::{testing::logging, LOG_PAGE};
+        let size = 1024u16;
+        let used = 16 * LOG_PAGE - USED_RING as u64;
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap();
+        let mut q = Queue::new(size).unwrap();
+        q.set_desc_table_address(Some(0x1000), Some(0));
+        q.set_avail_ring_address(Some(0x8000), Some(0));
+        q.set_used_ring_address(Some(used as u32), Some(0));
+        q.set_ready(true);
+        let ring = RingView::new(&q, &mem).unwrap();
+        let (log, f) = logging(8);
+        let check = |old: u16, new: u16, pages: &[u64]| {
+            let batch = log.begin();
+            ring.log_used(&batch, old, new);
+            batch.finish();
+            assert_eq!(f.take(), pages, "{old}..{new}");
+        };
+        check(0, 3, &[15, 16]);
+        check(600, 601, &[15, 17]);
+        // Slots 1020..=1023 and then 0..=5: never past the ring's end.
+        check(1020, 1030, &[15, 16, 17]);
+        // Free-running indices wrap at u16::MAX too.
+        check(u16::MAX, 1, &[15, 16, 17]);
+        check(5, 5, &[]);
     }
 
     #[test]
@@ -396,7 +488,7 @@ mod tests {
         indirect(u32::from(SIZE));
         let mut budget = 100;
         let mut seen = 0;
-        let walked = ring.walk_budgeted(0, &mut budget, |_, _| {
+        let walked = ring.walk_budgeted(0, &mut budget, |_, _, _| {
             seen += 1;
             true
         });
@@ -405,7 +497,7 @@ mod tests {
         // Out of budget in the middle: rejected, the budget is spent, not more.
         let mut budget = 5;
         assert_eq!(
-            ring.walk_budgeted(0, &mut budget, |_, _| true),
+            ring.walk_budgeted(0, &mut budget, |_, _, _| true),
             Err(ChainError::TooLong)
         );
         assert_eq!(budget, 0);
@@ -413,7 +505,7 @@ mod tests {
         indirect(u32::from(SIZE) + 1);
         let mut budget = 100;
         assert_eq!(
-            ring.walk_budgeted(0, &mut budget, |_, _| true),
+            ring.walk_budgeted(0, &mut budget, |_, _, _| true),
             Err(ChainError::TooLong)
         );
         assert_eq!(budget, 99, "only the indirect descriptor was read");

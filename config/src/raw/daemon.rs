@@ -16,6 +16,7 @@ pub(super) struct RawDaemon {
     pub(super) socket_owner: Option<Spanned<RawIntOrText>>,
     pub(super) socket_group: Option<Spanned<RawIntOrText>>,
     pub(super) handshake_timeout_ms: Option<Spanned<i64>>,
+    pub(super) live_migration: Option<Spanned<bool>>,
 }
 
 /// The `[daemon]` keys that say who may connect to the vhost-user sockets.

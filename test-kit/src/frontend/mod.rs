@@ -10,6 +10,8 @@
 //! - [`virtio_net`]: `GuestNic`, a virtio-net device driver over vhost-user.
 //! - [`virtio_blk`]: `GuestBlk`, a virtio-blk device driver over vhost-user (N queues,
 //!   well-formed requests and raw chains for hostile input).
+//! - [`dirty_log`]: the VMM's side of a live migration's dirty log (SET_LOG_BASE,
+//!   LOG_ALL, reading the bits back).
 //! - [`smol`]: `SmolNic` (smoltcp `Device` on a `GuestNic`), ping and TCP helpers.
 //! - [`daemon_host`]: `DaemonHost`, the real daemon in process on a config of the
 //!   test's own, in a fresh directory (what the fixtures below build on).
@@ -21,6 +23,7 @@
 pub use crate::{counters, daemon_host};
 
 pub mod blk_daemon;
+pub mod dirty_log;
 pub mod fabric;
 pub mod frames;
 pub mod guest_memory;

@@ -54,6 +54,14 @@ pub fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
+/// The guest address ranges of a split virtqueue's areas (2.7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RingAreas {
+    pub desc: std::ops::Range<u64>,
+    pub avail: std::ops::Range<u64>,
+    pub used: std::ops::Range<u64>,
+}
+
 /// Driver state of one split virtqueue.
 pub struct SplitRing {
     size: u16,
@@ -134,6 +142,16 @@ impl SplitRing {
     /// Guest address of the descriptor table.
     pub fn desc_table(&self) -> u64 {
         self.desc
+    }
+
+    /// Where the ring's three areas are in guest memory.
+    pub fn areas(&self) -> RingAreas {
+        let n = u64::from(self.size);
+        RingAreas {
+            desc: self.desc..self.desc + 16 * n,
+            avail: self.avail..self.avail + 6 + 2 * n,
+            used: self.used..self.used + 6 + 8 * n,
+        }
     }
 
     /// The head most recently pushed to the available ring.

@@ -35,7 +35,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::guest_memory::GuestRam;
 use super::split_ring::{
-    Desc, SplitRing, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    Desc, RingAreas, SplitRing, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 use super::vhost_frontend::{
     connect_frontend, drain, enable_queue, negotiate_with, set_mem_table, setup_queue, vu,
@@ -186,6 +186,9 @@ pub struct BlkOptions {
     /// Accept VIRTIO_BLK_F_FLUSH (a write-back cache) if offered; without it the
     /// device must be write-through.
     pub flush: bool,
+    /// Ack VHOST_USER_PROTOCOL_F_LOG_SHMFD if offered: the VMM may then hand over a
+    /// dirty log ([`super::dirty_log::FrontendLog`]).
+    pub dirty_log: bool,
     /// Set up and enable the rings at connect. Off: the device is negotiated
     /// only (a migration's destination QEMU, started with `-incoming`) until
     /// [`GuestBlk::start_rings`].
@@ -217,6 +220,7 @@ impl Default for BlkOptions {
             indirect: true,
             sandbox: 0,
             flush: true,
+            dirty_log: false,
             start_rings: true,
             backend_req: false,
         }
@@ -376,6 +380,9 @@ impl GuestBlk {
             | VhostUserProtocolFeatures::REPLY_ACK;
         if opts.backend_req {
             wanted_protocol |= VhostUserProtocolFeatures::BACKEND_REQ;
+        }
+        if opts.dirty_log {
+            wanted_protocol |= VhostUserProtocolFeatures::LOG_SHMFD;
         }
         let n = negotiate_with(&mut frontend, wanted, wanted_protocol, |fe, protocol| {
             if protocol.contains(VhostUserProtocolFeatures::CONFIG) {
@@ -667,6 +674,25 @@ impl GuestBlk {
     // ---- well-formed requests ----
 
     /// Posts a well-formed request on queue `q` and kicks if the device wants it.
+    /// Where a well-formed request at `head` of queue `q` has its status
+    /// byte and its data (guest addresses); the header, segment and indirect
+    /// table share the status byte's page.
+    pub fn request_layout(&self, q: usize, head: u16) -> (u64, u64) {
+        let slot = self.queues[q].slots + u64::from(head) * self.slot_size;
+        (slot + SLOT_STATUS, slot + SLOT_DATA)
+    }
+
+    /// Where the rings of queue `q` are.
+    pub fn ring_areas(&self, q: usize) -> RingAreas {
+        self.queues[q].ring.areas()
+    }
+
+    /// A second handle on the vhost-user connection (e.g. to hand over a
+    /// dirty log).
+    pub fn frontend(&self) -> Frontend {
+        self.frontend.clone()
+    }
+
     /// Returns the chain's head, or `WouldBlock` if the queue has no room.
     pub fn submit(&mut self, q: usize, req: &Req<'_>) -> io::Result<u16> {
         let head = self.post(q, req)?;

@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::guest_memory::GuestRam;
 use super::split_ring::{
-    Desc, SplitRing, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    Desc, RingAreas, SplitRing, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 pub use super::vhost_frontend::RawDesc;
 use super::vhost_frontend::{
@@ -161,6 +162,9 @@ pub struct NicOptions {
     pub always_kick: bool,
     /// Queue pairs to set up (VIRTIO_NET_F_MQ when above 1; the backend must offer it).
     pub queue_pairs: u16,
+    /// Ack VHOST_USER_PROTOCOL_F_LOG_SHMFD if offered: the VMM may then hand over a
+    /// dirty log ([`super::dirty_log::FrontendLog`]).
+    pub dirty_log: bool,
 }
 
 impl Default for NicOptions {
@@ -175,6 +179,7 @@ impl Default for NicOptions {
             extra_features: 0,
             always_kick: false,
             queue_pairs: 1,
+            dirty_log: false,
         }
     }
 }
@@ -257,6 +262,9 @@ pub struct GuestNic {
     /// Guest address of RX buffer `i`; descriptor `i` always points at buffer `i`.
     rx_bufs: Vec<u64>,
     rx_partial: Option<PartialFrame>,
+    /// Where the device said it wrote each RX buffer it returned: (guest
+    /// address, used length), in order; see [`GuestNic::take_rx_landed`].
+    rx_landed: Vec<(u64, u32)>,
     /// Free TX descriptor indices.
     tx_free: Vec<u16>,
     /// Descriptors of the in-flight chain whose head is the index.
@@ -321,7 +329,11 @@ impl GuestNic {
             wanted,
             VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIG
-                | VhostUserProtocolFeatures::RARP,
+                | VhostUserProtocolFeatures::RARP
+                | match opts.dirty_log {
+                    true => VhostUserProtocolFeatures::LOG_SHMFD,
+                    false => VhostUserProtocolFeatures::empty(),
+                },
         )?;
 
         let event_idx = acked & features::EVENT_IDX != 0;
@@ -451,6 +463,7 @@ impl GuestNic {
             rx_buffer_len: opts.rx_buffer_len,
             rx_bufs,
             rx_partial: None,
+            rx_landed: Vec::new(),
             tx_free: (0..qs).rev().collect(),
             tx_inflight: vec![None; usize::from(qs)],
             tx_raw_heads: VecDeque::new(),
@@ -765,6 +778,32 @@ impl GuestNic {
         gpa
     }
 
+    /// The RX buffers (first pair) the device returned since the last call:
+    /// (guest address, used length) each, for tests of what it wrote where.
+    pub fn take_rx_landed(&mut self) -> Vec<(u64, u32)> {
+        std::mem::take(&mut self.rx_landed)
+    }
+
+    /// Where the rings of the first pair are: (RX, TX).
+    pub fn ring_areas(&self) -> (RingAreas, RingAreas) {
+        (self.rx.areas(), self.tx.areas())
+    }
+
+    /// Guest memory holding the TX buffers (header, frame, indirect table
+    /// of every chain `send` posts).
+    pub fn tx_buffer_area(&self) -> Range<u64> {
+        let n = u64::from(self.tx.size());
+        self.tx_slots..self.tx_slots + n * TX_SLOT_SIZE
+    }
+
+    /// Guest memory holding the RX buffers of the first pair.
+    pub fn rx_buffer_area(&self) -> Range<u64> {
+        match (self.rx_bufs.first(), self.rx_bufs.last()) {
+            (Some(&first), Some(&last)) => first..last + u64::from(self.rx_buffer_len),
+            _ => 0..0,
+        }
+    }
+
     /// Guest memory (for tests that poke at it directly).
     pub fn ram(&self) -> &GuestRam {
         &self.ram
@@ -1018,6 +1057,7 @@ impl GuestNic {
                 "device bug: RX used len {len} > buffer len {}",
                 self.rx_buffer_len
             );
+            self.rx_landed.push((gpa, len));
             let mut chunk = vec![0u8; len as usize];
             self.ram
                 .read(gpa, &mut chunk)

@@ -6,10 +6,15 @@
 //! kernel and a busybox initramfs whose `/init` reads `fabric.*` parameters from the
 //! kernel command line and prints `FABRIC-RESULT ...` lines on the serial console.
 //! [`blk`] adds block guests (fio on a vhost-user-blk disk) and qemu-storage-daemon.
+//! [`migrate`] runs one guest in a sequence of QEMU processes (live migration), driven
+//! through [`qmp`]; [`Vswitchd::start_in`] runs a daemon inside a network namespace.
 
 pub mod blk;
+pub mod migrate;
+pub mod qmp;
 
 pub use crate::dir::TestDir;
+use crate::netns::Netns;
 pub(crate) use crate::proc::{tail, wait_timeout};
 
 use std::collections::HashMap;
@@ -108,6 +113,7 @@ pub struct Vswitchd {
     stdout: Arc<Mutex<Vec<String>>>,
     reader: Option<thread::JoinHandle<()>>,
     log: PathBuf,
+    dir: PathBuf,
     pub sockets: Vec<PathBuf>,
 }
 
@@ -115,10 +121,22 @@ impl Vswitchd {
     /// Writes `config` to `dir/fabric.toml`, starts the daemon and waits until every
     /// port socket (`dir/run/<port>.sock`) exists.
     pub fn start(dir: &Path, config: &str, ports: &[&str]) -> Vswitchd {
+        Self::start_with(Command::new(crate::bins::vswitchd()), dir, config, ports)
+    }
+
+    /// [`Vswitchd::start`] inside a network namespace (`ip netns exec`, which execs
+    /// the daemon: the child's pid is the daemon's), as one "host" of a test: its TAP
+    /// and tunnel ports live there, its sockets in `dir` as usual.
+    pub fn start_in(netns: &Netns, dir: &Path, config: &str, ports: &[&str]) -> Vswitchd {
+        let cmd = netns.command(&crate::bins::vswitchd().to_string_lossy());
+        Self::start_with(cmd, dir, config, ports)
+    }
+
+    fn start_with(mut cmd: Command, dir: &Path, config: &str, ports: &[&str]) -> Vswitchd {
         let cfg = dir.join("fabric.toml");
         fs::write(&cfg, config).unwrap();
         let log = dir.join("vswitchd.log");
-        let mut child = Command::new(crate::bins::vswitchd())
+        let mut child = cmd
             .arg("--config")
             .arg(&cfg)
             .env("RUST_LOG", "info")
@@ -144,6 +162,7 @@ impl Vswitchd {
             stdout,
             reader: Some(reader),
             log,
+            dir: dir.to_path_buf(),
             sockets,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -164,6 +183,27 @@ impl Vswitchd {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `fabricctl --json ARGS` on this daemon's control socket (`dir/run/control.sock`);
+    /// panics unless it succeeds.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let socket = self.dir.join("run/control.sock");
+        let out = Command::new(crate::bins::fabricctl())
+            .arg("--control-socket")
+            .arg(&socket)
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("run fabricctl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "fabricctl {args:?} failed ({}): {}{text}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("fabricctl {args:?}: {e}: {text}"))
     }
 
     fn pid(&self) -> libc::pid_t {
@@ -412,13 +452,30 @@ impl Guest {
     /// Waits for a console line containing `needle` and returns it. Errors early
     /// (with diagnostics) on a `FABRIC-ERROR` line or when QEMU exits first.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
+        self.wait_for_nth(needle, 1, timeout)
+    }
+
+    /// As [`Guest::wait_for`], for the `n`th line (from 1) containing `needle`: a
+    /// guest that reports the same kind of line again and again.
+    pub fn wait_for_nth(
+        &mut self,
+        needle: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
+        let nth = |text: &str| {
+            text.lines()
+                .filter(|l| l.contains(needle))
+                .nth(n.saturating_sub(1))
+                .map(|l| l.trim_end().to_string())
+        };
         loop {
             let text = self.serial_text();
             // Only whole lines: the guest may be half-way through writing one.
             let text = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-                return Ok(line.trim_end().to_string());
+            if let Some(line) = nth(text) {
+                return Ok(line);
             }
             if let Some(line) = text.lines().find(|l| l.contains("FABRIC-ERROR")) {
                 return Err(format!(
@@ -429,9 +486,8 @@ impl Guest {
             }
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 // One last look: the line may have been written just before exit.
-                let text = self.serial_text();
-                if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-                    return Ok(line.trim_end().to_string());
+                if let Some(line) = nth(&self.serial_text()) {
+                    return Ok(line);
                 }
                 return Err(format!(
                     "guest {} (QEMU) exited ({st}) before printing {needle:?}\n{}",

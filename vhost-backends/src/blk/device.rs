@@ -11,12 +11,14 @@
 use super::handover::Start;
 use super::inflight::{self, InflightGeometry, InflightQueue, InflightRegion};
 use super::request::{
-    self, parse, Limits, Op, Rejected, Request, ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    self, parse, Limits, Op, Rejected, Request, StatusByte, ID_BYTES, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK,
 };
 use super::{BlkExport, TimedOp, Vring};
-use crate::relay::RelayHooks;
+use crate::dirty_log::{DirtyLog, LogBatch, VHOST_F_LOG_ALL};
+use crate::relay::{LogGeometry, RelayHooks};
 use crate::session::SessionBackend;
-use crate::split_ring::RingView;
+use crate::split_ring::{set_kicks, RingView};
 use crate::{GuestMem, GuestMemAtomic};
 use std::collections::HashMap;
 use std::io;
@@ -58,6 +60,10 @@ pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
     | 1 << VIRTIO_RING_F_EVENT_IDX
     | 1 << VIRTIO_RING_F_INDIRECT_DESC;
 
+/// Failed waits for the requests in flight `stop_vring` tolerates (1 ms
+/// apart) before it answers anyway.
+const STOP_WAIT_TRIES: u32 = 1000;
+
 /// Size of `struct virtio_blk_config` up to the write-zeroes fields.
 const CONFIG_LEN: usize = 60;
 /// Offset of `writeback` in the config space.
@@ -68,7 +74,10 @@ const MAX_ZERO_SECTORS: u32 = 1 << 21;
 /// A request whose I/O is in flight.
 struct InFlight {
     head: u16,
-    status: *mut u8,
+    status: StatusByte,
+    /// Guest memory the I/O writes (a read's data), marked in the dirty log
+    /// at completion.
+    written: Vec<(u64, u64)>,
     used_len: u32,
     /// The latency histogram the request counts in, if any.
     timed: Option<TimedOp>,
@@ -124,6 +133,10 @@ pub struct BlkConnection {
     limits: Limits,
     block_size: u32,
     cluster_size: u32,
+    /// The dirty log every write into this guest's memory is marked in.
+    log: DirtyLog,
+    /// The dirty log is offered (`[daemon] live_migration`).
+    live_migration: bool,
 }
 
 /// The `VhostUserBackend` of one connection.
@@ -135,8 +148,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl BlkBackend {
-    /// A connection to `export` over guest memory `mem`: one io_uring per queue.
-    pub fn new(export: Arc<BlkExport>, mem: GuestMemAtomic) -> io::Result<BlkBackend> {
+    /// A connection to `export` over guest memory `mem`: one io_uring per
+    /// queue. `live_migration`: offer the dirty log (VHOST_F_LOG_ALL,
+    /// VHOST_USER_PROTOCOL_F_LOG_SHMFD).
+    pub fn new(
+        export: Arc<BlkExport>,
+        mem: GuestMemAtomic,
+        live_migration: bool,
+    ) -> io::Result<BlkBackend> {
         let (block_size, cluster_size, fd) = {
             let pool = lock(&export.pool);
             let vol = pool
@@ -183,6 +202,8 @@ impl BlkBackend {
             inflight: Mutex::new(None),
             block_size,
             cluster_size,
+            log: DirtyLog::default(),
+            live_migration,
         })))
     }
 
@@ -259,6 +280,8 @@ impl BlkBackend {
             return;
         };
         let mut st = lock(state);
+        // Marked under the queue's state, which GET_VRING_BASE waits for.
+        let log = self.0.log.begin();
         if st.vring.is_none() {
             st.vring = Some(vring.clone());
         }
@@ -276,12 +299,12 @@ impl BlkBackend {
             if !self.take_queues(&mut st) {
                 return;
             }
-            self.resume(&mut st, vring);
+            self.resume(&mut st, vring, &log);
         }
         loop {
-            let popped = !st.broken && self.pop(&mut st, vring);
-            self.reap(&mut st);
-            let published = self.publish(&mut st, vring, false);
+            let popped = !st.broken && self.pop(&mut st, vring, &log);
+            self.reap(&mut st, &log);
+            let published = self.publish(&mut st, vring, false, &log);
             if popped || published {
                 continue;
             }
@@ -290,12 +313,15 @@ impl BlkBackend {
                 break;
             }
             // Tell the driver where we are (EVENT_IDX: avail_event) and look
-            // once more: a request made available meanwhile has no kick coming.
-            match vring.enable_notification() {
-                Ok(true) => continue,
+            // once more: a request made available meanwhile has no kick
+            // coming. Not on a ring GET_VRING_BASE stopped meanwhile: its
+            // memory is the frontend's again.
+            match set_kicks(vring, &self.0.log, true) {
+                Some(true) => continue,
                 _ => break,
             }
         }
+        log.finish();
     }
 
     /// A ring starts: takes the export's queues for this session, waiting
@@ -345,24 +371,34 @@ impl BlkBackend {
 
     /// Waits for every request of the queue in flight and completes it
     /// (status written, queued for publishing).
-    fn finish_in_flight(&self, st: &mut QueueState) {
+    fn finish_in_flight(&self, st: &mut QueueState, log: &LogBatch<'_>) {
         let mut completions = Vec::new();
+        // A read still in flight after GET_VRING_BASE is answered would write
+        // guest memory the frontend already took back (and that a migration
+        // no longer tracks): a failing wait is retried for a while, not given
+        // up at once.
+        let mut failures = 0;
         while !st.inflight.is_empty() {
             if let Err(e) = st.engine.wait(&mut completions) {
-                log::warn!(
-                    "export {}: queue {}: {} requests in flight not waited for: {e}",
-                    self.0.export.config.name,
-                    st.index,
-                    st.inflight.len()
-                );
-                break;
+                failures += 1;
+                if failures == STOP_WAIT_TRIES {
+                    log::error!(
+                        "export {}: queue {}: {} requests still in flight not waited for \
+                         ({e}); they may complete later",
+                        self.0.export.config.name,
+                        st.index,
+                        st.inflight.len()
+                    );
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            self.complete(st, &mut completions);
+            self.complete(st, &mut completions, log);
         }
     }
 
     /// Pops every available request and starts it. True if any.
-    fn pop(&self, st: &mut QueueState, vring: &Vring) -> bool {
+    fn pop(&self, st: &mut QueueState, vring: &Vring, log: &LogBatch<'_>) -> bool {
         let mem = self.0.mem.memory().into_inner();
         let mut requests = Vec::new();
         {
@@ -399,7 +435,7 @@ impl BlkBackend {
             queue.set_next_avail(next);
         }
         let any = !requests.is_empty();
-        self.dispatch(st, requests, &mem);
+        self.dispatch(st, requests, &mem, log);
         any
     }
 
@@ -407,7 +443,7 @@ impl BlkBackend {
     /// the previous backend left it: the requests it popped and did not
     /// return run again, oldest first, and popping goes on after the last
     /// chain it popped (see [`super::inflight`]).
-    fn resume(&self, st: &mut QueueState, vring: &Vring) {
+    fn resume(&self, st: &mut QueueState, vring: &Vring, log: &LogBatch<'_>) {
         st.tracking = lock(&self.0.inflight).clone();
         let Some(region) = st.tracking.clone() else {
             return;
@@ -458,7 +494,7 @@ impl BlkBackend {
             c.resubmitted
                 .fetch_add(requests.len() as u64, Ordering::Relaxed);
         }
-        self.dispatch(st, requests, &mem);
+        self.dispatch(st, requests, &mem, log);
     }
 
     /// Starts the valid requests; answers or drops the others.
@@ -467,24 +503,23 @@ impl BlkBackend {
         st: &mut QueueState,
         requests: Vec<(u16, Result<Request, Rejected>)>,
         mem: &Arc<GuestMem>,
+        log: &LogBatch<'_>,
     ) {
         let counters = &self.0.export.counters;
         for (head, parsed) in requests {
             match parsed {
-                Ok(req) => self.start(st, head, req, mem),
+                Ok(req) => self.start(st, head, req, mem, log),
                 Err(Rejected::Status { status, code }) => {
                     counters.invalid.fetch_add(1, Ordering::Relaxed);
-                    // SAFETY: `status` is the last byte of the chain's last,
-                    // device-writable buffer, which the parse found inside the
-                    // guest memory map that `mem` holds mapped for this call.
-                    // Volatile: the guest may touch it too, harming only itself.
-                    unsafe { status.write_volatile(code) };
+                    // SAFETY: the parse found it inside the guest memory map
+                    // that `mem` holds mapped for this call; not yet returned.
+                    unsafe { status.write(code, log) };
                     st.done.push((head, 1));
                 }
                 Err(Rejected::TooLarge { status }) => {
                     counters.too_large.fetch_add(1, Ordering::Relaxed);
                     // SAFETY: as for `Rejected::Status` just above.
-                    unsafe { status.write_volatile(VIRTIO_BLK_S_IOERR) };
+                    unsafe { status.write(VIRTIO_BLK_S_IOERR, log) };
                     st.done.push((head, 1));
                 }
                 Err(Rejected::Drop(_)) => {
@@ -511,7 +546,14 @@ impl BlkBackend {
         log::warn!("export {}: queue stopped: {why}", self.0.export.config.name);
     }
 
-    fn start(&self, st: &mut QueueState, head: u16, req: Request, mem: &Arc<GuestMem>) {
+    fn start(
+        &self,
+        st: &mut QueueState,
+        head: u16,
+        req: Request,
+        mem: &Arc<GuestMem>,
+        log: &LogBatch<'_>,
+    ) {
         let c = &self.0.export.counters;
         let volume = self.0.export.config.volume;
         let (kind, offset, len) = match req.op {
@@ -551,9 +593,13 @@ impl BlkBackend {
                     }
                     pos += n;
                 }
+                // `written` covers exactly the first `len` bytes.
+                for &(gpa, n) in &req.written {
+                    log.mark(gpa, n);
+                }
                 // SAFETY: the chain's status byte, found by the parse inside
                 // guest memory that `mem` keeps mapped for this call.
-                unsafe { req.status.write_volatile(VIRTIO_BLK_S_OK) };
+                unsafe { req.status.write(VIRTIO_BLK_S_OK, log) };
                 st.done.push((head, req.used_len));
                 return;
             }
@@ -571,6 +617,7 @@ impl BlkBackend {
             InFlight {
                 head,
                 status: req.status,
+                written: req.written,
                 used_len: req.used_len,
                 timed,
                 started: Instant::now(),
@@ -602,18 +649,23 @@ impl BlkBackend {
     }
 
     /// Takes the engine's completions and finishes them.
-    fn reap(&self, st: &mut QueueState) {
+    fn reap(&self, st: &mut QueueState, log: &LogBatch<'_>) {
         let mut completions = std::mem::take(&mut st.completions);
         if let Err(e) = st.engine.poll(&mut completions) {
             log::warn!("export {}: io_uring: {e}", self.0.export.config.name);
         }
-        self.complete(st, &mut completions);
+        self.complete(st, &mut completions, log);
         st.completions = completions;
     }
 
-    /// Writes the status of each completed request and queues it for
-    /// publishing.
-    fn complete(&self, st: &mut QueueState, completions: &mut Vec<IoCompletion>) {
+    /// Marks what each completed request's I/O wrote into guest memory,
+    /// writes its status and queues it for publishing.
+    fn complete(
+        &self,
+        st: &mut QueueState,
+        completions: &mut Vec<IoCompletion>,
+        log: &LogBatch<'_>,
+    ) {
         if completions.is_empty() {
             return;
         }
@@ -637,10 +689,15 @@ impl BlkBackend {
             } else {
                 (VIRTIO_BLK_S_IOERR, 1)
             };
+            // The kernel is done writing the data (a failed read may have
+            // written part of it: marked all the same).
+            for &(gpa, len) in &f.written {
+                log.mark(gpa, len);
+            }
             // SAFETY: the chain's status byte, found by the parse inside the
             // guest memory map that `f._mem` has kept mapped since `start`; the
             // chain is not yet used, so the driver has not reclaimed it.
-            unsafe { f.status.write_volatile(code) };
+            unsafe { f.status.write(code, log) };
             if let Some(op) = f.timed {
                 c.latency(op)
                     .record(now.saturating_duration_since(f.started));
@@ -652,7 +709,13 @@ impl BlkBackend {
     /// Publishes finished requests: one used-index write (one per element
     /// while an inflight region is tracked), at most one interrupt.
     /// `stopping`: the queue was just stopped (GET_VRING_BASE).
-    fn publish(&self, st: &mut QueueState, vring: &Vring, stopping: bool) -> bool {
+    fn publish(
+        &self,
+        st: &mut QueueState,
+        vring: &Vring,
+        stopping: bool,
+        log: &LogBatch<'_>,
+    ) -> bool {
         if st.done.is_empty() {
             return false;
         }
@@ -685,6 +748,7 @@ impl BlkBackend {
             None => ring.publish_used(old, &st.done),
         };
         if let Some(new) = published {
+            ring.log_used(log, old, new);
             queue.set_next_used(new);
             if new != old && ring.needs_interrupt(old, new) {
                 let _ = state.signal_used_queue();
@@ -718,6 +782,9 @@ impl VhostUserBackend for BlkBackend {
             f |= 1 << VIRTIO_BLK_F_RO;
             f &= !(1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
+        if self.0.live_migration {
+            f |= 1 << VHOST_F_LOG_ALL;
+        }
         f
     }
 
@@ -725,6 +792,7 @@ impl VhostUserBackend for BlkBackend {
         // The cache mode follows from these and the mode shown (see
         // `write_back`); negotiation never switches it by itself.
         self.0.acked_features.store(features, Ordering::Relaxed);
+        self.0.log.set_features(features);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -733,12 +801,17 @@ impl VhostUserBackend for BlkBackend {
         // INFLIGHT_SHMFD: requests in flight when the daemon dies are
         // resubmitted by the next one (the relay answers its messages).
         // BACKEND_REQ: the channel a resize's CONFIG_CHANGE_MSG goes on.
-        VhostUserProtocolFeatures::CONFIG
+        // LOG_SHMFD: the dirty log of a live migration, if offered.
+        let f = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+        match self.0.live_migration {
+            true => f | VhostUserProtocolFeatures::LOG_SHMFD,
+            false => f,
+        }
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -794,8 +867,11 @@ impl VhostUserBackend for BlkBackend {
         let Some(vring) = st.vring.clone() else {
             return Ok(());
         };
-        self.finish_in_flight(&mut st);
-        self.publish(&mut st, &vring, true);
+        let log = self.0.log.begin();
+        self.finish_in_flight(&mut st, &log);
+        self.publish(&mut st, &vring, true, &log);
+        // Everything written is marked before the frontend reads the log.
+        log.finish();
         // The next start (same connection) resumes from the inflight region
         // again, which is then empty for this ring.
         st.started = false;
@@ -856,7 +932,9 @@ impl SessionBackend for BlkBackend {
         // find) before another session may run the queues.
         for state in &self.0.queues {
             let mut st = lock(state);
-            self.finish_in_flight(&mut st);
+            let log = self.0.log.begin();
+            self.finish_in_flight(&mut st, &log);
+            log.finish();
             st.owns = false;
         }
         self.0.export.ownership.ended(self.0.session);
@@ -894,5 +972,15 @@ impl RelayHooks for BlkBackend {
         let mapped = InflightRegion::map(&fd, region, self.0.queues.len())?;
         *lock(&self.0.inflight) = Some(Arc::new(mapped));
         Ok(())
+    }
+
+    fn set_log_base(&self, log: &LogGeometry, fd: OwnedFd) -> io::Result<()> {
+        if !self.0.live_migration {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "SET_LOG_BASE: live migration is off ([daemon] live_migration)",
+            ));
+        }
+        self.0.log.set_base(log, fd)
     }
 }

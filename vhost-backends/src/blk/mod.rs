@@ -382,8 +382,9 @@ impl BlkExport {
         options: &ServeOptions,
     ) -> io::Result<SocketServer> {
         let export = self.clone();
+        let live_migration = options.live_migration;
         SocketServer::spawn_with(name, socket, options, move |mem| {
-            BlkBackend::new(export.clone(), mem)
+            BlkBackend::new(export.clone(), mem, live_migration)
         })
     }
 }

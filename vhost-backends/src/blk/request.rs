@@ -11,6 +11,7 @@
 //! split across or share descriptors in any way; readable buffers must all
 //! come before writable ones (§2.7.4.2).
 
+use crate::dirty_log::LogBatch;
 use crate::split_ring::{ChainError, RingView};
 use vm_memory::{Bytes, VolatileSlice};
 
@@ -83,10 +84,37 @@ pub struct Request {
     pub op: Op,
     /// The data buffers (guest memory, host addresses), in order.
     pub data: Vec<libc::iovec>,
+    /// Where the device writes data into guest memory (reads, GET_ID), as
+    /// (guest physical address, length) per buffer of `data`: what the
+    /// dirty log marks. Empty for requests that only read guest memory.
+    pub written: Vec<(u64, u64)>,
     /// The status byte.
-    pub status: *mut u8,
+    pub status: StatusByte,
     /// Used length to report: device-writable bytes written, status included.
     pub used_len: u32,
+}
+
+/// A chain's status byte: where the device writes it, in host memory, and
+/// its guest physical address (for the dirty log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusByte {
+    pub ptr: *mut u8,
+    pub gpa: u64,
+}
+
+impl StatusByte {
+    /// Writes `code` (volatile: the guest may touch it too, harming only
+    /// itself) and marks it in the dirty log.
+    ///
+    /// # Safety
+    /// The guest memory the request was parsed from must still be mapped
+    /// (the caller holds its `Arc`), and the chain not yet returned.
+    pub unsafe fn write(&self, code: u8, log: &LogBatch<'_>) {
+        // SAFETY: the last byte of the chain's last device-writable buffer,
+        // found by the parse inside guest memory the caller keeps mapped.
+        unsafe { self.ptr.write_volatile(code) };
+        log.mark(self.gpa, 1);
+    }
 }
 
 // SAFETY: the pointers describe guest memory that the caller keeps mapped
@@ -97,13 +125,13 @@ unsafe impl Send for Request {}
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rejected {
     /// The chain has a status byte: report this status there, used length 1.
-    Status { status: *mut u8, code: u8 },
+    Status { status: StatusByte, code: u8 },
     /// No usable status byte (or the chain itself is broken): return the
     /// chain with used length 0 and count it.
     Drop(ChainError),
     /// A read or write of more than [`Limits::max_request`] bytes: IOERR,
     /// counted apart (a driver ignoring SIZE_MAX/SEG_MAX).
-    TooLarge { status: *mut u8 },
+    TooLarge { status: StatusByte },
 }
 
 /// Limits of the device the request is checked against.
@@ -121,6 +149,7 @@ pub struct Limits {
 struct Buffer<'m> {
     slice: VolatileSlice<'m>,
     writable: bool,
+    gpa: u64,
 }
 
 fn iovec(s: &VolatileSlice<'_>) -> libc::iovec {
@@ -130,8 +159,13 @@ fn iovec(s: &VolatileSlice<'_>) -> libc::iovec {
     }
 }
 
-/// Splits `buffers` into the byte range `[from, to)` of their concatenation.
-fn range<'m>(buffers: &[Buffer<'m>], mut from: usize, mut to: usize) -> Vec<VolatileSlice<'m>> {
+/// Splits `buffers` into the byte range `[from, to)` of their
+/// concatenation: each piece and its guest address.
+fn range<'m>(
+    buffers: &[Buffer<'m>],
+    mut from: usize,
+    mut to: usize,
+) -> Vec<(VolatileSlice<'m>, u64)> {
     let mut out = Vec::new();
     for b in buffers {
         let len = b.slice.len();
@@ -142,7 +176,7 @@ fn range<'m>(buffers: &[Buffer<'m>], mut from: usize, mut to: usize) -> Vec<Vola
             let end = to.min(len);
             if let Ok(s) = b.slice.subslice(from, end - from) {
                 if !s.is_empty() {
-                    out.push(s);
+                    out.push((s, b.gpa + from as u64));
                 }
             }
         }
@@ -153,9 +187,9 @@ fn range<'m>(buffers: &[Buffer<'m>], mut from: usize, mut to: usize) -> Vec<Vola
 }
 
 /// Copies the first `out.len()` bytes of `slices` into `out`.
-fn read_bytes(slices: &[VolatileSlice<'_>], out: &mut [u8]) -> bool {
+fn read_bytes(slices: &[(VolatileSlice<'_>, u64)], out: &mut [u8]) -> bool {
     let mut pos = 0;
-    for s in slices {
+    for (s, _) in slices {
         if pos == out.len() {
             break;
         }
@@ -172,14 +206,18 @@ fn read_bytes(slices: &[VolatileSlice<'_>], out: &mut [u8]) -> bool {
 pub fn parse(ring: &RingView<'_>, head: u16, limits: &Limits) -> Result<Request, Rejected> {
     let mut buffers: Vec<Buffer<'_>> = Vec::new();
     let mut order_ok = true;
-    let walked = ring.walk(head, |slice, writable| {
+    let walked = ring.walk(head, |slice, writable, gpa| {
         if buffers.len() == MAX_BUFFERS {
             return false;
         }
         if !writable && buffers.last().is_some_and(|b| b.writable) {
             order_ok = false; // readable after writable (§2.7.4.2)
         }
-        buffers.push(Buffer { slice, writable });
+        buffers.push(Buffer {
+            slice,
+            writable,
+            gpa,
+        });
         true
     });
     if let Err(e) = walked {
@@ -197,11 +235,17 @@ pub fn parse(ring: &RingView<'_>, head: u16, limits: &Limits) -> Result<Request,
         .sum();
     // The status is the last byte of the last buffer, which must be writable.
     let status = match buffers.last() {
-        Some(b) if b.writable && !b.slice.is_empty() => b
-            .slice
-            .subslice(b.slice.len() - 1, 1)
-            .map(|s| s.ptr_guard_mut().as_ptr())
-            .map_err(|_| Rejected::Drop(ChainError::BadBuffer))?,
+        Some(b) if b.writable && !b.slice.is_empty() => {
+            let last = b.slice.len() - 1;
+            StatusByte {
+                ptr: b
+                    .slice
+                    .subslice(last, 1)
+                    .map(|s| s.ptr_guard_mut().as_ptr())
+                    .map_err(|_| Rejected::Drop(ChainError::BadBuffer))?,
+                gpa: b.gpa + last as u64,
+            }
+        }
         _ => return Err(Rejected::Drop(ChainError::Rejected)),
     };
     let fail = |code| Err(Rejected::Status { status, code });
@@ -223,10 +267,16 @@ pub fn parse(ring: &RingView<'_>, head: u16, limits: &Limits) -> Result<Request,
             .checked_add(len)
             .is_some_and(|e| e <= limits.capacity)
     };
-    let request = |op, data: Vec<VolatileSlice<'_>>, used: usize| {
+    // `device_writes`: the data buffers are the device's to write.
+    let request = |op, data: Vec<(VolatileSlice<'_>, u64)>, device_writes: bool, used: usize| {
+        let written = match device_writes {
+            true => data.iter().map(|(s, gpa)| (*gpa, s.len() as u64)).collect(),
+            false => Vec::new(),
+        };
         Ok(Request {
             op,
-            data: data.iter().map(iovec).collect(),
+            data: data.iter().map(|(s, _)| iovec(s)).collect(),
+            written,
             status,
             used_len: used as u32 + 1,
         })
@@ -255,17 +305,17 @@ pub fn parse(ring: &RingView<'_>, head: u16, limits: &Limits) -> Result<Request,
             }
             if write {
                 let data = range(read_part, HEADER_LEN, readable);
-                request(Op::Write { offset, len }, data, 0)
+                request(Op::Write { offset, len }, data, false, 0)
             } else {
                 let data = range(write_part, 0, data_out);
-                request(Op::Read { offset, len }, data, data_out)
+                request(Op::Read { offset, len }, data, true, data_out)
             }
         }
-        VIRTIO_BLK_T_FLUSH => request(Op::Flush, Vec::new(), 0),
+        VIRTIO_BLK_T_FLUSH => request(Op::Flush, Vec::new(), false, 0),
         VIRTIO_BLK_T_GET_ID => {
             let n = data_out.min(ID_BYTES);
             let data = range(write_part, 0, n);
-            request(Op::GetId { len: n }, data, n)
+            request(Op::GetId { len: n }, data, true, n)
         }
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             if limits.read_only {
@@ -302,6 +352,7 @@ pub fn parse(ring: &RingView<'_>, head: u16, limits: &Limits) -> Result<Request,
                     discard,
                 },
                 Vec::new(),
+                false,
                 0,
             )
         }

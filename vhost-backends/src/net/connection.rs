@@ -8,6 +8,7 @@
 //! vhost-user backend (see [`super`]), so we have none.
 
 use super::port::NetPort;
+use crate::dirty_log::DirtyLog;
 use crate::GuestMemAtomic;
 use fabric_offload::Accepts;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +41,8 @@ pub struct Connection {
     /// Per queue: stopped as broken until the frontend stops it (GET_VRING_BASE)
     /// and sets it up again, or reconnects.
     pub(super) broken: [AtomicBool; MAX_QUEUES],
+    /// The dirty log every write into this guest's memory is marked in.
+    pub(crate) log: DirtyLog,
 }
 
 impl Connection {

@@ -8,14 +8,17 @@ use super::rx::GuestRx;
 use super::tx::{TxQueue, TxScratch};
 use super::Vring;
 use crate::datapath::PollQueue;
-use crate::relay::RelayHooks;
+use crate::dirty_log::{DirtyLog, VHOST_F_LOG_ALL};
+use crate::relay::{LogGeometry, RelayHooks};
 use crate::session::{ServeOptions, SessionBackend, SocketServer};
+use crate::split_ring::set_kicks;
 use crate::GuestMemAtomic;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringT};
+use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
@@ -64,6 +67,8 @@ pub(crate) struct Device {
     published: AtomicBool,
     /// The TX queue of each pair, by pair, while datapath threads serve them.
     tx: Mutex<Vec<Arc<TxQueue>>>,
+    /// The dirty log is offered (`[daemon] live_migration`).
+    live_migration: bool,
 }
 
 /// The datapath key of a port's pair: pairs of one port go to consecutive
@@ -135,17 +140,22 @@ impl Device {
 pub struct NetBackend(pub(crate) Arc<Device>);
 
 impl NetBackend {
-    pub fn new(port: Arc<NetPort>, mem: GuestMemAtomic) -> NetBackend {
+    /// The device of one connection of `port`; `live_migration`: offer the
+    /// dirty log (VHOST_F_LOG_ALL, VHOST_USER_PROTOCOL_F_LOG_SHMFD), without
+    /// which QEMU refuses to migrate the guest.
+    pub fn new(port: Arc<NetPort>, mem: GuestMemAtomic, live_migration: bool) -> NetBackend {
         let conn = Arc::new(Connection {
             port,
             mem,
             acked_features: AtomicU64::new(0),
             broken: Default::default(),
+            log: DirtyLog::default(),
         });
         NetBackend(Arc::new(Device {
             conn,
             published: AtomicBool::new(false),
             tx: Mutex::new(Vec::new()),
+            live_migration,
         }))
     }
 
@@ -189,6 +199,9 @@ impl VhostUserBackend for NetBackend {
         if self.0.conn.port.config.pairs() > 1 {
             features |= 1 << VIRTIO_NET_F_MQ;
         }
+        if self.0.live_migration {
+            features |= 1 << VHOST_F_LOG_ALL;
+        }
         features
     }
 
@@ -197,13 +210,18 @@ impl VhostUserBackend for NetBackend {
             .conn
             .acked_features
             .store(features, Ordering::Relaxed);
+        self.0.conn.log.set_features(features);
     }
 
     /// RARP: SEND_RARP is answered by the relay ([`RelayHooks::send_rarp`]).
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
+        let base = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::RARP
+            | VhostUserProtocolFeatures::RARP;
+        match self.0.live_migration {
+            true => base | VhostUserProtocolFeatures::LOG_SHMFD,
+            false => base,
+        }
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -289,7 +307,11 @@ impl VhostUserBackend for NetBackend {
             // were already dropped and counted. We never need them: ask the
             // driver to stop sending them (VRING_USED_F_NO_NOTIFY; with
             // EVENT_IDX our avail_event never moves, so they are rare anyway).
-            let _ = vrings[usize::from(rx_queue(pair))].disable_notification();
+            let _ = set_kicks(
+                &vrings[usize::from(rx_queue(pair))],
+                &self.0.conn.log,
+                false,
+            );
         }
         Ok(())
     }
@@ -301,8 +323,9 @@ impl NetPort {
     pub fn spawn(self: Arc<Self>, options: &ServeOptions) -> io::Result<NetPortHandle> {
         let socket = self.config.socket.clone();
         let name = format!("port {}", self.name);
+        let live_migration = options.live_migration;
         SocketServer::spawn_with(&name, &socket, options, move |mem| {
-            Ok(NetBackend::new(self.clone(), mem))
+            Ok(NetBackend::new(self.clone(), mem, live_migration))
         })
     }
 }
@@ -319,6 +342,16 @@ impl SessionBackend for NetBackend {
 }
 
 impl RelayHooks for NetBackend {
+    fn set_log_base(&self, log: &LogGeometry, fd: OwnedFd) -> io::Result<()> {
+        if !self.0.live_migration {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "SET_LOG_BASE: live migration is off ([daemon] live_migration)",
+            ));
+        }
+        self.0.conn.log.set_base(log, fd)
+    }
+
     /// Forwards a RARP for `mac` from this port (see [`super::announce`]);
     /// a MAC that is no station is refused (logged by the relay, and
     /// answered with a failure if the frontend asked for a reply).
@@ -360,7 +393,7 @@ mod tests {
                 offloads,
             },
         });
-        NetBackend::new(port, GuestMemAtomic::new(GuestMem::default()))
+        NetBackend::new(port, GuestMemAtomic::new(GuestMem::default()), true)
     }
 
     /// One pair: no MQ, one pair in config space, two queues. N pairs: MQ

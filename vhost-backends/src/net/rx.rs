@@ -11,6 +11,7 @@
 
 use super::connection::{rx_queue, Connection, MAX_QUEUE_PAIRS};
 use super::Vring;
+use crate::dirty_log::LogBatch;
 use crate::forward::offload::egress_header;
 use crate::forward::{
     flow_hash, pick_queue, Delivery, DeliveryReport, FrameSink, FrameSource, BATCH, HDR_LEN,
@@ -205,6 +206,8 @@ impl GuestRx {
             }
             return;
         };
+        // Marked under this ring's lock, which GET_VRING_BASE waits for.
+        let log = self.conn.log.begin();
         let first_used = queue.next_used();
         let mut next_used = first_used;
         let mut used = Pending::new();
@@ -219,6 +222,7 @@ impl GuestRx {
             let result = deliver_one(
                 queue,
                 &ring,
+                &log,
                 mrg_rxbuf,
                 accepts,
                 &d.egress,
@@ -231,18 +235,22 @@ impl GuestRx {
         report.delivered_on_queue(pair, delivered);
         report.publishing();
         next_used = ring.publish_used(next_used, &used).unwrap_or(next_used);
+        ring.log_used(&log, first_used, next_used);
         queue.set_next_used(next_used);
         if next_used != first_used && ring.needs_interrupt(first_used, next_used) {
             let _ = vring.signal_used_queue();
         }
+        log.finish();
     }
 }
 
-/// Writes one packet into the RX queue (the caller holds its lock) and appends
-/// the chains it used to `used`.
+/// Writes one packet into the RX queue (the caller holds its lock), marks
+/// what it wrote in `log`, and appends the chains it used to `used`.
+#[allow(clippy::too_many_arguments)]
 fn deliver_one<'m>(
     queue: &mut Queue,
     ring: &RingView<'m>,
+    log: &LogBatch<'_>,
     mrg_rxbuf: bool,
     accepts: Accepts,
     egress: &Egress,
@@ -258,6 +266,8 @@ fn deliver_one<'m>(
     // ArrayVec: bounded, on the stack, and not zeroed per packet.
     let mut taken = ArrayVec::<Taken, MAX_CHAINS>::new();
     let mut segs = ArrayVec::<VolatileSlice<'m>, MAX_RX_SEGMENTS>::new();
+    // Their guest addresses, for the dirty log.
+    let mut gpas = ArrayVec::<u64, MAX_RX_SEGMENTS>::new();
     let mut capacity: u32 = 0;
     let mut pos = start;
     while capacity < need
@@ -269,12 +279,13 @@ fn deliver_one<'m>(
         pos = pos.wrapping_add(1);
         let mark = segs.len();
         let mut chain_capacity: u32 = 0;
-        let walked = ring.walk(head, |buf, writable| {
+        let walked = ring.walk(head, |buf, writable, gpa| {
             chain_capacity = chain_capacity.saturating_add(buf.len() as u32);
-            writable && segs.try_push(buf).is_ok()
+            writable && segs.try_push(buf).is_ok() && gpas.try_push(gpa).is_ok()
         });
         if walked.is_err() || chain_capacity == 0 {
             segs.truncate(mark);
+            gpas.truncate(mark);
             if taken.is_empty() {
                 // Give the unusable buffer back, empty, so the ring does not stall.
                 if head < queue.size() {
@@ -306,6 +317,15 @@ fn deliver_one<'m>(
     let ok = w.write_bytes(&hdr)
         && w.write_bytes(egress.head())
         && frame.for_each_slice(egress.skip(), |s| w.write_slice(s));
+    if log.is_on() {
+        // The first `need` bytes; all the buffers if the write stopped short.
+        let mut left = if ok { u64::from(need) } else { u64::MAX };
+        for (seg, &gpa) in segs.iter().zip(&gpas) {
+            let n = (seg.len() as u64).min(left);
+            log.mark(gpa, n);
+            left -= n;
+        }
+    }
     if !ok {
         return Err(DropReason::NoBuffer);
     }

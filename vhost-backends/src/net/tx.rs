@@ -13,7 +13,7 @@ use super::Vring;
 use crate::datapath::{PollQueue, Polled};
 use crate::forward::offload::{HeaderFrom, MAX_GSO_FRAME};
 use crate::forward::{forward, ForwardScratch, FrameSource, Ingress, BATCH, HDR_LEN, MAX_SEGMENTS};
-use crate::split_ring::RingView;
+use crate::split_ring::{set_kicks, RingView};
 use crate::GuestMem;
 use arrayvec::ArrayVec;
 use fabric_offload::Accepts;
@@ -74,21 +74,6 @@ pub(crate) struct TxQueue {
 }
 
 impl TxQueue {
-    /// Whether a batch could run now. Only then may the queue's waiting
-    /// chains keep the thread awake: a stopped (GET_VRING_BASE, a paused VM)
-    /// or disabled queue waits for the kick that starts it again, and a
-    /// broken one always looks pending (that is how it broke). Counting them
-    /// would keep the thread from ever sleeping.
-    fn serviceable(&self) -> bool {
-        if !self.usable() {
-            return false;
-        }
-        let state = self.vring.get_ref();
-        state.is_enabled() && state.get_queue().ready()
-    }
-}
-
-impl TxQueue {
     /// Not broken, and within the pairs the driver negotiated: a frontend
     /// that sets up a ring for a pair without VIRTIO_NET_F_MQ gets nothing
     /// served from it.
@@ -106,15 +91,20 @@ impl PollQueue for TxQueue {
         }
     }
 
+    /// Only a queue a batch could run on now may keep the thread awake: a
+    /// stopped (GET_VRING_BASE, a paused VM) or disabled queue waits for the
+    /// kick that starts it again, and a broken one always looks pending
+    /// (that is how it broke). Counting them would keep the thread from
+    /// ever sleeping.
     fn arm(&self) -> bool {
-        self.serviceable() && self.vring.enable_notification().unwrap_or(false)
+        self.usable() && set_kicks(&self.vring, &self.conn.log, true).unwrap_or(false)
     }
 
     fn disarm(&self) {
-        // A stopped ring is not ours to write (its notification settings
-        // live in guest memory).
-        if self.serviceable() {
-            let _ = self.vring.disable_notification();
+        // A stopped ring is not ours to write (`set_kicks` checks under the
+        // ring's lock: its notification settings live in guest memory).
+        if self.usable() {
+            let _ = set_kicks(&self.vring, &self.conn.log, false);
         }
     }
 }
@@ -148,7 +138,7 @@ fn gather<'m>(
 ) -> Option<Range<usize>> {
     let start = segs.len();
     let (mut total, mut descriptors) = (0usize, 0usize);
-    let walked = ring.walk_budgeted(head, budget, |buf, writable| {
+    let walked = ring.walk_budgeted(head, budget, |buf, writable, _| {
         total += buf.len();
         descriptors += 1;
         if writable || descriptors > MAX_SEGMENTS || total > max_bytes {
@@ -263,9 +253,11 @@ fn process_batch(q: &TxQueue, scratch: &mut TxScratch) -> usize {
     // The device writes nothing into TX buffers: used length 0. A head outside
     // the table is no descriptor of the driver's: nothing to give back. The
     // ring may have been stopped by GET_VRING_BASE meanwhile (which waits for
-    // us): the chains are still returned, or the guest would lose them.
+    // us): the chains are still returned, or the guest would lose them, and
+    // marked in the dirty log before GET_VRING_BASE is answered.
     let mut state = q.vring.get_mut();
     let queue = state.get_queue_mut();
+    let log = conn.log.begin();
     if let Some(ring) = RingView::stopping(queue, &mem) {
         let size = queue.size();
         let used: ArrayVec<(u16, u32), BATCH> = scratch
@@ -276,11 +268,13 @@ fn process_batch(q: &TxQueue, scratch: &mut TxScratch) -> usize {
             .collect();
         let old = queue.next_used();
         if let Some(new) = ring.publish_used(old, &used) {
+            ring.log_used(&log, old, new);
             queue.set_next_used(new);
             if new != old && ring.needs_interrupt(old, new) {
                 let _ = state.signal_used_queue();
             }
         }
     }
+    log.finish();
     scratch.chains.len()
 }
