@@ -2,12 +2,14 @@
 //! overlay against kernel peers (`overlay`), DPDK testpmd peers (`testpmd`),
 //! real QEMU guests (`qemu_guest`, `qemu_iperf`: iperf3 with offloads and two
 //! queue pairs), multi-queue ports
-//! (`multiqueue`), a migrated guest's announcement (`announce`). One test binary: each file is a module.
+//! (`multiqueue`), a migrated guest's announcement (`announce`; with a QEMU
+//! guest and `announce-self`: `qemu_announce`). One test binary: each file is a module.
 
 mod announce;
 mod multiqueue;
 mod offload;
 mod overlay;
+mod qemu_announce;
 mod qemu_guest;
 mod qemu_iperf;
 mod switch_harness;

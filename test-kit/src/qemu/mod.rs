@@ -8,6 +8,7 @@
 //! [`blk`] adds block guests (fio on a vhost-user-blk disk) and qemu-storage-daemon.
 
 pub mod blk;
+pub mod qmp;
 
 pub use crate::dir::TestDir;
 pub(crate) use crate::proc::{tail, wait_timeout};
