@@ -63,10 +63,12 @@ fn announce_self(ctrl_vq: bool, want: Vec<u8>, announces: u64) {
     let qmp_path = f.dir().join("guest.qmp");
     let mut devices = net_device_args(&f.socket("b"), "52:54:00:00:00:02", false);
     if !ctrl_vq {
-        devices
-            .last_mut()
-            .expect("the -device argument")
-            .push_str(",ctrl_vq=off");
+        // The features that need the control queue go with it, or Linux
+        // refuses the device.
+        devices.last_mut().expect("the -device argument").push_str(
+            ",ctrl_vq=off,ctrl_rx=off,ctrl_vlan=off,ctrl_rx_extra=off,ctrl_mac_addr=off,\
+             ctrl_guest_offloads=off",
+        );
     }
     devices.extend([
         "-qmp".to_string(),
