@@ -1,9 +1,9 @@
 //! The network side end to end: the switch in process (`switch_harness`), the
 //! overlay against kernel peers (`overlay`), DPDK testpmd peers (`testpmd`),
-//! real QEMU guests (`qemu_guest`, `qemu_iperf`: iperf3 with offloads and two
+//! real QEMU guests (`qemu_guest`, `qemu_announce`: QMP `announce-self`,
+//! `qemu_iperf`: iperf3 with offloads and two
 //! queue pairs), multi-queue ports
-//! (`multiqueue`), a migrated guest's announcement (`announce`; with a QEMU
-//! guest and `announce-self`: `qemu_announce`). One test binary: each file is a module.
+//! (`multiqueue`), a migrated guest's announcement (`announce`). One test binary: each file is a module.
 
 mod announce;
 mod multiqueue;

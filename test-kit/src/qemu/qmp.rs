@@ -146,6 +146,23 @@ impl Qmp {
             .ok_or_else(|| QmpError::Protocol(format!("query-status: {r}")))
     }
 
+    /// Polls `query-status` every 20 ms until it is `status` (a destination goes from
+    /// "inmigrate" to "running" once it has loaded the last of the stream, after the
+    /// source already reports the migration completed). Err with the last status.
+    pub fn wait_status(&mut self, status: &str, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.status().map_err(|e| e.to_string())?;
+            if now == status {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("status {now:?}, not {status:?}, after {timeout:?}"));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts a migration to `uri` (e.g. `unix:/path`, where the destination QEMU
     /// listens with `-incoming`). An error here is QEMU refusing to start it.
     pub fn migrate(&mut self, uri: &str) -> Result<(), QmpError> {
