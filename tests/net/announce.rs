@@ -40,6 +40,12 @@ fn send_rarp_moves_the_station_and_traffic_follows() {
             .contains(vhost::vhost_user::message::VhostUserProtocolFeatures::RARP),
         "the port offers VHOST_USER_PROTOCOL_F_RARP"
     );
+    // The harness has no control queue, so it does not take the
+    // GUEST_ANNOUNCE the port offers (§5.1.3.1): SEND_RARP is its VMM's way.
+    assert_eq!(
+        nic.negotiated_features() & test_kit::frontend::virtio_net::features::GUEST_ANNOUNCE,
+        0
+    );
 
     // The guest runs on `old`: learned there.
     let hello = eth(BROADCAST, guest, ETHERTYPE_TEST, &payload(1, 100));

@@ -61,6 +61,7 @@ pub mod features {
     pub const MRG_RXBUF: u64 = 1 << virtio_net::VIRTIO_NET_F_MRG_RXBUF;
     pub const STATUS: u64 = 1 << virtio_net::VIRTIO_NET_F_STATUS;
     pub const CTRL_VQ: u64 = 1 << virtio_net::VIRTIO_NET_F_CTRL_VQ;
+    pub const GUEST_ANNOUNCE: u64 = 1 << virtio_net::VIRTIO_NET_F_GUEST_ANNOUNCE;
     pub const MQ: u64 = 1 << virtio_net::VIRTIO_NET_F_MQ;
     pub const INDIRECT_DESC: u64 = 1 << virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
     pub const EVENT_IDX: u64 = 1 << virtio_ring::VIRTIO_RING_F_EVENT_IDX;

@@ -2,8 +2,9 @@
 //!
 //! After a live migration the guest's NIC sits on another port, often on
 //! another host, and every FDB still points at its old place. A guest that
-//! did not negotiate VIRTIO_NET_F_GUEST_ANNOUNCE cannot announce itself, so
-//! QEMU asks the backend to (`qemu_announce_self`): one SEND_RARP per
+//! did not negotiate VIRTIO_NET_F_GUEST_ANNOUNCE (offered, but it needs the
+//! VMM's control queue) cannot announce itself, so QEMU asks the backend to
+//! (`qemu_announce_self`, `vhost_user_migration_done`): one SEND_RARP per
 //! announce round (5 rounds by default, 50 ms apart and growing), its
 //! payload the guest's MAC.
 //!

@@ -21,11 +21,12 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::VhostUserBackend;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
-    VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_GUEST_USO4, VIRTIO_NET_F_GUEST_USO6,
-    VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_USO,
-    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU,
-    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_ANNOUNCE, VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_GUEST_USO4, VIRTIO_NET_F_GUEST_USO6, VIRTIO_NET_F_HOST_ECN,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_HOST_USO, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::epoll::EventSet;
@@ -35,7 +36,12 @@ use vmm_sys_util::event::{
 
 /// Device features we offer (virtio 1.x §5.1.3): [`OFFLOAD_FEATURES`] unless
 /// the port turns them off, mergeable buffers (a 64 KiB frame spans many of a
-/// guest's buffers).
+/// guest's buffers), and VIRTIO_NET_F_GUEST_ANNOUNCE: the guest announces
+/// itself after a migration. That needs the control queue, which we do not
+/// offer: QEMU adds its own CTRL_VQ, sets VIRTIO_NET_S_ANNOUNCE in the config
+/// status it serves itself, takes the guest's ANNOUNCE_ACK, and sends no
+/// SEND_RARP for a guest that acked it. A frontend without a control queue
+/// must not ack it (§5.1.3.1) and gets SEND_RARP handling (`super::announce`).
 pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
     | OFFLOAD_FEATURES
     | 1 << VIRTIO_NET_F_MRG_RXBUF
@@ -43,7 +49,8 @@ pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
     | 1 << VIRTIO_RING_F_INDIRECT_DESC
     | 1 << VIRTIO_NET_F_MAC
     | 1 << VIRTIO_NET_F_STATUS
-    | 1 << VIRTIO_NET_F_MTU;
+    | 1 << VIRTIO_NET_F_MTU
+    | 1 << VIRTIO_NET_F_GUEST_ANNOUNCE;
 
 /// The checksum and segmentation offloads, both ways (the switch completes in
 /// software what a receiver did not negotiate, `forward::offload`); not
@@ -368,6 +375,7 @@ mod tests {
     use crate::net::connection::{rx_queue, tx_queue};
     use crate::net::NetPortConfig;
     use crate::{GuestMem, GuestMemAtomic};
+    use virtio_bindings::virtio_net::VIRTIO_NET_F_CTRL_VQ;
     use vswitch::{Switch, VlanMode};
 
     fn backend(queue_pairs: u16) -> NetBackend {
@@ -429,6 +437,19 @@ mod tests {
             assert_eq!(off & (1 << bit), 0, "bit {bit}");
         }
         assert_ne!(off & (1 << VIRTIO_NET_F_MRG_RXBUF), 0);
+    }
+
+    /// GUEST_ANNOUNCE is offered on every port, whatever its offloads and
+    /// queue pairs; the control queue it needs is the frontend's (QEMU's),
+    /// never ours.
+    #[test]
+    fn guest_announce_is_offered_on_every_port_without_a_control_queue() {
+        for (pairs, offloads) in [(1, true), (1, false), (4, true), (4, false)] {
+            let f = backend_with(pairs, offloads).features();
+            let what = format!("queues={pairs} offloads={offloads}");
+            assert_ne!(f & (1 << VIRTIO_NET_F_GUEST_ANNOUNCE), 0, "{what}");
+            assert_eq!(f & (1 << VIRTIO_NET_F_CTRL_VQ), 0, "{what}");
+        }
     }
 
     /// Without VIRTIO_NET_F_MQ acked only the first pair is served, whatever

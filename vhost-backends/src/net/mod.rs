@@ -47,15 +47,19 @@
 //!
 //! # Announcing a migrated guest
 //!
-//! VHOST_USER_PROTOCOL_F_RARP is offered: QEMU's SEND_RARP after a
-//! migration (or QMP `announce-self`) becomes a RARP forwarded from the
-//! port ([`announce`]). VIRTIO_NET_F_GUEST_ANNOUNCE is not offered yet. It
-//! would work with QEMU (tried with QEMU 10 and the test guest: offered by
-//! the backend, QEMU keeps it beside its own CTRL_VQ, sets
-//! VIRTIO_NET_S_ANNOUNCE in the config status it serves itself, and at
-//! `announce-self` the Linux guest sent its own gratuitous ARP and IPv6
-//! advertisements through the transmitq, one set per round, and QEMU sent
-//! no SEND_RARP); offering it waits for a QEMU test of its own.
+//! Both ways a VMM has are offered, and the VMM picks one per guest.
+//! VIRTIO_NET_F_GUEST_ANNOUNCE: a guest that negotiates it announces itself.
+//! It needs the control queue, which QEMU adds and serves itself (as for
+//! MQ): after a migration or QMP `announce-self` QEMU sets
+//! VIRTIO_NET_S_ANNOUNCE in the config status it serves, and the Linux guest
+//! sends its own gratuitous ARP (and IPv6 advertisements) through its
+//! transmitq, one set per round; we see ordinary frames. QEMU then sends no
+//! SEND_RARP. A guest without the control queue (QEMU `ctrl_vq=off`), or a
+//! frontend that does not ack GUEST_ANNOUNCE, gets VHOST_USER_PROTOCOL_F_RARP
+//! instead: QEMU's SEND_RARP becomes a RARP forwarded from the port
+//! ([`announce`]). A VMM that passes our features to a guest without adding
+//! a control queue of its own would present GUEST_ANNOUNCE (like MQ) without
+//! CTRL_VQ, which Linux refuses (§5.1.3.1).
 //!
 //! Each transmitq is a `PollQueue` on datapath thread `(port + pair) %
 //! threads`, so the pairs of one port use different cores. A frame for a
