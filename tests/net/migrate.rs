@@ -316,6 +316,16 @@ fn a_guest_migrates_there_and_back_twice_with_its_disk_stream_and_pings() {
                 .unwrap_or_else(|e| panic!("source: {e}")),
             "postmigrate"
         );
+        // G announces itself at the destination (its own gratuitous ARP, as it took
+        // VIRTIO_NET_F_GUEST_ANNOUNCE): the source host moves it behind the tunnel while the
+        // source QEMU still holds port g. Quitting the source first would take g's link
+        // down and forget its stations, and the announcement would be a fresh learn there.
+        // The bound is patience for a TCG guest, not a timing claim.
+        test_kit::wait::wait_for(
+            &format!("host {} has G behind vx after the announcement", HOSTS[src]),
+            STEP,
+            || hosts.g_port(src) == Some(format!("vx via {}", UNDERLAY[dst])),
+        );
         source.quit();
 
         // The fio pass running at the switchover: the first result G prints here.
