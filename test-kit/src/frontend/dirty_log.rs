@@ -11,6 +11,7 @@ use std::io;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::Frontend;
 use vhost::{VhostBackend, VhostUserDirtyLogRegion};
@@ -84,6 +85,22 @@ impl FrontendLog {
             }
         }
         pages
+    }
+
+    /// [`FrontendLog::take`] until what was taken includes `expected` or
+    /// `patience` ends, then everything taken. A device marks a used ring
+    /// after publishing into it (and its avail_event after the re-arm that
+    /// follows), so the driver can see a completion before its marks; QEMU
+    /// reads the log only after stopping the rings. The caller compares the
+    /// result exactly: waiting never hides a page marked too many or missing.
+    pub fn take_including(&self, expected: &BTreeSet<u64>, patience: Duration) -> BTreeSet<u64> {
+        let until = Instant::now() + patience;
+        let mut taken = self.take();
+        while !taken.is_superset(expected) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+            taken.extend(self.take());
+        }
+        taken
     }
 }
 
