@@ -50,7 +50,9 @@
 #                           gratuitous ARP and a ping warm-up to fabric.peer, answers pings, checks every TCP
 #                           stream it receives on port 5001 and runs fio write passes
 #                           (verify after writing; pass N with seed N) over the disk region
-#                           (fabric.size etc. as in block mode) until the command `stop`
+#                           (fabric.size etc. as in block mode) until the command `stop`,
+#                           beside a reader keeping 16 random 4 KiB reads of [32, 40) MiB
+#                           (random data) in flight (the disk must have 40 MiB)
 #   fabric.role=mig-peer    its peer: pings fabric.peer every fabric.interval_ms (default
 #                           100) from boot on; commands: `stream` (send copies of /www/blob
 #                           to fabric.peer:5001, one every fabric.pace seconds (default
@@ -561,10 +563,26 @@ fio_loop() {
     echo "FABRIC-RESULT fio passes=$pass failed=$failed"
 }
 
+# Keeps disk reads in flight whatever fio_loop is doing: random 4 KiB reads, 16 deep,
+# of [32 MiB, 40 MiB), filled with random data first (every block distinct), so the
+# device keeps writing fresh bytes into the guest's buffers. A live migration stops
+# the VM with such reads in flight; the device completes them after the vCPUs stopped,
+# and only its dirty log tells QEMU that those pages changed.
+reader_start() {
+    [ "$(cat "/sys/block/$dev/size")" -ge $((40 * 2048)) ] || die "reader: $dev is smaller than 40 MiB"
+    dd if=/dev/urandom of="/dev/$dev" bs=1M seek=32 count=8 conv=fsync 2>/dev/null ||
+        die "reader: cannot fill its region"
+    fio --name=reader --filename="/dev/$dev" --direct=1 --ioengine=libaio --iodepth=16 \
+        --bs=4k --offset=32M --size=8M --rw=randread --time_based --runtime=86400 \
+        --thread >/tmp/reader.out 2>&1 &
+    reader_pid=$!
+}
+
 # mig-guest: disk and NIC; answers pings, checks each stream on port 5001 and runs
-# fio_loop until `stop`.
+# fio_loop (and the reader) until `stop`.
 mig_guest() {
     blk_setup
+    reader_start
     # A gratuitous ARP: every switch of the segment learns where it is before it moves.
     # (busybox arping exits 1 when nothing answers, as nothing does to -U)
     arping -U -c 1 -I eth0 "${P_ip%/*}" >/dev/null 2>&1
@@ -578,6 +596,8 @@ mig_guest() {
     cmd_loop true
     touch /tmp/fio.stop
     wait "$fio_pid"
+    kill "$reader_pid" 2>/dev/null
+    wait "$reader_pid" 2>/dev/null
 }
 
 # Replies from the pinger since the last report: the range of sequence numbers up to the

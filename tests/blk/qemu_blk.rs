@@ -529,6 +529,7 @@ fn vswitchd_restarts_under_a_writing_guest_without_errors() {
         dir.path(),
         "N",
         &GuestSpec {
+            mem_path: None,
             smp: 1,
             mem_mb: GUEST_MEM_MB,
             device_args: &neighbour_devices,

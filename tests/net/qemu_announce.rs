@@ -76,6 +76,7 @@ fn announce_self(ctrl_vq: bool, want: Vec<u8>, announces: u64) {
     ]);
     // IPv4 only: one gratuitous ARP per round, no IPv6 advertisements.
     let spec = GuestSpec {
+        mem_path: None,
         smp: 1,
         mem_mb: GUEST_MEM_MB,
         device_args: &devices,

@@ -53,6 +53,7 @@ fn boot(dir: &TestDir, vs: &Vswitchd, i: usize, name: &str, params: &str) -> Gue
     let devices = net_device_args_mq(&vs.sockets[i], &mac, false, QUEUES);
     let params = format!("ipv6.disable=1 {params}");
     let spec = GuestSpec {
+        mem_path: None,
         smp: u32::from(QUEUES),
         mem_mb: GUEST_MEM_MB,
         device_args: &devices,

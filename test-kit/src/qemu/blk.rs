@@ -601,6 +601,7 @@ impl BlkGuest {
             );
         }
         let spec = GuestSpec {
+            mem_path: None,
             smp: opts.smp,
             mem_mb: opts.mem_mb,
             device_args: &devices,

@@ -10,13 +10,22 @@
 //! (`scripts/build-guest-image.sh`). The console (ttyS0) goes to
 //! `DIR/NAME.serial.log` per incarnation, so each log holds what the guest printed
 //! while it ran there.
+//!
+//! Guest memory is a shared file under /dev/shm per incarnation, so a test can
+//! hold the migrated memory against the source's: a destination started paused
+//! ([`MigQemu::start_paused`]) stays stopped after the stream, and both memories
+//! are still then (the source's devices stopped at GET_VRING_BASE, the
+//! destination's not started). Any page that differs is one a device wrote
+//! during the migration without marking it in the dirty log.
 
 use super::blk::blk_device_args;
 use super::qmp::{MigrationStats, Qmp};
 use super::{net_device_args, Guest, GuestImage, GuestSpec};
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -49,6 +58,44 @@ pub struct MigQemu {
     /// The socket this incarnation listens on for the migration stream, if it was
     /// started to receive one.
     pub incoming: Option<PathBuf>,
+    /// Started with `-S`: stays paused after an incoming migration.
+    paused: bool,
+    /// The file holding the guest memory (removed on drop).
+    ram: PathBuf,
+}
+
+impl Drop for MigQemu {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.ram);
+    }
+}
+
+/// Tells apart the memory files of the incarnations of one test process.
+static RAM_FILES: AtomicU64 = AtomicU64::new(0);
+
+/// The 4 KiB pages (by offset: the guest physical address below 3 GiB) in which
+/// two memory files differ, or Err if they cannot be read whole.
+pub fn differing_pages(a: &Path, b: &Path) -> std::io::Result<Vec<u64>> {
+    const PAGE: usize = 4096;
+    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Err(std::io::Error::other("memory files of different sizes"));
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let (mut differ, mut offset) = (Vec::new(), 0u64);
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(differ);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        for (i, (pa, pb)) in ba[..n].chunks(PAGE).zip(bb[..n].chunks(PAGE)).enumerate() {
+            if pa != pb {
+                differ.push(offset + (i * PAGE) as u64);
+            }
+        }
+        offset += n as u64;
+    }
 }
 
 /// How long QEMU may take to create its sockets.
@@ -84,6 +131,49 @@ impl MigQemu {
         attach: &Attach,
         incoming: Option<&Path>,
     ) -> MigQemu {
+        Self::start_with(qemu, image, dir, name, machine, attach, incoming, false)
+    }
+
+    /// [`MigQemu::start`] to receive a migration on `incoming` and stay paused
+    /// after it (`-S`), so [`MigQemu::migrate_to`] can compare the memories
+    /// before it lets the guest run.
+    pub fn start_paused(
+        qemu: &Path,
+        image: &GuestImage,
+        dir: &Path,
+        name: &str,
+        machine: &Machine,
+        attach: &Attach,
+        incoming: &Path,
+    ) -> MigQemu {
+        Self::start_with(
+            qemu,
+            image,
+            dir,
+            name,
+            machine,
+            attach,
+            Some(incoming),
+            true,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_with(
+        qemu: &Path,
+        image: &GuestImage,
+        dir: &Path,
+        name: &str,
+        machine: &Machine,
+        attach: &Attach,
+        incoming: Option<&Path>,
+        paused: bool,
+    ) -> MigQemu {
+        let ram = PathBuf::from(format!(
+            "/dev/shm/fabric-mig-{}-{}-{name}.ram",
+            std::process::id(),
+            RAM_FILES.fetch_add(1, Ordering::Relaxed)
+        ));
         let qmp_path = dir.join(format!("{name}.qmp"));
         let cmd_path = dir.join(format!("{name}.cmd"));
         let mut args = net_device_args(&attach.net, &machine.mac, false);
@@ -107,9 +197,13 @@ impl MigQemu {
         if let Some(sock) = incoming {
             args.extend(["-incoming".to_string(), format!("unix:{}", sock.display())]);
         }
+        if paused {
+            args.push("-S".to_string());
+        }
         let spec = GuestSpec {
             smp: 1,
             mem_mb: machine.mem_mb,
+            mem_path: Some(&ram),
             device_args: &args,
             params: &machine.params,
         };
@@ -125,6 +219,8 @@ impl MigQemu {
             qmp,
             cmd,
             incoming: incoming.map(Path::to_path_buf),
+            paused,
+            ram,
         }
     }
 
@@ -136,10 +232,11 @@ impl MigQemu {
     }
 
     /// Migrates this (running) guest into `dest`, which was started with `-incoming`,
-    /// and waits for QEMU's figures.
+    /// and waits for QEMU's figures. A `dest` started paused must hold exactly the
+    /// source's memory (Err naming the pages that differ), and is then let run.
     pub fn migrate_to(
         &mut self,
-        dest: &MigQemu,
+        dest: &mut MigQemu,
         timeout: Duration,
     ) -> Result<MigrationStats, String> {
         let sock = dest
@@ -149,7 +246,26 @@ impl MigQemu {
         self.qmp
             .migrate(&format!("unix:{}", sock.display()))
             .map_err(|e| e.to_string())?;
-        self.qmp.wait_migration(timeout)
+        let stats = self.qmp.wait_migration(timeout)?;
+        if dest.paused {
+            dest.qmp.wait_status("paused", timeout)?;
+            let differ = differing_pages(&self.ram, &dest.ram)
+                .map_err(|e| format!("comparing the guest memories: {e}"))?;
+            if !differ.is_empty() {
+                let first: Vec<String> =
+                    differ.iter().take(16).map(|p| format!("{p:#x}")).collect();
+                return Err(format!(
+                    "{} of the destination's memory pages differ from the source's \
+                     (a device wrote them unlogged), first: {}",
+                    differ.len(),
+                    first.join(" ")
+                ));
+            }
+            dest.qmp
+                .execute("cont", serde_json::json!({}))
+                .map_err(|e| format!("cont: {e}"))?;
+        }
+        Ok(stats)
     }
 
     /// QMP `quit`, then waits for the process to exit (killing it after 10 s).

@@ -348,8 +348,10 @@ pub struct Guest {
 pub struct GuestSpec<'a> {
     /// vCPUs (`-smp`); more than one runs multi-threaded TCG.
     pub smp: u32,
-    /// Guest memory, all of it a shared memfd (vhost-user needs the backend to map it).
+    /// Guest memory, all of it shared (vhost-user needs the backend to map it).
     pub mem_mb: u32,
+    /// A file to hold the guest memory (so a test can read it); `None`: a memfd.
+    pub mem_path: Option<&'a Path>,
     /// QEMU arguments adding the devices (`-chardev ... -device ...`).
     pub device_args: &'a [String],
     /// Kernel command line after `console=ttyS0 quiet panic=-1` (`fabric.*` parameters).
@@ -372,6 +374,7 @@ impl Guest {
         let spec = GuestSpec {
             smp: 1,
             mem_mb: GUEST_MEM_MB,
+            mem_path: None,
             device_args: &devices,
             params: &params,
         };
@@ -399,7 +402,13 @@ impl Guest {
             .args(["-m", &mem.to_string()])
             .args([
                 "-object",
-                &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+                &match spec.mem_path {
+                    Some(path) => format!(
+                        "memory-backend-file,id=mem,size={mem}M,mem-path={},share=on",
+                        path.display()
+                    ),
+                    None => format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+                },
             ])
             .args(["-numa", "node,memdev=mem"])
             .args(spec.device_args)
