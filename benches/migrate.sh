@@ -18,8 +18,8 @@
 # QEMU's and the backends' (dirty logging, the disk's handover), not a network's.
 #   idle: role=serve (httpd, nothing else running; the disk attached and untouched)
 #   fio:  role=mig-guest: fio write+verify passes over 16 MiB of the disk (qd 4) the
-#         whole time, so the guest dirties memory and the disk's requests cross the
-#         switchover
+#         whole time, beside 16 random 4 KiB reads in flight (the image's reader), so
+#         the guest dirties memory and the disk's requests cross the switchover
 # Prints, per configuration, the median and range over the rounds of the downtime and
 # the total time (ms), and of the RAM QEMU sent (MiB).
 set -euo pipefail
