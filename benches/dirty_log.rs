@@ -23,7 +23,10 @@
 //!   the TX rings at each turn, on average (descriptors in flight; near
 //!   100%, the switch always had a full ring waiting), and `drops` the
 //!   frames the switch dropped for want of receive buffers, per frame
-//!   received.
+//!   received. Before that, the frontend alone: the same loop against
+//!   DPDK's vhost PMD (testpmd's `net_vhost`, io forward, on CPU 1), far
+//!   faster than the switch, one round per frame size: how close the
+//!   switch's figures are to the frontend's own limit.
 //! - blk: 4 KiB random reads, then writes, at QD32 on one queue
 //!   (`test_kit::blkio::run_io` on a `GuestBlk` queue) against an export of
 //!   a volume written in full first (64 KiB sequential writes), its pool a
@@ -35,9 +38,9 @@
 //! before it). Environment: `DIRTY_BENCH_SECS` (per round, default 5),
 //! `DIRTY_BENCH_ROUNDS` (of each, default 3), `DIRTY_BENCH_SIZES` (frame
 //! bytes without FCS, default "64 1518"), `DIRTY_BENCH_VOLUME` (default
-//! 256M), `DIRTY_BENCH_ONLY` (`net` or `blk`), `DIRTY_BENCH_PIN=1` (the
-//! frontend on CPU 1, every other thread of the process, the daemon's, on
-//! CPU 0).
+//! 256M), `DIRTY_BENCH_ONLY` (`net` or `blk`), `DIRTY_BENCH_PIN=1` (after
+//! the frontend-alone rounds: the frontend on CPU 1, every other thread of
+//! the process, the daemon's, on CPU 0). Needs `dpdk-testpmd` for `net`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -50,6 +53,7 @@ use test_kit::frontend::fabric::Fabric;
 use test_kit::frontend::frames::{payload, ETHERTYPE_TEST};
 use test_kit::frontend::virtio_blk::{BlkOptions, GuestBlk, WAIT};
 use test_kit::frontend::{eth, mac, GuestNic, NicOptions};
+use test_kit::testpmd::vhost_peer::Testpmd;
 use vhost::vhost_user::Frontend;
 
 /// How often the frontend clears the logs while logging (QEMU's sync).
@@ -171,11 +175,7 @@ fn net(o: &Opts) -> Vec<(String, Vec<Round>, Vec<Round>)> {
     pin_frontend(o);
     let mut rows = Vec::new();
     for &len in &o.sizes {
-        let (m1, m2) = (mac(1), mac(2));
-        let frames = [
-            eth(m2, m1, ETHERTYPE_TEST, &payload(1, len - 14)),
-            eth(m1, m2, ETHERTYPE_TEST, &payload(2, len - 14)),
-        ];
+        let frames = net_frames(len);
         // Warm up (and both stations learned): not measured.
         forward(&mut nics, &frames, Duration::from_secs(1));
         let (mut off, mut on) = (Vec::new(), Vec::new());
@@ -209,9 +209,38 @@ fn net(o: &Opts) -> Vec<(String, Vec<Round>, Vec<Round>)> {
                 }
             }
         }
-        rows.push((format!("net {len} B frames"), off, on));
+        rows.push((net_row(len), off, on));
     }
     rows
+}
+
+/// The frontend's own limit: the same loop against DPDK's vhost PMD
+/// (`net_vhost`, io forward: a wire between its two ports, far faster than
+/// the switch), one round per frame size; (size, frames per second).
+fn frontend_limit(o: &Opts) -> Vec<(usize, f64)> {
+    let pmd = Testpmd::vhost("dirtylog", 2, "io");
+    let mut nics = [0, 1].map(|i| {
+        GuestNic::connect(pmd.socket(i), NicOptions::default()).expect("connect to testpmd")
+    });
+    let mut limits = Vec::new();
+    for &len in &o.sizes {
+        eprintln!("dirty_log: frontend alone against net_vhost, {len} B");
+        let frames = net_frames(len);
+        // net_vhost drops what comes before it marks a port ready.
+        forward(&mut nics, &frames, Duration::from_secs(1));
+        let (received, secs, _) = forward(&mut nics, &frames, Duration::from_secs(o.secs));
+        limits.push((len, received as f64 / secs));
+    }
+    limits
+}
+
+/// A frame of `len` bytes (no FCS) each way between mac(1) and mac(2).
+fn net_frames(len: usize) -> [Vec<u8>; 2] {
+    let (m1, m2) = (mac(1), mac(2));
+    [
+        eth(m2, m1, ETHERTYPE_TEST, &payload(1, len - 14)),
+        eth(m1, m2, ETHERTYPE_TEST, &payload(2, len - 14)),
+    ]
 }
 
 fn blk(o: &Opts) -> Vec<(String, Vec<Round>, Vec<Round>)> {
@@ -428,6 +457,12 @@ fn main() {
         pin: env_or("DIRTY_BENCH_PIN", false, |s| Some(s == "1")),
     };
     let wants = |what: &str| o.only.as_deref().is_none_or(|w| w == what);
+    // First: `DIRTY_BENCH_PIN` pins this thread for the rest of the run.
+    let limits = if wants("net") {
+        frontend_limit(&o)
+    } else {
+        Vec::new()
+    };
     let mut rows = Vec::new();
     if wants("net") {
         rows.extend(net(&o));
@@ -436,4 +471,19 @@ fn main() {
         rows.extend(blk(&o));
     }
     print(&rows, &o);
+    for (len, limit) in limits {
+        let off = rows
+            .iter()
+            .find(|r| r.0 == net_row(len))
+            .map_or(f64::NAN, |r| median(r.1.iter().map(|r| r.rate).collect()));
+        println!(
+            "frontend alone, {len} B (against net_vhost): {} frames/s; the switch's off median is {:.0}% of it",
+            human(limit),
+            100.0 * off / limit
+        );
+    }
+}
+
+fn net_row(len: usize) -> String {
+    format!("net {len} B frames")
 }
