@@ -18,6 +18,8 @@ use blk_support::driver::Permutation;
 use blk_support::pattern::{classify_sectors, SectorIs};
 use blk_support::qsd::create_raw;
 use blk_support::*;
+use test_kit::frontend::blk_io::GuestBlkQueue;
+use test_kit::frontend::virtio_blk::{BlkOptions, GuestBlk};
 
 const MIB: u64 = 1 << 20;
 
@@ -516,6 +518,53 @@ fn random_driver_writes_the_blocks_it_says() {
     )
     .expect("seq");
     assert_eq!(st.ops, 256);
+}
+
+/// The same driver on a queue of the in-process frontend's `GuestBlk` (what
+/// `benches/dirty_log.rs` runs): each block of the region written once with
+/// one slot's data, as the image file shows, nothing outside it; then every
+/// block read once.
+#[test]
+fn random_driver_on_a_guest_blk_queue_writes_the_blocks_it_says() {
+    let ex = raw_export("gdriver", 4 * MIB, |o| o);
+    let mut blk = GuestBlk::connect(ex.qsd.socket(), BlkOptions::default())
+        .expect("GuestBlk connects to qemu-storage-daemon");
+    let (bs, qd) = (4096usize, 32usize);
+    let job = IoJob {
+        kind: IoKind::Write,
+        block_size: bs,
+        qd,
+        duration: Duration::from_secs(20),
+        region: MIB..2 * MIB,
+        offsets: Offsets::EachBlockOnce,
+        seed: 78,
+    };
+    let mut q = GuestBlkQueue::new(&mut blk, 0, qd * bs);
+    let st = run_io(&mut q, &job).expect("each block once");
+    assert!(st.exhausted && st.ops == 256, "{st:?}");
+    let st = run_io(
+        &mut q,
+        &IoJob {
+            offsets: Offsets::Sequential,
+            kind: IoKind::Read,
+            ..job.clone()
+        },
+    )
+    .expect("reads");
+    assert!(st.exhausted && st.ops == 256, "{st:?}");
+    assert!(blk.wait_chains_returned(0, Duration::ZERO));
+    let image = fs::read(&ex.image).expect("the image");
+    let slots: Vec<Vec<u8>> = (0..qd).map(|s| pattern(78, (s * bs) as u64, bs)).collect();
+    let region = &image[MIB as usize..2 * MIB as usize];
+    for (b, block) in region.chunks(bs).enumerate() {
+        assert!(
+            slots.iter().any(|s| s == block),
+            "block {b} holds no slot's data"
+        );
+    }
+    verify_zero(0, &image[..MIB as usize]).expect("before the region untouched");
+    verify_zero(2 * MIB, &image[2 * MIB as usize..]).expect("after the region untouched");
+    ex.qsd_alive();
 }
 
 #[test]

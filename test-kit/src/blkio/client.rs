@@ -46,7 +46,7 @@ pub struct ConnectOptions {
     /// `Some(false)` on a read-only device fails with [`BlkError::ReadOnly`].
     pub read_only: Option<bool>,
     /// Bytes of request buffer per queue (the largest single chunk and the
-    /// room for the requests of [`crate::blk_support::run_io`]).
+    /// room for the requests of [`crate::blkio::run_io`]).
     pub buf_bytes: usize,
     /// How long to retry while the socket does not exist or refuses.
     pub connect_timeout: Duration,

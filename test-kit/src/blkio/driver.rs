@@ -1,8 +1,10 @@
-//! QD-N random I/O on one [`BlkQueue`], for benches: keeps `qd` requests in
-//! flight, each with its own slot of the queue's buffer; every wait sends
-//! the requests queued since the last one (one kick per batch) and blocks
-//! on the queue's completion eventfd until at least one completes, then
-//! refills the freed slots.
+//! QD-N random I/O on one queue, for benches: keeps `qd` requests in
+//! flight, each with its own slot of the queue's buffer; every wait blocks
+//! until at least one completes, then the freed slots are refilled. Any
+//! [`IoQueue`]: a libblkio [`BlkQueue`] (every wait sends the requests
+//! queued since the last one, one kick per batch, and blocks on the queue's
+//! completion eventfd), or the in-process frontend's `GuestBlk`
+//! (`crate::frontend::blk_io`).
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -60,20 +62,76 @@ impl IoStats {
     }
 }
 
+/// A queue [`run_io`] keeps requests in flight on: slot `i` of a job is the
+/// buffer range `[i * block_size, (i + 1) * block_size)`.
+pub trait IoQueue {
+    type Error;
+    /// The request buffer (what the slots are ranges of).
+    fn buffer_mut(&mut self) -> &mut [u8];
+    /// Requests submitted and not yet returned by [`IoQueue::wait`].
+    fn in_flight(&self) -> usize;
+    /// Queues `len` bytes of `kind` at device `offset` on slot `slot`'s
+    /// buffer range.
+    fn submit(&mut self, kind: IoKind, offset: u64, slot: usize, len: usize);
+    /// Waits until at least one request completed; appends the slots of the
+    /// completed ones to `slots`. A failed request is an error.
+    fn wait(&mut self, slots: &mut Vec<usize>) -> Result<(), Self::Error>;
+}
+
+impl IoQueue for BlkQueue {
+    type Error = BlkError;
+
+    fn buffer_mut(&mut self) -> &mut [u8] {
+        BlkQueue::buffer_mut(self)
+    }
+
+    fn in_flight(&self) -> usize {
+        BlkQueue::in_flight(self)
+    }
+
+    fn submit(&mut self, kind: IoKind, offset: u64, slot: usize, len: usize) {
+        let buf_off = slot * len;
+        let req = match kind {
+            IoKind::Read => Req::Read {
+                offset,
+                buf_off,
+                len,
+            },
+            IoKind::Write => Req::Write {
+                offset,
+                buf_off,
+                len,
+                fua: false,
+            },
+        };
+        BlkQueue::submit(self, req, slot);
+    }
+
+    fn wait(&mut self, slots: &mut Vec<usize>) -> Result<(), BlkError> {
+        let mut out: Vec<Done> = Vec::new();
+        BlkQueue::wait(self, 1, &mut out)?;
+        for d in out {
+            d.result?;
+            slots.push(d.tag);
+        }
+        Ok(())
+    }
+}
+
 /// Runs `job` on `queue`; the first failed request stops it with its error.
-pub fn run_io(queue: &mut BlkQueue, job: &IoJob) -> Result<IoStats, BlkError> {
+pub fn run_io<Q: IoQueue>(queue: &mut Q, job: &IoJob) -> Result<IoStats, Q::Error> {
     let bs = job.block_size;
     assert!(
         bs > 0 && bs.is_multiple_of(512),
         "block size must be a multiple of 512"
     );
     assert!(job.qd > 0);
+    let buffer_len = queue.buffer_mut().len();
     assert!(
-        job.qd * bs <= queue.buffer_len(),
-        "qd {} x {} B does not fit the queue buffer ({} B): raise ConnectOptions::buf_bytes",
+        job.qd * bs <= buffer_len,
+        "qd {} x {} B does not fit the queue buffer ({buffer_len} B): raise ConnectOptions::buf_bytes",
         job.qd,
         bs,
-        queue.buffer_len()
     );
     let start_block = job.region.start / bs as u64;
     let blocks = (job.region.end - job.region.start) / bs as u64;
@@ -105,7 +163,7 @@ pub fn run_io(queue: &mut BlkQueue, job: &IoJob) -> Result<IoStats, BlkError> {
         }
     };
     let mut free: Vec<usize> = (0..job.qd).rev().collect();
-    let mut out: Vec<Done> = Vec::with_capacity(job.qd);
+    let mut out: Vec<usize> = Vec::with_capacity(job.qd);
     let mut ops = 0u64;
     let mut exhausted = false;
     let started = Instant::now();
@@ -120,32 +178,15 @@ pub fn run_io(queue: &mut BlkQueue, job: &IoJob) -> Result<IoStats, BlkError> {
                 break;
             };
             let offset = (start_block + block) * bs as u64;
-            let buf_off = slot * bs;
-            let req = match job.kind {
-                IoKind::Read => Req::Read {
-                    offset,
-                    buf_off,
-                    len: bs,
-                },
-                IoKind::Write => Req::Write {
-                    offset,
-                    buf_off,
-                    len: bs,
-                    fua: false,
-                },
-            };
-            queue.submit(req, slot);
+            queue.submit(job.kind, offset, slot, bs);
         }
         if queue.in_flight() == 0 {
             break;
         }
         out.clear();
-        queue.wait(1, &mut out)?;
-        for d in out.drain(..) {
-            d.result?;
-            free.push(d.tag);
-            ops += 1;
-        }
+        queue.wait(&mut out)?;
+        ops += out.len() as u64;
+        free.append(&mut out);
     }
     let elapsed = started.elapsed();
     Ok(IoStats {

@@ -8,7 +8,8 @@
 //!   [`BlkQueue`] (synchronous read/write/flush/discard/write-zeroes and a
 //!   raw submit/wait API), with typed errors ([`BlkError`]).
 //! - [`driver`]: the QD-N random I/O driver for benches ([`run_random`],
-//!   [`run_io`]).
+//!   [`run_io`]), on any [`IoQueue`]: a [`BlkQueue`] here, or the
+//!   in-process frontend's `GuestBlk` (`crate::frontend::blk_io`).
 //! - [`qsd`]: [`Qsd`], `qemu-storage-daemon` as the reference backend, plus
 //!   [`TestDir`] and image creation; [`BackendProcess`] runs any export
 //!   daemon (ours too) and reaps it on drop.
@@ -27,6 +28,6 @@ pub mod driver;
 pub mod qsd;
 
 pub use client::{BlkClient, BlkError, BlkQueue, ConnectOptions, DeviceInfo};
-pub use driver::{run_io, run_random, IoJob, IoKind, IoStats, Offsets};
+pub use driver::{run_io, run_random, IoJob, IoKind, IoQueue, IoStats, Offsets};
 pub use pattern::{fill_pattern, pattern, verify, verify_zero, Mismatch};
 pub use qsd::{BackendProcess, Image, Qsd, QsdOptions, TestDir};

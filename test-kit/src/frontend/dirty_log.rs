@@ -75,16 +75,34 @@ impl FrontendLog {
     /// The marked pages, cleared as they are read (QEMU's log sync).
     pub fn take(&self) -> BTreeSet<u64> {
         let mut pages = BTreeSet::new();
+        self.sync(|chunk, bits| {
+            for bit in (0..64).filter(|b| bits & (1 << b) != 0) {
+                pages.insert(chunk * 64 + bit);
+            }
+        });
+        pages
+    }
+
+    /// Clears the log as [`FrontendLog::take`] does, counting the marked
+    /// pages instead of listing them (a bench's periodic sync).
+    pub fn clear(&self) -> u64 {
+        let mut marked = 0;
+        self.sync(|_, bits| marked += u64::from(bits.count_ones()));
+        marked
+    }
+
+    /// Swaps every 64-bit chunk with 0, handing `f` the chunk's index and
+    /// its bits (bit b of chunk c is page c * 64 + b).
+    fn sync(&self, mut f: impl FnMut(u64, u64)) {
         for chunk in 0..self.map.size() / 8 {
             // SAFETY: an aligned u64 inside our mapping (page-aligned start),
             // which the backend only touches atomically.
             let word = unsafe { AtomicU64::from_ptr(self.map.as_ptr().add(chunk * 8).cast()) };
             let bits = u64::from_le(word.swap(0, Ordering::SeqCst));
-            for bit in (0..64).filter(|b| bits & (1 << b) != 0) {
-                pages.insert(chunk as u64 * 64 + bit);
+            if bits != 0 {
+                f(chunk as u64, bits);
             }
         }
-        pages
     }
 
     /// [`FrontendLog::take`] until what was taken includes `expected` or

@@ -10,6 +10,7 @@
 //! - [`virtio_net`]: `GuestNic`, a virtio-net device driver over vhost-user.
 //! - [`virtio_blk`]: `GuestBlk`, a virtio-blk device driver over vhost-user (N queues,
 //!   well-formed requests and raw chains for hostile input).
+//! - [`blk_io`]: the benches' QD-N random I/O driver on a `GuestBlk` queue.
 //! - [`dirty_log`]: the VMM's side of a live migration's dirty log (SET_LOG_BASE,
 //!   LOG_ALL, reading the bits back).
 //! - [`smol`]: `SmolNic` (smoltcp `Device` on a `GuestNic`), ping and TCP helpers.
@@ -23,6 +24,7 @@
 pub use crate::{counters, daemon_host};
 
 pub mod blk_daemon;
+pub mod blk_io;
 pub mod dirty_log;
 pub mod fabric;
 pub mod frames;

@@ -263,6 +263,8 @@ pub struct GuestNic {
     /// Guest address of RX buffer `i`; descriptor `i` always points at buffer `i`.
     rx_bufs: Vec<u64>,
     rx_partial: Option<PartialFrame>,
+    /// Buffers of the frame [`GuestNic::poll_rx_frames`] is in the middle of.
+    rx_polled_left: u16,
     /// Where the device said it wrote each RX buffer it returned: (guest
     /// address, used length), in order; see [`GuestNic::take_rx_landed`].
     rx_landed: Vec<(u64, u32)>,
@@ -464,6 +466,7 @@ impl GuestNic {
             rx_buffer_len: opts.rx_buffer_len,
             rx_bufs,
             rx_partial: None,
+            rx_polled_left: 0,
             rx_landed: Vec::new(),
             tx_free: (0..qs).rev().collect(),
             tx_inflight: vec![None; usize::from(qs)],
@@ -709,6 +712,51 @@ impl GuestNic {
                 );
             }
         }
+    }
+
+    /// A polling driver's receive (DPDK's virtio PMD): takes every whole
+    /// frame waiting on the first pair's RX ring, re-posting the buffers,
+    /// without waiting and with notifications off (until a `recv` arms them
+    /// again); returns how many. The frames are dropped.
+    ///
+    /// Nothing is copied out: only each frame's `num_buffers` is read (with
+    /// MRG_RXBUF), and the buffers are made available again at once, one
+    /// available-index update per call; [`GuestNic::take_rx_landed`] does
+    /// not see them. Do not mix with `recv` halfway through a frame.
+    pub fn poll_rx_frames(&mut self) -> usize {
+        assert!(
+            self.rx_partial.is_none(),
+            "poll_rx_frames halfway through a frame recv took in part"
+        );
+        self.rx.disable_interrupt(&self.ram);
+        let mrg = self.features & features::MRG_RXBUF != 0;
+        let (mut frames, mut reposted) = (0, 0);
+        while let Some((id, len)) = self.rx.pop_used(&self.ram) {
+            let gpa = self.rx_used_buffer(id, len);
+            if self.rx_polled_left == 0 {
+                assert!(
+                    len as usize >= VNET_HDR_LEN,
+                    "device bug: RX buffer of {len} bytes has no virtio-net header"
+                );
+                let mut b = [0u8; 2];
+                self.ram
+                    .read(gpa + 10, &mut b)
+                    .unwrap_or_else(|e| panic!("RX buffer read: {e}"));
+                // 5.1.6.4: as in `poll_rx`.
+                self.rx_polled_left = if mrg { u16::from_le_bytes(b) } else { 1 };
+                assert!(self.rx_polled_left >= 1, "device bug: num_buffers = 0");
+            }
+            self.rx_polled_left -= 1;
+            if self.rx_polled_left == 0 {
+                frames += 1;
+            }
+            self.rx.push_avail(&self.ram, id as u16);
+            reposted += 1;
+        }
+        if reposted > 0 && (self.rx.publish(&self.ram) || self.always_kick) {
+            self.kick(RX_QUEUE);
+        }
+        frames
     }
 
     /// Everything that arrives until `quiet` passes with nothing new.
@@ -1037,6 +1085,23 @@ impl GuestNic {
         }
     }
 
+    /// The guest address of the RX buffer (first pair) the device returned
+    /// as used element `(id, len)`, checked.
+    fn rx_used_buffer(&self, id: u32, len: u32) -> u64 {
+        let gpa = usize::try_from(id)
+            .ok()
+            .and_then(|i| self.rx_bufs.get(i))
+            .copied()
+            .unwrap_or_else(|| panic!("device bug: RX used id {id} was never posted"));
+        // 2.7.8.1: the device must not claim to have written more than the buffer.
+        assert!(
+            len <= self.rx_buffer_len,
+            "device bug: RX used len {len} > buffer len {}",
+            self.rx_buffer_len
+        );
+        gpa
+    }
+
     /// Consumes RX used entries until one whole frame is assembled; re-posts each
     /// buffer as soon as its bytes are copied out.
     fn poll_rx(&mut self) -> Option<(VirtioNetHdr, Vec<u8>)> {
@@ -1047,17 +1112,7 @@ impl GuestNic {
             let Some((id, len)) = self.rx.pop_used(&self.ram) else {
                 break;
             };
-            let gpa = usize::try_from(id)
-                .ok()
-                .and_then(|i| self.rx_bufs.get(i))
-                .copied()
-                .unwrap_or_else(|| panic!("device bug: RX used id {id} was never posted"));
-            // 2.7.8.1: the device must not claim to have written more than the buffer.
-            assert!(
-                len <= self.rx_buffer_len,
-                "device bug: RX used len {len} > buffer len {}",
-                self.rx_buffer_len
-            );
+            let gpa = self.rx_used_buffer(id, len);
             self.rx_landed.push((gpa, len));
             let mut chunk = vec![0u8; len as usize];
             self.ram
