@@ -71,6 +71,16 @@ impl DaemonHost {
         self.dir.path()
     }
 
+    /// The fault injector of pool `pool`'s device (slow syncs, I/O errors).
+    pub fn io_faults(&self, pool: &str) -> std::sync::Arc<vblock::pool::IoFaults> {
+        let pool = self
+            .daemon()
+            .pool(pool)
+            .unwrap_or_else(|| panic!("no pool {pool}"));
+        let faults = pool.lock().unwrap().io_faults().clone();
+        faults
+    }
+
     /// The socket `run/NAME.sock` (a port's, an export's, or "control").
     pub fn socket(&self, name: &str) -> PathBuf {
         self.dir.join("run").join(format!("{name}.sock"))

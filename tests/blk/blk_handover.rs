@@ -111,14 +111,7 @@ fn the_destination_runs_the_queues_only_after_the_source_stopped_them() {
     // stops (each write waits for a device flush slowed by 2 s).
     let second = post_writes(&mut src, 2);
     expect_done(&mut src, &second, None, "source");
-    let faults = f
-        .daemon()
-        .pool("p0")
-        .unwrap()
-        .lock()
-        .unwrap()
-        .io_faults()
-        .clone();
+    let faults = f.io_faults("p0");
     faults.slow_sync(Duration::from_secs(2));
     let third = post_writes(&mut src, 3);
     assert_eq!(

@@ -433,14 +433,7 @@ fn durable_writes_on_a_slow_device(tag: &str, write_through: bool) {
         assert!(writer.flush(0).ok());
     }
     assert!(reader.flush(0).ok());
-    let faults = f
-        .daemon()
-        .pool("p0")
-        .unwrap()
-        .lock()
-        .unwrap()
-        .io_faults()
-        .clone();
+    let faults = f.io_faults("p0");
     faults.slow_sync(SYNC);
     let before = (
         f.counter(&writer_vol, "writes"),

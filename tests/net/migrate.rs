@@ -42,7 +42,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use test_kit::netns::{veth_pair, Netns, Veth};
-use test_kit::qemu::migrate::{Attach, Machine, MigQemu};
+use test_kit::qemu::migrate::{Attach, Incoming, Machine, MigQemu};
 use test_kit::qemu::qmp::{MigrationStats, QmpError};
 use test_kit::qemu::{guest_image, qemu_binary, GuestImage, TestDir, Vswitchd};
 
@@ -247,7 +247,7 @@ fn a_guest_migrates_there_and_back_twice_with_its_disk_stream_and_pings() {
             net: hosts.port(0, "t"),
             disk: None,
         },
-        None,
+        Incoming::No,
     );
     let machine = g_machine("fabric.wait=150");
     // G's disk alternates between the export's two sockets: a destination attaches to
@@ -263,7 +263,7 @@ fn a_guest_migrates_there_and_back_twice_with_its_disk_stream_and_pings() {
             net: hosts.port(0, "g"),
             disk: Some(disk_sockets[0].clone()),
         },
-        None,
+        Incoming::No,
     );
     log(&ok(g.guest.wait_for("FABRIC-RESULT mig ready", BOOT)));
     log(&ok(t.guest.wait_for("FABRIC-RESULT mig ready", BOOT)));
@@ -291,34 +291,26 @@ fn a_guest_migrates_there_and_back_twice_with_its_disk_stream_and_pings() {
             net: hosts.port(dst, "g"),
             disk: Some(disk_sockets[n % 2].clone()),
         };
-        let incoming = dir.path().join(format!("{name}.migrate"));
+        let migration_sock = dir.path().join(format!("{name}.migrate"));
         // There and back the first time, the destination stays paused after the
         // stream until its memory is checked, page by page, against the source's:
         // what the daemons wrote into G while QEMU copied it (frames received,
         // disk reads, used rings) reached the destination only if it was logged.
         // The second time, it runs at once, as operators migrate: the ping loss
         // of those rounds is the one to quote.
-        let mut dest = if round < 2 {
-            MigQemu::start_paused(
-                &qemu,
-                &image,
-                dir.path(),
-                &name,
-                &machine,
-                &attach,
-                &incoming,
-            )
-        } else {
-            MigQemu::start(
-                &qemu,
-                &image,
-                dir.path(),
-                &name,
-                &machine,
-                &attach,
-                Some(&incoming),
-            )
+        let incoming = match round {
+            0 | 1 => Incoming::Paused(&migration_sock),
+            _ => Incoming::Run(&migration_sock),
         };
+        let mut dest = MigQemu::start(
+            &qemu,
+            &image,
+            dir.path(),
+            &name,
+            &machine,
+            &attach,
+            incoming,
+        );
         let stats = g
             .migrate_to(&mut dest, MIGRATION)
             .unwrap_or_else(|e| panic!("migration {n} {} -> {}: {e}", HOSTS[src], HOSTS[dst]));
@@ -476,7 +468,7 @@ fn without_live_migration_offered_qemu_refuses_to_migrate() {
             net: hosts.port(0, "g"),
             disk: Some(hosts.port(0, "disk")),
         },
-        None,
+        Incoming::No,
     );
     ok(g.guest.wait_for("FABRIC-RESULT mig ready", BOOT));
     let dest = MigQemu::start(
@@ -489,7 +481,7 @@ fn without_live_migration_offered_qemu_refuses_to_migrate() {
             net: hosts.port(1, "g"),
             disk: Some(hosts.port(0, "disk-mig")),
         },
-        Some(&dir.path().join("G1.migrate")),
+        Incoming::Run(&dir.path().join("G1.migrate")),
     );
     let sock = dest.incoming.clone().unwrap();
     match g.qmp.migrate(&format!("unix:{}", sock.display())) {

@@ -93,6 +93,24 @@ impl DropReason {
     ];
 
     /// Stable snake_case name, used by metrics and the control socket.
+    /// Whether this drop refuses what never became a received frame (not in
+    /// `rx_packets`): a malformed descriptor chain, or virtio-net offload
+    /// metadata refused at ingress.
+    pub fn before_receive(self) -> bool {
+        use DropReason::*;
+        matches!(
+            self,
+            BadDescriptor
+                | GsoSizeZero
+                | HeaderPastFrame
+                | CsumOutsideFrame
+                | CsumNotL4
+                | TooManySegments
+                | GsoUnsupported
+                | OffloadNotNegotiated
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DropReason::Runt => "runt",

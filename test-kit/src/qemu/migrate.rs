@@ -13,7 +13,7 @@
 //!
 //! Guest memory is a shared file under /dev/shm per incarnation, so a test can
 //! hold the migrated memory against the source's: a destination started paused
-//! ([`MigQemu::start_paused`]) stays stopped after the stream, and both memories
+//! ([`Incoming::Paused`]) stays stopped after the stream, and both memories
 //! are still then (the source's devices stopped at GET_VRING_BASE, the
 //! destination's not started). Any page that differs is one a device wrote
 //! during the migration without marking it in the dirty log.
@@ -70,6 +70,19 @@ impl Drop for MigQemu {
     }
 }
 
+/// Whether a [`MigQemu`] boots or receives a migration.
+#[derive(Clone, Copy, Debug)]
+pub enum Incoming<'a> {
+    /// Boots the guest.
+    No,
+    /// Receives a migration on this Unix socket and runs the guest after it.
+    Run(&'a Path),
+    /// Receives a migration on this Unix socket and stays paused after it
+    /// (`-S`), so [`MigQemu::migrate_to`] can compare the memories before it
+    /// lets the guest run.
+    Paused(&'a Path),
+}
+
 /// Tells apart the memory files of the incarnations of one test process.
 static RAM_FILES: AtomicU64 = AtomicU64::new(0);
 
@@ -120,8 +133,7 @@ fn connect_retry(path: &Path, timeout: Duration) -> UnixStream {
 
 impl MigQemu {
     /// Starts QEMU `name` (files `dir/NAME.*`) for `machine` with its devices on
-    /// `attach`. `incoming`: wait for a migration stream on that Unix socket instead
-    /// of booting.
+    /// `attach`, booting it or waiting for a migration stream (`incoming`).
     pub fn start(
         qemu: &Path,
         image: &GuestImage,
@@ -129,45 +141,7 @@ impl MigQemu {
         name: &str,
         machine: &Machine,
         attach: &Attach,
-        incoming: Option<&Path>,
-    ) -> MigQemu {
-        Self::start_with(qemu, image, dir, name, machine, attach, incoming, false)
-    }
-
-    /// [`MigQemu::start`] to receive a migration on `incoming` and stay paused
-    /// after it (`-S`), so [`MigQemu::migrate_to`] can compare the memories
-    /// before it lets the guest run.
-    pub fn start_paused(
-        qemu: &Path,
-        image: &GuestImage,
-        dir: &Path,
-        name: &str,
-        machine: &Machine,
-        attach: &Attach,
-        incoming: &Path,
-    ) -> MigQemu {
-        Self::start_with(
-            qemu,
-            image,
-            dir,
-            name,
-            machine,
-            attach,
-            Some(incoming),
-            true,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn start_with(
-        qemu: &Path,
-        image: &GuestImage,
-        dir: &Path,
-        name: &str,
-        machine: &Machine,
-        attach: &Attach,
-        incoming: Option<&Path>,
-        paused: bool,
+        incoming: Incoming<'_>,
     ) -> MigQemu {
         let ram = PathBuf::from(format!(
             "/dev/shm/fabric-mig-{}-{}-{name}.ram",
@@ -194,6 +168,11 @@ impl MigQemu {
             "-qmp".to_string(),
             format!("unix:{},server=on,wait=off", qmp_path.display()),
         ]);
+        let (incoming, paused) = match incoming {
+            Incoming::No => (None, false),
+            Incoming::Run(sock) => (Some(sock), false),
+            Incoming::Paused(sock) => (Some(sock), true),
+        };
         if let Some(sock) = incoming {
             args.extend(["-incoming".to_string(), format!("unix:{}", sock.display())]);
         }
