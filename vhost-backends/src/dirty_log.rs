@@ -62,6 +62,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vm_memory::{FileOffset, MmapRegion};
 
 /// VHOST_F_LOG_ALL: the virtio feature bit the frontend acks while it logs.
@@ -162,8 +163,9 @@ impl LogMap {
 }
 
 /// The dirty log of one frontend session, shared by its datapath.
-#[derive(Default)]
 pub struct DirtyLog {
+    /// The device offers the log (`[daemon] live_migration`).
+    offered: bool,
     /// VHOST_F_LOG_ALL is in the acked features.
     log_all: AtomicBool,
     /// The last SET_LOG_BASE's log.
@@ -176,6 +178,34 @@ pub struct DirtyLog {
 }
 
 impl DirtyLog {
+    /// The log of a new session; `offered`: the device offers it
+    /// (`[daemon] live_migration`), without which QEMU refuses to migrate
+    /// the guest.
+    pub fn new(offered: bool) -> DirtyLog {
+        DirtyLog {
+            offered,
+            log_all: AtomicBool::new(false),
+            map: ArcSwapOption::empty(),
+            past_end: AtomicU64::new(0),
+            whole_log_marks: AtomicU64::new(0),
+        }
+    }
+
+    /// The device feature the log adds to a device's own: VHOST_F_LOG_ALL
+    /// if offered.
+    pub fn features(&self) -> u64 {
+        u64::from(self.offered) << VHOST_F_LOG_ALL
+    }
+
+    /// The protocol feature the log adds: VHOST_USER_PROTOCOL_F_LOG_SHMFD
+    /// if offered.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        match self.offered {
+            true => VhostUserProtocolFeatures::LOG_SHMFD,
+            false => VhostUserProtocolFeatures::empty(),
+        }
+    }
+
     /// SET_FEATURES: logging follows VHOST_F_LOG_ALL in `features`.
     pub fn set_features(&self, features: u64) {
         self.log_all
@@ -185,6 +215,12 @@ impl DirtyLog {
     /// SET_LOG_BASE: marks go to `fd`'s log from now on. The old log (if any)
     /// stays mapped until the last batch marking in it is done.
     pub fn set_base(&self, geometry: &LogGeometry, fd: OwnedFd) -> io::Result<()> {
+        if !self.offered {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "SET_LOG_BASE: live migration is off ([daemon] live_migration)",
+            ));
+        }
         let map = LogMap::map(geometry, fd)?;
         log::info!(
             "dirty log set: {} bytes ({} pages of guest memory)",
@@ -341,7 +377,7 @@ pub(crate) mod testing {
 
     /// A log of `bytes` bytes, set and switched on.
     pub(crate) fn logging(bytes: u64) -> (DirtyLog, Frontend) {
-        let log = DirtyLog::default();
+        let log = DirtyLog::new(true);
         let f = Frontend::new(bytes);
         f.give(&log);
         log.set_features(1 << VHOST_F_LOG_ALL);
@@ -432,7 +468,7 @@ mod tests {
     /// ends off marks what it wrote (too much is harmless).
     #[test]
     fn logging_switched_on_and_off_mid_batch() {
-        let log = DirtyLog::default();
+        let log = DirtyLog::new(true);
         let f = Frontend::new(2);
         write(&log, 0, 1);
         f.give(&log);
@@ -505,7 +541,7 @@ mod tests {
     /// A log the file does not hold whole, or an empty one, is refused.
     #[test]
     fn a_log_past_its_file_is_refused() {
-        let log = DirtyLog::default();
+        let log = DirtyLog::new(true);
         let fd = memfd(4096);
         let mut g = LogGeometry {
             mmap_size: 4096,

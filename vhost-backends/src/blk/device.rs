@@ -15,7 +15,7 @@ use super::request::{
     VIRTIO_BLK_S_OK,
 };
 use super::{BlkExport, TimedOp, Vring};
-use crate::dirty_log::{DirtyLog, LogBatch, VHOST_F_LOG_ALL};
+use crate::dirty_log::{DirtyLog, LogBatch};
 use crate::relay::{LogGeometry, RelayHooks};
 use crate::session::SessionBackend;
 use crate::split_ring::{set_kicks, RingView};
@@ -135,8 +135,6 @@ pub struct BlkConnection {
     cluster_size: u32,
     /// The dirty log every write into this guest's memory is marked in.
     log: DirtyLog,
-    /// The dirty log is offered (`[daemon] live_migration`).
-    live_migration: bool,
 }
 
 /// The `VhostUserBackend` of one connection.
@@ -202,8 +200,7 @@ impl BlkBackend {
             inflight: Mutex::new(None),
             block_size,
             cluster_size,
-            log: DirtyLog::default(),
-            live_migration,
+            log: DirtyLog::new(live_migration),
         })))
     }
 
@@ -782,10 +779,7 @@ impl VhostUserBackend for BlkBackend {
             f |= 1 << VIRTIO_BLK_F_RO;
             f &= !(1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
-        if self.0.live_migration {
-            f |= 1 << VHOST_F_LOG_ALL;
-        }
-        f
+        f | self.0.log.features()
     }
 
     fn acked_features(&self, features: u64) {
@@ -808,10 +802,7 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
-        match self.0.live_migration {
-            true => f | VhostUserProtocolFeatures::LOG_SHMFD,
-            false => f,
-        }
+        f | self.0.log.protocol_features()
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -975,12 +966,6 @@ impl RelayHooks for BlkBackend {
     }
 
     fn set_log_base(&self, log: &LogGeometry, fd: OwnedFd) -> io::Result<()> {
-        if !self.0.live_migration {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "SET_LOG_BASE: live migration is off ([daemon] live_migration)",
-            ));
-        }
         self.0.log.set_base(log, fd)
     }
 }

@@ -8,7 +8,7 @@ use super::rx::GuestRx;
 use super::tx::{TxQueue, TxScratch};
 use super::Vring;
 use crate::datapath::PollQueue;
-use crate::dirty_log::{DirtyLog, VHOST_F_LOG_ALL};
+use crate::dirty_log::DirtyLog;
 use crate::relay::{LogGeometry, RelayHooks};
 use crate::session::{ServeOptions, SessionBackend, SocketServer};
 use crate::split_ring::set_kicks;
@@ -74,8 +74,6 @@ pub(crate) struct Device {
     published: AtomicBool,
     /// The TX queue of each pair, by pair, while datapath threads serve them.
     tx: Mutex<Vec<Arc<TxQueue>>>,
-    /// The dirty log is offered (`[daemon] live_migration`).
-    live_migration: bool,
 }
 
 /// The datapath key of a port's pair: pairs of one port go to consecutive
@@ -156,13 +154,12 @@ impl NetBackend {
             mem,
             acked_features: AtomicU64::new(0),
             broken: Default::default(),
-            log: DirtyLog::default(),
+            log: DirtyLog::new(live_migration),
         });
         NetBackend(Arc::new(Device {
             conn,
             published: AtomicBool::new(false),
             tx: Mutex::new(Vec::new()),
-            live_migration,
         }))
     }
 
@@ -206,10 +203,7 @@ impl VhostUserBackend for NetBackend {
         if self.0.conn.port.config.pairs() > 1 {
             features |= 1 << VIRTIO_NET_F_MQ;
         }
-        if self.0.live_migration {
-            features |= 1 << VHOST_F_LOG_ALL;
-        }
-        features
+        features | self.0.conn.log.features()
     }
 
     fn acked_features(&self, features: u64) {
@@ -222,13 +216,10 @@ impl VhostUserBackend for NetBackend {
 
     /// RARP: SEND_RARP is answered by the relay ([`RelayHooks::send_rarp`]).
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        let base = VhostUserProtocolFeatures::CONFIG
+        VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::RARP;
-        match self.0.live_migration {
-            true => base | VhostUserProtocolFeatures::LOG_SHMFD,
-            false => base,
-        }
+            | VhostUserProtocolFeatures::RARP
+            | self.0.conn.log.protocol_features()
     }
 
     fn set_event_idx(&self, _enabled: bool) {
@@ -350,12 +341,6 @@ impl SessionBackend for NetBackend {
 
 impl RelayHooks for NetBackend {
     fn set_log_base(&self, log: &LogGeometry, fd: OwnedFd) -> io::Result<()> {
-        if !self.0.live_migration {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "SET_LOG_BASE: live migration is off ([daemon] live_migration)",
-            ));
-        }
         self.0.conn.log.set_base(log, fd)
     }
 
