@@ -235,6 +235,12 @@ fn write_message(mut sock: &UnixStream, msg: &Message) -> io::Result<()> {
     sock.write_all(&bytes[sent..])
 }
 
+/// Sends `request` with `payload`, no fds, no reply asked: a backend's own
+/// request on the channel SET_BACKEND_REQ_FD gave it (same framing).
+pub(crate) fn send_request(sock: &UnixStream, request: u32, payload: &[u8]) -> io::Result<()> {
+    write_message(sock, &Message::new(request, payload))
+}
+
 /// The frontend socket, written by both relay threads (replies from the
 /// handler, and the relay's own answers) one whole message at a time.
 type FrontendWriter = Arc<Mutex<UnixStream>>;

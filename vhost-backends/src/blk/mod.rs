@@ -12,11 +12,12 @@ pub mod handover;
 pub mod inflight;
 pub mod request;
 
+use crate::relay;
 use crate::session::{ServeOptions, SocketServer};
 use crate::GuestMemAtomic;
 use device::BlkBackend;
 use handover::QueueOwnership;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -234,8 +235,6 @@ pub struct BlkExport {
 /// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG: the config space changed; the
 /// frontend reads it again (GET_CONFIG) and tells the driver.
 const BACKEND_CONFIG_CHANGE_MSG: u32 = 2;
-/// A backend request's header flags: version 1, no reply wanted.
-const BACKEND_REQ_FLAGS: u32 = 0x1;
 /// How long a config-change notice may wait for room in a channel's
 /// socket buffer (a frontend that never reads it loses the notice).
 const NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -305,16 +304,13 @@ impl BlkExport {
         if self.capacity.fetch_max(bytes, Ordering::AcqRel) >= bytes {
             return 0;
         }
-        let mut header = [0u8; 12];
-        header[0..4].copy_from_slice(&BACKEND_CONFIG_CHANGE_MSG.to_le_bytes());
-        header[4..8].copy_from_slice(&BACKEND_REQ_FLAGS.to_le_bytes());
         let mut channels = self
             .backend_channels
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let before = channels.len();
         channels.retain(|(session, channel)| {
-            let sent = (&*channel).write_all(&header);
+            let sent = relay::send_request(channel, BACKEND_CONFIG_CHANGE_MSG, &[]);
             if let Err(e) = &sent {
                 log::warn!(
                     "export {}: session {session}: config change not sent, channel dropped: {e}",
