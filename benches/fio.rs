@@ -5,9 +5,19 @@ use std::path::Path;
 use std::process::Command;
 
 /// IOPS of fio (io_uring, O_DIRECT, 4 KiB, queue depth `qd`) doing `rw`
-/// (`randread` or `randwrite`) on `path` (laid out by fio at `size`) for `secs`.
-pub fn fio_iops(path: &Path, size: u64, rw: &str, qd: usize, secs: u64) -> f64 {
-    let out = Command::new("fio")
+/// (`randread` or `randwrite`) on `path` (laid out by fio at `size` unless
+/// it already has that size) for `secs`; with `cpu`, fio and all its threads
+/// run on that CPU (`taskset -c CPU fio ...`).
+pub fn fio_iops(path: &Path, size: u64, rw: &str, qd: usize, secs: u64, cpu: Option<usize>) -> f64 {
+    let mut cmd = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "fio"]);
+            c
+        }
+        None => Command::new("fio"),
+    };
+    let out = cmd
         .args([
             "--name=raw",
             &format!("--filename={}", path.display()),

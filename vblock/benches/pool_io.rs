@@ -42,7 +42,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 /// fio at this bench's queue depth.
 fn fio(path: &Path, size: u64, rw: &str, secs: u64) -> f64 {
-    fio::fio_iops(path, size, rw, QD, secs)
+    fio::fio_iops(path, size, rw, QD, secs, None)
 }
 
 /// Where one phase sends its I/O.

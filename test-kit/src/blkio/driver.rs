@@ -29,6 +29,11 @@ pub enum Offsets {
     /// Blocks in order from the region's start (fills), until all are done
     /// or the duration ends.
     Sequential,
+    /// The first block of every `chunk`-byte piece of the region (a pool
+    /// cluster, say), each piece once, in random order, until all are done or
+    /// the duration ends: one write per cluster after a snapshot measures
+    /// copy-on-write. `chunk` is a multiple of the block size.
+    OncePerChunk { chunk: u64 },
 }
 
 #[derive(Debug, Clone)]
@@ -133,8 +138,16 @@ pub fn run_io<Q: IoQueue>(queue: &mut Q, job: &IoJob) -> Result<IoStats, Q::Erro
         job.qd,
         bs,
     );
-    let start_block = job.region.start / bs as u64;
-    let blocks = (job.region.end - job.region.start) / bs as u64;
+    // Requests go to the start of a unit: a block, or a chunk of blocks.
+    let unit = match job.offsets {
+        Offsets::OncePerChunk { chunk } => chunk,
+        _ => bs as u64,
+    };
+    assert!(
+        unit.is_multiple_of(bs as u64),
+        "chunk must be a multiple of the block size"
+    );
+    let blocks = (job.region.end - job.region.start) / unit;
     assert!(
         job.region.start.is_multiple_of(bs as u64) && blocks > 0,
         "region must be block-aligned and hold at least one block"
@@ -154,7 +167,7 @@ pub fn run_io<Q: IoQueue>(queue: &mut Q, job: &IoJob) -> Result<IoStats, Q::Erro
                 *rng = mix64(*rng);
                 Some(*rng % blocks)
             }
-            Offsets::EachBlockOnce => perm.next(),
+            Offsets::EachBlockOnce | Offsets::OncePerChunk { .. } => perm.next(),
             Offsets::Sequential => {
                 let b = next_seq;
                 next_seq += 1;
@@ -177,7 +190,7 @@ pub fn run_io<Q: IoQueue>(queue: &mut Q, job: &IoJob) -> Result<IoStats, Q::Erro
                 free.push(slot);
                 break;
             };
-            let offset = (start_block + block) * bs as u64;
+            let offset = job.region.start + block * unit;
             queue.submit(job.kind, offset, slot, bs);
         }
         if queue.in_flight() == 0 {
@@ -270,5 +283,67 @@ impl Iterator for Permutation {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Completes every request at its next wait and records its offset.
+    struct Recorder {
+        buf: Vec<u8>,
+        pending: Vec<usize>,
+        offsets: Vec<u64>,
+    }
+
+    impl IoQueue for Recorder {
+        type Error = ();
+
+        fn buffer_mut(&mut self) -> &mut [u8] {
+            &mut self.buf
+        }
+
+        fn in_flight(&self) -> usize {
+            self.pending.len()
+        }
+
+        fn submit(&mut self, _kind: IoKind, offset: u64, slot: usize, _len: usize) {
+            self.offsets.push(offset);
+            self.pending.push(slot);
+        }
+
+        fn wait(&mut self, slots: &mut Vec<usize>) -> Result<(), ()> {
+            slots.append(&mut self.pending);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn once_per_chunk_writes_the_first_block_of_every_chunk_exactly_once() {
+        let mut q = Recorder {
+            buf: vec![0; 4 * 4096],
+            pending: Vec::new(),
+            offsets: Vec::new(),
+        };
+        let start = 8192;
+        let job = IoJob {
+            kind: IoKind::Write,
+            block_size: 4096,
+            qd: 4,
+            duration: Duration::from_secs(3600),
+            region: start..start + 37 * 16384,
+            offsets: Offsets::OncePerChunk { chunk: 16384 },
+            seed: 7,
+        };
+        let stats = run_io(&mut q, &job).unwrap();
+        assert!(stats.exhausted);
+        assert_eq!(stats.ops, 37);
+        let issued = q.offsets.clone();
+        let mut sorted = q.offsets;
+        sorted.sort_unstable();
+        let every_chunk: Vec<u64> = (0..37).map(|i| start + i * 16384).collect();
+        assert_eq!(sorted, every_chunk);
+        assert_ne!(issued, every_chunk, "random order, not sequential");
     }
 }

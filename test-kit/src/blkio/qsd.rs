@@ -28,12 +28,21 @@ pub fn create_raw(path: &Path, size: u64) {
 }
 
 /// A qcow2 image of virtual size `size` (`qemu-img create -f qcow2`),
-/// optionally with a given cluster size.
-pub fn create_qcow2(path: &Path, size: u64, cluster_size: Option<u64>) {
+/// optionally with a given cluster size and `preallocation` mode (`off`,
+/// `metadata`, `falloc`, `full`).
+pub fn create_qcow2(
+    path: &Path,
+    size: u64,
+    cluster_size: Option<u64>,
+    preallocation: Option<&str>,
+) {
     let mut cmd = Command::new(QEMU_IMG);
     cmd.args(["create", "-q", "-f", "qcow2"]);
     if let Some(c) = cluster_size {
         cmd.args(["-o", &format!("cluster_size={c}")]);
+    }
+    if let Some(p) = preallocation {
+        cmd.args(["-o", &format!("preallocation={p}")]);
     }
     cmd.arg(path).arg(size.to_string());
     let out = cmd.output().unwrap_or_else(|e| {
@@ -70,6 +79,12 @@ pub struct QsdOptions {
     pub discard_unmap: bool,
     /// `logical-block-size` of the export (default 512).
     pub logical_block_size: Option<u64>,
+    /// Run the export in an iothread (`--object iothread,id=io0` and
+    /// `iothread=io0` on the export), as deployments do; default off (the
+    /// main loop serves it).
+    pub iothread: bool,
+    /// Pin the whole daemon (`taskset -c CPU`); default unpinned.
+    pub cpu: Option<usize>,
 }
 
 impl QsdOptions {
@@ -80,7 +95,19 @@ impl QsdOptions {
             writable: true,
             discard_unmap: false,
             logical_block_size: None,
+            iothread: false,
+            cpu: None,
         }
+    }
+
+    pub fn iothread(mut self) -> Self {
+        self.iothread = true;
+        self
+    }
+
+    pub fn pinned(mut self, cpu: usize) -> Self {
+        self.cpu = Some(cpu);
+        self
     }
 
     pub fn queues(mut self, n: usize) -> Self {
@@ -149,6 +176,10 @@ impl QsdOptions {
         if let Some(lbs) = self.logical_block_size {
             export.push_str(&format!(",logical-block-size={lbs}"));
         }
+        if self.iothread {
+            args.extend(["--object".into(), "iothread,id=io0".into()]);
+            export.push_str(",iothread=io0");
+        }
         args.extend(["--export".into(), export]);
         args
     }
@@ -169,7 +200,10 @@ impl Qsd {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let socket = dir.socket(&format!("qsd{n}.sock"));
         let log = dir.join(format!("qsd{n}.log"));
-        let mut cmd = Command::new(QSD);
+        let mut cmd = match opts.cpu {
+            Some(cpu) => pinned_command(QSD, cpu),
+            None => Command::new(QSD),
+        };
         cmd.args(opts.args(&socket));
         match BackendProcess::spawn(QSD, cmd, &socket, &log, Duration::from_secs(10)) {
             Ok(process) => Qsd {
@@ -190,6 +224,14 @@ impl Qsd {
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }
+}
+
+/// `program` pinned to `cpu` with all its threads (`taskset -c CPU program`;
+/// taskset execs it, so the pid is the program's).
+pub fn pinned_command(program: impl AsRef<std::ffi::OsStr>, cpu: usize) -> Command {
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c").arg(cpu.to_string()).arg(program);
+    cmd
 }
 
 /// A backend daemon serving a vhost-user socket.
