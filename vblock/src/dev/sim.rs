@@ -105,9 +105,7 @@ impl SimDisk {
 
     /// The boot after this disk's: what a crash comes back on.
     fn next_boot(&self) -> [u8; 16] {
-        u128::from_le_bytes(self.boot)
-            .wrapping_add(1)
-            .to_le_bytes()
+        u128::from_le_bytes(self.boot).wrapping_add(1).to_le_bytes()
     }
 
     /// A disk whose durable contents are `image` (e.g. a corrupted pool image
@@ -209,7 +207,9 @@ impl SimDisk {
         let mut st = self.state();
         st.capture = None;
         let boot = self.next_boot();
-        st.captured.take().map(|image| Self::from_durable(image, boot))
+        st.captured
+            .take()
+            .map(|image| Self::from_durable(image, boot))
     }
 }
 

@@ -717,7 +717,10 @@ mod tests {
         // ... and a non-zero byte where version 2 keeps the boot id is refused.
         let mut img = v1.encode();
         img[OFF_BOOT_ID + 3] = 1;
-        assert_eq!(invalid_field(Superblock::decode(&resealed(img))), "reserved");
+        assert_eq!(
+            invalid_field(Superblock::decode(&resealed(img))),
+            "reserved"
+        );
     }
 
     #[test]

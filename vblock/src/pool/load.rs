@@ -27,6 +27,10 @@ pub struct Loaded {
     pub dropped_records: u64,
     /// Sequence number the next record would have had.
     pub next_seq: u64,
+    /// Where the journal ends: blocks after the head, and the sequence
+    /// number the next block would have had (beyond the replayed ones when
+    /// records were dropped).
+    pub journal_end: (u64, u64),
     /// Why replay stopped (a torn or stale block is the normal end).
     pub replay_stop: ReplayStop,
     /// Problems with the copy of the superblock that lost (a torn write
@@ -134,6 +138,7 @@ pub fn load(dev: &dyn BlockDev) -> Result<Loaded, PoolError> {
     let applied = if limit == 0 {
         WalkEnd {
             blocks: 0,
+            next_seq: sb.ckpt_seq,
             stop: ReplayStop::Exhausted,
         }
     } else {
@@ -169,6 +174,7 @@ pub fn load(dev: &dyn BlockDev) -> Result<Loaded, PoolError> {
         replayed_records,
         dropped_records,
         next_seq: expected,
+        journal_end: (end.blocks, end.next_seq),
         replay_stop: end.stop,
         other_superblock,
     })
@@ -178,6 +184,8 @@ pub fn load(dev: &dyn BlockDev) -> Result<Loaded, PoolError> {
 struct WalkEnd {
     /// Blocks handed to the visitor and accepted.
     blocks: u64,
+    /// Sequence number of the record after the last visited block.
+    next_seq: u64,
     /// Why the journal ends there (the visitor's stop counts as `Exhausted`).
     stop: ReplayStop,
 }
@@ -205,17 +213,19 @@ fn walk_journal(
         if end.block == 0 {
             return Ok(WalkEnd {
                 blocks: walked,
+                next_seq: expected,
                 stop: end.stop,
             });
         }
         walked += 1;
+        expected = end.next_seq;
         if !visit(index, &records)? {
             break;
         }
-        expected = end.next_seq;
     }
     Ok(WalkEnd {
         blocks: walked,
+        next_seq: expected,
         stop: ReplayStop::Exhausted,
     })
 }

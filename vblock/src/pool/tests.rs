@@ -349,7 +349,10 @@ fn staged_records_replay_on_the_same_boot_only_unless_a_flush_covers_them() {
     let journal = layout.journal_off as usize..(layout.journal_off + layout.journal_len) as usize;
     let mut torn = disk.snapshot_durable();
     torn[journal.clone()].copy_from_slice(&disk.snapshot_current()[journal.clone()]);
-    assert_eq!(&torn[layout.cluster_offset(u64::from(mapped)).unwrap() as usize..][..cs], fill(7, cs));
+    assert_eq!(
+        &torn[layout.cluster_offset(u64::from(mapped)).unwrap() as usize..][..cs],
+        fill(7, cs)
+    );
     let (q, loaded) = Pool::open_read_only(rebooted(torn.clone())).unwrap();
     assert_eq!(loaded.dropped_records, 1, "the staged Map");
     checked(&q);
