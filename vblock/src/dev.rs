@@ -69,6 +69,43 @@ pub trait BlockDev: Send + Sync {
     /// durable when it returns `Ok`. After an error nothing is promised about
     /// those writes (they may or may not be durable).
     fn flush(&self) -> io::Result<()>;
+
+    /// The boot of the host this device is attached to: writes that
+    /// completed survive a process death within one boot, and only flushed
+    /// ones survive a reboot (a power loss may come with it). The pool tags
+    /// its journal with it (FORMAT.md "Records not covered by a flush").
+    /// Real devices: [`host_boot_id`]; a simulated disk models reboots.
+    fn boot_id(&self) -> [u8; 16] {
+        host_boot_id()
+    }
+}
+
+/// This host's boot id (`/proc/sys/kernel/random/boot_id`, new at every
+/// boot), read once. If it cannot be read, an id random to this process:
+/// every restart then counts as a reboot, which only costs the writes a
+/// guest never flushed, never isolation.
+pub fn host_boot_id() -> [u8; 16] {
+    static ID: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .and_then(|s| parse_uuid(s.trim()))
+            .unwrap_or_else(crate::pool::random_uuid)
+    })
+}
+
+/// The 16 bytes of a UUID in its text form (hex digits, dashes ignored).
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = s.bytes().filter(|&b| b != b'-').collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (byte, pair) in id.iter_mut().zip(hex.chunks_exact(2)) {
+        let text = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(id)
 }
 
 /// References and smart pointers to a device are devices: the pool can own an
@@ -87,6 +124,9 @@ macro_rules! forward_block_dev {
             }
             fn flush(&self) -> io::Result<()> {
                 (**self).flush()
+            }
+            fn boot_id(&self) -> [u8; 16] {
+                (**self).boot_id()
             }
         }
     )*};
@@ -120,6 +160,21 @@ pub(crate) fn check_request(dev_len: u64, offset: u64, len: usize, what: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_id_is_read_from_the_host() {
+        assert_eq!(
+            parse_uuid("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"),
+            Some([
+                0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x69, 0x78, 0x87, 0x96, 0xa5, 0xb4, 0xc3, 0xd2,
+                0xe1, 0xf0
+            ])
+        );
+        assert_eq!(parse_uuid("0f1e"), None);
+        assert_eq!(parse_uuid("zz1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"), None);
+        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+        assert_eq!(Some(host_boot_id()), parse_uuid(text.trim()));
+    }
 
     #[test]
     fn check_request_rules() {

@@ -28,13 +28,17 @@
 //! pool lock is never held while caller memory or a bounce buffer is touched
 //! (zero-fill of unmapped ranges included).
 //!
-//! Flushes (and changes with an [`IoRequest::durable`] other than
-//! [`Durability::Io`]) share one fsync round at a time: `IORING_OP_FSYNC`
-//! (datasync) on the ring, off the pool lock, then the journal under the
-//! lock, which writes (and for a flush or write-through, flushes) only the
-//! journal blocks unless new `Map` records were queued during the fsync
-//! ([`Pool::commit_flushed`], [`Pool::stage_flushed`]). Order: data durable,
-//! then the records naming it.
+//! Flushes (and write-through changes, [`Durability::PowerLoss`]) share one
+//! fsync round at a time: `IORING_OP_FSYNC` (datasync) on the ring, off the
+//! pool lock, then the journal under the lock, which writes and flushes only
+//! the journal blocks unless new `Map` records were queued during the fsync
+//! ([`Pool::commit_flushed`]). Order: data durable, then the records naming
+//! it. Write-back changes that queued records ([`Durability::ProcessDeath`]:
+//! first writes, copy-on-write, discards) take no fsync: the records of all
+//! those finishing in one poll are written in one journal write
+//! ([`Pool::stage`]) before any of them completes, tagged so that only the
+//! same boot of the host replays them unless a later flush covers them
+//! (FORMAT.md "Records not covered by a flush").
 //!
 //! The modules follow a request's path: `request` (its types and the
 //! table of those held), `plan` (pieces mapped under the lock), `window` (ops
@@ -92,6 +96,8 @@ pub struct VolumeEngine<D: BlockDev, R: AsyncDev = UringEngine> {
     waiting: VecDeque<usize>,
     window: Window,
     flusher: Flusher,
+    /// Write-back changes whose records the next stage writes.
+    staged: Vec<usize>,
     done: Vec<IoCompletion>,
     cqes: Vec<Completion>,
     /// Ops that failed before reaching the device, to complete.
@@ -127,6 +133,7 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
             waiting: VecDeque::new(),
             window: Window::new(cs),
             flusher: Flusher::default(),
+            staged: Vec::new(),
             done: Vec::new(),
             cqes: Vec::new(),
             failed: Vec::new(),
@@ -230,6 +237,7 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
             .fill(self.ring.capacity(), &self.requests, &mut self.stats);
         self.push_ops();
         self.flusher.start(&mut self.ring, &self.pool, &self.faults);
+        self.stage();
         loop {
             match self.ring.submit() {
                 Ok(_) => break,
@@ -274,7 +282,7 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
             return true;
         };
         if r.kind == IoKind::Flush {
-            self.flusher.wait_for(index, Durability::PowerLoss);
+            self.flusher.wait_for(index);
             return true;
         }
         let plan = plan::plan(&mut lock(&self.pool), index, r, &mut self.stats);
@@ -302,8 +310,9 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
         true
     }
 
-    /// Request `index` has no I/O left: it completes now, or (a flush or a
-    /// durable change that succeeded) at the end of the next fsync round.
+    /// Request `index` has no I/O left: it completes now, at the end of this
+    /// poll (a write-back change whose records must be staged first), or at
+    /// the end of the next fsync round (a write-through change).
     fn request_done(&mut self, index: usize, error: Option<PoolError>) {
         let Some(r) = self.requests.slot_mut(index) else {
             return;
@@ -312,19 +321,36 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
             r.kind,
             IoKind::Write | IoKind::Discard | IoKind::WriteZeroes
         );
-        if error.is_none() && changed && r.durable != Durability::Io {
-            // Once: the round completes it.
-            let wait = std::mem::take(&mut r.durable);
-            // Nothing to stage: its data already sits in the host kernel.
-            let nothing_to_stage =
-                wait == Durability::ProcessDeath && !lock(&self.pool).has_pending_records();
-            if !nothing_to_stage {
-                self.flusher.wait_for(index, wait);
-                return;
+        if error.is_none() && changed {
+            // Once: the stage or the round completes it.
+            match std::mem::take(&mut r.durable) {
+                Durability::Io => {}
+                Durability::PowerLoss => return self.flusher.wait_for(index),
+                // Nothing to stage: its data already sits in the host kernel.
+                Durability::ProcessDeath if !lock(&self.pool).has_pending_records() => {}
+                Durability::ProcessDeath => return self.staged.push(index),
             }
         }
         if let Some(r) = self.requests.take(index) {
             self.finish(r, error);
+        }
+    }
+
+    /// Writes the journal blocks the write-back changes finished in this
+    /// poll wait for, once for all of them, then completes them.
+    fn stage(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let r = lock(&self.pool).stage();
+        for index in std::mem::take(&mut self.staged) {
+            let e = r.as_ref().err().map(|e| PoolError::Io {
+                what: "writing the journal".into(),
+                source: io::Error::other(e.to_string()),
+            });
+            if let Some(req) = self.requests.take(index) {
+                self.finish(req, e);
+            }
         }
     }
 

@@ -121,6 +121,10 @@ pub struct Pool<D: BlockDev> {
     sealed: Vec<JournalBlock>,
     /// Ring index the next journal block goes to.
     next_block: u64,
+    /// Journal blocks were staged (written without a data flush) since the
+    /// last `DataDurable` record: the next commit writes one even if no
+    /// other record is pending, or a reboot would drop the staged ones.
+    uncovered: bool,
     /// Blocks written since the head (the ring is full at `journal_blocks`).
     used_blocks: u64,
     next_id: u32,
@@ -218,6 +222,7 @@ impl<D: BlockDev> Pool<D> {
             checkpoint: l.checkpoint,
             journal: JournalWriter::new(l.next_seq),
             sealed: Vec::new(),
+            uncovered: false,
             next_id,
             writable,
             failed: false,
@@ -285,7 +290,7 @@ impl<D: BlockDev> Pool<D> {
 }
 
 /// A random v4 UUID from the kernel's generator.
-fn random_uuid() -> [u8; 16] {
+pub(crate) fn random_uuid() -> [u8; 16] {
     let mut u = [0u8; 16];
     // SAFETY: getrandom writes at most `u.len()` bytes into `u`.
     let n = unsafe { libc::getrandom(u.as_mut_ptr().cast(), u.len(), 0) };

@@ -159,7 +159,8 @@ fn fix_checkpoint_crc(cluster: &mut [u8]) {
 }
 
 /// A pool of 32 MiB with a 1 MiB journal and one 8 MiB volume "a", created
-/// last: the journal block at the head holds its `CreateVolume` record.
+/// last: the journal block at the head holds its `CreateVolume` record and
+/// the `DataDurable` its commit ends with.
 fn pool_with_volume(dir: &Scratch) -> String {
     let p = dir.path("pool");
     ok(&["pool", "create", &p, "--size", "32M", "--journal", "1M"]);
@@ -168,7 +169,7 @@ fn pool_with_volume(dir: &Scratch) -> String {
     let decoded = JournalBlock::decode(&block).expect("the head block holds records");
     assert!(matches!(
         decoded.records.as_slice(),
-        [Record::CreateVolume { name, .. }] if name == "a"
+        [Record::CreateVolume { name, .. }, Record::DataDurable] if name == "a"
     ));
     p
 }
@@ -251,7 +252,7 @@ fn create_pool_and_info() {
     let info = ok(&["pool", "info", &p]);
     for want in [
         "uuid:",
-        "format version:  1",
+        "format version:  2",
         "cluster size:    65536 (64 KiB)",
         "journal:         1048576 bytes (1 MiB, 256 blocks)",
         "capacity:",
@@ -435,7 +436,7 @@ fn check_reports_what_it_found() {
     for want in [
         "superblock: copy",
         "checkpoint: 1 cluster",
-        "journal: replayed 1 block (1 record)",
+        "journal: replayed 1 block (2 records)",
         "journal end: block",
         "metadata: 1 volume, 0 mapped clusters",
         "ok: no problems found",

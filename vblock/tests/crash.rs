@@ -480,6 +480,9 @@ impl BlockDev for LoggedDisk {
     fn flush(&self) -> std::io::Result<()> {
         self.disk.flush()
     }
+    fn boot_id(&self) -> [u8; 16] {
+        self.disk.boot_id()
+    }
 }
 
 type LoggedPool = Pool<Arc<LoggedDisk>>;

@@ -84,10 +84,10 @@ fn checkpoint_problems(loaded: &Loaded, meta: &Metadata) -> Vec<String> {
     problems
 }
 
-/// Ring index of the journal block where replay stopped.
+/// Ring index of the journal block where the journal ends.
 fn stop_block(l: &Loaded) -> u64 {
     let blocks = l.layout.journal_blocks().max(1);
-    (l.sb.journal_head + l.replayed_blocks) % blocks
+    (l.sb.journal_head + l.journal_end.0) % blocks
 }
 
 /// What loading found: superblock, checkpoint, journal replay, the other
@@ -121,11 +121,19 @@ fn write_loaded(out: &mut dyn Write, l: &Loaded) -> io::Result<()> {
         l.sb.journal_head,
         l.layout.journal_blocks()
     )?;
+    if l.dropped_records > 0 {
+        writeln!(
+            out,
+            "journal: dropped {} record{} an earlier boot wrote after its last flush (their data may not have reached the disk)",
+            l.dropped_records,
+            plural(l.dropped_records)
+        )?;
+    }
     writeln!(
         out,
         "journal end: block {}: {}",
         stop_block(l),
-        describe_stop(&l.replay_stop, l.next_seq)
+        describe_stop(&l.replay_stop, l.journal_end.1)
     )?;
     if let Some(e) = &l.other_superblock {
         let other = if copy == "A" { "B" } else { "A" };

@@ -28,10 +28,16 @@ use super::{check_request, BlockDev, SECTOR};
 /// Some(EIO)`), as the kernel returns them; argument errors (misaligned, past
 /// the end) are checked first and are never counted as device errors.
 ///
+/// Boots: the disk models the host it hangs on ([`BlockDev::boot_id`]). A
+/// new disk, and one made [`from_image`](SimDisk::from_image) (a process
+/// restarted on the same host), have [`SimDisk::FIRST_BOOT`]; a crash is a
+/// power loss, so the disk it returns comes back on the next boot.
+///
 /// Not `Clone`: share it with `Arc<SimDisk>` (which is a [`BlockDev`] too).
 #[derive(Debug)]
 pub struct SimDisk {
     state: Mutex<State>,
+    boot: [u8; 16],
 }
 
 /// Counters of a [`SimDisk`]: successful requests and their bytes, plus failures.
@@ -85,7 +91,21 @@ impl SimDisk {
     /// A zeroed disk of `len` bytes, rounded down to a multiple of [`SECTOR`].
     pub fn new(len: u64) -> SimDisk {
         let len = len - len % SECTOR;
-        Self::from_durable(vec![0; len as usize])
+        Self::from_durable(vec![0; len as usize], Self::FIRST_BOOT)
+    }
+
+    /// The boot id of a new disk.
+    pub const FIRST_BOOT: [u8; 16] = [0xb0; 16];
+
+    /// This disk on the host's boot `boot` instead (a test that builds a
+    /// power loss by hand reboots with it).
+    pub fn with_boot_id(self, boot: [u8; 16]) -> SimDisk {
+        SimDisk { boot, ..self }
+    }
+
+    /// The boot after this disk's: what a crash comes back on.
+    fn next_boot(&self) -> [u8; 16] {
+        u128::from_le_bytes(self.boot).wrapping_add(1).to_le_bytes()
     }
 
     /// A disk whose durable contents are `image` (e.g. a corrupted pool image
@@ -100,11 +120,12 @@ impl SimDisk {
                 ),
             ));
         }
-        Ok(Self::from_durable(image))
+        Ok(Self::from_durable(image, Self::FIRST_BOOT))
     }
 
-    fn from_durable(durable: Vec<u8>) -> SimDisk {
+    fn from_durable(durable: Vec<u8>, boot: [u8; 16]) -> SimDisk {
         SimDisk {
+            boot,
             state: Mutex::new(State {
                 current: durable.clone(),
                 durable,
@@ -145,7 +166,8 @@ impl SimDisk {
     /// media before it). So each sector ends up holding either its durable
     /// content or the content of one of the pending writes to it, nothing else.
     ///
-    /// The new disk has no pending writes, no faults and zeroed counters. This
+    /// The new disk has no pending writes, no faults, zeroed counters and
+    /// the next boot id (a power loss is a reboot). This
     /// disk is unchanged (even if dead) and keeps working. Same seed and same
     /// history give the same image.
     pub fn crash(&self, seed: u64) -> SimDisk {
@@ -165,7 +187,7 @@ impl SimDisk {
             .filter(|(offset, data)| check_request(len, *offset, data.len(), "write").is_ok())
             .cloned()
             .collect();
-        Self::from_durable(self.state().crash_image(seed, &valid))
+        Self::from_durable(self.state().crash_image(seed, &valid), self.next_boot())
     }
 
     /// Arms a crash point *inside* whatever the caller does next: right
@@ -184,7 +206,10 @@ impl SimDisk {
     pub fn take_capture(&self) -> Option<SimDisk> {
         let mut st = self.state();
         st.capture = None;
-        st.captured.take().map(Self::from_durable)
+        let boot = self.next_boot();
+        st.captured
+            .take()
+            .map(|image| Self::from_durable(image, boot))
     }
 }
 
@@ -298,6 +323,10 @@ fn touches(ranges: &[Range<u64>], offset: u64, end: u64) -> bool {
 impl BlockDev for SimDisk {
     fn len(&self) -> u64 {
         self.state().current.len() as u64
+    }
+
+    fn boot_id(&self) -> [u8; 16] {
+        self.boot
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {

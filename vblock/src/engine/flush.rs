@@ -1,14 +1,13 @@
-//! The fsync round: flushes and durable changes share one at a time. The
-//! device's fsync runs off the pool lock; then the journal, under it
-//! ([`Pool::commit_flushed`], [`Pool::stage_flushed`]). Order: data
-//! durable, then the records naming it.
+//! The fsync round: flushes and write-through changes share one at a time.
+//! The device's fsync runs off the pool lock; then the journal, under it
+//! ([`Pool::commit_flushed`]). Order: data durable, then the records naming
+//! it, then the journal flushed.
 
 use std::io;
 use std::sync::Mutex;
 
 use super::device::AsyncDev;
 use super::plan::lock;
-use super::request::Durability;
 use crate::dev::BlockDev;
 use crate::pool::{IoFaults, Pool, PoolError};
 use crate::uring::Op;
@@ -23,9 +22,6 @@ struct FlushRound {
     mark: u64,
     /// Requests completed by this round.
     waiters: Vec<usize>,
-    /// Some waiter needs a power loss survived (a flush, write-through), not
-    /// only the death of this process.
-    power_loss: bool,
     /// The fsync itself is pushed (not just its injected delay).
     synced: bool,
 }
@@ -33,15 +29,15 @@ struct FlushRound {
 /// The requests waiting for a round, and the round running.
 #[derive(Default)]
 pub(super) struct Flusher {
-    waiting: Vec<(usize, Durability)>,
+    waiting: Vec<usize>,
     round: Option<FlushRound>,
 }
 
 impl Flusher {
     /// Request `index` completes at the end of the next round, which makes
-    /// it survive `what`.
-    pub(super) fn wait_for(&mut self, index: usize, what: Durability) {
-        self.waiting.push((index, what));
+    /// it, and everything completed before, survive a power loss.
+    pub(super) fn wait_for(&mut self, index: usize) {
+        self.waiting.push(index);
     }
 
     /// Starts a round for the requests waiting for one, unless one is
@@ -66,11 +62,9 @@ impl Flusher {
         if unsafe { ring.push(op, tag) }.is_err() {
             return; // device full: the next poll tries again
         }
-        let waiting = std::mem::take(&mut self.waiting);
         self.round = Some(FlushRound {
             mark,
-            power_loss: waiting.iter().any(|&(_, d)| d == Durability::PowerLoss),
-            waiters: waiting.into_iter().map(|(index, _)| index).collect(),
+            waiters: std::mem::take(&mut self.waiting),
             synced: delay.is_none(),
         });
     }
@@ -101,16 +95,9 @@ impl Flusher {
             })
         } else if round.synced {
             // Short hold: journal blocks only, the data is already durable.
-            let mut pool = lock(pool);
-            if round.power_loss {
-                pool.commit_flushed(round.mark)
-            } else {
-                pool.stage_flushed(round.mark)
-            }
-        } else if round.power_loss {
-            lock(pool).flush()
+            lock(pool).commit_flushed(round.mark)
         } else {
-            lock(pool).stage()
+            lock(pool).flush()
         };
         Some((round.waiters, r))
     }

@@ -38,10 +38,12 @@ pub enum Durability {
     /// Nothing beyond its own I/O: the caller flushes the pool itself.
     #[default]
     Io,
-    /// The death of this process: the metadata it created is written to the
-    /// journal, not flushed, at the next fsync round ([`Pool::stage_flushed`](crate::pool::Pool::stage_flushed);
-    /// at once when nothing is pending). A write-back cache that a restarted
-    /// daemon must still have.
+    /// The death of this process (a write-back cache that a daemon restarted
+    /// on the same boot must still have): the records it queued are written
+    /// to the journal, nothing flushed, in one [`Pool::stage`](crate::pool::Pool::stage)
+    /// for every change finishing in the same poll (at once when nothing is
+    /// pending). No fsync: after a reboot, replay drops the records no
+    /// later flush covered.
     ProcessDeath,
     /// A power loss (write-through): it waits for the next fsync round and
     /// journal commit, like a flush.

@@ -52,6 +52,8 @@ pub mod record_type {
     pub const SNAPSHOT: u16 = 7;
     /// [`Record::Clone`](super::Record::Clone)
     pub const CLONE: u16 = 8;
+    /// [`Record::DataDurable`](super::Record::DataDurable) (format version 2)
+    pub const DATA_DURABLE: u16 = 9;
 }
 
 /// One journal record. Payloads, in order, little-endian; `name` is the rest
@@ -67,6 +69,7 @@ pub mod record_type {
 /// | 6 | Rename | id u32, name |
 /// | 7 | Snapshot | source u32, id u32, name |
 /// | 8 | Clone | source u32, id u32, name |
+/// | 9 | DataDurable | none (0 bytes) |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// Virtual cluster `vcluster` of `volume` now lives in pool cluster `pcluster`.
@@ -94,6 +97,11 @@ pub enum Record {
     Snapshot { source: u32, id: u32, name: String },
     /// Volume `id` is a writable copy of `source`'s map.
     Clone { source: u32, id: u32, name: String },
+    /// The data of every `Map` before this record was durable (the device
+    /// flushed) when this record was written. Changes no metadata; replay
+    /// after a reboot drops the records after the last one (FORMAT.md
+    /// "Records not covered by a flush").
+    DataDurable,
 }
 
 /// Highest volume id: ids are given out as one more than the highest in
@@ -146,6 +154,7 @@ impl Record {
             Record::Rename { .. } => RENAME,
             Record::Snapshot { .. } => SNAPSHOT,
             Record::Clone { .. } => CLONE,
+            Record::DataDurable => DATA_DURABLE,
         }
     }
 
@@ -158,6 +167,7 @@ impl Record {
             Record::DeleteVolume { .. } => 4,
             Record::Rename { name, .. } => 4 + name.len(),
             Record::Snapshot { name, .. } | Record::Clone { name, .. } => 8 + name.len(),
+            Record::DataDurable => 0,
         }
     }
 
@@ -234,6 +244,7 @@ impl Record {
                 out.extend_from_slice(&id.to_le_bytes());
                 out.extend_from_slice(name.as_bytes());
             }
+            Record::DataDurable => {}
         }
         Ok(())
     }
@@ -343,6 +354,10 @@ impl Record {
                     name: name_at(8)?,
                 }
             }
+            DATA_DURABLE => {
+                exact(0)?;
+                Record::DataDurable
+            }
             _ => {
                 return Err(FormatError::invalid(
                     "record type",
@@ -407,7 +422,7 @@ fn parse_records(seq: u64, b: &[u8]) -> Result<Vec<Record>, FormatError> {
     let area = b.get(HEADER_LEN..OFF_CRC).ok_or_else(short)?;
     let mut pos = 0usize;
     // Capacity bounded by what can fit, not by the untrusted count.
-    let mut records = Vec::with_capacity(usize::from(count).min(RECORD_SPACE / 8));
+    let mut records = Vec::with_capacity(usize::from(count).min(RECORD_SPACE / RECORD_HEADER_LEN));
     for _ in 0..count {
         let ty = le_u16(area, pos).ok_or_else(short)?;
         let len = usize::from(le_u16(area, pos + 2).ok_or_else(short)?);
@@ -964,7 +979,8 @@ mod tests {
 
     fn random_record(rng: &mut TestRng) -> Record {
         let name = |rng: &mut TestRng| "n".repeat(rng.below(MAX_NAME_LEN as u64 + 1) as usize);
-        match rng.below(8) {
+        match rng.below(9) {
+            8 => Record::DataDurable,
             0 => Record::Map {
                 volume: rng.next_u64() as u32,
                 vcluster: rng.next_u64(),

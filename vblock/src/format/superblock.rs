@@ -18,14 +18,17 @@
 //! | 76 | 8 | ckpt_seq |
 //! | 84 | 8 | journal_head |
 //! | 92 | 4 | crc32c over the 4096 bytes with this field zeroed |
-//! | 96 | 4000 | reserved, zero |
+//! | 96 | 16 | boot_id (version 2; zero in version 1) |
+//! | 112 | 3984 | reserved, zero |
 
 use super::{le_u32, le_u64, FormatError, BLOCK_SIZE};
 
 /// `magic` of a superblock (FORMAT.md: `"VBLKPOOL"`).
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"VBLKPOOL";
-/// The format version this code writes and the highest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this code writes and the highest it reads. Version 2
+/// added `boot_id` and the `DataDurable` journal record; a version 1 pool
+/// opens and is written as version 2 from its first checkpoint on.
+pub const FORMAT_VERSION: u32 = 2;
 /// Byte offset of superblock copy A (even generations).
 pub const SLOT_A: u64 = 0;
 /// Byte offset of superblock copy B (odd generations).
@@ -57,7 +60,8 @@ const OFF_CHECKPOINT: usize = 68;
 const OFF_CKPT_SEQ: usize = 76;
 const OFF_JOURNAL_HEAD: usize = 84;
 const OFF_CRC: usize = 92;
-const OFF_RESERVED: usize = 96;
+const OFF_BOOT_ID: usize = 96;
+const OFF_RESERVED: usize = 112;
 
 /// One superblock copy, exactly the fields of FORMAT.md "Superblock".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +88,10 @@ pub struct Superblock {
     pub ckpt_seq: u64,
     /// Journal block index (within the ring) where replay starts.
     pub journal_head: u64,
+    /// Boot of the host that wrote this superblock, and so every journal
+    /// block after `journal_head` (each session starts with a checkpoint):
+    /// Linux's `/proc/sys/kernel/random/boot_id`. Zero in version 1.
+    pub boot_id: [u8; 16],
 }
 
 /// Byte offset of the copy that a superblock of `generation` is written to
@@ -234,6 +242,7 @@ impl Superblock {
             checkpoint: 0,
             ckpt_seq: 0,
             journal_head: 0,
+            boot_id: [0; 16],
         }
     }
 
@@ -250,6 +259,7 @@ impl Superblock {
         b[OFF_VERSION..OFF_VERSION + 4].copy_from_slice(&self.version.to_le_bytes());
         b[OFF_FLAGS..OFF_FLAGS + 4].copy_from_slice(&self.flags.to_le_bytes());
         b[OFF_UUID..OFF_UUID + 16].copy_from_slice(&self.uuid);
+        b[OFF_BOOT_ID..OFF_BOOT_ID + 16].copy_from_slice(&self.boot_id);
         b[OFF_CLUSTER_SIZE..OFF_CLUSTER_SIZE + 4].copy_from_slice(&self.cluster_size.to_le_bytes());
         let u64s = [
             (OFF_CLUSTERS, self.clusters),
@@ -296,6 +306,8 @@ impl Superblock {
         let u32_at = |off| le_u32(b, off).ok_or_else(trunc);
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(b.get(OFF_UUID..OFF_UUID + 16).ok_or_else(trunc)?);
+        let mut boot_id = [0u8; 16];
+        boot_id.copy_from_slice(b.get(OFF_BOOT_ID..OFF_BOOT_ID + 16).ok_or_else(trunc)?);
         let sb = Superblock {
             version: u32_at(OFF_VERSION)?,
             flags: u32_at(OFF_FLAGS)?,
@@ -308,14 +320,19 @@ impl Superblock {
             checkpoint: u64_at(OFF_CHECKPOINT)?,
             ckpt_seq: u64_at(OFF_CKPT_SEQ)?,
             journal_head: u64_at(OFF_JOURNAL_HEAD)?,
+            boot_id,
         };
         sb.validate()?;
-        if b.get(OFF_RESERVED..)
-            .is_some_and(|r| r.iter().any(|&x| x != 0))
-        {
+        // Version 1 reserved everything from byte 96 on.
+        let reserved = if sb.version == 1 {
+            OFF_BOOT_ID
+        } else {
+            OFF_RESERVED
+        };
+        if b.get(reserved..).is_some_and(|r| r.iter().any(|&x| x != 0)) {
             return Err(FormatError::invalid(
                 "reserved",
-                "bytes 96..4096 must be zero",
+                format!("bytes {reserved}..4096 must be zero"),
             ));
         }
         Ok(sb)
@@ -629,7 +646,7 @@ mod tests {
         );
         let msg = Superblock::decode(&sb.encode()).unwrap_err().to_string();
         assert!(
-            msg.contains("version 2") && msg.contains("supported version 1"),
+            msg.contains("version 3") && msg.contains("supported version 2"),
             "{msg}"
         );
         sb.version = 0;
@@ -677,6 +694,33 @@ mod tests {
         let crc = checksum(&img);
         img[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(invalid_field(Superblock::decode(&img)), "reserved");
+    }
+
+    /// Re-crcs an image whose bytes a test changed.
+    fn resealed(mut img: [u8; BLOCK_SIZE]) -> [u8; BLOCK_SIZE] {
+        img[OFF_CRC..OFF_CRC + 4].fill(0);
+        let crc = checksum(&img);
+        img[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        img
+    }
+
+    #[test]
+    fn boot_id_round_trips_and_version_1_still_reads() {
+        let mut sb = sample();
+        sb.boot_id = *b"fedcba9876543210";
+        assert_eq!(Superblock::decode(&sb.encode()), Ok(sb));
+        // A version 1 copy (bytes 96.. reserved, zero) reads with no boot id.
+        let mut v1 = sample();
+        v1.version = 1;
+        assert_eq!(Superblock::decode(&v1.encode()), Ok(v1));
+        assert_eq!(v1.boot_id, [0; 16]);
+        // ... and a non-zero byte where version 2 keeps the boot id is refused.
+        let mut img = v1.encode();
+        img[OFF_BOOT_ID + 3] = 1;
+        assert_eq!(
+            invalid_field(Superblock::decode(&resealed(img))),
+            "reserved"
+        );
     }
 
     #[test]

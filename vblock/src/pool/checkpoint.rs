@@ -8,12 +8,13 @@ use crate::dev::{AlignedBuf, BlockDev};
 use crate::format::checkpoint::{
     self, clusters_needed, encode_link, Image, LinkHeader, Run, VolumeImage, VolumeKindCode,
 };
-use crate::format::journal::RECORD_SPACE;
+use crate::format::journal::{RECORD_HEADER_LEN, RECORD_SPACE};
 use crate::format::JournalWriter;
 use crate::meta::VolumeKind;
 
-/// Upper bound of records in one journal block (the smallest record is 8 bytes).
-const MAX_RECORDS_PER_BLOCK: u64 = (RECORD_SPACE / 8) as u64;
+/// Upper bound of records in one journal block (the smallest record,
+/// `DataDurable`, is its 4-byte header).
+const MAX_RECORDS_PER_BLOCK: u64 = (RECORD_SPACE / RECORD_HEADER_LEN) as u64;
 
 impl<D: BlockDev> Pool<D> {
     /// Writes a checkpoint of the whole metadata and empties the journal.
@@ -98,6 +99,11 @@ impl<D: BlockDev> Pool<D> {
         sb.checkpoint = u64::from(chain[0]);
         sb.ckpt_seq = seq;
         sb.journal_head = self.next_block;
+        // This session's journal blocks follow (FORMAT.md "Records not
+        // covered by a flush"); an older pool is written as the current
+        // version from here on.
+        sb.version = crate::format::superblock::FORMAT_VERSION;
+        sb.boot_id = self.dev.boot_id();
         self.dev
             .write_at(&AlignedBuf::from_slice(&sb.encode()), sb.slot())
             .map_err(io_err("writing the superblock"))?;
@@ -106,6 +112,7 @@ impl<D: BlockDev> Pool<D> {
         self.sb = sb;
         self.journal = JournalWriter::new(seq);
         self.sealed.clear();
+        self.uncovered = false;
         self.used_blocks = 0;
         self.release_committed();
         for c in std::mem::replace(&mut self.checkpoint, chain) {

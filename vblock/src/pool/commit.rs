@@ -1,6 +1,7 @@
 //! The commit path: records are applied to the metadata, queued into journal
-//! blocks and written at a stage or a flush (data flushed first, FORMAT.md
-//! "Write paths" rules 1 to 3).
+//! blocks and written at a stage (journal written, nothing flushed) or a
+//! commit (data flushed, journal written ending in `DataDurable`, journal
+//! flushed: FORMAT.md "Write paths" rules 1 to 3).
 
 use super::error::io_err;
 use super::gauges;
@@ -109,7 +110,7 @@ impl<D: BlockDev> Pool<D> {
             | Record::Snapshot { source: id, .. }
             | Record::Clone { source: id, .. } => from(id, 0),
             Record::Resize { id, size } => from(id, self.meta.clusters_for(size)),
-            Record::CreateVolume { .. } | Record::Rename { .. } => Vec::new(),
+            Record::CreateVolume { .. } | Record::Rename { .. } | Record::DataDurable => Vec::new(),
         }
     }
 
@@ -159,26 +160,22 @@ impl<D: BlockDev> Pool<D> {
     }
 
     /// Makes every completed write and every record so far survive the
-    /// death of this process, though not yet a power loss: flush the device,
-    /// write the pending journal blocks, but do not flush them. A restarted
-    /// daemon replays them; a power loss may drop them, which a write-back
-    /// cache allows until the next [`flush`](Self::flush), and never exposes
-    /// data that was not durable first (the data flush comes before the
-    /// journal write, and journal blocks become durable in ring order at the
-    /// next flush). Released clusters stay reserved until a durable commit.
-    /// Does nothing, not even the data flush, when no record is pending:
-    /// writes into mapped clusters already sit in the host kernel.
+    /// death of this process, though not yet a power loss: the pending
+    /// journal blocks are written, nothing is flushed, not even the data
+    /// first. A daemon restarted on the same boot replays them (the data of
+    /// every `Map` completed before its record was queued, so the host has
+    /// it). After a reboot, replay drops every record after the last
+    /// `DataDurable` (FORMAT.md "Records not covered by a flush"): a power
+    /// loss loses these writes, which a write-back cache allows until the
+    /// next [`flush`](Self::flush), and never maps a cluster whose data was
+    /// not durable. Released clusters stay reserved until a durable commit.
+    /// Does nothing when no record is pending: writes into mapped clusters
+    /// already sit in the host kernel.
     pub fn stage(&mut self) -> Result<(), PoolError> {
-        self.stage_flushed(u64::MAX)
-    }
-
-    /// [`stage`](Self::stage) after the caller flushed the device itself, as
-    /// for [`commit_flushed`](Self::commit_flushed).
-    pub fn stage_flushed(&mut self, mark: u64) -> Result<(), PoolError> {
         if !self.has_pending_records() {
             return Ok(());
         }
-        self.commit_with(Durability::ProcessDeath, self.maps_recorded == mark)
+        self.commit_with(Durability::ProcessDeath, false)
     }
 
     /// Whether records wait for a [`stage`](Self::stage) or a
@@ -191,9 +188,26 @@ impl<D: BlockDev> Pool<D> {
         self.commit_with(Durability::PowerLoss, false)
     }
 
-    /// `data_flushed`: every write whose `Map` is queued is already durable.
+    /// `data_flushed`: every write whose `Map` is queued is already durable
+    /// (a power-loss commit only: a stage flushes nothing).
     fn commit_with(&mut self, durability: Durability, data_flushed: bool) -> Result<(), PoolError> {
         self.usable()?;
+        if durability == Durability::PowerLoss && (self.uncovered || self.has_pending_records()) {
+            // Written after the data flush below: covers every record
+            // before it, staged ones included. Pushed as is, not through
+            // `queue` (whose forced commit would come back here).
+            match self.journal.push(Record::DataDurable) {
+                Ok(Some(full)) => self.sealed.push(full),
+                Ok(None) => {}
+                Err(source) => {
+                    self.failed = true;
+                    return Err(PoolError::Format {
+                        what: "journal record".into(),
+                        source,
+                    });
+                }
+            }
+        }
         if let Some(b) = self.journal.flush_block() {
             self.sealed.push(b);
         }
@@ -221,7 +235,7 @@ impl<D: BlockDev> Pool<D> {
         durability: Durability,
         data_flushed: bool,
     ) -> Result<(), PoolError> {
-        if !data_flushed {
+        if durability == Durability::PowerLoss && !data_flushed {
             self.sync("flushing data before a commit")?;
         }
         if !self.sealed.is_empty() {
@@ -246,9 +260,11 @@ impl<D: BlockDev> Pool<D> {
             }
             if durability == Durability::ProcessDeath {
                 self.stats.stages += 1;
+                self.uncovered = true;
                 return Ok(());
             }
             self.sync("flushing the journal")?;
+            self.uncovered = false;
         }
         self.stats.commits += 1;
         self.release_committed();
@@ -274,5 +290,6 @@ fn record_volumes(record: &Record) -> Vec<u32> {
         | Record::Rename { id, .. }
         | Record::Snapshot { id, .. }
         | Record::Clone { id, .. } => vec![id],
+        Record::DataDurable => Vec::new(),
     }
 }

@@ -22,8 +22,15 @@ pub struct Loaded {
     pub replayed_blocks: u64,
     /// Records replayed.
     pub replayed_records: u64,
+    /// Records dropped: written on an earlier boot of the host after its
+    /// last `DataDurable` (FORMAT.md "Records not covered by a flush").
+    pub dropped_records: u64,
     /// Sequence number the next record would have had.
     pub next_seq: u64,
+    /// Where the journal ends: blocks after the head, and the sequence
+    /// number the next block would have had (beyond the replayed ones when
+    /// records were dropped).
+    pub journal_end: (u64, u64),
     /// Why replay stopped (a torn or stale block is the normal end).
     pub replay_stop: ReplayStop,
     /// Problems with the copy of the superblock that lost (a torn write
@@ -78,45 +85,72 @@ pub fn load(dev: &dyn BlockDev) -> Result<Loaded, PoolError> {
     };
 
     let in_checkpoint: std::collections::HashSet<u32> = checkpoint.iter().copied().collect();
-    // Journal: one block at a time from the head, so a commit can be applied
-    // at each block boundary as the live path did (FORMAT.md "Journal").
-    let blocks = layout.journal_blocks();
-    let mut buf = AlignedBuf::new(BLOCK_SIZE);
-    let mut expected = sb.ckpt_seq;
-    let mut replayed_blocks = 0;
-    let mut replayed_records = 0;
-    let mut stop = ReplayStop::Exhausted;
-    while replayed_blocks < blocks {
-        let index = (sb.journal_head + replayed_blocks) % blocks;
-        let off = layout.journal_block_offset(index).unwrap_or(0);
-        dev.read_at(&mut buf, off)
-            .map_err(io_err(format!("reading journal block {index}")))?;
-        let (records, end) = replay(std::iter::once(&buf[..]), expected);
-        if end.block == 0 {
-            stop = end.stop;
-            break;
-        }
-        for (i, record) in records.iter().enumerate() {
+    // Records an earlier boot wrote without flushing their data first are
+    // dropped: their clusters may hold anything (FORMAT.md "Records not
+    // covered by a flush"). The same boot replays everything: the data of
+    // every journaled `Map` reached the device before its record did.
+    let boot = dev.boot_id();
+    let same_boot = sb.version < 2 || sb.boot_id == boot;
+    let covered = if same_boot {
+        None
+    } else {
+        let mut seen = 0u64;
+        let mut covered = 0u64;
+        let end = walk_journal(dev, &sb, &layout, |_, records| {
+            for r in records {
+                seen += 1;
+                if *r == Record::DataDurable {
+                    covered = seen;
+                }
+            }
+            Ok(true)
+        })?;
+        Some((covered, seen - covered, end))
+    };
+    // Apply, one block at a time from the head, so a commit is applied at
+    // each block boundary as the live path did (FORMAT.md "Journal").
+    let limit = covered.as_ref().map_or(u64::MAX, |c| c.0);
+    let mut replayed_records = 0u64;
+    let mut apply_block = |index: u64, records: &[Record]| {
+        let left = usize::try_from(limit - replayed_records).unwrap_or(usize::MAX);
+        let take = records.len().min(left);
+        for (i, record) in records[..take].iter().enumerate() {
+            let seq = sb.ckpt_seq + replayed_records + i as u64;
             // A replayed Map takes a free cluster: never one the checkpoint
             // holds (the live path maps only clusters it allocated).
-            if let crate::format::Record::Map { pcluster, .. } = record {
+            if let Record::Map { pcluster, .. } = record {
                 if in_checkpoint.contains(pcluster) {
                     return Err(PoolError::Corrupt {
-                        what: format!("journal record {} (block {index})", expected + i as u64),
+                        what: format!("journal record {seq} (block {index})"),
                         reason: format!("{record:?}: cluster {pcluster} belongs to the checkpoint"),
                     });
                 }
             }
             apply(&mut meta, record).map_err(|e| PoolError::Corrupt {
-                what: format!("journal record {} (block {index})", expected + i as u64),
+                what: format!("journal record {seq} (block {index})"),
                 reason: format!("{record:?}: {e}"),
             })?;
         }
         meta.commit();
-        replayed_records += records.len() as u64;
-        expected = end.next_seq;
-        replayed_blocks += 1;
-    }
+        replayed_records += take as u64;
+        Ok(replayed_records < limit)
+    };
+    let applied = if limit == 0 {
+        WalkEnd {
+            blocks: 0,
+            next_seq: sb.ckpt_seq,
+            stop: ReplayStop::Exhausted,
+        }
+    } else {
+        walk_journal(dev, &sb, &layout, &mut apply_block)?
+    };
+    let replayed_blocks = applied.blocks;
+    // Why the journal ends, and where: from the walk that saw all of it.
+    let (dropped_records, end) = match covered {
+        Some((_, dropped, end)) => (dropped, end),
+        None => (0, applied),
+    };
+    let expected = sb.ckpt_seq + replayed_records;
     if let Err(v) = meta.check() {
         let list: Vec<String> = v.iter().map(ToString::to_string).collect();
         return Err(PoolError::Corrupt {
@@ -124,8 +158,8 @@ pub fn load(dev: &dyn BlockDev) -> Result<Loaded, PoolError> {
             reason: list.join("; "),
         });
     }
-    if let ReplayStop::Malformed(e) = &stop {
-        let index = (sb.journal_head + replayed_blocks) % blocks;
+    if let ReplayStop::Malformed(e) = &end.stop {
+        let index = (sb.journal_head + end.blocks) % layout.journal_blocks();
         return Err(PoolError::Format {
             what: format!("journal block {index}"),
             source: e.clone(),
@@ -138,9 +172,61 @@ pub fn load(dev: &dyn BlockDev) -> Result<Loaded, PoolError> {
         checkpoint,
         replayed_blocks,
         replayed_records,
+        dropped_records,
         next_seq: expected,
-        replay_stop: stop,
+        journal_end: (end.blocks, end.next_seq),
+        replay_stop: end.stop,
         other_superblock,
+    })
+}
+
+/// Where a walk through the journal ended.
+struct WalkEnd {
+    /// Blocks handed to the visitor and accepted.
+    blocks: u64,
+    /// Sequence number of the record after the last visited block.
+    next_seq: u64,
+    /// Why the journal ends there (the visitor's stop counts as `Exhausted`).
+    stop: ReplayStop,
+}
+
+/// Hands the journal's blocks after the checkpoint, in ring order from the
+/// head, to `visit(ring index, records)` until the journal ends (a torn,
+/// stale or unwritten block, or the whole ring) or `visit` returns false
+/// after taking its block.
+fn walk_journal(
+    dev: &dyn BlockDev,
+    sb: &Superblock,
+    layout: &Layout,
+    mut visit: impl FnMut(u64, &[Record]) -> Result<bool, PoolError>,
+) -> Result<WalkEnd, PoolError> {
+    let blocks = layout.journal_blocks();
+    let mut buf = AlignedBuf::new(BLOCK_SIZE);
+    let mut expected = sb.ckpt_seq;
+    let mut walked = 0;
+    while walked < blocks {
+        let index = (sb.journal_head + walked) % blocks;
+        let off = layout.journal_block_offset(index).unwrap_or(0);
+        dev.read_at(&mut buf, off)
+            .map_err(io_err(format!("reading journal block {index}")))?;
+        let (records, end) = replay(std::iter::once(&buf[..]), expected);
+        if end.block == 0 {
+            return Ok(WalkEnd {
+                blocks: walked,
+                next_seq: expected,
+                stop: end.stop,
+            });
+        }
+        walked += 1;
+        expected = end.next_seq;
+        if !visit(index, &records)? {
+            break;
+        }
+    }
+    Ok(WalkEnd {
+        blocks: walked,
+        next_seq: expected,
+        stop: ReplayStop::Exhausted,
     })
 }
 
@@ -242,5 +328,6 @@ pub(crate) fn apply(meta: &mut Metadata, record: &Record) -> Result<(), MetaErro
         Record::Rename { id, name } => meta.rename(*id, name),
         Record::Snapshot { source, id, name } => meta.snapshot(*source, *id, name),
         Record::Clone { source, id, name } => meta.clone_volume(*source, *id, name),
+        Record::DataDurable => Ok(()),
     }
 }

@@ -295,7 +295,7 @@ fn staged_writes_survive_process_death_and_a_power_loss_keeps_the_flushed() {
     assert_eq!(read(&q, a, 0, C as usize), fill(1, C as usize));
     assert_eq!(read(&q, a, c, C as usize), fill(2, C as usize), "staged");
 
-    let power_loss = Arc::new(SimDisk::from_image(disk.snapshot_durable()).unwrap());
+    let power_loss = rebooted(disk.snapshot_durable());
     let q = Pool::open(power_loss).expect("open after a power loss");
     checked(&q);
     assert_eq!(read(&q, a, 0, C as usize), fill(1, C as usize), "flushed");
@@ -307,10 +307,101 @@ fn staged_writes_survive_process_death_and_a_power_loss_keeps_the_flushed() {
 
     // A flush after a stage makes the staged records durable too.
     p.flush().unwrap();
-    let power_loss = Arc::new(SimDisk::from_image(disk.snapshot_durable()).unwrap());
+    let power_loss = rebooted(disk.snapshot_durable());
     let q = Pool::open(power_loss).expect("open after a power loss");
     checked(&q);
     assert_eq!(read(&q, a, c, C as usize), fill(2, C as usize));
+}
+
+/// A disk holding `image` on the host's next boot (after a power loss).
+fn rebooted(image: Vec<u8>) -> Arc<SimDisk> {
+    let next = u128::from_le_bytes(SimDisk::FIRST_BOOT) + 1;
+    Arc::new(
+        SimDisk::from_image(image)
+            .unwrap()
+            .with_boot_id(next.to_le_bytes()),
+    )
+}
+
+/// A staged `Map` (journal written, data not flushed) is replayed on the
+/// same boot and dropped after a reboot, unless a flush came after it. The
+/// cluster it maps held another volume's data, so the power loss that kept
+/// the journal block but not the new data would show that data to "a" if
+/// the record were replayed.
+#[test]
+fn staged_records_replay_on_the_same_boot_only_unless_a_flush_covers_them() {
+    let (disk, mut p) = small_pool(16 * MIB, 256 * 1024);
+    let a = p.create_volume("a", 8 * MIB, 512).unwrap();
+    let b = p.create_volume("b", 8 * MIB, 512).unwrap();
+    let cs = C as usize;
+    p.write(b, 0, &fill(7, cs)).unwrap();
+    p.flush().unwrap();
+    let freed = p.metadata().lookup(b, 0).unwrap().unwrap().pcluster;
+    p.discard(b, 0, u64::from(C)).unwrap();
+    p.flush().unwrap(); // "b"'s cluster is free again, its 7s still on disk
+    p.write(a, 0, &fill(1, cs)).unwrap();
+    let mapped = p.metadata().lookup(a, 0).unwrap().unwrap().pcluster;
+    assert_eq!(mapped, freed, "the test needs the freed cluster reused");
+    p.stage().unwrap();
+
+    // A power loss that kept the staged journal block, not the data.
+    let layout = *p.layout();
+    let journal = layout.journal_off as usize..(layout.journal_off + layout.journal_len) as usize;
+    let mut torn = disk.snapshot_durable();
+    torn[journal.clone()].copy_from_slice(&disk.snapshot_current()[journal.clone()]);
+    assert_eq!(
+        &torn[layout.cluster_offset(u64::from(mapped)).unwrap() as usize..][..cs],
+        fill(7, cs)
+    );
+    let (q, loaded) = Pool::open_read_only(rebooted(torn.clone())).unwrap();
+    assert_eq!(loaded.dropped_records, 1, "the staged Map");
+    checked(&q);
+    assert_eq!(read(&q, a, 0, cs), vec![0; cs], "never b's old data");
+    let q = Pool::open(rebooted(torn)).unwrap();
+    checked(&q);
+    assert_eq!(read(&q, a, 0, cs), vec![0; cs]);
+
+    // The process died on the same boot: the host has data and journal.
+    let same_boot = Arc::new(SimDisk::from_image(disk.snapshot_current()).unwrap());
+    let (q, loaded) = Pool::open_read_only(same_boot.clone()).unwrap();
+    assert_eq!(loaded.dropped_records, 0);
+    assert_eq!(read(&q, a, 0, cs), fill(1, cs), "staged, same boot");
+    let q = Pool::open(same_boot).unwrap();
+    checked(&q);
+    assert_eq!(read(&q, a, 0, cs), fill(1, cs));
+
+    // A flush with nothing new pending still covers the staged record.
+    assert!(!p.has_pending_records());
+    p.flush().unwrap();
+    let (q, loaded) = Pool::open_read_only(rebooted(disk.snapshot_durable())).unwrap();
+    assert_eq!(loaded.dropped_records, 0);
+    assert_eq!(read(&q, a, 0, cs), fill(1, cs), "flushed");
+}
+
+/// A pool whose superblock says format version 1 (no boot id; that writer
+/// flushed the data before every journal block) has its journal replayed
+/// whole on any boot, and is written as the current version from then on.
+#[test]
+fn a_version_1_pool_replays_its_whole_journal_and_is_upgraded() {
+    use crate::format::superblock::FORMAT_VERSION;
+    let (disk, mut p) = small_pool(16 * MIB, 256 * 1024);
+    let a = p.create_volume("a", 8 * MIB, 512).unwrap();
+    p.write(a, 0, &fill(3, C as usize)).unwrap();
+    p.stage().unwrap(); // a Map no DataDurable follows
+    let sb = *p.superblock();
+    drop(p);
+    let mut image = disk.snapshot_current();
+    let mut v1 = sb;
+    v1.version = 1;
+    v1.boot_id = [0; 16];
+    image[sb.slot() as usize..][..crate::format::BLOCK_SIZE].copy_from_slice(&v1.encode());
+    let (_, loaded) = Pool::open_read_only(rebooted(image.clone())).unwrap();
+    assert_eq!((loaded.sb.version, loaded.dropped_records), (1, 0));
+    let disk = rebooted(image);
+    let q = Pool::open(disk.clone()).expect("a version 1 pool opens");
+    assert_eq!(q.superblock().version, FORMAT_VERSION);
+    assert_eq!(q.superblock().boot_id, disk.boot_id());
+    assert_eq!(read(&q, a, 0, C as usize), fill(3, C as usize));
 }
 
 /// After an injected device failure: the pool refuses every change, and
