@@ -343,9 +343,16 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
             return;
         }
         let r = lock(&self.pool).stage();
-        for index in std::mem::take(&mut self.staged) {
+        let staged = std::mem::take(&mut self.staged);
+        self.finish_all(staged, &r, "writing the journal");
+    }
+
+    /// Completes the requests `indices` that waited for one shared step
+    /// (a stage, an fsync round) with that step's result `r`.
+    fn finish_all(&mut self, indices: Vec<usize>, r: &Result<(), PoolError>, what: &str) {
+        for index in indices {
             let e = r.as_ref().err().map(|e| PoolError::Io {
-                what: "writing the journal".into(),
+                what: what.into(),
                 source: io::Error::other(e.to_string()),
             });
             if let Some(req) = self.requests.take(index) {
@@ -381,15 +388,7 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
         let Some((waiters, r)) = self.flusher.step(result, &mut self.ring, &self.pool) else {
             return;
         };
-        for index in waiters {
-            let e = r.as_ref().err().map(|e| PoolError::Io {
-                what: "flushing".into(),
-                source: io::Error::other(e.to_string()),
-            });
-            if let Some(req) = self.requests.take(index) {
-                self.finish(req, e);
-            }
-        }
+        self.finish_all(waiters, &r, "flushing");
     }
 
     /// One operation finished with `result` (bytes or -errno).

@@ -116,6 +116,15 @@ impl<D: BlockDev> Pool<D> {
 
     /// Queues a record already applied to the metadata.
     fn queue(&mut self, record: Record) -> Result<(), PoolError> {
+        self.push_record(record)?;
+        if self.sealed.len() >= MAX_SEALED_BLOCKS {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Puts `record` in the open journal block, sealing the block when full.
+    fn push_record(&mut self, record: Record) -> Result<(), PoolError> {
         match self.journal.push(record) {
             Ok(Some(full)) => self.sealed.push(full),
             Ok(None) => {}
@@ -128,9 +137,6 @@ impl<D: BlockDev> Pool<D> {
                     source: e,
                 });
             }
-        }
-        if self.sealed.len() >= MAX_SEALED_BLOCKS {
-            self.commit()?;
         }
         Ok(())
     }
@@ -194,19 +200,9 @@ impl<D: BlockDev> Pool<D> {
         self.usable()?;
         if durability == Durability::PowerLoss && (self.uncovered || self.has_pending_records()) {
             // Written after the data flush below: covers every record
-            // before it, staged ones included. Pushed as is, not through
-            // `queue` (whose forced commit would come back here).
-            match self.journal.push(Record::DataDurable) {
-                Ok(Some(full)) => self.sealed.push(full),
-                Ok(None) => {}
-                Err(source) => {
-                    self.failed = true;
-                    return Err(PoolError::Format {
-                        what: "journal record".into(),
-                        source,
-                    });
-                }
-            }
+            // before it, staged ones included. Not through `queue` (whose
+            // forced commit would come back here).
+            self.push_record(Record::DataDurable)?;
         }
         if let Some(b) = self.journal.flush_block() {
             self.sealed.push(b);
