@@ -69,6 +69,7 @@ use vblock::pool::{Pool, PoolOptions, DEFAULT_CLUSTER_SIZE};
 
 use blk_support::qsd::{create_qcow2, pinned_command};
 use blk_support::*;
+use test_kit::stats::{median, min_max};
 
 const QD: usize = 32;
 const BS: usize = 4096;
@@ -139,22 +140,10 @@ impl Table {
     }
 }
 
-fn median(v: &[f64]) -> Option<f64> {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    match s.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(s[n / 2]),
-        n => Some((s[n / 2 - 1] + s[n / 2]) / 2.0),
-    }
-}
-
 fn range(v: &[f64]) -> String {
-    let min = v.iter().copied().reduce(f64::min);
-    let max = v.iter().copied().reduce(f64::max);
-    match (min, max) {
-        (Some(a), Some(b)) => format!("{}-{}", kiops(Some(a)), kiops(Some(b))),
-        _ => "-".into(),
+    match min_max(v) {
+        Some((a, b)) => format!("{}-{}", kiops(Some(a)), kiops(Some(b))),
+        None => "-".into(),
     }
 }
 

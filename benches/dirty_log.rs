@@ -53,6 +53,7 @@ use test_kit::frontend::fabric::Fabric;
 use test_kit::frontend::frames::{payload, ETHERTYPE_TEST};
 use test_kit::frontend::virtio_blk::{BlkOptions, GuestBlk, WAIT};
 use test_kit::frontend::{eth, mac, GuestNic, NicOptions};
+use test_kit::stats;
 use test_kit::testpmd::vhost_peer::Testpmd;
 use vhost::vhost_user::Frontend;
 
@@ -324,21 +325,13 @@ fn onoff(on: bool) -> &'static str {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+/// The median of `v`; NaN (printed as such) for no rounds.
+fn median(v: &[f64]) -> f64 {
+    stats::median(v).unwrap_or(f64::NAN)
 }
 
 fn range(v: &[f64]) -> (f64, f64) {
-    v.iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        })
+    stats::min_max(v).unwrap_or((f64::NAN, f64::NAN))
 }
 
 fn print(rows: &[(String, Vec<Round>, Vec<Round>)], o: &Opts) {
@@ -359,7 +352,8 @@ fn print(rows: &[(String, Vec<Round>, Vec<Round>)], o: &Opts) {
     };
     for (name, off, on) in rows {
         let ratios: Vec<f64> = on.iter().zip(off).map(|(a, b)| a.rate / b.rate).collect();
-        let med = |rs: &[Round], f: fn(&Round) -> f64| median(rs.iter().map(f).collect());
+        let med =
+            |rs: &[Round], f: fn(&Round) -> f64| median(&rs.iter().map(f).collect::<Vec<_>>());
         for (label, rs) in [("off", off), ("on", on)] {
             let (lo, hi) = range(&rs.iter().map(|r| r.rate).collect::<Vec<_>>());
             let ratio = match label {
@@ -475,7 +469,9 @@ fn main() {
         let off = rows
             .iter()
             .find(|r| r.0 == net_row(len))
-            .map_or(f64::NAN, |r| median(r.1.iter().map(|r| r.rate).collect()));
+            .map_or(f64::NAN, |r| {
+                median(&r.1.iter().map(|r| r.rate).collect::<Vec<_>>())
+            });
         println!(
             "frontend alone, {len} B (against net_vhost): {} frames/s; the switch's off median is {:.0}% of it",
             human(limit),

@@ -33,6 +33,7 @@ pub mod netns;
 pub mod pattern;
 pub mod proc;
 pub mod qemu;
+pub mod stats;
 pub mod testpmd;
 pub mod wait;
 
