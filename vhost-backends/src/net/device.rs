@@ -67,11 +67,27 @@ pub const OFFLOAD_FEATURES: u64 = 1 << VIRTIO_NET_F_CSUM
     | 1 << VIRTIO_NET_F_GUEST_USO4
     | 1 << VIRTIO_NET_F_GUEST_USO6;
 
+/// Where one connection's device is in its single life: its rings are
+/// published at most once, and never after the session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    /// The frontend is still setting the rings up.
+    Setup,
+    /// RX queues reachable, TX queues served, link up.
+    Published,
+    /// The session ended: a vring worker that runs on after the handler
+    /// (they are joined only after the detach) must not bring the link up
+    /// again over rings nobody drives.
+    Ended,
+}
+
 /// The device of one connection: the connection's shared state and, while
 /// datapath threads serve them, the TX queues.
 pub(crate) struct Device {
     pub(crate) conn: Arc<Connection>,
+    /// Published yet: checked on every kick without taking `life`.
     published: AtomicBool,
+    life: Mutex<Life>,
     /// The TX queue of each pair, by pair, while datapath threads serve them.
     tx: Mutex<Vec<Arc<TxQueue>>>,
 }
@@ -87,7 +103,11 @@ impl Device {
     /// to its datapath thread and brings the link up. `vrings` are all the
     /// device's queues, receiveq and transmitq of each pair in turn.
     fn publish(&self, vrings: &[Vring]) {
-        if self.published.swap(true, Ordering::AcqRel) {
+        if self.published.load(Ordering::Acquire) {
+            return;
+        }
+        let mut life = self.life.lock().unwrap_or_else(|e| e.into_inner());
+        if *life != Life::Setup {
             return;
         }
         let conn = &self.conn;
@@ -119,11 +139,17 @@ impl Device {
             conn.port.name,
             if pairs == 1 { "" } else { "s" }
         );
+        *life = Life::Published;
+        self.published.store(true, Ordering::Release);
     }
 
-    /// Link down: withdraw the RX queues and forget the port's stations.
+    /// The session ended. Link down: withdraw the RX queues and forget the
+    /// port's stations; the device is never published again.
     pub(crate) fn withdraw(&self) {
-        if self.published.swap(false, Ordering::AcqRel) {
+        let mut life = self.life.lock().unwrap_or_else(|e| e.into_inner());
+        let was = std::mem::replace(&mut *life, Life::Ended);
+        self.published.store(false, Ordering::Release);
+        if was == Life::Published {
             self.conn.port.table.withdraw(self.conn.port.id);
             let queues = std::mem::take(&mut *self.tx.lock().unwrap_or_else(|e| e.into_inner()));
             for queue in queues {
@@ -159,6 +185,7 @@ impl NetBackend {
         NetBackend(Arc::new(Device {
             conn,
             published: AtomicBool::new(false),
+            life: Mutex::new(Life::Setup),
             tx: Mutex::new(Vec::new()),
         }))
     }
@@ -466,5 +493,30 @@ mod tests {
         assert!(b.stop_vring(rx_queue(3).into()).is_ok());
         assert!(!conn.is_broken(rx_queue(3)), "stop_vring resets the queue");
         b.0.conn.port.datapath.shutdown();
+    }
+
+    /// A session publishes its rings once and never after it ended: a kick
+    /// handled by a vring worker after the detach (the workers are joined
+    /// only later) leaves the link down and the port table empty. Seen in
+    /// CI as a port that came back up after its frontend was refused.
+    #[test]
+    fn a_kick_after_the_session_ended_does_not_bring_the_link_up() {
+        use vhost_user_backend::VringT;
+        let b = backend(1);
+        let port = b.0.conn.port.clone();
+        let is_up = || port.switch.topology().port(port.id).unwrap().state.is_up();
+        let in_table = || port.table.with(port.id, |_| ()).is_some();
+        let mem = GuestMemAtomic::new(GuestMem::default());
+        let vrings: Vec<Vring> = (0..2)
+            .map(|_| Vring::new(mem.clone(), 256).unwrap())
+            .collect();
+        b.handle_event(1, EventSet::IN, &vrings, 0).unwrap();
+        assert!(is_up() && in_table(), "the first kick publishes");
+        b.detach();
+        assert!(!is_up() && !in_table(), "the detach withdraws");
+        b.handle_event(1, EventSet::IN, &vrings, 0).unwrap();
+        assert!(!is_up(), "a late kick brought the link up again");
+        assert!(!in_table(), "a late kick published rings nobody drives");
+        port.datapath.shutdown();
     }
 }
