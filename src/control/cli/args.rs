@@ -523,7 +523,7 @@ mod tests {
         let e = parse("volume create p").unwrap_err();
         assert_eq!(
             e.synopsis,
-            Some("volume create POOL NAME --size S [--block-size 512|4096]")
+            Some("volume create POOL NAME --size S [--block-size 512|4096] [--may-exist]")
         );
     }
 
