@@ -271,7 +271,8 @@ fn volume_table(volumes: &[VolumeInfo]) -> String {
             v.block_size.to_string(),
             human_size(v.allocated),
             human_size(v.exclusive),
-            human_size(v.shared),
+            // From the two figures every daemon sends (an older one has no `shared`).
+            human_size(v.allocated.saturating_sub(v.exclusive)),
             match v.pool_capacity {
                 0 => "-".into(),
                 c => format!("{:.1}%", v.allocated as f64 * 100.0 / c as f64),
