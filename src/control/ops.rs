@@ -277,6 +277,16 @@ pub(super) fn port_config(rt: &Runtime, p: &PortAdd) -> OpResult<(String, PortCo
     if let Some(o) = p.offloads {
         port.insert("offloads".into(), o.into());
     }
+    if let Some(l) = &p.local {
+        port.insert("local".into(), l.clone().into());
+    }
+    if let Some(u) = p.udp_port {
+        port.insert("udp_port".into(), i64::from(u).into());
+    }
+    if let Some(v) = &p.vni {
+        let v = toml::Value::try_from(v).map_err(|e| invalid(format!("vni: {e}")))?;
+        port.insert("vni".into(), v);
+    }
     let mut sw = toml::Table::new();
     sw.insert("name".into(), p.switch.clone().into());
     sw.insert("port".into(), toml::Value::Array(vec![port.into()]));

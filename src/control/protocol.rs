@@ -159,6 +159,16 @@ pub struct PortAdd {
     /// Checksum and segmentation offloads (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offloads: Option<bool>,
+    /// VXLAN ports: the underlay address to bind (required for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    /// VXLAN ports: the UDP port (default 4789).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_port: Option<u16>,
+    /// VXLAN ports: the `vni` map as in `fabric.toml`,
+    /// `[{"vlan":10,"vni":5010,"remotes":["192.0.2.2"]}, {"vlan":20,"vni":5020,"group":"239.1.1.20"}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<serde_json::Value>,
     /// A port of that name on this switch already: succeed, change nothing.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub may_exist: bool,

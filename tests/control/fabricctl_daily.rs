@@ -52,17 +52,22 @@ fn received(to: &mut GuestNic) -> Vec<Vec<u8>> {
     got
 }
 
+/// A daemon on `config`, in a fresh directory named after `name`.
+fn daemon(name: &str, config: &str) -> (TestDir, Vswitchd) {
+    let dir = TestDir::on_disk(name);
+    std::fs::write(dir.join("fabric.toml"), config).unwrap();
+    let d = Vswitchd::start(&dir);
+    (dir, d)
+}
+
 #[test]
 fn port_set_changes_a_connected_port_in_place() {
-    let dir = TestDir::on_disk("fctl-port-set");
-    std::fs::write(
-        dir.join("fabric.toml"),
+    let (dir, mut d) = daemon(
+        "fctl-port-set",
         "[daemon]\nrun_dir = \"run\"\n[[switch]]\nname = \"br0\"\n\
          [[switch.port]]\nname = \"a\"\ntype = \"vhost-user\"\nvlan = { mode = \"access\", tag = 10 }\n\
          [[switch.port]]\nname = \"b\"\ntype = \"vhost-user\"\nvlan = { mode = \"access\", tag = 10 }\n",
-    )
-    .unwrap();
-    let mut d = Vswitchd::start(&dir);
+    );
     let mut a = GuestNic::connect(&dir.join("run/a.sock"), NicOptions::default()).unwrap();
     let mut b = GuestNic::connect(&dir.join("run/b.sock"), NicOptions::default()).unwrap();
     d.wait_links_up(&["a", "b"]);
@@ -156,17 +161,14 @@ fn port_set_changes_a_connected_port_in_place() {
 
 #[test]
 fn fdb_del_log_level_and_idempotent_forms() {
-    let dir = TestDir::on_disk("fctl-daily");
-    std::fs::write(
-        dir.join("fabric.toml"),
+    let (dir, mut d) = daemon(
+        "fctl-daily",
         "[daemon]\nrun_dir = \"run\"\n[[switch]]\nname = \"br0\"\n\
          [[switch.port]]\nname = \"a\"\ntype = \"vhost-user\"\n\
          [[switch]]\nname = \"br1\"\n\
          [[pool]]\nname = \"p0\"\npath = \"pool.img\"\nsize = \"64M\"\n\
          [[pool.volume]]\nname = \"base\"\nsize = \"8M\"\n",
-    )
-    .unwrap();
-    let mut d = Vswitchd::start(&dir);
+    );
 
     // fdb del: a static entry, then nothing there (3), --if-exists (0).
     d.ok(&["fdb", "add", "br0", "1", "52:54:00:00:00:99", "a"]);
@@ -286,5 +288,90 @@ fn fdb_del_log_level_and_idempotent_forms() {
     let text = d.ok(&["volume", "list"]);
     let header = text.lines().next().unwrap();
     assert!(header.contains("SHARED  POOL%  ORIGIN"), "{text}");
+    d.stop();
+}
+
+/// `GET /metrics` from the daemon's metrics listener at `addr`.
+fn metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// A VXLAN port added through `fabricctl port add --type vxlan` runs at once
+/// (its socket counts a bad datagram in `port list` and `/metrics`), is kept
+/// by `config save`, and `port remove` releases its UDP port.
+#[test]
+fn a_vxlan_port_added_and_removed_at_run_time() {
+    let free_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = free_udp.local_addr().unwrap().port().to_string();
+    drop(free_udp);
+    let free_tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = free_tcp.local_addr().unwrap().to_string();
+    drop(free_tcp);
+    let (dir, mut d) = daemon(
+        "fctl-vxlan",
+        &format!(
+            "[daemon]\nrun_dir = \"run\"\nmetrics_listen = \"{metrics_addr}\"\n\
+             [[switch]]\nname = \"br0\"\n"
+        ),
+    );
+    let add = [
+        "port",
+        "add",
+        "br0",
+        "vx",
+        "--type",
+        "vxlan",
+        "--local",
+        "127.0.0.1",
+        "--udp-port",
+        &udp_port,
+        "--vni",
+        "10=5010@127.0.0.2",
+    ];
+    d.ok(&add);
+    assert_eq!(port(&d, "vx")["type"], "vxlan");
+    d.fails(4, &add);
+    d.ok(&[&add[..], &["--may-exist"]].concat());
+    let err = d.fails(
+        2,
+        &[
+            "port",
+            "add",
+            "br0",
+            "vy",
+            "--type",
+            "vxlan",
+            "--vni",
+            "20=7@127.0.0.2",
+        ],
+    );
+    assert!(err.contains("local"), "{err}");
+
+    // One datagram from the listed VTEP whose VXLAN header lacks the I flag.
+    let vtep = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    vtep.send_to(&[0u8; 16], format!("127.0.0.1:{udp_port}"))
+        .unwrap();
+    test_kit::frontend::fabric::wait_for("the bad header counted", || {
+        port(&d, "vx")["tunnel"]["drops"]["bad_header"] == 1
+    });
+    let text = metrics(&metrics_addr);
+    let line = "vswitchd_tunnel_drops_total{switch=\"br0\",port=\"vx\",reason=\"bad_header\"} 1";
+    assert!(text.lines().any(|l| l == line), "{text}");
+
+    d.ok(&["config", "save"]);
+    let saved = std::fs::read_to_string(dir.join("fabric.toml")).unwrap();
+    assert!(
+        saved.contains("type = \"vxlan\"") && saved.contains("5010"),
+        "{saved}"
+    );
+    d.ok(&["port", "remove", "vx"]);
+    std::net::UdpSocket::bind(format!("127.0.0.1:{udp_port}")).expect("the UDP port is free again");
+    assert!(!metrics(&metrics_addr).contains("port=\"vx\""));
     d.stop();
 }

@@ -607,6 +607,11 @@ mod tests {
             self.sw.port_id(name).unwrap()
         }
 
+        fn counters(&self, name: &str) -> crate::counters::PortCountersSnapshot {
+            let topo = self.sw.topology();
+            topo.port(self.id(name)).unwrap().state.counters.snapshot()
+        }
+
         /// Sends `f` in on `port`; returns (egress port, tag it carries) sorted, or the drop.
         fn send(
             &self,
@@ -667,13 +672,7 @@ mod tests {
         big.resize(14 + 2000, 0xab);
         // Taken in at MTU 9000 (not `oversize`), refused by a3's 1500 on the way out.
         assert_eq!(b.send("a1", &big, 0), Ok(vec![]));
-        let a3 =
-            b.sw.topology()
-                .port(b.id("a3"))
-                .unwrap()
-                .state
-                .counters
-                .snapshot();
+        let a3 = b.counters("a3");
         assert_eq!(a3.dropped(MtuExceeded), 1);
         assert_eq!(
             b.sw.set_port("nope", None, Some(1500)),
@@ -687,13 +686,7 @@ mod tests {
             Err(AdminDown)
         );
         assert_eq!(b.send("a1", &bcast, 0), Ok(vec![]));
-        let drops =
-            b.sw.topology()
-                .port(b.id("a3"))
-                .unwrap()
-                .state
-                .counters
-                .snapshot();
+        let drops = b.counters("a3");
         assert_eq!(drops.dropped(AdminDown), 1);
         b.sw.set_admin(b.id("a3"), true);
         assert_eq!(b.send("a1", &bcast, 0), Ok(vec![("a3", None)]));

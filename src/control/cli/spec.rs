@@ -2,7 +2,7 @@
 //! options, how each becomes a [`Call`], and the help text built from it.
 
 use super::parsed::Parsed;
-use super::values::{parse_block_size, parse_vlan_id, parse_vlan_spec};
+use super::values::{parse_block_size, parse_vlan_id, parse_vlan_spec, parse_vni_map};
 use super::Call;
 use crate::control::protocol::{
     Admin, ConfigSave, ExportAdd, ExportRemove, FdbAdd, FdbDel, FdbFlush, FdbShow, LogLevel,
@@ -49,12 +49,15 @@ pub(super) const SPECS: &[Spec] = &[
     },
     Spec {
         words: &["port", "add"],
-        synopsis: "port add SWITCH NAME [--type vhost-user|tap] [--socket P] [--device IFNAME] [--vlan access:TAG | --vlan trunk[:LIST][:native=N]] [--mtu N] [--mac MAC] [--queue-size N] [--queues N] [--multi-queue] [--no-offloads] [--may-exist]",
+        synopsis: "port add SWITCH NAME [--type vhost-user|tap|vxlan] [--socket P] [--device IFNAME] [--vlan access:TAG | --vlan trunk[:LIST][:native=N]] [--mtu N] [--mac MAC] [--queue-size N] [--queues N] [--multi-queue] [--no-offloads] [--local ADDR --vni VLAN=VNI@PEER[+PEER],... [--udp-port N]] [--may-exist]",
         summary: "add a port to SWITCH: vhost-user (default socket <run_dir>/NAME.sock) or\n\
                   a TAP device (--type tap, --device defaults to NAME); default VLAN\n\
                   access:1; e.g. --vlan trunk:10,20,100-199:native=1; --queues N queue\n\
                   pairs (vhost-user), --multi-queue (TAP), --no-offloads: complete frames only;\n\
-                  --may-exist: a port NAME on SWITCH already is a success",
+                  --may-exist: a port NAME on SWITCH already is a success; a VXLAN\n\
+                  tunnel (--type vxlan) binds --local and maps VLANs to VNIs with\n\
+                  --vni 10=5010@192.0.2.2+192.0.2.3,20=5020@239.1.1.20 (a multicast\n\
+                  peer is the VNI's group)",
         positionals: &["SWITCH", "NAME"],
         options: &[
             "--socket",
@@ -65,6 +68,9 @@ pub(super) const SPECS: &[Spec] = &[
             "--queues",
             "--type",
             "--device",
+            "--local",
+            "--udp-port",
+            "--vni",
         ],
         flags: &["--multi-queue", "--no-offloads", "--may-exist"],
         build: build_port_add,
@@ -371,6 +377,9 @@ fn build_port_add(p: &Parsed) -> Result<Call, String> {
         queues: p.num("--queues")?,
         multi_queue: p.flag("--multi-queue").then_some(true),
         offloads: p.flag("--no-offloads").then_some(false),
+        local: p.opt("--local").map(str::to_owned),
+        udp_port: p.num("--udp-port")?,
+        vni: p.opt("--vni").map(parse_vni_map).transpose()?,
         may_exist: p.flag("--may-exist"),
     };
     send("port.add", &add)
