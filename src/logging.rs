@@ -10,28 +10,102 @@
 //! Records of `log::` macros also carry tracing-log's `log.file`,
 //! `log.line`, `log.module_path` and `log.target` keys (tracing-subscriber's
 //! JSON formatter keeps them).
+//!
+//! The filter can be replaced while the daemon runs ([`set_filter`], the
+//! control socket's `log.level`): it sits behind a reload layer.
 
 use std::io::IsTerminal;
+use std::sync::{Mutex, OnceLock};
 use tracing::Subscriber;
 use tracing_log::AsLog;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::{EnvFilter, Registry};
+use tracing_subscriber::{reload, EnvFilter, Registry};
+
+/// Swaps the installed subscriber's filter.
+pub type FilterHandle = reload::Handle<EnvFilter, Registry>;
+
+/// The installed subscriber's filter handle and its directives as text.
+static INSTALLED: OnceLock<(FilterHandle, Mutex<String>)> = OnceLock::new();
+
+/// Why a new filter was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FilterError {
+    /// Not `error|warn|info|debug|trace|off` nor valid `RUST_LOG` directives.
+    Invalid(String),
+    /// No logger of ours is installed (a library user's process).
+    NotInstalled,
+}
+
+impl std::fmt::Display for FilterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FilterError::Invalid(m) => f.write_str(m),
+            FilterError::NotInstalled => f.write_str("this process has no reloadable logger"),
+        }
+    }
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `directives` (`debug`, `info,vblock=trace`: the `RUST_LOG` grammar)
+/// checked strictly: a bad directive is refused, not skipped, and each is a
+/// level or `TARGET=LEVEL` (a bare word would be a target at `trace`, a
+/// typo of a level that floods the log).
+pub fn parse_filter(directives: &str) -> Result<EnvFilter, FilterError> {
+    let text = directives.trim();
+    if text.is_empty() {
+        return Err(FilterError::Invalid("empty log filter".into()));
+    }
+    for d in text.split(',') {
+        if !d.contains('=') && !LEVELS.contains(&d.trim().to_ascii_lowercase().as_str()) {
+            return Err(FilterError::Invalid(format!(
+                "bad log filter {text:?}: {d:?} is not one of {} nor TARGET=LEVEL",
+                LEVELS.join("|")
+            )));
+        }
+    }
+    EnvFilter::builder()
+        .parse(text)
+        .map_err(|e| FilterError::Invalid(format!("bad log filter {text:?}: {e}")))
+}
+
+/// Replaces the running filter with `directives` ([`parse_filter`]) and
+/// raises or lowers the `log` crate's own level with it, so `log::` records
+/// of a level now wanted are no longer cut before tracing sees them.
+pub fn set_filter(directives: &str) -> Result<(), FilterError> {
+    let filter = parse_filter(directives)?;
+    let (handle, current) = INSTALLED.get().ok_or(FilterError::NotInstalled)?;
+    let max = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    handle
+        .reload(filter)
+        .map_err(|_| FilterError::NotInstalled)?;
+    log::set_max_level(max.as_log());
+    *current.lock().unwrap_or_else(|e| e.into_inner()) = directives.trim().to_owned();
+    Ok(())
+}
+
+/// The running filter's directives (`None`: no logger of ours installed).
+pub fn current_filter() -> Option<String> {
+    let (_, current) = INSTALLED.get()?;
+    Some(current.lock().unwrap_or_else(|e| e.into_inner()).clone())
+}
 
 /// Installs the process-wide logger, writing to stderr: JSON lines if
 /// `json`, else text (coloured on a terminal). Only the first call in a
 /// process installs anything; later ones change nothing.
 pub fn init(json: bool) {
     let filter = env_filter();
+    let text = filter.to_string();
     // `log` records below this level are not even formatted by `log`.
     let max = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
     let ansi = std::io::stderr().is_terminal();
-    if tracing::subscriber::set_global_default(subscriber(json, filter, std::io::stderr, ansi))
-        .is_err()
-    {
+    let (sub, handle) = reloadable_subscriber(json, filter, std::io::stderr, ansi);
+    if tracing::subscriber::set_global_default(sub).is_err() {
         return;
     }
+    let _ = INSTALLED.set((handle, Mutex::new(text)));
     if let Err(e) = tracing_log::LogTracer::init_with_filter(max.as_log()) {
         // Another `log` logger (env_logger) came first: its records keep
         // going there.
@@ -57,8 +131,22 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    reloadable_subscriber(json, filter, writer, ansi).0
+}
+
+/// [`subscriber`], with the handle that replaces its filter.
+pub fn reloadable_subscriber<W>(
+    json: bool,
+    filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> (Box<dyn Subscriber + Send + Sync>, FilterHandle)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let (filter, handle) = reload::Layer::new(filter);
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
-    if json {
+    let sub: Box<dyn Subscriber + Send + Sync> = if json {
         let json = fmt
             .json()
             .flatten_event(true)
@@ -67,7 +155,8 @@ where
         Box::new(Registry::default().with(filter).with(json))
     } else {
         Box::new(Registry::default().with(filter).with(fmt.with_ansi(ansi)))
-    }
+    };
+    (sub, handle)
 }
 
 #[cfg(test)]
@@ -167,6 +256,25 @@ mod tests {
             "{text:?}"
         );
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn a_reloaded_filter_takes_effect_at_once() {
+        let out = Capture::default();
+        let (sub, handle) = reloadable_subscriber(true, EnvFilter::new("info"), out.clone(), false);
+        tracing::subscriber::with_default(sub, || {
+            tracing::debug!("before");
+            handle.reload(parse_filter("debug").unwrap()).unwrap();
+            tracing::debug!("after");
+            handle.reload(parse_filter("warn").unwrap()).unwrap();
+            tracing::info!("quiet again");
+        });
+        let lines = out.json_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["message"], "after");
+        assert!(matches!(parse_filter("loud"), Err(FilterError::Invalid(_))));
+        assert!(matches!(parse_filter(" "), Err(FilterError::Invalid(_))));
+        assert!(parse_filter("info,vblock=trace").is_ok());
     }
 
     const CHILD: &str = "FABRIC_LOGGING_TEST_CHILD";

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod client;
+mod daily;
 pub mod ops;
 pub mod protocol;
 pub mod server;

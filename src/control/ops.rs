@@ -3,6 +3,7 @@
 //! checked exactly like one in the file), then handed to the [`Runtime`].
 //! The runtime's error kinds become wire codes here ([`wire_code`]).
 
+use super::daily;
 use super::protocol::*;
 use crate::runtime::snapshot::TunnelSample;
 use crate::runtime::{self, vlan_summary, ErrorKind, Runtime};
@@ -54,12 +55,12 @@ impl From<runtime::Error> for OpError {
 
 pub type OpResult<T> = Result<T, OpError>;
 
-fn invalid(message: impl Into<String>) -> OpError {
+pub(super) fn invalid(message: impl Into<String>) -> OpError {
     OpError::new(ErrorCode::InvalidArgument, message)
 }
 
 /// Typed arguments, or `invalid_argument` naming what is wrong.
-fn args<T: DeserializeOwned>(op: &str, v: &Value) -> OpResult<T> {
+pub(super) fn args<T: DeserializeOwned>(op: &str, v: &Value) -> OpResult<T> {
     let v = if v.is_null() { json!({}) } else { v.clone() };
     serde_json::from_value(v).map_err(|e| invalid(format!("{op}: {e}")))
 }
@@ -82,15 +83,23 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
         "port.add" => {
             let p: PortAdd = args(op, a)?;
             let (switch, pc) = port_config(rt, &p)?;
-            rt.add_port(&switch, pc)?;
+            if !daily::may_exist(rt.add_port(&switch, pc), p.may_exist)? {
+                daily::port_elsewhere(rt, &switch, &p.name)?;
+            }
             let info = port_list(rt).into_iter().find(|x| x.name == p.name);
             to_value(info)
         }
         "port.remove" => {
             let n: PortRemove = args(op, a)?;
-            rt.remove_port(&n.name)?;
-            Ok(Value::Null)
+            daily::if_exists(rt.remove_port(&n.name), n.if_exists)
         }
+        "port.set" => {
+            daily::port_set(rt, a)?;
+            let name = a.get("name").and_then(Value::as_str).unwrap_or_default();
+            to_value(port_list(rt).into_iter().find(|x| x.name == name))
+        }
+        "fdb.del" => daily::fdb_del(rt, a),
+        "log.level" => daily::log_level(a),
         "fdb.show" => {
             let s: FdbShow = args(op, a)?;
             to_value(fdb_show(rt, &s.switch)?)
@@ -140,7 +149,10 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
             let v: VolumeCreate = args(op, a)?;
             check_name(&v.name)?;
             let bs = v.block_size.unwrap_or(512);
-            rt.create_volume(&v.pool, &v.name, size(&v.size)?, bs)?;
+            let size = size(&v.size)?;
+            if !(v.may_exist && daily::volume_exists(rt, &v.pool, &v.name)?) {
+                rt.create_volume(&v.pool, &v.name, size, bs)?;
+            }
             volume_info(rt, &v.pool, &v.name)
         }
         "volume.resize" => {
@@ -151,7 +163,9 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
         "volume.snapshot" | "volume.clone" => {
             let v: VolumeCopy = args(op, a)?;
             check_name(&v.name)?;
-            rt.copy_volume(&v.pool, &v.source, &v.name, op == "volume.snapshot")?;
+            if !(v.may_exist && daily::volume_exists(rt, &v.pool, &v.name)?) {
+                rt.copy_volume(&v.pool, &v.source, &v.name, op == "volume.snapshot")?;
+            }
             volume_info(rt, &v.pool, &v.name)
         }
         "volume.rename" => {
@@ -162,20 +176,19 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
         }
         "volume.delete" => {
             let v: VolumeDelete = args(op, a)?;
-            rt.delete_volume(&v.pool, &v.name)?;
-            Ok(Value::Null)
+            rt.pool_entry(&v.pool)?;
+            daily::if_exists(rt.delete_volume(&v.pool, &v.name), v.if_exists)
         }
         "export.add" => {
             let e: ExportAdd = args(op, a)?;
             let cfg = export_config(rt, &e)?;
-            rt.add_export(&e.pool, &e.volume, cfg)?;
+            daily::may_exist(rt.add_export(&e.pool, &e.volume, cfg), e.may_exist)?;
             volume_info(rt, &e.pool, &e.volume)
         }
         "export.remove" => {
             let e: ExportRemove = args(op, a)?;
             rt.pool_entry(&e.pool)?;
-            rt.remove_export(&e.pool, &e.volume)?;
-            Ok(Value::Null)
+            daily::if_exists(rt.remove_export(&e.pool, &e.volume), e.if_exists)
         }
         "config.save" => {
             let s: ConfigSave = args(op, a)?;
@@ -189,7 +202,10 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
     }
 }
 
-fn switch<'a>(rt: &'a Runtime, name: &str) -> OpResult<&'a std::sync::Arc<vswitch::Switch>> {
+pub(super) fn switch<'a>(
+    rt: &'a Runtime,
+    name: &str,
+) -> OpResult<&'a std::sync::Arc<vswitch::Switch>> {
     rt.switch(name)
         .ok_or_else(|| OpError::new(ErrorCode::NotFound, format!("no switch named {name:?}")))
 }
@@ -219,7 +235,7 @@ fn base_dir(rt: &Runtime) -> PathBuf {
 
 /// A `port.add` checked by the config parser itself: the port is written as
 /// a one-port `fabric.toml` and parsed, so every rule of the file applies.
-fn port_config(rt: &Runtime, p: &PortAdd) -> OpResult<(String, PortConfig)> {
+pub(super) fn port_config(rt: &Runtime, p: &PortAdd) -> OpResult<(String, PortConfig)> {
     switch(rt, &p.switch)?;
     let run_dir = rt.with_state(|st| st.config.daemon.run_dir.clone());
     let mut port = toml::Table::new();
@@ -260,6 +276,16 @@ fn port_config(rt: &Runtime, p: &PortAdd) -> OpResult<(String, PortConfig)> {
     }
     if let Some(o) = p.offloads {
         port.insert("offloads".into(), o.into());
+    }
+    if let Some(l) = &p.local {
+        port.insert("local".into(), l.clone().into());
+    }
+    if let Some(u) = p.udp_port {
+        port.insert("udp_port".into(), i64::from(u).into());
+    }
+    if let Some(v) = &p.vni {
+        let v = toml::Value::try_from(v).map_err(|e| invalid(format!("vni: {e}")))?;
+        port.insert("vni".into(), v);
     }
     let mut sw = toml::Table::new();
     sw.insert("name".into(), p.switch.clone().into());
@@ -346,6 +372,15 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
             .iter()
             .map(|p| {
                 let (sw, name) = (&p.switch, &p.config.name);
+                // The switch's own view of the port (admin state, MAC limit).
+                let (admin_up, mac_limit) = rt
+                    .switch(sw)
+                    .and_then(|s| {
+                        let topo = s.topology();
+                        let info = topo.ports().find(|x| &x.name == name)?;
+                        Some((info.state.is_admin_up(), s.fdb().port_limit(info.id)))
+                    })
+                    .unwrap_or((true, 0));
                 let c = snap
                     .ports
                     .iter()
@@ -364,6 +399,9 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                     socket,
                     vlan: vlan_summary(&p.config.vlan),
                     link: c.is_some_and(|c| c.link_up),
+                    admin_up,
+                    mtu: p.config.mtu,
+                    mac_limit,
                     rx_packets: c.map_or(0, |c| c.rx_packets),
                     rx_bytes: c.map_or(0, |c| c.rx_bytes),
                     tx_packets: c.map_or(0, |c| c.tx_packets),
@@ -485,9 +523,14 @@ fn volume_list(rt: &Runtime, only: Option<&str>) -> Vec<VolumeInfo> {
         if only.is_some_and(|o| o != p.name) {
             continue;
         }
-        let vols = crate::storage::lock_pool(&p.pool).volumes();
+        let (vols, capacity) = {
+            let pool = crate::storage::lock_pool(&p.pool);
+            (pool.volumes(), pool.space().capacity)
+        };
+        let origins = origins(rt, &p.name);
         for v in vols {
             let export = rt.export_of(&p.name, &v.name);
+            let origin = origins.iter().find(|(n, _)| *n == v.name);
             out.push(VolumeInfo {
                 pool: p.name.clone(),
                 kind: format!("{:?}", v.kind).to_lowercase(),
@@ -496,6 +539,9 @@ fn volume_list(rt: &Runtime, only: Option<&str>) -> Vec<VolumeInfo> {
                 read_only: v.read_only,
                 allocated: v.allocated,
                 exclusive: v.exclusive,
+                shared: v.allocated.saturating_sub(v.exclusive),
+                pool_capacity: capacity,
+                origin: origin.map(|(_, o)| o.clone()),
                 export: export.as_ref().map(|e| e.socket.display().to_string()),
                 migration_socket: export
                     .and_then(|e| e.migration_socket)
@@ -505,6 +551,26 @@ fn volume_list(rt: &Runtime, only: Option<&str>) -> Vec<VolumeInfo> {
         }
     }
     out
+}
+
+/// (volume, the volume it was snapshotted or cloned from) in `pool`, as the
+/// running configuration has them.
+fn origins(rt: &Runtime, pool: &str) -> Vec<(String, String)> {
+    use fabric_config::VolumeSource;
+    rt.with_state(|st| {
+        st.config
+            .pools
+            .iter()
+            .filter(|p| p.name == pool)
+            .flat_map(|p| &p.volumes)
+            .filter_map(|v| match &v.source {
+                VolumeSource::SnapshotOf(o) | VolumeSource::CloneOf(o) => {
+                    Some((v.name.clone(), o.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    })
 }
 
 fn volume_info(rt: &Runtime, pool: &str, name: &str) -> OpResult<Value> {

@@ -16,24 +16,33 @@
 //! | `daemon.status` | - | [`Status`] |
 //! | `port.list` | - | [`PortInfo`] list |
 //! | `port.add` | [`PortAdd`] | [`PortInfo`] |
-//! | `port.remove` | [`PortRemove`] `{name}` | - |
+//! | `port.remove` | [`PortRemove`] `{name, if_exists?}` | - |
+//! | `port.set` | [`PortSet`] `{name, vlan?, mtu?, mac_limit?, admin?}` | [`PortInfo`] |
 //! | `fdb.show` | [`FdbShow`] `{switch}` | [`FdbEntryInfo`] list |
 //! | `fdb.flush` | [`FdbFlush`] `{switch, port?}` | `{flushed}` |
 //! | `fdb.add` | [`FdbAdd`] `{switch, vlan, mac, port}` | - |
+//! | `fdb.del` | [`FdbDel`] `{switch, vlan, mac, if_exists?}` | `{removed}` |
+//! | `log.level` | [`LogLevel`] `{level}` | `{filter}` |
 //! | `pool.list` | - | [`PoolInfo`] list |
 //! | `volume.list` | [`VolumeList`] `{pool?}` | [`VolumeInfo`] list |
-//! | `volume.create` | [`VolumeCreate`] `{pool, name, size, block_size?}` | [`VolumeInfo`] |
+//! | `volume.create` | [`VolumeCreate`] `{pool, name, size, block_size?, may_exist?}` | [`VolumeInfo`] |
 //! | `volume.resize` | [`VolumeResize`] `{pool, name, size, force?}` | [`VolumeInfo`] |
-//! | `volume.snapshot` | [`VolumeCopy`] `{pool, source, name}` | [`VolumeInfo`] |
-//! | `volume.clone` | [`VolumeCopy`] `{pool, source, name}` | [`VolumeInfo`] |
+//! | `volume.snapshot` | [`VolumeCopy`] `{pool, source, name, may_exist?}` | [`VolumeInfo`] |
+//! | `volume.clone` | [`VolumeCopy`] `{pool, source, name, may_exist?}` | [`VolumeInfo`] |
 //! | `volume.rename` | [`VolumeRename`] `{pool, name, new_name}` | [`VolumeInfo`] |
-//! | `volume.delete` | [`VolumeDelete`] `{pool, name}` | - |
+//! | `volume.delete` | [`VolumeDelete`] `{pool, name, if_exists?}` | - |
 //! | `export.add` | [`ExportAdd`] | [`VolumeInfo`] |
-//! | `export.remove` | [`ExportRemove`] `{pool, volume}` | - |
+//! | `export.remove` | [`ExportRemove`] `{pool, volume, if_exists?}` | - |
 //! | `config.save` | [`ConfigSave`] `{path?}` | `{path}` |
 //!
 //! The argument structs are what the daemon reads and what `fabricctl`
 //! sends (unset optional fields are left out of the object).
+//!
+//! Idempotence for scripts, as `ovs-vsctl` has it: with `may_exist`, an add
+//! or create of a name that exists changes nothing and succeeds (answering
+//! the existing object; a port of that name on another switch is still a
+//! `conflict`); with `if_exists`, a remove or delete of something absent
+//! succeeds. The container (switch, pool) must exist either way.
 //!
 //! Sizes are bytes (integers) or strings with K/M/G/T suffixes.
 
@@ -150,6 +159,19 @@ pub struct PortAdd {
     /// Checksum and segmentation offloads (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offloads: Option<bool>,
+    /// VXLAN ports: the underlay address to bind (required for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    /// VXLAN ports: the UDP port (default 4789).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_port: Option<u16>,
+    /// VXLAN ports: the `vni` map as in `fabric.toml`,
+    /// `[{"vlan":10,"vni":5010,"remotes":["192.0.2.2"]}, {"vlan":20,"vni":5020,"group":"239.1.1.20"}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<serde_json::Value>,
+    /// A port of that name on this switch already: succeed, change nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub may_exist: bool,
 }
 
 fn vhost_user() -> String {
@@ -167,6 +189,16 @@ pub struct PortInfo {
     /// `access 10`, `trunk 10,20,100-199 native 1`.
     pub vlan: String,
     pub link: bool,
+    /// False after `port set --admin down`. Absent from an older daemon's
+    /// answer: read as true.
+    #[serde(default = "yes")]
+    pub admin_up: bool,
+    /// Largest L3 packet the switch forwards to and from the port.
+    #[serde(default)]
+    pub mtu: u16,
+    /// Stations the port may have learned at once.
+    #[serde(default)]
+    pub mac_limit: u32,
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
@@ -198,6 +230,10 @@ pub struct PortInfo {
     /// port types and from an older daemon's answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelInfo>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One queue (pair) of a multi-queue port in `port.list`.
@@ -275,6 +311,17 @@ pub struct VolumeInfo {
     pub read_only: bool,
     pub allocated: u64,
     pub exclusive: u64,
+    /// Of `allocated`, the bytes other volumes (snapshots, clones) share.
+    #[serde(default)]
+    pub shared: u64,
+    /// The pool's capacity, so `allocated` reads as a share of it.
+    #[serde(default)]
+    pub pool_capacity: u64,
+    /// The volume a snapshot or clone was taken from, as this daemon knows
+    /// it (made by it, or declared in `fabric.toml`); `None` for a plain
+    /// volume and one made by the offline tool.
+    #[serde(default)]
+    pub origin: Option<String>,
     /// The export's socket, if exported.
     pub export: Option<String>,
     /// The export's migration socket, if it has one.
@@ -300,6 +347,9 @@ pub struct ExportAdd {
     /// Default false; a snapshot's export is read-only and `false` is refused.
     #[serde(default)]
     pub read_only: Option<bool>,
+    /// Exported already: succeed, change nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub may_exist: bool,
 }
 
 /// A size argument: bytes, or a string like "16G".
@@ -327,6 +377,55 @@ impl Size {
 #[serde(deny_unknown_fields)]
 pub struct PortRemove {
     pub name: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub if_exists: bool,
+}
+
+/// A port's administrative state.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Admin {
+    Up,
+    Down,
+}
+
+/// `port.set` arguments: what is given changes, the rest stays; the port's
+/// peer stays connected. `vlan` and `mtu` follow the `fabric.toml` rules
+/// and are kept by `config save`; `mac_limit` and `admin` last until the
+/// daemon stops.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSet {
+    pub name: String,
+    /// As in `fabric.toml`: `{"mode":"access","tag":10}` or `{"mode":"trunk",...}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// Stations the port may learn, `1..=` the switch's `fdb_capacity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Admin>,
+}
+
+/// `fdb.del` arguments: one entry, static or learned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdbDel {
+    pub switch: String,
+    pub vlan: u16,
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub if_exists: bool,
+}
+
+/// `log.level` arguments: `error`..`trace`, or `RUST_LOG` directives
+/// (`info,vblock=debug`), each a level or `TARGET=LEVEL`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLevel {
+    pub level: String,
 }
 
 /// `fdb.show` arguments.
@@ -372,6 +471,8 @@ pub struct VolumeCreate {
     pub size: Size,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub may_exist: bool,
 }
 
 /// `volume.resize` arguments; shrinking needs `force`, and an exported
@@ -393,6 +494,8 @@ pub struct VolumeCopy {
     pub pool: String,
     pub source: String,
     pub name: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub may_exist: bool,
 }
 
 /// `volume.rename` arguments.
@@ -411,6 +514,8 @@ pub struct VolumeDelete {
     pub pool: String,
     #[serde(alias = "volume")]
     pub name: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub if_exists: bool,
 }
 
 /// `export.remove` arguments.
@@ -419,6 +524,8 @@ pub struct VolumeDelete {
 pub struct ExportRemove {
     pub pool: String,
     pub volume: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub if_exists: bool,
 }
 
 /// `config.save` arguments: where to write (default: the daemon's file).

@@ -7,7 +7,7 @@
 use super::convert::{qemu_args, tunnel_config, vlan_mode, vlan_summary};
 use super::{Error, ErrorKind, PortEntry, Result, Runtime, State, SwitchEntry};
 use crate::sockets;
-use fabric_config::{PortConfig, PortKind, VxlanConfig};
+use fabric_config::{PortConfig, PortKind, VlanConfig, VxlanConfig};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,6 +15,39 @@ use vhost_backends::net::{NetPort, NetPortConfig, NetPortHandle};
 use vhost_backends::tap::{TapPortHandle, TapSetup};
 use vhost_backends::tunnel::{TunnelConfig, TunnelHandle};
 use vswitch::PortId;
+
+/// What `port set` changes; `None` leaves it as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PortChange {
+    pub vlan: Option<VlanConfig>,
+    pub mtu: Option<u16>,
+    /// Stations the port may learn (not kept by `config save`).
+    pub mac_limit: Option<u32>,
+    /// Administratively up or down (not kept by `config save`).
+    pub admin_up: Option<bool>,
+}
+
+impl std::fmt::Display for PortChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(v) = &self.vlan {
+            parts.push(format!("VLAN {}", vlan_summary(v)));
+        }
+        if let Some(m) = self.mtu {
+            parts.push(format!("MTU {m}"));
+        }
+        if let Some(l) = self.mac_limit {
+            parts.push(format!("MAC limit {l}"));
+        }
+        if let Some(up) = self.admin_up {
+            parts.push(format!("admin {}", if up { "up" } else { "down" }));
+        }
+        if parts.is_empty() {
+            return f.write_str("unchanged");
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
 
 /// What serves a running port.
 pub(super) enum PortHandle {
@@ -251,6 +284,59 @@ impl Runtime {
             config: pc,
             handle: Some(handle),
         });
+        Ok(())
+    }
+
+    /// Changes a running port in place ([`PortChange`]): its driver and its
+    /// peer's connection are not touched, its counters go on.
+    pub fn set_port(&self, name: &str, change: PortChange) -> Result<()> {
+        let mut st = self.lock();
+        let entry = st
+            .ports
+            .iter()
+            .find(|p| p.config.name == name)
+            .ok_or_else(|| Error::not_found(format!("no port named {name:?}")))?;
+        let switch = entry.switch.clone();
+        if change.vlan.is_some() && matches!(entry.config.kind, PortKind::Vxlan(_)) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "a VXLAN port carries the VLANs of its vni map: remove and add it to change them",
+            ));
+        }
+        let capacity = st
+            .config
+            .switches
+            .iter()
+            .find(|s| s.name == switch)
+            .map_or(0, |s| s.fdb_capacity);
+        if let Some(limit) = change.mac_limit.filter(|l| !(1..=capacity).contains(l)) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("MAC limit {limit} is outside 1..={capacity} (the switch's fdb_capacity)"),
+            ));
+        }
+        let sw = &self.switch_entry(&switch)?.switch;
+        let id = sw
+            .set_port(name, change.vlan.as_ref().map(vlan_mode), change.mtu)
+            .map_err(|e| Error::not_found(e.to_string()))?;
+        if let Some(limit) = change.mac_limit {
+            sw.fdb().set_port_limit(id, Some(limit));
+        }
+        if let Some(up) = change.admin_up {
+            sw.set_admin(id, up);
+        }
+        let st = &mut *st;
+        let configs = st.config.switches.iter_mut().flat_map(|s| &mut s.ports);
+        let running = st.ports.iter_mut().map(|p| &mut p.config);
+        for pc in configs.chain(running).filter(|p| p.name == name) {
+            if let Some(v) = &change.vlan {
+                pc.vlan = v.clone();
+            }
+            if let Some(m) = change.mtu {
+                pc.mtu = m;
+            }
+        }
+        log::info!("switch {switch} port {name}: {change}");
         Ok(())
     }
 

@@ -198,7 +198,8 @@ pub mod fake_control {
             "migration_socket":"/srv/fabric/run/disk1.migrate.sock"});
         let snap = json!({"pool":"pool0","name":"disk1-snap","kind":"snapshot",
             "size":10u64 << 30,"block_size":512,"read_only":true,"allocated":3u64 << 29,
-            "exclusive":0,"export":null});
+            "exclusive":0,"export":null,"shared":3u64 << 29,"pool_capacity":6u64 << 30,
+            "origin":"disk1"});
         Some(match op {
             "daemon.status" => json!({"version":"0.1.0","protocol":1,"pid":4242,
                 "uptime_secs":3725,"config":"/srv/fabric/fabric.toml"}),
@@ -477,9 +478,9 @@ br0     trunk1  trunk 10,20,100-199 native 1  down        0       0 B        7  
     assert_eq!(
         ok(&server, &["volume", "list"]),
         "\
-POOL   VOLUME      KIND          SIZE  BLOCK  ALLOCATED  EXCLUSIVE  MODE  EXPORT                      MIGRATION
-pool0  disk1       volume    10.0 GiB    512    1.5 GiB    1.0 MiB  rw    /srv/fabric/run/disk1.sock  /srv/fabric/run/disk1.migrate.sock
-pool0  disk1-snap  snapshot  10.0 GiB    512    1.5 GiB        0 B  ro    -                           -
+POOL   VOLUME      KIND          SIZE  BLOCK  ALLOCATED  EXCLUSIVE   SHARED  POOL%  ORIGIN  MODE  EXPORT                      MIGRATION
+pool0  disk1       volume    10.0 GiB    512    1.5 GiB    1.0 MiB  1.5 GiB      -  -       rw    /srv/fabric/run/disk1.sock  /srv/fabric/run/disk1.migrate.sock
+pool0  disk1-snap  snapshot  10.0 GiB    512    1.5 GiB        0 B  1.5 GiB  25.0%  disk1   ro    -                           -
 "
     );
     assert_eq!(
@@ -857,7 +858,7 @@ fn usage_errors_send_nothing() {
     assert_eq!(
         r.stderr,
         "fabricctl: volume create: missing NAME\n\
-         usage: fabricctl volume create POOL NAME --size S [--block-size 512|4096]\n"
+         usage: fabricctl volume create POOL NAME --size S [--block-size 512|4096] [--may-exist]\n"
     );
     for args in [
         &["--help"][..],

@@ -15,13 +15,13 @@ use test_kit::TestDir;
 
 const MIB: u64 = 1 << 20;
 
-struct Vswitchd {
-    child: Option<Child>,
+pub(crate) struct Vswitchd {
+    pub(crate) child: Option<Child>,
     dir: PathBuf,
 }
 
 impl Vswitchd {
-    fn start(dir: &Path) -> Vswitchd {
+    pub(crate) fn start(dir: &Path) -> Vswitchd {
         let log = std::fs::File::create(dir.join("vswitchd.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_vswitchd"))
             .arg("--config")
@@ -43,15 +43,15 @@ impl Vswitchd {
         v
     }
 
-    fn control(&self) -> PathBuf {
+    pub(crate) fn control(&self) -> PathBuf {
         self.dir.join("run/control.sock")
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("vswitchd.log")).unwrap_or_default()
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -61,7 +61,7 @@ impl Vswitchd {
     }
 
     /// Runs fabricctl on this daemon's socket; returns (exit code, stdout, stderr).
-    fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn ctl(&self, args: &[&str]) -> (i32, String, String) {
         let socket = self.control();
         let mut all = vec!["--control-socket", socket.to_str().unwrap()];
         all.extend_from_slice(args);
@@ -71,7 +71,7 @@ impl Vswitchd {
     /// Runs fabricctl with exactly `args`, started in the daemon's directory
     /// (where the default `run/control.sock` is) with no socket in its
     /// environment; returns (exit code, stdout, stderr).
-    fn ctl_as_written(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn ctl_as_written(&self, args: &[&str]) -> (i32, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_fabricctl"))
             .args(args)
             .current_dir(&self.dir)
@@ -86,14 +86,14 @@ impl Vswitchd {
     }
 
     /// Runs a subcommand that must succeed.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let (code, out, err) = self.ctl(args);
         assert_eq!(code, 0, "fabricctl {args:?}: {err}\n{out}");
         out
     }
 
     /// Runs a subcommand with --json that must succeed.
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
         let out = self.ok(&a);
@@ -101,14 +101,14 @@ impl Vswitchd {
     }
 
     /// Waits until `port list` shows each of `ports` with its link up.
-    fn wait_links_up(&self, ports: &[&str]) {
+    pub(crate) fn wait_links_up(&self, ports: &[&str]) {
         support::fabric::wait_for("links up", || {
             support::fabric::links_up(&self.json(&["port", "list"]), ports)
         });
     }
 
     /// Runs a subcommand that must fail with `code`.
-    fn fails(&self, code: i32, args: &[&str]) -> String {
+    pub(crate) fn fails(&self, code: i32, args: &[&str]) -> String {
         let (c, out, err) = self.ctl(args);
         assert_eq!(c, code, "fabricctl {args:?}: {err}\n{out}");
         assert!(err.starts_with("fabricctl: "), "{err}");

@@ -5,6 +5,7 @@
 
 mod control;
 mod fabricctl;
+mod fabricctl_daily;
 mod fabricctl_e2e;
 mod names;
 mod sockets;

@@ -69,10 +69,12 @@ pub enum DropReason {
     /// An offload the port did not negotiate (GSO from a guest without
     /// HOST_TSO4, a checksum to complete from one without CSUM, §5.1.6.2).
     OffloadNotNegotiated,
+    /// Received on a port the operator set administratively down.
+    AdminDown,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Runt,
         DropReason::Oversize,
         DropReason::InvalidSource,
@@ -90,6 +92,7 @@ impl DropReason {
         DropReason::TooManySegments,
         DropReason::GsoUnsupported,
         DropReason::OffloadNotNegotiated,
+        DropReason::AdminDown,
     ];
 
     /// Stable snake_case name, used by metrics and the control socket.
@@ -130,6 +133,7 @@ impl DropReason {
             DropReason::TooManySegments => "too_many_segments",
             DropReason::GsoUnsupported => "gso_unsupported",
             DropReason::OffloadNotNegotiated => "offload_not_negotiated",
+            DropReason::AdminDown => "admin_down",
         }
     }
 }

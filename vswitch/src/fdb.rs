@@ -85,7 +85,10 @@ pub struct FdbStats {
 
 /// The FDB's owners: a MAC limit and a move hold per port.
 struct Ports {
-    limit: u32,
+    /// The switch's default MAC limit per port.
+    default_limit: u32,
+    /// Per port: its MAC limit (the default unless set).
+    limit: Box<[AtomicU32]>,
     learned: Box<[AtomicU32]>,
     /// Per port: seconds a station must be silent elsewhere before it may move here.
     move_hold: Box<[AtomicU32]>,
@@ -96,7 +99,7 @@ struct Ports {
 impl Owners<PortId> for Ports {
     fn reserve(&self, port: PortId) -> bool {
         let slot = &self.learned[port as usize];
-        if slot.fetch_add(1, Relaxed) >= self.limit {
+        if slot.fetch_add(1, Relaxed) >= self.limit[port as usize].load(Relaxed) {
             slot.fetch_sub(1, Relaxed);
             return false;
         }
@@ -122,7 +125,8 @@ impl Fdb {
     /// dynamic entries expire `aging_secs` after their station was last seen.
     pub fn new(capacity: u32, port_limit: u32, aging_secs: u32) -> Fdb {
         let ports = Ports {
-            limit: port_limit,
+            default_limit: port_limit,
+            limit: (0..MAX_PORTS).map(|_| AtomicU32::new(port_limit)).collect(),
             learned: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
             move_hold: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
             peer_stopped: (0..MAX_PORTS).map(|_| AtomicBool::new(false)).collect(),
@@ -134,6 +138,20 @@ impl Fdb {
 
     pub fn aging_secs(&self) -> u32 {
         self.table.aging_secs()
+    }
+
+    /// `port`'s MAC limit (`None`: the switch's default). Lowering it below
+    /// what the port has learned forgets nothing: new stations are refused
+    /// until enough of the old ones age out or are flushed. Reset when the
+    /// port is purged.
+    pub fn set_port_limit(&self, port: PortId, limit: Option<u32>) {
+        let owners = self.table.owners();
+        owners.limit[port as usize].store(limit.unwrap_or(owners.default_limit), Relaxed);
+    }
+
+    /// `port`'s MAC limit.
+    pub fn port_limit(&self, port: PortId) -> u32 {
+        self.table.owners().limit[port as usize].load(Relaxed)
     }
 
     /// A station seen on another port within the last `secs` seconds does not
@@ -191,6 +209,12 @@ impl Fdb {
             .remove_if(key(vlan, mac), |p, is_static| p == port && !is_static)
     }
 
+    /// Forgets one station's entry, static or learned, wherever it points
+    /// (`fdb del`). Returns whether there was one.
+    pub fn remove(&self, vlan: VlanId, mac: MacAddr) -> bool {
+        self.table.remove_if(key(vlan, mac), |_, _| true)
+    }
+
     /// Forgets the dynamic entries of a port (link down, port removed).
     pub fn flush_port(&self, port: PortId) -> usize {
         self.table
@@ -201,6 +225,7 @@ impl Fdb {
     pub fn purge_port(&self, port: PortId) -> usize {
         self.set_move_hold(port, 0);
         self.set_peer_stopped(port, false);
+        self.set_port_limit(port, None);
         self.table.remove_where(|_, p, _| p == port)
     }
 

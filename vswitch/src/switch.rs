@@ -26,12 +26,26 @@ pub use crate::fdb::PortId;
 #[derive(Debug, Default)]
 pub struct PortState {
     link_up: AtomicBool,
+    /// Set by the operator (`port set --admin down`): the port neither
+    /// sends nor receives, whatever its link.
+    admin_down: AtomicBool,
     pub counters: PortCounters,
 }
 
 impl PortState {
+    /// Whether its peer is there (the link), whatever the admin state.
     pub fn is_up(&self) -> bool {
         self.link_up.load(Ordering::Acquire)
+    }
+
+    /// Whether the operator left it up.
+    pub fn is_admin_up(&self) -> bool {
+        !self.admin_down.load(Ordering::Acquire)
+    }
+
+    /// Whether it forwards: link up and admin up.
+    fn forwards(&self) -> bool {
+        self.is_up() && self.is_admin_up()
     }
 }
 
@@ -85,7 +99,7 @@ impl Topology {
     /// down, does not carry the VLAN, or the frame exceeds its MTU (counted).
     pub fn egress(&self, out: PortId, ingress: &Ingress) -> Option<Egress> {
         let port = self.port(out)?;
-        if !port.state.is_up() {
+        if !port.state.forwards() {
             return None;
         }
         let tag = port.mode.egress_tag(ingress.vlan)?;
@@ -310,6 +324,49 @@ impl Switch {
         })
     }
 
+    /// Changes a port's VLAN rule and MTU in place: same id, same state and
+    /// counters, its driver and peer untouched. A new VLAN rule forgets the
+    /// port's learned stations (they were learned in the old VLANs).
+    pub fn set_port(
+        &self,
+        name: &str,
+        mode: Option<VlanMode>,
+        mtu: Option<u16>,
+    ) -> Result<PortId, SwitchError> {
+        let new_vlans = mode.is_some();
+        let id = self.update_topology(|ports| {
+            let port = ports
+                .iter_mut()
+                .flatten()
+                .find(|p| p.name == name)
+                .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+            if let Some(mode) = mode {
+                port.mode = mode;
+            }
+            if let Some(mtu) = mtu {
+                port.mtu = mtu;
+            }
+            Ok(port.id)
+        })?;
+        if new_vlans {
+            self.fdb.flush_port(id);
+        }
+        Ok(id)
+    }
+
+    /// Sets a port administratively up or down. Down, the frames its peer
+    /// sends are dropped and counted (`admin_down`), nothing is delivered to
+    /// it, and its learned stations are forgotten so their traffic floods
+    /// until they show up elsewhere; the peer stays connected.
+    pub fn set_admin(&self, port: PortId, up: bool) {
+        if let Some(p) = self.topology().port(port) {
+            p.state.admin_down.store(!up, Ordering::Release);
+        }
+        if !up {
+            self.fdb.flush_port(port);
+        }
+    }
+
     /// Removes a port and every FDB entry pointing at it.
     pub fn remove_port(&self, name: &str) -> Result<PortId, SwitchError> {
         let id = self.update_topology(|ports| {
@@ -401,6 +458,9 @@ impl Switch {
         largest: usize,
         now: u32,
     ) -> Result<Ingress, DropReason> {
+        if !info.state.is_admin_up() {
+            return Err(DropReason::AdminDown);
+        }
         let frame = EthernetHead::parse(head, len).ok_or(DropReason::Runt)?;
         // The tag, if any, is in every segment as in the frame.
         let largest_untagged = largest.saturating_sub(len - frame.untagged_len());
@@ -547,6 +607,11 @@ mod tests {
             self.sw.port_id(name).unwrap()
         }
 
+        fn counters(&self, name: &str) -> crate::counters::PortCountersSnapshot {
+            let topo = self.sw.topology();
+            topo.port(self.id(name)).unwrap().state.counters.snapshot()
+        }
+
         /// Sends `f` in on `port`; returns (egress port, tag it carries) sorted, or the drop.
         fn send(
             &self,
@@ -574,6 +639,84 @@ mod tests {
             out.sort();
             Ok(out)
         }
+    }
+
+    /// `set_port` changes the VLAN rule and MTU of a port in place (same id,
+    /// same counters); admin down drops what the port sends (counted) and
+    /// delivers nothing to it; admin up forwards again.
+    #[test]
+    fn a_port_changed_in_place_keeps_its_id_and_counters() {
+        let b = Bench::new(&[
+            ("a1", VlanMode::Access(vid(10))),
+            ("a2", VlanMode::Access(vid(10))),
+            ("a3", VlanMode::Access(vid(20))),
+        ]);
+        let id = b.id("a1");
+        let bcast = frame([0xff; 6], mac(1), None);
+        assert_eq!(b.send("a1", &bcast, 0), Ok(vec![("a2", None)]));
+        assert_eq!(b.sw.fdb().lookup(vid(10), MacAddr(mac(1)), 0), Some(id));
+
+        // VLAN 20 now: same id, the station learned in VLAN 10 forgotten.
+        let state = b.sw.topology().port(id).unwrap().state.clone();
+        assert_eq!(
+            b.sw.set_port("a1", Some(VlanMode::Access(vid(20))), Some(9000)),
+            Ok(id)
+        );
+        let topo = b.sw.topology();
+        let p = topo.port(id).unwrap();
+        assert!(Arc::ptr_eq(&p.state, &state) && p.mtu == 9000);
+        assert!(b.sw.is_current(p));
+        assert_eq!(b.sw.fdb().lookup(vid(10), MacAddr(mac(1)), 0), None);
+        assert_eq!(b.send("a1", &bcast, 0), Ok(vec![("a3", None)]));
+        let mut big = frame([0xff; 6], mac(1), None);
+        big.resize(14 + 2000, 0xab);
+        // Taken in at MTU 9000 (not `oversize`), refused by a3's 1500 on the way out.
+        assert_eq!(b.send("a1", &big, 0), Ok(vec![]));
+        let a3 = b.counters("a3");
+        assert_eq!(a3.dropped(MtuExceeded), 1);
+        assert_eq!(
+            b.sw.set_port("nope", None, Some(1500)),
+            Err(SwitchError::NoSuchPort("nope".into()))
+        );
+
+        // Admin down: its frames are dropped and counted, none reach it.
+        b.sw.set_admin(b.id("a3"), false);
+        assert_eq!(
+            b.send("a3", &frame([0xff; 6], mac(3), None), 0),
+            Err(AdminDown)
+        );
+        assert_eq!(b.send("a1", &bcast, 0), Ok(vec![]));
+        let drops = b.counters("a3");
+        assert_eq!(drops.dropped(AdminDown), 1);
+        b.sw.set_admin(b.id("a3"), true);
+        assert_eq!(b.send("a1", &bcast, 0), Ok(vec![("a3", None)]));
+    }
+
+    /// A per-port MAC limit replaces the switch's for that port only, and is
+    /// forgotten with the port; `remove` forgets static and learned entries.
+    #[test]
+    fn per_port_mac_limit_and_entry_removal() {
+        let b = Bench::new(&[
+            ("a1", VlanMode::Access(vid(10))),
+            ("a2", VlanMode::Access(vid(10))),
+        ]);
+        let (a1, a2) = (b.id("a1"), b.id("a2"));
+        let fdb = b.sw.fdb();
+        fdb.set_port_limit(a1, Some(2));
+        assert_eq!((fdb.port_limit(a1), fdb.port_limit(a2)), (2, 100));
+        for n in 1..=3 {
+            b.send("a1", &frame([0xff; 6], mac(n), None), 0).unwrap();
+        }
+        assert_eq!(fdb.port_len(a1), 2);
+        assert_eq!(fdb.stats().refused_port_limit, 1);
+        assert!(fdb.remove(vid(10), MacAddr(mac(1))));
+        assert!(!fdb.remove(vid(10), MacAddr(mac(1))));
+        assert_eq!(fdb.port_len(a1), 1, "the learned count follows");
+        fdb.add_static(vid(10), MacAddr(mac(9)), a2).unwrap();
+        assert!(fdb.remove(vid(10), MacAddr(mac(9))));
+        assert_eq!(fdb.lookup(vid(10), MacAddr(mac(9)), 0), None);
+        b.sw.remove_port("a1").unwrap();
+        assert_eq!(fdb.port_limit(a1), 100, "reset with the port");
     }
 
     /// A frame decided on a snapshot taken before its port was removed and

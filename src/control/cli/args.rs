@@ -364,6 +364,53 @@ mod tests {
                 json!({"pool":"p1","volume":"disk"}),
             ),
             ("port remove vm1", "port.remove", json!({"name":"vm1"})),
+            (
+                "port remove vm1 --if-exists",
+                "port.remove",
+                json!({"name":"vm1","if_exists":true}),
+            ),
+            (
+                "port set vm1 --mtu 9000 --mac-limit 4 --admin down --vlan access:20",
+                "port.set",
+                json!({"name":"vm1","mtu":9000,"mac_limit":4,"admin":"down",
+                       "vlan":{"mode":"access","tag":20}}),
+            ),
+            (
+                "fdb del br0 10 52:54:00:00:00:01 --if-exists",
+                "fdb.del",
+                json!({"switch":"br0","vlan":10,"mac":"52:54:00:00:00:01","if_exists":true}),
+            ),
+            ("log level debug", "log.level", json!({"level":"debug"})),
+            (
+                "volume create p1 d --size 4096 --may-exist",
+                "volume.create",
+                json!({"pool":"p1","name":"d","size":4096,"may_exist":true}),
+            ),
+            (
+                "volume clone p1 s c --may-exist",
+                "volume.clone",
+                json!({"pool":"p1","source":"s","name":"c","may_exist":true}),
+            ),
+            (
+                "volume delete p1 d --if-exists",
+                "volume.delete",
+                json!({"pool":"p1","name":"d","if_exists":true}),
+            ),
+            (
+                "export add p1 d --may-exist",
+                "export.add",
+                json!({"pool":"p1","volume":"d","may_exist":true}),
+            ),
+            (
+                "export remove p1 d --if-exists",
+                "export.remove",
+                json!({"pool":"p1","volume":"d","if_exists":true}),
+            ),
+            (
+                "port add br0 vm1 --may-exist",
+                "port.add",
+                json!({"switch":"br0","name":"vm1","type":"vhost-user","may_exist":true}),
+            ),
             ("fdb show br0", "fdb.show", json!({"switch":"br0"})),
         ] {
             assert_eq!(call_of(line), call(op, args), "{line}");
@@ -432,7 +479,7 @@ mod tests {
         assert!(parse("").unwrap_err().full_usage);
         for (line, want) in [
             ("frobnicate", "unknown command"),
-            ("port", "missing subcommand (list, add, remove)"),
+            ("port", "missing subcommand (list, add, remove, set)"),
             ("port frob", "unknown subcommand"),
             ("port add br0", "missing NAME"),
             ("port remove a b", "unexpected argument \"b\""),
@@ -458,6 +505,17 @@ mod tests {
             ("status --timeout nan", "--timeout"),
             ("status --socket", "--socket needs a value"),
             ("status --json=1", "takes no value"),
+            ("port set vm1", "nothing to change"),
+            (
+                "port set vm1 --admin sideways",
+                "--admin must be up or down",
+            ),
+            (
+                "port set vm1 --mac-limit -1",
+                "--mac-limit: expected a whole number",
+            ),
+            ("log level", "missing LEVEL"),
+            ("fdb del br0 10", "missing MAC"),
         ] {
             let e = error_of(line);
             assert!(e.contains(want), "{line}: {e}");
@@ -465,7 +523,7 @@ mod tests {
         let e = parse("volume create p").unwrap_err();
         assert_eq!(
             e.synopsis,
-            Some("volume create POOL NAME --size S [--block-size 512|4096]")
+            Some("volume create POOL NAME --size S [--block-size 512|4096] [--may-exist]")
         );
     }
 

@@ -2,11 +2,12 @@
 //! options, how each becomes a [`Call`], and the help text built from it.
 
 use super::parsed::Parsed;
-use super::values::{parse_block_size, parse_vlan_id, parse_vlan_spec};
+use super::values::{parse_block_size, parse_vlan_id, parse_vlan_spec, parse_vni_map};
 use super::Call;
 use crate::control::protocol::{
-    ConfigSave, ExportAdd, ExportRemove, FdbAdd, FdbFlush, FdbShow, PortAdd, PortRemove, Size,
-    VolumeCopy, VolumeCreate, VolumeDelete, VolumeList, VolumeRename, VolumeResize,
+    Admin, ConfigSave, ExportAdd, ExportRemove, FdbAdd, FdbDel, FdbFlush, FdbShow, LogLevel,
+    PortAdd, PortRemove, PortSet, Size, VolumeCopy, VolumeCreate, VolumeDelete, VolumeList,
+    VolumeRename, VolumeResize,
 };
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -48,11 +49,15 @@ pub(super) const SPECS: &[Spec] = &[
     },
     Spec {
         words: &["port", "add"],
-        synopsis: "port add SWITCH NAME [--type vhost-user|tap] [--socket P] [--device IFNAME] [--vlan access:TAG | --vlan trunk[:LIST][:native=N]] [--mtu N] [--mac MAC] [--queue-size N] [--queues N] [--multi-queue] [--no-offloads]",
+        synopsis: "port add SWITCH NAME [--type vhost-user|tap|vxlan] [--socket P] [--device IFNAME] [--vlan access:TAG | --vlan trunk[:LIST][:native=N]] [--mtu N] [--mac MAC] [--queue-size N] [--queues N] [--multi-queue] [--no-offloads] [--local ADDR --vni VLAN=VNI@PEER[+PEER],... [--udp-port N]] [--may-exist]",
         summary: "add a port to SWITCH: vhost-user (default socket <run_dir>/NAME.sock) or\n\
                   a TAP device (--type tap, --device defaults to NAME); default VLAN\n\
                   access:1; e.g. --vlan trunk:10,20,100-199:native=1; --queues N queue\n\
-                  pairs (vhost-user), --multi-queue (TAP), --no-offloads: complete frames only",
+                  pairs (vhost-user), --multi-queue (TAP), --no-offloads: complete frames only;\n\
+                  --may-exist: a port NAME on SWITCH already is a success; a VXLAN\n\
+                  tunnel (--type vxlan) binds --local and maps VLANs to VNIs with\n\
+                  --vni 10=5010@192.0.2.2+192.0.2.3,20=5020@239.1.1.20 (a multicast\n\
+                  peer is the VNI's group)",
         positionals: &["SWITCH", "NAME"],
         options: &[
             "--socket",
@@ -63,18 +68,39 @@ pub(super) const SPECS: &[Spec] = &[
             "--queues",
             "--type",
             "--device",
+            "--local",
+            "--udp-port",
+            "--vni",
         ],
-        flags: &["--multi-queue", "--no-offloads"],
+        flags: &["--multi-queue", "--no-offloads", "--may-exist"],
         build: build_port_add,
     },
     Spec {
         words: &["port", "remove"],
-        synopsis: "port remove NAME",
-        summary: "remove a port (its guest loses the link)",
+        synopsis: "port remove NAME [--if-exists]",
+        summary: "remove a port (its guest loses the link); --if-exists: no such port is a success",
         positionals: &["NAME"],
         options: &[],
+        flags: &["--if-exists"],
+        build: |p| {
+            let remove = PortRemove {
+                name: p.pos[0].clone(),
+                if_exists: p.flag("--if-exists"),
+            };
+            send("port.remove", &remove)
+        },
+    },
+    Spec {
+        words: &["port", "set"],
+        synopsis: "port set NAME [--vlan access:TAG | --vlan trunk[:LIST][:native=N]] [--mtu N] [--mac-limit N] [--admin up|down]",
+        summary: "change a running port in place, its guest staying connected: VLAN rule\n\
+                  and MTU (kept by config save), MAC limit and admin state (until the\n\
+                  daemon stops); admin down drops what the port sends (counted as\n\
+                  admin_down) and delivers nothing to it",
+        positionals: &["NAME"],
+        options: &["--vlan", "--mtu", "--mac-limit", "--admin"],
         flags: &[],
-        build: |p| send("port.remove", &PortRemove { name: p.pos[0].clone() }),
+        build: build_port_set,
     },
     Spec {
         words: &["fdb", "show"],
@@ -84,6 +110,23 @@ pub(super) const SPECS: &[Spec] = &[
         options: &[],
         flags: &[],
         build: |p| send("fdb.show", &FdbShow { switch: p.pos[0].clone() }),
+    },
+    Spec {
+        words: &["fdb", "del"],
+        synopsis: "fdb del SWITCH VLAN MAC [--if-exists]",
+        summary: "remove one entry, static or learned (--if-exists: none is a success)",
+        positionals: &["SWITCH", "VLAN", "MAC"],
+        options: &[],
+        flags: &["--if-exists"],
+        build: |p| {
+            let del = FdbDel {
+                switch: p.pos[0].clone(),
+                vlan: parse_vlan_id(&p.pos[1])?,
+                mac: p.pos[2].clone(),
+                if_exists: p.flag("--if-exists"),
+            };
+            send("fdb.del", &del)
+        },
     },
     Spec {
         words: &["fdb", "flush"],
@@ -118,6 +161,16 @@ pub(super) const SPECS: &[Spec] = &[
         },
     },
     Spec {
+        words: &["log", "level"],
+        synopsis: "log level LEVEL",
+        summary: "the daemon's log filter, at once: error, warn, info, debug, trace, or\n\
+                  RUST_LOG directives such as info,vblock=debug",
+        positionals: &["LEVEL"],
+        options: &[],
+        flags: &[],
+        build: |p| send("log.level", &LogLevel { level: p.pos[0].clone() }),
+    },
+    Spec {
         words: &["pool", "list"],
         synopsis: "pool list",
         summary: "thin pools: capacity, space use, provisioned size",
@@ -140,17 +193,19 @@ pub(super) const SPECS: &[Spec] = &[
     },
     Spec {
         words: &["volume", "create"],
-        synopsis: "volume create POOL NAME --size S [--block-size 512|4096]",
-        summary: "create a thin volume (no space is used until written)",
+        synopsis: "volume create POOL NAME --size S [--block-size 512|4096] [--may-exist]",
+        summary: "create a thin volume (no space is used until written); --may-exist: a\n\
+                  volume NAME already is a success (its size is left as it is)",
         positionals: &["POOL", "NAME"],
         options: &["--size", "--block-size"],
-        flags: &[],
+        flags: &["--may-exist"],
         build: |p| {
             let create = VolumeCreate {
                 pool: p.pos[0].clone(),
                 name: p.pos[1].clone(),
                 size: Size::Bytes(p.size()?),
                 block_size: p.opt("--block-size").map(parse_block_size).transpose()?,
+                may_exist: p.flag("--may-exist"),
             };
             send("volume.create", &create)
         },
@@ -176,20 +231,20 @@ pub(super) const SPECS: &[Spec] = &[
     },
     Spec {
         words: &["volume", "snapshot"],
-        synopsis: "volume snapshot POOL SOURCE NAME",
+        synopsis: "volume snapshot POOL SOURCE NAME [--may-exist]",
         summary: "read-only snapshot of SOURCE (copies no data)",
         positionals: &["POOL", "SOURCE", "NAME"],
         options: &[],
-        flags: &[],
+        flags: &["--may-exist"],
         build: |p| send("volume.snapshot", &volume_copy(p)),
     },
     Spec {
         words: &["volume", "clone"],
-        synopsis: "volume clone POOL SOURCE NAME",
+        synopsis: "volume clone POOL SOURCE NAME [--may-exist]",
         summary: "writable clone of SOURCE (copies no data)",
         positionals: &["POOL", "SOURCE", "NAME"],
         options: &[],
-        flags: &[],
+        flags: &["--may-exist"],
         build: |p| send("volume.clone", &volume_copy(p)),
     },
     Spec {
@@ -210,40 +265,42 @@ pub(super) const SPECS: &[Spec] = &[
     },
     Spec {
         words: &["volume", "delete"],
-        synopsis: "volume delete POOL NAME",
+        synopsis: "volume delete POOL NAME [--if-exists]",
         summary: "delete a volume and free its space (refused while exported)",
         positionals: &["POOL", "NAME"],
         options: &[],
-        flags: &[],
+        flags: &["--if-exists"],
         build: |p| {
             let delete = VolumeDelete {
                 pool: p.pos[0].clone(),
                 name: p.pos[1].clone(),
+                if_exists: p.flag("--if-exists"),
             };
             send("volume.delete", &delete)
         },
     },
     Spec {
         words: &["export", "add"],
-        synopsis: "export add POOL VOLUME [--socket P] [--migration-socket P] [--queues N] [--queue-size N] [--read-only]",
+        synopsis: "export add POOL VOLUME [--socket P] [--migration-socket P] [--queues N] [--queue-size N] [--read-only] [--may-exist]",
         summary: "export a volume over vhost-user-blk (default socket <run_dir>/VOLUME.sock; \
                   --migration-socket: a second socket for a live migration's destination)",
         positionals: &["POOL", "VOLUME"],
         options: &["--socket", "--migration-socket", "--queues", "--queue-size"],
-        flags: &["--read-only"],
+        flags: &["--read-only", "--may-exist"],
         build: build_export_add,
     },
     Spec {
         words: &["export", "remove"],
-        synopsis: "export remove POOL VOLUME",
+        synopsis: "export remove POOL VOLUME [--if-exists]",
         summary: "stop exporting a volume (its guest loses the disk)",
         positionals: &["POOL", "VOLUME"],
         options: &[],
-        flags: &[],
+        flags: &["--if-exists"],
         build: |p| {
             let remove = ExportRemove {
                 pool: p.pos[0].clone(),
                 volume: p.pos[1].clone(),
+                if_exists: p.flag("--if-exists"),
             };
             send("export.remove", &remove)
         },
@@ -293,6 +350,7 @@ fn volume_copy(p: &Parsed) -> VolumeCopy {
         pool: p.pos[0].clone(),
         source: p.pos[1].clone(),
         name: p.pos[2].clone(),
+        may_exist: p.flag("--may-exist"),
     }
 }
 
@@ -319,8 +377,32 @@ fn build_port_add(p: &Parsed) -> Result<Call, String> {
         queues: p.num("--queues")?,
         multi_queue: p.flag("--multi-queue").then_some(true),
         offloads: p.flag("--no-offloads").then_some(false),
+        local: p.opt("--local").map(str::to_owned),
+        udp_port: p.num("--udp-port")?,
+        vni: p.opt("--vni").map(parse_vni_map).transpose()?,
+        may_exist: p.flag("--may-exist"),
     };
     send("port.add", &add)
+}
+
+fn build_port_set(p: &Parsed) -> Result<Call, String> {
+    let admin = match p.opt("--admin") {
+        None => None,
+        Some("up") => Some(Admin::Up),
+        Some("down") => Some(Admin::Down),
+        Some(other) => return Err(format!("--admin must be up or down, not {other:?}")),
+    };
+    let set = PortSet {
+        name: p.pos[0].clone(),
+        vlan: p.opt("--vlan").map(parse_vlan_spec).transpose()?,
+        mtu: p.num("--mtu")?,
+        mac_limit: p.num("--mac-limit")?,
+        admin,
+    };
+    if set.vlan.is_none() && set.mtu.is_none() && set.mac_limit.is_none() && admin.is_none() {
+        return Err("nothing to change: give --vlan, --mtu, --mac-limit or --admin".into());
+    }
+    send("port.set", &set)
 }
 
 fn build_export_add(p: &Parsed) -> Result<Call, String> {
@@ -332,6 +414,7 @@ fn build_export_add(p: &Parsed) -> Result<Call, String> {
         queues: p.num("--queues")?,
         queue_size: p.num("--queue-size")?,
         read_only: p.flag("--read-only").then_some(true),
+        may_exist: p.flag("--may-exist"),
     };
     send("export.add", &add)
 }

@@ -144,7 +144,12 @@ fn port_table(ports: &[PortInfo]) -> String {
             clean(&p.switch),
             clean(&p.name),
             clean(&p.vlan),
-            if p.link { "up" } else { "down" }.into(),
+            match (p.admin_up, p.link) {
+                (false, _) => "admin down",
+                (true, true) => "up",
+                (true, false) => "down",
+            }
+            .into(),
             p.rx_packets.to_string(),
             human_size(p.rx_bytes),
             p.tx_packets.to_string(),
@@ -250,6 +255,9 @@ fn volume_table(volumes: &[VolumeInfo]) -> String {
         ("BLOCK", Right),
         ("ALLOCATED", Right),
         ("EXCLUSIVE", Right),
+        ("SHARED", Right),
+        ("POOL%", Right),
+        ("ORIGIN", Left),
         ("MODE", Left),
         ("EXPORT", Left),
         ("MIGRATION", Left),
@@ -263,6 +271,13 @@ fn volume_table(volumes: &[VolumeInfo]) -> String {
             v.block_size.to_string(),
             human_size(v.allocated),
             human_size(v.exclusive),
+            // From the two figures every daemon sends (an older one has no `shared`).
+            human_size(v.allocated.saturating_sub(v.exclusive)),
+            match v.pool_capacity {
+                0 => "-".into(),
+                c => format!("{:.1}%", v.allocated as f64 * 100.0 / c as f64),
+            },
+            v.origin.as_deref().map_or("-".into(), clean),
             if v.read_only { "ro" } else { "rw" }.into(),
             v.export.as_deref().map_or("-".into(), clean),
             v.migration_socket.as_deref().map_or("-".into(), clean),
@@ -291,6 +306,16 @@ struct Flushed {
 }
 
 #[derive(serde::Deserialize)]
+struct Removed {
+    removed: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct Filter {
+    filter: String,
+}
+
+#[derive(serde::Deserialize)]
 struct Saved {
     path: String,
 }
@@ -316,6 +341,21 @@ pub fn render(call: &Call, result: Value) -> Result<String, String> {
         "port.list" => port_table(&typed::<Vec<PortInfo>>(call.op, result)?),
         "port.add" => port_table(&[typed(call.op, result)?]),
         "port.remove" => format!("removed port {}\n", arg(a, "name")),
+        "port.set" => port_table(&[typed(call.op, result)?]),
+        "fdb.del" => {
+            let removed = typed::<Removed>(call.op, result)?.removed;
+            let what = if removed { "removed" } else { "no" };
+            format!(
+                "{what} entry {} in VLAN {} on {}\n",
+                arg(a, "mac"),
+                arg(a, "vlan"),
+                arg(a, "switch")
+            )
+        }
+        "log.level" => format!(
+            "log filter is now {}\n",
+            clean(&typed::<Filter>(call.op, result)?.filter)
+        ),
         "fdb.show" => fdb_table(&mut typed::<Vec<FdbEntryInfo>>(call.op, result)?),
         "fdb.flush" => {
             let n = typed::<Flushed>(call.op, result)?.flushed;

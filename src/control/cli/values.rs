@@ -69,6 +69,38 @@ pub fn parse_vlan_spec(spec: &str) -> Result<Value, String> {
     }
 }
 
+/// `--vni`: `VLAN=VNI@PEER[+PEER...]`, comma-separated, as the `vni` map of
+/// `fabric.toml`; a multicast peer is the VNI's `group`, others its
+/// `remotes`: `10=5010@192.0.2.2,20=5020@239.1.1.20` ->
+/// `[{"vlan":10,"vni":5010,"remotes":["192.0.2.2"]},{"vlan":20,"vni":5020,"group":"239.1.1.20"}]`.
+/// Addresses and ranges are checked by the daemon (the config's rules).
+pub fn parse_vni_map(spec: &str) -> Result<Value, String> {
+    let bad =
+        |why: &str| format!("bad --vni {spec:?}: {why}; expected VLAN=VNI@PEER[+PEER...],...");
+    let mut out = Vec::new();
+    for item in spec.split(',') {
+        let (vlan, rest) = item.split_once('=').ok_or_else(|| bad("no '='"))?;
+        let (vni, peers) = rest.split_once('@').unwrap_or((rest, ""));
+        let vlan = parse_vlan_id(vlan).map_err(|e| bad(&e))?;
+        let vni: u32 = vni
+            .trim()
+            .parse()
+            .map_err(|_| bad("the VNI is not a number"))?;
+        let mut entry = json!({ "vlan": vlan, "vni": vni });
+        let peers: Vec<&str> = peers.split('+').filter(|p| !p.is_empty()).collect();
+        let multicast = |p: &str| {
+            p.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_multicast())
+        };
+        match peers.as_slice() {
+            [group] if multicast(group) => entry["group"] = json!(group),
+            peers => entry["remotes"] = json!(peers),
+        }
+        out.push(entry);
+    }
+    Ok(Value::Array(out))
+}
+
 /// `10,20,100-199` -> `[10, 20, "100-199"]`.
 fn parse_vlan_list(list: &str) -> Result<Vec<Value>, String> {
     let list = list.strip_prefix("allowed=").unwrap_or(list);
@@ -95,6 +127,24 @@ fn parse_vlan_list(list: &str) -> Result<Vec<Value>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vni_maps() {
+        assert_eq!(
+            parse_vni_map("10=5010@192.0.2.2+192.0.2.3,20=5020@239.1.1.20"),
+            Ok(
+                json!([{"vlan":10,"vni":5010,"remotes":["192.0.2.2","192.0.2.3"]},
+                      {"vlan":20,"vni":5020,"group":"239.1.1.20"}])
+            )
+        );
+        assert_eq!(
+            parse_vni_map("30=7"),
+            Ok(json!([{"vlan":30,"vni":7,"remotes":[]}]))
+        );
+        for bad in ["", "10", "10=x@1.2.3.4", "0=5@1.2.3.4", "10=5@1.2.3.4,"] {
+            assert!(parse_vni_map(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn vlan_specs() {
