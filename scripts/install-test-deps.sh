@@ -2,7 +2,10 @@
 # Installs what the test suite needs on a fresh Debian 12 machine (run as root):
 # DPDK's dpdk-testpmd with the virtio-user and vhost PMDs, iproute2, ping and
 # ethtool (namespace tests of TAP ports and the VXLAN overlay), fio and iperf3
-# (benches).
+# (benches), systemd's systemd-analyze (the unit file's test), and libvirt
+# (tests/operator/libvirt.rs: Debian 12's libvirtd, the QEMU driver, virsh, and the
+# libvirt-qemu user that libvirt-daemon-system creates; QEMU itself comes from
+# scripts/install-qemu.sh). Debian 12 has no modular virtqemud: the test runs libvirtd.
 # Idempotent: when everything is present it returns at once without touching apt.
 set -euo pipefail
 
@@ -16,6 +19,10 @@ PACKAGES=(
     ethtool
     iperf3
     fio
+    systemd
+    libvirt-daemon-system
+    libvirt-daemon-driver-qemu
+    libvirt-clients
 )
 
 installed() {

@@ -6,9 +6,11 @@
 pub mod accept;
 pub mod control;
 pub mod daemon;
+pub mod libvirt;
 pub mod logging;
 pub mod metrics;
 pub mod runtime;
+pub mod service;
 pub mod sockets;
 pub mod storage;
 

@@ -242,6 +242,11 @@ pub fn serve_export(
         e.socket.display(),
         qemu_blk_args(volume, e)
     );
+    log::info!(
+        "pool {pool_name}: volume {volume}: attach a libvirt domain with {} in <domain> and {} in <devices>",
+        crate::libvirt::MEMORY_BACKING,
+        crate::libvirt::disk_xml(e, "vda")
+    );
     if let Some(m) = &e.migration_socket {
         log::info!(
             "pool {pool_name}: volume {volume}: a live migration's destination attaches on {}",

@@ -88,6 +88,11 @@ trait PortDriver {
 
     /// The log line once it runs.
     fn started(&self, switch: &str, pc: &PortConfig) -> String;
+
+    /// How a libvirt domain attaches to it (a second log line), if it can.
+    fn libvirt_hint(&self, _pc: &PortConfig) -> Option<String> {
+        None
+    }
 }
 
 // The configuration's bound on queue pairs is within what ports can count.
@@ -140,6 +145,15 @@ impl PortDriver for VhostUser<'_> {
             self.socket.display(),
             qemu_args(pc)
         )
+    }
+
+    fn libvirt_hint(&self, pc: &PortConfig) -> Option<String> {
+        let interface = crate::libvirt::interface_xml(pc)?;
+        Some(format!(
+            "port {}: attach a libvirt domain with {} in <domain> and {interface} in <devices>",
+            pc.name,
+            crate::libvirt::MEMORY_BACKING
+        ))
     }
 }
 
@@ -275,6 +289,9 @@ impl Runtime {
             }
         };
         log::info!("{}", driver.started(switch, &pc));
+        if let Some(hint) = driver.libvirt_hint(&pc) {
+            log::info!("{hint}");
+        }
         drop(driver);
         if let Some(sc) = st.config.switches.iter_mut().find(|s| s.name == switch) {
             sc.ports.push(pc.clone());

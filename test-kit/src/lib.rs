@@ -10,6 +10,8 @@
 //! - [`netns`]: Linux network namespaces, veth pairs and packet capture as peers.
 //! - [`qemu`]: real QEMU (TCG) guests on the test image, net and block; live
 //!   migration between QEMU processes (`qemu::migrate`, a QMP client in `qemu::qmp`).
+//! - [`libvirt`]: a private `libvirtd` (its own mount namespace and directories)
+//!   running QEMU as the unprivileged `libvirt-qemu`, driven with `virsh`.
 //! - [`testpmd`]: DPDK `dpdk-testpmd` against the `vswitchd` binary, or as a
 //!   vhost-user backend peer of `GuestNic`.
 //! - [`pattern`]: seeded data whose every byte is a function of its offset.
@@ -29,6 +31,7 @@ pub mod counters;
 pub mod daemon_host;
 pub mod dir;
 pub mod frontend;
+pub mod libvirt;
 pub mod netns;
 pub mod pattern;
 pub mod proc;
