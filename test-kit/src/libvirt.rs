@@ -5,7 +5,7 @@
 //! seen nor touched. QEMU runs as libvirt's unprivileged `libvirt-qemu` user,
 //! as on any Debian host. Stopped by pid on drop, with every QEMU it started.
 
-use crate::proc::{find_on_path, tail, wait_timeout};
+use crate::proc::{find_on_path, output_timeout, tail, wait_timeout};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 const INSTALL_HINT: &str = "run `sudo scripts/install-test-deps.sh` (installs Debian's \
      libvirt-daemon-system, libvirt-daemon-driver-qemu and libvirt-clients)";
+
+/// The longest one virsh command may take (starting a guest is the slowest).
+const VIRSH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The user libvirt runs QEMU as on Debian.
 pub const QEMU_USER: &str = "libvirt-qemu";
@@ -110,15 +113,15 @@ impl Libvirtd {
         self.dir.join("run/libvirt-sock")
     }
 
-    /// `virsh ARGS` on this libvirtd.
+    /// `virsh ARGS` on this libvirtd. A virsh that hangs (a libvirtd stuck
+    /// on a QEMU monitor) fails the test after two minutes instead of
+    /// holding CI until its deadline.
     pub fn virsh(&self, args: &[&str]) -> Output {
-        Command::new(&self.virsh)
-            .arg("-c")
+        let mut cmd = Command::new(&self.virsh);
+        cmd.arg("-c")
             .arg(format!("qemu:///system?socket={}", self.socket().display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", self.virsh.display()))
+            .args(args);
+        output_timeout(cmd, VIRSH_TIMEOUT)
     }
 
     /// `virsh ARGS`, which must succeed; its stdout. A failure names the
