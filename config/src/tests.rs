@@ -58,6 +58,7 @@ fn defaults_applied() {
             },
             vlan: VlanConfig::Access { tag: vid(1) },
             mtu: 1500,
+            policing: None,
         }
     );
 }
@@ -582,6 +583,7 @@ fn pool_volumes_and_exports() {
             queues: 2,
             queue_size: 256,
             read_only: true,
+            limits: ExportLimits::default(),
         })
     );
     assert_eq!(p.volumes[2].key, "pool[0].volume[2]");

@@ -456,6 +456,12 @@ impl Collector for SnapshotCollector {
                 None,
                 |e| e.handover_refused,
             ),
+            (
+                "vswitchd_blk_throttled",
+                "Requests that waited for the export's I/O limits before they started.",
+                None,
+                |e| e.throttled,
+            ),
         ];
         for (name, help, unit, value) in export_counters {
             f.metric(Kind::Counter, name, help, unit, &s.exports, |e| {
@@ -671,6 +677,7 @@ mod tests {
             ("vswitchd_blk_resubmitted_total", 21.0),
             ("vswitchd_blk_handover_waits_total", 22.0),
             ("vswitchd_blk_handover_refused_total", 23.0),
+            ("vswitchd_blk_throttled_total", 24.0),
             ("vswitchd_volume_size_bytes", 2.0 * (1u64 << 30) as f64),
             ("vswitchd_volume_allocated_bytes", (1u64 << 20) as f64),
             ("vswitchd_volume_exclusive_bytes", 65536.0),

@@ -69,10 +69,13 @@ pub enum DropReason {
     /// An offload the port did not negotiate (GSO from a guest without
     /// HOST_TSO4, a checksum to complete from one without CSUM, §5.1.6.2).
     OffloadNotNegotiated,
+    /// Over the ingress port's policing rate (`rate`, `burst`): received,
+    /// then dropped before the switch looked at it.
+    Policed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Runt,
         DropReason::Oversize,
         DropReason::InvalidSource,
@@ -90,6 +93,7 @@ impl DropReason {
         DropReason::TooManySegments,
         DropReason::GsoUnsupported,
         DropReason::OffloadNotNegotiated,
+        DropReason::Policed,
     ];
 
     /// Stable snake_case name, used by metrics and the control socket.
@@ -130,6 +134,7 @@ impl DropReason {
             DropReason::TooManySegments => "too_many_segments",
             DropReason::GsoUnsupported => "gso_unsupported",
             DropReason::OffloadNotNegotiated => "offload_not_negotiated",
+            DropReason::Policed => "policed",
         }
     }
 }
