@@ -258,7 +258,7 @@ fn port_rejections() {
             "fabric.toml:6: switch[0].port[0].agin: unknown field `agin`, expected one of \
              `name`, `type`, `socket`, `vlan`, `queue_size`, `queues`, `multi_queue`, `offloads`, `mtu`, `mac`, `device`, `local`, \
              `udp_port`, `underlay_mtu`, `learn_vteps`, `senders`, `local_hold_secs`, \
-             `vtep_mac_limit`, `remote_fdb_capacity`, `remote_mac_aging_secs`, `vni`",
+             `vtep_mac_limit`, `remote_fdb_capacity`, `remote_mac_aging_secs`, `vni`, `rate`, `burst`",
         ),
         (
             "vlan = { mode = \"access\", tga = 3 }",
@@ -1071,7 +1071,10 @@ fn limits_are_read_with_their_defaults_and_refused_by_key() {
         "{e}"
     );
     let e = parse_err(&one_port("rate = 0"));
-    assert!(e.contains("switch[0].port[0].rate: `rate` must be at least 1"), "{e}");
+    assert!(
+        e.contains("switch[0].port[0].rate: `rate` must be at least 1"),
+        "{e}"
+    );
     let e = parse_err(&one_port("rate = -5"));
     assert!(e.contains("switch[0].port[0].rate"), "{e}");
 
@@ -1101,16 +1104,22 @@ fn limits_are_read_with_their_defaults_and_refused_by_key() {
     );
     // Written back and read again: the same limits.
     let again = parse_ok(&to_toml(&cfg));
-    assert_eq!(again.pools[0].volumes[0].export.as_ref().unwrap().limits, limits);
+    assert_eq!(
+        again.pools[0].volumes[0].export.as_ref().unwrap().limits,
+        limits
+    );
     let e = parse_err(&pool("iops_write_burst = 3"));
     assert!(
         e.contains(
-            "fabric.toml:7: pool[0].volume[0].export.iops_write_burst: `iops_write_burst` is given without `iops_write`"
+            "fabric.toml:8: pool[0].volume[0].export.iops_write_burst: `iops_write_burst` is given without `iops_write`"
         ),
         "{e}"
     );
     let e = parse_err(&pool("bytes_per_sec_read = \"fast\""));
-    assert!(e.contains("pool[0].volume[0].export.bytes_per_sec_read"), "{e}");
+    assert!(
+        e.contains("pool[0].volume[0].export.bytes_per_sec_read"),
+        "{e}"
+    );
     let e = parse_err(&pool("iops_reads = 3"));
     assert!(e.contains("iops_reads"), "{e}");
 }

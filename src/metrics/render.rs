@@ -384,7 +384,7 @@ impl Collector for SnapshotCollector {
         // Exports.
         let volume = |e: &ExportSample| [("pool", e.pool.clone()), ("volume", e.volume.clone())];
         type Count = fn(&ExportSample) -> u64;
-        let export_counters: [(&str, &str, Option<Unit>, Count); 15] = [
+        let export_counters: [(&str, &str, Option<Unit>, Count); 16] = [
             ("vswitchd_blk_reads", "Read requests.", None, |e| e.reads),
             ("vswitchd_blk_writes", "Write requests.", None, |e| e.writes),
             ("vswitchd_blk_read", "Bytes read.", bytes(), |e| {
