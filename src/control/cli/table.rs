@@ -441,8 +441,8 @@ mod tests {
                 && lines[1].contains("1.0 GiB")
                 && lines[1].contains("1.5 GiB")
         );
-        let last: Vec<&str> = lines[1].split_whitespace().rev().take(3).collect();
-        assert_eq!(last, ["-", "-", "rw"], "{text}");
+        let last: Vec<&str> = lines[1].split_whitespace().rev().take(4).collect();
+        assert_eq!(last, ["-", "-", "-", "rw"], "{text}");
         let exported = json!([{"pool":"p1","name":"d","kind":"volume","size":1u64<<30,"block_size":512,
                                "read_only":false,"allocated":0,"exclusive":0,"export":"/r/d.sock",
                                "migration_socket":"/r/d.migrate.sock"}]);
@@ -451,7 +451,7 @@ mod tests {
             text.lines()
                 .nth(1)
                 .unwrap()
-                .ends_with("/r/d.sock  /r/d.migrate.sock"),
+                .ends_with("/r/d.sock  /r/d.migrate.sock  -"),
             "{text}"
         );
         // The wrong shape is an error, not a panic.
