@@ -123,6 +123,7 @@ mod tests {
             queues: 2,
             queue_size: 256,
             read_only: false,
+            limits: Default::default(),
         };
         assert_eq!(
             disk_xml(&e, "vda"),

@@ -232,6 +232,7 @@ pub fn serve_export(
             queue_size: e.queue_size,
             read_only,
             serial: volume.to_owned(),
+            limits: crate::runtime::blk_limits(&e.limits),
         },
         pool.clone(),
     );

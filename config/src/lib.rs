@@ -15,9 +15,14 @@
 use std::path::{Path, PathBuf};
 
 mod error;
+mod limits;
 mod raw;
 
 pub use error::ConfigError;
+pub use limits::{
+    default_export_burst, port_policing, ExportLimits, LimitError, RateLimit,
+    DEFAULT_POLICING_BURST_KBIT, EXPORT_LIMIT_KEYS,
+};
 // The L2 values the file names, typed by their protocol rules.
 pub use fabric_l2::{MacAddr, VlanId, VlanSet, Vni};
 
@@ -144,6 +149,11 @@ pub struct ExportConfig {
     pub queue_size: u16,
     /// `read_only`: default false; snapshots are always read-only.
     pub read_only: bool,
+    /// `iops_read`, `iops_write` (requests a second), `bytes_per_sec_read`,
+    /// `bytes_per_sec_write` (bytes a second, or e.g. `"100M"`), each with
+    /// its `_burst` (default a tenth of the rate, at least 1): none unless
+    /// given. A request over a limit waits, it never fails.
+    pub limits: ExportLimits,
 }
 
 /// `[daemon]`: process-wide settings.
@@ -242,6 +252,11 @@ pub struct PortConfig {
     /// carries; advertised to the guest in virtio-net config space. Default
     /// 1500, range `68..=65535`.
     pub mtu: u16,
+    /// `rate` (kbit/s) and `burst` (kbit, default 8000), as Open vSwitch's
+    /// `ingress_policing_rate` and `ingress_policing_burst`: frames the port
+    /// receives beyond them are dropped (`policed`). None unless `rate` is
+    /// given.
+    pub policing: Option<RateLimit>,
 }
 
 /// `type`: what is behind the port: `"vhost-user"` (a guest NIC), `"tap"`

@@ -56,6 +56,8 @@ struct RawPort {
     remote_fdb_capacity: Option<Spanned<i64>>,
     remote_mac_aging_secs: Option<Spanned<i64>>,
     vni: Option<Spanned<Vec<RawVni>>>,
+    rate: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -58,6 +58,7 @@ fn defaults_applied() {
             },
             vlan: VlanConfig::Access { tag: vid(1) },
             mtu: 1500,
+            policing: None,
         }
     );
 }
@@ -257,7 +258,7 @@ fn port_rejections() {
             "fabric.toml:6: switch[0].port[0].agin: unknown field `agin`, expected one of \
              `name`, `type`, `socket`, `vlan`, `queue_size`, `queues`, `multi_queue`, `offloads`, `mtu`, `mac`, `device`, `local`, \
              `udp_port`, `underlay_mtu`, `learn_vteps`, `senders`, `local_hold_secs`, \
-             `vtep_mac_limit`, `remote_fdb_capacity`, `remote_mac_aging_secs`, `vni`",
+             `vtep_mac_limit`, `remote_fdb_capacity`, `remote_mac_aging_secs`, `vni`, `rate`, `burst`",
         ),
         (
             "vlan = { mode = \"access\", tga = 3 }",
@@ -582,6 +583,7 @@ fn pool_volumes_and_exports() {
             queues: 2,
             queue_size: 256,
             read_only: true,
+            limits: ExportLimits::default(),
         })
     );
     assert_eq!(p.volumes[2].key, "pool[0].volume[2]");
@@ -1051,4 +1053,73 @@ fn vxlan_ports() {
     assert!(e("local = \"192.0.2.1\"\nvni = [ { vlan = 10, vni = 1 } ]\nvlan = { mode = \"access\", tag = 1 }").contains("takes no `vlan`"));
     assert!(parse_err(&one_port("local = \"192.0.2.1\""))
         .contains("`local` is not valid for a port of type \"vhost-user\""));
+}
+
+#[test]
+fn limits_are_read_with_their_defaults_and_refused_by_key() {
+    let cfg = parse_ok(&one_port("rate = 10000"));
+    assert_eq!(
+        only_port(&cfg).policing,
+        Some(RateLimit {
+            rate: 10_000,
+            burst: DEFAULT_POLICING_BURST_KBIT
+        })
+    );
+    let e = parse_err(&one_port("burst = 5"));
+    assert!(
+        e.contains("switch[0].port[0].burst: `burst` is given without `rate`"),
+        "{e}"
+    );
+    let e = parse_err(&one_port("rate = 0"));
+    assert!(
+        e.contains("switch[0].port[0].rate: `rate` must be at least 1"),
+        "{e}"
+    );
+    let e = parse_err(&one_port("rate = -5"));
+    assert!(e.contains("switch[0].port[0].rate"), "{e}");
+
+    let pool = |export: &str| {
+        format!(
+            "[[pool]]\nname = \"p\"\npath = \"p.img\"\nsize = \"1G\"\n\
+             [[pool.volume]]\nname = \"v\"\nsize = \"1G\"\nexport = {{ {export} }}\n"
+        )
+    };
+    let cfg = parse_ok(&pool(
+        "iops_read = 2000, bytes_per_sec_write = \"100M\", bytes_per_sec_write_burst = 4096",
+    ));
+    let limits = cfg.pools[0].volumes[0].export.as_ref().unwrap().limits;
+    assert_eq!(
+        limits,
+        ExportLimits {
+            iops_read: Some(RateLimit {
+                rate: 2000,
+                burst: 200
+            }),
+            bytes_per_sec_write: Some(RateLimit {
+                rate: 100 << 20,
+                burst: 4096
+            }),
+            ..ExportLimits::default()
+        }
+    );
+    // Written back and read again: the same limits.
+    let again = parse_ok(&to_toml(&cfg));
+    assert_eq!(
+        again.pools[0].volumes[0].export.as_ref().unwrap().limits,
+        limits
+    );
+    let e = parse_err(&pool("iops_write_burst = 3"));
+    assert!(
+        e.contains(
+            "fabric.toml:8: pool[0].volume[0].export.iops_write_burst: `iops_write_burst` is given without `iops_write`"
+        ),
+        "{e}"
+    );
+    let e = parse_err(&pool("bytes_per_sec_read = \"fast\""));
+    assert!(
+        e.contains("pool[0].volume[0].export.bytes_per_sec_read"),
+        "{e}"
+    );
+    let e = parse_err(&pool("iops_reads = 3"));
+    assert!(e.contains("iops_reads"), "{e}");
 }

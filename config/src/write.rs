@@ -81,6 +81,9 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
         for p in &sw.ports {
             let _ = writeln!(out, "\n[[switch.port]]");
             let _ = writeln!(out, "name = {}", q(&p.name));
+            if let Some(RateLimit { rate, burst }) = p.policing {
+                let _ = writeln!(out, "rate = {rate}\nburst = {burst}");
+            }
             match &p.kind {
                 PortKind::VhostUser {
                     socket,
@@ -191,9 +194,15 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
                 let migration = e.migration_socket.as_ref().map_or(String::new(), |m| {
                     format!(" migration_socket = {},", path(m))
                 });
+                let mut limits = String::new();
+                for ((rate_key, burst_key), limit) in e.limits.by_key() {
+                    if let Some(RateLimit { rate, burst }) = limit {
+                        let _ = write!(limits, ", {rate_key} = {rate}, {burst_key} = {burst}");
+                    }
+                }
                 let _ = writeln!(
                     out,
-                    "export = {{ socket = {},{migration} queues = {}, queue_size = {}, read_only = {} }}",
+                    "export = {{ socket = {},{migration} queues = {}, queue_size = {}, read_only = {}{limits} }}",
                     path(&e.socket),
                     e.queues,
                     e.queue_size,

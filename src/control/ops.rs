@@ -190,6 +190,19 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
             rt.pool_entry(&e.pool)?;
             daily::if_exists(rt.remove_export(&e.pool, &e.volume), e.if_exists)
         }
+        "export.limit" => {
+            let e: ExportLimit = args(op, a)?;
+            rt.set_export_limits(&e.pool, &e.volume, export_limits(&e)?)?;
+            volume_info(rt, &e.pool, &e.volume)
+        }
+        "port.limit" => {
+            let p: PortLimit = args(op, a)?;
+            let policing =
+                fabric_config::port_policing(p.rate, p.burst).map_err(|e| invalid(e.message))?;
+            rt.set_port_policing(&p.name, policing)?;
+            let info = port_list(rt).into_iter().find(|x| x.name == p.name);
+            to_value(info)
+        }
         "config.save" => {
             let s: ConfigSave = args(op, a)?;
             let path = rt.save_config(s.path.as_deref().map(Path::new))?;
@@ -360,7 +373,31 @@ fn export_config(rt: &Runtime, e: &ExportAdd) -> OpResult<ExportConfig> {
         queues,
         queue_size,
         read_only,
+        limits: fabric_config::ExportLimits::default(),
     })
+}
+
+/// `export.limit`'s limits, checked as `fabric.toml`'s export keys are.
+fn export_limits(e: &ExportLimit) -> OpResult<fabric_config::ExportLimits> {
+    let bytes = |s: &Option<Size>| s.as_ref().map(size).transpose();
+    let values = [
+        ("iops_read", e.iops_read),
+        ("iops_read_burst", e.iops_read_burst),
+        ("iops_write", e.iops_write),
+        ("iops_write_burst", e.iops_write_burst),
+        ("bytes_per_sec_read", bytes(&e.bytes_per_sec_read)?),
+        (
+            "bytes_per_sec_read_burst",
+            bytes(&e.bytes_per_sec_read_burst)?,
+        ),
+        ("bytes_per_sec_write", bytes(&e.bytes_per_sec_write)?),
+        (
+            "bytes_per_sec_write_burst",
+            bytes(&e.bytes_per_sec_write_burst)?,
+        ),
+    ];
+    let value = |k: &str| values.iter().find(|(n, _)| *n == k).and_then(|v| v.1);
+    fabric_config::ExportLimits::from_keys(value).map_err(|e| invalid(e.message))
 }
 
 /// `port.list`: each running port's config with its counters from one
@@ -432,6 +469,8 @@ fn port_list(rt: &Runtime) -> Vec<PortInfo> {
                         .iter()
                         .find(|t| &t.switch == sw && &t.port == name)
                         .map(tunnel_info),
+                    rate: p.config.policing.map(|r| r.rate),
+                    burst: p.config.policing.map(|r| r.burst),
                 }
             })
             .collect()
@@ -531,6 +570,22 @@ fn volume_list(rt: &Runtime, only: Option<&str>) -> Vec<VolumeInfo> {
         for v in vols {
             let export = rt.export_of(&p.name, &v.name);
             let origin = origins.iter().find(|(n, _)| *n == v.name);
+            let limits = export.as_ref().map_or_else(Default::default, |e| {
+                e.limits
+                    .by_key()
+                    .into_iter()
+                    .filter_map(|((rate_key, burst_key), l)| {
+                        l.map(|l| {
+                            [
+                                (rate_key.to_owned(), l.rate),
+                                (burst_key.to_owned(), l.burst),
+                            ]
+                        })
+                    })
+                    .flatten()
+                    .collect()
+            });
+            let throttled = rt.export_throttled(&p.name, &v.name);
             out.push(VolumeInfo {
                 pool: p.name.clone(),
                 kind: format!("{:?}", v.kind).to_lowercase(),
@@ -546,6 +601,8 @@ fn volume_list(rt: &Runtime, only: Option<&str>) -> Vec<VolumeInfo> {
                 migration_socket: export
                     .and_then(|e| e.migration_socket)
                     .map(|s| s.display().to_string()),
+                limits,
+                throttled,
                 name: v.name,
             });
         }

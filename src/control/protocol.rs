@@ -34,6 +34,8 @@
 //! | `export.add` | [`ExportAdd`] | [`VolumeInfo`] |
 //! | `export.remove` | [`ExportRemove`] `{pool, volume, if_exists?}` | - |
 //! | `config.save` | [`ConfigSave`] `{path?}` | `{path}` |
+//! | `export.limit` | [`ExportLimit`] `{pool, volume, iops_read?, ...}` | [`VolumeInfo`] |
+//! | `port.limit` | [`PortLimit`] `{name, rate?, burst?}` | [`PortInfo`] |
 //!
 //! The argument structs are what the daemon reads and what `fabricctl`
 //! sends (unset optional fields are left out of the object).
@@ -230,6 +232,11 @@ pub struct PortInfo {
     /// port types and from an older daemon's answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel: Option<TunnelInfo>,
+    /// Ingress policing: `rate` kbit/s, `burst` kbit (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -327,6 +334,13 @@ pub struct VolumeInfo {
     /// The export's migration socket, if it has one.
     #[serde(default)]
     pub migration_socket: Option<String>,
+    /// The export's I/O limits by key (`iops_read`, `iops_read_burst`, ...),
+    /// only those set; empty: unlimited or not exported.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub limits: std::collections::BTreeMap<String, u64>,
+    /// Requests of the export that waited for its limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled: Option<u64>,
 }
 
 /// `export.add` arguments (the `export = {...}` keys).
@@ -526,6 +540,44 @@ pub struct ExportRemove {
     pub volume: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub if_exists: bool,
+}
+
+/// `export.limit` arguments: the export's limits from now on, the keys of
+/// `fabric.toml` (a limit left out is removed; none at all: unlimited).
+/// Byte rates and bursts are sizes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportLimit {
+    pub pool: String,
+    pub volume: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops_read: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops_read_burst: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops_write: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iops_write_burst: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec_read: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec_read_burst: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec_write: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec_write_burst: Option<Size>,
+}
+
+/// `port.limit` arguments: the port's ingress policing from now on, `rate`
+/// kbit/s and `burst` kbit as in `fabric.toml` (no `rate`: none).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortLimit {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
 }
 
 /// `config.save` arguments: where to write (default: the daemon's file).

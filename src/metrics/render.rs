@@ -384,7 +384,7 @@ impl Collector for SnapshotCollector {
         // Exports.
         let volume = |e: &ExportSample| [("pool", e.pool.clone()), ("volume", e.volume.clone())];
         type Count = fn(&ExportSample) -> u64;
-        let export_counters: [(&str, &str, Option<Unit>, Count); 15] = [
+        let export_counters: [(&str, &str, Option<Unit>, Count); 16] = [
             ("vswitchd_blk_reads", "Read requests.", None, |e| e.reads),
             ("vswitchd_blk_writes", "Write requests.", None, |e| e.writes),
             ("vswitchd_blk_read", "Bytes read.", bytes(), |e| {
@@ -455,6 +455,12 @@ impl Collector for SnapshotCollector {
                 "Rings refused because another session still ran the queues after the wait.",
                 None,
                 |e| e.handover_refused,
+            ),
+            (
+                "vswitchd_blk_throttled",
+                "Requests that waited for the export's I/O limits before they started.",
+                None,
+                |e| e.throttled,
             ),
         ];
         for (name, help, unit, value) in export_counters {
@@ -671,6 +677,7 @@ mod tests {
             ("vswitchd_blk_resubmitted_total", 21.0),
             ("vswitchd_blk_handover_waits_total", 22.0),
             ("vswitchd_blk_handover_refused_total", 23.0),
+            ("vswitchd_blk_throttled_total", 24.0),
             ("vswitchd_volume_size_bytes", 2.0 * (1u64 << 30) as f64),
             ("vswitchd_volume_allocated_bytes", (1u64 << 20) as f64),
             ("vswitchd_volume_exclusive_bytes", 65536.0),

@@ -95,6 +95,7 @@ fn snapshot_from_reads_switches_pools_and_exports() {
             queue_size: 128,
             read_only: false,
             serial: "disk1".into(),
+            limits: Default::default(),
         },
         shared,
     );

@@ -343,6 +343,7 @@ pub(super) fn sample_snapshot() -> Snapshot {
             resubmitted: 21,
             handover_waits: 22,
             handover_refused: 23,
+            throttled: 24,
             latency: vec![
                 LatencySample::new(TimedOp::Read, &hist.snapshot()),
                 LatencySample::new(TimedOp::Write, &LatencySnapshot::default()),

@@ -10,6 +10,7 @@
 
 mod convert;
 mod error;
+mod limits;
 mod ports;
 mod report;
 pub mod snapshot;
@@ -18,6 +19,7 @@ mod volumes;
 pub use convert::{qemu_args, vlan_mode, vlan_summary};
 pub use error::{Error, ErrorKind, Result};
 pub use ports::PortChange;
+pub(crate) use limits::blk_limits;
 pub use report::report;
 pub use snapshot::{snapshot_from, Snapshot};
 

@@ -275,6 +275,7 @@ impl Runtime {
         let id = sw
             .add_port(&pc.name, vlan_mode(&pc.vlan), pc.mtu)
             .map_err(|e| Error::conflict(e.to_string()))?;
+        super::limits::apply_policing(sw, id, pc.policing);
         let at = Attach {
             rt: self,
             entry,
@@ -404,6 +405,7 @@ mod tests {
                 tag: vswitch::VlanId::DEFAULT,
             },
             mtu: 1500,
+            policing: None,
         };
         // No such TAP device can exist: the kernel refuses the name.
         let bad = port(PortKind::Tap {

@@ -89,7 +89,7 @@ pub fn report(snap: &Snapshot) -> Vec<String> {
 /// words them (the report's format before the snapshot existed).
 fn export_summary(e: &ExportSample) -> String {
     format!(
-        "reads {} ({} B) writes {} ({} B) flushes {} discards {} io_errors {} out_of_space {} invalid {} bad_chains {} too_large {} broken_queues {} resubmitted {} handover_waits {} handover_refused {}",
+        "reads {} ({} B) writes {} ({} B) flushes {} discards {} io_errors {} out_of_space {} invalid {} bad_chains {} too_large {} broken_queues {} resubmitted {} handover_waits {} handover_refused {} throttled {}",
         e.reads,
         e.read_bytes,
         e.writes,
@@ -104,7 +104,8 @@ fn export_summary(e: &ExportSample) -> String {
         e.broken_queues,
         e.resubmitted,
         e.handover_waits,
-        e.handover_refused
+        e.handover_refused,
+        e.throttled
     )
 }
 
@@ -206,7 +207,7 @@ mod tests {
                 "counters switch=br0 port=vx0 link=up rx_packets=1 rx_bytes=2 tx_packets=3 tx_bytes=4 drop_runt=5 broken_queues=6 tx_gso_packets=14 gso_segmented=15 csum_completed=16 announces=30 q0_rx_packets=26 q0_tx_packets=27 q1_rx_packets=28 q1_tx_packets=29",
                 "fdb switch=br0 entries=7 learned=8 moved=9 aged=10 refused_full=11 refused_port_limit=12 refused_move=13",
                 "tunnel switch=br0 port=vx0 rx_packets=41 rx_bytes=4100 tx_packets=42 tx_bytes=4200 remote_entries=14 remote_learned=15 remote_moved=16 remote_refused_full=18 remote_refused_vtep_limit=19 drop_bad_header=0 drop_unknown_vni=1 drop_unknown_vtep=0 drop_too_big=0 drop_inner_runt=0 drop_inner_tagged=0 drop_tx_busy=0 drop_tx_error=0 drop_held_station=0 rx_coalesced=43",
-                "counters export=v reads 20 (21 B) writes 0 (0 B) flushes 0 discards 0 io_errors 0 out_of_space 0 invalid 0 bad_chains 0 too_large 0 broken_queues 0 resubmitted 0 handover_waits 0 handover_refused 0",
+                "counters export=v reads 20 (21 B) writes 0 (0 B) flushes 0 discards 0 io_errors 0 out_of_space 0 invalid 0 bad_chains 0 too_large 0 broken_queues 0 resubmitted 0 handover_waits 0 handover_refused 0 throttled 0",
                 "pool p0 clusters=1024 used=3 free=1000 releasing=2 provisioned_bytes=22 capacity_bytes=67108864",
                 "volume pool=p0 name=v kind=Snapshot size=23 allocated=24 exclusive=25",
             ]

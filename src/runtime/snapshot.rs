@@ -85,6 +85,8 @@ pub struct ExportSample {
     pub resubmitted: u64,
     pub handover_waits: u64,
     pub handover_refused: u64,
+    /// Requests that waited for the export's limits.
+    pub throttled: u64,
     /// Request latency, one histogram per operation.
     pub latency: Vec<LatencySample>,
 }
@@ -209,6 +211,7 @@ impl ExportSample {
             resubmitted: g(&c.resubmitted),
             handover_waits: g(&c.handover_waits),
             handover_refused: g(&c.handover_refused),
+            throttled: g(&c.throttled),
             latency: TimedOp::ALL
                 .iter()
                 .map(|&op| LatencySample::new(op, &c.latency(op).snapshot()))

@@ -126,6 +126,7 @@ impl Host {
             queues: 1,
             queue_size: 256,
             read_only: false,
+            limits: Default::default(),
         }
     }
 

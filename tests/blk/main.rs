@@ -9,6 +9,7 @@ mod blk_client_selftest;
 mod blk_dirty_log;
 mod blk_export;
 mod blk_handover;
+mod blk_limits;
 mod blk_malformed;
 mod blk_reconnect;
 mod blk_resize;

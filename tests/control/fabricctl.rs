@@ -470,17 +470,17 @@ fn tables() {
     assert_eq!(
         ok(&server, &["port", "list"]),
         "\
-SWITCH  PORT    VLAN                          LINK  RX PKTS  RX BYTES  TX PKTS  TX BYTES  BROKEN Q  ANNOUNCES  GSO/SEG/CSUM  QUEUES RX/TX   SOCKET                       DROPS
-br0     vm1     access 10                     up       1234   1.5 MiB       99   2.0 KiB         0          0         0/0/0  -              /srv/fabric/run/vm1.sock     0
-br0     trunk1  trunk 10,20,100-199 native 1  down        0       0 B        7     900 B         1          3         5/6/7  q0 0/3 q1 0/4  /srv/fabric/run/trunk1.sock  7 (runt 2, vlan_not_allowed 5)
+SWITCH  PORT    VLAN                          LINK  RX PKTS  RX BYTES  TX PKTS  TX BYTES  BROKEN Q  ANNOUNCES  GSO/SEG/CSUM  QUEUES RX/TX   SOCKET                       POLICING  DROPS
+br0     vm1     access 10                     up       1234   1.5 MiB       99   2.0 KiB         0          0         0/0/0  -              /srv/fabric/run/vm1.sock     -         0
+br0     trunk1  trunk 10,20,100-199 native 1  down        0       0 B        7     900 B         1          3         5/6/7  q0 0/3 q1 0/4  /srv/fabric/run/trunk1.sock  -         7 (runt 2, vlan_not_allowed 5)
 "
     );
     assert_eq!(
         ok(&server, &["volume", "list"]),
         "\
-POOL   VOLUME      KIND          SIZE  BLOCK  ALLOCATED  EXCLUSIVE   SHARED  POOL%  ORIGIN  MODE  EXPORT                      MIGRATION
-pool0  disk1       volume    10.0 GiB    512    1.5 GiB    1.0 MiB  1.5 GiB      -  -       rw    /srv/fabric/run/disk1.sock  /srv/fabric/run/disk1.migrate.sock
-pool0  disk1-snap  snapshot  10.0 GiB    512    1.5 GiB        0 B  1.5 GiB  25.0%  disk1   ro    -                           -
+POOL   VOLUME      KIND          SIZE  BLOCK  ALLOCATED  EXCLUSIVE   SHARED  POOL%  ORIGIN  MODE  EXPORT                      MIGRATION                           LIMITS RATE/BURST
+pool0  disk1       volume    10.0 GiB    512    1.5 GiB    1.0 MiB  1.5 GiB      -  -       rw    /srv/fabric/run/disk1.sock  /srv/fabric/run/disk1.migrate.sock  -
+pool0  disk1-snap  snapshot  10.0 GiB    512    1.5 GiB        0 B  1.5 GiB  25.0%  disk1   ro    -                           -                                   -
 "
     );
     assert_eq!(

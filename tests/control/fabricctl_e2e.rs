@@ -426,3 +426,127 @@ fn readme_commands_run_as_written() {
     }
     d.stop();
 }
+
+/// `export limit` and `port limit`: limits from the file shown, changed at
+/// run time with their effect on I/O and traffic, refusals with their exit
+/// codes, and `config save` writing the limits back.
+#[test]
+fn limit_verbs_against_a_running_daemon() {
+    let dir = TestDir::on_disk("fctl-limits");
+    std::fs::write(
+        dir.join("fabric.toml"),
+        "[daemon]\nrun_dir = \"run\"\n[[switch]]\nname = \"br0\"\n\
+         [[switch.port]]\nname = \"a\"\ntype = \"vhost-user\"\nvlan = { mode = \"access\", tag = 10 }\nrate = 5000\n\
+         [[switch.port]]\nname = \"b\"\ntype = \"vhost-user\"\nvlan = { mode = \"access\", tag = 10 }\n\
+         [[pool]]\nname = \"p0\"\npath = \"pool.img\"\nsize = \"64M\"\n\
+         [[pool.volume]]\nname = \"v\"\nsize = \"8M\"\nexport = { iops_write = 100 }\n",
+    )
+    .unwrap();
+    let mut d = Vswitchd::start(&dir);
+
+    // From the file: the defaults filled in.
+    let vols = d.json(&["volume", "list"]);
+    assert_eq!(vols[0]["limits"]["iops_write"], 100, "{vols}");
+    assert_eq!(vols[0]["limits"]["iops_write_burst"], 10, "{vols}");
+    let ports = d.json(&["port", "list"]);
+    assert_eq!(
+        (ports[0]["rate"].as_u64(), ports[0]["burst"].as_u64()),
+        (Some(5000), Some(8000))
+    );
+
+    // export limit: the given limits replace the old ones.
+    let out = d.ok(&[
+        "export",
+        "limit",
+        "p0",
+        "v",
+        "--iops-read",
+        "100",
+        "--iops-read-burst",
+        "1",
+        "--bytes-per-sec-write",
+        "10M",
+    ]);
+    assert!(
+        out.contains("iops_read 100/1 bytes_per_sec_write 10485760/1048576"),
+        "{out}"
+    );
+    let vols = d.json(&["volume", "list"]);
+    assert!(vols[0]["limits"].get("iops_write").is_none(), "{vols}");
+    // Reads now wait for each other: at 100/s with a burst of 1, the second
+    // of two reads in a row waits about 10 ms.
+    let mut c = blk_support::BlkClient::connect(&dir.join("run/v.sock"), 1).unwrap();
+    for i in 0..4 {
+        c.queue(0).read_vec(i * 4096, 4096).unwrap();
+    }
+    let vols = d.json(&["volume", "list"]);
+    assert!(vols[0]["throttled"].as_u64() >= Some(1), "{vols}");
+    drop(c);
+
+    // Refused: exit 2 for a bad value (the key named), 3 for what is not there.
+    let err = d.fails(
+        2,
+        &["export", "limit", "p0", "v", "--iops-write-burst", "5"],
+    );
+    assert!(
+        err.contains("`iops_write_burst` is given without `iops_write`"),
+        "{err}"
+    );
+    let err = d.fails(2, &["export", "limit", "p0", "v", "--iops-read", "0"]);
+    assert!(err.contains("`iops_read` must be at least 1"), "{err}");
+    d.fails(
+        2,
+        &["export", "limit", "p0", "v", "--bytes-per-sec-read", "lots"],
+    );
+    d.fails(3, &["export", "limit", "p0", "nosuch", "--iops-read", "5"]);
+    d.fails(3, &["export", "limit", "nopool", "v", "--iops-read", "5"]);
+
+    // port limit: a small burst polices a blast from a; b gets the rest.
+    let out = d.ok(&["port", "limit", "a", "--rate", "1000", "--burst", "16"]);
+    assert!(out.contains("1000/16 kbit"), "{out}");
+    let mut a = GuestNic::connect(&dir.join("run/a.sock"), NicOptions::default()).unwrap();
+    let mut b = GuestNic::connect(&dir.join("run/b.sock"), NicOptions::default()).unwrap();
+    d.wait_links_up(&["a", "b"]);
+    let frame = eth([0xff; 6], mac(1), 0x0800, &[0u8; 100]);
+    let mut received = 0u64;
+    for _ in 0..4 {
+        assert_eq!(a.send_batch(&[&frame[..]; 50]), 50);
+        assert!(a.wait_tx_completed(Duration::from_secs(5)));
+        while b.try_recv().is_some() {
+            received += 1;
+        }
+    }
+    while b.recv(Duration::from_millis(100)).is_some() {
+        received += 1;
+    }
+    let ports = d.json(&["port", "list"]);
+    let policed = ports[0]["drops"]["policed"].as_u64().unwrap();
+    assert!(policed > 0, "{ports}");
+    assert_eq!(received + policed, 200);
+    let err = d.fails(2, &["port", "limit", "a", "--burst", "5"]);
+    assert!(err.contains("`burst` is given without `rate`"), "{err}");
+    d.fails(2, &["port", "limit", "a", "--rate", "0"]);
+    d.fails(3, &["port", "limit", "nosuch", "--rate", "5"]);
+
+    // config save writes the limits as they are now; the file parses.
+    d.ok(&["config", "save"]);
+    let saved = std::fs::read_to_string(dir.join("fabric.toml")).unwrap();
+    assert!(saved.contains("rate = 1000\nburst = 16"), "{saved}");
+    assert!(
+        saved.contains("iops_read = 100, iops_read_burst = 1"),
+        "{saved}"
+    );
+    let config = fabric_config::load(&dir.join("fabric.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let v = &config.pools[0].volumes[0];
+    assert_eq!(v.export.as_ref().unwrap().limits.iops_write, None);
+
+    // No flags: no limits.
+    d.ok(&["export", "limit", "p0", "v"]);
+    d.ok(&["port", "limit", "a"]);
+    let vols = d.json(&["volume", "list"]);
+    assert!(vols[0].get("limits").is_none(), "{vols}");
+    let ports = d.json(&["port", "list"]);
+    assert!(ports[0].get("rate").is_none(), "{ports}");
+    drop((a, b));
+    d.stop();
+}

@@ -13,6 +13,7 @@ mod migrate;
 mod multiqueue;
 mod offload;
 mod overlay;
+mod policing;
 mod qemu_announce;
 mod qemu_guest;
 mod qemu_iperf;

@@ -71,10 +71,13 @@ pub enum DropReason {
     OffloadNotNegotiated,
     /// Received on a port the operator set administratively down.
     AdminDown,
+    /// Over the ingress port's policing rate (`rate`, `burst`): received,
+    /// then dropped before the switch looked at it.
+    Policed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Runt,
         DropReason::Oversize,
         DropReason::InvalidSource,
@@ -93,6 +96,7 @@ impl DropReason {
         DropReason::GsoUnsupported,
         DropReason::OffloadNotNegotiated,
         DropReason::AdminDown,
+        DropReason::Policed,
     ];
 
     /// Stable snake_case name, used by metrics and the control socket.
@@ -134,6 +138,7 @@ impl DropReason {
             DropReason::GsoUnsupported => "gso_unsupported",
             DropReason::OffloadNotNegotiated => "offload_not_negotiated",
             DropReason::AdminDown => "admin_down",
+            DropReason::Policed => "policed",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod counters;
 pub mod fdb;
 pub mod frame;
 pub mod switch;
+pub mod token_bucket;
 pub mod vlan;
 pub mod vxlan;
 
@@ -28,5 +29,6 @@ pub use frame::{EthernetHead, HEAD_LEN};
 pub use switch::{
     Dest, Egress, Ingress, PortId, PortInfo, PortState, Switch, SwitchError, Topology,
 };
+pub use token_bucket::{monotonic_ns, Rate, TokenBucket};
 pub use vlan::{VlanId, VlanMode, VlanSet};
 pub use vxlan::{RemoteFdb, TunnelCounters, Vni, VniMap, VtepSet, VxlanPacket};

@@ -47,6 +47,7 @@ pub(super) fn convert_port(
         Some(v) => convert_vlan(ctx, v, &format!("{key}.vlan"))?,
         None => VlanConfig::default(),
     };
+    let policing = policing(ctx, port, key)?;
     // Keys of the other port types are errors, not ignored.
     let reject = |span: Range<usize>, k: &str, ty: &str| {
         Err(ctx.invalid(
@@ -122,6 +123,7 @@ pub(super) fn convert_port(
                 kind: PortKind::Vxlan(cfg),
                 vlan,
                 mtu,
+                policing,
             });
         }
         "vhost-user" => {
@@ -187,6 +189,28 @@ pub(super) fn convert_port(
         kind,
         vlan,
         mtu,
+        policing,
+    })
+}
+
+/// `rate` and `burst`: ingress policing, checked by [`port_policing`].
+fn policing(ctx: &Ctx, port: &RawPort, key: &str) -> Result<Option<RateLimit>, ConfigError> {
+    let value = |v: &Option<Spanned<i64>>, k: &str| match v {
+        Some(v) => ctx
+            .int(v, &format!("{key}.{k}"), "kbit", 0, i64::MAX)
+            .map(Some),
+        None => Ok(None),
+    };
+    let rate = value(&port.rate, "rate")?;
+    let burst = value(&port.burst, "burst")?;
+    port_policing(rate, burst).map_err(|err| {
+        let span = match err.key {
+            "rate" => port.rate.as_ref(),
+            _ => port.burst.as_ref(),
+        }
+        .map(Spanned::span)
+        .unwrap_or_default();
+        ctx.invalid(&span, &format!("{key}.{}", err.key), err.message)
     })
 }
 

@@ -41,6 +41,14 @@ struct RawExport {
     queues: Option<Spanned<i64>>,
     queue_size: Option<Spanned<i64>>,
     read_only: Option<Spanned<bool>>,
+    iops_read: Option<Spanned<i64>>,
+    iops_read_burst: Option<Spanned<i64>>,
+    iops_write: Option<Spanned<i64>>,
+    iops_write_burst: Option<Spanned<i64>>,
+    bytes_per_sec_read: Option<Spanned<RawSize>>,
+    bytes_per_sec_read_burst: Option<Spanned<RawSize>>,
+    bytes_per_sec_write: Option<Spanned<RawSize>>,
+    bytes_per_sec_write_burst: Option<Spanned<RawSize>>,
 }
 
 /// A size: an integer number of bytes or a string like `"16G"`.
@@ -341,5 +349,44 @@ fn convert_export(
         queues,
         queue_size,
         read_only,
+        limits: export_limits(ctx, e, &key)?,
+    })
+}
+
+/// The limit keys of an export, checked by [`ExportLimits::from_keys`].
+fn export_limits(ctx: &Ctx, e: &RawExport, key: &str) -> Result<ExportLimits, ConfigError> {
+    let mut values: Vec<(&str, std::ops::Range<usize>, u64)> = Vec::new();
+    let counts = [
+        ("iops_read", &e.iops_read),
+        ("iops_read_burst", &e.iops_read_burst),
+        ("iops_write", &e.iops_write),
+        ("iops_write_burst", &e.iops_write_burst),
+    ];
+    for (k, v) in counts {
+        if let Some(v) = v {
+            let n = ctx.int(v, &format!("{key}.{k}"), "rate", 0, i64::MAX)?;
+            values.push((k, v.span(), n));
+        }
+    }
+    let sizes = [
+        ("bytes_per_sec_read", &e.bytes_per_sec_read),
+        ("bytes_per_sec_read_burst", &e.bytes_per_sec_read_burst),
+        ("bytes_per_sec_write", &e.bytes_per_sec_write),
+        ("bytes_per_sec_write_burst", &e.bytes_per_sec_write_burst),
+    ];
+    for (k, v) in sizes {
+        if let Some(v) = v {
+            let n = ctx.size(v, &format!("{key}.{k}"), 0, u64::MAX, 1)?;
+            values.push((k, v.span(), n));
+        }
+    }
+    let value = |k: &str| values.iter().find(|(n, ..)| *n == k).map(|v| v.2);
+    ExportLimits::from_keys(value).map_err(|err| {
+        let span = values
+            .iter()
+            .find(|(n, ..)| *n == err.key)
+            .map(|v| v.1.clone())
+            .unwrap_or_default();
+        ctx.invalid(&span, &format!("{key}.{}", err.key), err.message)
     })
 }

@@ -479,7 +479,7 @@ mod tests {
         assert!(parse("").unwrap_err().full_usage);
         for (line, want) in [
             ("frobnicate", "unknown command"),
-            ("port", "missing subcommand (list, add, remove, set)"),
+            ("port", "missing subcommand (list, add, remove, set, limit)"),
             ("port frob", "unknown subcommand"),
             ("port add br0", "missing NAME"),
             ("port remove a b", "unexpected argument \"b\""),

@@ -2,12 +2,12 @@
 //! options, how each becomes a [`Call`], and the help text built from it.
 
 use super::parsed::Parsed;
-use super::values::{parse_block_size, parse_vlan_id, parse_vlan_spec, parse_vni_map};
+use super::values::{parse_block_size, parse_size, parse_vlan_id, parse_vlan_spec, parse_vni_map};
 use super::Call;
 use crate::control::protocol::{
-    Admin, ConfigSave, ExportAdd, ExportRemove, FdbAdd, FdbDel, FdbFlush, FdbShow, LogLevel,
-    PortAdd, PortRemove, PortSet, Size, VolumeCopy, VolumeCreate, VolumeDelete, VolumeList,
-    VolumeRename, VolumeResize,
+    Admin, ConfigSave, ExportAdd, ExportLimit, ExportRemove, FdbAdd, FdbDel, FdbFlush, FdbShow,
+    LogLevel, PortAdd, PortLimit, PortRemove, PortSet, Size, VolumeCopy, VolumeCreate,
+    VolumeDelete, VolumeList, VolumeRename, VolumeResize,
 };
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -306,6 +306,45 @@ pub(super) const SPECS: &[Spec] = &[
         },
     },
     Spec {
+        words: &["export", "limit"],
+        synopsis: "export limit POOL VOLUME [--iops-read N] [--iops-write N] [--bytes-per-sec-read S] [--bytes-per-sec-write S] [--iops-read-burst N] [--iops-write-burst N] [--bytes-per-sec-read-burst S] [--bytes-per-sec-write-burst S]",
+        summary: "set the export's I/O limits at once (requests and bytes a second, reads\n\
+                  and writes apart, each with a burst: default a tenth of the rate);\n\
+                  a limit not given is removed, none at all: unlimited. A request over\n\
+                  a limit waits, it never fails",
+        positionals: &["POOL", "VOLUME"],
+        options: &[
+            "--iops-read",
+            "--iops-read-burst",
+            "--iops-write",
+            "--iops-write-burst",
+            "--bytes-per-sec-read",
+            "--bytes-per-sec-read-burst",
+            "--bytes-per-sec-write",
+            "--bytes-per-sec-write-burst",
+        ],
+        flags: &[],
+        build: build_export_limit,
+    },
+    Spec {
+        words: &["port", "limit"],
+        synopsis: "port limit NAME [--rate KBPS [--burst KBIT]]",
+        summary: "police the port's ingress at KBPS kbit/s with a burst of KBIT kbit\n\
+                  (default 8000), as OVS's ingress_policing_rate/burst: frames beyond\n\
+                  are dropped and counted `policed`; without --rate: no policing",
+        positionals: &["NAME"],
+        options: &["--rate", "--burst"],
+        flags: &[],
+        build: |p| {
+            let limit = PortLimit {
+                name: p.pos[0].clone(),
+                rate: p.num("--rate")?,
+                burst: p.num("--burst")?,
+            };
+            send("port.limit", &limit)
+        },
+    },
+    Spec {
         words: &["config", "save"],
         synopsis: "config save [--path P]",
         summary: "write the running configuration as TOML (to P; by default to the\n\
@@ -417,6 +456,28 @@ fn build_export_add(p: &Parsed) -> Result<Call, String> {
         may_exist: p.flag("--may-exist"),
     };
     send("export.add", &add)
+}
+
+fn build_export_limit(p: &Parsed) -> Result<Call, String> {
+    let bytes = |name: &str| {
+        p.opt(name)
+            .map(parse_size)
+            .transpose()
+            .map(|b| b.map(Size::Bytes))
+    };
+    let limit = ExportLimit {
+        pool: p.pos[0].clone(),
+        volume: p.pos[1].clone(),
+        iops_read: p.num("--iops-read")?,
+        iops_read_burst: p.num("--iops-read-burst")?,
+        iops_write: p.num("--iops-write")?,
+        iops_write_burst: p.num("--iops-write-burst")?,
+        bytes_per_sec_read: bytes("--bytes-per-sec-read")?,
+        bytes_per_sec_read_burst: bytes("--bytes-per-sec-read-burst")?,
+        bytes_per_sec_write: bytes("--bytes-per-sec-write")?,
+        bytes_per_sec_write_burst: bytes("--bytes-per-sec-write-burst")?,
+    };
+    send("export.limit", &limit)
 }
 
 /// The usage text; with a topic (`volume`, `volume create`), only the

@@ -125,6 +125,7 @@ fn port_table(ports: &[PortInfo]) -> String {
         ("GSO/SEG/CSUM", Right),
         ("QUEUES RX/TX", Left),
         ("SOCKET", Left),
+        ("POLICING", Left),
         ("DROPS", Left),
     ]);
     for p in ports {
@@ -162,6 +163,10 @@ fn port_table(ports: &[PortInfo]) -> String {
             ),
             queue_cell(&p.queues),
             clean(&p.socket),
+            match (p.rate, p.burst) {
+                (Some(rate), Some(burst)) => format!("{rate}/{burst} kbit"),
+                _ => "-".into(),
+            },
             drops,
         ]);
     }
@@ -261,6 +266,7 @@ fn volume_table(volumes: &[VolumeInfo]) -> String {
         ("MODE", Left),
         ("EXPORT", Left),
         ("MIGRATION", Left),
+        ("LIMITS RATE/BURST", Left),
     ]);
     for v in volumes {
         t.row(vec![
@@ -281,9 +287,31 @@ fn volume_table(volumes: &[VolumeInfo]) -> String {
             if v.read_only { "ro" } else { "rw" }.into(),
             v.export.as_deref().map_or("-".into(), clean),
             v.migration_socket.as_deref().map_or("-".into(), clean),
+            limits_cell(v),
         ]);
     }
     t.render()
+}
+
+/// An export's limits, `iops_read 2000/200 bytes_per_sec_write 1048576/104857`;
+/// `-` for none.
+fn limits_cell(v: &VolumeInfo) -> String {
+    let cells: Vec<String> = fabric_config::EXPORT_LIMIT_KEYS
+        .iter()
+        .filter_map(|(rate, burst)| {
+            let r = v.limits.get(*rate)?;
+            let b = v
+                .limits
+                .get(*burst)
+                .map_or(String::new(), |b| format!("/{b}"));
+            Some(format!("{rate} {r}{b}"))
+        })
+        .collect();
+    if cells.is_empty() {
+        "-".into()
+    } else {
+        cells.join(" ")
+    }
 }
 
 fn status_text(s: &Status) -> String {
@@ -339,7 +367,7 @@ pub fn render(call: &Call, result: Value) -> Result<String, String> {
     Ok(match call.op {
         "daemon.status" => status_text(&typed(call.op, result)?),
         "port.list" => port_table(&typed::<Vec<PortInfo>>(call.op, result)?),
-        "port.add" => port_table(&[typed(call.op, result)?]),
+        "port.add" | "port.limit" => port_table(&[typed(call.op, result)?]),
         "port.remove" => format!("removed port {}\n", arg(a, "name")),
         "port.set" => port_table(&[typed(call.op, result)?]),
         "fdb.del" => {
@@ -376,7 +404,9 @@ pub fn render(call: &Call, result: Value) -> Result<String, String> {
         "pool.list" => pool_table(&typed::<Vec<PoolInfo>>(call.op, result)?),
         "volume.list" => volume_table(&typed::<Vec<VolumeInfo>>(call.op, result)?),
         "volume.create" | "volume.resize" | "volume.snapshot" | "volume.clone"
-        | "volume.rename" | "export.add" => volume_table(&[typed(call.op, result)?]),
+        | "volume.rename" | "export.add" | "export.limit" => {
+            volume_table(&[typed(call.op, result)?])
+        }
         "volume.delete" => format!("deleted volume {}/{}\n", arg(a, "pool"), arg(a, "name")),
         "export.remove" => format!(
             "removed the export of {}/{}\n",
@@ -451,8 +481,8 @@ mod tests {
                 && lines[1].contains("1.0 GiB")
                 && lines[1].contains("1.5 GiB")
         );
-        let last: Vec<&str> = lines[1].split_whitespace().rev().take(3).collect();
-        assert_eq!(last, ["-", "-", "rw"], "{text}");
+        let last: Vec<&str> = lines[1].split_whitespace().rev().take(4).collect();
+        assert_eq!(last, ["-", "-", "-", "rw"], "{text}");
         let exported = json!([{"pool":"p1","name":"d","kind":"volume","size":1u64<<30,"block_size":512,
                                "read_only":false,"allocated":0,"exclusive":0,"export":"/r/d.sock",
                                "migration_socket":"/r/d.migrate.sock"}]);
@@ -461,7 +491,7 @@ mod tests {
             text.lines()
                 .nth(1)
                 .unwrap()
-                .ends_with("/r/d.sock  /r/d.migrate.sock"),
+                .ends_with("/r/d.sock  /r/d.migrate.sock  -"),
             "{text}"
         );
         // The wrong shape is an error, not a panic.

@@ -20,13 +20,13 @@ use crate::relay::{LogGeometry, RelayHooks};
 use crate::session::SessionBackend;
 use crate::split_ring::{set_kicks, RingView};
 use crate::{GuestMem, GuestMemAtomic};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use vblock::dev::FileDev;
 use vblock::engine::{Durability, IoCompletion, IoKind, IoRequest, VolumeEngine};
 use vblock::pool::PoolError;
@@ -45,6 +45,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::timerfd::TimerFd;
 
 /// Features offered (virtio 1.x §5.2.3); RO is added for read-only exports.
 pub const OFFERED_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
@@ -71,6 +72,10 @@ const CONFIG_WRITEBACK: usize = 32;
 /// Largest discard / write-zeroes, in sectors (1 GiB).
 const MAX_ZERO_SECTORS: u32 = 1 << 21;
 
+/// Longest a queue with requests waiting for the export's limits sleeps
+/// before it asks again: how soon it sees limits raised at run time.
+pub const PARK_RECHECK: Duration = Duration::from_millis(100);
+
 /// A request whose I/O is in flight.
 struct InFlight {
     head: u16,
@@ -88,6 +93,18 @@ struct InFlight {
 
 // SAFETY: `status` points into the guest memory `_mem` keeps mapped.
 unsafe impl Send for InFlight {}
+
+/// A request popped and parsed, waiting for the export's limits to let it
+/// start (see [`super::limit`]).
+struct Parked {
+    head: u16,
+    req: Request,
+    mem: Arc<GuestMem>,
+}
+
+// SAFETY: the request's buffers and status byte point into the guest memory
+// `mem` keeps mapped.
+unsafe impl Send for Parked {}
 
 /// One queue's datapath state (locked by its worker; GET_VRING_BASE locks it
 /// too, to drain).
@@ -112,6 +129,13 @@ struct QueueState {
     /// gave one, and the sequence number of the next popped request.
     tracking: Option<Arc<InflightRegion>>,
     counter: u64,
+    /// Requests waiting for the export's limits, oldest first (at most a
+    /// ring's worth: allocated once). While any waits nothing more is
+    /// popped: the rest stays in the ring.
+    parked: VecDeque<Parked>,
+    /// Wakes the queue's worker when the first parked request may start.
+    timer: TimerFd,
+    timer_armed: bool,
 }
 
 impl QueueState {
@@ -181,6 +205,9 @@ impl BlkBackend {
                     owns: false,
                     tracking: None,
                     counter: 0,
+                    parked: VecDeque::with_capacity(usize::from(export.config.queue_size)),
+                    timer: TimerFd::new()?,
+                    timer_armed: false,
                 }))
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -299,14 +326,16 @@ impl BlkBackend {
             self.resume(&mut st, vring, &log);
         }
         loop {
-            let popped = !st.broken && self.pop(&mut st, vring, &log);
+            let unparked = self.unpark(&mut st, &log);
+            let popped = !st.broken && st.parked.is_empty() && self.pop(&mut st, vring, &log);
             self.reap(&mut st, &log);
             let published = self.publish(&mut st, vring, false, &log);
-            if popped || published {
+            if unparked || popped || published {
                 continue;
             }
-            if st.broken {
-                // Its avail index says "more" forever: asking again would spin.
+            if st.broken || !st.parked.is_empty() {
+                // Broken: its avail index says "more" forever, asking again
+                // would spin. Parked: the timer brings the worker back.
                 break;
             }
             // Tell the driver where we are (EVENT_IDX: avail_event) and look
@@ -369,6 +398,12 @@ impl BlkBackend {
     /// Waits for every request of the queue in flight and completes it
     /// (status written, queued for publishing).
     fn finish_in_flight(&self, st: &mut QueueState, log: &LogBatch<'_>) {
+        // Requests waiting for the limits start now, over them: the
+        // frontend may take their buffers back once we answer.
+        while let Some(p) = st.parked.pop_front() {
+            self.start(st, p.head, p.req, &p.mem, log);
+        }
+        self.disarm(st);
         let mut completions = Vec::new();
         // A read still in flight after GET_VRING_BASE is answered would write
         // guest memory the frontend already took back (and that a migration
@@ -505,7 +540,7 @@ impl BlkBackend {
         let counters = &self.0.export.counters;
         for (head, parsed) in requests {
             match parsed {
-                Ok(req) => self.start(st, head, req, mem, log),
+                Ok(req) => self.start_or_park(st, head, req, mem, log),
                 Err(Rejected::Status { status, code }) => {
                     counters.invalid.fetch_add(1, Ordering::Relaxed);
                     // SAFETY: the parse found it inside the guest memory map
@@ -524,6 +559,63 @@ impl BlkBackend {
                     st.done.push((head, 0));
                 }
             }
+        }
+    }
+
+    /// Starts `req` if the export's limits let it and no older request
+    /// waits; otherwise parks it (counted `throttled`).
+    fn start_or_park(
+        &self,
+        st: &mut QueueState,
+        head: u16,
+        req: Request,
+        mem: &Arc<GuestMem>,
+        log: &LogBatch<'_>,
+    ) {
+        if st.parked.is_empty() && self.0.export.admit(&req.op).is_ok() {
+            self.start(st, head, req, mem, log);
+            return;
+        }
+        self.0
+            .export
+            .counters
+            .throttled
+            .fetch_add(1, Ordering::Relaxed);
+        st.parked.push_back(Parked {
+            head,
+            req,
+            mem: mem.clone(),
+        });
+    }
+
+    /// Starts the parked requests the limits let start now, oldest first;
+    /// for the first that must wait, arms the timer (at most
+    /// [`PARK_RECHECK`]). True if any started.
+    fn unpark(&self, st: &mut QueueState, log: &LogBatch<'_>) -> bool {
+        let mut started = false;
+        while let Some(first) = st.parked.front() {
+            if let Err(wait) = self.0.export.admit(&first.req.op) {
+                let wait = Duration::from_nanos(wait).min(PARK_RECHECK);
+                if let Err(e) = st.timer.reset(wait, None) {
+                    // Without a timer the next kick or completion retries.
+                    log::warn!("export {}: timerfd: {e}", self.0.export.config.name);
+                }
+                st.timer_armed = true;
+                return started;
+            }
+            if let Some(p) = st.parked.pop_front() {
+                self.start(st, p.head, p.req, &p.mem, log);
+                started = true;
+            }
+        }
+        self.disarm(st);
+        started
+    }
+
+    /// Disarms the timer (which also clears a pending expiry).
+    fn disarm(&self, st: &mut QueueState) {
+        if std::mem::take(&mut st.timer_armed) {
+            let _ = st.timer.clear();
         }
     }
 
@@ -759,6 +851,11 @@ impl BlkBackend {
     fn engine_event(&self, q: usize) -> u64 {
         (self.0.queues.len() + 1 + q) as u64
     }
+
+    /// Event id of queue `q`'s parking timer on its worker's epoll.
+    fn timer_event(&self, q: usize) -> u64 {
+        (2 * self.0.queues.len() + 1 + q) as u64
+    }
 }
 
 impl VhostUserBackend for BlkBackend {
@@ -887,10 +984,21 @@ impl VhostUserBackend for BlkBackend {
         // `attach` (already consumed by the engine's poll).
         let n = self.0.queues.len();
         let q = thread_id;
+        let timer = u64::from(device_event) == self.timer_event(q);
         let ours = usize::from(device_event) < vrings.len()
-            || u64::from(device_event) == self.engine_event(q);
+            || u64::from(device_event) == self.engine_event(q)
+            || timer;
         if q >= n || !ours {
             return Ok(());
+        }
+        if timer {
+            // Re-armed below if something still waits; a timer left expired
+            // would wake the worker again and again.
+            if let Some(state) = self.0.queues.get(q) {
+                let mut st = lock(state);
+                st.timer_armed = true;
+                self.disarm(&mut st);
+            }
         }
         let Some(vring) = vrings.first() else {
             return Ok(());
@@ -904,11 +1012,15 @@ impl SessionBackend for BlkBackend {
     fn attach(&self, daemon: &VhostUserDaemon<Self>) -> io::Result<()> {
         let handlers = daemon.get_epoll_handlers();
         for (q, state) in self.0.queues.iter().enumerate() {
-            let fd = lock(state).engine.eventfd();
+            let (fd, timer) = {
+                let st = lock(state);
+                (st.engine.eventfd(), st.timer.as_raw_fd())
+            };
             let handler = handlers
                 .get(q)
                 .ok_or_else(|| io::Error::other("fewer vring workers than queues"))?;
             handler.register_listener(fd, EventSet::IN, self.engine_event(q))?;
+            handler.register_listener(timer, EventSet::IN, self.timer_event(q))?;
         }
         Ok(())
     }

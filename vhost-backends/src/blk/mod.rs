@@ -10,6 +10,7 @@
 pub mod device;
 pub mod handover;
 pub mod inflight;
+pub mod limit;
 pub mod request;
 
 use crate::relay;
@@ -17,6 +18,7 @@ use crate::session::{ServeOptions, SocketServer};
 use crate::GuestMemAtomic;
 use device::BlkBackend;
 use handover::QueueOwnership;
+use limit::{ExportLimits, Limiter};
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -49,6 +51,8 @@ pub struct BlkExportConfig {
     pub read_only: bool,
     /// GET_ID serial (at most 20 bytes are sent).
     pub serial: String,
+    /// The I/O limits it starts with ([`BlkExport::set_limits`] changes them).
+    pub limits: ExportLimits,
 }
 
 /// Counters of one export (all connections).
@@ -85,6 +89,9 @@ pub struct BlkCounters {
     /// Of those, rings refused (stopped as broken) because the other session
     /// still held the queues after [`handover::HANDOVER_PATIENCE`].
     pub handover_refused: AtomicU64,
+    /// Requests that waited for the export's limits ([`limit`]) before
+    /// they started.
+    pub throttled: AtomicU64,
     /// Submit-to-completion latency, one histogram per [`TimedOp`].
     pub latency: [LatencyHistogram; 3],
 }
@@ -94,7 +101,7 @@ impl BlkCounters {
     pub fn summary(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "reads {} ({} B) writes {} ({} B) flushes {} discards {} io_errors {} out_of_space {} invalid {} bad_chains {} too_large {} broken_queues {} resubmitted {} handover_waits {} handover_refused {}",
+            "reads {} ({} B) writes {} ({} B) flushes {} discards {} io_errors {} out_of_space {} invalid {} bad_chains {} too_large {} broken_queues {} resubmitted {} handover_waits {} handover_refused {} throttled {}",
             g(&self.reads),
             g(&self.read_bytes),
             g(&self.writes),
@@ -109,7 +116,8 @@ impl BlkCounters {
             g(&self.broken_queues),
             g(&self.resubmitted),
             g(&self.handover_waits),
-            g(&self.handover_refused)
+            g(&self.handover_refused),
+            g(&self.throttled)
         )
     }
 
@@ -230,6 +238,10 @@ pub struct BlkExport {
     /// The backend request channel of each session that gave one
     /// (SET_BACKEND_REQ_FD), by session number.
     backend_channels: Mutex<Vec<(u64, UnixStream)>>,
+    /// The buckets of the export's limits, shared by its queues; `limited`
+    /// says whether there are any, so an unlimited export takes no lock.
+    limiter: Mutex<Limiter>,
+    limited: AtomicBool,
 }
 
 /// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG: the config space changed; the
@@ -277,7 +289,6 @@ impl BlkExport {
             p.metadata().volume(config.volume).map_or(0, |v| v.size())
         };
         Arc::new(BlkExport {
-            config,
             pool,
             counters: BlkCounters::default(),
             sessions_ended: AtomicU64::new(0),
@@ -286,7 +297,38 @@ impl BlkExport {
             next_session: AtomicU64::new(1),
             capacity: AtomicU64::new(capacity),
             backend_channels: Mutex::new(Vec::new()),
+            limiter: Mutex::new(Limiter::new(config.limits, vswitch::monotonic_ns())),
+            limited: AtomicBool::new(!config.limits.is_unlimited()),
+            config,
         })
+    }
+
+    /// The export's limits now.
+    pub fn limits(&self) -> ExportLimits {
+        self.limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .limits()
+    }
+
+    /// New limits, with full buckets, for every request started from now
+    /// on. A queue with requests waiting tries them again within
+    /// [`device::PARK_RECHECK`].
+    pub fn set_limits(&self, limits: ExportLimits) {
+        let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        *limiter = Limiter::new(limits, vswitch::monotonic_ns());
+        self.limited
+            .store(!limits.is_unlimited(), Ordering::Release);
+    }
+
+    /// Takes `op`'s tokens (`Ok`), or says in how many nanoseconds they
+    /// will be there (see [`limit`]).
+    pub(crate) fn admit(&self, op: &request::Op) -> Result<(), u64> {
+        if !self.limited.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut limiter = self.limiter.lock().unwrap_or_else(|e| e.into_inner());
+        limiter.admit(op, vswitch::monotonic_ns())
     }
 
     /// The capacity in bytes requests are checked against now.

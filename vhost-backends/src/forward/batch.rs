@@ -20,6 +20,8 @@ pub(crate) struct Ingress<'a> {
 /// Per-queue buffers of [`forward`], allocated once and reused.
 pub(crate) struct ForwardScratch {
     deliveries: Vec<Delivery>,
+    /// Per frame of the batch: dropped by the ingress port's policing.
+    policed: Vec<bool>,
     software: SoftwareScratch,
 }
 
@@ -27,6 +29,7 @@ impl Default for ForwardScratch {
     fn default() -> Self {
         ForwardScratch {
             deliveries: Vec::with_capacity(4 * BATCH),
+            policed: Vec::with_capacity(BATCH),
             software: SoftwareScratch::default(),
         }
     }
@@ -45,15 +48,25 @@ pub(crate) fn forward(
 ) {
     let ForwardScratch {
         deliveries,
+        policed,
         software,
     } = scratch;
     let topo = from.switch.topology();
     let now = from.switch.now();
     deliveries.clear();
+    policed.clear();
+    policed.resize(frames.len(), false);
+    if let Some(p) = topo.port(from.id) {
+        // Ingress policing comes first: a policed frame is not learned from.
+        p.state
+            .police(frames.iter().map(FrameSource::len), |i| policed[i] = true);
+    }
     let mut rx_bytes = 0u64;
     for i in 0..frames.len() {
         rx_bytes += frames[i].len() as u64;
-        decide(from, &topo, &frames[..=i], now, deliveries);
+        if !policed[i] {
+            decide(from, &topo, &frames[..=i], now, deliveries);
+        }
     }
     if let Some(p) = topo.port(from.id) {
         p.state.counters.add_rx(frames.len() as u64, rx_bytes);
