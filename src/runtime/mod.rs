@@ -18,8 +18,8 @@ mod volumes;
 
 pub use convert::{qemu_args, vlan_mode, vlan_summary};
 pub use error::{Error, ErrorKind, Result};
-pub use ports::PortChange;
 pub(crate) use limits::blk_limits;
+pub use ports::PortChange;
 pub use report::report;
 pub use snapshot::{snapshot_from, Snapshot};
 
