@@ -3,35 +3,39 @@
 //! shutdown) and the `--pidfile`.
 //!
 //! sd_notify is one datagram of `KEY=VALUE` lines to the Unix socket named by
-//! `$NOTIFY_SOCKET` (a path, or an abstract name written with a leading `@`).
-//! That is a handful of lines over `UnixDatagram`; no sd_notify crate was
-//! available to the workspace's offline build.
+//! `$NOTIFY_SOCKET`; the `sd-notify` crate sends it (a path socket, as systemd
+//! gives its services; it does not speak to abstract `@name` sockets).
 
+use sd_notify::NotifyState;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
 /// The environment variable a service manager sets to the notification socket.
 pub const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
 
-/// Sends `state` (newline-separated `KEY=VALUE` assignments, e.g. `READY=1`)
-/// to `$NOTIFY_SOCKET`. Without the variable (not started by a service
-/// manager) it does nothing and returns `Ok(false)`.
-pub fn notify(state: &str) -> io::Result<bool> {
-    let Some(target) = std::env::var_os(NOTIFY_SOCKET_ENV) else {
+/// What `vswitchd` tells its service manager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceState {
+    /// Every socket is bound and every pool open.
+    Ready,
+    /// A signal asked it to stop; it is shutting down.
+    Stopping,
+}
+
+/// Sends `state` (with a human-readable `STATUS=`) to `$NOTIFY_SOCKET`.
+/// Without the variable (not started by a service manager) it does nothing
+/// and returns `Ok(false)`.
+pub fn notify(state: ServiceState) -> io::Result<bool> {
+    if std::env::var_os(NOTIFY_SOCKET_ENV).is_none() {
         return Ok(false);
-    };
-    let sock = UnixDatagram::unbound()?;
-    let bytes = target.as_encoded_bytes();
-    if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-        sock.send_to_addr(state.as_bytes(), &addr)?;
-    } else {
-        sock.send_to(state.as_bytes(), Path::new(&target))?;
     }
+    let message = match state {
+        ServiceState::Ready => [NotifyState::Ready, NotifyState::Status("serving")],
+        ServiceState::Stopping => [NotifyState::Stopping, NotifyState::Status("shutting down")],
+    };
+    sd_notify::notify(&message)?;
     Ok(true)
 }
 

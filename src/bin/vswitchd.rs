@@ -11,7 +11,7 @@
 //! sends `READY=1` once every socket is bound and every pool is open, and
 //! `STOPPING=1` when a signal stops it (contrib/systemd/vswitchd.service).
 
-use fabric::service::{notify, Pidfile};
+use fabric::service::{notify, Pidfile, ServiceState};
 use fabric::Daemon;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
@@ -120,7 +120,7 @@ fn main() -> ExitCode {
     };
     // Every port, export, control and metrics socket is bound and every pool
     // open once start_from returned: what a `Type=notify` unit waits for.
-    send_state("READY=1\nSTATUS=serving");
+    send_state(ServiceState::Ready);
     log::info!("vswitchd running; SIGUSR1 prints counters, SIGINT or SIGTERM stops it");
     for sig in signals.forever() {
         // Counters go to stdout, one line per item, for scripts and tests.
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
         }
         if sig != SIGUSR1 {
             log::info!("signal {sig}: shutting down");
-            send_state("STOPPING=1\nSTATUS=shutting down");
+            send_state(ServiceState::Stopping);
             break;
         }
     }
@@ -141,7 +141,7 @@ fn main() -> ExitCode {
 
 /// sd_notify; a supervisor that cannot be told is logged, not fatal (systemd
 /// then times the start out and says so itself).
-fn send_state(state: &str) {
+fn send_state(state: ServiceState) {
     if let Err(e) = notify(state) {
         log::warn!("cannot notify the service manager ({state:?}): {e}");
     }
