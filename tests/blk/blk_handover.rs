@@ -114,6 +114,11 @@ fn the_destination_runs_the_queues_only_after_the_source_stopped_them() {
     let faults = f.io_faults("p0");
     faults.slow_sync(Duration::from_secs(2));
     let third = post_writes(&mut src, 3);
+    // Started by the device (counted as each starts), not just posted: a
+    // request the source never took off its ring is the destination's to run.
+    wait_for("the source to start its last writes", PATIENCE, || {
+        f.counter("hand1", "writes") == 3 * N
+    });
     assert_eq!(
         src.in_flight(0),
         N as usize,
