@@ -13,6 +13,9 @@
 //! - copy-on-write: READ of the shared cluster into a bounce buffer, the
 //!   data patched in, WRITE of the whole new cluster, then `Map`.
 //!
+//! Operations are submitted every [`SUBMIT_EVERY`] pushes rather than once
+//! per poll, so a disk that serves requests in turn starts on the first ones.
+//!
 //! Caller buffers go straight to the kernel when they are 512-aligned
 //! (address and length); otherwise the piece bounces through an aligned
 //! buffer. Clusters with I/O in flight are pinned in the pool so a discard
@@ -76,7 +79,7 @@ pub use iov::IO_ALIGN;
 pub use request::{Durability, EngineStats, IoCompletion, IoKind, IoRequest};
 #[cfg(any(test, feature = "sim"))]
 pub use sim::SimRing;
-pub use window::BOUNCE_BYTES;
+pub use window::{BOUNCE_BYTES, SUBMIT_EVERY};
 
 /// Most bytes one read or write may move. 4 MiB: at or above the request size
 /// Linux guests build by default (`max_sectors_kb`), so their streaming I/O is
@@ -155,6 +158,12 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
     /// Readable when completions are ready (put it on the worker's epoll).
     pub fn eventfd(&self) -> RawFd {
         self.ring.eventfd()
+    }
+
+    /// Whether a [`poll`](Self::poll) may have completions to take: for a
+    /// worker that polls before it sleeps on the [`eventfd`](Self::eventfd).
+    pub fn has_completions(&mut self) -> bool {
+        self.ring.has_completions()
     }
 
     /// Counters.

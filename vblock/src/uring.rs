@@ -320,6 +320,12 @@ impl UringEngine {
         out.len() - before
     }
 
+    /// Whether completions wait in the CQ (a look at its indices, no
+    /// syscall): for a worker polling before it sleeps on the eventfd.
+    pub fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
     /// The eventfd registered with the ring: readable when completions have
     /// been posted. Non-blocking; put it on the worker's epoll (EPOLLIN).
     pub fn eventfd(&self) -> RawFd {

@@ -35,6 +35,10 @@ pub trait AsyncDev {
     /// Appends the ready completions to `out`; returns how many. Never blocks.
     fn reap(&mut self, out: &mut Vec<Completion>) -> usize;
 
+    /// Whether completions may be ready to reap (a false "yes" only costs a
+    /// reap that finds nothing). Never blocks, no syscall.
+    fn has_completions(&mut self) -> bool;
+
     /// Readable when completions may be ready.
     fn eventfd(&self) -> RawFd;
 
@@ -68,6 +72,11 @@ impl AsyncDev for UringEngine {
     #[inline]
     fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
         UringEngine::reap(self, out)
+    }
+
+    #[inline]
+    fn has_completions(&mut self) -> bool {
+        UringEngine::has_completions(self)
     }
 
     #[inline]

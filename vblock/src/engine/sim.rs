@@ -235,6 +235,11 @@ impl<D: BlockDev> AsyncDev for SimRing<D> {
         n
     }
 
+    fn has_completions(&mut self) -> bool {
+        // A reap may complete any submitted operation.
+        !self.ready.is_empty() || !self.running.is_empty()
+    }
+
     fn eventfd(&self) -> RawFd {
         self.event.as_raw_fd()
     }
