@@ -354,3 +354,129 @@ fn engine_bounds_requests_and_bounce_memory() {
     pool.lock().unwrap().metadata().check().unwrap();
     let _ = &mut back;
 }
+
+/// A full pool whose policy is `Pause`: a write that needs a new cluster
+/// waits (counted, nothing allocated) while reads and writes in place go on;
+/// a second one waits behind it; space freed by a delete lets both finish in
+/// order and their data reads back. Draining fails what still waits.
+#[test]
+fn a_full_pausing_pool_holds_writes_that_need_space_until_space_appears() {
+    use vblock::pool::OnFull;
+    const CLUSTER: usize = 64 * 1024;
+    let file = TempFile::new("pause");
+    let dev = FileDev::create(&file.0, 8 << 20).expect("pool file");
+    let fd = dev.file().try_clone().unwrap();
+    let opts = PoolOptions {
+        cluster_size: CLUSTER as u32,
+        journal_len: Some(256 * 1024),
+        uuid: None,
+    };
+    let pool = Arc::new(Mutex::new(Pool::create(dev, &opts).unwrap()));
+    let (vol, filler) = {
+        let mut p = pool.lock().unwrap();
+        let vol = p.create_volume("v", 4 << 20, 512).unwrap();
+        let filler = p.create_volume("filler", 16 << 20, 512).unwrap();
+        p.write(vol, 0, &[7; CLUSTER]).unwrap();
+        let mut off = 0;
+        while p.write(filler, off, &[1; CLUSTER]).is_ok() {
+            off += CLUSTER as u64;
+        }
+        p.flush().unwrap();
+        (vol, filler)
+    };
+    let watch = |p: &Arc<Mutex<Pool<FileDev>>>| {
+        let g = p.lock().unwrap().gauges().clone();
+        (g.watch().paused(), g.watch().paused_total())
+    };
+    pool.lock()
+        .unwrap()
+        .gauges()
+        .watch()
+        .set_on_full(OnFull::Pause);
+    let mut engine = VolumeEngine::new(pool.clone(), &fd, 64).unwrap();
+    let mut bufs: Vec<AlignedBuf> = (0..4).map(|_| AlignedBuf::new(CLUSTER)).collect();
+    bufs[0].fill(0xa1);
+    bufs[1].fill(0xb2);
+    bufs[2].fill(0xc3);
+    let submit = |engine: &mut VolumeEngine<FileDev>, tag, kind, offset, buf: &AlignedBuf| {
+        let req = IoRequest {
+            tag,
+            volume: vol,
+            kind,
+            offset,
+            len: CLUSTER as u64,
+            iov: vec![buf.iovec(0, CLUSTER)],
+            durable: Durability::Io,
+        };
+        // SAFETY: every buffer outlives the engine's requests (drained below).
+        unsafe { engine.submit(req) };
+    };
+    let poll_until = |engine: &mut VolumeEngine<FileDev>, tags: &[u64]| {
+        let mut got = Vec::new();
+        while !tags
+            .iter()
+            .all(|t| got.iter().any(|c: &IoCompletion| c.tag == *t))
+        {
+            engine.wait(&mut got).unwrap();
+        }
+        got
+    };
+    // Two first writes (clusters 1 and 2), a read and an in-place write.
+    submit(&mut engine, 1, IoKind::Write, CLUSTER as u64, &bufs[0]);
+    submit(&mut engine, 2, IoKind::Write, 2 * CLUSTER as u64, &bufs[1]);
+    submit(&mut engine, 3, IoKind::Write, 0, &bufs[2]);
+    submit(&mut engine, 4, IoKind::Read, 0, &bufs[3]);
+    let got = poll_until(&mut engine, &[3, 4]);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|c| c.result.is_ok()), "{got:?}");
+    for _ in 0..10 {
+        let mut more = Vec::new();
+        engine.poll(&mut more).unwrap();
+        assert!(more.is_empty(), "a paused write completed: {more:?}");
+    }
+    assert_eq!(engine.paused(), 2);
+    assert_eq!(engine.in_flight(), 2);
+    assert_eq!(watch(&pool), (2, 2));
+    // Space appears: both complete, in order, and read back.
+    pool.lock().unwrap().delete_volume("filler").unwrap();
+    let _ = filler;
+    let got = poll_until(&mut engine, &[1, 2]);
+    assert_eq!(
+        got.iter().map(|c| c.tag).collect::<Vec<_>>(),
+        vec![1, 2],
+        "{got:?}"
+    );
+    assert!(got.iter().all(|c| c.result.is_ok()), "{got:?}");
+    assert_eq!((engine.paused(), watch(&pool).0), (0, 0));
+    let p = pool.lock().unwrap();
+    let mut back = vec![0u8; 3 * CLUSTER];
+    p.read(vol, 0, &mut back).unwrap();
+    assert!(back[..CLUSTER].iter().all(|&b| b == 0xc3));
+    assert!(back[CLUSTER..2 * CLUSTER].iter().all(|&b| b == 0xa1));
+    assert!(back[2 * CLUSTER..].iter().all(|&b| b == 0xb2));
+    drop(p);
+
+    // Full again; draining fails the waiting write with out of space.
+    {
+        let mut p = pool.lock().unwrap();
+        let filler = p.create_volume("filler", 16 << 20, 512).unwrap();
+        let mut off = 0;
+        while p.write(filler, off, &[1; CLUSTER]).is_ok() {
+            off += CLUSTER as u64;
+        }
+    }
+    submit(&mut engine, 5, IoKind::Write, 3 * CLUSTER as u64, &bufs[0]);
+    let mut none = Vec::new();
+    engine.poll(&mut none).unwrap();
+    assert!(none.is_empty());
+    assert_eq!(watch(&pool), (1, 3));
+    engine.set_draining(true);
+    let got = poll_until(&mut engine, &[5]);
+    assert!(
+        matches!(got[0].result, Err(PoolError::OutOfSpace { .. })),
+        "{got:?}"
+    );
+    assert_eq!(watch(&pool).0, 0);
+    drop(engine);
+    pool.lock().unwrap().metadata().check().unwrap();
+}
