@@ -48,7 +48,7 @@ mod volumes;
 pub use data::{pieces, Piece, WritePlan};
 pub use error::PoolError;
 pub use faults::IoFaults;
-pub use full::{OnFull, SpaceWatch, DEFAULT_WARN_PERCENT};
+pub use full::{used_percent, OnFull, SpaceWatch, DEFAULT_WARN_PERCENT};
 pub use gauges::PoolGauges;
 pub use info::{PoolSpace, VolumeInfo};
 pub use load::Loaded;

@@ -57,6 +57,11 @@ impl Default for SpaceWatch {
     }
 }
 
+/// Percent of `space`'s clusters used, rounded down.
+pub fn used_percent(space: &PoolSpace) -> u64 {
+    space.used_clusters * 100 / space.clusters.max(1)
+}
+
 /// Whether `space` is at or above `percent` used (exact: integer math).
 fn is_over(space: &PoolSpace, percent: u8) -> bool {
     space.used_clusters * 100 >= u64::from(percent) * space.clusters
@@ -121,7 +126,7 @@ impl SpaceWatch {
         if self.over.swap(over, Ordering::Relaxed) == over {
             return;
         }
-        let used = space.used_clusters * 100 / space.clusters.max(1);
+        let used = used_percent(space);
         if over {
             log::warn!(
                 "pool {}: {used}% used ({} of {} clusters), at or above warn_percent = {percent}",
