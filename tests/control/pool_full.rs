@@ -79,7 +79,10 @@ fn a_full_pool_with_on_full_error_fails_exactly_the_write_that_needs_space() {
     let mut vm = BlkClient::connect(&d.socket("vm"), 1).unwrap();
     vm.queue(0).write(0, &pattern(1)).unwrap();
     let filled = fill(&d);
-    assert!(filled > 50, "only {filled} clusters before the pool was full");
+    assert!(
+        filled > 50,
+        "only {filled} clusters before the pool was full"
+    );
     let before = pool(&d);
     assert_eq!(before["on_full"], "error");
     assert_eq!(before["paused"], 0);
@@ -154,14 +157,20 @@ fn a_full_pool_with_on_full_pause_holds_writes_until_space_is_freed() {
     let out = d.ok(&["pool", "set", "p0", "--on-full", "pause"]);
     assert!(out.contains("pause"), "{out}");
     let full = pool(&d);
-    assert_eq!((full["on_full"].as_str(), full["paused"].as_u64()), (Some("pause"), Some(0)));
+    assert_eq!(
+        (full["on_full"].as_str(), full["paused"].as_u64()),
+        (Some("pause"), Some(0))
+    );
 
     // W1: copy-on-write of cluster 0 (shared with the snapshot); W2: a
     // first write of cluster 2. Both need a cluster the pool does not have.
     submit_write(&mut vm, 1, 0, 0, &pattern(11));
     submit_write(&mut vm, 2, 2 * CLUSTER as u64, CLUSTER, &pattern(12));
     let early = completed_within(&mut vm, Duration::from_secs(1));
-    assert!(early.is_empty(), "completed while the pool is full: {early:?}");
+    assert!(
+        early.is_empty(),
+        "completed while the pool is full: {early:?}"
+    );
     assert_eq!(vm.queue(0).in_flight(), 2);
     let paused = pool(&d);
     assert_eq!(
@@ -212,8 +221,12 @@ fn a_full_pool_with_on_full_pause_holds_writes_until_space_is_freed() {
         vm.queue(0).read_vec(2 * CLUSTER as u64, CLUSTER).unwrap(),
         pattern(12)
     );
-    assert!(d.log().contains("pool p0: out of space: requests that need a new cluster wait"));
-    assert!(d.log().contains("pool p0: no request waits for space any more"));
+    assert!(d
+        .log()
+        .contains("pool p0: out of space: requests that need a new cluster wait"));
+    assert!(d
+        .log()
+        .contains("pool p0: no request waits for space any more"));
 }
 
 #[test]
@@ -252,10 +265,25 @@ fn setting_on_full_to_error_fails_the_waiting_writes_and_bad_values_are_refused(
     // metadata reserve is never handed out), over 50 % again.
     assert_eq!(pool(&d)["over_warn"], true);
     let p = d.json(&["pool", "set", "p0", "--warn-percent", "100"]);
-    assert_eq!((p["warn_percent"].as_u64(), p["over_warn"].as_bool()), (Some(100), Some(false)));
-    let p = d.json(&["pool", "set", "p0", "--warn-percent", "50", "--on-full", "pause"]);
     assert_eq!(
-        (p["warn_percent"].as_u64(), p["over_warn"].as_bool(), p["on_full"].as_str()),
+        (p["warn_percent"].as_u64(), p["over_warn"].as_bool()),
+        (Some(100), Some(false))
+    );
+    let p = d.json(&[
+        "pool",
+        "set",
+        "p0",
+        "--warn-percent",
+        "50",
+        "--on-full",
+        "pause",
+    ]);
+    assert_eq!(
+        (
+            p["warn_percent"].as_u64(),
+            p["over_warn"].as_bool(),
+            p["on_full"].as_str()
+        ),
         (Some(50), Some(true), Some("pause"))
     );
     let table = d.ok(&["pool", "list"]);

@@ -456,24 +456,64 @@ fn a_full_pausing_pool_holds_writes_that_need_space_until_space_appears() {
     assert!(back[2 * CLUSTER..].iter().all(|&b| b == 0xb2));
     drop(p);
 
-    // Full again; draining fails the waiting write with out of space.
-    {
+    // Full again. W5 needs two clusters, W6 one: with one cluster freed,
+    // W6 still waits behind W5 (in order), untried.
+    let free_when_full = {
         let mut p = pool.lock().unwrap();
         let filler = p.create_volume("filler", 16 << 20, 512).unwrap();
         let mut off = 0;
         while p.write(filler, off, &[1; CLUSTER]).is_ok() {
             off += CLUSTER as u64;
         }
-    }
-    submit(&mut engine, 5, IoKind::Write, 3 * CLUSTER as u64, &bufs[0]);
+        p.flush().unwrap();
+        p.space().free_clusters
+    };
+    let two = AlignedBuf::new(2 * CLUSTER);
+    let req5 = IoRequest {
+        tag: 5,
+        volume: vol,
+        kind: IoKind::Write,
+        offset: 3 * CLUSTER as u64,
+        len: 2 * CLUSTER as u64,
+        iov: vec![two.iovec(0, 2 * CLUSTER)],
+        durable: Durability::Io,
+    };
+    // SAFETY: `two` outlives the request (drained below).
+    unsafe { engine.submit(req5) };
+    submit(&mut engine, 6, IoKind::Write, 6 * CLUSTER as u64, &bufs[1]);
     let mut none = Vec::new();
     engine.poll(&mut none).unwrap();
     assert!(none.is_empty());
-    assert_eq!(watch(&pool), (1, 3));
+    assert_eq!(watch(&pool), (2, 4));
+    {
+        let mut p = pool.lock().unwrap();
+        let filler = p.volume("filler").unwrap().id;
+        p.discard(filler, 0, CLUSTER as u64).unwrap();
+        p.flush().unwrap();
+        assert_eq!(p.space().free_clusters, free_when_full + 1);
+    }
+    for _ in 0..10 {
+        engine.poll(&mut none).unwrap();
+        assert!(none.is_empty(), "W6 went ahead of W5: {none:?}");
+    }
+    assert_eq!(engine.paused(), 2);
+    // Draining: W5 fails out of space; W6, tried then, fits.
     engine.set_draining(true);
-    let got = poll_until(&mut engine, &[5]);
+    let got = poll_until(&mut engine, &[5, 6]);
     assert!(
-        matches!(got[0].result, Err(PoolError::OutOfSpace { .. })),
+        matches!(
+            got[..],
+            [
+                IoCompletion {
+                    tag: 5,
+                    result: Err(PoolError::OutOfSpace { .. })
+                },
+                IoCompletion {
+                    tag: 6,
+                    result: Ok(())
+                }
+            ]
+        ),
         "{got:?}"
     );
     assert_eq!(watch(&pool).0, 0);
