@@ -87,6 +87,11 @@ fn a_full_pool_with_on_full_error_fails_exactly_the_write_that_needs_space() {
     assert_eq!(before["on_full"], "error");
     assert_eq!(before["paused"], 0);
     assert_eq!(before["over_warn"], true, "{before}");
+    assert!(
+        d.log().contains("at or above warn_percent = 80"),
+        "no warning logged:\n{}",
+        d.log()
+    );
 
     // A first write (cluster 2 of vm): VIRTIO_BLK_S_IOERR, exactly.
     let e = vm
