@@ -737,6 +737,15 @@ mod tests {
             value(&exp, "vswitchd_pool_free_bytes", &pool),
             ((1u64 << 30) - (1 << 20)) as f64
         );
+        for (name, v) in [
+            ("vswitchd_pool_used_percent", 0.0),
+            ("vswitchd_pool_warn_percent", 80.0),
+            ("vswitchd_pool_over_warn_threshold", 0.0),
+            ("vswitchd_pool_paused_requests", 3.0),
+            ("vswitchd_pool_requests_paused_total", 41.0),
+        ] {
+            assert_eq!(value(&exp, name, &pool), v, "{name}");
+        }
 
         // Histograms: checked monotone with +Inf = count by the parser.
         let h = &exp.families["vswitchd_blk_request_duration_seconds"];

@@ -28,6 +28,43 @@ impl Drop for TempFile {
     }
 }
 
+/// A new pool of `len` bytes in `file` (a 256 KiB journal) and the file
+/// for an engine's io_uring.
+fn new_pool(
+    file: &TempFile,
+    len: u64,
+    cluster_size: u32,
+) -> (Arc<Mutex<Pool<FileDev>>>, std::fs::File) {
+    let dev = FileDev::create(&file.0, len).expect("pool file");
+    let fd = dev.file().try_clone().unwrap();
+    let opts = PoolOptions {
+        cluster_size,
+        journal_len: Some(256 * 1024),
+        uuid: None,
+    };
+    (Arc::new(Mutex::new(Pool::create(dev, &opts).unwrap())), fd)
+}
+
+/// A request of `len` bytes of `buf`, with no durability asked.
+fn io_request(
+    tag: u64,
+    volume: u32,
+    kind: IoKind,
+    offset: u64,
+    buf: &AlignedBuf,
+    len: usize,
+) -> IoRequest {
+    IoRequest {
+        tag,
+        volume,
+        kind,
+        offset,
+        len: len as u64,
+        iov: vec![buf.iovec(0, len)],
+        durable: Durability::Io,
+    }
+}
+
 /// A request in flight and the buffer it owns.
 struct InFlight {
     kind: IoKind,
@@ -222,15 +259,7 @@ fn engine_refuses_bad_requests_and_reports_out_of_space() {
     let mut engine = VolumeEngine::new(pool.clone(), &fd, 8).unwrap();
     let mut buf = AlignedBuf::new(64 * 1024);
     let mut run = |kind, volume, offset, len: usize| {
-        let req = IoRequest {
-            tag: 1,
-            volume,
-            kind,
-            offset,
-            len: len as u64,
-            iov: vec![buf.iovec(0, len)],
-            durable: Durability::Io,
-        };
+        let req = io_request(1, volume, kind, offset, &buf, len);
         // SAFETY: `buf` outlives the request (waited for below).
         unsafe { engine.submit(req) };
         let mut out = Vec::new();
@@ -276,14 +305,7 @@ fn engine_bounds_requests_and_bounce_memory() {
     use vblock::engine::{BOUNCE_BYTES, MAX_REQUEST_BYTES};
     const CLUSTER: usize = 64 * 1024;
     let file = TempFile::new("bounds");
-    let dev = FileDev::create(&file.0, 96 << 20).expect("pool file");
-    let fd = dev.file().try_clone().unwrap();
-    let opts = PoolOptions {
-        cluster_size: CLUSTER as u32,
-        journal_len: Some(256 * 1024),
-        uuid: None,
-    };
-    let pool = Arc::new(Mutex::new(Pool::create(dev, &opts).unwrap()));
+    let (pool, fd) = new_pool(&file, 96 << 20, CLUSTER as u32);
     let vol = pool
         .lock()
         .unwrap()
@@ -364,14 +386,7 @@ fn a_full_pausing_pool_holds_writes_that_need_space_until_space_appears() {
     use vblock::pool::OnFull;
     const CLUSTER: usize = 64 * 1024;
     let file = TempFile::new("pause");
-    let dev = FileDev::create(&file.0, 8 << 20).expect("pool file");
-    let fd = dev.file().try_clone().unwrap();
-    let opts = PoolOptions {
-        cluster_size: CLUSTER as u32,
-        journal_len: Some(256 * 1024),
-        uuid: None,
-    };
-    let pool = Arc::new(Mutex::new(Pool::create(dev, &opts).unwrap()));
+    let (pool, fd) = new_pool(&file, 8 << 20, CLUSTER as u32);
     let (vol, filler) = {
         let mut p = pool.lock().unwrap();
         let vol = p.create_volume("v", 4 << 20, 512).unwrap();
@@ -399,15 +414,7 @@ fn a_full_pausing_pool_holds_writes_that_need_space_until_space_appears() {
     bufs[1].fill(0xb2);
     bufs[2].fill(0xc3);
     let submit = |engine: &mut VolumeEngine<FileDev>, tag, kind, offset, buf: &AlignedBuf| {
-        let req = IoRequest {
-            tag,
-            volume: vol,
-            kind,
-            offset,
-            len: CLUSTER as u64,
-            iov: vec![buf.iovec(0, CLUSTER)],
-            durable: Durability::Io,
-        };
+        let req = io_request(tag, vol, kind, offset, buf, buf.len());
         // SAFETY: every buffer outlives the engine's requests (drained below).
         unsafe { engine.submit(req) };
     };
@@ -469,17 +476,7 @@ fn a_full_pausing_pool_holds_writes_that_need_space_until_space_appears() {
         p.space().free_clusters
     };
     let two = AlignedBuf::new(2 * CLUSTER);
-    let req5 = IoRequest {
-        tag: 5,
-        volume: vol,
-        kind: IoKind::Write,
-        offset: 3 * CLUSTER as u64,
-        len: 2 * CLUSTER as u64,
-        iov: vec![two.iovec(0, 2 * CLUSTER)],
-        durable: Durability::Io,
-    };
-    // SAFETY: `two` outlives the request (drained below).
-    unsafe { engine.submit(req5) };
+    submit(&mut engine, 5, IoKind::Write, 3 * CLUSTER as u64, &two);
     submit(&mut engine, 6, IoKind::Write, 6 * CLUSTER as u64, &bufs[1]);
     let mut none = Vec::new();
     engine.poll(&mut none).unwrap();
