@@ -10,7 +10,7 @@
 //! refuses to be taken while this thread holds a pool.
 
 use crate::sockets;
-use fabric_config::{ExportConfig, PoolConfig, VolumeConfig, VolumeSource};
+use fabric_config::{ExportConfig, OnFull, PoolConfig, VolumeConfig, VolumeSource};
 use std::cell::Cell;
 use std::io;
 use std::ops::{Deref, DerefMut};
@@ -71,11 +71,33 @@ pub struct OpenPool {
 
 impl OpenPool {
     pub fn new(name: &str, path: &std::path::Path, pool: Pool<FileDev>) -> OpenPool {
+        pool.gauges().watch().set_name(name);
         OpenPool {
             name: name.to_owned(),
             path: path.to_owned(),
             gauges: pool.gauges().clone(),
             pool: Arc::new(Mutex::new(pool)),
+        }
+    }
+}
+
+impl OpenPool {
+    /// What a request that needs space gets when the pool is full, and the
+    /// warning threshold (judged at once against the space used now).
+    pub fn set_space_policy(&self, on_full: OnFull, warn_percent: u8) {
+        let watch = self.gauges.watch();
+        watch.set_on_full(match on_full {
+            OnFull::Error => vblock::pool::OnFull::Error,
+            OnFull::Pause => vblock::pool::OnFull::Pause,
+        });
+        watch.set_warn_percent(warn_percent, &self.gauges.space());
+    }
+
+    /// The full policy in force.
+    pub fn on_full(&self) -> OnFull {
+        match self.gauges.watch().on_full() {
+            vblock::pool::OnFull::Error => OnFull::Error,
+            vblock::pool::OnFull::Pause => OnFull::Pause,
         }
     }
 }
@@ -140,7 +162,9 @@ pub fn open_pool(cfg: &PoolConfig, key: &str) -> io::Result<OpenPool> {
         );
         pool
     };
-    Ok(OpenPool::new(&cfg.name, &cfg.path, pool))
+    let open = OpenPool::new(&cfg.name, &cfg.path, pool);
+    open.set_space_policy(cfg.on_full, cfg.warn_percent);
+    Ok(open)
 }
 
 /// Makes the volume exist: created from its source on first start; an

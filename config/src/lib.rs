@@ -15,10 +15,12 @@
 use std::path::{Path, PathBuf};
 
 mod error;
+mod full;
 mod limits;
 mod raw;
 
 pub use error::ConfigError;
+pub use full::{warn_percent, OnFull, DEFAULT_WARN_PERCENT};
 pub use limits::{
     default_export_burst, port_policing, ExportLimits, LimitError, RateLimit,
     DEFAULT_POLICING_BURST_KBIT, EXPORT_LIMIT_KEYS,
@@ -105,6 +107,12 @@ pub struct PoolConfig {
     /// `overcommit`: allow the volumes declared here to total more than the
     /// pool's size (thin over-commit). Default false.
     pub overcommit: bool,
+    /// `on_full`: `"error"` (default) or `"pause"`, see [`OnFull`].
+    pub on_full: OnFull,
+    /// `warn_percent`: used space (percent of the pool's clusters) at which
+    /// a warning is logged and `vswitchd_pool_over_warn_threshold` is 1;
+    /// 1..=100, default 80.
+    pub warn_percent: u8,
     /// `[[pool.volume]]` tables, in file order.
     pub volumes: Vec<VolumeConfig>,
 }

@@ -566,6 +566,17 @@ fn pool_volumes_and_exports() {
         (p.size, p.cluster_size, p.overcommit),
         (Some(1 << 30), 65536, false)
     );
+    assert_eq!((p.on_full, p.warn_percent), (OnFull::Error, 80));
+    let paused = parse_ok(&format!("{POOL}on_full = \"pause\"\nwarn_percent = 100\n"));
+    assert_eq!(
+        (paused.pools[0].on_full, paused.pools[0].warn_percent),
+        (OnFull::Pause, 100)
+    );
+    let round = parse_ok(&to_toml(&paused));
+    assert_eq!(
+        (round.pools[0].on_full, round.pools[0].warn_percent),
+        (OnFull::Pause, 100)
+    );
     assert_eq!(
         p.volumes[0].source,
         VolumeSource::New {
@@ -647,6 +658,19 @@ fn pool_errors_name_the_key() {
     assert!(parse_err(&text)
         .contains("pool[0].volume[0].export.socket: duplicate socket path run/vm1.sock"));
     assert!(parse_err(&format!("{POOL}{POOL}")).contains("pool[1].name: duplicate pool name"));
+    // The full policy and the warning threshold name their key.
+    assert_eq!(
+        parse_err(&format!("{POOL}on_full = \"queue\"\n")),
+        "fabric.toml:5: pool[0].on_full: `on_full` must be \"error\" or \"pause\", not \"queue\""
+    );
+    for bad in ["0", "101", "-5"] {
+        assert_eq!(
+            parse_err(&format!("{POOL}warn_percent = {bad}\n")),
+            format!(
+                "fabric.toml:5: pool[0].warn_percent: `warn_percent` must be in 1..=100, not {bad}"
+            )
+        );
+    }
     assert!(parse_err(&format!("{POOL}cluster_size = \"24K\"\n"))
         .contains("pool[0].cluster_size: cluster size 24576 is not a power of two"));
     assert!(parse_err(&format!("{POOL}[[pool.volume]]\nname = \"v\"\nsize = \"1M\"\n[[pool.volume]]\nname = \"v\"\nsize = \"1M\"\n"))

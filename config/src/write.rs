@@ -175,6 +175,8 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
         }
         let _ = writeln!(out, "cluster_size = {}", pool.cluster_size);
         let _ = writeln!(out, "overcommit = {}", pool.overcommit);
+        let _ = writeln!(out, "on_full = {}", q(pool.on_full.as_str()));
+        let _ = writeln!(out, "warn_percent = {}", pool.warn_percent);
         for v in &pool.volumes {
             let _ = writeln!(out, "\n[[pool.volume]]");
             let _ = writeln!(out, "name = {}", q(&v.name));

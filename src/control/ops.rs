@@ -138,6 +138,23 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
             Ok(Value::Null)
         }
         "pool.list" => to_value(pool_list(rt)),
+        "pool.set" => {
+            let p: PoolSet = args(op, a)?;
+            let on_full = p
+                .on_full
+                .as_deref()
+                .map(fabric_config::OnFull::parse)
+                .transpose()
+                .map_err(invalid)?;
+            let warn_percent = p
+                .warn_percent
+                .map(fabric_config::warn_percent)
+                .transpose()
+                .map_err(invalid)?;
+            rt.set_pool_policy(&p.pool, on_full, warn_percent)?;
+            let info = pool_list(rt).into_iter().find(|i| i.name == p.pool);
+            to_value(info)
+        }
         "volume.list" => {
             let p: VolumeList = args(op, a)?;
             if let Some(name) = &p.pool {
@@ -542,6 +559,7 @@ fn pool_list(rt: &Runtime) -> Vec<PoolInfo> {
             let pool = crate::storage::lock_pool(&p.pool);
             let s = pool.space();
             let cs = u64::from(s.cluster_size);
+            let watch = p.gauges.watch();
             PoolInfo {
                 name: p.name.clone(),
                 path: p.path.display().to_string(),
@@ -551,6 +569,11 @@ fn pool_list(rt: &Runtime) -> Vec<PoolInfo> {
                 free: s.free_clusters * cs,
                 releasing: s.releasing_clusters * cs,
                 provisioned: s.provisioned,
+                on_full: p.on_full().as_str().to_owned(),
+                warn_percent: watch.warn_percent(),
+                over_warn: watch.over_threshold(),
+                paused: watch.paused(),
+                paused_total: watch.paused_total(),
             }
         })
         .collect()

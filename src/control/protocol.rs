@@ -24,6 +24,7 @@
 //! | `fdb.del` | [`FdbDel`] `{switch, vlan, mac, if_exists?}` | `{removed}` |
 //! | `log.level` | [`LogLevel`] `{level}` | `{filter}` |
 //! | `pool.list` | - | [`PoolInfo`] list |
+//! | `pool.set` | [`PoolSet`] `{pool, on_full?, warn_percent?}` | [`PoolInfo`] |
 //! | `volume.list` | [`VolumeList`] `{pool?}` | [`VolumeInfo`] list |
 //! | `volume.create` | [`VolumeCreate`] `{pool, name, size, block_size?, may_exist?}` | [`VolumeInfo`] |
 //! | `volume.resize` | [`VolumeResize`] `{pool, name, size, force?}` | [`VolumeInfo`] |
@@ -304,6 +305,29 @@ pub struct PoolInfo {
     pub releasing: u64,
     /// Sum of the volumes' sizes (may exceed the capacity: over-commit).
     pub provisioned: u64,
+    /// `"error"` or `"pause"`: what a request needing space gets when full.
+    pub on_full: String,
+    /// The warning threshold, percent of the clusters used.
+    pub warn_percent: u8,
+    /// Used at or above `warn_percent`.
+    pub over_warn: bool,
+    /// Requests waiting for space now (`on_full = "pause"`).
+    pub paused: u64,
+    /// Requests that waited for space since the daemon started.
+    pub paused_total: u64,
+}
+
+/// `pool.set` arguments: what is given changes, the rest stays.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSet {
+    pub pool: String,
+    /// `"error"` or `"pause"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_full: Option<String>,
+    /// 1..=100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_percent: Option<i64>,
 }
 
 /// One volume.

@@ -29,6 +29,8 @@
 //! | `vswitchd_blk_io_errors`, `_out_of_space`, `_invalid_requests`, `_bad_chains`, `_too_large`, `_broken_queues`, `_resubmitted`, `_handover_waits`, `_handover_refused`, `_throttled` | counter | `pool`, `volume` |
 //! | `vswitchd_blk_request_duration_seconds` | histogram | `pool`, `volume`, `op` (`read`, `write`, `flush`) |
 //! | `vswitchd_pool_{capacity,used,free,releasing,provisioned}_bytes` | gauge | `pool` |
+//! | `vswitchd_pool_used_percent`, `_warn_percent`, `_over_warn_threshold` (0/1), `_paused_requests` | gauge | `pool` |
+//! | `vswitchd_pool_requests_paused` | counter | `pool` |
 //! | `vswitchd_volume_{size,allocated,exclusive}_bytes` | gauge | `pool`, `volume` |
 //!
 //! One job per file: the snapshot is the runtime's (`crate::runtime::snapshot`), `render.rs` encodes it,

@@ -529,6 +529,41 @@ impl Collector for SnapshotCollector {
                 (pool(p), value(p))
             })?;
         }
+        let pool_state: [(Kind, &str, &str, Space); 5] = [
+            (
+                Kind::Gauge,
+                "vswitchd_pool_used_percent",
+                "Percent of the pool's clusters used, rounded down.",
+                |p| p.used_percent,
+            ),
+            (
+                Kind::Gauge,
+                "vswitchd_pool_warn_percent",
+                "The pool's warn_percent.",
+                |p| p.warn_percent,
+            ),
+            (
+                Kind::Gauge,
+                "vswitchd_pool_over_warn_threshold",
+                "1 while the pool's used percent is at or above warn_percent.",
+                |p| u64::from(p.over_warn),
+            ),
+            (
+                Kind::Gauge,
+                "vswitchd_pool_paused_requests",
+                "Requests waiting for space in the full pool (on_full = pause).",
+                |p| p.paused,
+            ),
+            (
+                Kind::Counter,
+                "vswitchd_pool_requests_paused",
+                "Requests that waited for space in the full pool.",
+                |p| p.paused_total,
+            ),
+        ];
+        for (kind, name, help, value) in pool_state {
+            f.metric(kind, name, help, None, &s.pools, |p| (pool(p), value(p)))?;
+        }
         let vol = |v: &VolumeSample| [("pool", v.pool.clone()), ("volume", v.volume.clone())];
         type Usage = fn(&VolumeSample) -> u64;
         let volume_gauges: [(&str, &str, Usage); 3] = [
@@ -702,6 +737,15 @@ mod tests {
             value(&exp, "vswitchd_pool_free_bytes", &pool),
             ((1u64 << 30) - (1 << 20)) as f64
         );
+        for (name, v) in [
+            ("vswitchd_pool_used_percent", 0.0),
+            ("vswitchd_pool_warn_percent", 80.0),
+            ("vswitchd_pool_over_warn_threshold", 0.0),
+            ("vswitchd_pool_paused_requests", 3.0),
+            ("vswitchd_pool_requests_paused_total", 41.0),
+        ] {
+            assert_eq!(value(&exp, name, &pool), v, "{name}");
+        }
 
         // Histograms: checked monotone with +Inf = count by the parser.
         let h = &exp.families["vswitchd_blk_request_duration_seconds"];

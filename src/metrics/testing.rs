@@ -364,6 +364,11 @@ pub(super) fn sample_snapshot() -> Snapshot {
             free_bytes: (1 << 30) - (1 << 20),
             releasing_bytes: 16384,
             provisioned_bytes: 2 << 30,
+            used_percent: 0,
+            warn_percent: 80,
+            over_warn: false,
+            paused: 3,
+            paused_total: 41,
         }],
         volumes: vec![VolumeSample {
             pool: "fast".into(),

@@ -227,6 +227,33 @@ impl Runtime {
         &self.pools
     }
 
+    /// Changes pool `name`'s full policy and warning threshold (each left
+    /// as it is if `None`), at once and in the runtime config.
+    pub fn set_pool_policy(
+        &self,
+        name: &str,
+        on_full: Option<fabric_config::OnFull>,
+        warn_percent: Option<u8>,
+    ) -> Result<()> {
+        let pool = self.pool_entry(name)?;
+        let mut st = self.lock();
+        let cfg = st
+            .config
+            .pools
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::not_found(format!("no pool named {name:?}")))?;
+        cfg.on_full = on_full.unwrap_or(cfg.on_full);
+        cfg.warn_percent = warn_percent.unwrap_or(cfg.warn_percent);
+        pool.set_space_policy(cfg.on_full, cfg.warn_percent);
+        log::info!(
+            "pool {name}: on_full = {:?}, warn_percent = {}",
+            cfg.on_full.as_str(),
+            cfg.warn_percent
+        );
+        Ok(())
+    }
+
     pub fn switches(&self) -> &[SwitchEntry] {
         &self.switches
     }

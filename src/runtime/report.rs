@@ -66,14 +66,19 @@ pub fn report(snap: &Snapshot) -> Vec<String> {
     for p in &snap.pools {
         let clusters = |bytes: u64| bytes.checked_div(p.cluster_size).unwrap_or(0);
         lines.push(format!(
-            "pool {} clusters={} used={} free={} releasing={} provisioned_bytes={} capacity_bytes={}",
+            "pool {} clusters={} used={} free={} releasing={} provisioned_bytes={} capacity_bytes={} \
+             warn_percent={} over_warn={} paused={} paused_total={}",
             p.pool,
             p.clusters,
             clusters(p.used_bytes),
             clusters(p.free_bytes),
             clusters(p.releasing_bytes),
             p.provisioned_bytes,
-            p.capacity_bytes
+            p.capacity_bytes,
+            p.warn_percent,
+            u8::from(p.over_warn),
+            p.paused,
+            p.paused_total
         ));
         for v in snap.volumes.iter().filter(|v| v.pool == p.pool) {
             lines.push(format!(
@@ -191,6 +196,11 @@ mod tests {
                 free_bytes: 1000 * 65536,
                 releasing_bytes: 2 * 65536,
                 provisioned_bytes: 22,
+                used_percent: 0,
+                warn_percent: 80,
+                over_warn: true,
+                paused: 4,
+                paused_total: 5,
             }],
             volumes: vec![VolumeSample {
                 pool: "p0".into(),
@@ -208,7 +218,8 @@ mod tests {
                 "fdb switch=br0 entries=7 learned=8 moved=9 aged=10 refused_full=11 refused_port_limit=12 refused_move=13",
                 "tunnel switch=br0 port=vx0 rx_packets=41 rx_bytes=4100 tx_packets=42 tx_bytes=4200 remote_entries=14 remote_learned=15 remote_moved=16 remote_refused_full=18 remote_refused_vtep_limit=19 drop_bad_header=0 drop_unknown_vni=1 drop_unknown_vtep=0 drop_too_big=0 drop_inner_runt=0 drop_inner_tagged=0 drop_tx_busy=0 drop_tx_error=0 drop_held_station=0 rx_coalesced=43",
                 "counters export=v reads 20 (21 B) writes 0 (0 B) flushes 0 discards 0 io_errors 0 out_of_space 0 invalid 0 bad_chains 0 too_large 0 broken_queues 0 resubmitted 0 handover_waits 0 handover_refused 0 throttled 0",
-                "pool p0 clusters=1024 used=3 free=1000 releasing=2 provisioned_bytes=22 capacity_bytes=67108864",
+                "pool p0 clusters=1024 used=3 free=1000 releasing=2 provisioned_bytes=22 capacity_bytes=67108864 \
+                 warn_percent=80 over_warn=1 paused=4 paused_total=5",
                 "volume pool=p0 name=v kind=Snapshot size=23 allocated=24 exclusive=25",
             ]
         );

@@ -116,6 +116,14 @@ pub struct PoolSample {
     pub releasing_bytes: u64,
     /// Sum of the volumes' sizes (may exceed the capacity).
     pub provisioned_bytes: u64,
+    /// Percent of the clusters used, rounded down.
+    pub used_percent: u64,
+    /// `warn_percent`, and whether the pool is at or above it.
+    pub warn_percent: u64,
+    pub over_warn: bool,
+    /// Requests waiting for space now, and all that ever waited.
+    pub paused: u64,
+    pub paused_total: u64,
 }
 
 /// One volume of a pool, exported or not.
@@ -234,6 +242,11 @@ pub fn pool_samples(name: &str, gauges: &PoolGauges) -> (PoolSample, Vec<VolumeS
         free_bytes: s.free_clusters * cs,
         releasing_bytes: s.releasing_clusters * cs,
         provisioned_bytes: s.provisioned,
+        used_percent: vblock::pool::used_percent(&s),
+        warn_percent: gauges.watch().warn_percent().into(),
+        over_warn: gauges.watch().over_threshold(),
+        paused: gauges.watch().paused(),
+        paused_total: gauges.watch().paused_total(),
     };
     let volumes = gauges
         .volumes()

@@ -1,8 +1,8 @@
 //! The storage side end to end: exports to libblkio (`blk_export`,
 //! `blk_client_selftest`), malformed requests (`blk_malformed`), reconnects
 //! (`blk_reconnect`), a migration's handover between two frontends
-//! (`blk_handover`), online growth (`blk_resize`) and real QEMU guests
-//! (`qemu_blk`). One test binary: each
+//! (`blk_handover`), online growth (`blk_resize`), the pool's space warning
+//! (`blk_pool_warn`) and real QEMU guests (`qemu_blk`). One test binary: each
 //! file is a module.
 
 mod blk_client_selftest;
@@ -11,6 +11,7 @@ mod blk_export;
 mod blk_handover;
 mod blk_limits;
 mod blk_malformed;
+mod blk_pool_warn;
 mod blk_reconnect;
 mod blk_resize;
 mod qemu_blk;

@@ -614,3 +614,117 @@ fn vswitchd_restarts_under_a_writing_guest_without_errors() {
         "three kills under I/O at queue depth 16 left nothing in flight?\n{log}"
     );
 }
+
+/// Runs fabricctl on `backend`'s control socket; panics unless it succeeds.
+fn fabricctl(backend: &VswitchdBlk, args: &[&str]) -> String {
+    let out = Command::new(test_kit::bins::fabricctl())
+        .arg("--socket")
+        .arg(backend.control_socket())
+        .args(args)
+        .output()
+        .expect("run fabricctl");
+    assert!(
+        out.status.success(),
+        "fabricctl {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        context(backend)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Requests waiting for space in pool p0 (`pool list`).
+fn paused(backend: &VswitchdBlk) -> u64 {
+    let list: serde_json::Value =
+        serde_json::from_str(&fabricctl(backend, &["--json", "pool", "list"])).unwrap();
+    list[0]["paused"].as_u64().expect("paused")
+}
+
+/// A full pool with `on_full = "pause"` under a Linux guest: its fio write
+/// stalls (the first write that needs a cluster waits in vswitchd, counted
+/// `paused`) for longer than the block layer's 30 s request timeout, without
+/// an error; deleting a snapshot frees space, the write completes, fio's
+/// verify passes and the guest's kernel logs no I/O error.
+#[test]
+fn vswitchd_a_guest_write_waits_in_a_full_pool_and_resumes_when_space_is_freed() {
+    use test_kit::blkio::BlkClient;
+    let env = Env::new();
+    let dir = blk_test_dir("qemu-blk-full");
+    // The pool holds 3 x 32 MiB + 64 MiB; `filler` (128 MiB) written whole,
+    // snapshotted and written again until a write fails fills it.
+    let backend = VswitchdBlk::create_with(
+        dir.path(),
+        "d0",
+        &writable(32 * MIB, 1),
+        "[[pool.volume]]\nname = \"filler\"\nsize = \"128M\"\nexport = { socket = \"filler.sock\" }\n",
+    );
+    let mut c = BlkClient::connect(&backend.socket_of("filler"), 1).unwrap();
+    let chunk = vec![0x3c; MIB as usize];
+    for i in 0..128 {
+        c.queue(0).write(i * MIB, &chunk).unwrap();
+    }
+    fabricctl(
+        &backend,
+        &["volume", "snapshot", "p0", "filler", "filler@s"],
+    );
+    let mut rewritten = 0;
+    while c.queue(0).write(rewritten * MIB, &chunk).is_ok() {
+        rewritten += 1;
+        assert!(rewritten < 128, "the pool never filled");
+    }
+    drop(c);
+    fabricctl(&backend, &["pool", "set", "p0", "--on-full", "pause"]);
+
+    let job = pattern_job(&[BlkStep::Write, BlkStep::Verify], 16 * MIB, 0xf011);
+    let mut g = BlkGuest::boot(
+        &env.qemu,
+        &env.image,
+        dir.path(),
+        "F",
+        backend.socket(),
+        &BlkGuestOpts::default(),
+        &job,
+    );
+    g.guest
+        .wait_for("FABRIC-INFO fio[write] fio", GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", context(&backend)));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while paused(&backend) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no guest write waits for space\n{}",
+            context(&backend)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    // Past the block layer's 30 s request timeout: still waiting, no error.
+    thread::sleep(Duration::from_secs(35));
+    assert!(paused(&backend) > 0);
+    let serial = g.guest.serial_text();
+    assert!(
+        !serial.contains("FABRIC-RESULT blk done") && !serial.contains("I/O error"),
+        "{serial}"
+    );
+    eprintln!(
+        "[{:>5.1?}] guest F's write waited 35 s; deleting filler@s",
+        env.t0.elapsed()
+    );
+    fabricctl(&backend, &["volume", "delete", "p0", "filler@s"]);
+    let r = g
+        .report(GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", context(&backend)));
+    eprintln!("guest F: {}", r.summary().replace('\n', "\n        "));
+    r.assert_pass(&context(&backend));
+    for bad in ["I/O error", "blk_update_request", "Buffer I/O"] {
+        assert!(
+            !r.serial.contains(bad),
+            "guest kernel complained ({bad}):\n{}",
+            r.serial
+        );
+    }
+    assert_eq!(r.step(BlkStep::Write).num("write"), 16 * MIB);
+    assert_eq!(r.step(BlkStep::Verify).num("read"), 16 * MIB);
+    assert_eq!(paused(&backend), 0);
+    assert!(backend
+        .log_text()
+        .contains("pool p0: out of space: requests that need a new cluster wait"));
+}

@@ -200,6 +200,11 @@ pub mod fake_control {
             "size":10u64 << 30,"block_size":512,"read_only":true,"allocated":3u64 << 29,
             "exclusive":0,"export":null,"shared":3u64 << 29,"pool_capacity":6u64 << 30,
             "origin":"disk1"});
+        let pool = json!({"name":"pool0","path":"/srv/fabric/pool0.img",
+            "cluster_size":16384,"capacity":64u64 << 30,"used":16u64 << 30,
+            "free":48u64 << 30,"releasing":0,"provisioned":80u64 << 30,
+            "on_full":"pause","warn_percent":20,"over_warn":true,"paused":2,
+            "paused_total":7});
         Some(match op {
             "daemon.status" => json!({"version":"0.1.0","protocol":1,"pid":4242,
                 "uptime_secs":3725,"config":"/srv/fabric/fabric.toml"}),
@@ -211,9 +216,8 @@ pub mod fake_control {
                 {"vlan":10,"mac":"52:54:00:00:00:01","port":"vm1","static":false,"age_secs":5}
             ]),
             "fdb.flush" => json!({"flushed":3}),
-            "pool.list" => json!([{"name":"pool0","path":"/srv/fabric/pool0.img",
-                "cluster_size":16384,"capacity":64u64 << 30,"used":16u64 << 30,
-                "free":48u64 << 30,"releasing":0,"provisioned":80u64 << 30}]),
+            "pool.list" => json!([pool]),
+            "pool.set" => pool,
             "volume.list" => json!([disk, snap]),
             "volume.create" | "volume.resize" | "volume.snapshot" | "volume.clone"
             | "volume.rename" | "export.add" => disk,
@@ -330,6 +334,19 @@ fn every_subcommand_sends_its_op_and_args() {
             json!({"switch":"br0","vlan":10,"mac":"52:54:00:00:00:01","port":"vm1"}),
         ),
         (&["pool", "list"], "pool.list", json!({})),
+        (
+            &[
+                "pool",
+                "set",
+                "pool0",
+                "--on-full",
+                "pause",
+                "--warn-percent",
+                "90",
+            ],
+            "pool.set",
+            json!({"pool":"pool0","on_full":"pause","warn_percent":90}),
+        ),
         (&["volume", "list"], "volume.list", json!({})),
         (
             &["volume", "list", "--pool", "pool0"],
@@ -436,7 +453,7 @@ fn every_subcommand_sends_its_op_and_args() {
         ops_seen.insert(*op);
     }
     // Every op of the protocol table is covered.
-    assert_eq!(ops_seen.len(), 18);
+    assert_eq!(ops_seen.len(), 19);
 }
 
 #[test]
@@ -486,8 +503,8 @@ pool0  disk1-snap  snapshot  10.0 GiB    512    1.5 GiB        0 B  1.5 GiB  25.
     assert_eq!(
         ok(&server, &["pool", "list"]),
         "\
-POOL       SIZE      USED      FREE  RELEASING  PROVISIONED   USE%   CLUSTER  PATH
-pool0  64.0 GiB  16.0 GiB  48.0 GiB        0 B     80.0 GiB  25.0%  16.0 KiB  /srv/fabric/pool0.img
+POOL       SIZE      USED      FREE  RELEASING  PROVISIONED   USE%  WARN%  ON_FULL  PAUSED   CLUSTER  PATH
+pool0  64.0 GiB  16.0 GiB  48.0 GiB        0 B     80.0 GiB  25.0%    20!  pause         2  16.0 KiB  /srv/fabric/pool0.img
 "
     );
     // Sorted by VLAN then MAC; static entries have no age.

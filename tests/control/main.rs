@@ -1,6 +1,7 @@
 //! The control surface: the control socket (`control`), `fabricctl` against a
 //! fake server (`fabricctl`) and a real daemon (`fabricctl_e2e`), socket files
-//! and permissions (`sockets`), and the one name rule (`names`). One test
+//! and permissions (`sockets`), the one name rule (`names`), a full pool
+//! through the daemon and a real client (`pool_full`). One test
 //! binary: each file is a module.
 
 mod control;
@@ -8,4 +9,5 @@ mod fabricctl;
 mod fabricctl_daily;
 mod fabricctl_e2e;
 mod names;
+mod pool_full;
 mod sockets;

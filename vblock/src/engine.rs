@@ -43,6 +43,15 @@
 //! same boot of the host replays them unless a later flush covers them
 //! (FORMAT.md "Records not covered by a flush").
 //!
+//! A write (or a discard of part of a shared cluster) that needs clusters a
+//! full pool cannot give fails with [`PoolError::OutOfSpace`], unless the
+//! pool's policy is [`OnFull::Pause`]: then it stays waiting, not started
+//! and nothing allocated, and is planned again at every poll, oldest first;
+//! a younger write that needs space waits behind it without being tried, so
+//! they resume in order, while reads and writes in place go on. The caller
+//! sees [`VolumeEngine::paused`] and polls now and then; stopping, it
+//! drains with [`VolumeEngine::set_draining`].
+//!
 //! The modules follow a request's path: `request` (its types and the
 //! table of those held), `plan` (pieces mapped under the lock), `window` (ops
 //! built and pushed, bounce buffers), `complete` (a completion applied),
@@ -55,7 +64,7 @@ use std::os::fd::{AsFd, RawFd};
 use std::sync::{Arc, Mutex};
 
 use crate::dev::BlockDev;
-use crate::pool::{IoFaults, Pool, PoolError};
+use crate::pool::{IoFaults, OnFull, Pool, PoolError, PoolGauges};
 use crate::uring::{Completion, UringEngine};
 
 mod complete;
@@ -107,6 +116,12 @@ pub struct VolumeEngine<D: BlockDev, R: AsyncDev = UringEngine> {
     failed: Vec<(usize, i32)>,
     stats: EngineStats,
     faults: Arc<IoFaults>,
+    /// The pool's full policy, and where requests waiting for space count.
+    gauges: Arc<PoolGauges>,
+    /// Requests in `waiting` that wait for space (see [`Self::paused`]).
+    paused: u64,
+    /// Stopping: a request that would wait for space fails instead.
+    draining: bool,
 }
 
 // SAFETY: the raw pointers in the iovecs describe caller memory handed over
@@ -125,9 +140,13 @@ impl<D: BlockDev> VolumeEngine<D> {
 impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
     /// An engine on `ring`, a device over the pool's (see [`AsyncDev`]).
     pub fn with_device(pool: Arc<Mutex<Pool<D>>>, ring: R) -> Self {
-        let (cs, faults) = {
+        let (cs, faults, gauges) = {
             let p = lock(&pool);
-            (p.metadata().cluster_size() as usize, p.io_faults().clone())
+            (
+                p.metadata().cluster_size() as usize,
+                p.io_faults().clone(),
+                p.gauges().clone(),
+            )
         };
         Self {
             ring,
@@ -142,6 +161,9 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
             failed: Vec::new(),
             stats: EngineStats::default(),
             faults,
+            gauges,
+            paused: 0,
+            draining: false,
         }
     }
 
@@ -177,6 +199,21 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
     /// Requests accepted and not yet returned by [`poll`](Self::poll).
     pub fn in_flight(&self) -> usize {
         self.requests.live()
+    }
+
+    /// Requests waiting for space in a full pool whose policy is
+    /// [`OnFull::Pause`]: not started, tried again at every
+    /// [`poll`](Self::poll), oldest first. Nothing wakes the caller when
+    /// space appears: while this is not 0 it must poll now and then.
+    pub fn paused(&self) -> u64 {
+        self.paused
+    }
+
+    /// While `draining` (the caller must answer every request soon: its
+    /// queue stops), a request that would wait for space fails as with
+    /// [`OnFull::Error`], those waiting included at the next poll.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
     }
 
     /// Accepts a request; its completion comes from [`poll`](Self::poll).
@@ -217,6 +254,7 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
             durable: req.durable,
             pending: 0,
             error: None,
+            paused: false,
         };
         if let Err(e) = checked {
             self.finish(r, Some(e));
@@ -277,16 +315,24 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
 
     fn start_waiting(&mut self) {
         let mut still = VecDeque::new();
+        let mut full = false;
         while let Some(index) = self.waiting.pop_front() {
-            if !self.start(index) {
+            if !self.start(index, &mut full) {
                 still.push_back(index);
             }
         }
         self.waiting = still;
     }
 
-    /// Starts request `index`; false if it must wait.
-    fn start(&mut self, index: usize) -> bool {
+    /// Whether a request the pool has no space for waits (rather than fails).
+    fn pauses(&self) -> bool {
+        !self.draining && self.gauges.watch().on_full() == OnFull::Pause
+    }
+
+    /// Starts request `index`; false if it must wait. `full`: an older
+    /// request waits for space, so a write that needs space waits behind
+    /// it without trying (they resume in order); others go on.
+    fn start(&mut self, index: usize, full: &mut bool) -> bool {
         let Some(r) = self.requests.slot(index) else {
             return true;
         };
@@ -294,14 +340,39 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
             self.flusher.wait_for(index);
             return true;
         }
-        let plan = plan::plan(&mut lock(&self.pool), index, r, &mut self.stats);
+        let plan = {
+            let mut pool = lock(&self.pool);
+            let behind = *full
+                && r.kind == IoKind::Write
+                && pool
+                    .clusters_needed(r.volume, r.offset, r.len)
+                    .is_ok_and(|n| n > 0);
+            if behind && self.pauses() {
+                drop(pool);
+                self.pause(index);
+                return false;
+            }
+            plan::plan(&mut pool, index, r, &mut self.stats)
+        };
         let (planned, zero) = match plan {
-            Plan::Wait => return false,
+            Plan::Failed(PoolError::OutOfSpace { .. }) if self.pauses() => {
+                *full = true;
+                self.pause(index);
+                return false;
+            }
+            Plan::Wait => {
+                self.unpause(index);
+                return false;
+            }
             Plan::Failed(e) => {
+                self.unpause(index);
                 self.request_done(index, Some(e));
                 return true;
             }
-            Plan::Pieces { planned, zero } => (planned, zero),
+            Plan::Pieces { planned, zero } => {
+                self.unpause(index);
+                (planned, zero)
+            }
         };
         for p in zero {
             let iov = iov::slice_iov(&self.requests.get(index).iov, p.at, p.len);
@@ -317,6 +388,26 @@ impl<D: BlockDev, R: AsyncDev> VolumeEngine<D, R> {
         self.requests.get_mut(index).pending = planned.len();
         self.window.plan(planned);
         true
+    }
+
+    /// Request `index` waits for space (counted once per wait).
+    fn pause(&mut self, index: usize) {
+        if let Some(r) = self.requests.slot_mut(index) {
+            if !std::mem::replace(&mut r.paused, true) {
+                self.paused += 1;
+                self.gauges.watch().pause_one();
+            }
+        }
+    }
+
+    /// Request `index` no longer waits for space, if it did.
+    fn unpause(&mut self, index: usize) {
+        if let Some(r) = self.requests.slot_mut(index) {
+            if std::mem::take(&mut r.paused) {
+                self.paused -= 1;
+                self.gauges.watch().resume(1);
+            }
+        }
     }
 
     /// Request `index` has no I/O left: it completes now, at the end of this
@@ -437,5 +528,7 @@ impl<D: BlockDev, R: AsyncDev> Drop for VolumeEngine<D, R> {
                 break;
             }
         }
+        // Requests still waiting for space are dropped with the engine.
+        self.gauges.watch().resume(self.paused);
     }
 }

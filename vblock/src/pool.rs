@@ -21,7 +21,8 @@
 //! replay), `volumes` the control operations, `data` the synchronous data
 //! path and the engines' planning, `commit` records into the journal and
 //! flush/stage, `checkpoint` the checkpoint and the metadata reserve;
-//! `info`, `gauges`, `faults` and `error` are what the pool reports. This
+//! `info`, `gauges`, `faults` and `error` are what the pool reports; `full`
+//! what a full pool does with a request that needs space. This
 //! file holds the pool itself: create, open, accessors.
 
 use std::collections::{HashMap, HashSet};
@@ -36,6 +37,7 @@ mod commit;
 mod data;
 mod error;
 mod faults;
+mod full;
 mod gauges;
 mod info;
 mod load;
@@ -46,6 +48,7 @@ mod volumes;
 pub use data::{pieces, Piece, WritePlan};
 pub use error::PoolError;
 pub use faults::IoFaults;
+pub use full::{used_percent, OnFull, SpaceWatch, DEFAULT_WARN_PERCENT};
 pub use gauges::PoolGauges;
 pub use info::{PoolSpace, VolumeInfo};
 pub use load::Loaded;

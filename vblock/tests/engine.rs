@@ -28,6 +28,43 @@ impl Drop for TempFile {
     }
 }
 
+/// A new pool of `len` bytes in `file` (a 256 KiB journal) and the file
+/// for an engine's io_uring.
+fn new_pool(
+    file: &TempFile,
+    len: u64,
+    cluster_size: u32,
+) -> (Arc<Mutex<Pool<FileDev>>>, std::fs::File) {
+    let dev = FileDev::create(&file.0, len).expect("pool file");
+    let fd = dev.file().try_clone().unwrap();
+    let opts = PoolOptions {
+        cluster_size,
+        journal_len: Some(256 * 1024),
+        uuid: None,
+    };
+    (Arc::new(Mutex::new(Pool::create(dev, &opts).unwrap())), fd)
+}
+
+/// A request of `len` bytes of `buf`, with no durability asked.
+fn io_request(
+    tag: u64,
+    volume: u32,
+    kind: IoKind,
+    offset: u64,
+    buf: &AlignedBuf,
+    len: usize,
+) -> IoRequest {
+    IoRequest {
+        tag,
+        volume,
+        kind,
+        offset,
+        len: len as u64,
+        iov: vec![buf.iovec(0, len)],
+        durable: Durability::Io,
+    }
+}
+
 /// A request in flight and the buffer it owns.
 struct InFlight {
     kind: IoKind,
@@ -222,15 +259,7 @@ fn engine_refuses_bad_requests_and_reports_out_of_space() {
     let mut engine = VolumeEngine::new(pool.clone(), &fd, 8).unwrap();
     let mut buf = AlignedBuf::new(64 * 1024);
     let mut run = |kind, volume, offset, len: usize| {
-        let req = IoRequest {
-            tag: 1,
-            volume,
-            kind,
-            offset,
-            len: len as u64,
-            iov: vec![buf.iovec(0, len)],
-            durable: Durability::Io,
-        };
+        let req = io_request(1, volume, kind, offset, &buf, len);
         // SAFETY: `buf` outlives the request (waited for below).
         unsafe { engine.submit(req) };
         let mut out = Vec::new();
@@ -276,14 +305,7 @@ fn engine_bounds_requests_and_bounce_memory() {
     use vblock::engine::{BOUNCE_BYTES, MAX_REQUEST_BYTES};
     const CLUSTER: usize = 64 * 1024;
     let file = TempFile::new("bounds");
-    let dev = FileDev::create(&file.0, 96 << 20).expect("pool file");
-    let fd = dev.file().try_clone().unwrap();
-    let opts = PoolOptions {
-        cluster_size: CLUSTER as u32,
-        journal_len: Some(256 * 1024),
-        uuid: None,
-    };
-    let pool = Arc::new(Mutex::new(Pool::create(dev, &opts).unwrap()));
+    let (pool, fd) = new_pool(&file, 96 << 20, CLUSTER as u32);
     let vol = pool
         .lock()
         .unwrap()
@@ -353,4 +375,145 @@ fn engine_bounds_requests_and_bounce_memory() {
     drop(engine);
     pool.lock().unwrap().metadata().check().unwrap();
     let _ = &mut back;
+}
+
+/// A full pool whose policy is `Pause`: a write that needs a new cluster
+/// waits (counted, nothing allocated) while reads and writes in place go on;
+/// a second one waits behind it; space freed by a delete lets both finish in
+/// order and their data reads back. Draining fails what still waits.
+#[test]
+fn a_full_pausing_pool_holds_writes_that_need_space_until_space_appears() {
+    use vblock::pool::OnFull;
+    const CLUSTER: usize = 64 * 1024;
+    let file = TempFile::new("pause");
+    let (pool, fd) = new_pool(&file, 8 << 20, CLUSTER as u32);
+    let (vol, filler) = {
+        let mut p = pool.lock().unwrap();
+        let vol = p.create_volume("v", 4 << 20, 512).unwrap();
+        let filler = p.create_volume("filler", 16 << 20, 512).unwrap();
+        p.write(vol, 0, &[7; CLUSTER]).unwrap();
+        let mut off = 0;
+        while p.write(filler, off, &[1; CLUSTER]).is_ok() {
+            off += CLUSTER as u64;
+        }
+        p.flush().unwrap();
+        (vol, filler)
+    };
+    let watch = |p: &Arc<Mutex<Pool<FileDev>>>| {
+        let g = p.lock().unwrap().gauges().clone();
+        (g.watch().paused(), g.watch().paused_total())
+    };
+    pool.lock()
+        .unwrap()
+        .gauges()
+        .watch()
+        .set_on_full(OnFull::Pause);
+    let mut engine = VolumeEngine::new(pool.clone(), &fd, 64).unwrap();
+    let mut bufs: Vec<AlignedBuf> = (0..4).map(|_| AlignedBuf::new(CLUSTER)).collect();
+    bufs[0].fill(0xa1);
+    bufs[1].fill(0xb2);
+    bufs[2].fill(0xc3);
+    let submit = |engine: &mut VolumeEngine<FileDev>, tag, kind, offset, buf: &AlignedBuf| {
+        let req = io_request(tag, vol, kind, offset, buf, buf.len());
+        // SAFETY: every buffer outlives the engine's requests (drained below).
+        unsafe { engine.submit(req) };
+    };
+    let poll_until = |engine: &mut VolumeEngine<FileDev>, tags: &[u64]| {
+        let mut got = Vec::new();
+        while !tags
+            .iter()
+            .all(|t| got.iter().any(|c: &IoCompletion| c.tag == *t))
+        {
+            engine.wait(&mut got).unwrap();
+        }
+        got
+    };
+    // Two first writes (clusters 1 and 2), a read and an in-place write.
+    submit(&mut engine, 1, IoKind::Write, CLUSTER as u64, &bufs[0]);
+    submit(&mut engine, 2, IoKind::Write, 2 * CLUSTER as u64, &bufs[1]);
+    submit(&mut engine, 3, IoKind::Write, 0, &bufs[2]);
+    submit(&mut engine, 4, IoKind::Read, 0, &bufs[3]);
+    let got = poll_until(&mut engine, &[3, 4]);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|c| c.result.is_ok()), "{got:?}");
+    for _ in 0..10 {
+        let mut more = Vec::new();
+        engine.poll(&mut more).unwrap();
+        assert!(more.is_empty(), "a paused write completed: {more:?}");
+    }
+    assert_eq!(engine.paused(), 2);
+    assert_eq!(engine.in_flight(), 2);
+    assert_eq!(watch(&pool), (2, 2));
+    // Space appears: both complete, in order, and read back.
+    pool.lock().unwrap().delete_volume("filler").unwrap();
+    let _ = filler;
+    let got = poll_until(&mut engine, &[1, 2]);
+    assert_eq!(
+        got.iter().map(|c| c.tag).collect::<Vec<_>>(),
+        vec![1, 2],
+        "{got:?}"
+    );
+    assert!(got.iter().all(|c| c.result.is_ok()), "{got:?}");
+    assert_eq!((engine.paused(), watch(&pool).0), (0, 0));
+    let p = pool.lock().unwrap();
+    let mut back = vec![0u8; 3 * CLUSTER];
+    p.read(vol, 0, &mut back).unwrap();
+    assert!(back[..CLUSTER].iter().all(|&b| b == 0xc3));
+    assert!(back[CLUSTER..2 * CLUSTER].iter().all(|&b| b == 0xa1));
+    assert!(back[2 * CLUSTER..].iter().all(|&b| b == 0xb2));
+    drop(p);
+
+    // Full again. W5 needs two clusters, W6 one: with one cluster freed,
+    // W6 still waits behind W5 (in order), untried.
+    let free_when_full = {
+        let mut p = pool.lock().unwrap();
+        let filler = p.create_volume("filler", 16 << 20, 512).unwrap();
+        let mut off = 0;
+        while p.write(filler, off, &[1; CLUSTER]).is_ok() {
+            off += CLUSTER as u64;
+        }
+        p.flush().unwrap();
+        p.space().free_clusters
+    };
+    let two = AlignedBuf::new(2 * CLUSTER);
+    submit(&mut engine, 5, IoKind::Write, 3 * CLUSTER as u64, &two);
+    submit(&mut engine, 6, IoKind::Write, 6 * CLUSTER as u64, &bufs[1]);
+    let mut none = Vec::new();
+    engine.poll(&mut none).unwrap();
+    assert!(none.is_empty());
+    assert_eq!(watch(&pool), (2, 4));
+    {
+        let mut p = pool.lock().unwrap();
+        let filler = p.volume("filler").unwrap().id;
+        p.discard(filler, 0, CLUSTER as u64).unwrap();
+        p.flush().unwrap();
+        assert_eq!(p.space().free_clusters, free_when_full + 1);
+    }
+    for _ in 0..10 {
+        engine.poll(&mut none).unwrap();
+        assert!(none.is_empty(), "W6 went ahead of W5: {none:?}");
+    }
+    assert_eq!(engine.paused(), 2);
+    // Draining: W5 fails out of space; W6, tried then, fits.
+    engine.set_draining(true);
+    let got = poll_until(&mut engine, &[5, 6]);
+    assert!(
+        matches!(
+            got[..],
+            [
+                IoCompletion {
+                    tag: 5,
+                    result: Err(PoolError::OutOfSpace { .. })
+                },
+                IoCompletion {
+                    tag: 6,
+                    result: Ok(())
+                }
+            ]
+        ),
+        "{got:?}"
+    );
+    assert_eq!(watch(&pool).0, 0);
+    drop(engine);
+    pool.lock().unwrap().metadata().check().unwrap();
 }

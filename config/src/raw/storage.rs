@@ -18,6 +18,8 @@ pub(super) struct RawPool {
     size: Option<Spanned<RawSize>>,
     cluster_size: Option<Spanned<RawSize>>,
     overcommit: Option<Spanned<bool>>,
+    on_full: Option<Spanned<String>>,
+    warn_percent: Option<Spanned<i64>>,
     #[serde(default, rename = "volume")]
     volumes: Vec<RawVolume>,
 }
@@ -153,6 +155,16 @@ pub(super) fn convert_pools(
             None => DEFAULT_CLUSTER_SIZE,
         };
         let overcommit = pool.overcommit.as_ref().is_some_and(|o| *o.get_ref());
+        let on_full = match &pool.on_full {
+            Some(o) => OnFull::parse(o.get_ref())
+                .map_err(|m| ctx.invalid(&o.span(), &format!("{key}.on_full"), m))?,
+            None => OnFull::default(),
+        };
+        let warn_percent = match &pool.warn_percent {
+            Some(w) => crate::warn_percent(*w.get_ref())
+                .map_err(|m| ctx.invalid(&w.span(), &format!("{key}.warn_percent"), m))?,
+            None => DEFAULT_WARN_PERCENT,
+        };
         let volumes = convert_volumes(ctx, pool, &key, run_dir, sockets)?;
         // Without over-commit the volumes declared here must fit in the pool.
         if let (false, Some(size)) = (overcommit, size) {
@@ -182,6 +194,8 @@ pub(super) fn convert_pools(
             size,
             cluster_size,
             overcommit,
+            on_full,
+            warn_percent,
             volumes,
         });
     }

@@ -6,7 +6,7 @@ use super::values::{parse_block_size, parse_size, parse_vlan_id, parse_vlan_spec
 use super::Call;
 use crate::control::protocol::{
     Admin, ConfigSave, ExportAdd, ExportLimit, ExportRemove, FdbAdd, FdbDel, FdbFlush, FdbShow,
-    LogLevel, PortAdd, PortLimit, PortRemove, PortSet, Size, VolumeCopy, VolumeCreate,
+    LogLevel, PoolSet, PortAdd, PortLimit, PortRemove, PortSet, Size, VolumeCopy, VolumeCreate,
     VolumeDelete, VolumeList, VolumeRename, VolumeResize,
 };
 use serde_json::{json, Value};
@@ -173,11 +173,33 @@ pub(super) const SPECS: &[Spec] = &[
     Spec {
         words: &["pool", "list"],
         synopsis: "pool list",
-        summary: "thin pools: capacity, space use, provisioned size",
+        summary: "thin pools: capacity, space use, provisioned size, full policy,\n\
+                  warning threshold, requests waiting for space",
         positionals: &[],
         options: &[],
         flags: &[],
         build: |_| Ok(call("pool.list", json!({}))),
+    },
+    Spec {
+        words: &["pool", "set"],
+        synopsis: "pool set POOL [--on-full error|pause] [--warn-percent N]",
+        summary: "what a write that needs space gets when the pool is full (error: an\n\
+                  I/O error; pause: it waits until space is freed), and the used\n\
+                  percentage (1..=100) logged as a warning; kept by config save",
+        positionals: &["POOL"],
+        options: &["--on-full", "--warn-percent"],
+        flags: &[],
+        build: |p| {
+            let set = PoolSet {
+                pool: p.pos[0].clone(),
+                on_full: p.opt("--on-full").map(str::to_owned),
+                warn_percent: p.num("--warn-percent")?,
+            };
+            if set.on_full.is_none() && set.warn_percent.is_none() {
+                return Err("nothing to change: give --on-full or --warn-percent".into());
+            }
+            send("pool.set", &set)
+        },
     },
     Spec {
         words: &["volume", "list"],

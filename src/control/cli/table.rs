@@ -226,6 +226,9 @@ fn pool_table(pools: &[PoolInfo]) -> String {
         ("RELEASING", Right),
         ("PROVISIONED", Right),
         ("USE%", Right),
+        ("WARN%", Right),
+        ("ON_FULL", Left),
+        ("PAUSED", Right),
         ("CLUSTER", Right),
         ("PATH", Left),
     ]);
@@ -243,6 +246,10 @@ fn pool_table(pools: &[PoolInfo]) -> String {
             human_size(p.releasing),
             human_size(p.provisioned),
             use_pct,
+            // `!` once used reaches the threshold.
+            format!("{}{}", p.warn_percent, if p.over_warn { "!" } else { "" }),
+            clean(&p.on_full),
+            p.paused.to_string(),
             human_size(p.cluster_size.into()),
             clean(&p.path),
         ]);
@@ -402,6 +409,7 @@ pub fn render(call: &Call, result: Value) -> Result<String, String> {
             arg(a, "switch")
         ),
         "pool.list" => pool_table(&typed::<Vec<PoolInfo>>(call.op, result)?),
+        "pool.set" => pool_table(&[typed(call.op, result)?]),
         "volume.list" => volume_table(&typed::<Vec<VolumeInfo>>(call.op, result)?),
         "volume.create" | "volume.resize" | "volume.snapshot" | "volume.clone"
         | "volume.rename" | "export.add" | "export.limit" => {

@@ -84,6 +84,9 @@ pub(super) struct Request {
     pub(super) pending: usize,
     /// The first error of a piece.
     pub(super) error: Option<PoolError>,
+    /// Waiting for space (a full pool that pauses), counted in the pool's
+    /// [`SpaceWatch`](crate::pool::SpaceWatch).
+    pub(super) paused: bool,
 }
 
 /// The requests accepted and not yet returned, by index (indices are

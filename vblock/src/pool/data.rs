@@ -109,12 +109,7 @@ impl<D: BlockDev> Pool<D> {
         self.usable()?;
         self.check_request(id, offset, data.len() as u64, true)?;
         let cs = self.meta.cluster_size();
-        let mut needed = 0;
-        for p in pieces(cs, offset, data.len() as u64) {
-            if !matches!(self.lookup(id, p.vcluster)?, Some(m) if !m.shared) {
-                needed += 1;
-            }
-        }
+        let needed = self.clusters_needed(id, offset, data.len() as u64)?;
         self.reserve_for(needed, 0)?;
         let mut scratch = None;
         for p in pieces(cs, offset, data.len() as u64) {
@@ -273,15 +268,10 @@ impl<D: BlockDev> Pool<D> {
     ) -> Result<Option<Vec<(Piece, WritePlan)>>, PoolError> {
         self.usable()?;
         let cs = self.meta.cluster_size();
-        let mut needed = 0;
-        for p in pieces(cs, offset, len) {
-            if self.allocating.contains(&(id, p.vcluster)) {
-                return Ok(None);
-            }
-            if !matches!(self.lookup(id, p.vcluster)?, Some(m) if !m.shared) {
-                needed += 1;
-            }
+        if self.is_allocating(id, offset, len) {
+            return Ok(None);
         }
+        let needed = self.clusters_needed(id, offset, len)?;
         if needed > 0 {
             self.reserve_for(needed, 0)?;
         }
@@ -313,6 +303,18 @@ impl<D: BlockDev> Pool<D> {
             self.publish_space();
         }
         Ok(Some(plans))
+    }
+
+    /// New clusters a write of `[offset, offset + len)` of `id` takes: one
+    /// per piece that is unmapped or shared (copy-on-write).
+    pub fn clusters_needed(&self, id: u32, offset: u64, len: u64) -> Result<u64, PoolError> {
+        let mut needed = 0;
+        for p in pieces(self.meta.cluster_size(), offset, len) {
+            if !matches!(self.lookup(id, p.vcluster)?, Some(m) if !m.shared) {
+                needed += 1;
+            }
+        }
+        Ok(needed)
     }
 
     /// True if a write touching `[offset, offset + len)` of `id` must wait

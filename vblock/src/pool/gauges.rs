@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use super::full::SpaceWatch;
 use super::info::{volume_info, PoolSpace, VolumeInfo};
 use crate::meta::Metadata;
 
@@ -20,6 +21,8 @@ use crate::meta::Metadata;
 #[derive(Debug)]
 pub struct PoolGauges {
     inner: Mutex<Published>,
+    /// The full policy, warning threshold and requests waiting for space.
+    watch: SpaceWatch,
 }
 
 #[derive(Clone, Debug)]
@@ -42,6 +45,7 @@ impl PoolGauges {
             .collect();
         PoolGauges {
             inner: Mutex::new(Published { space, volumes }),
+            watch: SpaceWatch::default(),
         }
     }
 
@@ -59,8 +63,14 @@ impl PoolGauges {
         self.lock().volumes.values().cloned().collect()
     }
 
+    /// The pool's full policy, warning threshold and waiting requests.
+    pub fn watch(&self) -> &SpaceWatch {
+        &self.watch
+    }
+
     pub(super) fn set_space(&self, space: PoolSpace) {
         self.lock().space = space;
+        self.watch.observe(&space);
     }
 
     /// Volume `id`'s entry from `meta` (name, size, allocated), keeping its

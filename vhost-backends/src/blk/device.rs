@@ -74,8 +74,9 @@ const CONFIG_WRITEBACK: usize = 32;
 /// Largest discard / write-zeroes, in sectors (1 GiB).
 const MAX_ZERO_SECTORS: u32 = 1 << 21;
 
-/// Longest a queue with requests waiting for the export's limits sleeps
-/// before it asks again: how soon it sees limits raised at run time.
+/// Longest a queue with requests waiting for the export's limits, or for
+/// space in a full pool (`on_full = "pause"`), sleeps before it asks again:
+/// how soon it sees limits raised or space freed at run time.
 pub const PARK_RECHECK: Duration = Duration::from_millis(100);
 
 /// How long a queue's worker keeps looking at its ring and its io_uring
@@ -362,6 +363,11 @@ impl BlkBackend {
                 _ => break,
             }
         }
+        // Requests waiting for space: the engine tries them again when
+        // polled, and nothing else would wake this worker when space appears.
+        if st.engine.paused() > 0 && !st.timer_armed {
+            self.arm(&mut st, PARK_RECHECK);
+        }
         log.finish();
     }
 
@@ -445,6 +451,9 @@ impl BlkBackend {
             self.start(st, p.head, p.req, &p.mem, log);
         }
         self.disarm(st);
+        // Requests waiting for space in a full pool fail (out of space), as
+        // with on_full = "error", for the same reason.
+        st.engine.set_draining(true);
         let mut completions = Vec::new();
         // A read still in flight after GET_VRING_BASE is answered would write
         // guest memory the frontend already took back (and that a migration
@@ -468,6 +477,7 @@ impl BlkBackend {
             }
             self.complete(st, &mut completions, log);
         }
+        st.engine.set_draining(false);
     }
 
     /// Pops every available request and starts it. True if any.
@@ -636,12 +646,7 @@ impl BlkBackend {
         let mut started = false;
         while let Some(first) = st.parked.front() {
             if let Err(wait) = self.0.export.admit(&first.req.op) {
-                let wait = Duration::from_nanos(wait).min(PARK_RECHECK);
-                if let Err(e) = st.timer.reset(wait, None) {
-                    // Without a timer the next kick or completion retries.
-                    log::warn!("export {}: timerfd: {e}", self.0.export.config.name);
-                }
-                st.timer_armed = true;
+                self.arm(st, Duration::from_nanos(wait).min(PARK_RECHECK));
                 return started;
             }
             if let Some(p) = st.parked.pop_front() {
@@ -651,6 +656,15 @@ impl BlkBackend {
         }
         self.disarm(st);
         started
+    }
+
+    /// Arms the timer to bring the worker back in `wait`.
+    fn arm(&self, st: &mut QueueState, wait: Duration) {
+        if let Err(e) = st.timer.reset(wait, None) {
+            // Without a timer the next kick or completion retries.
+            log::warn!("export {}: timerfd: {e}", self.0.export.config.name);
+        }
+        st.timer_armed = true;
     }
 
     /// Disarms the timer (which also clears a pending expiry).
