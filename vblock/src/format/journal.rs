@@ -763,7 +763,7 @@ mod tests {
         assert_eq!(img.len(), BLOCK_SIZE);
         assert_eq!(&img[..4], b"VBJL");
         assert_eq!(JournalBlock::decode(&img), Ok(b.clone()));
-        assert_eq!(b.next_seq(), 1008);
+        assert_eq!(b.next_seq(), 1009);
         // Each record alone, and its encoded length matches.
         for r in all_kinds() {
             let one = JournalBlock {
@@ -986,12 +986,12 @@ mod tests {
             );
         }
         let (recs, end) = replay([&img[..], &img[..100]], 1000);
-        assert_eq!(recs.len(), 8);
+        assert_eq!(recs.len(), 9);
         assert_eq!(
             end,
             ReplayEnd {
                 block: 1,
-                next_seq: 1008,
+                next_seq: 1009,
                 stop: ReplayStop::Truncated { len: 100 }
             }
         );

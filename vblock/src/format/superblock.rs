@@ -649,7 +649,7 @@ mod tests {
         );
         let msg = Superblock::decode(&sb.encode()).unwrap_err().to_string();
         assert!(
-            msg.contains("version 3") && msg.contains("supported version 2"),
+            msg.contains("version 4") && msg.contains("supported version 3"),
             "{msg}"
         );
         sb.version = 0;
