@@ -201,7 +201,7 @@ impl Runtime {
         Self::overcommit_in(&self.lock(), pool_name)
     }
 
-    fn overcommit_in(st: &State, pool_name: &str) -> bool {
+    pub(super) fn overcommit_in(st: &State, pool_name: &str) -> bool {
         let pools = &st.config.pools;
         pools.iter().any(|p| p.name == pool_name && p.overcommit)
     }
@@ -209,7 +209,7 @@ impl Runtime {
     /// Without `overcommit = true`, creating or growing a volume may not take
     /// the pool's provisioned total (every volume's size, as `pool list`
     /// shows it) past its capacity.
-    fn check_provisioning<D: vblock::dev::BlockDev>(
+    pub(super) fn check_provisioning<D: vblock::dev::BlockDev>(
         p: &vblock::pool::Pool<D>,
         pool_name: &str,
         overcommit: bool,

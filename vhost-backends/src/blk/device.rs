@@ -136,6 +136,9 @@ struct QueueState {
     /// Wakes the queue's worker when the first parked request may start.
     timer: TimerFd,
     timer_armed: bool,
+    /// Requests of this queue counted in the export's pause (parked and
+    /// in flight), as of the last [`BlkBackend::settle`].
+    taken: u64,
 }
 
 impl QueueState {
@@ -159,6 +162,17 @@ pub struct BlkConnection {
     cluster_size: u32,
     /// The dirty log every write into this guest's memory is marked in.
     log: DirtyLog,
+}
+
+impl Drop for BlkConnection {
+    /// Requests a connection never answered (a wait that failed) no longer
+    /// hold the export's pause.
+    fn drop(&mut self) {
+        for state in &self.queues {
+            let mut st = lock(state);
+            self.export.pause.settle(std::mem::take(&mut st.taken), 0);
+        }
+    }
 }
 
 /// The `VhostUserBackend` of one connection.
@@ -208,6 +222,7 @@ impl BlkBackend {
                     parked: VecDeque::with_capacity(usize::from(export.config.queue_size)),
                     timer: TimerFd::new()?,
                     timer_armed: false,
+                    taken: 0,
                 }))
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -309,6 +324,9 @@ impl BlkBackend {
         if st.vring.is_none() {
             st.vring = Some(vring.clone());
         }
+        // A paused export takes nothing new from the ring (a ring does not
+        // even start) and looks again soon; what it took before completes.
+        let gate = self.0.export.pause.enter();
         if !st.started {
             // Only a kick starts a ring; an io_uring event after
             // GET_VRING_BASE stopped it (nothing is in flight then) does not.
@@ -319,6 +337,10 @@ impl BlkBackend {
             if !running {
                 return;
             }
+            if gate.is_none() {
+                self.recheck_soon(&mut st);
+                return;
+            }
             st.started = true;
             if !self.take_queues(&mut st) {
                 return;
@@ -326,8 +348,11 @@ impl BlkBackend {
             self.resume(&mut st, vring, &log);
         }
         loop {
+            // A pause that came meanwhile stops the taking at once.
+            let taking = gate.is_some() && !self.0.export.pause.is_paused();
             let unparked = self.unpark(&mut st, &log);
-            let popped = !st.broken && st.parked.is_empty() && self.pop(&mut st, vring, &log);
+            let popped =
+                taking && !st.broken && st.parked.is_empty() && self.pop(&mut st, vring, &log);
             self.reap(&mut st, &log);
             let published = self.publish(&mut st, vring, false, &log);
             if unparked || popped || published {
@@ -336,6 +361,11 @@ impl BlkBackend {
             if st.broken || !st.parked.is_empty() {
                 // Broken: its avail index says "more" forever, asking again
                 // would spin. Parked: the timer brings the worker back.
+                break;
+            }
+            if !taking {
+                // Paused: the timer brings the worker back to see a resume.
+                self.recheck_soon(&mut st);
                 break;
             }
             // Tell the driver where we are (EVENT_IDX: avail_event) and look
@@ -347,7 +377,26 @@ impl BlkBackend {
                 _ => break,
             }
         }
+        // Counted before the gate opens: the pause never sees this queue's
+        // requests at zero while it still holds some.
+        self.settle(&mut st);
+        drop(gate);
         log.finish();
+    }
+
+    /// Tells the export's pause how many requests this queue holds now.
+    fn settle(&self, st: &mut QueueState) {
+        let now = (st.inflight.len() + st.parked.len()) as u64;
+        self.0.export.pause.settle(st.taken, now);
+        st.taken = now;
+    }
+
+    /// Wakes the queue's worker within [`PARK_RECHECK`] (a paused export).
+    fn recheck_soon(&self, st: &mut QueueState) {
+        if let Err(e) = st.timer.reset(PARK_RECHECK, None) {
+            log::warn!("export {}: timerfd: {e}", self.0.export.config.name);
+        }
+        st.timer_armed = true;
     }
 
     /// A ring starts: takes the export's queues for this session, waiting
@@ -957,6 +1006,7 @@ impl VhostUserBackend for BlkBackend {
         };
         let log = self.0.log.begin();
         self.finish_in_flight(&mut st, &log);
+        self.settle(&mut st);
         self.publish(&mut st, &vring, true, &log);
         // Everything written is marked before the frontend reads the log.
         log.finish();
@@ -1037,6 +1087,7 @@ impl SessionBackend for BlkBackend {
             let mut st = lock(state);
             let log = self.0.log.begin();
             self.finish_in_flight(&mut st, &log);
+            self.settle(&mut st);
             log.finish();
             st.owns = false;
         }
