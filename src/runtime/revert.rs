@@ -115,13 +115,7 @@ impl Runtime {
             if let Some((_, export)) = export {
                 export.grow(size);
             }
-            let declared = st
-                .config
-                .pools
-                .iter_mut()
-                .filter(|p| p.name == pool_name)
-                .flat_map(|p| p.volumes.iter_mut())
-                .find(|v| v.name == volume);
+            let declared = Self::declared_mut(&mut st, pool_name, volume);
             if let Some(VolumeSource::New { size: s, .. }) = declared.map(|v| &mut v.source) {
                 *s = size;
             }

@@ -37,6 +37,18 @@ impl Runtime {
         st.config.pools.iter_mut().find(|p| p.name == pool)
     }
 
+    /// Volume `name` of `pool` as the running configuration declares it.
+    pub(super) fn declared_mut<'a>(
+        st: &'a mut State,
+        pool: &str,
+        name: &str,
+    ) -> Option<&'a mut VolumeConfig> {
+        Self::pool_config(st, pool)?
+            .volumes
+            .iter_mut()
+            .find(|v| v.name == name)
+    }
+
     /// The export of `volume`, if any.
     pub fn export_of(&self, pool: &str, volume: &str) -> Option<ExportConfig> {
         self.lock()
