@@ -107,7 +107,11 @@ impl Runtime {
                 )));
             }
         }
-        Self::check_provisioning(&p, pool_name, overcommit, size - old)?;
+        if size > old {
+            // Only growing provisions more; a pool over-provisioned already
+            // (by another operation under overcommit) still reverts.
+            Self::check_provisioning(&p, pool_name, overcommit, size - old)?;
+        }
         p.revert(volume, snapshot)?;
         drop(p);
         // The pool knows the new size before any request is checked against it.
