@@ -83,9 +83,11 @@ impl Runtime {
                     && matches!(&v.source, VolumeSource::SnapshotOf(o) if o == volume)
             });
         let overcommit = Self::overcommit_in(&st, pool_name);
-        let mut p = lock_pool(&pool);
-        let old = p.volume(volume)?.size;
-        let size = p.volume(snapshot)?.size.max(old);
+        let (old, size) = {
+            let p = lock_pool(&pool);
+            let old = p.volume(volume)?.size;
+            (old, p.volume(snapshot)?.size.max(old))
+        };
         if !of_volume {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -100,13 +102,16 @@ impl Runtime {
                     socket.display()
                 )));
             }
-            // Paused: drained unless the pause gave up waiting.
+            // Paused: drained unless the pause gave up waiting. Waited for
+            // without the pool's lock, which the queues need to finish; the
+            // state lock held keeps the export paused (a resume waits).
             if let Err(Undrained(n)) = export.pause.pause(REVERT_DRAIN_PATIENCE) {
                 return Err(Error::conflict(format!(
                     "the export of {volume:?} is paused but still has {n} requests in flight"
                 )));
             }
         }
+        let mut p = lock_pool(&pool);
         if size > old {
             // Only growing provisions more; a pool over-provisioned already
             // (by another operation under overcommit) still reverts.
