@@ -409,35 +409,8 @@ fn vswitchd_a_guest_sees_its_disk_grow_and_writes_past_the_old_end() {
     let dir = blk_test_dir("qemu-blk-grow");
     let backend = VswitchdBlk::create(dir.path(), "d0", &writable(32 * MIB, 1));
     let job = pattern_job(&[BlkStep::Grow, BlkStep::Write], 16 * MIB, 7).offset(32 * MIB);
-    let mut g = BlkGuest::boot(
-        &env.qemu,
-        &env.image,
-        dir.path(),
-        "G",
-        backend.socket(),
-        &BlkGuestOpts::default(),
-        &job,
-    );
-    let waiting = g
-        .guest
-        .wait_for("FABRIC-INFO blk grow waiting", GUEST_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}\n{}", context(&backend)));
-    assert!(
-        waiting.ends_with(&format!("size={}", 32 * MIB)),
-        "{waiting}"
-    );
-    let out = Command::new(test_kit::bins::fabricctl())
-        .arg("--socket")
-        .arg(backend.control_socket())
-        .args(["volume", "resize", "p0", "d0", "--size", "48M"])
-        .output()
-        .expect("run fabricctl");
-    assert!(
-        out.status.success(),
-        "fabricctl volume resize: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        context(&backend)
-    );
+    let mut g = boot_waiting_to_grow(&env, dir.path(), &backend, &job, 32 * MIB);
+    fabricctl(&backend, &["volume", "resize", "p0", "d0", "--size", "48M"]);
     let r = g
         .report(GUEST_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}\n{}", context(&backend)));
@@ -619,6 +592,32 @@ fn vswitchd_restarts_under_a_writing_guest_without_errors() {
     );
 }
 
+/// Guest G booted on `backend` with `job` (whose first step is `grow`),
+/// waiting for its disk of `size` bytes to grow.
+fn boot_waiting_to_grow(
+    env: &Env,
+    dir: &Path,
+    backend: &VswitchdBlk,
+    job: &BlkJob,
+    size: u64,
+) -> BlkGuest {
+    let mut g = BlkGuest::boot(
+        &env.qemu,
+        &env.image,
+        dir,
+        "G",
+        backend.socket(),
+        &BlkGuestOpts::default(),
+        job,
+    );
+    let waiting = g
+        .guest
+        .wait_for("FABRIC-INFO blk grow waiting", GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", context(backend)));
+    assert!(waiting.ends_with(&format!("size={size}")), "{waiting}");
+    g
+}
+
 /// Runs `fabricctl` on `backend`'s daemon; it must succeed.
 fn fabricctl(backend: &VswitchdBlk, args: &[&str]) {
     let out = Command::new(test_kit::bins::fabricctl())
@@ -670,23 +669,7 @@ fn vswitchd_a_running_guest_reads_the_snapshot_after_pause_revert_resume() {
     );
 
     let job = first.with_steps(&[BlkStep::Grow, BlkStep::Verify]);
-    let mut g = BlkGuest::boot(
-        &env.qemu,
-        &env.image,
-        dir.path(),
-        "G",
-        backend.socket(),
-        &BlkGuestOpts::default(),
-        &job,
-    );
-    let waiting = g
-        .guest
-        .wait_for("FABRIC-INFO blk grow waiting", GUEST_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}\n{}", context(&backend)));
-    assert!(
-        waiting.ends_with(&format!("size={}", 32 * MIB)),
-        "{waiting}"
-    );
+    let mut g = boot_waiting_to_grow(&env, dir.path(), &backend, &job, 32 * MIB);
     fabricctl(&backend, &["export", "pause", "p0", "d0"]);
     fabricctl(&backend, &["volume", "revert", "p0", "d0", "snap"]);
     fabricctl(&backend, &["export", "resume", "p0", "d0"]);
