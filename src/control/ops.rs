@@ -212,6 +212,20 @@ pub fn dispatch(rt: &Runtime, op: &str, a: &Value) -> OpResult<Value> {
             rt.set_export_limits(&e.pool, &e.volume, export_limits(&e)?)?;
             volume_info(rt, &e.pool, &e.volume)
         }
+        "export.pause" | "export.resume" => {
+            let e: ExportRef = args(op, a)?;
+            if op == "export.pause" {
+                rt.pause_export(&e.pool, &e.volume)?;
+            } else {
+                rt.resume_export(&e.pool, &e.volume)?;
+            }
+            volume_info(rt, &e.pool, &e.volume)
+        }
+        "volume.revert" => {
+            let v: VolumeRevert = args(op, a)?;
+            rt.revert_volume(&v.pool, &v.name, &v.snapshot)?;
+            volume_info(rt, &v.pool, &v.name)
+        }
         "port.limit" => {
             let p: PortLimit = args(op, a)?;
             let policing =
@@ -609,6 +623,7 @@ fn volume_list(rt: &Runtime, only: Option<&str>) -> Vec<VolumeInfo> {
                     .collect()
             });
             let throttled = rt.export_throttled(&p.name, &v.name);
+            let paused = rt.export_paused(&p.name, &v.name).unwrap_or(false);
             out.push(VolumeInfo {
                 pool: p.name.clone(),
                 kind: format!("{:?}", v.kind).to_lowercase(),
@@ -626,6 +641,7 @@ fn volume_list(rt: &Runtime, only: Option<&str>) -> Vec<VolumeInfo> {
                     .map(|s| s.display().to_string()),
                 limits,
                 throttled,
+                paused,
                 name: v.name,
             });
         }

@@ -37,6 +37,9 @@
 //! | `config.save` | [`ConfigSave`] `{path?}` | `{path}` |
 //! | `export.limit` | [`ExportLimit`] `{pool, volume, iops_read?, ...}` | [`VolumeInfo`] |
 //! | `port.limit` | [`PortLimit`] `{name, rate?, burst?}` | [`PortInfo`] |
+//! | `export.pause` | [`ExportRef`] `{pool, volume}` (answers once drained) | [`VolumeInfo`] |
+//! | `export.resume` | [`ExportRef`] `{pool, volume}` | [`VolumeInfo`] |
+//! | `volume.revert` | [`VolumeRevert`] `{pool, name, snapshot}` | [`VolumeInfo`] |
 //!
 //! The argument structs are what the daemon reads and what `fabricctl`
 //! sends (unset optional fields are left out of the object).
@@ -365,6 +368,9 @@ pub struct VolumeInfo {
     /// Requests of the export that waited for its limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttled: Option<u64>,
+    /// The export is paused (`export.pause`): it takes no request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 /// `export.add` arguments (the `export = {...}` keys).
@@ -564,6 +570,25 @@ pub struct ExportRemove {
     pub volume: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub if_exists: bool,
+}
+
+/// `export.pause` and `export.resume` arguments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRef {
+    pub pool: String,
+    pub volume: String,
+}
+
+/// `volume.revert` arguments: volume `name` becomes the content of
+/// `snapshot`, one of its snapshots (`volume` is accepted for `name`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeRevert {
+    pub pool: String,
+    #[serde(alias = "volume")]
+    pub name: String,
+    pub snapshot: String,
 }
 
 /// `export.limit` arguments: the export's limits from now on, the keys of

@@ -80,6 +80,7 @@ impl From<PoolError> for Error {
         use PoolError as P;
         let kind = match &e {
             P::NoSuchVolume(_) => ErrorKind::NotFound,
+            P::Busy(_) => ErrorKind::Conflict,
             P::OutOfSpace { .. } => ErrorKind::NoSpace,
             P::Refused(MetaError::DuplicateName(_)) => ErrorKind::AlreadyExists,
             P::Refused(_) | P::ShrinkNeedsForce { .. } | P::ReadOnly(_) => {

@@ -50,14 +50,7 @@ impl Runtime {
         entry.served.export.set_limits(blk_limits(&limits));
         entry.config.limits = limits;
         let config = entry.config.clone();
-        let declared = st
-            .config
-            .pools
-            .iter_mut()
-            .filter(|p| p.name == pool)
-            .flat_map(|p| p.volumes.iter_mut())
-            .find(|v| v.name == volume);
-        if let Some(v) = declared {
+        if let Some(v) = Self::declared_mut(&mut st, pool, volume) {
             v.export = Some(config);
         }
         log::info!("pool {pool}: export of {volume}: limits {limits:?}");

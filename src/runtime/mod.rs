@@ -13,6 +13,7 @@ mod error;
 mod limits;
 mod ports;
 mod report;
+mod revert;
 pub mod snapshot;
 mod volumes;
 

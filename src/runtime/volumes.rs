@@ -37,6 +37,18 @@ impl Runtime {
         st.config.pools.iter_mut().find(|p| p.name == pool)
     }
 
+    /// Volume `name` of `pool` as the running configuration declares it.
+    pub(super) fn declared_mut<'a>(
+        st: &'a mut State,
+        pool: &str,
+        name: &str,
+    ) -> Option<&'a mut VolumeConfig> {
+        Self::pool_config(st, pool)?
+            .volumes
+            .iter_mut()
+            .find(|v| v.name == name)
+    }
+
     /// The export of `volume`, if any.
     pub fn export_of(&self, pool: &str, volume: &str) -> Option<ExportConfig> {
         self.lock()
@@ -201,7 +213,7 @@ impl Runtime {
         Self::overcommit_in(&self.lock(), pool_name)
     }
 
-    fn overcommit_in(st: &State, pool_name: &str) -> bool {
+    pub(super) fn overcommit_in(st: &State, pool_name: &str) -> bool {
         let pools = &st.config.pools;
         pools.iter().any(|p| p.name == pool_name && p.overcommit)
     }
@@ -209,7 +221,7 @@ impl Runtime {
     /// Without `overcommit = true`, creating or growing a volume may not take
     /// the pool's provisioned total (every volume's size, as `pool list`
     /// shows it) past its capacity.
-    fn check_provisioning<D: vblock::dev::BlockDev>(
+    pub(super) fn check_provisioning<D: vblock::dev::BlockDev>(
         p: &vblock::pool::Pool<D>,
         pool_name: &str,
         overcommit: bool,

@@ -28,6 +28,10 @@
 //! | writes_past_the_old_end                   | volume resize` to 48 MiB; G sees it with   |
 //! |                                           | no reboot, writes and verifies past the    |
 //! |                                           | old end                                    |
+//! | vswitchd_a_running_guest_reads_the_       | A writes 16 MiB; snapshot; overwritten and |
+//! | snapshot_after_pause_revert_resume        | shrunk; G waits; export pause, volume      |
+//! |                                           | revert (grows it back), resume: G sees the |
+//! |                                           | growth and verifies A's pattern (O_DIRECT) |
 //!
 //! The first three run on both backends (`qsd_*` and `vswitchd_*`).
 //!
@@ -405,35 +409,8 @@ fn vswitchd_a_guest_sees_its_disk_grow_and_writes_past_the_old_end() {
     let dir = blk_test_dir("qemu-blk-grow");
     let backend = VswitchdBlk::create(dir.path(), "d0", &writable(32 * MIB, 1));
     let job = pattern_job(&[BlkStep::Grow, BlkStep::Write], 16 * MIB, 7).offset(32 * MIB);
-    let mut g = BlkGuest::boot(
-        &env.qemu,
-        &env.image,
-        dir.path(),
-        "G",
-        backend.socket(),
-        &BlkGuestOpts::default(),
-        &job,
-    );
-    let waiting = g
-        .guest
-        .wait_for("FABRIC-INFO blk grow waiting", GUEST_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e}\n{}", context(&backend)));
-    assert!(
-        waiting.ends_with(&format!("size={}", 32 * MIB)),
-        "{waiting}"
-    );
-    let out = Command::new(test_kit::bins::fabricctl())
-        .arg("--socket")
-        .arg(backend.control_socket())
-        .args(["volume", "resize", "p0", "d0", "--size", "48M"])
-        .output()
-        .expect("run fabricctl");
-    assert!(
-        out.status.success(),
-        "fabricctl volume resize: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        context(&backend)
-    );
+    let mut g = boot_waiting_to_grow(&env, dir.path(), &backend, &job, 32 * MIB);
+    fabricctl(&backend, &["volume", "resize", "p0", "d0", "--size", "48M"]);
     let r = g
         .report(GUEST_TIMEOUT)
         .unwrap_or_else(|e| panic!("{e}\n{}", context(&backend)));
@@ -615,6 +592,32 @@ fn vswitchd_restarts_under_a_writing_guest_without_errors() {
     );
 }
 
+/// Guest G booted on `backend` with `job` (whose first step is `grow`),
+/// waiting for its disk of `size` bytes to grow.
+fn boot_waiting_to_grow(
+    env: &Env,
+    dir: &Path,
+    backend: &VswitchdBlk,
+    job: &BlkJob,
+    size: u64,
+) -> BlkGuest {
+    let mut g = BlkGuest::boot(
+        &env.qemu,
+        &env.image,
+        dir,
+        "G",
+        backend.socket(),
+        &BlkGuestOpts::default(),
+        job,
+    );
+    let waiting = g
+        .guest
+        .wait_for("FABRIC-INFO blk grow waiting", GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", context(backend)));
+    assert!(waiting.ends_with(&format!("size={size}")), "{waiting}");
+    g
+}
+
 /// Runs fabricctl on `backend`'s control socket; panics unless it succeeds.
 fn fabricctl(backend: &VswitchdBlk, args: &[&str]) -> String {
     let out = Command::new(test_kit::bins::fabricctl())
@@ -727,4 +730,55 @@ fn vswitchd_a_guest_write_waits_in_a_full_pool_and_resumes_when_space_is_freed()
     assert!(backend
         .log_text()
         .contains("pool p0: out of space: requests that need a new cluster wait"));
+}
+
+/// Revert under a running guest: A writes a pattern over the first 16 MiB
+/// of a 48 MiB disk, the disk is snapshotted, then overwritten from the host
+/// (libblkio) and shrunk to 32 MiB. Guest G boots on it and waits for its
+/// disk to grow; meanwhile `export pause`, `volume revert` to the 48 MiB
+/// snapshot (which grows the disk: the guest is told as for a resize) and
+/// `export resume`. G sees the new size with no reboot and then reads A's
+/// pattern with O_DIRECT: what the device promises after a resume. (What
+/// the guest had cached before is not promised: see the README.)
+#[test]
+fn vswitchd_a_running_guest_reads_the_snapshot_after_pause_revert_resume() {
+    let env = Env::new();
+    let dir = blk_test_dir("qemu-blk-revert");
+    let first = pattern_job(&[BlkStep::Write], 16 * MIB, 11);
+    let (backend, _) = vswitchd_written_by_a(&env, dir.path(), 48 * MIB, &first);
+    fabricctl(&backend, &["volume", "snapshot", "p0", "d0", "snap"]);
+    {
+        let mut c = test_kit::blkio::client::BlkClient::connect(backend.socket(), 1)
+            .unwrap_or_else(|e| panic!("libblkio: {e}\n{}", context(&backend)));
+        c.queue(0)
+            .write_pattern(99, 0, (16 * MIB) as usize)
+            .expect("overwrite");
+        c.queue(0).flush().expect("flush");
+    }
+    let socket = backend.socket().display().to_string();
+    fabricctl(&backend, &["export", "remove", "p0", "d0"]);
+    fabricctl(
+        &backend,
+        &["volume", "resize", "p0", "d0", "--size", "32M", "--force"],
+    );
+    fabricctl(
+        &backend,
+        &["export", "add", "p0", "d0", "--socket", &socket],
+    );
+
+    let job = first.with_steps(&[BlkStep::Grow, BlkStep::Verify]);
+    let mut g = boot_waiting_to_grow(&env, dir.path(), &backend, &job, 32 * MIB);
+    fabricctl(&backend, &["export", "pause", "p0", "d0"]);
+    fabricctl(&backend, &["volume", "revert", "p0", "d0", "snap"]);
+    fabricctl(&backend, &["export", "resume", "p0", "d0"]);
+    let r = g
+        .report(GUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", context(&backend)));
+    eprintln!("guest G: {}", r.summary().replace('\n', "\n        "));
+    r.assert_pass(&format!(
+        "the running guest should read the snapshot after the revert\n{}",
+        context(&backend)
+    ));
+    let grow = r.step(BlkStep::Grow);
+    assert_eq!((grow.num("from"), grow.num("to")), (32 * MIB, 48 * MIB));
 }

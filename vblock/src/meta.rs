@@ -3,7 +3,7 @@
 //!
 //! The operations of [`Metadata`] mirror the journal records of `FORMAT.md`
 //! (`CreateVolume`, `DeleteVolume`, `Resize`, `Rename`, `Snapshot`, `Clone`,
-//! `Map`, `Unmap`): the live path calls them when it appends a record, replay
+//! `Revert`, `Map`, `Unmap`): the live path calls them when it appends a record, replay
 //! calls them for each record read back. Each one validates everything first
 //! and then mutates, so an `Err` leaves the metadata unchanged (a refused
 //! request changes nothing, issue item 5).
@@ -195,6 +195,49 @@ impl Metadata {
     /// snapshot or a clone, to any depth: reads never walk a chain).
     pub fn clone_volume(&mut self, source: u32, id: u32, name: &str) -> Result<(), MetaError> {
         self.copy_volume(source, id, name, VolumeKind::Clone)
+    }
+
+    /// `Revert`: volume `id` takes `snapshot`'s map, as a clone of the
+    /// snapshot would, keeping its id, name and kind: every cluster of the
+    /// snapshot gains a reference, every cluster of the old map loses one (so
+    /// those only this volume held become releasing, rule 3). The size
+    /// becomes the snapshot's, or stays if larger (a guest never sees its
+    /// disk shrink; past the snapshot's end reads zeros). No data is copied.
+    pub fn revert(&mut self, id: u32, snapshot: u32) -> Result<(), MetaError> {
+        let snap = self
+            .volumes
+            .get(&snapshot)
+            .ok_or(MetaError::UnknownVolume(snapshot))?;
+        let vol = self.volumes.get(&id).ok_or(MetaError::UnknownVolume(id))?;
+        if vol.read_only {
+            return Err(MetaError::ReadOnly(id));
+        }
+        if snap.kind != VolumeKind::Snapshot {
+            return Err(MetaError::NotASnapshot(snapshot));
+        }
+        if snap.block_size != vol.block_size {
+            return Err(MetaError::BlockSizeDiffers {
+                volume: id,
+                snapshot,
+            });
+        }
+        self.check_refs(&snap.map)?;
+        let map = snap.map.clone();
+        let size = snap.size.max(vol.size);
+        // References first: a cluster both maps hold never passes through 0.
+        for (_, pc) in map.iter() {
+            self.alloc.add_ref(pc.get())?;
+        }
+        let vol = self
+            .volumes
+            .get_mut(&id)
+            .ok_or(MetaError::UnknownVolume(id))?;
+        vol.size = size;
+        let old = std::mem::replace(&mut vol.map, map);
+        for (_, pc) in old.iter() {
+            self.alloc.release(pc.get())?;
+        }
+        Ok(())
     }
 
     /// Loads one volume of a checkpoint: validated like `create_volume`, every
@@ -442,15 +485,7 @@ impl Metadata {
             .get(&source)
             .ok_or(MetaError::UnknownVolume(source))?;
         self.check_new(id, name)?;
-        let refs = self.alloc.refcounts();
-        // A map never names a cluster twice, so one pass bounds every increment.
-        if let Some((_, pc)) = src
-            .map
-            .iter()
-            .find(|(_, pc)| refs.get(pc.get()) == Some(u32::MAX))
-        {
-            return Err(MetaError::RefcountOverflow(pc.get()));
-        }
+        self.check_refs(&src.map)?;
         let vol = Volume {
             id,
             name: name.to_owned(),
@@ -465,6 +500,19 @@ impl Metadata {
         }
         self.insert(vol);
         Ok(())
+    }
+
+    /// Every cluster of `map` can take one more reference.
+    fn check_refs(&self, map: &ClusterMap) -> Result<(), MetaError> {
+        let refs = self.alloc.refcounts();
+        // A map never names a cluster twice, so one pass bounds every increment.
+        match map
+            .iter()
+            .find(|(_, pc)| refs.get(pc.get()) == Some(u32::MAX))
+        {
+            Some((_, pc)) => Err(MetaError::RefcountOverflow(pc.get())),
+            None => Ok(()),
+        }
     }
 
     fn insert(&mut self, vol: Volume) {

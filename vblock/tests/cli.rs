@@ -252,7 +252,7 @@ fn create_pool_and_info() {
     let info = ok(&["pool", "info", &p]);
     for want in [
         "uuid:",
-        "format version:  2",
+        "format version:  3",
         "cluster size:    65536 (64 KiB)",
         "journal:         1048576 bytes (1 MiB, 256 blocks)",
         "capacity:",

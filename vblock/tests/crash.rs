@@ -1,6 +1,6 @@
 //! Crash tests over the simulated disk (TigerBeetle style): seeded random
-//! workloads of writes, flushes, discards, snapshots, clones, deletes,
-//! resizes and renames on a small pool whose journal ring (16 blocks) wraps
+//! workloads of writes, flushes, discards, snapshots, clones, reverts,
+//! deletes, resizes and renames on a small pool whose journal ring (16 blocks) wraps
 //! and checkpoints constantly. Crash points:
 //!
 //! - *between* operations: the disk as it would come back after a power
@@ -212,6 +212,11 @@ enum Op {
         vol: String,
         name: String,
     },
+    /// The volume takes a snapshot's content (`Pool::revert`).
+    Revert {
+        vol: String,
+        snapshot: String,
+    },
 }
 
 struct Workload {
@@ -277,6 +282,21 @@ impl Workload {
                 vol,
                 name: name(self),
             },
+            97..=98 => {
+                let snapshots: Vec<&String> = model
+                    .volumes
+                    .iter()
+                    .filter(|(_, v)| v.kind == VolumeKind::Snapshot)
+                    .map(|(n, _)| n)
+                    .collect();
+                match snapshots.len() as u64 {
+                    0 => Op::Flush,
+                    n => Op::Revert {
+                        vol,
+                        snapshot: snapshots[self.rng.below(n) as usize].clone(),
+                    },
+                }
+            }
             _ => Op::Create {
                 name: name(self),
                 sectors: 8 * (16 + self.rng.below(48) as usize),
@@ -404,6 +424,27 @@ impl Workload {
                 model.volumes.insert(name.clone(), v);
                 true
             }),
+            Op::Revert { vol, snapshot } => match pool.revert(vol, snapshot) {
+                Ok(()) => {
+                    // The snapshot's sectors, then zeros up to the volume's
+                    // size if it is larger (written by nobody: stable zeros).
+                    let mut sectors = model.volumes[snapshot].sectors.clone();
+                    let len = model.volumes[vol].sectors.len();
+                    if sectors.len() < len {
+                        sectors.resize(
+                            len,
+                            Sector {
+                                stable: 0,
+                                since: vec![],
+                            },
+                        );
+                    }
+                    model.volumes.get_mut(vol).expect("vol").sectors = sectors;
+                    Ok(true)
+                }
+                Err(PoolError::OutOfSpace { .. }) => Ok(false),
+                Err(e) => Err(e),
+            },
         };
         let uncollapsed = model.clone();
         match committed {
@@ -497,6 +538,9 @@ struct Counts {
     inside: [u64; 4],
     /// Crashes inside `Pool::open` (after replay), by kind.
     in_open: [u64; 4],
+    /// Crashes inside a revert (its journal block, its commit's flushes, a
+    /// checkpoint it forced).
+    inside_revert: u64,
 }
 
 /// Opens a crashed disk. On the way, a crash inside this very open (at one
@@ -604,6 +648,9 @@ fn run_seed(seed: u64, ops: usize, counts: &mut Counts) {
         if let Some(captured) = disk.take_capture() {
             let (offset, head) = logged.write(mark + at as usize - 1);
             counts.inside[WriteKind::of(pool.layout(), offset, head) as usize] += 1;
+            if matches!(op, Op::Revert { .. }) {
+                counts.inside_revert += 1;
+            }
             let either = |p: &LoggedPool| {
                 verify(p, &during).or_else(|e1| {
                     verify(p, &before).map_err(|e2| {
@@ -672,14 +719,16 @@ fn crash_anywhere_keeps_the_durability_contract() {
     eprintln!(
         "{seeds} seeds: {} crash points between operations, {} process deaths after a \
          stage; inside an operation, by the write interrupted: {:?} {:?}; inside \
-         Pool::open: {:?}",
+         Pool::open: {:?}; inside a revert: {}",
         counts.between,
         counts.process_deaths,
         WriteKind::ALL,
         counts.inside,
-        counts.in_open
+        counts.in_open,
+        counts.inside_revert
     );
     assert!(counts.process_deaths > 0, "no stage in the workload");
+    assert!(counts.inside_revert > 0, "no crash inside a revert");
     // The workload must really have crashed inside each kind of write, and
     // inside recovery (its checkpoint and its superblock update).
     for kind in WriteKind::ALL {

@@ -5,9 +5,9 @@ use super::parsed::Parsed;
 use super::values::{parse_block_size, parse_size, parse_vlan_id, parse_vlan_spec, parse_vni_map};
 use super::Call;
 use crate::control::protocol::{
-    Admin, ConfigSave, ExportAdd, ExportLimit, ExportRemove, FdbAdd, FdbDel, FdbFlush, FdbShow,
-    LogLevel, PoolSet, PortAdd, PortLimit, PortRemove, PortSet, Size, VolumeCopy, VolumeCreate,
-    VolumeDelete, VolumeList, VolumeRename, VolumeResize,
+    Admin, ConfigSave, ExportAdd, ExportLimit, ExportRef, ExportRemove, FdbAdd, FdbDel, FdbFlush,
+    FdbShow, LogLevel, PoolSet, PortAdd, PortLimit, PortRemove, PortSet, Size, VolumeCopy,
+    VolumeCreate, VolumeDelete, VolumeList, VolumeRename, VolumeResize, VolumeRevert,
 };
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -286,6 +286,26 @@ pub(super) const SPECS: &[Spec] = &[
         },
     },
     Spec {
+        words: &["volume", "revert"],
+        synopsis: "volume revert POOL VOLUME SNAPSHOT",
+        summary: "make VOLUME the content of SNAPSHOT, one of its own snapshots, at once\n\
+                  (copies no data; what only the old content used is freed). Refused\n\
+                  while VOLUME is exported unless its export is paused (export pause);\n\
+                  a guest's page cache may still hold the old content: revert with the\n\
+                  guest stopped, or have it drop its caches",
+        positionals: &["POOL", "VOLUME", "SNAPSHOT"],
+        options: &[],
+        flags: &[],
+        build: |p| {
+            let revert = VolumeRevert {
+                pool: p.pos[0].clone(),
+                name: p.pos[1].clone(),
+                snapshot: p.pos[2].clone(),
+            };
+            send("volume.revert", &revert)
+        },
+    },
+    Spec {
         words: &["volume", "delete"],
         synopsis: "volume delete POOL NAME [--if-exists]",
         summary: "delete a volume and free its space (refused while exported)",
@@ -347,6 +367,25 @@ pub(super) const SPECS: &[Spec] = &[
         ],
         flags: &[],
         build: build_export_limit,
+    },
+    Spec {
+        words: &["export", "pause"],
+        synopsis: "export pause POOL VOLUME",
+        summary: "stop taking the guest's requests (it sees slow I/O, no error); returns\n\
+                  once every request taken before has completed",
+        positionals: &["POOL", "VOLUME"],
+        options: &[],
+        flags: &[],
+        build: |p| send("export.pause", &export_ref(p)),
+    },
+    Spec {
+        words: &["export", "resume"],
+        synopsis: "export resume POOL VOLUME",
+        summary: "take the guest's requests again (those waiting run first)",
+        positionals: &["POOL", "VOLUME"],
+        options: &[],
+        flags: &[],
+        build: |p| send("export.resume", &export_ref(p)),
     },
     Spec {
         words: &["port", "limit"],
@@ -478,6 +517,13 @@ fn build_export_add(p: &Parsed) -> Result<Call, String> {
         may_exist: p.flag("--may-exist"),
     };
     send("export.add", &add)
+}
+
+fn export_ref(p: &Parsed) -> ExportRef {
+    ExportRef {
+        pool: p.pos[0].clone(),
+        volume: p.pos[1].clone(),
+    }
 }
 
 fn build_export_limit(p: &Parsed) -> Result<Call, String> {

@@ -292,7 +292,11 @@ fn volume_table(volumes: &[VolumeInfo]) -> String {
             },
             v.origin.as_deref().map_or("-".into(), clean),
             if v.read_only { "ro" } else { "rw" }.into(),
-            v.export.as_deref().map_or("-".into(), clean),
+            match (v.export.as_deref(), v.paused) {
+                (None, _) => "-".into(),
+                (Some(e), false) => clean(e),
+                (Some(e), true) => format!("{} (paused)", clean(e)),
+            },
             v.migration_socket.as_deref().map_or("-".into(), clean),
             limits_cell(v),
         ]);
@@ -412,9 +416,8 @@ pub fn render(call: &Call, result: Value) -> Result<String, String> {
         "pool.set" => pool_table(&[typed(call.op, result)?]),
         "volume.list" => volume_table(&typed::<Vec<VolumeInfo>>(call.op, result)?),
         "volume.create" | "volume.resize" | "volume.snapshot" | "volume.clone"
-        | "volume.rename" | "export.add" | "export.limit" => {
-            volume_table(&[typed(call.op, result)?])
-        }
+        | "volume.rename" | "volume.revert" | "export.add" | "export.limit" | "export.pause"
+        | "export.resume" => volume_table(&[typed(call.op, result)?]),
         "volume.delete" => format!("deleted volume {}/{}\n", arg(a, "pool"), arg(a, "name")),
         "export.remove" => format!(
             "removed the export of {}/{}\n",

@@ -54,6 +54,8 @@ pub mod record_type {
     pub const CLONE: u16 = 8;
     /// [`Record::DataDurable`](super::Record::DataDurable) (format version 2)
     pub const DATA_DURABLE: u16 = 9;
+    /// [`Record::Revert`](super::Record::Revert) (format version 3)
+    pub const REVERT: u16 = 10;
 }
 
 /// One journal record. Payloads, in order, little-endian; `name` is the rest
@@ -70,6 +72,7 @@ pub mod record_type {
 /// | 7 | Snapshot | source u32, id u32, name |
 /// | 8 | Clone | source u32, id u32, name |
 /// | 9 | DataDurable | none (0 bytes) |
+/// | 10 | Revert | id u32, snapshot u32 (8 bytes) |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// Virtual cluster `vcluster` of `volume` now lives in pool cluster `pcluster`.
@@ -102,6 +105,9 @@ pub enum Record {
     /// after a reboot drops the records after the last one (FORMAT.md
     /// "Records not covered by a flush").
     DataDurable,
+    /// Volume `id` now has snapshot `snapshot`'s map (its size too, if
+    /// larger): the content the snapshot was taken with (format version 3).
+    Revert { id: u32, snapshot: u32 },
 }
 
 /// Highest volume id: ids are given out as one more than the highest in
@@ -155,6 +161,7 @@ impl Record {
             Record::Snapshot { .. } => SNAPSHOT,
             Record::Clone { .. } => CLONE,
             Record::DataDurable => DATA_DURABLE,
+            Record::Revert { .. } => REVERT,
         }
     }
 
@@ -165,6 +172,7 @@ impl Record {
             Record::Unmap { .. } | Record::Resize { .. } => 12,
             Record::CreateVolume { name, .. } => 16 + name.len(),
             Record::DeleteVolume { .. } => 4,
+            Record::Revert { .. } => 8,
             Record::Rename { name, .. } => 4 + name.len(),
             Record::Snapshot { name, .. } | Record::Clone { name, .. } => 8 + name.len(),
             Record::DataDurable => 0,
@@ -245,6 +253,10 @@ impl Record {
                 out.extend_from_slice(name.as_bytes());
             }
             Record::DataDurable => {}
+            Record::Revert { id, snapshot } => {
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&snapshot.to_le_bytes());
+            }
         }
         Ok(())
     }
@@ -357,6 +369,13 @@ impl Record {
             DATA_DURABLE => {
                 exact(0)?;
                 Record::DataDurable
+            }
+            REVERT => {
+                exact(8)?;
+                Record::Revert {
+                    id: u32_at(0)?,
+                    snapshot: u32_at(4)?,
+                }
             }
             _ => {
                 return Err(FormatError::invalid(
@@ -700,6 +719,7 @@ mod tests {
                 id: 9,
                 name: String::new(),
             },
+            Record::Revert { id: 9, snapshot: 8 },
         ]
     }
 
@@ -743,7 +763,7 @@ mod tests {
         assert_eq!(img.len(), BLOCK_SIZE);
         assert_eq!(&img[..4], b"VBJL");
         assert_eq!(JournalBlock::decode(&img), Ok(b.clone()));
-        assert_eq!(b.next_seq(), 1008);
+        assert_eq!(b.next_seq(), 1009);
         // Each record alone, and its encoded length matches.
         for r in all_kinds() {
             let one = JournalBlock {
@@ -966,12 +986,12 @@ mod tests {
             );
         }
         let (recs, end) = replay([&img[..], &img[..100]], 1000);
-        assert_eq!(recs.len(), 8);
+        assert_eq!(recs.len(), 9);
         assert_eq!(
             end,
             ReplayEnd {
                 block: 1,
-                next_seq: 1008,
+                next_seq: 1009,
                 stop: ReplayStop::Truncated { len: 100 }
             }
         );
@@ -979,7 +999,11 @@ mod tests {
 
     fn random_record(rng: &mut TestRng) -> Record {
         let name = |rng: &mut TestRng| "n".repeat(rng.below(MAX_NAME_LEN as u64 + 1) as usize);
-        match rng.below(9) {
+        match rng.below(10) {
+            9 => Record::Revert {
+                id: rng.next_u64() as u32,
+                snapshot: rng.next_u64() as u32,
+            },
             8 => Record::DataDurable,
             0 => Record::Map {
                 volume: rng.next_u64() as u32,

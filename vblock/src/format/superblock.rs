@@ -27,8 +27,11 @@ use super::{le_u32, le_u64, FormatError, BLOCK_SIZE};
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"VBLKPOOL";
 /// The format version this code writes and the highest it reads. Version 2
 /// added `boot_id` and the `DataDurable` journal record; a version 1 pool
-/// opens and is written as version 2 from its first checkpoint on.
-pub const FORMAT_VERSION: u32 = 2;
+/// opens and is written as version 2 from its first checkpoint on. Version 3
+/// added the `Revert` journal record (an older reader refuses the pool rather
+/// than stop its replay at a record it does not know); older pools open and
+/// are written as version 3 the same way.
+pub const FORMAT_VERSION: u32 = 3;
 /// Byte offset of superblock copy A (even generations).
 pub const SLOT_A: u64 = 0;
 /// Byte offset of superblock copy B (odd generations).
@@ -646,7 +649,7 @@ mod tests {
         );
         let msg = Superblock::decode(&sb.encode()).unwrap_err().to_string();
         assert!(
-            msg.contains("version 3") && msg.contains("supported version 2"),
+            msg.contains("version 4") && msg.contains("supported version 3"),
             "{msg}"
         );
         sb.version = 0;

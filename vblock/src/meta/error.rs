@@ -72,6 +72,10 @@ pub enum MetaError {
     RefcountOverflow(u32),
     /// A checkpoint maps the same virtual cluster twice.
     DuplicateVcluster { volume: u32, vcluster: u64 },
+    /// A revert's source is not a snapshot.
+    NotASnapshot(u32),
+    /// A revert's snapshot has another block size than the volume.
+    BlockSizeDiffers { volume: u32, snapshot: u32 },
     /// Allocator refused (only if the metadata was already inconsistent).
     Alloc(AllocError),
 }
@@ -111,6 +115,11 @@ impl fmt::Display for MetaError {
             Self::DuplicateVcluster { volume, vcluster } => {
                 write!(f, "volume {volume} maps cluster {vcluster} twice")
             }
+            Self::NotASnapshot(id) => write!(f, "volume {id} is not a snapshot"),
+            Self::BlockSizeDiffers { volume, snapshot } => write!(
+                f,
+                "snapshot {snapshot} has another block size than volume {volume}"
+            ),
             Self::Alloc(e) => write!(f, "allocator: {e}"),
         }
     }

@@ -110,6 +110,11 @@ impl<D: BlockDev> Pool<D> {
             | Record::Snapshot { source: id, .. }
             | Record::Clone { source: id, .. } => from(id, 0),
             Record::Resize { id, size } => from(id, self.meta.clusters_for(size)),
+            Record::Revert { id, snapshot } => {
+                let mut both = from(id, 0);
+                both.extend(from(snapshot, 0));
+                both
+            }
             Record::CreateVolume { .. } | Record::Rename { .. } | Record::DataDurable => Vec::new(),
         }
     }
@@ -285,7 +290,8 @@ fn record_volumes(record: &Record) -> Vec<u32> {
         | Record::Resize { id, .. }
         | Record::Rename { id, .. }
         | Record::Snapshot { id, .. }
-        | Record::Clone { id, .. } => vec![id],
+        | Record::Clone { id, .. }
+        | Record::Revert { id, .. } => vec![id],
         Record::DataDurable => Vec::new(),
     }
 }

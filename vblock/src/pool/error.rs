@@ -36,6 +36,9 @@ pub enum PoolError {
         size: u64,
         new_size: u64,
     },
+    /// The volume has writes in flight that a control operation must not
+    /// race (a revert): stop its I/O first.
+    Busy(String),
     /// Opened read-only (inspection).
     NotWritable,
     /// An earlier metadata write failed; the pool takes no more changes.
@@ -75,6 +78,7 @@ impl fmt::Display for PoolError {
                 f,
                 "shrinking {name:?} from {size} to {new_size} bytes discards data; ask with force (--force)"
             ),
+            Self::Busy(n) => write!(f, "volume {n:?} has writes in flight"),
             Self::NotWritable => write!(f, "the pool is open read-only"),
             Self::Failed => write!(
                 f,

@@ -328,6 +328,7 @@ pub(crate) fn apply(meta: &mut Metadata, record: &Record) -> Result<(), MetaErro
         Record::Rename { id, name } => meta.rename(*id, name),
         Record::Snapshot { source, id, name } => meta.snapshot(*source, *id, name),
         Record::Clone { source, id, name } => meta.clone_volume(*source, *id, name),
+        Record::Revert { id, snapshot } => meta.revert(*id, *snapshot),
         Record::DataDurable => Ok(()),
     }
 }

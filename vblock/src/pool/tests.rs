@@ -599,3 +599,91 @@ fn commit_flushed_flushes_data_again_only_for_maps_queued_since_the_mark() {
     p.commit_flushed(mark).unwrap();
     assert_eq!(disk.stats().flushes - before, 1, "journal only");
 }
+
+/// Revert: the volume reads as the snapshot did, shares its clusters (a
+/// write after it copies), frees the clusters only its old content used, and
+/// the result survives a reopen. Refusals change nothing.
+#[test]
+fn revert_takes_the_snapshots_map_and_frees_the_old_exclusive_clusters() {
+    let (disk, mut p) = small_pool(16 * MIB, 256 * 1024);
+    let cs = u64::from(C);
+    let v = p.create_volume("v", 16 * cs, 512).unwrap();
+    for i in 0..4u64 {
+        p.write(v, i * cs, &fill(1, C as usize)).unwrap();
+    }
+    p.snapshot("v", "s").unwrap();
+    // After the snapshot: two clusters copied on write, two new ones.
+    for i in 2..6u64 {
+        p.write(v, i * cs, &fill(2, C as usize)).unwrap();
+    }
+    p.flush().unwrap();
+    let used = p.space().used_clusters;
+    assert_eq!(p.volume("v").unwrap().exclusive, 4 * cs);
+    // Growing after the snapshot: the revert keeps the larger size.
+    p.resize("v", 32 * cs, false).unwrap();
+
+    p.revert("v", "s").unwrap();
+    checked(&p);
+    let want: Vec<u8> = [fill(1, 4 * C as usize), vec![0; 28 * C as usize]].concat();
+    assert_eq!(read(&p, v, 0, 32 * C as usize), want);
+    let info = p.volume("v").unwrap();
+    assert_eq!(
+        (info.size, info.allocated, info.exclusive),
+        (32 * cs, 4 * cs, 0)
+    );
+    // The four clusters only the old content used are free: the revert
+    // committed before it returned.
+    let space = p.space();
+    assert_eq!(
+        (space.used_clusters, space.releasing_clusters),
+        (used - 4, 0)
+    );
+    // The gauges the metrics read follow the same counts.
+    let g = p
+        .gauges()
+        .volumes()
+        .into_iter()
+        .find(|g| g.id == v)
+        .unwrap();
+    assert_eq!((g.allocated, g.exclusive), (4 * cs, 0));
+    // A write after the revert copies: the snapshot still reads its data.
+    p.write(v, 0, &fill(3, 512)).unwrap();
+    let s = p.id("s").unwrap();
+    assert_eq!(read(&p, s, 0, C as usize), fill(1, C as usize));
+    p.flush().unwrap();
+
+    // Refusals: not a snapshot, a snapshot as the target, unknown names.
+    p.create_volume("w", 16 * cs, 4096).unwrap();
+    p.snapshot("w", "ws").unwrap();
+    assert!(matches!(
+        p.revert("v", "w"),
+        Err(PoolError::Refused(MetaError::NotASnapshot(_)))
+    ));
+    assert!(matches!(
+        p.revert("s", "s"),
+        Err(PoolError::Refused(MetaError::ReadOnly(_)))
+    ));
+    assert!(matches!(
+        p.revert("v", "ws"),
+        Err(PoolError::Refused(MetaError::BlockSizeDiffers { .. }))
+    ));
+    assert!(matches!(
+        p.revert("v", "nope"),
+        Err(PoolError::NoSuchVolume(_))
+    ));
+    assert!(matches!(
+        p.revert("nope", "s"),
+        Err(PoolError::NoSuchVolume(_))
+    ));
+    let mut expect = fill(3, 512);
+    expect.extend(fill(1, C as usize - 512));
+    assert_eq!(read(&p, v, 0, C as usize), expect);
+    drop(p);
+
+    let p = Pool::open(disk).unwrap();
+    checked(&p);
+    let v = p.id("v").unwrap();
+    assert_eq!(read(&p, v, 0, C as usize), expect);
+    assert_eq!(read(&p, v, cs, 3 * C as usize), fill(1, 3 * C as usize));
+    assert_eq!(p.volume("v").unwrap().size, 32 * cs);
+}

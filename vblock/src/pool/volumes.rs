@@ -1,5 +1,5 @@
-//! Volume operations: listing, create, delete, resize, rename, snapshot and
-//! clone. Each records its journal record, applies it and commits it before
+//! Volume operations: listing, create, delete, resize, rename, snapshot,
+//! clone and revert. Each records its journal record, applies it and commits it before
 //! returning.
 
 use super::info::{volume_info, VolumeInfo};
@@ -130,6 +130,32 @@ impl<D: BlockDev> Pool<D> {
     /// Writable clone of `source` (a volume, snapshot or clone). Copies no data.
     pub fn clone_volume(&mut self, source: &str, name: &str) -> Result<u32, PoolError> {
         self.copy(source, name, false)
+    }
+
+    /// Makes volume `name` read as `snapshot` (a snapshot in this pool with
+    /// the same block size) did when taken: the volume takes the snapshot's
+    /// map in one journal record, so a crash leaves the old content or the
+    /// new, never a mix. Copies no data; the clusters only the old content
+    /// used are freed (after the commit, rule 3). The size becomes the
+    /// snapshot's unless the volume is larger (then the rest reads zeros).
+    ///
+    /// Refused with [`PoolError::Busy`] while an engine has an allocating
+    /// write to the volume in flight (its `Map` would land on the reverted
+    /// map): the caller stops the volume's I/O first.
+    pub fn revert(&mut self, name: &str, snapshot: &str) -> Result<(), PoolError> {
+        let id = self.id(name)?;
+        let source = self.id(snapshot)?;
+        if self.allocating.iter().any(|&(v, _)| v == id) {
+            return Err(PoolError::Busy(name.into()));
+        }
+        let entries = self.meta.volume(source).map_or(0, |v| v.map().len());
+        let runs = usize::try_from(entries).unwrap_or(usize::MAX);
+        self.reserve_for(0, Image::volume_len(0, runs))?;
+        self.record(Record::Revert {
+            id,
+            snapshot: source,
+        })?;
+        self.commit()
     }
 
     fn copy(&mut self, source: &str, name: &str, snapshot: bool) -> Result<u32, PoolError> {

@@ -147,6 +147,9 @@ struct QueueState {
     /// Wakes the queue's worker when the first parked request may start.
     timer: TimerFd,
     timer_armed: bool,
+    /// Requests of this queue counted in the export's pause (parked and
+    /// in flight), as of the last [`BlkBackend::settle`].
+    taken: u64,
 }
 
 impl QueueState {
@@ -170,6 +173,17 @@ pub struct BlkConnection {
     cluster_size: u32,
     /// The dirty log every write into this guest's memory is marked in.
     log: DirtyLog,
+}
+
+impl Drop for BlkConnection {
+    /// Requests a connection never answered (a wait that failed) no longer
+    /// hold the export's pause.
+    fn drop(&mut self) {
+        for state in &self.queues {
+            let mut st = lock(state);
+            self.export.pause.settle(std::mem::take(&mut st.taken), 0);
+        }
+    }
 }
 
 /// The `VhostUserBackend` of one connection.
@@ -219,6 +233,7 @@ impl BlkBackend {
                     parked: VecDeque::with_capacity(usize::from(export.config.queue_size)),
                     timer: TimerFd::new()?,
                     timer_armed: false,
+                    taken: 0,
                 }))
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -320,6 +335,9 @@ impl BlkBackend {
         if st.vring.is_none() {
             st.vring = Some(vring.clone());
         }
+        // A paused export takes nothing new from the ring (a ring does not
+        // even start) and looks again soon; what it took before completes.
+        let gate = self.0.export.pause.enter();
         if !st.started {
             // Only a kick starts a ring; an io_uring event after
             // GET_VRING_BASE stopped it (nothing is in flight then) does not.
@@ -330,6 +348,10 @@ impl BlkBackend {
             if !running {
                 return;
             }
+            if gate.is_none() {
+                self.arm(&mut st, PARK_RECHECK);
+                return;
+            }
             st.started = true;
             if !self.take_queues(&mut st) {
                 return;
@@ -338,8 +360,11 @@ impl BlkBackend {
         }
         let mut last_work = Instant::now();
         loop {
+            // A pause that came meanwhile stops the taking at once.
+            let taking = gate.is_some() && !self.0.export.pause.is_paused();
             let unparked = self.unpark(&mut st, &log);
-            let popped = !st.broken && st.parked.is_empty() && self.pop(&mut st, vring, &log);
+            let popped =
+                taking && !st.broken && st.parked.is_empty() && self.pop(&mut st, vring, &log);
             self.reap(&mut st, &log);
             let published = self.publish(&mut st, vring, false, &log);
             if unparked || popped || published {
@@ -349,6 +374,11 @@ impl BlkBackend {
             if st.broken || !st.parked.is_empty() {
                 // Broken: its avail index says "more" forever, asking again
                 // would spin. Parked: the timer brings the worker back.
+                break;
+            }
+            if !taking {
+                // Paused: the timer brings the worker back to see a resume.
+                self.arm(&mut st, PARK_RECHECK);
                 break;
             }
             if self.poll_for_work(&mut st, vring, last_work + POLL_FOR) {
@@ -368,6 +398,10 @@ impl BlkBackend {
         if st.engine.paused() > 0 && !st.timer_armed {
             self.arm(&mut st, PARK_RECHECK);
         }
+        // Counted before the gate opens: the pause never sees this queue's
+        // requests at zero while it still holds some.
+        self.settle(&mut st);
+        drop(gate);
         log.finish();
     }
 
@@ -395,6 +429,13 @@ impl BlkBackend {
             }
             std::hint::spin_loop();
         }
+    }
+
+    /// Tells the export's pause how many requests this queue holds now.
+    fn settle(&self, st: &mut QueueState) {
+        let now = (st.inflight.len() + st.parked.len()) as u64;
+        self.0.export.pause.settle(st.taken, now);
+        st.taken = now;
     }
 
     /// A ring starts: takes the export's queues for this session, waiting
@@ -1012,6 +1053,7 @@ impl VhostUserBackend for BlkBackend {
         };
         let log = self.0.log.begin();
         self.finish_in_flight(&mut st, &log);
+        self.settle(&mut st);
         self.publish(&mut st, &vring, true, &log);
         // Everything written is marked before the frontend reads the log.
         log.finish();
@@ -1092,6 +1134,7 @@ impl SessionBackend for BlkBackend {
             let mut st = lock(state);
             let log = self.0.log.begin();
             self.finish_in_flight(&mut st, &log);
+            self.settle(&mut st);
             log.finish();
             st.owns = false;
         }

@@ -5,12 +5,14 @@
 //! per queue); [`BlkExport::spawn`] serves frontends on the socket one after
 //! another through the shared [`SocketServer`], and on the export's migration
 //! socket (if it has one) at the same time; [`handover`] lets one session at
-//! a time run the queues.
+//! a time run the queues; [`pause`] stops an export taking requests and
+//! drains it.
 
 pub mod device;
 pub mod handover;
 pub mod inflight;
 pub mod limit;
+pub mod pause;
 pub mod request;
 
 use crate::relay;
@@ -242,6 +244,8 @@ pub struct BlkExport {
     /// says whether there are any, so an unlimited export takes no lock.
     limiter: Mutex<Limiter>,
     limited: AtomicBool,
+    /// Paused by the operator: no new request taken ([`pause`]).
+    pub pause: pause::Pause,
 }
 
 /// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG: the config space changed; the
@@ -299,6 +303,7 @@ impl BlkExport {
             backend_channels: Mutex::new(Vec::new()),
             limiter: Mutex::new(Limiter::new(config.limits, vswitch::monotonic_ns())),
             limited: AtomicBool::new(!config.limits.is_unlimited()),
+            pause: pause::Pause::default(),
             config,
         })
     }
