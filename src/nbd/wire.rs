@@ -100,10 +100,14 @@ pub const EOVERFLOW: u32 = 75;
 /// Every request's offset and length are multiples of this (the pool's
 /// sector); advertised as the minimum block size.
 pub const BLOCK: u64 = 512;
-/// Most bytes one READ or WRITE may move (advertised as the maximum block
-/// size). A WRITE over it closes the connection: its payload cannot be
-/// trusted to be what the length says.
-pub const MAX_PAYLOAD: u32 = 32 << 20;
+/// Most bytes one READ or WRITE may move, advertised as the maximum block
+/// size: one request of the pool's engine (`vblock::engine::MAX_REQUEST_BYTES`),
+/// so a request is never split. Larger ones are refused with EOVERFLOW.
+pub const MAX_PAYLOAD: u32 = 4 << 20;
+/// A WRITE longer than this closes the connection rather than have its
+/// payload read and dropped: 32 MiB, the most the protocol lets a client
+/// send a server that advertised no block size.
+pub const MAX_DRAIN: u32 = 32 << 20;
 /// Most bytes of one option's data (export names are at most 4096 bytes).
 pub const MAX_OPTION_DATA: u32 = 16 << 10;
 /// Most queries one NBD_OPT_{LIST,SET}_META_CONTEXT may carry.
@@ -252,8 +256,8 @@ impl Command {
         // A WRITE's payload follows whatever the verdict; an oversize one
         // cannot be skipped safely.
         let payload = if kind == CMD_WRITE {
-            if len > MAX_PAYLOAD {
-                return Err(Refused::Close("write payload over the maximum"));
+            if len > MAX_DRAIN {
+                return Err(Refused::Close("write payload over 32 MiB"));
             }
             len
         } else {
@@ -275,7 +279,7 @@ impl Command {
             CMD_DISC => return Ok(Command::Disconnect),
             CMD_FLUSH if offset != 0 || len != 0 => return fail(EINVAL),
             CMD_FLUSH => return Ok(Command::Flush),
-            CMD_READ if len > MAX_PAYLOAD => return fail(EOVERFLOW),
+            CMD_READ | CMD_WRITE if len > MAX_PAYLOAD => return fail(EOVERFLOW),
             CMD_BLOCK_STATUS if !e.allocation => return fail(EINVAL),
             _ => {}
         }

@@ -97,8 +97,14 @@ fn bad_magic_and_oversize_writes_close_the_connection() {
     let mut h = header(0, CMD_READ, 0, 512);
     h[0] ^= 1;
     assert!(matches!(parse(&h, &export(false)), Err(Refused::Close(_))));
-    let h = header(0, CMD_WRITE, 0, MAX_PAYLOAD + 512);
+    let h = header(0, CMD_WRITE, 0, MAX_DRAIN + 512);
     assert!(matches!(parse(&h, &export(false)), Err(Refused::Close(_))));
+    // up to 32 MiB the payload is read and dropped
+    let h = header(0, CMD_WRITE, 0, MAX_PAYLOAD + 512);
+    assert_eq!(
+        parse(&h, &export(false)),
+        error(EOVERFLOW, MAX_PAYLOAD + 512)
+    );
 }
 
 #[test]
