@@ -1,8 +1,8 @@
 //! The storage side end to end: exports to libblkio (`blk_export`,
 //! `blk_client_selftest`), malformed requests (`blk_malformed`), reconnects
 //! (`blk_reconnect`), a migration's handover between two frontends
-//! (`blk_handover`), online growth (`blk_resize`) and real QEMU guests
-//! (`qemu_blk`). One test binary: each
+//! (`blk_handover`), online growth (`blk_resize`), real QEMU guests
+//! (`qemu_blk`) and the NBD server under qemu-img and nbdinfo (`nbd`). One test binary: each
 //! file is a module.
 
 mod blk_client_selftest;
@@ -13,4 +13,5 @@ mod blk_limits;
 mod blk_malformed;
 mod blk_reconnect;
 mod blk_resize;
+mod nbd;
 mod qemu_blk;
