@@ -53,6 +53,20 @@ fn qemu_img(args: &[&str]) -> String {
     run(Command::new("qemu-img").args(args))
 }
 
+/// `qemu-img compare` of a raw file and an NBD export: identical, or the
+/// test fails.
+fn assert_same(raw: &Path, export: &str) {
+    qemu_img(&[
+        "compare",
+        "-f",
+        "raw",
+        "-F",
+        "raw",
+        raw.to_str().unwrap(),
+        export,
+    ]);
+}
+
 fn sha256(path: &Path) -> String {
     let out = run(Command::new("sha256sum").arg(path));
     out.split_whitespace().next().unwrap().to_owned()
@@ -109,15 +123,7 @@ fn qemu_img_imports_a_sparse_image_and_backs_up_a_snapshot_with_its_holes() {
     ]);
     assert_eq!(allocated(&h, "vm1-disk"), MIB + 64 * KIB);
     assert_eq!(allocated(&h, "vm1-disk") / CLUSTER, 68);
-    qemu_img(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "raw",
-        raw.to_str().unwrap(),
-        &disk,
-    ]);
+    assert_same(&raw, &disk);
 
     // Snapshot, then change the volume: the backup is the snapshot's.
     h.daemon()
@@ -185,15 +191,7 @@ fn qemu_img_imports_a_sparse_image_and_backs_up_a_snapshot_with_its_holes() {
     // The same snapshot over TCP.
     let tcp = h.daemon().nbd().unwrap().tcp_addr().unwrap();
     let over_tcp = format!("nbd://{tcp}/vm1-disk@monday");
-    qemu_img(&[
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "raw",
-        raw.to_str().unwrap(),
-        &over_tcp,
-    ]);
+    assert_same(&raw, &over_tcp);
     h.check_pool();
 }
 
