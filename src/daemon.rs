@@ -120,9 +120,14 @@ impl Daemon {
         self.rt.pool(name)
     }
 
-    /// The SIGUSR1 report ([`Runtime::counters_report`]).
+    /// The SIGUSR1 report ([`Runtime::counters_report`]), and the NBD
+    /// server's line if it runs.
     pub fn counters_report(&self) -> Vec<String> {
-        self.rt.counters_report()
+        let mut report = self.rt.counters_report();
+        if let Some(n) = &self.nbd {
+            report.push(n.stats().report_line());
+        }
+        report
     }
 
     /// Disconnects every guest, removes the sockets and stops all threads.

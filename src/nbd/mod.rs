@@ -16,7 +16,7 @@ pub mod wire;
 
 pub use server::NbdServer;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What the NBD server has seen, for tests and the counters report.
 #[derive(Debug, Default)]
@@ -35,4 +35,19 @@ pub struct NbdStats {
     /// command or flag, misaligned, out of range, too long, a change to a
     /// read-only export).
     pub requests_refused: AtomicU64,
+}
+
+impl NbdStats {
+    /// `counters nbd connections=N ...`, the daemon's report line.
+    pub fn report_line(&self) -> String {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "counters nbd connections={} closed_bad_input={} options_refused={} requests={} requests_refused={}",
+            n(&self.connections),
+            n(&self.closed_bad_input),
+            n(&self.options_refused),
+            n(&self.requests),
+            n(&self.requests_refused)
+        )
+    }
 }

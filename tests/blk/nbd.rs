@@ -492,6 +492,10 @@ fn malformed_negotiation_and_requests_are_answered_counted_and_survived() {
     assert!(c.closed());
     assert_eq!(stat(&h, |s| &s.closed_bad_input), 4);
 
+    assert_eq!(
+        h.report_line("counters nbd "),
+        "counters nbd connections=5 closed_bad_input=4 options_refused=6 requests=1 requests_refused=6"
+    );
     // The daemon serves on.
     let info = qemu_img(&["info", "--output=json", &uri(&h, "v")]);
     assert!(info.contains("\"virtual-size\": 1048576"), "{info}");
