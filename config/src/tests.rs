@@ -1132,7 +1132,11 @@ fn nbd_section_defaults_and_errors_name_the_key() {
     assert_eq!(nbd.tcp, None);
     assert_eq!(parse_ok("").nbd, None);
     let cfg = parse_ok("[nbd]\nsocket = \"/tmp/n.sock\"\ntcp = \"127.0.0.1:10809\"\n");
-    assert_eq!(parse_ok(&crate::to_toml(&cfg)), cfg, "config save keeps [nbd]");
+    assert_eq!(
+        parse_ok(&crate::to_toml(&cfg)),
+        cfg,
+        "config save keeps [nbd]"
+    );
     let nbd = cfg.nbd.unwrap();
     assert_eq!(nbd.tcp, Some("127.0.0.1:10809".parse().unwrap()));
     assert!(parse_err("[nbd]\ntcp = \"localhost\"\n").contains("nbd.tcp"));

@@ -535,3 +535,80 @@ fn a_writable_volume_has_one_writer_and_snapshots_any_number_of_readers() {
     fabric::control::ops::dispatch(rt, "export.add", &add).unwrap();
     assert_eq!(Client::connect(&h).go("free"), Err(wire::REP_ERR_POLICY));
 }
+
+/// The command lines of the README's NBD example ("Images in and out").
+fn readme_nbd_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("### Images in and out")
+        .nth(1)
+        .expect("the README's Images in and out section");
+    let block = section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("nbd+unix"))
+        .expect("a sh block with the NBD commands");
+    block
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every command of the README's NBD example, as written (fabricctl is this
+/// build's, the TCP port the one the daemon got), in a directory holding
+/// `fabric.toml` with `run_dir = "run"`, pool0 with vm1-disk (holding the
+/// image) and vm2-disk: each succeeds, the backup is the image and the
+/// import allocated only the image's data clusters.
+#[test]
+fn the_readme_nbd_commands_run_as_written() {
+    let h = DaemonHost::start(
+        "nbd-readme",
+        "[daemon]\nrun_dir = \"run\"\n[[pool]]\nname = \"pool0\"\npath = \"pool.img\"\n\
+         size = \"256M\"\n[[pool.volume]]\nname = \"vm1-disk\"\nsize = \"64M\"\n\
+         [[pool.volume]]\nname = \"vm2-disk\"\nsize = \"64M\"\n\
+         [nbd]\nsocket = \"run/nbd.sock\"\ntcp = \"127.0.0.1:0\"\n",
+    );
+    let (raw, qcow2) = source_image(h.dir());
+    std::fs::rename(&raw, h.dir().join("image.raw")).unwrap();
+    let disk = uri(&h, "vm1-disk");
+    qemu_img(&[
+        "convert",
+        "-n",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        qcow2.to_str().unwrap(),
+        &disk,
+    ]);
+    let tcp = h.daemon().nbd().unwrap().tcp_addr().unwrap().to_string();
+    let commands = readme_nbd_commands();
+    assert!(commands.len() >= 6, "{commands:?}");
+    for line in commands {
+        let line = line
+            .replacen("fabricctl", env!("CARGO_BIN_EXE_fabricctl"), 1)
+            .replace("127.0.0.1:10809", &tcp);
+        run(Command::new("sh")
+            .args(["-c", &line])
+            .current_dir(h.dir())
+            .env_remove("FABRIC_CONTROL_SOCKET"));
+    }
+    let backup = h.dir().join("backup.qcow2");
+    let image = h.dir().join("image.raw");
+    qemu_img(&[
+        "compare",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        backup.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    let pool = h.daemon().pool("pool0").unwrap();
+    let vm2 = pool.lock().unwrap().volume("vm2-disk").unwrap();
+    assert_eq!(vm2.allocated, 68 * CLUSTER);
+}
