@@ -16,6 +16,11 @@ use vblock::pool::PoolError;
 
 /// A client connection (Unix or TCP).
 pub trait Stream: Read + Write + Send + 'static {
+    /// Socket options for a connection (TCP: no Nagle delay between a
+    /// reply's header and its data).
+    fn prepare(&self) -> io::Result<()> {
+        Ok(())
+    }
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
     /// Something that ends the connection from another thread (at stop).
     fn closer(&self) -> io::Result<Box<dyn Fn() + Send>>;
@@ -34,6 +39,9 @@ impl Stream for std::os::unix::net::UnixStream {
 }
 
 impl Stream for std::net::TcpStream {
+    fn prepare(&self) -> io::Result<()> {
+        self.set_nodelay(true)
+    }
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         std::net::TcpStream::set_read_timeout(self, t)
     }
@@ -73,6 +81,10 @@ pub fn serve<S: Stream>(stream: S, rt: &Runtime, stats: &NbdStats) {
         allocation_for: None,
         out: Vec::new(),
     };
+    if let Err(e) = s.stream.prepare() {
+        log::debug!("nbd: connection dropped: {e}");
+        return;
+    }
     let ended = match s.negotiate() {
         Ok(Some((volume, export))) => {
             let r = s.transmit(&volume, export);

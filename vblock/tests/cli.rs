@@ -837,11 +837,21 @@ fn readme_commands_work_as_written() {
         .expect("the README's first vblock command creates a pool");
     let dir = Scratch::new();
     let pool = dir.path("pool");
+    // The raw image files the README names are in the scratch directory.
+    let (image, backup) = (dir.path("image.raw"), dir.path("backup.raw"));
+    let mut data = vec![0u8; 1 << 20];
+    data[..4096].fill(5);
+    std::fs::write(&image, &data).unwrap();
     let mut shown = Vec::new();
     for command in &commands {
         let args: Vec<&str> = command
             .iter()
-            .map(|a| if *a == readme_pool { pool.as_str() } else { a })
+            .map(|a| match a.as_str() {
+                a if a == readme_pool => pool.as_str(),
+                "image.raw" => image.as_str(),
+                "backup.raw" => backup.as_str(),
+                a => a,
+            })
             .collect();
         ok(&args);
         let words = if matches!(args[0], "pool" | "volume") {
@@ -863,9 +873,12 @@ fn readme_commands_work_as_written() {
             "volume list",
             "pool info",
             "check",
-            "dump"
+            "dump",
+            "volume import",
+            "volume export"
         ]
     );
+    assert_eq!(std::fs::metadata(&backup).unwrap().len(), 10 << 30);
 }
 
 /// Bytes of volume `name` mapped to clusters, from the pool itself.
