@@ -53,6 +53,25 @@ fn qemu_img(args: &[&str]) -> String {
     run(Command::new("qemu-img").args(args))
 }
 
+/// `qemu-img convert` of raw data (a file or an NBD export) to a new qcow2.
+fn raw_to_qcow2(raw: &str, qcow2: &Path) {
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw,
+        qcow2.to_str().unwrap(),
+    ]);
+}
+
+/// `qemu-img convert -n` of a qcow2 image into an NBD export.
+fn import(qcow2: &Path, export: &str) {
+    let image = qcow2.to_str().unwrap();
+    qemu_img(&["convert", "-n", "-f", "qcow2", "-O", "raw", image, export]);
+}
+
 /// `qemu-img compare` of a raw file and an NBD export: identical, or the
 /// test fails.
 fn assert_same(raw: &Path, export: &str) {
@@ -88,15 +107,7 @@ fn source_image(dir: &Path) -> (PathBuf, PathBuf) {
     let raw_path = dir.join("source.raw");
     std::fs::write(&raw_path, &raw).unwrap();
     let qcow2 = dir.join("image.qcow2");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        raw_path.to_str().unwrap(),
-        qcow2.to_str().unwrap(),
-    ]);
+    raw_to_qcow2(raw_path.to_str().unwrap(), &qcow2);
     (raw_path, qcow2)
 }
 
@@ -111,16 +122,7 @@ fn qemu_img_imports_a_sparse_image_and_backs_up_a_snapshot_with_its_holes() {
     let disk = uri(&h, "vm1-disk");
 
     // Import: the 68 data clusters are allocated, the zeros are not.
-    qemu_img(&[
-        "convert",
-        "-n",
-        "-f",
-        "qcow2",
-        "-O",
-        "raw",
-        qcow2.to_str().unwrap(),
-        &disk,
-    ]);
+    import(&qcow2, &disk);
     assert_eq!(allocated(&h, "vm1-disk"), MIB + 64 * KIB);
     assert_eq!(allocated(&h, "vm1-disk") / CLUSTER, 68);
     assert_same(&raw, &disk);
@@ -133,15 +135,7 @@ fn qemu_img_imports_a_sparse_image_and_backs_up_a_snapshot_with_its_holes() {
     run(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0xab 0 64k", &disk]));
     let backup = h.dir().join("backup.qcow2");
     let snapshot = uri(&h, "vm1-disk@monday");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        &snapshot,
-        backup.to_str().unwrap(),
-    ]);
+    raw_to_qcow2(&snapshot, &backup);
     let restored = h.dir().join("backup.raw");
     qemu_img(&[
         "convert",
@@ -575,16 +569,7 @@ fn the_readme_nbd_commands_run_as_written() {
     let (raw, qcow2) = source_image(h.dir());
     std::fs::rename(&raw, h.dir().join("image.raw")).unwrap();
     let disk = uri(&h, "vm1-disk");
-    qemu_img(&[
-        "convert",
-        "-n",
-        "-f",
-        "qcow2",
-        "-O",
-        "raw",
-        qcow2.to_str().unwrap(),
-        &disk,
-    ]);
+    import(&qcow2, &disk);
     let tcp = h.daemon().nbd().unwrap().tcp_addr().unwrap().to_string();
     let commands = readme_nbd_commands();
     assert!(commands.len() >= 6, "{commands:?}");
