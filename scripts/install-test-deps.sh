@@ -5,7 +5,9 @@
 # (benches), systemd's systemd-analyze (the unit file's test), and libvirt
 # (tests/operator/libvirt.rs: Debian 12's libvirtd, the QEMU driver, virsh, and the
 # libvirt-qemu user that libvirt-daemon-system creates; QEMU itself comes from
-# scripts/install-qemu.sh). Debian 12 has no modular virtqemud: the test runs libvirtd.
+# scripts/install-qemu.sh, and with it qemu-utils' qemu-img and qemu-io, which the NBD
+# tests drive), libnbd-bin's nbdinfo (tests/blk/nbd.rs: `nbdinfo --map` of an exported
+# snapshot). Debian 12 has no modular virtqemud: the test runs libvirtd.
 # Idempotent: when everything is present it returns at once without touching apt.
 set -euo pipefail
 
@@ -23,6 +25,7 @@ PACKAGES=(
     libvirt-daemon-system
     libvirt-daemon-driver-qemu
     libvirt-clients
+    libnbd-bin
 )
 
 installed() {

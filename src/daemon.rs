@@ -1,6 +1,6 @@
 //! The daemon: wires the [`Runtime`] (switches, ports, pools, exports) to the
-//! control socket, the optional metrics endpoint and the FDB ager, and stops
-//! them in order.
+//! control socket, the optional metrics endpoint and NBD server and the FDB
+//! ager, and stops them in order.
 
 use fabric_config::FabricConfig;
 use std::io;
@@ -14,6 +14,7 @@ use vswitch::Switch;
 
 use crate::control::server::ControlServer;
 use crate::metrics::MetricsServer;
+use crate::nbd::NbdServer;
 use crate::runtime::Runtime;
 
 pub struct Daemon {
@@ -22,6 +23,7 @@ pub struct Daemon {
     ager: Option<JoinHandle<()>>,
     control: Option<ControlServer>,
     metrics: Option<MetricsServer>,
+    nbd: Option<NbdServer>,
     stopped: bool,
 }
 
@@ -41,6 +43,7 @@ impl Daemon {
             ager: None,
             control: None,
             metrics: None,
+            nbd: None,
             stopped: false,
         };
         if let Err(e) = daemon.start_servers(config) {
@@ -63,6 +66,9 @@ impl Daemon {
             })?;
             log::info!("metrics on http://{}/metrics", srv.local_addr());
             self.metrics = Some(srv);
+        }
+        if let Some(nbd) = &config.nbd {
+            self.nbd = Some(NbdServer::spawn(nbd, self.rt.clone())?);
         }
         Ok(())
     }
@@ -87,6 +93,11 @@ impl Daemon {
         self.metrics.as_ref().map(|m| m.local_addr())
     }
 
+    /// The NBD server, if `[nbd]` is configured.
+    pub fn nbd(&self) -> Option<&NbdServer> {
+        self.nbd.as_ref()
+    }
+
     /// The shared runtime (what the control socket changes).
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.rt
@@ -109,9 +120,14 @@ impl Daemon {
         self.rt.pool(name)
     }
 
-    /// The SIGUSR1 report ([`Runtime::counters_report`]).
+    /// The SIGUSR1 report ([`Runtime::counters_report`]), and the NBD
+    /// server's line if it runs.
     pub fn counters_report(&self) -> Vec<String> {
-        self.rt.counters_report()
+        let mut report = self.rt.counters_report();
+        if let Some(n) = &self.nbd {
+            report.push(n.stats().report_line());
+        }
+        report
     }
 
     /// Disconnects every guest, removes the sockets and stops all threads.
@@ -130,6 +146,10 @@ impl Daemon {
         }
         if let Some(m) = self.metrics.take() {
             m.stop();
+        }
+        // Before the runtime: no NBD session may hold a pool past it.
+        if let Some(n) = self.nbd.take() {
+            n.stop();
         }
         self.rt.stop();
         if let Some(ager) = self.ager.take() {

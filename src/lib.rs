@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod libvirt;
 pub mod logging;
 pub mod metrics;
+pub mod nbd;
 pub mod runtime;
 pub mod service;
 pub mod sockets;

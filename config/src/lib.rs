@@ -74,6 +74,19 @@ pub struct FabricConfig {
     pub switches: Vec<SwitchConfig>,
     /// The `[[pool]]` tables, in file order. May be empty.
     pub pools: Vec<PoolConfig>,
+    /// The `[nbd]` table: the NBD server, off without it.
+    pub nbd: Option<NbdConfig>,
+}
+
+/// `[nbd]`: serves every volume and snapshot of every pool over NBD (the
+/// README's "Images in and out"). The table turns it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdConfig {
+    /// `socket`: the Unix socket (mode 0600). Default `<run_dir>/nbd.sock`.
+    pub socket: PathBuf,
+    /// `tcp`: also serve on this address, e.g. `"127.0.0.1:10809"`. No
+    /// authentication and no TLS: for a trusted network only. Default: off.
+    pub tcp: Option<std::net::SocketAddr>,
 }
 
 /// Default `[[pool]] cluster_size`: 16 KiB (see the README's "Cluster size").

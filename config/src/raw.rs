@@ -24,7 +24,7 @@ mod storage;
 mod vlan;
 mod vxlan;
 
-use daemon::{socket_access, RawDaemon};
+use daemon::{socket_access, RawDaemon, RawNbd};
 use port::{convert_port, RawSwitch};
 use vlan::RawVlan;
 use vxlan::RawVni;
@@ -68,6 +68,7 @@ struct RawFile {
     switches: Vec<RawSwitch>,
     #[serde(default, rename = "pool")]
     pools: Vec<storage::RawPool>,
+    nbd: Option<RawNbd>,
 }
 
 /// A value the file may give as an integer or as a string: a VLAN id or a
@@ -354,6 +355,12 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<FabricConfig,
         }
     };
 
+    let nbd = raw
+        .nbd
+        .as_ref()
+        .map(|n| daemon::nbd(&ctx, n, &run_dir, &mut sockets))
+        .transpose()?;
+
     Ok(FabricConfig {
         daemon: DaemonConfig {
             run_dir,
@@ -368,6 +375,7 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<FabricConfig,
         },
         switches,
         pools,
+        nbd,
     })
 }
 

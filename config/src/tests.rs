@@ -448,7 +448,7 @@ fn unknown_keys_at_top_levels() {
     );
     assert_eq!(
         parse_err("\n[storage]\nx = 1\n"),
-        "fabric.toml:2: storage: unknown field `storage`, expected one of `daemon`, `switch`, `pool`"
+        "fabric.toml:2: storage: unknown field `storage`, expected one of `daemon`, `switch`, `pool`, `nbd`"
     );
 }
 
@@ -1146,4 +1146,28 @@ fn limits_are_read_with_their_defaults_and_refused_by_key() {
     );
     let e = parse_err(&pool("iops_reads = 3"));
     assert!(e.contains("iops_reads"), "{e}");
+}
+
+#[test]
+fn nbd_section_defaults_and_errors_name_the_key() {
+    let cfg = parse_ok("[daemon]\nrun_dir = \"/run/fabric\"\n[nbd]\n");
+    let nbd = cfg.nbd.expect("[nbd] turns the server on");
+    assert_eq!(nbd.socket, std::path::Path::new("/run/fabric/nbd.sock"));
+    assert_eq!(nbd.tcp, None);
+    assert_eq!(parse_ok("").nbd, None);
+    let cfg = parse_ok("[nbd]\nsocket = \"/tmp/n.sock\"\ntcp = \"127.0.0.1:10809\"\n");
+    assert_eq!(
+        parse_ok(&crate::to_toml(&cfg)),
+        cfg,
+        "config save keeps [nbd]"
+    );
+    let nbd = cfg.nbd.unwrap();
+    assert_eq!(nbd.tcp, Some("127.0.0.1:10809".parse().unwrap()));
+    assert!(parse_err("[nbd]\ntcp = \"localhost\"\n").contains("nbd.tcp"));
+    assert!(parse_err("[nbd]\nsocket = \"\"\n").contains("nbd.socket"));
+    assert!(parse_err("[nbd]\nport = 1\n").contains("nbd.port"));
+    assert!(parse_err(
+        "[daemon]\ncontrol_socket = \"/tmp/c.sock\"\n[nbd]\nsocket = \"/tmp/c.sock\"\n"
+    )
+    .contains("nbd.socket: duplicate socket path"));
 }

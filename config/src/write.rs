@@ -213,6 +213,13 @@ pub fn to_toml(cfg: &FabricConfig) -> String {
             }
         }
     }
+    if let Some(n) = &cfg.nbd {
+        let _ = writeln!(out, "\n[nbd]");
+        let _ = writeln!(out, "socket = {}", path(&n.socket));
+        if let Some(t) = n.tcp {
+            let _ = writeln!(out, "tcp = {}", q(&t.to_string()));
+        }
+    }
     out
 }
 

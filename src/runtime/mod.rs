@@ -11,6 +11,7 @@
 mod convert;
 mod error;
 mod limits;
+pub mod nbd;
 mod ports;
 mod report;
 mod revert;
@@ -64,6 +65,10 @@ pub struct ExportEntry {
 pub struct State {
     pub ports: Vec<PortEntry>,
     pub exports: Vec<ExportEntry>,
+    /// Volumes open over NBD (`nbd.rs`).
+    pub nbd: Vec<nbd::NbdUse>,
+    /// The last token handed to an NBD hold.
+    pub next_nbd_token: u64,
     /// The configuration as it is now (what `config save` writes).
     pub config: FabricConfig,
 }
@@ -149,6 +154,8 @@ impl Runtime {
             state: Mutex::new(State {
                 ports: Vec::new(),
                 exports: Vec::new(),
+                nbd: Vec::new(),
+                next_nbd_token: 0,
                 config: empty,
             }),
         };

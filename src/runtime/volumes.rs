@@ -75,6 +75,7 @@ impl Runtime {
         e: ExportConfig,
     ) -> Result<()> {
         let pool = self.pool_entry(pool_name)?.pool.clone();
+        Self::not_in_nbd_use(st, pool_name, volume, "export")?;
         if st
             .exports
             .iter()
@@ -175,6 +176,7 @@ impl Runtime {
     /// Refuses a change to a volume that is exported. The caller keeps `st`
     /// until the change is made, so an `export.add` cannot slip in between.
     fn not_exported(st: &State, pool: &str, volume: &str, what: &str) -> Result<()> {
+        Self::not_in_nbd_use(st, pool, volume, what)?;
         if let Some(socket) = Self::export_in(st, pool, volume) {
             return Err(Error::conflict(format!(
                 "volume {volume:?} is exported on {}; unexport it before you {what} it",

@@ -2,7 +2,8 @@
 //! `blk_client_selftest`), malformed requests (`blk_malformed`), reconnects
 //! (`blk_reconnect`), a migration's handover between two frontends
 //! (`blk_handover`), online growth (`blk_resize`), the pool's space warning
-//! (`blk_pool_warn`) and real QEMU guests (`qemu_blk`). One test binary: each
+//! (`blk_pool_warn`), real QEMU guests (`qemu_blk`) and the NBD server under
+//! qemu-img and nbdinfo (`nbd`). One test binary: each
 //! file is a module.
 
 mod blk_client_selftest;
@@ -14,4 +15,5 @@ mod blk_malformed;
 mod blk_pool_warn;
 mod blk_reconnect;
 mod blk_resize;
+mod nbd;
 mod qemu_blk;

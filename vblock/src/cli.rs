@@ -8,14 +8,15 @@
 //!
 //! One job per file, as in `fabricctl`'s `src/control/cli/`: `spec` the
 //! synopses and help text, `args` the argument walker and the shared size
-//! and name grammar, `open` opening the pool, `pools`, `volumes` and
-//! `inspect` the commands, `table` the rendering for humans; this file
+//! and name grammar, `open` opening the pool, `pools`, `volumes`, `images`
+//! and `inspect` the commands, `table` the rendering for humans; this file
 //! dispatches.
 
 use std::io::Write;
 
 mod args;
 mod error;
+mod images;
 mod inspect;
 mod open;
 mod pools;
@@ -28,6 +29,7 @@ pub use spec::USAGE;
 pub use table::human;
 
 use error::usage;
+use images::{volume_export, volume_import};
 use inspect::{check, dump};
 use pools::{pool_create, pool_info};
 use volumes::{copy, volume_create, volume_delete, volume_list, volume_rename, volume_resize};
@@ -56,6 +58,8 @@ pub fn run(args: &[String], out: &mut dyn Write) -> Result<(), CliError> {
                 ("volume", "resize") => volume_resize(rest, out),
                 ("volume", "rename") => volume_rename(rest, out),
                 ("volume", "list") => volume_list(rest, out),
+                ("volume", "import") => volume_import(rest, out),
+                ("volume", "export") => volume_export(rest, out),
                 _ => Err(usage(format!("unknown command: {cmd} {sub}"))),
             }
         }
@@ -117,6 +121,8 @@ mod tests {
                 "1000",
             ],
             &["volume", "rename", "p", "v"],
+            &["volume", "import", "p", "v"],
+            &["volume", "export", "p", "v", "f", "--bogus"],
             &["snapshot", "p", "v"],
             // New names follow the shared rule (checked before the pool is opened).
             &["volume", "create", "p", "a b", "--size", "1M"],

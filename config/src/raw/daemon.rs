@@ -1,4 +1,5 @@
-//! `[daemon]`: the process-wide keys, and who may connect to the sockets.
+//! `[daemon]`: the process-wide keys, and who may connect to the sockets;
+//! `[nbd]`, the NBD server.
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -17,6 +18,53 @@ pub(super) struct RawDaemon {
     pub(super) socket_group: Option<Spanned<RawIntOrText>>,
     pub(super) handshake_timeout_ms: Option<Spanned<i64>>,
     pub(super) live_migration: Option<Spanned<bool>>,
+}
+
+/// `[nbd]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNbd {
+    pub(super) socket: Option<Spanned<String>>,
+    pub(super) tcp: Option<Spanned<String>>,
+}
+
+/// `[nbd]` checked: the socket resolved against the config file and unique
+/// among the sockets, the TCP address parsed.
+pub(super) fn nbd(
+    ctx: &Ctx,
+    n: &RawNbd,
+    run_dir: &Path,
+    sockets: &mut HashMap<PathBuf, usize>,
+) -> Result<NbdConfig, ConfigError> {
+    let socket = match &n.socket {
+        Some(s) if s.get_ref().is_empty() => {
+            return Err(ctx.invalid(&s.span(), "nbd.socket", "must not be empty"));
+        }
+        Some(s) => {
+            let path = ctx.resolve(s.get_ref());
+            check_socket(ctx, &path, &s.span(), "nbd.socket", sockets)?;
+            path
+        }
+        None => {
+            let path = normalize(&run_dir.join("nbd.sock"));
+            check_socket(ctx, &path, &(0..0), "nbd.socket", sockets)?;
+            path
+        }
+    };
+    let tcp = match &n.tcp {
+        Some(v) => Some(v.get_ref().parse().map_err(|_| {
+            ctx.invalid(
+                &v.span(),
+                "nbd.tcp",
+                format!(
+                    "{:?} is not an address:port like \"127.0.0.1:10809\"",
+                    v.get_ref()
+                ),
+            )
+        })?),
+        None => None,
+    };
+    Ok(NbdConfig { socket, tcp })
 }
 
 /// The `[daemon]` keys that say who may connect to the vhost-user sockets.

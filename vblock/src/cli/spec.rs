@@ -9,6 +9,8 @@ pub(super) const VOLUME_DELETE: &str = "vblock volume delete <pool> <name>";
 pub(super) const VOLUME_RESIZE: &str = "vblock volume resize <pool> <name> --size <S> [--force]";
 pub(super) const VOLUME_RENAME: &str = "vblock volume rename <pool> <name> <new-name>";
 pub(super) const VOLUME_LIST: &str = "vblock volume list <pool>";
+pub(super) const VOLUME_IMPORT: &str = "vblock volume import <pool> <name> <file>";
+pub(super) const VOLUME_EXPORT: &str = "vblock volume export <pool> <name> <file> [--force]";
 pub(super) const SNAPSHOT: &str = "vblock snapshot <pool> <source> <name>";
 pub(super) const CLONE: &str = "vblock clone <pool> <source> <name>";
 pub(super) const CHECK: &str = "vblock check <pool>";
@@ -31,6 +33,12 @@ usage:
       shrinking discards data beyond the new end and needs --force
   vblock volume rename <pool> <name> <new-name>
   vblock volume list <pool>
+  vblock volume import <pool> <name> <file>
+      a raw image into the volume (created at the file's size if it does
+      not exist); all-zero clusters of the file are not allocated
+  vblock volume export <pool> <name> <file> [--force]
+      the volume into a new raw file (--force replaces one), sparse where
+      the volume has holes
   vblock snapshot <pool> <source> <name>
       read-only snapshot of a volume, clone or snapshot (copies no data)
   vblock clone <pool> <source> <name>
