@@ -5,7 +5,8 @@
 //! barrier. Two implementations:
 //!
 //! - [`FileDev`]: a regular file or block device opened `O_DIRECT`, so the
-//!   page cache never hides what is (not) on the device.
+//!   page cache never hides what is (not) on the device; only
+//!   [`BlockDev::write_cached`] (journal stages) goes through it.
 //! - `SimDisk` (feature `sim`, and this crate's unit tests): an in-memory disk
 //!   with a *volatile write cache*, for crash tests: `SimDisk::crash` turns
 //!   unflushed writes into any outcome a real disk may produce (dropped, kept,
@@ -65,6 +66,16 @@ pub trait BlockDev: Send + Sync {
     /// interrupted by a crash may be torn into any subset of its sectors.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
 
+    /// Like [`write_at`](Self::write_at), for data that only has to survive
+    /// the death of this process until the next [`flush`](Self::flush):
+    /// where the device has a host page cache, the write lands there and
+    /// returns without waiting for the device (a journal stage, written
+    /// under the pool lock while the datapath waits). A crash of the host
+    /// may lose or tear it like any unflushed write.
+    fn write_cached(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_at(buf, offset)
+    }
+
     /// Durability barrier: every write that completed before the call is
     /// durable when it returns `Ok`. After an error nothing is promised about
     /// those writes (they may or may not be durable).
@@ -121,6 +132,9 @@ macro_rules! forward_block_dev {
             }
             fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
                 (**self).write_at(buf, offset)
+            }
+            fn write_cached(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+                (**self).write_cached(buf, offset)
             }
             fn flush(&self) -> io::Result<()> {
                 (**self).flush()

@@ -31,10 +31,19 @@ const ALIGN: u64 = DIRECT_ALIGN as u64;
 /// each other. (Concurrent writes to the *same* sectors have no defined order,
 /// as on any disk.)
 ///
+/// [`write_cached`](BlockDev::write_cached) goes through a second
+/// descriptor without `O_DIRECT`, into the host's page cache: it survives
+/// this process, and `fdatasync` (per file, not per descriptor) makes it
+/// durable with everything else. Linux keeps the two views coherent: a
+/// direct read or write of a range first writes back the cached pages in
+/// it.
+///
 /// The usable length is the file or device size rounded down to 4096 bytes.
 #[derive(Debug)]
 pub struct FileDev {
     file: File,
+    /// The same file without `O_DIRECT`, for writable devices.
+    cached: Option<File>,
     path: PathBuf,
     len: u64,
     rmw: Mutex<()>,
@@ -68,6 +77,7 @@ impl FileDev {
         };
         Ok(FileDev {
             file,
+            cached: write.then(|| open_cached(path)).transpose()?,
             path: path.to_owned(),
             len: size - size % ALIGN,
             rmw: Mutex::new(()),
@@ -146,6 +156,7 @@ impl FileDev {
         }
         Ok(FileDev {
             file,
+            cached: Some(open_cached(path)?),
             path: path.to_owned(),
             len,
             rmw: Mutex::new(()),
@@ -290,6 +301,17 @@ impl BlockDev for FileDev {
         }
     }
 
+    fn write_cached(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        check_request(self.len, offset, buf.len(), "write")?;
+        let Some(cached) = &self.cached else {
+            // Opened read-only: fails as any write does.
+            return self.write_at(buf, offset);
+        };
+        cached
+            .write_all_at(buf, offset)
+            .map_err(|e| self.io_error("cached write", buf.len(), offset, e))
+    }
+
     fn flush(&self) -> io::Result<()> {
         self.file
             .sync_data()
@@ -353,6 +375,17 @@ fn open_unlocked(path: &Path, create: bool, write: bool) -> io::Result<File> {
                 annotate(path, "open (O_DIRECT)", e)
             }
         })
+}
+
+/// A second, buffered descriptor on a device already opened (and locked)
+/// for writing, for [`BlockDev::write_cached`].
+fn open_cached(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| annotate(path, "open (buffered)", e))
 }
 
 fn block_device_size(file: &File) -> io::Result<u64> {
@@ -432,6 +465,41 @@ mod tests {
         let mut back = AlignedBuf::new(8192);
         dev.read_at(&mut back, 4096).unwrap();
         assert_eq!(&back[..], &data[..]);
+    }
+
+    /// A cached write is what the direct path reads next, in this process
+    /// and after the device is closed and opened again (a restarted daemon),
+    /// and a direct write over it afterwards wins; a read-only device refuses it.
+    #[test]
+    fn cached_writes_are_seen_by_direct_reads_and_after_reopening() {
+        let dir = Scratch::new();
+        let p = dir.path("dev");
+        let dev = FileDev::create(&p, 1 << 20).unwrap();
+        let cached = pattern(8192, 7);
+        dev.write_cached(&cached, 16384).unwrap();
+        let mut back = AlignedBuf::new(8192);
+        dev.read_at(&mut back, 16384).unwrap();
+        assert_eq!(&back[..], &cached[..]);
+        drop(dev);
+
+        let dev = FileDev::open(&p).unwrap();
+        let mut back = AlignedBuf::new(8192);
+        dev.read_at(&mut back, 16384).unwrap();
+        assert_eq!(&back[..], &cached[..], "after reopening");
+        let direct = AlignedBuf::from_slice(&pattern(4096, 9));
+        dev.write_at(&direct, 16384).unwrap();
+        drop(dev);
+
+        let dev = FileDev::open_read_only(&p).unwrap();
+        let mut back = AlignedBuf::new(8192);
+        dev.read_at(&mut back, 16384).unwrap();
+        assert_eq!(&back[..4096], &direct[..], "the later direct write");
+        assert_eq!(&back[4096..], &cached[4096..]);
+        assert!(dev.write_cached(&cached, 0).is_err(), "read-only");
+        assert!(matches!(
+            dev.write_cached(&cached, 1 << 20).map_err(|e| e.kind()),
+            Err(io::ErrorKind::UnexpectedEof)
+        ));
     }
 
     #[test]

@@ -252,9 +252,13 @@ impl<D: BlockDev> Pool<D> {
                     .layout
                     .journal_block_offset(self.next_block)
                     .unwrap_or(0);
-                self.dev
-                    .write_at(&buf, off)
-                    .map_err(io_err(format!("writing journal block {}", self.next_block)))?;
+                // A stage need only survive this process: through the
+                // page cache, without waiting for the device under the lock.
+                let written = match durability {
+                    Durability::ProcessDeath => self.dev.write_cached(&buf, off),
+                    Durability::PowerLoss => self.dev.write_at(&buf, off),
+                };
+                written.map_err(io_err(format!("writing journal block {}", self.next_block)))?;
                 self.next_block = (self.next_block + 1) % blocks;
                 self.used_blocks += 1;
                 self.stats.journal_blocks_written += 1;
