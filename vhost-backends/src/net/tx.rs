@@ -13,7 +13,7 @@ use super::Vring;
 use crate::datapath::{PollQueue, Polled};
 use crate::forward::offload::{HeaderFrom, MAX_GSO_FRAME};
 use crate::forward::{forward, ForwardScratch, FrameSource, Ingress, BATCH, HDR_LEN, MAX_SEGMENTS};
-use crate::split_ring::{set_kicks, RingView};
+use crate::split_ring::{prefetch_range, set_kicks, RingView};
 use crate::GuestMem;
 use arrayvec::ArrayVec;
 use fabric_offload::Accepts;
@@ -212,7 +212,6 @@ fn pop_batch<'m>(
 /// Bytes of each chain's buffers fetched ahead: a small frame whole, a
 /// large one's headers (what the switch reads to classify it).
 const PREFETCH_BYTES: usize = 256;
-const CACHE_LINE: usize = 64;
 
 /// Starts loading the first [`PREFETCH_BYTES`] of a chain's buffers into
 /// the cache. The guest wrote them on another core, so each line is a miss;
@@ -221,29 +220,13 @@ const CACHE_LINE: usize = 64;
 fn prefetch_frame(segs: &[VolatileSlice<'_>]) {
     let mut left = PREFETCH_BYTES;
     for seg in segs {
-        let ptr = seg.ptr_guard().as_ptr();
         let len = seg.len().min(left);
-        // Every line the range touches, the first one from its start.
-        let first = ptr as usize % CACHE_LINE;
-        for off in (0..first + len).step_by(CACHE_LINE) {
-            prefetch(ptr.wrapping_sub(first).wrapping_add(off));
-        }
+        prefetch_range(seg.ptr_guard().as_ptr(), len);
         left -= len;
         if left == 0 {
             break;
         }
     }
-}
-
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// One batch of `q`; returns how many chains it consumed (0 for a queue
