@@ -206,7 +206,10 @@ impl GuestRx {
             }
             return;
         };
-        let ahead = ring.pending(queue.next_avail()).unwrap_or(0).min(BATCH as u16);
+        let ahead = ring
+            .pending(queue.next_avail())
+            .unwrap_or(0)
+            .min(BATCH as u16);
         ring.prefetch_chains(queue.next_avail(), ahead);
         // Marked under this ring's lock, which GET_VRING_BASE waits for.
         let log = self.conn.log.begin();
