@@ -601,6 +601,28 @@ mod tests {
         assert_eq!(idx, SIZE + 1);
     }
 
+    /// Fetching ahead reads only what it validated: heads outside the
+    /// table, buffers outside guest memory, indirect and empty descriptors
+    /// are passed over, at any avail position, without a panic.
+    #[test]
+    fn prefetch_chains_passes_over_garbage() {
+        let (mem, q) = setup();
+        let ring = RingView::new(&q, &mem).unwrap();
+        put_desc(&mem, DESC, 0, BUF, 64, VIRTQ_DESC_F_WRITE, 0);
+        put_desc(&mem, DESC, 1, MEM as u64 - 8, 128, VIRTQ_DESC_F_WRITE, 0);
+        put_desc(&mem, DESC, 2, u64::MAX - 4, 64, VIRTQ_DESC_F_WRITE, 0);
+        put_desc(&mem, DESC, 3, INDIRECT_TABLE, 32, VIRTQ_DESC_F_INDIRECT, 0);
+        put_desc(&mem, DESC, 4, BUF, 0, VIRTQ_DESC_F_WRITE, 0);
+        for (slot, head) in [0u16, 1, 2, 3, 4, SIZE, u16::MAX, 0].iter().enumerate() {
+            mem.write_obj(head.to_le(), GuestAddress(AVAIL + 4 + 2 * slot as u64))
+                .unwrap();
+        }
+        for pos in [0, 5, SIZE - 1, u16::MAX] {
+            ring.prefetch_chains(pos, SIZE);
+        }
+        ring.prefetch_chains(0, u16::MAX);
+    }
+
     #[test]
     fn interrupt_rules() {
         let (mem, mut q) = setup();
