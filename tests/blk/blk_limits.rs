@@ -99,14 +99,16 @@ fn limits_set_at_run_time_apply_to_the_requests_that_follow() {
             .unwrap_or_else(|e| panic!("export.limit: {e}"))
     };
     let info = set(serde_json::json!({
-        "pool": "p0", "volume": "d", "iops_write": 500, "iops_write_burst": 5
+        "pool": "p0", "volume": "d", "iops_write": 200, "iops_write_burst": 5
     }));
-    assert_eq!(info["limits"]["iops_write"], 500);
+    assert_eq!(info["limits"]["iops_write"], 200);
     assert_eq!(info["limits"]["iops_write_burst"], 5);
     let mut c = BlkClient::connect(&host.socket("d"), 1).expect("client connects");
     // The region written out first (in 1 MiB writes, well under the limit's
     // count): the limited writes below are overwrites, which any disk here
-    // does far faster than 500 a second, so only the limit holds them back.
+    // does far faster than 200 a second, so only the limit holds them back
+    // (one CI run, its disk shared with guests running fio, still did 383
+    // a second at this queue depth).
     let fill = IoJob {
         kind: IoKind::Write,
         block_size: MIB as usize,
@@ -119,13 +121,13 @@ fn limits_set_at_run_time_apply_to_the_requests_that_follow() {
     assert_eq!(filled.ops, 32, "the fill wrote all 32 MiB");
     let write = IoJob {
         kind: IoKind::Write,
-        ..read_job(2, 3)
+        ..read_job(3, 3)
     };
     let limited = run_io(c.queue(0), &write).unwrap();
-    eprintln!("writes at 500/s: {:.0}/s", limited.iops());
+    eprintln!("writes at 200/s: {:.0}/s", limited.iops());
     assert!(
-        (450.0..=550.0).contains(&limited.iops()),
-        "{:.0} writes/s, limit 500",
+        (180.0..=220.0).contains(&limited.iops()),
+        "{:.0} writes/s, limit 200",
         limited.iops()
     );
     // Reads are not limited by a write limit.
