@@ -171,7 +171,7 @@ impl<'m> RingView<'m> {
 
     /// Starts loading what taking the `n` chains from free-running avail
     /// position `pos` will read: their first descriptors, then the first
-    /// line of each one's first buffer. The driver wrote them all on
+    /// [`PREFETCH_RX_BYTES`] of each one's first buffer. The driver wrote them all on
     /// another core; asked for together, the misses overlap instead of
     /// stalling the batch one chain at a time. Reads nothing it does not
     /// validate first; an odd chain is only not fetched ahead.

@@ -186,7 +186,7 @@ impl GuestRx {
         let ring = match RingView::new(queue, &mem) {
             _ if self.conn.is_broken(queue_index) => None,
             Some(ring) if enabled => match ring.pending(queue.next_avail()) {
-                Some(_) => Some(ring),
+                Some(pending) => Some((ring, pending)),
                 None => {
                     let why = "avail index further ahead than the queue size";
                     self.conn.mark_broken(queue_index, why);
@@ -200,17 +200,13 @@ impl GuestRx {
             }
             _ => None,
         };
-        let Some(ring) = ring else {
+        let Some((ring, pending)) = ring else {
             for d in items {
                 report.outcome(d, Err(DropReason::NoBuffer));
             }
             return;
         };
-        let ahead = ring
-            .pending(queue.next_avail())
-            .unwrap_or(0)
-            .min(BATCH as u16);
-        ring.prefetch_chains(queue.next_avail(), ahead);
+        ring.prefetch_chains(queue.next_avail(), pending.min(BATCH as u16));
         // Marked under this ring's lock, which GET_VRING_BASE waits for.
         let log = self.conn.log.begin();
         let first_used = queue.next_used();
