@@ -331,7 +331,7 @@ impl BlkBackend {
         };
         let mut st = lock(state);
         // Marked under the queue's state, which GET_VRING_BASE waits for.
-        let log = self.0.log.begin();
+        let mut log = self.0.log.begin();
         if st.vring.is_none() {
             st.vring = Some(vring.clone());
         }
@@ -360,6 +360,9 @@ impl BlkBackend {
         }
         let mut last_work = Instant::now();
         loop {
+            // A batch per round, not per call: a busy queue stays in this
+            // loop, and logging switched off must stop its marking.
+            std::mem::replace(&mut log, self.0.log.begin()).finish();
             // A pause that came meanwhile stops the taking at once.
             let taking = gate.is_some() && !self.0.export.pause.is_paused();
             let unparked = self.unpark(&mut st, &log);
